@@ -1,0 +1,5 @@
+"""python -m securemail -> cli.main()."""
+
+from securemail.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""The NEN 7513 audit trail: one append-only, hash-chained table.
+
+Invariants: ``record()`` runs inside the caller's write transaction, so an event and
+the change it records commit together or not at all; rows are never updated or
+deleted (triggers refuse it); each row's hash covers its canonical JSON, its
+sequence number and the previous row's hash, so an edit, deletion, insertion or
+reordering breaks the chain at a row that ``verify_chain`` names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+from securemail.access import Actor
+from securemail.errors import SecuremailError
+from securemail.store import migrations
+
+DOMAIN = b"securemail.audit.row.v1\x00"
+GENESIS = "0" * 64
+
+#: event_code -> (action C/R/U/D/E, what it means). docs/audit-actions.md lists these; a test checks.
+EVENT_CODES: dict[str, tuple[str, str]] = {
+    "request.create": ("C", "a request was validated and stored"),
+    "request.view": ("R", "a request's content was shown"),
+    "request.list": ("R", "a list of requests (references, no content) was shown"),
+    "request.sign": ("E", "the GP signed a request with their personal key"),
+    "request.send": ("E", "a request was sealed and queued for delivery (or refused)"),
+    "request.deliver": ("E", "the relay accepted a sealed request (250)"),
+    "request.retry": ("E", "a delivery attempt failed temporarily and will be retried"),
+    "request.fail": ("E", "a delivery failed for good"),
+    "request.stop": ("U", "a queued request was stopped before it left"),
+    "request.answer": ("U", "the team answered a request"),
+    "request.pass_on": ("U", "the team passed a request on to another team"),
+    "request.withdraw": ("U", "a request was withdrawn"),
+    "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
+    "ask.create": ("C", "a nurse asked a practice for an execution request"),
+    "ask.view": ("R", "an ask was shown"),
+    "consent.record": ("C", "a consent or objection was recorded"),
+    "consent.withdraw": ("U", "a consent was withdrawn"),
+    "consent.check": ("E", "the consent register was consulted for a send"),
+    "consent.view": ("R", "consent records were shown"),
+    "consent.export": ("R", "consent records were exported"),
+    "audit.view": ("R", "the audit trail was read"),
+    "audit.export": ("R", "the audit trail was exported"),
+    "audit.verify": ("E", "the chain was verified"),
+    "audit.checkpoint": ("E", "the chain head was signed"),
+    "audit.purge": ("D", "rows past retention were purged"),
+    "audit.review": ("C", "a privacy officer signed off a review"),
+    "key.import": ("C", "a public key was imported"),
+    "key.generate": ("C", "a key pair was generated in the gateway keyring"),
+    "key.revoke": ("U", "a key was revoked"),
+    "key.confirm": ("U", "a quarantined key was confirmed"),
+    "key.passphrase": ("U", "a signing passphrase was changed"),
+    "org.create": ("C", "an organisation was created"),
+    "team.create": ("C", "a team was created"),
+    "user.create": ("C", "a user was created"),
+    "user.update": ("U", "a user was changed (password reset, unlock)"),
+    "role.change": ("U", "a user's role changed"),
+    "auth.login": ("E", "a login succeeded"),
+    "auth.fail": ("E", "a login failed"),
+    "auth.logout": ("E", "a session ended"),
+    "auth.lockout": ("E", "an account was locked after repeated failures"),
+    "auth.totp_enrol": ("U", "a second factor was enrolled"),
+    "auth.token": ("C", "an API token was created or revoked"),
+    "access.denied": ("E", "an action was refused by the access policy"),
+    "outbox.retry": ("U", "an admin re-queued a failed message"),
+    "outbox.cancel": ("U", "an admin cancelled a queued message"),
+    "gateway.init": ("C", "the gateway home was initialised"),
+}
+
+NATURES = ("regular", "emergency", "technical")
+OUTCOMES = ("success", "refused", "error")
+PURPOSES = ("TREAT", "ETREAT", "HOPERAT")
+
+
+def now_ms() -> str:
+    """UTC timestamp with milliseconds, ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One event, with the NEN 7513 columns of docs/audit-consent.md."""
+
+    event_code: str
+    user_id: int | None = None
+    user_name: str = ""
+    user_role: str = ""
+    org_id: str = ""
+    responsible_user_id: int | None = None
+    access_point: str = ""
+    purpose: str = "TREAT"
+    nature: str = "regular"
+    emergency_reason: str = ""
+    outcome: str = "success"
+    outcome_detail: str = ""
+    check_authz: str = ""
+    check_consent: str = ""
+    patient_id: str = ""
+    object_type: str = ""
+    object_id: str = ""
+    data_categories: str = ""
+    consent_id: str = ""
+    sender_org: str = ""
+    recipient_org: str = ""
+    occurred_at: str = field(default_factory=now_ms)
+
+    @classmethod
+    def of(cls, actor: Actor, event_code: str, **kw: Any) -> AuditEvent:
+        """An event for actor (who, role, organisation, from where) plus the given columns."""
+        base: dict[str, Any] = {
+            "user_id": actor.user_id,
+            "user_name": actor.username,
+            "user_role": actor.role,
+            "org_id": actor.org_code,
+            "access_point": actor.access_point,
+        }
+        if actor.is_system:
+            base["nature"] = "technical"
+        base.update(kw)
+        return cls(event_code=event_code, **base)
+
+
+def _migrate(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE audit_events (
+            seq INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            event_code TEXT NOT NULL,
+            action TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            nature TEXT NOT NULL,
+            emergency_reason TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            outcome_detail TEXT NOT NULL,
+            check_authz TEXT NOT NULL,
+            check_consent TEXT NOT NULL,
+            user_id INTEGER,
+            user_name TEXT NOT NULL,
+            user_role TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            responsible_user_id INTEGER,
+            access_point TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            patient_id TEXT NOT NULL,
+            object_type TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            data_categories TEXT NOT NULL,
+            consent_id TEXT NOT NULL,
+            sender_org TEXT NOT NULL,
+            recipient_org TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            row_hash TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX audit_patient ON audit_events (patient_id, occurred_at)")
+    db.execute("CREATE INDEX audit_user ON audit_events (user_id, occurred_at)")
+    db.execute("CREATE INDEX audit_org ON audit_events (org_id, occurred_at)")
+    db.execute("CREATE INDEX audit_object ON audit_events (object_type, object_id)")
+    db.execute(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+    )
+
+
+MIGRATIONS = migrations("securemail.audit")
+MIGRATIONS(name="0001_audit_events")(_migrate)
+
+_HASHED = tuple(f.name for f in fields(AuditEvent)) + (
+    "seq",
+    "event_id",
+    "action",
+    "recorded_at",
+    "source_id",
+)
+
+
+def canonical(row: dict[str, Any]) -> bytes:
+    """Sorted-key compact JSON of the hashed columns: the bytes the chain commits to."""
+    return json.dumps(
+        {k: row[k] for k in _HASHED}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + canonical(row)).hexdigest()
+
+
+class AuditError(SecuremailError):
+    code = "audit.invalid"
+    nl = "De audittrail kon niet worden bijgewerkt."
+
+
+def head(db: sqlite_utils.Database) -> tuple[int, str]:
+    """(last seq, its hash), or (0, GENESIS) for an empty trail."""
+    row = db.execute("SELECT seq, row_hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return 0, _genesis(db)
+    return int(row[0]), str(row[1])
+
+
+def _genesis(db: sqlite_utils.Database) -> str:
+    # After a retention purge the chain restarts from the purged head hash, kept in
+    # audit_anchor (see audit_retention); without a purge it starts from zeros.
+    if "audit_anchor" in db.table_names():
+        row = db.execute("SELECT head_hash FROM audit_anchor ORDER BY seq DESC LIMIT 1").fetchone()
+        if row:
+            return str(row[0])
+    return GENESIS
+
+
+def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "gateway-1") -> int:
+    """Append event inside the caller's transaction; return its sequence number."""
+    if event.event_code not in EVENT_CODES:
+        raise AuditError(f"unknown audit event code {event.event_code!r}")
+    if event.outcome not in OUTCOMES or event.nature not in NATURES:
+        raise AuditError(f"bad outcome/nature for {event.event_code}")
+    seq, prev = head(db)
+    row: dict[str, Any] = asdict(event)
+    row.update(
+        seq=seq + 1,
+        event_id=str(uuid.uuid4()),
+        action=EVENT_CODES[event.event_code][0],
+        recorded_at=now_ms(),
+        source_id=source_id,
+    )
+    row["prev_hash"] = prev
+    row["row_hash"] = row_hash(prev, row)
+    cols = list(row)
+    db.execute(
+        f"INSERT INTO audit_events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",  # noqa: S608 (column names are ours)
+        [row[c] for c in cols],
+    )
+    return int(row["seq"])
+
+
+class ChainBrokenError(SecuremailError):
+    """verify_chain found a row that does not fit; says which and what was expected."""
+
+    code = "audit.chain_broken"
+    nl = "De audittrail is gewijzigd: regel {seq} klopt niet ({why})."
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    rows: int
+    first_seq: int
+    last_seq: int
+    head_hash: str
+
+
+def verify_chain(db: sqlite_utils.Database) -> ChainReport:
+    """Recompute every hash in order; raise ChainBrokenError naming the first bad row."""
+    expected_prev = _genesis(db)
+    expected_seq: int | None = None
+    n = 0
+    first = last = 0
+    cur = db.execute("SELECT * FROM audit_events ORDER BY seq")
+    names = [d[0] for d in cur.description]
+    for values in cur:
+        row = dict(zip(names, values, strict=True))
+        seq = int(row["seq"])
+        if expected_seq is None:
+            expected_seq = seq
+            first = seq
+        if seq != expected_seq:
+            raise ChainBrokenError(
+                f"sequence gap: expected row {expected_seq}, found {seq} (row deleted?)",
+                seq=expected_seq,
+                why="missing",
+            )
+        if row["prev_hash"] != expected_prev:
+            raise ChainBrokenError(
+                f"row {seq} does not follow row {seq - 1}: prev_hash {row['prev_hash'][:16]}… "
+                f"expected {expected_prev[:16]}… (inserted, deleted or reordered)",
+                seq=seq,
+                why="link",
+            )
+        computed = row_hash(expected_prev, row)
+        if computed != row["row_hash"]:
+            raise ChainBrokenError(
+                f"row {seq} was altered: stored hash {row['row_hash'][:16]}…, "
+                f"computed {computed[:16]}…",
+                seq=seq,
+                why="edited",
+            )
+        expected_prev = row["row_hash"]
+        expected_seq = seq + 1
+        last = seq
+        n += 1
+    return ChainReport(rows=n, first_seq=first, last_seq=last, head_hash=expected_prev)

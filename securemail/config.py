@@ -1,0 +1,289 @@
+"""Settings: one frozen object, loaded and validated once from securemail.toml + SECUREMAIL_* env.
+
+Every setting is declared here once, with its default and its documentation; the
+commented securemail.toml that ``init`` writes and docs/settings.md are generated
+from these declarations, so a setting cannot exist undocumented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securemail.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_NAME = "securemail.toml"
+DB_NAME = "securemail.db"
+GNUPG_DIR = "gnupg"
+
+
+def _s(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    name: str = _s("securemail", "Name of this gateway instance, shown in the UI and mails.")
+    source_id: str = _s("gateway-1", "Id of this instance in audit rows (NEN 7513 source).")
+    base_url: str = _s(
+        "http://127.0.0.1:8080",
+        "Public URL of the web app; links in mails point here (never with patient data).",
+    )
+    from_address: str = _s(
+        "gateway@securemail.invalid", "Envelope and From address of mails the gateway sends."
+    )
+    passing_on_address: str = _s(
+        "", "Regional passing-on (doorbemiddeling) team address; empty when the region has none."
+    )
+    forms_dir: str = _s("", "Folder with form definitions; empty means the forms/ of the project.")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    host: str = _s("127.0.0.1", "Address the web app listens on.")
+    port: int = _s(8080, "Port the web app listens on.")
+    secure_cookies: bool = _s(
+        False, "Set the Secure flag on cookies; turn on whenever served over TLS."
+    )
+    session_idle_minutes: int = _s(15, "A session ends after this many idle minutes.")
+    session_max_hours: int = _s(8, "A session ends this many hours after login, active or not.")
+    login_max_failures: int = _s(5, "Failed logins before an account is temporarily locked.")
+    lockout_minutes: int = _s(15, "How long a locked account stays locked.")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = _s("127.0.0.1", "Relay (smarthost) that takes the sealed mail.")
+    port: int = _s(25, "Port of the relay.")
+    starttls: str = _s(
+        "required", "'required' (STARTTLS, refuse without it) or 'implicit' (TLS from the start)."
+    )
+    cafile: str = _s("", "CA bundle to trust for the relay; empty means the system store.")
+    username: str = _s("", "SMTP AUTH user; empty means no AUTH.")
+    password: str = _s("", "SMTP AUTH password (or set SECUREMAIL_SMTP_PASSWORD).")
+    timeout_seconds: float = _s(30.0, "Timeout for connecting to and talking with the relay.")
+    max_connections: int = _s(
+        2, "Concurrent connections to the relay; Exchange answers 432 4.3.2 to more."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    retry_initial_seconds: float = _s(30.0, "First retry delay after a temporary failure.")
+    retry_max_seconds: float = _s(1800.0, "Longest delay between two attempts.")
+    give_up_after_seconds: float = _s(86400.0, "A message still undelivered this long fails.")
+    lease_seconds: float = _s(
+        120.0, "A worker's claim on a message; after it lapses another worker takes over."
+    )
+    poll_seconds: float = _s(1.0, "How often an idle worker looks for due messages.")
+
+
+@dataclass(frozen=True, slots=True)
+class GpgSettings:
+    binary: str = _s("gpg", "The gpg program.")
+    timeout_seconds: float = _s(30.0, "Every gpg call is killed and refused after this long.")
+    max_concurrency: int = _s(2, "gpg processes at once (python-gnupg#120: cap it).")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineSettings:
+    timezone: str = _s("Europe/Amsterdam", "Time zone of the working calendar.")
+    workday_start: str = _s("08:00", "Start of a working day (HH:MM).")
+    workday_end: str = _s("16:00", "End of a working day (HH:MM); 8 hours make one working day.")
+    answer_urgent_hours: float = _s(2.0, "A team answers an urgent request within (clock hours).")
+    answer_regular_working_days: float = _s(
+        1.0, "A team answers a regular request within (working days)."
+    )
+    ask_urgent_hours: float = _s(2.0, "A practice answers an urgent ask within (clock hours).")
+    ask_regular_working_days: float = _s(
+        2.0, "A practice answers a regular ask within (working days)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    retention_years: int = _s(5, "Audit rows are kept at least this many years from writing.")
+    checkpoint_every: int = _s(1000, "Sign the chain head after this many new rows.")
+    working_hours: str = _s("07:00-19:00", "Access outside these hours is listed as an exception.")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    gpg: GpgSettings = field(default_factory=GpgSettings)
+    deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / DB_NAME
+
+    @property
+    def gnupg_home(self) -> Path:
+        return self.home / GNUPG_DIR
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def forms_path(self) -> Path:
+        return Path(self.gateway.forms_dir) if self.gateway.forms_dir else PROJECT_ROOT / "forms"
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with some sections' fields changed: replace(smtp={"port": 2525})."""
+        changes: dict[str, Any] = {}
+        for name, values in sections.items():
+            if name == "home":
+                changes[name] = Path(values)
+            else:
+                changes[name] = dataclasses.replace(getattr(self, name), **values)
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Settings)
+    if f.name != "home"
+}
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SECUREMAIL_HOME", "./var"))
+
+
+def _coerce(section: str, key: str, kind: Any, value: Any) -> Any:
+    name = f"[{section}] {key}"
+    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{name} must be true or false", setting=name)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a whole number", setting=name)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a whole number", setting=name) from None
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number", setting=name) from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be text", setting=name)
+    return value
+
+
+def load(home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read H/securemail.toml (if present) and SECUREMAIL_<SECTION>_<KEY> overrides, validated."""
+    home = Path(home) if home is not None else default_home()
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    path = home / CONFIG_NAME
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", setting=str(path)) from None
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)} in {path}", setting=str(path))
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        bad = set(values) - set(known)
+        if bad:
+            raise ConfigError(f"unknown setting(s) {sorted(bad)} in [{section}]", setting=section)
+        kwargs: dict[str, Any] = {}
+        for key, f in known.items():
+            env_value = env.get(f"SECUREMAIL_{section.upper()}_{key.upper()}")
+            if env_value is not None:
+                kwargs[key] = _coerce(section, key, f.type, env_value)
+            elif key in values:
+                kwargs[key] = _coerce(section, key, f.type, values[key])
+        sections[section] = cls(**kwargs)
+    settings = Settings(home=home, **sections)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.smtp.starttls not in {"required", "implicit"}:
+        raise ConfigError(
+            "[smtp] starttls must be 'required' or 'implicit'; plaintext is never allowed",
+            setting="[smtp] starttls",
+        )
+    positive = [
+        ("delivery", "retry_initial_seconds"),
+        ("delivery", "retry_max_seconds"),
+        ("delivery", "give_up_after_seconds"),
+        ("delivery", "lease_seconds"),
+        ("gpg", "timeout_seconds"),
+        ("gpg", "max_concurrency"),
+        ("smtp", "timeout_seconds"),
+        ("smtp", "max_connections"),
+        ("web", "session_idle_minutes"),
+        ("web", "session_max_hours"),
+        ("audit", "retention_years"),
+        ("audit", "checkpoint_every"),
+    ]
+    for section, key in positive:
+        if getattr(getattr(s, section), key) <= 0:
+            raise ConfigError(f"[{section}] {key} must be positive", setting=f"[{section}] {key}")
+    if s.delivery.retry_max_seconds < s.delivery.retry_initial_seconds:
+        raise ConfigError(
+            "[delivery] retry_max_seconds must be at least retry_initial_seconds",
+            setting="[delivery] retry_max_seconds",
+        )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_toml(overrides: dict[str, dict[str, Any]] | None = None) -> str:
+    """The commented securemail.toml that ``init`` writes: every setting, its default, its doc."""
+    overrides = overrides or {}
+    lines = [
+        "# securemail gateway configuration. Every setting is listed with its default.",
+        "# Environment variables SECUREMAIL_<SECTION>_<KEY> override these values.",
+        "",
+    ]
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            lines.append(f"# {f.metadata['doc']}")
+            value = overrides.get(section, {}).get(f.name, f.default)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_markdown() -> str:
+    """docs/settings.md body: one table per section."""
+    out = ["# Settings", "", "Generated from `securemail/config.py` (`securemail settings`).", ""]
+    for section, cls in SECTIONS.items():
+        out += [f"## [{section}]", "", "| setting | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            env = f"SECUREMAIL_{section.upper()}_{f.name.upper()}"
+            out.append(f"| `{f.name}` (`{env}`) | `{_toml_value(f.default)}` | {f.metadata['doc']} |")
+        out.append("")
+    return "\n".join(out)
