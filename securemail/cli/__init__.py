@@ -1,0 +1,96 @@
+"""The command line: parse, call a domain function, print. English output, one line per error.
+
+Each domain registers its subcommands from its own module (securemail/cli/<domain>.py)
+through ``register(subparsers)``; every subcommand takes ``--home``. ``main()`` is the
+boundary that turns any SecuremailError into one line on stderr and exit status 1,
+and anything unexpected into an incident id (never a traceback with patient data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from securemail.config import default_home
+from securemail.errors import SecuremailError
+
+log = logging.getLogger("securemail.cli")
+
+#: Modules under securemail.cli that register subcommands, in help order.
+COMMAND_MODULES = ("gateway", "directory", "request", "consent", "audit", "outbox")
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="gateway home (default: $SECUREMAIL_HOME or ./var)",
+    )
+
+
+def command(
+    subparsers: Any, name: str, handler: Handler, help_text: str
+) -> argparse.ArgumentParser:
+    """Add a subcommand with --home and its handler."""
+    p: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text, description=help_text)
+    add_home(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def home_of(args: argparse.Namespace) -> Path:
+    return Path(args.home) if args.home is not None else default_home()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securemail",
+        description="Secure gateway for execution requests between GP practices and nursing teams.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = import_module(f"securemail.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"securemail.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except SecuremailError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        # The traceback goes to the log with an incident id; messages carry ids, not patient data.
+        log.exception("unexpected failure, incident %s", incident)
+        print(f"error: internal error (incident {incident}); see the log", file=sys.stderr)
+        return 1
