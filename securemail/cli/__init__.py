@@ -91,6 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         incident = uuid.uuid4().hex[:12]
         # The traceback goes to the log with an incident id; messages carry ids, not patient data.
-        log.exception("unexpected failure, incident %s", incident)
+        log.error("unexpected failure, incident %s", incident, exc_info=args.verbose)
         print(f"error: internal error (incident {incident}); see the log", file=sys.stderr)
         return 1
