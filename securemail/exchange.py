@@ -1,0 +1,435 @@
+"""The exchange of execution requests: validate, check consent, sign, seal, queue; then track.
+
+Invariant: a request row, its sealed message in the outbox and its audit rows commit in
+one transaction, after the consent register said yes inside that same transaction; a
+refusal at any step writes only an audit row that names the reason. Patient content is
+read only through ``get_request``, which checks access and audits the view.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from securemail import audit, consent, directory, forms, outbox, render
+from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.auth import principal_profile, user_by_id
+from securemail.directory import Team
+from securemail.errors import SecuremailError
+from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealedMessage, SealInput
+from securemail.services import Services
+from securemail.store import migrations
+
+log = logging.getLogger("securemail.exchange")
+
+MIGRATIONS = migrations("securemail.exchange")
+DATA_CATEGORIES = "execution_request"
+
+
+@MIGRATIONS(name="0001_requests")
+def _m1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            supersedes TEXT NOT NULL DEFAULT '',
+            urgency TEXT NOT NULL,
+            practice_org_id INTEGER NOT NULL REFERENCES organisations(id),
+            team_id INTEGER NOT NULL REFERENCES teams(id),
+            patient_bsn TEXT NOT NULL,
+            created_by INTEGER NOT NULL REFERENCES users(id),
+            signer_fingerprint TEXT NOT NULL,
+            recipient_fingerprints TEXT NOT NULL,   -- JSON list
+            skipped_members TEXT NOT NULL DEFAULT '[]', -- JSON: [{name, fingerprint, why}]
+            document BLOB NOT NULL,                 -- the signed canonical JSON
+            signature TEXT NOT NULL,                -- the GP's detached signature over it
+            message_id TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open',     -- open | answered | withdrawn | superseded
+            answer TEXT NOT NULL DEFAULT '',        -- JSON of the team's answer
+            answer_due TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX requests_practice ON requests (practice_org_id, created_at)")
+    db.execute("CREATE INDEX requests_team ON requests (team_id, created_at)")
+    db.execute("CREATE INDEX requests_patient ON requests (patient_bsn)")
+
+
+def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
+    """UVZ-<year>-<6 digits>, gapless per year; a refused send burns its number (audited)."""
+    name = f"UVZ-{year}"
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, 1) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        [name],
+    )
+    value = db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0]
+    return f"{name}-{int(value):06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated request, its receiving team and its renderings: what the preview shows."""
+
+    request: forms.ExecutionRequest
+    team: Team
+    rendered: render.RenderedDocument
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    reference: str
+    team_address: str
+    recipient_fingerprints: tuple[str, ...]
+    skipped: tuple[dict[str, str], ...] = field(default_factory=tuple)
+
+
+def _field_error(path: str, code: str, nl: str, en: str) -> forms.FormInvalidError:
+    return forms.FormInvalidError([forms.FieldError(path, code, nl, en)])
+
+
+def _with_principal(db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
+    """The principal section comes from the signed-in GP's profile; the form cannot alter it."""
+    data = dict(data)
+    if actor.user_id is not None:
+        profile = principal_profile(db, user_by_id(db, actor.user_id))
+        data["principal"] = {**(data.get("principal") or {}), **profile}
+    return data
+
+
+def _target(team: Team) -> consent.Target:
+    return consent.Target(team_id=team.id, org_id=team.org_id, category=team.category)
+
+
+def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
+    team = directory.find_team(db, address)
+    if team is None or not team.active:
+        raise _field_error(
+            "receiver.team_address", "team.unknown",
+            "Dit wijkteam is niet bekend bij de gateway.", "unknown team address",
+        )
+    allowed = directory.allowed_receivers(db, actor.org_id or 0, svc.settings.gateway.passing_on_address)
+    if team.id not in {t.id for t in allowed}:
+        raise _field_error(
+            "receiver.team_address", "team.not_preferred",
+            "Dit wijkteam is geen voorkeursaanbieder van uw praktijk.",
+            "team is not one of the practice's preferred providers",
+        )
+    return team
+
+
+async def prepare(
+    svc: Services, actor: Actor, data: dict[str, Any], *, reference: str, to: str | None = None
+) -> Prepared:
+    """Validate a submission for actor: form rules, receiver, consent (audited). Raises on any no."""
+    require(actor, "request.create", Resource("request", org_id=actor.org_id))
+    data = await svc.store.read(lambda db: _with_principal(db, actor, data))
+    if to:
+        data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
+    req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
+    team = await svc.store.read(lambda db: _check_receiver(svc, db, actor, req.team_address))
+    now = svc.now()
+
+    def check(db: sqlite_utils.Database) -> None:
+        consent.require(
+            db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
+            target=_target(team), now=now, audit_object=("request", reference),
+        )
+
+    await _write_or_audit(svc, actor, check)
+    return Prepared(req, team, render.render_request(svc.definition, req))
+
+
+async def _write_or_audit(svc: Services, actor: Actor, fn: Any) -> Any:
+    """Run fn in a write; if it refuses, keep the audit rows it wrote by re-recording them."""
+    captured: list[audit.AuditEvent] = []
+
+    def tx(db: sqlite_utils.Database) -> Any:
+        return fn(db)
+
+    try:
+        return await svc.store.write(tx)
+    except consent.ConsentError as exc:
+        # The refusal's consent.check row was rolled back with the transaction: write it again.
+        decision = exc.context.get("decision")
+        captured.append(consent.check_event(actor, decision))
+        await svc.store.write(lambda db: [audit.record(db, e) for e in captured])
+        raise
+
+
+async def usable_recipients(
+    svc: Services, team: Team
+) -> tuple[list[Fingerprint], list[dict[str, str]]]:
+    """The team's pinned member keys that pass every check, and the members left out (why)."""
+    members = await svc.store.read(lambda db: directory.members(db, team.id))
+    good: list[Fingerprint] = []
+    skipped: list[dict[str, str]] = []
+    for m in members:
+        try:
+            await svc.keyring.check_recipient(m.fingerprint, m.email, now=svc.now())
+        except RecipientKeyError as exc:
+            skipped.append({"name": m.name, "fingerprint": m.fingerprint,
+                            "why": str(exc.context.get("why", exc.code))})
+            continue
+        good.append(m.fingerprint)
+    if not good:
+        raise RecipientKeyError(
+            f"team {team.address} has no usable key"
+            + (f" ({'; '.join(s['fingerprint'][-16:] + ': ' + s['why'] for s in skipped)})"
+               if skipped else " (no member keys pinned)"),
+            address=team.address, why="no_usable_key",
+        )
+    return good, skipped
+
+
+async def send(
+    svc: Services,
+    actor: Actor,
+    data: dict[str, Any],
+    passphrase: str,
+    *,
+    to: str | None = None,
+) -> SendResult:
+    """Validate, check consent, sign, seal and queue one request; durable when this returns."""
+    year = svc.now().year
+    reference = await svc.store.write(lambda db: allocate_reference(db, year))
+    patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
+    try:
+        prepared = await prepare(svc, actor, data, reference=reference, to=to)
+        return await _seal_and_queue(svc, actor, prepared, passphrase)
+    except SecuremailError as exc:
+        await _audit_refusal(svc, actor, reference, patient, exc)
+        raise
+
+
+async def _audit_refusal(
+    svc: Services, actor: Actor, reference: str, patient: str, exc: SecuremailError
+) -> None:
+    bsn = patient if forms.is_valid_bsn(patient) else ""
+    event = audit.AuditEvent.of(
+        actor, "request.send", outcome="refused", outcome_detail=exc.code,
+        patient_id=bsn, object_type="request", object_id=reference,
+        data_categories=DATA_CATEGORIES, sender_org=actor.org_code,
+        recipient_org=str(exc.context.get("address", "")),
+    )
+    await svc.store.write(lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id))
+    log.info("request %s refused: %s", reference, exc.code)
+
+
+async def _seal_and_queue(
+    svc: Services, actor: Actor, prepared: Prepared, passphrase: str
+) -> SendResult:
+    req, team = prepared.request, prepared.team
+    reference = req.reference
+    recipients, skipped = await usable_recipients(svc, team)
+    gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
+    signer = Fingerprint(gp.signing_fingerprint)
+    message_id = outbox.new_message_id(svc.settings, reference)
+    envelope = Envelope(
+        sender=svc.settings.gateway.from_address,
+        recipient=team.address,
+        subject=f"Uitvoeringsverzoek {reference}",
+        message_id=message_id,
+        extra_headers=(("X-Securemail-Reference", reference),),
+    )
+    doc = prepared.rendered
+    sealed = await svc.keyring.seal(
+        SealInput(
+            reference=reference, text=doc.text, html=doc.html, json=doc.json,
+            signer_public_key=await svc.keyring.export_public(signer),
+        ),
+        signer=signer, passphrase=passphrase, recipients=recipients, envelope=envelope,
+    )
+    now = svc.now_iso()
+    answer_due = ""  # set by deadlines once the relay accepted it
+
+    def commit(db: sqlite_utils.Database) -> None:
+        # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
+        decision = consent.require(
+            db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
+            target=_target(team), now=svc.now(), audit_object=("request", reference),
+        )
+        db["requests"].insert({
+            "reference": reference,
+            "kind": req.kind,
+            "supersedes": req.supersedes or "",
+            "urgency": req.urgency,
+            "practice_org_id": actor.org_id,
+            "team_id": team.id,
+            "patient_bsn": req.patient_bsn,
+            "created_by": actor.user_id,
+            "signer_fingerprint": sealed.signer_fingerprint,
+            "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
+            "skipped_members": json.dumps(skipped),
+            "document": doc.json,
+            "signature": sealed.json_signature if hasattr(sealed, "json_signature") else "",
+            "message_id": sealed.message_id,
+            "answer_due": answer_due,
+            "created_at": now,
+            "updated_at": now,
+        })
+        common: dict[str, Any] = {
+            "patient_id": req.patient_bsn, "object_type": "request", "object_id": reference,
+            "data_categories": DATA_CATEGORIES, "sender_org": actor.org_code,
+            "recipient_org": team.address, "consent_id": decision.consent_ref,
+            "check_consent": decision.check_text, "check_authz": "permit:gp-own-practice",
+        }
+        src = svc.settings.gateway.source_id
+        audit.record(db, audit.AuditEvent.of(actor, "request.create", **common), source_id=src)
+        audit.record(db, audit.AuditEvent.of(actor, "request.sign", **common,
+                                             outcome_detail=f"signer={signer}"), source_id=src)
+        outbox.enqueue(db, sealed, reference=reference, now=now)
+        detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
+        if skipped:
+            detail += "; left out=" + ",".join(s["fingerprint"][-16:] + ":" + s["why"] for s in skipped)
+        audit.record(db, audit.AuditEvent.of(actor, "request.send", **common,
+                                             outcome_detail=detail), source_id=src)
+
+    await svc.store.write(commit)
+    log.info("request %s sealed and queued for %s", reference, team.address)
+    return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
+
+
+def _sealed_type_check(message: SealedMessage) -> None:  # pragma: no cover - typing aid
+    assert isinstance(message, SealedMessage)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _resource(row: dict[str, Any]) -> Resource:
+    return Resource("request", org_id=row["practice_org_id"], team_ids=frozenset({row["team_id"]}))
+
+
+def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:
+    rows = list(db["requests"].rows_where("reference = ?", [reference]))
+    return rows[0] if rows else None
+
+
+def get_request(db: sqlite_utils.Database, actor: Actor, reference: str, *,
+                source_id: str = "gateway-1") -> dict[str, Any]:
+    """The request with its content, for someone allowed to see it; audited as request.view.
+    Must run in a write (the view is recorded in the same transaction)."""
+    row = request_row(db, reference)
+    if row is None:
+        raise_not_found(reference)
+    assert row is not None
+    try:
+        require(actor, "request.view", _resource(row), hide=True)
+    except SecuremailError as exc:
+        audit.record(db, audit.AuditEvent.of(
+            actor, "access.denied", outcome="refused", outcome_detail=exc.code,
+            object_type="request", object_id=reference), source_id=source_id)
+        raise
+    team = directory.team_by_id(db, row["team_id"])
+    audit.record(db, audit.AuditEvent.of(
+        actor, "request.view", patient_id=row["patient_bsn"], object_type="request",
+        object_id=reference, data_categories=DATA_CATEGORIES,
+        sender_org=directory.org_by_id(db, row["practice_org_id"]).code,
+        recipient_org=team.address, check_authz=f"permit:{actor.role}"), source_id=source_id)
+    view = dict(row)
+    view["document"] = json.loads(row["document"])
+    view["team"] = team
+    view["delivery"] = outbox.status(db, reference)
+    view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
+    view["skipped_members"] = json.loads(row["skipped_members"])
+    return view
+
+
+def raise_not_found(reference: str) -> None:
+    from securemail.errors import NotFoundError
+
+    raise NotFoundError("request not found", reference=reference)
+
+
+def list_requests(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
+    """References, states and dates (no patient content) visible to actor, newest first."""
+    require(actor, "request.list", Resource("request"))
+    if actor.role == "gp":
+        where, params = "r.practice_org_id = ?", [actor.org_id]
+    elif actor.role == "nurse":
+        if not actor.team_ids:
+            return []
+        where = f"r.team_id IN ({','.join('?' for _ in actor.team_ids)})"
+        params = list(actor.team_ids)
+    else:
+        return []
+    cur = db.execute(
+        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "
+        "t.address AS team_address, t.name AS team_name, "
+        "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
+        " ORDER BY o.id DESC LIMIT 1) AS delivery "
+        f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "  # noqa: S608 (placeholders only)
+        "ORDER BY r.id DESC LIMIT ?",
+        [*params, limit],
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
+    """State and delivery history of a request, without patient content (CLI, API)."""
+    row = request_row(db, reference)
+    if row is None:
+        raise_not_found(reference)
+    assert row is not None
+    team = directory.team_by_id(db, row["team_id"])
+    return {
+        "reference": reference,
+        "kind": row["kind"],
+        "urgency": row["urgency"],
+        "state": row["state"],
+        "team_address": team.address,
+        "created_at": row["created_at"],
+        "answer_due": row["answer_due"] or None,
+        "recipient_fingerprints": json.loads(row["recipient_fingerprints"]),
+        "signer_fingerprint": row["signer_fingerprint"],
+        "skipped_members": json.loads(row["skipped_members"]),
+        "delivery": outbox.status(db, reference),
+    }
+
+
+# -- hooks for the delivery worker and the consent register ------------------------------------
+
+
+def stop_pending(db: sqlite_utils.Database, patient_bsn: str, target: Any) -> list[str]:
+    """Stop every queued request for this patient and recipient that has not left yet."""
+    params: list[Any] = [patient_bsn]
+    clauses = []
+    if getattr(target, "team_id", None):
+        clauses.append("r.team_id = ?")
+        params.append(target.team_id)
+    if getattr(target, "org_id", None):
+        clauses.append("t.org_id = ?")
+        params.append(target.org_id)
+    if getattr(target, "category", None):
+        clauses.append("t.category = ?")
+        params.append(target.category)
+    scope = " OR ".join(clauses) or "1"
+    refs = [r[0] for r in db.execute(
+        "SELECT r.reference FROM requests r JOIN teams t ON t.id = r.team_id "
+        f"WHERE r.patient_bsn = ? AND ({scope})", params)]  # noqa: S608 (placeholders only)
+    return [ref for ref in refs if outbox.stop(db, ref, reason="consent.withdrawn",
+                                               actor=SYSTEM)]
+
+
+def consent_target_for(db: sqlite_utils.Database, reference: str) -> tuple[str, int, consent.Target]:
+    row = request_row(db, reference)
+    if row is None:
+        raise_not_found(reference)
+    assert row is not None
+    team = directory.team_by_id(db, row["team_id"])
+    return row["patient_bsn"], row["practice_org_id"], _target(team)
+
+
+def _unused(_: datetime) -> None:  # keep datetime import for type readers
+    return None
