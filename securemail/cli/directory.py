@@ -1,0 +1,147 @@
+"""Directory commands: org add, team add, user add, keys import, preferred."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+from pathlib import Path
+from typing import Any
+
+from securemail import auth, config, directory
+from securemail.access import SYSTEM
+from securemail.cli import command, home_of
+from securemail.errors import InputError
+from securemail.services import Services, open_services
+
+
+def _services(args: argparse.Namespace) -> Services:
+    return open_services(config.load(home_of(args)))
+
+
+def read_secret(path: Path | None, prompt: str) -> str:
+    """A secret from a file (first line) or the terminal, never from argv."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError):
+            raise InputError(f"cannot read a secret from {path}", field=str(path)) from None
+    return getpass.getpass(prompt)
+
+
+def cmd_org_add(args: argparse.Namespace) -> int:
+    svc = _services(args)
+    try:
+        org = svc.store.write_sync(lambda db: directory.add_org(
+            db, SYSTEM, code=args.code, kind=args.kind, name=args.name,
+            notify_address=args.notify or "", now=svc.now_iso()))
+    finally:
+        svc.close()
+    print(f"organisation {org.code} ({org.kind}) {org.name} added")
+    return 0
+
+
+def cmd_team_add(args: argparse.Namespace) -> int:
+    svc = _services(args)
+    try:
+        team = svc.store.write_sync(lambda db: directory.add_team(
+            db, SYSTEM, org_code=args.org, name=args.name, address=args.address,
+            now=svc.now_iso()))
+    finally:
+        svc.close()
+    print(f"team {team.address} ({team.name}) added")
+    return 0
+
+
+def cmd_preferred(args: argparse.Namespace) -> int:
+    svc = _services(args)
+    try:
+        svc.store.write_sync(lambda db: directory.set_preferred(
+            db, practice_code=args.practice, team_addresses=args.team))
+    finally:
+        svc.close()
+    print(f"preferred providers of {args.practice}: {', '.join(args.team)}")
+    return 0
+
+
+async def enrol_gp_key(svc: Services, user: auth.User, passphrase: str) -> str:
+    """Create the GP's personal signing key, protected by a passphrase only the GP knows."""
+    if len(passphrase) < 8:
+        raise InputError("a signing passphrase has at least 8 characters", field="passphrase")
+    fpr = await svc.keyring.generate_key(user.name, user.email or f"{user.username}@gp.invalid",
+                                         passphrase, kind="signing")
+    svc.store.write_sync(lambda db: auth.set_signing_key(db, SYSTEM, user.id, fpr))
+    return fpr
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    svc = _services(args)
+    try:
+        password = read_secret(args.password_file, "password: ")
+        profile = {k: getattr(args, k) or "" for k in ("big", "agb", "phone", "out_of_hours_phone")}
+        user = svc.store.write_sync(lambda db: auth.add_user(
+            db, SYSTEM, username=args.username, name=args.name, role=args.role,
+            org_code=args.org, password=password, email=args.email or "",
+            teams=args.team or [], profile=profile, now=svc.now_iso()))
+        print(f"user {user.username} ({user.role}) added")
+        if user.role == "gp":
+            passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")
+            fpr = asyncio.run(enrol_gp_key(svc, user, passphrase))
+            print(f"signing key {fpr} created; the passphrase is not stored")
+    finally:
+        svc.close()
+    return 0
+
+
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    svc = _services(args)
+    try:
+        armor = Path(args.file).read_text(encoding="utf-8")
+        fprs = asyncio.run(svc.keyring.import_keys(armor))
+        for fpr in fprs:
+            info = asyncio.run(svc.keyring.key_info(fpr))
+            email = info.uids[0] if info.uids else ""
+            svc.store.write_sync(lambda db, fpr=fpr, email=email: directory.add_member(
+                db, SYSTEM, team_address=args.team, name=args.name or email, email=email,
+                fingerprint=fpr, verified_how=args.verified_how, now=svc.now_iso()))
+            print(f"pinned {fpr} ({email}) for {args.team}")
+    finally:
+        svc.close()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = command(sub, "org", cmd_org_add, "add an organisation: org add --code --kind --name")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("--code", required=True, help="AGB or URA code (8 digits)")
+    p.add_argument("--kind", required=True, choices=directory.ORG_KINDS)
+    p.add_argument("--name", required=True)
+    p.add_argument("--notify", help="the organisation's own address for notices")
+    p = command(sub, "team", cmd_team_add, "add a team: team add --org --name --address")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("--org", required=True, help="code of the nursing organisation")
+    p.add_argument("--name", required=True)
+    p.add_argument("--address", required=True, help="the team's one entry address")
+    p = command(sub, "preferred", cmd_preferred, "set a practice's 1-3 preferred teams")
+    p.add_argument("--practice", required=True)
+    p.add_argument("--team", action="append", required=True)
+    p = command(sub, "user", cmd_user_add, "add a personal account: user add ...")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("--username", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=auth.ROLES)
+    p.add_argument("--org", help="organisation code")
+    p.add_argument("--email")
+    p.add_argument("--team", action="append", help="team address (nurses; repeatable)")
+    p.add_argument("--big")
+    p.add_argument("--agb")
+    p.add_argument("--phone")
+    p.add_argument("--out-of-hours-phone", dest="out_of_hours_phone")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--signing-passphrase-file", type=Path)
+    p = command(sub, "keys", cmd_keys_import, "import and pin team member keys: keys import")
+    p.add_argument("action", choices=["import"])
+    p.add_argument("file")
+    p.add_argument("--team", required=True, help="team address the keys belong to")
+    p.add_argument("--name", help="member name (default: the key's user id)")
+    p.add_argument("--verified-how", default="", help="how the fingerprint was verified")

@@ -1,0 +1,79 @@
+"""The web app: create_app(settings) wires services, middleware, routes and the delivery worker.
+
+Handlers stay thin: parse, call a domain function, render. Deny by default: every route
+needs a full session unless it is in middleware.OPEN_ROUTES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from securemail import outbox
+from securemail.config import Settings
+from securemail.services import Services, open_services
+from securemail.web import middleware
+from securemail.web.keys import services_key, settings_key
+
+log = logging.getLogger("securemail.web")
+HERE = Path(__file__).parent
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    svc: Services = app[services_key] if services_key in app else open_services(app[settings_key])
+    app[services_key] = svc
+    yield
+    svc.close()
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    if not app.get("run_worker", True):
+        yield
+        return
+    svc = app[services_key]
+    hooks = outbox_hooks(svc)
+    worker = outbox.Worker(
+        svc.settings, svc.store, owner_id=f"web-{socket.gethostname()}",
+        on_final=hooks.on_final, before_send=hooks.before_send,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name="delivery-worker")
+    yield
+    stop.set()
+    await task
+
+
+def outbox_hooks(svc: Services):  # noqa: ANN201 - returns exchange.Hooks
+    from securemail.exchange import Hooks
+
+    return Hooks(svc)
+
+
+def create_app(settings: Settings, *, services: Services | None = None,
+               run_worker: bool = True) -> web.Application:
+    app = web.Application(middlewares=middleware.stack(), client_max_size=2 * 1024**2)
+    app[settings_key] = settings
+    if services is not None:
+        app[services_key] = services
+    app["run_worker"] = run_worker
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+        context_processors=[middleware.template_context],
+    )
+    app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(_worker_ctx)
+    from securemail.web import routes
+
+    routes.setup(app)
+    app.router.add_static("/static/", HERE / "static", name="static")
+    return app

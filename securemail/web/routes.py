@@ -1,0 +1,33 @@
+"""All routes, registered per audience module; the middleware guards every one of them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from securemail.web.keys import ACTOR
+
+HOME_BY_ROLE = {"gp": "/requests", "nurse": "/requests", "privacy_officer": "/privacy",
+                "admin": "/admin"}
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther(HOME_BY_ROLE.get(request[ACTOR].role, "/login"))
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+def setup(app: web.Application) -> None:
+    from importlib import import_module
+
+    app.router.add_get("/", home, name="home")
+    app.router.add_get("/health", health, name="health")
+    for name in ("login", "requests", "totp", "nurse", "consents", "privacy", "admin", "api"):
+        try:
+            module = import_module(f"securemail.web.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"securemail.web.{name}":
+                raise
+            continue
+        module.setup(app)

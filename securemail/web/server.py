@@ -1,0 +1,50 @@
+"""Running the gateway: the web app with its delivery worker, or the worker alone.
+
+SIGTERM and SIGINT stop gracefully: the worker finishes or releases what it holds
+(aiohttp's run_app runs the cleanup contexts on both signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from securemail import outbox
+from securemail.config import Settings
+from securemail.services import open_services
+
+log = logging.getLogger("securemail.server")
+
+
+def serve(settings: Settings, *, print_fn=print) -> None:  # noqa: ANN001
+    from securemail.web import create_app
+
+    app = create_app(settings)
+    print_fn(f"securemail listening on http://{settings.web.host}:{settings.web.port}")
+    web.run_app(app, host=settings.web.host, port=settings.web.port, print=None,
+                access_log=None, handle_signals=True)
+
+
+async def _worker_main(settings: Settings) -> None:
+    from securemail.exchange import Hooks
+
+    svc = open_services(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    hooks = Hooks(svc)
+    worker = outbox.Worker(settings, svc.store, owner_id=f"worker-{socket.gethostname()}",
+                           on_final=hooks.on_final, before_send=hooks.before_send)
+    try:
+        await worker.run(stop)
+    finally:
+        svc.close()
+
+
+def run_worker_only(settings: Settings) -> None:
+    asyncio.run(_worker_main(settings))
