@@ -28,6 +28,7 @@ Invariants (``model``: values, errors, input checks; ``table``: schema and rows;
 from __future__ import annotations
 
 from securemail.consent.evaluate import check, evaluate, require
+from securemail.consent.fhir import export_fhir, to_fhir
 from securemail.consent.model import (
     BASES,
     CHANNELS,
@@ -60,6 +61,7 @@ __all__ = [
     "STATUSES", "STOP_LABEL_NL", "STOP_REASON", "ConsentDecision", "ConsentDeniedError",
     "ConsentInputError", "ConsentMissingError", "ConsentRecord", "ConsentRefusedError",
     "NothingToWithdrawError", "RecipientKnown", "Recipient", "Specificity", "StopPending",
-    "Target", "WithdrawResult", "check", "evaluate", "list_records", "mark_entered_in_error",
-    "record", "register_overview", "require", "view_records", "withdraw",
+    "Target", "WithdrawResult", "check", "evaluate", "export_fhir", "list_records",
+    "mark_entered_in_error", "record", "register_overview", "require", "to_fhir", "view_records",
+    "withdraw",
 ]  # fmt: skip

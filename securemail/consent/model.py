@@ -183,6 +183,43 @@ class ConsentRecord:
     def ref(self) -> str:
         return f"{self.consent_id}@v{self.version}"
 
+    def as_json(self, now: datetime) -> dict[str, Any]:
+        """Plain JSON for the API and ``consent list --json`` (status as of now)."""
+
+        def t(dt: datetime | None) -> str | None:
+            return None if dt is None else ts(dt)
+
+        return {
+            "consent_id": self.consent_id,
+            "version": self.version,
+            "status": self.status_at(now),
+            "decision": self.decision,
+            "basis": self.basis,
+            "patient_bsn": self.patient_bsn,
+            "source_org_id": self.source_org_id,
+            "recipient": {
+                "team_id": self.recipient.team_id,
+                "org_id": self.recipient.org_id,
+                "category": self.recipient.category,
+            },
+            "purpose": self.purpose,
+            "data_categories": list(self.data_categories),
+            "valid_from": t(self.valid_from),
+            "valid_until": t(self.valid_until),
+            "given_at": t(self.given_at),
+            "channel": self.channel,
+            "performer": self.performer,
+            "performer_name": self.performer_name,
+            "recorded_by": self.recorded_by,
+            "recorded_at": t(self.recorded_at),
+            "evidence_ref": self.evidence_ref,
+            "evidence_sha256": self.evidence_sha256,
+            "withdrawn_at": t(self.withdrawn_at),
+            "withdrawn_by": self.withdrawn_by,
+            "withdrawal_channel": self.withdrawal_channel,
+            "reason": self.reason,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ConsentDecision:
