@@ -619,13 +619,12 @@ def test_export_fhir_whole_register_shows_withdrawn_as_inactive(store):
 
 
 # -- property: the answer does not depend on the order records were written -----------------------
+# Few recipients and mostly valid periods, so that ties (same level, both decisions) are common.
 RECIPIENTS = [
     c.Recipient(team_id=3),
-    c.Recipient(team_id=4),
     c.Recipient(org_id=2),
     c.Recipient(org_id=5),
     c.Recipient(category="wijkverpleging"),
-    c.Recipient(category="thuiszorg"),
 ]
 spec = st.fixed_dictionaries(
     {
@@ -634,7 +633,7 @@ spec = st.fixed_dictionaries(
         "categories": st.sampled_from(
             [("execution_request",), ("medication",), ("execution_request", "medication")]
         ),
-        "start": st.integers(-5, 2),
+        "start": st.integers(-3, 1),
         "days": st.none() | st.integers(1, 6),
     }
 )
