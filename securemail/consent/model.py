@@ -332,7 +332,10 @@ def parse_categories(value: object) -> tuple[str, ...]:
     """A non-empty set of known data categories, as a sorted tuple (the stored form)."""
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise bad("data_categories", "data_categories must be a list of categories")
-    cats = tuple(sorted(set(value)))
+    try:
+        cats = tuple(sorted(set(value)))
+    except TypeError:
+        raise bad("data_categories", "data_categories must be a list of categories") from None
     if not cats or any(c not in DATA_CATEGORIES for c in cats):
         raise bad(
             "data_categories", "data_categories must be some of " + ", ".join(DATA_CATEGORIES)
