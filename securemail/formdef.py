@@ -24,7 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from securemail.errors import ConfigError
-from securemail.formrules import CHECKS, ERROR_CODES, NORMALISERS
+from securemail.formfields import CHECKS, NORMALISERS
+from securemail.formrules import ERROR_CODES
 
 FIELD_TYPES = frozenset(
     {"str", "text", "enum", "bool", "date", "datetime", "number", "object", "list"}

@@ -22,16 +22,15 @@ from typing import Any, Self
 
 from securemail.errors import SecuremailError
 from securemail.formdef import FieldSpec, FormDefinition, load_definition
-from securemail.formrules import (
+from securemail.formfields import (
     INVALID,
     FieldError,
     Report,
-    check_answer,
-    check_request,
     is_blank,
     is_valid_bsn,
     validate,
 )
+from securemail.formrules import check_answer, check_request
 
 __all__ = [
     "Consent", "DocumentInvalidError", "ExecutionRequest", "FieldError", "FormDefinition",
@@ -329,7 +328,7 @@ def parse_request(
     clean = _validate_root(definition, definition.request, data, report)
     if clean is not None:
         given = clean["reference"]
-        if reference is not None and given is not None and given != reference:
+        if reference is not None and given not in (None, INVALID) and given != reference:
             report.add("reference", "reference.mismatch")
         clean["reference"] = reference if reference is not None else given
         check_request(clean, report)
