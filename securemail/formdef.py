@@ -162,7 +162,7 @@ class FormDefinition:
 
 def load_definition(forms_path: Path, name: str = "uitvoeringsverzoek") -> FormDefinition:
     """Read and check ``forms_path/name/definition.json``; cached, so each is read once."""
-    if not _ID.match(name):
+    if not _ID.fullmatch(name):
         raise FormDefinitionError(f"form name {name!r} is not an identifier", where="name")
     return _load(Path(forms_path).resolve(), name)
 
@@ -302,7 +302,7 @@ class _Reader:
             extra = sorted(set(raw) - _FIELD_KEYS) if isinstance(raw, dict) else raw
             raise self.fail(where, f"unknown keys {extra}")
         kind, fid = raw.get("type"), raw.get("id")
-        if not isinstance(fid, str) or not _ID.match(fid):
+        if not isinstance(fid, str) or not _ID.fullmatch(fid):
             raise self.fail(where, "id must be snake_case")
         if kind not in FIELD_TYPES or raw.get("required") not in REQUIRED_FLAGS:
             raise self.fail(where, "unknown type or required flag")

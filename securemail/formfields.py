@@ -98,7 +98,9 @@ def _postcode(value: str) -> str:
 def _phone(value: str) -> str | None:
     # "+31 (0)20 ..." is a common way of writing the same number; the (0) is not dialled.
     compact = re.sub(r"[\s\-().]", "", value.replace("(0)", ""))
-    return None if _PHONE_NL.match(compact) or _PHONE_E164.match(compact) else "phone.invalid"
+    return (
+        None if _PHONE_NL.fullmatch(compact) or _PHONE_E164.fullmatch(compact) else "phone.invalid"
+    )
 
 
 NORMALISERS: dict[str, Callable[[str], str]] = {
@@ -110,7 +112,7 @@ NORMALISERS: dict[str, Callable[[str], str]] = {
 CHECKS: dict[str, Callable[[str], str | None]] = {
     "elfproef": lambda s: None if is_valid_bsn(s) else "bsn.elfproef",
     "phone": _phone,
-    "email": lambda s: None if _EMAIL.match(s) else "email.invalid",
+    "email": lambda s: None if _EMAIL.fullmatch(s) else "email.invalid",
 }
 
 
@@ -148,7 +150,7 @@ class Report:
 
 
 def join(path: str, key: object) -> str:
-    part = key if isinstance(key, str) and _SAFE_KEY.match(key) else "?"
+    part = key if isinstance(key, str) and _SAFE_KEY.fullmatch(key) else "?"
     return f"{path}.{part}" if path else part
 
 
@@ -238,7 +240,7 @@ def _text(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     if len(text) > limit:
         report.add(path, "text.too_long", max_length=limit)
         return INVALID
-    if spec.pattern is not None and not spec.pattern.match(text):
+    if spec.pattern is not None and not spec.pattern.fullmatch(text):
         report.add(path, spec.error or "enum.invalid")
         return INVALID
     problem = CHECKS[spec.check](text) if spec.check else None
@@ -271,7 +273,7 @@ def _bool(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
 
 def _date(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     text = value.strip() if isinstance(value, str) else ""
-    iso, nl = _DATE_ISO.match(text), _DATE_NL.match(text)
+    iso, nl = _DATE_ISO.fullmatch(text), _DATE_NL.fullmatch(text)
     try:
         if iso:
             day = date(int(iso[1]), int(iso[2]), int(iso[3]))
@@ -294,7 +296,7 @@ def _date(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
 def _datetime(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     text = value.strip() if isinstance(value, str) else ""
     try:
-        if not _DATETIME.match(text):
+        if not _DATETIME.fullmatch(text):
             raise ValueError(path)
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
@@ -329,7 +331,7 @@ def _number(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
         text = value.strip()
         if text.count(",") == 1 and "." not in text:  # Dutch decimal comma: 2,5
             text = text.replace(",", ".")
-        number = Decimal(text) if _NUMBER.match(text) else None
+        number = Decimal(text) if _NUMBER.fullmatch(text) else None
     if number is None or not number.is_finite():
         report.add(path, "number.invalid")
         return INVALID

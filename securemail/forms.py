@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from securemail.errors import SecuremailError
 from securemail.formdef import FieldSpec, FormDefinition, load_definition
@@ -321,7 +321,7 @@ def parse_request(
         raise ValueError("now must be timezone-aware")
     ref_spec = definition.request.child("reference")
     if reference is not None and not (
-        ref_spec and ref_spec.pattern and ref_spec.pattern.match(reference)
+        ref_spec and ref_spec.pattern and ref_spec.pattern.fullmatch(reference)
     ):
         raise ValueError("the gateway's reference does not match the form's pattern")
     report = Report(definition, now)
@@ -362,7 +362,7 @@ def parse_form_post(
     definition: FormDefinition,
     form: Mapping[str, Any],
     *,
-    root: str = "request",
+    root: Literal["request", "answer"] = "request",
     ignore: Collection[str] = (),
 ) -> dict[str, Any]:
     """Turn flat form names (``patient.bsn``, ``procedures.0.medication.dose_value``) into
