@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 
 from securemail import armor, gpgproc, mime
+from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError, NotFoundError, SecuremailError
 from securemail.gpgproc import WatchedGPG, wire
 from securemail.keyinfo import (
@@ -154,10 +155,12 @@ def _check_homedir(homedir: Path) -> None:
             "gpg-agent.conf must set default-cache-ttl 0 and max-cache-ttl 0",
             setting="gpg homedir",
         )
-    # Without /run/user/<uid>, gpg-agent's sockets live in the homedir: sun_path is 108 bytes.
-    if not Path(f"/run/user/{os.getuid()}").is_dir() and len(str(homedir)) > 80:
+    # Without /run/user/<uid>, gpg-agent's sockets live in the homedir, and sun_path holds
+    # 107 bytes: "<homedir>/S.gpg-agent.browser" must fit, or the agent cannot start.
+    if not Path(f"/run/user/{os.getuid()}").is_dir() and len(os.fsencode(homedir)) > 87:
         raise ConfigError(
-            f"gpg homedir path {homedir} is too long for gpg-agent's sockets", setting="gpg homedir"
+            f"gpg homedir path {homedir} is longer than gpg-agent's sockets allow (87 bytes)",
+            setting="gpg homedir",
         )
 
 
@@ -197,6 +200,16 @@ class KeyStore:
             os.chmod(path, 0o600)
         _kill_agent(homedir.absolute(), kwargs.get("binary", "gpg"))  # reread the conf
         return cls(homedir, **kwargs)
+
+    @classmethod
+    def from_settings(cls, homedir: Path, gpg: GpgSettings) -> Self:
+        """Open ``homedir`` with the ``[gpg]`` settings (binary, timeout, concurrency)."""
+        return cls(
+            homedir,
+            binary=gpg.binary,
+            timeout=gpg.timeout_seconds,
+            max_concurrency=gpg.max_concurrency,
+        )
 
     # -- running gpg -------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from email.policy import default
 from pathlib import Path
 
 import pytest
-from conftest import GP_PASSPHRASE, GpgTestKey, kill_gpg_agent, new_gpg_home, run_gpg
 
 from securemail import armor, mime
+from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError
 from securemail.openpgp import (
     DecryptionError,
@@ -29,6 +29,7 @@ from securemail.openpgp import (
     SigningError,
     VerificationError,
 )
+from tests.conftest import GP_PASSPHRASE, GpgTestKey, kill_gpg_agent, new_gpg_home, run_gpg
 
 REFERENCE = "UVZ-2026-000123"
 # A fictional patient. Every test that seals asserts these never show outside the ciphertext.
@@ -483,6 +484,22 @@ def test_keyring_refuses_homedir_that_caches_passphrases(gnupg_home: Path) -> No
     (gnupg_home / "gpg-agent.conf").write_text("allow-loopback-pinentry\n")
     with pytest.raises(ConfigError):
         Keyring(gnupg_home)
+
+
+def test_keyring_from_settings_takes_gpg_section(gnupg_home: Path) -> None:
+    Keyring.create(gnupg_home)
+    ring = Keyring.from_settings(gnupg_home, GpgSettings(timeout_seconds=7.5, max_concurrency=3))
+    assert (ring.binary, ring.timeout) == ("gpg", 7.5)
+
+
+@pytest.mark.skipif(Path(f"/run/user/{os.getuid()}").is_dir(), reason="sockets in /run/user")
+def test_keyring_refuses_homedir_too_long_for_agent_sockets(tmp_path_factory) -> None:
+    home = tmp_path_factory.mktemp("long")
+    home = home / ("x" * (88 - len(str(home)) - 1))
+    home.mkdir(mode=0o700)
+    (home / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
+    with pytest.raises(ConfigError, match="87 bytes"):
+        Keyring(home)
 
 
 def test_keyring_create_writes_mode_0700_and_agent_conf(tmp_path_factory) -> None:
