@@ -291,8 +291,8 @@ class KeyStore:
         if not _EXPIRE_RE.fullmatch(expire):
             raise InputError("expire must be 0, a period like 2y or a date", field="expire")
         uid = f"{name} <{email}>"
-        if not name.strip() or any(c in uid for c in "\r\n\0") or name.strip() != name:
-            raise InputError("name may not be empty or contain line breaks", field="name")
+        if not name.strip() or name.strip() != name or any(c in name for c in "\r\n\0<>"):
+            raise InputError("name may not be empty or contain line breaks or <>", field="name")
         if not mime.ADDRESS_RE.fullmatch(email):
             raise InputError("email is not a bare e-mail address", field="email")
         secret = "" if passphrase is None else check_passphrase(passphrase, SealError)
