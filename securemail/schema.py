@@ -3,4 +3,7 @@
 Order matters: sets are applied in the order their modules are first imported.
 """
 
-from securemail import audit  # noqa: F401
+from securemail import (
+    audit,  # noqa: F401
+    outbox,  # noqa: F401
+)
