@@ -1,0 +1,3 @@
+"""Shared fixtures. The SMTP relays and test-sealed messages live in tests/smtp_fixtures.py."""
+
+pytest_plugins = ["tests.smtp_fixtures"]
