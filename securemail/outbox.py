@@ -103,7 +103,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_lease ON outbox (status, lease_until)")
     db.execute("CREATE INDEX outbox_reference ON outbox (reference)")
     db.execute(
-        "CREATE INDEX outbox_unhandled ON outbox (lease_until) "
+        "CREATE INDEX outbox_unhandled ON outbox (id) "
         "WHERE final_at IS NOT NULL AND final_handled_at IS NULL"
     )
     db.execute(

@@ -26,7 +26,7 @@ from typing import Literal
 import aiosmtplib
 
 from securemail.config import Settings
-from securemail.errors import SecuremailError
+from securemail.errors import ConfigError, SecuremailError
 
 Phase = Literal["session", "message"]
 
@@ -77,7 +77,12 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
     """Verify the relay against cafile (or the system store), TLS 1.2 at least."""
-    ctx = ssl.create_default_context(cafile=settings.smtp.cafile or None)
+    try:
+        ctx = ssl.create_default_context(cafile=settings.smtp.cafile or None)
+    except (OSError, ssl.SSLError):
+        raise ConfigError(
+            "[smtp] cafile cannot be read as a CA bundle", setting="[smtp] cafile"
+        ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

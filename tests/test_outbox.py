@@ -741,6 +741,14 @@ def test_worker_refuses_a_lease_shorter_than_three_timeouts(
         Worker(settings, store)
 
 
+def test_worker_refuses_an_unreadable_cafile(
+    tmp_path: Path, smtp_server: Relay, store: Store
+) -> None:
+    settings = settings_for(tmp_path, smtp_server, str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError):
+        Worker(settings, store)
+
+
 # -- admin ------------------------------------------------------------------------------------
 async def test_admin_cancel_retry_and_status(
     tmp_path: Path, smtp_server: Relay, relay_cafile: str, outbox_pgp: PgpForTests, store: Store
