@@ -433,8 +433,8 @@ def list_requests(
         params = list(actor.team_ids)
     else:
         return []
-    sql = (  # noqa: S608 (only "?" placeholders are interpolated)
-        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "
+    sql = (  # only "?" placeholders are interpolated
+        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "  # noqa: S608
         "t.address AS team_address, t.name AS team_name, "
         "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
         " ORDER BY o.id DESC LIMIT 1) AS delivery "
