@@ -55,8 +55,10 @@ async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        rows = await gw.svc.store.read(lambda db: outbox.list_rows(db))
-        if rows and all(r["status"] in ("sent", "failed", "stopped", "cancelled") for r in rows):
+        pending = await gw.svc.store.read(lambda db: db.execute(
+            "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
+            "'cancelled') OR final_handled_at IS NULL").fetchone()[0])
+        if not pending:
             break
         await asyncio.sleep(0.05)
     stop.set()
