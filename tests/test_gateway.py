@@ -79,7 +79,7 @@ def test_home_from_environment_variable(home: Path) -> None:
 
 def test_check_refuses_a_keyring_readable_by_others(home: Path) -> None:
     assert cli("init", "--home", str(home)).returncode == 0
-    os.chmod(home / "gnupg", 0o755)
+    os.chmod(home / "gnupg", 0o755)  # noqa: S103 (the misconfiguration under test)
     out = cli("check", "--home", str(home))
     assert out.returncode == 1
     assert "must be 0700" in out.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from securemail import delivery, exchange, outbox
+from securemail import delivery, exchange
 from securemail.exchange import Hooks
 from securemail.openpgp import RecipientKeyError
 from tests.e2e.conftest import (
