@@ -127,7 +127,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     gw.svc = open_services(config.load(gw.home))
     await deliver_all(gw)
     # And the team's mail client opens it
-    [raw] = smtp_server.handler.mailbox().values()
+    [raw] = [m for m in smtp_server.handler.mailbox().values() if b"multipart/encrypted" in m]
     inner = assert_opens_as_nurse(gw, raw)
     doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
     data = json.loads(
