@@ -4,6 +4,9 @@ Invariants:
 - the inner entity is 7-bit clean and in canonical form (CRLF line ends, text as UTF-8 in
   base64), so the bytes that are signed and encrypted are exactly the bytes a reader
   decrypts and parses; its attachment names are fixed and neutral, never patient data;
+- the inner entity carries no signature of its own: the GP's one signature is the
+  combined sign+encrypt of RFC 3156 section 6.2, made by openpgp.seal() over this whole
+  entity (text, HTML, request.json and the GP's public key alike);
 - the outer message carries only From, To, Subject, Date, Message-ID, MIME-Version, the
   caller's extra headers and the two RFC 3156 parts; the only body is ciphertext;
 - ``is_pgp_mime()`` accepts exactly that shape, with a payload that parses as public-key
@@ -27,7 +30,6 @@ from securemail import armor
 from securemail.errors import InputError
 
 JSON_NAME = "request.json"
-JSON_SIGNATURE_NAME = "request.json.asc"
 SIGNER_KEY_NAME = "opdrachtgever.asc"
 PAYLOAD_NAME = "encrypted.asc"
 PREAMBLE = "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
@@ -57,7 +59,7 @@ class SealInput:
     reference: str  # UVZ-..., an id, never patient data
     text: str  # text/plain (Dutch)
     html: str  # text/html
-    json: bytes  # canonical request.json; signed detached by the GP
+    json: bytes  # canonical request.json; signed by the GP with the rest of the inner entity
     signer_public_key: str  # the GP's armored public key, attached as opdrachtgever.asc
 
 
@@ -85,7 +87,6 @@ class InnerParts:
     text: str
     html: str
     json: bytes
-    json_signature: bytes
     signer_key: str
 
 
@@ -121,8 +122,13 @@ def _leaf(
     return part
 
 
-def build_inner(document: SealInput, json_signature: bytes) -> bytes:
-    """The multipart/mixed entity to sign and encrypt, in canonical CRLF form."""
+def build_inner(document: SealInput) -> bytes:
+    """The multipart/mixed entity to sign and encrypt, in canonical CRLF form.
+
+    Its parts: text/plain and text/html (alternatives), request.json, and the GP's public
+    key (opdrachtgever.asc). The GP's signature over all of it comes from the combined
+    sign+encrypt (RFC 3156 section 6.2), so gpg reports "Good signature" on decryption.
+    """
     key = document.signer_public_key
     if "PRIVATE KEY" in key:  # armor.SECRET_KEY_ARMOR, or any other secret key format
         raise ValueError("refusing to attach secret key material")
@@ -134,14 +140,6 @@ def build_inner(document: SealInput, json_signature: bytes) -> bytes:
     mixed["Content-Type"] = "multipart/mixed"
     mixed.attach(alternative)
     mixed.attach(_leaf(f'application/json; name="{JSON_NAME}"', document.json, filename=JSON_NAME))
-    mixed.attach(
-        _leaf(
-            f'application/pgp-signature; name="{JSON_SIGNATURE_NAME}"',
-            _ascii_armor(json_signature, "-----BEGIN PGP SIGNATURE-----"),
-            filename=JSON_SIGNATURE_NAME,
-            seven_bit=True,
-        )
-    )
     mixed.attach(
         _leaf(
             f'application/pgp-keys; name="{SIGNER_KEY_NAME}"',
@@ -264,7 +262,6 @@ def parse_inner(raw: bytes) -> InnerParts:
             ("text/plain", None): "text",
             ("text/html", None): "html",
             ("application/json", JSON_NAME): "json",
-            ("application/pgp-signature", JSON_SIGNATURE_NAME): "json_signature",
             ("application/pgp-keys", SIGNER_KEY_NAME): "signer_key",
         }.get((kind, name))
         if slot is None:
@@ -272,13 +269,13 @@ def parse_inner(raw: bytes) -> InnerParts:
         if slot in found:
             raise InputError(f"inner entity has more than one {slot} part", field="mime")
         found[slot] = part
-    missing = {"text", "html", "json", "json_signature", "signer_key"} - set(found)
+    missing = {"text", "html", "json", "signer_key"} - set(found)
     if missing:
         raise InputError(f"inner entity lacks {sorted(missing)}", field="mime")
     try:
         binary = {
             k: found[k].get_payload(decode=True) or b""
-            for k in ("json", "json_signature", "signer_key")
+            for k in ("json", "signer_key")
         }
     except binascii.Error:  # pragma: no cover - the email package decodes leniently
         raise InputError("undecodable part", field="mime") from None
@@ -286,6 +283,5 @@ def parse_inner(raw: bytes) -> InnerParts:
         text=_text(found["text"]),
         html=_text(found["html"]),
         json=binary["json"],
-        json_signature=binary["json_signature"].replace(b"\r\n", b"\n"),
         signer_key=binary["signer_key"].replace(b"\r\n", b"\n").decode("ascii", "replace"),
     )

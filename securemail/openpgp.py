@@ -1,10 +1,11 @@
 """Seal documents for a team. Only seal() makes a SealedMessage; nothing else may.
 
 Invariants (beyond those of keystore.KeyStore, which this Keyring extends):
-- seal() signs the canonical JSON and the whole inner MIME entity with the GP's key and
-  encrypts, in the same gpg call, to exactly one pinned subkey of each recipient key; it
-  then reads the ciphertext's packets back (armor.encrypted_to) and refuses on any
-  difference, and checks the result with mime.is_pgp_mime before making a SealedMessage;
+- seal() makes one signature per message: one gpg call signs the whole inner MIME entity
+  (text, HTML, request.json, the GP's public key) with the GP's key and encrypts it to
+  exactly one pinned subkey of each recipient key (RFC 3156 section 6.2); it then reads
+  the ciphertext's packets back (armor.encrypted_to) and refuses on any difference, and
+  checks the result with mime.is_pgp_mime before making a SealedMessage;
 - a refusal at any step raises and leaves nothing behind: no SealedMessage, no file.
 """
 
@@ -135,25 +136,10 @@ class Keyring(KeyStore):
             subkeys.append(encryption_subkey(infos[f], now))
         makers = signing_fingerprints(signer_info)
 
-        def sign_json(g: WatchedGPG) -> bytes:
-            r = g.sign(
-                document.json,
-                passphrase=secret,
-                detach=True,
-                clearsign=False,
-                extra_args=["--local-user", signer_fpr],
-            )
-            if (
-                r.returncode != 0
-                or r.fingerprint not in makers
-                or r.type != "D"
-                or not (r.data.startswith(b"-----BEGIN PGP SIGNATURE-----"))
-            ):
-                self._seal_failure("sign", r, signer_fpr)
-            return bytes(r.data)
-
-        json_signature = await self._call("sign", sign_json)
-        inner = mime.build_inner(document, json_signature)
+        # One signature per message (RFC 3156 section 6.2, combined sign+encrypt): it covers
+        # the whole inner entity, request.json included. Each signature costs the GP's
+        # key derivation (S2K) in gpg-agent, which caches nothing: one, not two.
+        inner = mime.build_inner(document)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
             # --trust-model always (always_trust): trust comes from the reviewed directory

@@ -17,7 +17,6 @@ from securemail.errors import InputError
 from securemail.mime import Envelope, SealInput
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n"
-SIGNATURE = b"-----BEGIN PGP SIGNATURE-----\n\niHUEABYIAB0\n=wxyz\n-----END PGP SIGNATURE-----\n"
 ENVELOPE = Envelope(
     sender="gateway@gw.example",
     recipient="noord@team.example",
@@ -26,6 +25,7 @@ ENVELOPE = Envelope(
     extra_headers=(("X-Securemail-Reference", "UVZ-2026-000123"),),
     date=datetime(2026, 3, 2, 9, 30, tzinfo=UTC),
 )
+SIGNATURE = b"-----BEGIN PGP SIGNATURE-----\n\niHUEABYIAB0\n=wxyz\n-----END PGP SIGNATURE-----\n"
 DUTCH = "abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;:!?'\"<>&\n\r\téëïöüáóú€ĳ–—…"
 
 
@@ -79,7 +79,7 @@ def _newlines(text: str) -> str:
     data=st.binary(max_size=600),
 )
 def test_mime_inner_round_trip_preserves_content(text: str, html: str, data: bytes) -> None:
-    inner = mime.build_inner(document(text, html, data), SIGNATURE)
+    inner = mime.build_inner(document(text, html, data))
     # The signed and encrypted bytes are 7-bit and in canonical CRLF form
     assert inner.isascii()
     assert b"\n" not in inner.replace(b"\r\n", b"") and b"\r" not in inner.replace(b"\r\n", b"")
@@ -87,17 +87,17 @@ def test_mime_inner_round_trip_preserves_content(text: str, html: str, data: byt
     assert parts.text == _newlines(text)
     assert parts.html == _newlines(html)
     assert parts.json == data
-    assert parts.json_signature == SIGNATURE
     assert parts.signer_key == KEY
     assert not mime.is_pgp_mime(inner)
 
 
 def test_mime_inner_has_neutral_attachment_names() -> None:
     inner = email.message_from_bytes(
-        mime.build_inner(document("Mevr. Jansen, BSN 123456782"), SIGNATURE), policy=default
+        mime.build_inner(document("Mevr. Jansen, BSN 123456782")), policy=default
     )
     names = [p.get_filename() for p in inner.walk() if p.get_filename()]
-    assert names == ["request.json", "request.json.asc", "opdrachtgever.asc"]
+    # No detached signature part: the GP's one signature is the combined sign+encrypt
+    assert names == ["request.json", "opdrachtgever.asc"]
     types = [p.get_content_type() for p in inner.walk()]
     assert types == [
         "multipart/mixed",
@@ -105,7 +105,6 @@ def test_mime_inner_has_neutral_attachment_names() -> None:
         "text/plain",
         "text/html",
         "application/json",
-        "application/pgp-signature",
         "application/pgp-keys",
     ]
     assert b"Jansen" not in b"".join(str(p.get_filename()).encode() for p in inner.walk())
@@ -114,7 +113,7 @@ def test_mime_inner_has_neutral_attachment_names() -> None:
 def test_mime_inner_refuses_secret_key_attachment() -> None:
     leaked = SealInput("UVZ-1", "t", "h", b"{}", armor.SECRET_KEY_ARMOR.decode() + "\n")
     with pytest.raises(ValueError, match="secret key"):
-        mime.build_inner(leaked, SIGNATURE)
+        mime.build_inner(leaked)
 
 
 def test_mime_parse_inner_missing_part_raises_input_error() -> None:

@@ -76,6 +76,15 @@ async def seal(
     )
 
 
+def detached_signature(ring: Keyring, signer: GpgTestKey, data: bytes) -> bytes:
+    """A detached signature by ``signer`` (gpg command line), for verify_detached tests."""
+    out = run_gpg(
+        ring.homedir, "--passphrase", GP_PASSPHRASE, "--local-user", signer.fingerprint,
+        "--armor", "--detach-sign", input=data,
+    )
+    return out.stdout
+
+
 def ciphertext_of(sealed: bytes) -> bytes:
     msg = email.message_from_bytes(sealed, policy=default)
     return msg.get_payload()[1].get_payload().encode("ascii")
@@ -127,26 +136,24 @@ async def test_seal_for_team_decrypts_as_nurse_with_good_gp_signature(
     assert "Good signature from" in status
     assert "[GNUPG:] GOODSIG" in status
     assert f"[GNUPG:] VALIDSIG {gp_key.fingerprint}" in status
+    # And it is the one signature in the message: request.json carries no second one
+    assert status.count("[GNUPG:] VALIDSIG ") == 1
+    assert status.count("[GNUPG:] SIG_ID ") == 1
     inner = email.message_from_bytes(out.stdout, policy=default)
-    types = {part.get_content_type() for part in inner.walk()}
-    assert {
-        "text/plain",
-        "text/html",
-        "application/json",
-        "application/pgp-signature",
-        "application/pgp-keys",
-    } <= types
+    types = [part.get_content_type() for part in inner.walk()]
+    assert {"text/plain", "text/html", "application/json", "application/pgp-keys"} <= set(types)
+    assert "application/pgp-signature" not in types
     parts = mime.parse_inner(out.stdout)
     assert PATIENT_NAME in parts.text
     assert json.loads(parts.json)["patient"]["bsn"] == BSN
-    # And the detached signature over request.json verifies on its own
-    (tmp_path / "request.json").write_bytes(parts.json)
-    (tmp_path / "request.json.asc").write_bytes(parts.json_signature)
-    verified = run_gpg(
-        nurse_home, "--verify", str(tmp_path / "request.json.asc"), str(tmp_path / "request.json")
-    )
-    assert f"[GNUPG:] VALIDSIG {gp_key.fingerprint}" in verified.stderr.decode()
     assert parts.signer_key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    # And the GP's signature covers request.json: unwrapped from the encryption, the signed
+    # message verifies on its own, and what it signs is exactly the inner entity above
+    signed = run_gpg(nurse_home, "--decrypt", "--unwrap", input=ciphertext_of(sealed.mime))
+    (tmp_path / "signed.gpg").write_bytes(signed.stdout)
+    verified = run_gpg(nurse_home, "--verify", str(tmp_path / "signed.gpg"))
+    assert f"[GNUPG:] VALIDSIG {gp_key.fingerprint}" in verified.stderr.decode()
+    assert run_gpg(nurse_home, "--decrypt", input=signed.stdout).stdout == out.stdout
 
 
 async def test_seal_headers_are_neutral_and_complete(
@@ -197,14 +204,16 @@ async def test_seal_logs_no_patient_data(
     # Given every logger at DEBUG (python-gnupg logs the first bytes of verified data there)
     caplog.set_level(logging.DEBUG)
     document = make_document(gp_key)
-    # When the gateway seals, decrypts and verifies
+    # When the gateway seals, decrypts (checking the GP's signature) and verifies
     sealed = await seal(keyring, gp_key, [team_keypair.fingerprint])
     await keyring.import_keys(team_keypair.secret, allow_secret=True)  # decrypt as the team
     decrypted = await keyring.decrypt(ciphertext_of(sealed.mime), None)
-    parts = mime.parse_inner(decrypted.data)
-    assert await keyring.verify_detached(document.json, parts.json_signature) == gp_key.fingerprint
+    assert decrypted.signer == gp_key.fingerprint
+    assert mime.parse_inner(decrypted.data).json == document.json
+    signature = detached_signature(keyring, gp_key, document.json)
+    assert await keyring.verify_detached(document.json, signature) == gp_key.fingerprint
     with pytest.raises(VerificationError):  # python-gnupg logs data[:16] at DEBUG here
-        await keyring.verify_detached(BSN.encode() + b" tampered", parts.json_signature)
+        await keyring.verify_detached(BSN.encode() + b" tampered", signature)
     # Then nothing of the patient reached a log record
     for secret in PATIENT_DATA:
         assert secret not in caplog.text
@@ -583,15 +592,12 @@ async def test_export_secret_keeps_passphrase_protection(
 # -- verify and decrypt ----------------------------------------------------------------------
 
 
-async def test_verify_detached_tampered_data_raises(
-    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey
-) -> None:
-    sealed = await seal(keyring, gp_key, [team_keypair.fingerprint])
-    await keyring.import_keys(team_keypair.secret, allow_secret=True)
-    parts = mime.parse_inner((await keyring.decrypt(ciphertext_of(sealed.mime), None)).data)
-    assert await keyring.verify_detached(parts.json, parts.json_signature) == gp_key.fingerprint
+async def test_verify_detached_tampered_data_raises(keyring: Keyring, gp_key: GpgTestKey) -> None:
+    data = make_document(gp_key).json
+    signature = detached_signature(keyring, gp_key, data)
+    assert await keyring.verify_detached(data, signature) == gp_key.fingerprint
     with pytest.raises(VerificationError):
-        await keyring.verify_detached(parts.json + b" ", parts.json_signature)
+        await keyring.verify_detached(data + b" ", signature)
 
 
 async def test_decrypt_returns_signer_and_refuses_without_key(
