@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "securemail.toml"
 DB_NAME = "securemail.db"
 GNUPG_DIR = "gnupg"
+#: Below this the passphrase stretching of a GP key is a formality (docs/performance.md).
+MIN_S2K_CALIBRATION_MS = 10
 
 
 def _s(default: Any, doc: str) -> Any:
@@ -88,6 +90,13 @@ class GpgSettings:
     binary: str = _s("gpg", "The gpg program.")
     timeout_seconds: float = _s(30.0, "Every gpg call is killed and refused after this long.")
     max_concurrency: int = _s(2, "gpg processes at once (python-gnupg#120: cap it).")
+    s2k_calibration_ms: int = _s(
+        100,
+        "Milliseconds gpg-agent spends deriving a GP's key from the signing passphrase (S2K);"
+        " fixed when a key is created or its passphrase changed, paid by every signature."
+        " Lower sends faster but makes a stolen keyring cheaper to guess (docs/performance.md);"
+        " at least 10.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +262,11 @@ def _validate(s: Settings) -> None:
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be positive", setting=f"[{section}] {key}")
+    if s.gpg.s2k_calibration_ms < MIN_S2K_CALIBRATION_MS:
+        raise ConfigError(
+            f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",
+            setting="[gpg] s2k_calibration_ms",
+        )
     if s.delivery.retry_max_seconds < s.delivery.retry_initial_seconds:
         raise ConfigError(
             "[delivery] retry_max_seconds must be at least retry_initial_seconds",

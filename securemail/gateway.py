@@ -72,9 +72,9 @@ async def init_home(home: Path, *, overrides: dict[str, dict[str, object]] | Non
             report.created.append(f"{settings.db_path} ({len(applied)} migrations)")
         gnupg = settings.gnupg_home
         if not gnupg.exists():
-            Keyring.create(gnupg)
+            Keyring.create(gnupg, s2k_calibration_ms=settings.gpg.s2k_calibration_ms)
             report.created.append(f"{gnupg}/ (mode 0700)")
-        keyring = Keyring(gnupg, binary=settings.gpg.binary, timeout=settings.gpg.timeout_seconds)
+        keyring = Keyring.from_settings(gnupg, settings.gpg)
         fpr = store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
         if not fpr:
             domain = settings.gateway.from_address.split("@")[-1]

@@ -8,6 +8,8 @@ Invariants:
   SealError subclass whose reason carries status codes and fingerprints, never content;
 - gpg-agent never caches a passphrase: ``create()`` writes a gpg-agent.conf with TTL 0,
   and opening a keyring refuses a homedir without it, or one that is not mode 0700;
+  the conf also fixes the S2K calibration ([gpg] s2k_calibration_ms) used when gpg-agent
+  protects a key: a setting of cost, never of caching;
 - keys are named by full fingerprints only, never by e-mail address or key id.
 """
 
@@ -48,6 +50,8 @@ allow-loopback-pinentry
 default-cache-ttl 0
 max-cache-ttl 0
 """
+# gpg-agent's own default; see [gpg] s2k_calibration_ms and docs/performance.md.
+DEFAULT_S2K_CALIBRATION_MS = 100
 GPG_CONF = """\
 # Written by securemail. Trust in recipient keys comes from the reviewed keys/ directory
 # (pinned fingerprints), not from gpg's web of trust; never fetch keys from the network.
@@ -189,26 +193,34 @@ class KeyStore:
         self._cache: dict[Fingerprint, tuple[float, KeyInfo]] = {}
 
     @classmethod
-    def create(cls, homedir: Path, **kwargs: Any) -> Self:
+    def create(
+        cls,
+        homedir: Path,
+        *,
+        s2k_calibration_ms: int = DEFAULT_S2K_CALIBRATION_MS,
+        **kwargs: Any,
+    ) -> Self:
         """Make (or repair) a homedir: mode 0700, no passphrase caching, direct trust."""
         homedir = Path(homedir)
         homedir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(homedir, 0o700)
-        for name, text in (("gpg-agent.conf", AGENT_CONF), ("gpg.conf", GPG_CONF)):
-            path = homedir / name
-            path.write_text(text, encoding="utf-8")
-            os.chmod(path, 0o600)
-        _kill_agent(homedir.absolute(), kwargs.get("binary", "gpg"))  # reread the conf
+        path = homedir / "gpg.conf"
+        path.write_text(GPG_CONF, encoding="utf-8")
+        os.chmod(path, 0o600)
+        write_agent_conf(homedir, s2k_calibration_ms, kwargs.get("binary", "gpg"), force=True)
         return cls(homedir, **kwargs)
 
     @classmethod
-    def from_settings(cls, homedir: Path, gpg: GpgSettings) -> Self:
-        """Open ``homedir`` with the ``[gpg]`` settings (binary, timeout, concurrency)."""
+    def from_settings(cls, homedir: Path, gpg: GpgSettings, **kwargs: Any) -> Self:
+        """Open ``homedir`` with the ``[gpg]`` settings (binary, timeout, concurrency, S2K)."""
+        if Path(homedir).is_dir():  # a missing homedir is _check_homedir's to report
+            write_agent_conf(Path(homedir), gpg.s2k_calibration_ms, gpg.binary)
         return cls(
             homedir,
             binary=gpg.binary,
             timeout=gpg.timeout_seconds,
             max_concurrency=gpg.max_concurrency,
+            **kwargs,
         )
 
     # -- running gpg -------------------------------------------------------------------
@@ -450,6 +462,36 @@ class KeyStore:
             await self._call("passwd", work)
         finally:
             self._forget()
+
+
+def agent_conf(s2k_calibration_ms: int) -> str:
+    """The gpg-agent.conf securemail writes: no caching, and this S2K calibration."""
+    return (
+        AGENT_CONF
+        + "# Time gpg-agent spends on the passphrase-to-key derivation of a key it protects\n"
+        + "# (GP keys at creation or passphrase change): [gpg] s2k_calibration_ms.\n"
+        + f"s2k-calibration {int(s2k_calibration_ms)}\n"
+    )
+
+
+def write_agent_conf(
+    homedir: Path, s2k_calibration_ms: int, binary: str = "gpg", *, force: bool = False
+) -> bool:
+    """Write gpg-agent.conf when it differs (or ``force``), and stop the agent so that it
+    reads it again; True when written. Keys already protected keep their S2K count until
+    their passphrase is changed."""
+    path = homedir / "gpg-agent.conf"
+    text = agent_conf(s2k_calibration_ms)
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    if current == text and not force:
+        return False
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, 0o600)
+    _kill_agent(homedir.absolute(), binary)  # reread the conf
+    return True
 
 
 def _kill_agent(homedir: Path, binary: str) -> None:

@@ -46,11 +46,6 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         )
     store = Store(settings.db_path)
     store.migrate()
-    keyring = Keyring(
-        Path(settings.gnupg_home),
-        binary=settings.gpg.binary,
-        timeout=settings.gpg.timeout_seconds,
-        max_concurrency=settings.gpg.max_concurrency,
-    )
+    keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
     definition = forms.load_definition(settings.forms_path)
     return Services(settings, store, keyring, definition, clock)

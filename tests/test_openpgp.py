@@ -504,6 +504,26 @@ def test_keyring_from_settings_takes_gpg_section(gnupg_home: Path) -> None:
     assert (ring.binary, ring.timeout) == ("gpg", 7.5)
 
 
+def test_keyring_s2k_calibration_goes_to_agent_conf_and_never_caching(gnupg_home: Path) -> None:
+    # Given a homedir made with gpg-agent's default S2K calibration
+    Keyring.create(gnupg_home)
+    conf = gnupg_home / "gpg-agent.conf"
+    assert "s2k-calibration 100" in conf.read_text().splitlines()
+    # When the [gpg] section asks for a cheaper key derivation
+    Keyring.from_settings(gnupg_home, GpgSettings(s2k_calibration_ms=20))
+    # Then the conf says so, and the passphrase is still never cached
+    lines = conf.read_text().splitlines()
+    assert "s2k-calibration 20" in lines and "s2k-calibration 100" not in lines
+    assert {"default-cache-ttl 0", "max-cache-ttl 0"} <= set(lines)
+
+
+def test_settings_refuse_s2k_calibration_below_floor(tmp_path: Path) -> None:
+    from securemail import config
+
+    with pytest.raises(ConfigError, match="s2k_calibration_ms"):
+        config.load(tmp_path, env={"SECUREMAIL_GPG_S2K_CALIBRATION_MS": "5"})
+
+
 @pytest.mark.skipif(Path(f"/run/user/{os.getuid()}").is_dir(), reason="sockets in /run/user")
 def test_keyring_refuses_homedir_too_long_for_agent_sockets(tmp_path_factory) -> None:
     home = tmp_path_factory.mktemp("long")
