@@ -103,15 +103,28 @@ def _require_armored_encrypted(payload: bytes) -> None:
         raise _refuse("packets are not session keys followed by one encrypted-data packet")
 
 
-def _crc24(data: bytes) -> bytes:
-    crc = 0xB704CE  # RFC 4880 section 6.1
-    for byte in data:
-        crc ^= byte << 16
+def _crc24_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        crc = i << 16
         for _ in range(8):
             crc <<= 1
             if crc & 0x1000000:
-                crc ^= 0x1864CFB
-    return (crc & 0xFFFFFF).to_bytes(3, "big")
+                crc ^= 0x1864CFB  # RFC 4880 section 6.1
+        table.append(crc & 0xFFFFFF)
+    return tuple(table)
+
+
+_CRC24_TABLE = _crc24_table()
+
+
+def _crc24(data: bytes) -> bytes:
+    """RFC 4880 section 6.1 CRC-24, a byte at a time from a table (the bit-at-a-time loop
+    of the RFC took 60 ms for a 40 kB message, twice per message on the way out)."""
+    crc, table = 0xB704CE, _CRC24_TABLE
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFF) ^ table[(crc >> 16) ^ byte]
+    return crc.to_bytes(3, "big")
 
 
 def _packet_tags(data: bytes) -> list[int]:

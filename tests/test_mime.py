@@ -83,6 +83,7 @@ def test_mime_inner_round_trip_preserves_content(text: str, html: str, data: byt
     # The signed and encrypted bytes are 7-bit and in canonical CRLF form
     assert inner.isascii()
     assert b"\n" not in inner.replace(b"\r\n", b"") and b"\r" not in inner.replace(b"\r\n", b"")
+    assert not any(p.defects for p in email.message_from_bytes(inner, policy=default).walk())
     parts = mime.parse_inner(inner)
     assert parts.text == _newlines(text)
     assert parts.html == _newlines(html)
