@@ -1,7 +1,11 @@
-"""The sqlite store: one writer thread, each write one ``BEGIN IMMEDIATE`` transaction.
+"""The sqlite store: one writer thread, each write inside a ``BEGIN IMMEDIATE`` transaction.
 
 Invariant: when ``write()`` returns, the change is committed (WAL, synchronous=FULL),
-so "accepted" means on disk. Domain modules own their tables and register their
+so "accepted" means on disk. Group commit: writes that queue up while the writer is
+busy run one after another in one transaction, each in its own savepoint (a write
+that raises is rolled back alone and its caller gets the exception), and all of them
+return only after that transaction's one COMMIT, so one fsync serves many callers.
+Each write sees exactly the writes queued before it, as when they ran one by one. Domain modules own their tables and register their
 migrations in their own ``sqlite_utils.Migrations`` set; ``Store.migrate`` applies
 every registered set in a fixed order.
 """
@@ -12,7 +16,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +24,9 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 T = TypeVar("T")
+
+#: Most writes one COMMIT serves (group commit); bounds how long one transaction runs.
+MAX_GROUP = 64
 
 #: Every migration set, in the order it is applied. Modules append theirs at import.
 MIGRATION_SETS: list[Migrations] = []
@@ -54,6 +61,9 @@ class Store:
         self._writer = sqlite_utils.Database(self._writer_conn)
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._pending: list[tuple[Callable[[sqlite_utils.Database], object], Future[object]]] = []
+        self._pending_lock = threading.Lock()
+        self._draining = False
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
@@ -101,9 +111,66 @@ class Store:
             return result
 
     async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Async form of write_sync, on the single writer thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.write_sync, fn)
+        """Async form of write_sync, on the single writer thread; committed when it returns.
+
+        Writes queued while the writer is busy share one transaction (group commit, see
+        the module docstring); ``fn`` then runs in a savepoint of its own.
+        """
+        future: Future[object] = Future()
+        with self._pending_lock:
+            self._pending.append((fn, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._executor.submit(self._drain)
+        return await asyncio.wrap_future(future)  # type: ignore[return-value]
+
+    def _drain(self) -> None:
+        while True:
+            with self._pending_lock:
+                group = self._pending[:MAX_GROUP]
+                del self._pending[:MAX_GROUP]
+                if not group:
+                    self._draining = False
+                    return
+            # A caller that was cancelled before its write started is not run.
+            group = [(fn, f) for fn, f in group if f.set_running_or_notify_cancel()]
+            if group:
+                self._commit_group(group)
+
+    def _commit_group(
+        self, group: list[tuple[Callable[[sqlite_utils.Database], object], Future[object]]]
+    ) -> None:
+        done: list[tuple[Future[object], object, BaseException | None]] = []
+        conn = self._writer_conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, future in group:
+                    conn.execute("SAVEPOINT store_write")
+                    try:
+                        result = fn(self._writer)
+                    except Exception as exc:
+                        if not conn.in_transaction:  # the error ended the whole transaction
+                            raise
+                        conn.execute("ROLLBACK TO SAVEPOINT store_write")
+                        conn.execute("RELEASE SAVEPOINT store_write")
+                        done.append((future, None, exc))
+                    else:
+                        conn.execute("RELEASE SAVEPOINT store_write")
+                        done.append((future, result, None))
+                conn.execute("COMMIT")
+            except BaseException as exc:  # nothing of this group is on disk: all of it fails
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for _, future in group:
+                    future.set_exception(exc)
+                return
+        for future, result, error in done:  # only now, after the COMMIT
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     # -- reads -----------------------------------------------------------------------------
     def _reader(self) -> sqlite_utils.Database:
