@@ -91,11 +91,17 @@ def load(
 
 
 def touch(db: sqlite_utils.Database, session: Session, now: datetime) -> None:
-    db.execute("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", [_iso(now), session.id_hash])
+    db.execute("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?",
+               [_iso(now), session.id_hash])
 
 
 def end(db: sqlite_utils.Database, session: Session) -> None:
     db.execute("DELETE FROM sessions WHERE id_hash = ?", [session.id_hash])
+
+
+def end_id(db: sqlite_utils.Database, sid: str) -> None:
+    """End the session a cookie value names, if any (at login: the id seen before it)."""
+    db.execute("DELETE FROM sessions WHERE id_hash = ?", [_hash(sid)])
 
 
 def end_all(db: sqlite_utils.Database, user_id: int) -> int:
