@@ -3,4 +3,4 @@
 Order matters: sets are applied in the order their modules are first imported.
 """
 
-from securemail import apitoken, audit, auth, session, totp  # noqa: F401
+from securemail import apitoken, audit, auth, consent, session, totp  # noqa: F401
