@@ -50,10 +50,10 @@ _CODE_RE = re.compile(r"^[0-9]{6}$")
 #: failure reason -> the audit row's outcome_detail (no secrets, no codes).
 FAILURES = {
     "bad_password": "wrong password",
-    "bad_code": "bad_code",
-    "replayed": "replayed",
-    "bad_recovery_code": "bad_recovery_code",
-    "malformed": "malformed",
+    "bad_code": "second factor: wrong code",
+    "replayed": "second factor: code already used",
+    "bad_recovery_code": "second factor: wrong recovery code",
+    "malformed": "second factor: malformed code",
     "locked": "attempt while locked",
 }
 

@@ -148,6 +148,8 @@ def test_lockout_after_max_failures_is_audited_and_blocks_right_codes(store):
     assert v.reason == "locked"
     assert v.locked_until == T0 + timedelta(seconds=10, minutes=15)
     assert len(audit_rows(store, "auth.fail")) == POLICY.max_failures
+    assert {r["outcome_detail"] for r in audit_rows(store, "auth.fail")} == {
+        "second factor: wrong code"}
     (lock,) = audit_rows(store, "auth.lockout")
     assert lock["object_id"] == "gp_a"
     assert lock["outcome"] == "refused"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from securemail.access import Actor
 from securemail.config import Settings
 from securemail.services import Services
+from securemail.session import Session
 
 settings_key = web.AppKey("settings", Settings)
 services_key = web.AppKey("services", Services)
 
-ACTOR = "securemail.actor"
-SESSION = "securemail.session"
+#: Set by the auth middleware: who is acting (deny by default: absent on open routes).
+ACTOR = web.RequestKey("actor", Actor)
+#: Set by the auth middleware for cookie sessions (absent for API tokens).
+SESSION = web.RequestKey("session", Session)

@@ -134,8 +134,11 @@ def error_response(request: web.Request, status: int, message_nl: str, body: dic
                    ) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response(body, status=status)
+    # The base context is given here too: a refusal raised in auth_mw never reaches
+    # aiohttp-jinja2's context-processor middleware, which sits inside it.
     return aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "message": message_nl, "body": body},
+        "error.html", request,
+        {**base_context(request), "status": status, "message": message_nl, "body": body},
         status=status,
     )
 
@@ -259,6 +262,11 @@ def stack() -> list[Any]:
 
 
 async def template_context(request: web.Request) -> dict[str, Any]:
+    return base_context(request)
+
+
+def base_context(request: web.Request) -> dict[str, Any]:
+    """What every page's base.html needs: who is signed in, the CSRF token, the gateway name."""
     sess = request.get(SESSION)
     return {
         "actor": request.get(ACTOR),
