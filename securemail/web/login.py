@@ -18,6 +18,7 @@ from collections import deque
 from datetime import datetime, timedelta
 
 import aiohttp_jinja2
+import sqlite_utils
 from aiohttp import web
 
 from securemail import audit, auth, session, totp
@@ -133,7 +134,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     ok = await asyncio.to_thread(_check_password, password, found[1] if user else None)
     policy = lockout_policy(request)
 
-    def attempt(db):  # type: ignore[no-untyped-def]
+    def attempt(db: sqlite_utils.Database) -> tuple[totp.Verdict, tuple[str, bool] | None]:
         if user is None:
             audit.record(db, audit.AuditEvent(
                 event_code="auth.fail", user_name=username, access_point=ap, outcome="refused",
@@ -174,7 +175,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     src = svc.settings.gateway.source_id
 
-    def end(db):  # type: ignore[no-untyped-def]
+    def end(db: sqlite_utils.Database) -> None:
         session.end(db, sess)
         audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
                                              object_id=actor.username,
@@ -193,7 +194,7 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     src = svc.settings.gateway.source_id
 
-    def end(db):  # type: ignore[no-untyped-def]
+    def end(db: sqlite_utils.Database) -> None:
         n = session.end_all(db, actor.user_id)
         audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
                                              object_id=actor.username,
