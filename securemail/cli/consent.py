@@ -133,22 +133,9 @@ def _day(text: str | None, field: str, tz: ZoneInfo, *, end: bool = False) -> da
 def _stop_pending(
     db: sqlite_utils.Database, bsn: str, rcpt: register_.Recipient, /, **kw: Any
 ) -> list[str]:
-    """Delegates to the lead's ``securemail.request.stop_for_consent``; until that module
-    exists no request can be queued, so there is nothing to stop. Fails closed otherwise."""
-    try:
-        request_domain = importlib.import_module("securemail.request")
-    except ModuleNotFoundError as exc:
-        if exc.name != "securemail.request" or "requests" in db.table_names():
-            raise
-        return []
-    stop = getattr(request_domain, "stop_for_consent", None)
-    if stop is None:
-        raise ServiceUnavailableError(
-            "withdrawal cannot stop queued requests: request.stop_for_consent is missing",
-            why="consent withdrawal not wired",
-        )
-    stopped: list[str] = stop(db, bsn, rcpt, **kw)
-    return stopped
+    from securemail import exchange
+
+    return exchange.stop_for_consent(db, bsn, rcpt, **kw)
 
 
 # -- handlers --------------------------------------------------------------------------------
