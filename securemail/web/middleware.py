@@ -271,6 +271,8 @@ def base_context(request: web.Request) -> dict[str, Any]:
     return {
         "actor": request.get(ACTOR),
         "csrf_token": sess.csrf_token if sess else "",
+        # Menus only once both factors are done; the password step shows just "log out".
+        "full_session": sess is not None and sess.stage == "full",
         "gateway_name": request.app[services_key].settings.gateway.name
         if services_key in request.app else "securemail",
     }
