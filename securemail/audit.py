@@ -25,7 +25,7 @@ from securemail.store import migrations
 DOMAIN = b"securemail.audit.row.v1\x00"
 GENESIS = "0" * 64
 
-#: event_code -> (action C/R/U/D/E, what it means). docs/audit-actions.md lists these; a test checks.
+#: event_code -> (action C/R/U/D/E, meaning). docs/audit-actions.md lists these; a test checks.
 EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.create": ("C", "a request was validated and stored"),
     "request.view": ("R", "a request's content was shown"),
@@ -72,6 +72,11 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "access.denied": ("E", "an action was refused by the access policy"),
     "outbox.retry": ("U", "an admin re-queued a failed message"),
     "outbox.cancel": ("U", "an admin cancelled a queued message"),
+    "notice.send": ("E", "a status notice (reference only, no patient data) was queued"),
+    "notice.deliver": ("E", "the relay accepted a status notice (250)"),
+    "notice.retry": ("E", "a status notice delivery failed temporarily and will be retried"),
+    "notice.fail": ("E", "a status notice could not be delivered"),
+    "notice.stop": ("U", "a status notice was stopped before it left"),
     "gateway.init": ("C", "the gateway home was initialised"),
 }
 

@@ -51,7 +51,6 @@ def _m1(db: sqlite_utils.Database) -> None:
             recipient_fingerprints TEXT NOT NULL,   -- JSON list
             skipped_members TEXT NOT NULL DEFAULT '[]', -- JSON: [{name, fingerprint, why}]
             document BLOB NOT NULL,                 -- the signed canonical JSON
-            signature TEXT NOT NULL,                -- the GP's detached signature over it
             message_id TEXT NOT NULL,
             state TEXT NOT NULL DEFAULT 'open',     -- open | answered | withdrawn | superseded
             answer TEXT NOT NULL DEFAULT '',        -- JSON of the team's answer
@@ -260,7 +259,6 @@ async def _seal_and_queue(
             "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
             "skipped_members": json.dumps(skipped),
             "document": doc.json,
-            "signature": sealed.json_signature if hasattr(sealed, "json_signature") else "",
             "message_id": sealed.message_id,
             "answer_due": answer_due,
             "created_at": now,

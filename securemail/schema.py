@@ -1,6 +1,18 @@
 """Imports every module that owns tables, so Store.migrate() sees all migration sets.
 
-Order matters: sets are applied in the order their modules are first imported.
+Order matters: sets are applied in the order their modules are first imported, and later
+tables reference earlier ones (users -> organisations, requests -> teams and users).
 """
 
-from securemail import apitoken, audit, auth, consent, session, totp  # noqa: F401
+from securemail import (  # noqa: F401, I001  (order matters, see above)
+    audit,
+    gateway,
+    directory,
+    auth,
+    session,
+    totp,
+    apitoken,
+    consent,
+    exchange,
+    outbox,
+)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +75,8 @@ def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 async def build_gateway(tmp_path: Path, team_member_keys: dict[str, str],
                         smtp: dict[str, Any]) -> Gateway:
-    home = tmp_path / "home"
+    # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
+    home = Path(tempfile.mkdtemp(prefix="sm-"))
     await gateway.init_home(home, overrides={
         "smtp": smtp,
         "gateway": {"from_address": "gateway@gateway.example",
@@ -113,7 +116,7 @@ async def build_gateway(tmp_path: Path, team_member_keys: dict[str, str],
         password=NURSE_PASSWORD, teams=[TEAM], now=now))
     gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "huisarts"))
     grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], TEAM)
-    nurse_home = tmp_path / "nurse-gnupg"
+    nurse_home = home / "nurse-gnupg"
     nurse_home.mkdir(mode=0o700)
     gpg_cli(nurse_home, "--import", stdin=team_member_keys["secret"].encode())
     return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs])
@@ -137,6 +140,9 @@ async def gw(tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any
     g = await build_gateway(tmp_path, team_member_keys, smtp_server.settings_overrides())
     yield g
     g.svc.close()
+    for gnupg in (g.home / "gnupg", g.nurse_home):
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
+    shutil.rmtree(g.home, ignore_errors=True)
 
 
 def example() -> dict[str, Any]:
