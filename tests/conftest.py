@@ -182,21 +182,29 @@ async def keyring(
 
 
 @pytest.fixture(scope="session")
-def web_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def web_template() -> Iterator[tuple[Path, dict[str, str]]]:
     """An initialised home with the test people, built once: (root, {username: TOTP secret})."""
-    from tests.web_fixtures import build_template_home
+    import shutil
 
-    root = tmp_path_factory.mktemp("web-template")
-    return root, build_template_home(root)
+    from tests.web_fixtures import build_template_home, short_dir
+
+    root = short_dir("smt-")
+    yield root, build_template_home(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-async def webapp(web_template: tuple[Path, dict[str, str]], tmp_path: Path,
+async def webapp(web_template: tuple[Path, dict[str, str]],
                  aiohttp_client: Any) -> AsyncIterator[WebApp]:
     """The real app over HTTP on 127.0.0.1, on a fresh copy of the template home."""
-    from tests.web_fixtures import copy_home, start_web
+    import shutil
+
+    from tests.web_fixtures import copy_home, kill_agents, short_dir, start_web
 
     root, secrets = web_template
-    w = await start_web(copy_home(root, tmp_path / "home"), secrets, aiohttp_client)
+    home = copy_home(root, short_dir("smw-") / "home")
+    w = await start_web(home, secrets, aiohttp_client)
     yield w
     await w.close()
+    kill_agents(home)
+    shutil.rmtree(home.parent, ignore_errors=True)

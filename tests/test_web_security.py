@@ -16,7 +16,8 @@ from securemail import access, apitoken, auth
 from securemail.web.login import LoginThrottle, throttle_key
 from securemail.web.middleware import ACTION_ATTR, OPEN_ROUTES, SECOND_FACTOR_ROUTES, requires
 from tests.auth_fixtures import PASSWORD
-from tests.web_fixtures import Browser, WebApp, copy_home, start_web
+from tests.e2e.conftest import EXAMPLE
+from tests.web_fixtures import Browser, WebApp, another_web
 
 ROLE_OF = {"gp": "gp_a", "nurse": "nurse_c", "privacy_officer": "privacy_a", "admin": "admin"}
 #: A sample value for each route parameter (no patient data is ever a parameter).
@@ -31,23 +32,8 @@ async def logged_in(webapp: WebApp, username: str) -> Browser:
     return b
 
 
-def insert_request(webapp: WebApp, practice: str, team: str,
-                   reference: str = "UVZ-2025-000001") -> str:
-    """A request row as exchange.send stores it (sending itself is tested end to end)."""
-
-    def ins(db: Any) -> None:
-        org = db.execute("SELECT id FROM organisations WHERE code = ?", [practice]).fetchone()[0]
-        team_id = db.execute("SELECT id FROM teams WHERE address = ?", [team]).fetchone()[0]
-        gp = db.execute("SELECT id FROM users WHERE username = 'gp_a'").fetchone()[0]
-        db["requests"].insert({
-            "reference": reference, "kind": "nieuw", "urgency": "regulier",
-            "practice_org_id": org, "team_id": team_id, "patient_bsn": "999990019",
-            "created_by": gp, "signer_fingerprint": "", "recipient_fingerprints": "[]",
-            "document": b"{}", "signature": "", "message_id": "<x@y>",
-            "created_at": "2025-01-01T00:00:00", "updated_at": "2025-01-01T00:00:00"})
-
-    webapp.svc.store.write_sync(ins)
-    return reference
+CENTRUM, OOST = "centrum@zorg.example", "oost@zorg.example"
+BSN = EXAMPLE["patient"]["bsn"]
 
 
 # -- not logged in ---------------------------------------------------------------------------
@@ -146,7 +132,7 @@ async def test_wrong_role_json_refusal_names_the_action(webapp):
 
 
 async def test_gp_of_another_practice_gets_404_and_an_audit_row(webapp):
-    ref = insert_request(webapp, "01000001", "centrum@zorg.example")
+    ref = await webapp.send("gp_a", CENTRUM)
     b = await logged_in(webapp, "gp_b")
     r = await b.get(f"/requests/{ref}")
     missing = await b.get("/requests/UVZ-2025-999999")
@@ -159,7 +145,7 @@ async def test_gp_of_another_practice_gets_404_and_an_audit_row(webapp):
 
 
 async def test_nurse_of_another_team_gets_404_and_an_audit_row(webapp):
-    ref = insert_request(webapp, "01000001", "centrum@zorg.example")
+    ref = await webapp.send("gp_a", CENTRUM)
     webapp.secrets["nurse_o"] = webapp.svc.store.write_sync(lambda db: auth.enrol_totp_for_demo(
         db, auth.user_by_name(db, "nurse_o").id))
     b = await logged_in(webapp, "nurse_o")
@@ -171,19 +157,23 @@ async def test_nurse_of_another_team_gets_404_and_an_audit_row(webapp):
 
 
 async def test_list_shows_only_own_practice_and_own_teams(webapp):
-    insert_request(webapp, "01000001", "centrum@zorg.example", "UVZ-2025-000001")
-    insert_request(webapp, "01000002", "centrum@zorg.example", "UVZ-2025-000002")
-    insert_request(webapp, "01000001", "oost@zorg.example", "UVZ-2025-000003")
+    a_centrum = await webapp.send("gp_a", CENTRUM)
+    b_centrum = await webapp.send("gp_b", CENTRUM)
+    a_oost = await webapp.send("gp_a", OOST)
     gp_b = await logged_in(webapp, "gp_b")
     text = (await gp_b.get("/requests")).text
-    assert "UVZ-2025-000002" in text
-    assert "UVZ-2025-000001" not in text
-    assert "UVZ-2025-000003" not in text
+    assert b_centrum in text
+    assert a_centrum not in text
+    assert a_oost not in text
     nurse_c = await logged_in(webapp, "nurse_c")
     text = (await nurse_c.get("/requests")).text
-    assert "UVZ-2025-000001" in text
-    assert "UVZ-2025-000002" in text
-    assert "UVZ-2025-000003" not in text
+    assert a_centrum in text
+    assert b_centrum in text
+    assert a_oost not in text
+    # and what a person may list, they may open; the rest is 404
+    assert (await nurse_c.get(f"/requests/{a_centrum}")).status == 200
+    assert (await nurse_c.get(f"/requests/{a_oost}")).status == 404
+    assert (await gp_b.get(f"/requests/{b_centrum}")).status == 200
 
 
 # -- CSRF --------------------------------------------------------------------------------------
@@ -296,7 +286,7 @@ async def test_logout_and_logout_everywhere(webapp):
     assert details == ["this session", "all sessions (2)"]
 
 
-async def test_session_cookie_flags(webapp, web_template, tmp_path, aiohttp_client):
+async def test_session_cookie_flags(webapp, web_template, aiohttp_client):
     b = webapp.browser()
     r = await b.password("gp_a")
     (cookie,) = [c for c in r.set_cookies() if c.startswith("securemail_session=")]
@@ -304,10 +294,8 @@ async def test_session_cookie_flags(webapp, web_template, tmp_path, aiohttp_clie
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie
     assert "Secure" not in cookie  # plain HTTP in this test; see the TLS variant below
-    root, secrets = web_template
-    tls = await start_web(copy_home(root, tmp_path / "tls-home"), secrets, aiohttp_client,
-                          web_settings={"secure_cookies": True})
-    try:
+    async with another_web(web_template, aiohttp_client,
+                           web_settings={"secure_cookies": True}) as tls:
         b = tls.browser()
         page = await b.get("/login")
         (login_cookie,) = [c for c in page.set_cookies() if c.startswith("securemail_login=")]
@@ -322,8 +310,6 @@ async def test_session_cookie_flags(webapp, web_template, tmp_path, aiohttp_clie
         assert "Secure" in cookie
         assert "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie
-    finally:
-        await tls.close()
 
 
 # -- second factor --------------------------------------------------------------------------
@@ -395,15 +381,11 @@ async def test_a_known_password_does_not_reset_the_failure_count(webapp):
     assert r.status == 303
 
 
-async def test_source_address_is_throttled(web_template, tmp_path, aiohttp_client):
-    root, secrets = web_template
-
+async def test_source_address_is_throttled(web_template, aiohttp_client):
     def small_throttle(app: web.Application) -> None:
         app[throttle_key] = LoginThrottle(limit=3)
 
-    w = await start_web(copy_home(root, tmp_path / "home"), secrets, aiohttp_client,
-                        prepare=small_throttle)
-    try:
+    async with another_web(web_template, aiohttp_client, prepare=small_throttle) as w:
         b = w.browser()
         for name in ("nobody", "gp_a", "gp_b"):
             await b.password(name, "spray-password-1")
@@ -411,8 +393,6 @@ async def test_source_address_is_throttled(web_template, tmp_path, aiohttp_clien
         assert r.status == 429
         assert "vanaf dit adres" in r.text
         assert w.audit("auth.fail")[-1]["outcome_detail"] == "source address throttled"
-    finally:
-        await w.close()
 
 
 async def test_unknown_user_and_wrong_password_look_the_same(webapp):
@@ -499,8 +479,7 @@ def assert_security_headers(r: Any, where: str) -> None:
     assert r.headers.get("Referrer-Policy") == "no-referrer", where
 
 
-async def test_security_headers_on_every_kind_of_response(web_template, tmp_path, aiohttp_client):
-    root, secrets = web_template
+async def test_security_headers_on_every_kind_of_response(web_template, aiohttp_client):
 
     @requires("account.self")
     async def boom(request: web.Request) -> web.StreamResponse:
@@ -510,9 +489,7 @@ async def test_security_headers_on_every_kind_of_response(web_template, tmp_path
         app.router.add_get("/boom", boom, name="boom")
         app.router.add_get("/boom.json", boom, name="boom_json")
 
-    w = await start_web(copy_home(root, tmp_path / "home"), secrets, aiohttp_client,
-                        prepare=add_boom)
-    try:
+    async with another_web(web_template, aiohttp_client, prepare=add_boom) as w:
         anon = w.browser()
         for path in ("/login", "/static/app.css", "/health", "/no-such-page", "/requests"):
             assert_security_headers(await anon.get(path), path)
@@ -532,8 +509,6 @@ async def test_security_headers_on_every_kind_of_response(web_template, tmp_path
         assert body["error"] == "internal"
         assert re.fullmatch(r"[0-9a-f]{12}", body["incident"])
         assert "Jansen" not in r.text
-    finally:
-        await w.close()
 
 
 async def test_no_template_has_inline_script_or_style():
@@ -570,7 +545,7 @@ async def test_api_without_or_with_a_bad_token_is_401_and_audited(webapp):
 
 
 async def test_api_token_scope_and_organisation(webapp):
-    ref = insert_request(webapp, "01000001", "centrum@zorg.example")
+    ref = await webapp.send("gp_a", CENTRUM)
     read_only = await _token(webapp, "gp_a", "request:read")
     other_practice = await _token(webapp, "gp_b", "request:read request:send")
     b = webapp.browser()
@@ -579,7 +554,7 @@ async def test_api_token_scope_and_organisation(webapp):
     assert r.status == 200
     status = json.loads(r.text)
     assert status["reference"] == ref
-    assert "999990019" not in r.text
+    assert BSN not in r.text
     # Out of scope: 403 and an audit row (and no CSRF token asked for: no cookie session).
     r = await b.request("POST", "/api/requests", json={"request": {}, "passphrase": "x"},
                         headers={"Authorization": f"Bearer {read_only}"})

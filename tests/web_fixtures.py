@@ -9,9 +9,12 @@ gpg key generation are slow by design.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +23,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import auth, config, gateway
+from securemail import auth, config, directory, gateway
+from securemail.access import SYSTEM
 from securemail.config import Settings
 from securemail.services import Services, open_services
 from securemail.store import Store
@@ -44,14 +48,30 @@ class Clock:
         self.now += timedelta(**delta)
 
 
+TEAM_ADDRESSES = ("centrum@zorg.example", "oost@zorg.example")
+#: Which practice's GP may send the example patient to which team (consent on record).
+CONSENTS = (("gp_a", "centrum@zorg.example"), ("gp_a", "oost@zorg.example"),
+            ("gp_b", "centrum@zorg.example"))
+
+
+def short_dir(prefix: str) -> Path:
+    # gpg-agent's socket path must stay under ~100 bytes; pytest's tmp_path can be longer.
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def kill_agents(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "all"],
+                   check=False, capture_output=True)
+
+
 def build_template_home(root: Path) -> dict[str, str]:
-    """Init a home, add the people, pair all but UNENROLLED; return {username: totp secret}."""
+    """Init a home, add the people, pair all but UNENROLLED; give the GPs signing keys and
+    each team a member key (secret half only in a scratch keyring); record the example
+    patient's consent; return {username: TOTP secret}."""
     home = root / "home"
-    asyncio.run(gateway.init_home(home))
+    asyncio.run(_build(home, root / "team-gnupg"))
     store = Store(config.load(home).db_path)
     try:
-        store.migrate()
-        store.write_sync(populate)
         secrets: dict[str, str] = {}
         for username in PEOPLE:
             if username in UNENROLLED:
@@ -61,10 +81,42 @@ def build_template_home(root: Path) -> dict[str, str]:
                 lambda db, uid=uid: auth.enrol_totp_for_demo(db, uid))
     finally:
         store.close()
-    # gpg may have started an agent for the gateway key; stop it so the copy is a quiet tree.
-    subprocess.run(["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "all"],
-                   check=False, capture_output=True)
+    kill_agents(home)
     return secrets
+
+
+async def _build(home: Path, team_gnupg: Path) -> None:
+    from securemail.cli.directory import enrol_gp_key
+    from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, gpg_cli, grant_consent
+
+    await gateway.init_home(home)
+    svc = open_services(config.load(home))
+    try:
+        svc.store.write_sync(populate)
+        team_gnupg.mkdir(mode=0o700)
+        now = svc.now_iso()
+        for address in TEAM_ADDRESSES:
+            email = "member-" + address
+            gpg_cli(team_gnupg, "--passphrase", "", "--quick-gen-key", f"Member <{email}>",
+                    "ed25519", "sign,cert", "2y")
+            fpr = [line.split(":")[9] for line in gpg_cli(
+                team_gnupg, "--with-colons", "--list-keys", email).decode().splitlines()
+                if line.startswith("fpr:")][0]
+            gpg_cli(team_gnupg, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr",
+                    "2y")
+            await svc.keyring.import_keys(gpg_cli(team_gnupg, "--armor", "--export", fpr).decode())
+            svc.store.write_sync(lambda db, a=address, e=email, f=fpr: directory.add_member(
+                db, SYSTEM, team_address=a, name="Member", email=e, fingerprint=f, now=now))
+        for username in ("gp_a", "gp_b"):
+            user = svc.store.read_sync(lambda db, u=username: auth.user_by_name(db, u))
+            await enrol_gp_key(svc, user, GP_PASSPHRASE)
+        for username, address in CONSENTS:
+            gp = svc.store.read_sync(lambda db, u=username: auth.actor_for_cli(db, u))
+            grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], address)
+    finally:
+        svc.close()
+        subprocess.run(["gpgconf", "--homedir", str(team_gnupg), "--kill", "all"],
+                       check=False, capture_output=True)
 
 
 def copy_home(template: Path, target: Path) -> Path:
@@ -184,6 +236,16 @@ class WebApp:
         for b in self.browsers:
             await b.session.close()
 
+    async def send(self, username: str, to: str) -> str:
+        """A real send of the example request by a GP (form, consent, sign, seal, queue)."""
+        from securemail import exchange
+        from tests.e2e.conftest import GP_PASSPHRASE, example
+
+        gp = self.svc.store.read_sync(lambda db: auth.actor_for(
+            db, auth.user_by_name(db, username), "test"))
+        result = await exchange.send(self.svc, gp, example(), GP_PASSPHRASE, to=to)
+        return result.reference
+
     def audit(self, code: str) -> list[dict[str, Any]]:
         return self.svc.store.read_sync(lambda db: list(db["audit_events"].rows_where(
             "event_code = ?", [code], order_by="seq")))
@@ -206,3 +268,18 @@ async def start_web(home: Path, secrets: dict[str, str], aiohttp_client: Any, *,
     client = await aiohttp_client(app)
     people = {u: Person(u, 0, PEOPLE[u][0], secrets.get(u, "")) for u in PEOPLE}
     return WebApp(app, client, svc, clock, settings, secrets, people)
+
+
+@contextlib.asynccontextmanager
+async def another_web(template: tuple[Path, dict[str, str]], aiohttp_client: Any,
+                      **kw: Any) -> AsyncIterator[WebApp]:
+    """A second app on its own copy of the template home (other settings, extra routes)."""
+    root, secrets = template
+    home = copy_home(root, short_dir("smw-") / "home")
+    w = await start_web(home, secrets, aiohttp_client, **kw)
+    try:
+        yield w
+    finally:
+        await w.close()
+        kill_agents(home)
+        shutil.rmtree(home.parent, ignore_errors=True)
