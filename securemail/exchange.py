@@ -219,12 +219,10 @@ async def _seal_and_queue(
     recipients, skipped = await usable_recipients(svc, team)
     gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
     signer = Fingerprint(gp.signing_fingerprint)
-    message_id = outbox.new_message_id(svc.settings, reference)
     envelope = Envelope(
         sender=svc.settings.gateway.from_address,
         recipient=team.address,
         subject=f"Uitvoeringsverzoek {reference}",
-        message_id=message_id,
         extra_headers=(("X-Securemail-Reference", reference),),
     )
     doc = prepared.rendered
@@ -275,7 +273,9 @@ async def _seal_and_queue(
         audit.record(db, audit.AuditEvent.of(actor, "request.create", **common), source_id=src)
         audit.record(db, audit.AuditEvent.of(actor, "request.sign", **common,
                                              outcome_detail=f"signer={signer}"), source_id=src)
-        outbox.enqueue(db, sealed, reference=reference, now=now)
+        outbox.enqueue(db, sealed, actor=actor, patient_id=req.patient_bsn,
+                       sender_org=actor.org_code, recipient_org=team.address,
+                       consent_id=common["consent_id"], data_categories=DATA_CATEGORIES)
         detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
         if skipped:
             detail += "; left out=" + ",".join(s["fingerprint"][-16:] + ":" + s["why"] for s in skipped)

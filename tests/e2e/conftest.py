@@ -119,6 +119,9 @@ async def build_gateway(tmp_path: Path, team_member_keys: dict[str, str],
     nurse_home = home / "nurse-gnupg"
     nurse_home.mkdir(mode=0o700)
     gpg_cli(nurse_home, "--import", stdin=team_member_keys["secret"].encode())
+    # The nurse's client knows the GP's public key from the regional directory.
+    gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
+    gpg_cli(nurse_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
     return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs])
 
 
@@ -135,9 +138,11 @@ def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any
-             ) -> AsyncIterator[Gateway]:
-    g = await build_gateway(tmp_path, team_member_keys, smtp_server.settings_overrides())
+async def gw(tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any,
+             relay_cafile: str) -> AsyncIterator[Gateway]:
+    smtp = {"host": "127.0.0.1", "port": smtp_server.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}
+    g = await build_gateway(tmp_path, team_member_keys, smtp)
     yield g
     g.svc.close()
     for gnupg in (g.home / "gnupg", g.nurse_home):

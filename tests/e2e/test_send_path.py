@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange, outbox
+from securemail import delivery, exchange, outbox
 from securemail.exchange import Hooks
 from securemail.openpgp import RecipientKeyError
 from tests.e2e.conftest import (
@@ -43,7 +43,7 @@ PATIENT_MARKERS = [
 async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
     """Run a real delivery worker until nothing is due any more."""
     hooks = Hooks(gw.svc)
-    worker = outbox.Worker(gw.svc.settings, gw.svc.store, owner_id="test-worker",
+    worker = delivery.Worker(gw.svc.settings, gw.svc.store, owner_id="test-worker",
                            on_final=hooks.on_final, before_send=hooks.before_send)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -87,7 +87,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_s
     gw.svc.close()
     # When the practice system sends it with the CLI
     proc = subprocess.run(
-        [sys.executable, "-m", "securemail", "request", "send", "--home", str(gw.home),
+        [sys.executable, "-m", "securemail", "-v", "request", "send", "--home", str(gw.home),
          "--as", "huisarts", "--file", str(req_file), "--passphrase-file", str(pass_file)],
         capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False)
     # Then it prints the reference and exits 0 (durably queued)
@@ -100,8 +100,8 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_s
     gw.svc = open_services(config.load(gw.home))
     await deliver_all(gw)
     # And the team's mail client opens it
-    [msg] = smtp_server.messages
-    inner = assert_opens_as_nurse(gw, msg.raw)
+    [raw] = smtp_server.handler.mailbox().values()
+    inner = assert_opens_as_nurse(gw, raw)
     doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
     data = json.loads(doc.get_content() if isinstance(doc.get_content(), str)
                       else doc.get_content().decode())
@@ -123,7 +123,7 @@ async def test_send_with_api_function_records_audit_rows(gw: Gateway, smtp_serve
     assert "consent.check" in codes
     assert codes[-1] == "request.send"
     await deliver_all(gw)
-    assert len(smtp_server.messages) == 1
+    assert len(smtp_server.handler.mailbox()) == 2  # the request and the practice's notice
     codes = gw.svc.store.read_sync(lambda db: [r[0] for r in db.execute(
         "SELECT event_code FROM audit_events WHERE object_id = ?", [result.reference])])
     assert "request.deliver" in codes
@@ -151,7 +151,7 @@ async def test_send_to_team_without_usable_key_is_refused_and_nothing_leaves(
         "SELECT outcome, outcome_detail FROM audit_events WHERE event_code = 'request.send'"
     ).fetchall())
     assert refused == [("refused", "seal.key_unusable")]
-    assert smtp_server.messages == []
+    assert smtp_server.handler.snapshot() == []
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
     pass_file.write_text(GP_PASSPHRASE, encoding="utf-8")
     gw.svc.close()
     proc = subprocess.run(
-        [sys.executable, "-m", "securemail", "request", "send", "--home", str(gw.home),
+        [sys.executable, "-m", "securemail", "-v", "request", "send", "--home", str(gw.home),
          "--as", "huisarts", "--file", str(req_file), "--passphrase-file", str(pass_file)],
         capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False)
     assert proc.returncode == 1
