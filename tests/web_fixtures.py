@@ -260,7 +260,7 @@ async def start_web(home: Path, secrets: dict[str, str], aiohttp_client: Any, *,
     settings = config.load(home)
     if web_settings:
         settings = settings.replace(web=web_settings)
-    clock = Clock(datetime.now(UTC).replace(microsecond=0))
+    clock = Clock(datetime.now(UTC))
     svc = open_services(settings, clock=clock)
     app = create_app(settings, services=svc, run_worker=False)
     if prepare is not None:
