@@ -4,15 +4,15 @@ Order matters: sets are applied in the order their modules are first imported, a
 tables reference earlier ones (users -> organisations, requests -> teams and users).
 """
 
-from securemail import (  # noqa: F401, I001  (order matters, see above)
+from securemail import (  # noqa: F401
+    apitoken,
     audit,
-    gateway,
-    directory,
     auth,
+    consent,
+    directory,
+    exchange,
+    gateway,
+    outbox,
     session,
     totp,
-    apitoken,
-    consent,
-    exchange,
-    outbox,
 )
