@@ -603,3 +603,33 @@ async def test_gp_creates_and_revokes_a_token_in_the_browser(webapp):
                               headers=headers)).status == 401
     assert [r["outcome_detail"].split(" ")[0] for r in webapp.audit("auth.token")] == [
         "created", "revoked"]
+
+
+async def test_admin_resets_a_password_and_unlocks_in_the_browser(webapp):
+    gp = await logged_in(webapp, "gp_a")
+    admin = await logged_in(webapp, "admin")
+    page = await admin.get("/admin")
+    assert page.status == 200
+    assert "gp_a" in page.text
+    r = await admin.post("/admin/users/reset-password", {"username": "gp_a",
+                                                        "password": "short"})
+    assert r.status == 400
+    r = await admin.post("/admin/users/reset-password", {"username": "gp_a",
+                                                        "password": "a brand new password"})
+    assert r.status == 200
+    assert "1 sessie(s) beëindigd" in r.text
+    assert "a brand new password" not in r.text
+    assert (await gp.get("/account")).location == "/login"
+    assert (await webapp.browser().password("gp_a", "a brand new password")).location == (
+        "/login/enrol")
+    # A lock, lifted by the admin before it runs out
+    b = webapp.browser()
+    for i in range(webapp.settings.web.login_max_failures):
+        await b.password("nurse_c", f"wrong {i}")
+    assert (await b.password("nurse_c")).status == 429
+    r = await admin.post("/admin/users/unlock", {"username": "nurse_c"})
+    assert "gedeblokkeerd" in r.text
+    assert (await b.login("nurse_c")).status == 303
+    details = [row["outcome_detail"] for row in webapp.audit("user.update")]
+    assert details[-1] == "unlocked"
+    assert details[-2].startswith("password reset; second factor to enrol again")
