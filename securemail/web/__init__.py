@@ -20,10 +20,9 @@ from securemail import delivery
 from securemail.config import Settings
 from securemail.services import Services, open_services
 from securemail.web import middleware
-from securemail.web.keys import services_key, settings_key
+from securemail.web.keys import run_worker_key, services_key, settings_key
 
 log = logging.getLogger("securemail.web")
-run_worker_key = web.AppKey("run_worker", bool)
 HERE = Path(__file__).parent
 
 
@@ -35,7 +34,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app.get(run_worker_key, True):
+    if not app[run_worker_key]:
         yield
         return
     svc = app[services_key]
