@@ -22,7 +22,13 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from securemail import audit, session, totp
 from securemail.access import ROLES, Actor, Resource, require
-from securemail.directory import org_by_code, org_by_id, require_email, team_by_address
+from securemail.directory import (
+    find_team,
+    org_by_code,
+    org_by_id,
+    require_email,
+    team_by_address,
+)
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.store import migrations
 
@@ -150,6 +156,10 @@ def add_user(
         org_id = org.id
     if email:
         email = require_email(email, "email")
+        if find_team(db, email) is not None:
+            # Personal accounts only: a team's entry address is a mailbox, never a login.
+            raise InputError("a team mailbox is never a login; give the person's own address",
+                             field="email")
     profile = dict(profile or {})
     big = profile.get("big", "").strip()
     if role == "gp" and not re.fullmatch(r"[0-9]{11}", big):

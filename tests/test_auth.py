@@ -44,6 +44,15 @@ def test_password_hash_is_scrypt_and_salted():
     assert not auth.check_password(PASSWORD, "md5$abc")
 
 
+def test_a_team_mailbox_is_never_a_login(store):
+    with pytest.raises(InputError) as info:
+        store.write_sync(lambda db: auth.add_user(
+            db, SYSTEM, username="team", name="Team Centrum", role="nurse",
+            org_code="87000001", password=PASSWORD, email="centrum@zorg.example",
+            teams=["centrum@zorg.example"], now=T0.isoformat()))
+    assert info.value.context["field"] == "email"
+
+
 # -- TOTP secrets at rest ----------------------------------------------------------------
 
 
