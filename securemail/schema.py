@@ -5,6 +5,7 @@ tables reference earlier ones (users -> organisations, requests -> teams and use
 """
 
 from securemail import (  # noqa: F401
+    apitoken,
     audit,
     auth,
     consent,
@@ -13,4 +14,5 @@ from securemail import (  # noqa: F401
     gateway,
     outbox,
     session,
+    totp,
 )

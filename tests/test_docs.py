@@ -26,7 +26,7 @@ def _all_errors() -> dict[str, type[SecuremailError]]:
 
     def walk(cls: type[SecuremailError]) -> None:
         for sub in cls.__subclasses__():
-            if sub.__module__.startswith("securemail."):  # not errors that tests define
+            if sub.__module__.startswith("securemail."):  # not the tests' own subclasses
                 seen.setdefault(sub.code, sub)
             walk(sub)
 
