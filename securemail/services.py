@@ -1,7 +1,15 @@
-"""The long-lived services of one gateway home, built once and passed in (no singletons)."""
+"""The long-lived services of one gateway home, built once and passed in (no singletons).
+
+Several processes may use one home at once (``serve`` and ``request send`` from a
+practice system): they share its gpg-agent. Each open Services holds a shared lock on
+the home's agent lock file; closing stops the agent only when no other process holds
+it (an exclusive lock succeeds), so one process's exit never kills another's signing.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +23,9 @@ from securemail.openpgp import Keyring
 from securemail.store import Store
 
 
+AGENT_LOCK = ".gpg-agent.lock"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -26,6 +37,7 @@ class Services:
     keyring: Keyring
     definition: forms.FormDefinition
     clock: Callable[[], datetime] = field(default=utcnow)
+    agent_lock: int | None = field(default=None, repr=False)  # fd holding a shared flock
 
     def now(self) -> datetime:
         return self.clock()
@@ -35,8 +47,26 @@ class Services:
 
     def close(self) -> None:
         self.store.close()
-        # The keyring's gpg-agent holds no passphrases (caching is off); it need not outlive us.
-        kill_agent(self.keyring.homedir, self.keyring.binary)
+        # The keyring's gpg-agent holds no passphrases (caching is off); it need not outlive
+        # us, unless another process of this home still uses it.
+        fd, self.agent_lock = self.agent_lock, None
+        if fd is None:
+            kill_agent(self.keyring.homedir, self.keyring.binary)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # from shared: are we the last?
+        except BlockingIOError:
+            return
+        else:  # while we hold it exclusively, nobody starts using the agent
+            kill_agent(self.keyring.homedir, self.keyring.binary)
+        finally:
+            os.close(fd)
+
+
+def _agent_lock(settings: Settings) -> int:
+    fd = os.open(settings.home / AGENT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Services:
@@ -51,4 +81,4 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     store.migrate()
     keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
     definition = forms.load_definition(settings.forms_path)
-    return Services(settings, store, keyring, definition, clock)
+    return Services(settings, store, keyring, definition, clock, _agent_lock(settings))

@@ -113,3 +113,31 @@ def test_settings_unknown_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(tmp_path, env={})
     assert "hots" in info.value.reason
+
+
+def _agent_answers(gnupg: Path) -> bool:
+    out = subprocess.run(
+        ["gpg-connect-agent", "--homedir", str(gnupg), "--no-autostart", "/bye"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return out.returncode == 0 and b"no gpg-agent running" not in out.stderr
+
+
+async def test_closing_services_keeps_agent_another_process_uses(home: Path) -> None:
+    # Given a home opened twice (a server and a CLI call share one gpg-agent)
+    from securemail import gateway
+    from securemail.services import open_services
+
+    await gateway.init_home(home)
+    settings = config.load(home)
+    server, cli_call = open_services(settings), open_services(settings)
+    await server.keyring.key_info(gateway.gateway_fingerprint(server.store))  # agent up
+    gnupg = settings.gnupg_home
+    assert _agent_answers(gnupg)
+    # When the CLI call ends, the agent stays for the server; when the server ends, it goes
+    cli_call.close()
+    assert _agent_answers(gnupg)
+    server.close()
+    assert not _agent_answers(gnupg)
