@@ -6,7 +6,9 @@ packet, with no readable text anywhere (no preamble beyond the customary sentenc
 armor Comment, no extra part or part header), or (b) a notice built by
 ``securemail.notify``. It runs when a message is queued and again right before its
 bytes go to the relay (defence in depth, SecureDrop's ``NotEncrypted``). Refusals name
-the rule that failed and never quote the content. It checks structure, not cryptography:
+the rule that failed and never quote the content. Bytes that passed are remembered in this process by their SHA-256, so the
+same bytes checked again (at enqueue, then at the edge) cost one hash, not a parse;
+one byte different and the full check runs. It checks structure, not cryptography:
 it catches plaintext that slipped through by mistake; that only ``openpgp.seal`` makes a
 SealedMessage is what keeps everything else out.
 """
@@ -15,6 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import threading
+from collections import OrderedDict
 from email import policy
 from email.parser import BytesParser
 
@@ -42,6 +47,12 @@ _PART_HEADERS = {
 _ARMOR_HEADERS = {"Version", "Charset"}  # not Comment: it is free text
 
 
+#: SHA-256 digests of bytes that passed require_pgp_mime in this process (bounded, FIFO).
+_PASSED: OrderedDict[bytes, None] = OrderedDict()
+_PASSED_MAX = 4096
+_PASSED_LOCK = threading.Lock()
+
+
 def _refuse(why: str) -> NotSealedError:
     return NotSealedError(f"not a PGP/MIME encrypted message: {why}")
 
@@ -54,7 +65,21 @@ def require_pgp_mime(raw: bytes) -> None:
     (To be folded into ``securemail.mime.is_pgp_mime``; outbox imports it as
     ``_require_pgp_mime``.)
     """
-    if not isinstance(raw, bytes) or not raw.isascii():
+    if not isinstance(raw, bytes):
+        raise _refuse("not 7-bit bytes")
+    digest = hashlib.sha256(raw).digest()
+    with _PASSED_LOCK:
+        if digest in _PASSED:  # these exact bytes passed the full check below
+            return
+    _check_pgp_mime(raw)
+    with _PASSED_LOCK:
+        _PASSED[digest] = None
+        while len(_PASSED) > _PASSED_MAX:
+            _PASSED.popitem(last=False)
+
+
+def _check_pgp_mime(raw: bytes) -> None:
+    if not raw.isascii():
         raise _refuse("not 7-bit bytes")
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     if msg.get_content_type() != "multipart/encrypted":

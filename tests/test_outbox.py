@@ -267,6 +267,22 @@ def test_sealcheck_accepts_real_gpg_output(outbox_pgp: PgpForTests) -> None:
     outbox._require_pgp_mime(sealed.mime)
 
 
+def test_sealcheck_remembers_passed_bytes_but_refuses_one_changed_byte(
+    outbox_pgp: PgpForTests,
+) -> None:
+    # Given bytes that passed (and are now remembered by their digest)
+    sealed = make_sealed_for_tests(outbox_pgp)
+    outbox._require_pgp_mime(sealed.mime)
+    outbox._require_pgp_mime(sealed.mime)
+    # When the same message claims another type, it is checked in full, and refused
+    tampered = sealed.mime.replace(
+        b"Content-Type: multipart/encrypted", b"Content-Type: text/plain", 1
+    )
+    assert tampered != sealed.mime
+    with pytest.raises(NotSealedError):
+        outbox._require_pgp_mime(tampered)
+
+
 @hsettings(deadline=None)  # parsing speed is not the point; no flakes on a busy machine
 @given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1))
 def test_sealcheck_refuses_any_ascii_text_as_armor(text: str) -> None:

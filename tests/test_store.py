@@ -81,7 +81,9 @@ async def test_store_cancelled_write_that_did_not_start_does_not_run(store: Stor
 
     first = asyncio.ensure_future(store.write(hold))
     await asyncio.to_thread(started.wait, 10)
-    cancelled = asyncio.ensure_future(store.write(lambda db: db.execute("INSERT INTO t VALUES (9)")))
+    cancelled = asyncio.ensure_future(
+        store.write(lambda db: db.execute("INSERT INTO t VALUES (9)"))
+    )
     await asyncio.sleep(0.05)
     cancelled.cancel()
     release.set()
