@@ -21,6 +21,7 @@ from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
 from securemail.errors import NotFoundError, SecuremailError
+from securemail.keyinfo import parse_fingerprint
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
@@ -172,6 +173,13 @@ async def usable_recipients(
 ) -> tuple[list[Fingerprint], list[dict[str, str]]]:
     """The team's pinned member keys that pass every check, and the members left out (why)."""
     members = await svc.store.read(lambda db: directory.members(db, team.id))
+    pinned = []
+    for m in members:
+        try:
+            pinned.append(parse_fingerprint(m.fingerprint))
+        except ValueError:
+            continue  # check_recipient below reports it
+    await svc.keyring.load_keys(pinned)  # one gpg listing for the team, not one per member
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
     for m in members:
@@ -570,7 +578,9 @@ class Hooks:
                 )
             else:
                 notice = notify.notice_failed(
-                    row.reference, practice.notify_address, row.stop_reason or "smtp.rejected",
+                    row.reference,
+                    practice.notify_address,
+                    row.stop_reason or "smtp.rejected",
                     svc.settings,
                 )
             outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)

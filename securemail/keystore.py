@@ -191,6 +191,8 @@ class KeyStore:
         self._gpg_lock = threading.Lock()
         self._cache_seconds = key_cache_seconds
         self._cache: dict[Fingerprint, tuple[float, KeyInfo]] = {}
+        self._exports: dict[Fingerprint, str] = {}  # armored public keys (the GP's, per send)
+        self._ring_state: tuple[int, int, int] | None = None
 
     @classmethod
     def create(
@@ -281,6 +283,20 @@ class KeyStore:
 
     def _forget(self) -> None:
         self._cache.clear()
+        self._exports.clear()
+
+    def _revalidate(self) -> None:
+        """Forget cached listings and exports when the keyring file changed (an import,
+        revocation or deletion, by this process or another, e.g. a CLI call next to serve).
+        gpg rewrites pubring.kbx on every key change; signing and encrypting never do."""
+        try:
+            st = os.stat(self.homedir / "pubring.kbx")
+            state: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            state = None
+        if state != self._ring_state:
+            self._forget()
+            self._ring_state = state
 
     async def close(self) -> None:
         """Stop this homedir's gpg-agent (it holds no passphrases, but needs no process)."""
@@ -362,14 +378,20 @@ class KeyStore:
             self._forget()
 
     async def export_public(self, fpr: str) -> str:
-        """The armored public key (certificate) of ``fpr``."""
+        """The armored public key (certificate) of ``fpr``; kept until the keyring changes
+        (every send attaches the GP's: a gpg process each time otherwise)."""
         f = fingerprint_arg(fpr)
+        self._revalidate()
+        if f in self._exports:
+            return self._exports[f]
         r = await self._call("export", lambda g: g.run(["--armor", "--export", f]))
         if r.returncode != 0:
             self._fail("export", r, fingerprint=f)
         if not r.data.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"):
             raise NotFoundError("no such public key", fingerprint=f)  # gpg: "nothing exported"
-        return r.data.decode("ascii")
+        armored = r.data.decode("ascii")
+        self._exports[f] = armored
+        return armored
 
     async def export_secret(self, fpr: str, passphrase: str | None) -> str:
         """The armored secret key, still protected by its passphrase (demo use only)."""
@@ -396,7 +418,12 @@ class KeyStore:
         if await self._lookup(f) is not None:
             self._fail("delete", r, fingerprint=f)
 
+    async def load_keys(self, fprs: Sequence[str]) -> None:
+        """List these keys with one gpg call (the per-key checks that follow are cached)."""
+        await self._lookup_many([fingerprint_arg(f) for f in fprs])
+
     async def _lookup_many(self, fprs: Sequence[Fingerprint]) -> dict[Fingerprint, KeyInfo]:
+        self._revalidate()
         now = time.monotonic()
         cached = {f: e for f in fprs if (e := self._cache.get(f))}
         found = {f: e[1] for f, e in cached.items() if now - e[0] < self._cache_seconds}

@@ -79,8 +79,14 @@ async def seal(
 def detached_signature(ring: Keyring, signer: GpgTestKey, data: bytes) -> bytes:
     """A detached signature by ``signer`` (gpg command line), for verify_detached tests."""
     out = run_gpg(
-        ring.homedir, "--passphrase", GP_PASSPHRASE, "--local-user", signer.fingerprint,
-        "--armor", "--detach-sign", input=data,
+        ring.homedir,
+        "--passphrase",
+        GP_PASSPHRASE,
+        "--local-user",
+        signer.fingerprint,
+        "--armor",
+        "--detach-sign",
+        input=data,
     )
     return out.stdout
 
@@ -637,3 +643,37 @@ def test_gpg_environment_has_no_network_lookups(gnupg_home: Path) -> None:
     Keyring.create(gnupg_home)
     assert "trust-model direct" in (gnupg_home / "gpg.conf").read_text()
     assert os.stat(gnupg_home / "gpg.conf").st_mode & 0o077 == 0
+
+
+async def test_key_cache_sees_revocation_imported_by_another_process(
+    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey
+) -> None:
+    # Given a listing and an export that this keyring keeps (no gpg call on the next send)
+    await keyring.check_recipient(team_keypair.fingerprint, None)
+    exported = await keyring.export_public(team_keypair.fingerprint)
+    # When another process (a CLI call next to serve) imports the key's revocation
+    other = Keyring(keyring.homedir)
+    await other.import_keys(team_keypair.revocation)
+    # Then this keyring refuses the key at once, not when a cache lapses, and exports anew
+    with pytest.raises(RecipientKeyError) as refused:
+        await keyring.check_recipient(team_keypair.fingerprint, None)
+    assert refused.value.context["why"] == "revoked"
+    assert await keyring.export_public(team_keypair.fingerprint) != exported
+    with pytest.raises(RecipientKeyError):
+        await seal(keyring, gp_key, [team_keypair.fingerprint])
+
+
+async def test_sealing_leaves_the_keyring_file_alone(
+    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey
+) -> None:
+    # The key cache is kept while pubring.kbx is unchanged: sealing must not touch it.
+    ring = keyring.homedir / "pubring.kbx"
+    await seal(keyring, gp_key, [team_keypair.fingerprint])
+    before = ring.stat()
+    await seal(keyring, gp_key, [team_keypair.fingerprint])
+    after = ring.stat()
+    assert (before.st_mtime_ns, before.st_size, before.st_ino) == (
+        after.st_mtime_ns,
+        after.st_size,
+        after.st_ino,
+    )
