@@ -254,6 +254,12 @@ class Worker:
         self.on_final, self.before_send = on_final, before_send
         self.clock, self.rng, self.batch_size = clock, rng, batch_size
         self._tls = relay.tls_context(settings)  # a bad cafile fails here, at startup
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was queued in this process: idle slots look now, not after poll_seconds.
+        (Call on the worker's event loop; other processes' rows are found by polling.)"""
+        self._wake.set()
 
     # -- loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -281,7 +287,23 @@ class Worker:
                     continue
             except Exception:  # boundary: the worker loop logs, waits and carries on
                 log.error("outbox worker %s: round failed", self.owner_id, exc_info=True)
-            await relay.sleep_or_stop(stop, self.settings.delivery.poll_seconds)
+            await self._idle(stop)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait poll_seconds, or less when stopped or woken."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(
+                waits, timeout=self.settings.delivery.poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
 
     async def run_once(self, stop: asyncio.Event | None = None) -> int:
         """One round: claim a batch of due rows and deliver it over one session; when

@@ -356,6 +356,7 @@ async def _seal_and_queue(
         return decision
 
     (await svc.store.write(commit)).raise_if_refused()
+    svc.queued()
     log.info("request %s sealed and queued for %s", reference, team.address)
     return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
 
@@ -586,3 +587,4 @@ class Hooks:
             outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
 
         await svc.store.write(finish)
+        svc.queued()  # the practice's notice

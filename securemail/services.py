@@ -38,6 +38,12 @@ class Services:
     definition: forms.FormDefinition
     clock: Callable[[], datetime] = field(default=utcnow)
     agent_lock: int | None = field(default=None, repr=False)  # fd holding a shared flock
+    #: called after a commit that queued mail (the in-process delivery worker's wake)
+    on_queued: Callable[[], None] | None = field(default=None, repr=False)
+
+    def queued(self) -> None:
+        if self.on_queued is not None:
+            self.on_queued()
 
     def now(self) -> datetime:
         return self.clock()

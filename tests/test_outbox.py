@@ -460,6 +460,29 @@ async def test_4xx_retries_with_growing_delays_then_sends(
     assert codes(store) == ["request.send"] + ["request.retry"] * 4 + ["request.deliver"]
 
 
+async def test_idle_worker_woken_by_a_send_delivers_before_its_next_poll(
+    tmp_path: Path, smtp_server: Relay, relay_cafile: str, outbox_pgp: PgpForTests, store: Store
+) -> None:
+    # Given an idle worker that would look again only after a minute
+    settings = settings_for(tmp_path, smtp_server, relay_cafile, poll_seconds=60.0)
+    worker = Worker(settings, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.2)  # both slots found nothing and sleep
+    # When a message is queued in this process and the worker is woken
+    sealed = make_sealed_for_tests(outbox_pgp)
+    await store.write(lambda db: enqueue_with_audit(db, sealed, None))
+    worker.wake()
+    # Then it goes out long before the poll interval
+    for _ in range(200):
+        if smtp_server.handler.accepted_ids()[sealed.message_id]:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    assert smtp_server.handler.accepted_ids()[sealed.message_id] == 1
+
+
 def test_backoff_uses_equal_jitter_within_bounds() -> None:
     d = DeliverySettings()  # defaults: 30 s, 30 min
     assert [backoff(n, d, lambda: 1.0) for n in (1, 2, 3)] == [30.0, 60.0, 120.0]

@@ -44,8 +44,10 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         on_final=hooks.on_final, before_send=hooks.before_send,
     )
     stop = asyncio.Event()
+    svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
     task = asyncio.create_task(worker.run(stop), name="delivery-worker")
     yield
+    svc.on_queued = None
     stop.set()
     await task
 
