@@ -66,6 +66,8 @@ _WHY_NL = {
     "too_weak": "te zwak",
     "address_mismatch": "hoort niet bij dit adres",
     "no_signing_key": "niet geschikt om mee te ondertekenen",
+    "not_pinned": "niet vastgelegd in de regionale sleutelmap",
+    "quarantined": "gewijzigd en nog niet telefonisch bevestigd",
 }
 
 
