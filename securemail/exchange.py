@@ -16,7 +16,17 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, consent, deadlines, directory, forms, notify, outbox, render
+from securemail import (
+    audit,
+    consent,
+    deadlines,
+    directory,
+    forms,
+    keydir,
+    notify,
+    outbox,
+    render,
+)
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
@@ -170,13 +180,17 @@ async def prepare(
 async def usable_recipients(
     svc: Services, team: Team
 ) -> tuple[list[Fingerprint], list[dict[str, str]]]:
-    """The team's pinned member keys that pass every check, and the members left out (why)."""
-    members = await svc.store.read(lambda db: directory.members(db, team.id))
+    """The team's pinned member keys that pass every check (keydir.check_member_key), and the
+    members left out with why: a bad key or one still quarantined. Removed keys are gone."""
+    members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
+    now = svc.now()
     for m in members:
+        if m.status == "removed":
+            continue
         try:
-            await svc.keyring.check_recipient(m.fingerprint, m.email, now=svc.now())
+            await keydir.check_member_key(svc.keyring, m, now)
         except RecipientKeyError as exc:
             skipped.append(
                 {
