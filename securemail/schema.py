@@ -11,6 +11,7 @@ from securemail import (  # noqa: F401
     directory,
     exchange,
     gateway,
+    gpkeys,
     outbox,
     session,
 )

@@ -30,6 +30,10 @@ def make_home(**gateway: Any) -> Services:
     store.migrate()
     store.close()
     Keyring.create(settings.gnupg_home)
+    # Tests only: gpg-agent calibrates its passphrase hashing (S2K) to its own clock, which
+    # takes seconds per key on a busy 2-core machine; production keeps gpg's calibration.
+    with (settings.gnupg_home / "gpg-agent.conf").open("a", encoding="utf-8") as conf:
+        conf.write("s2k-count 65536\n")
     return open_services(settings)
 
 

@@ -188,7 +188,11 @@ async def test_changed_key_is_quarantined_until_the_phone_code_confirms_it(
     def attempt(code: str) -> keydir.ConfirmOutcome:
         return svc.store.write_sync(
             lambda db: keydir.confirm(
-                db, SYSTEM, email=een_new.email, fingerprint=een_new.fingerprint, code=code,
+                db,
+                SYSTEM,
+                email=een_new.email,
+                fingerprint=een_new.fingerprint,
+                code=code,
                 now=svc.now_iso(),
             )
         )
