@@ -31,6 +31,7 @@ from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
 from securemail.errors import NotFoundError, SecuremailError
+from securemail.keystore import reason_nl
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
@@ -421,7 +422,9 @@ def get_request(
     view["team"] = team
     view["delivery"] = outbox.status(db, reference)
     view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
-    view["skipped_members"] = json.loads(row["skipped_members"])
+    view["skipped_members"] = [
+        s | {"why_nl": reason_nl(s["why"])} for s in json.loads(row["skipped_members"])
+    ]
     return view
 
 

@@ -71,6 +71,11 @@ _WHY_NL = {
 }
 
 
+def reason_nl(why: str) -> str:
+    """The Dutch words for a key's ``why`` (keyinfo.WHY), as pages show them."""
+    return _WHY_NL.get(why, "onbruikbaar")
+
+
 class SealError(SecuremailError):
     """gpg could not do what was asked; nothing was sealed (or verified, or decrypted)."""
 
