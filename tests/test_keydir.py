@@ -219,3 +219,9 @@ async def test_changed_key_is_quarantined_until_the_phone_code_confirms_it(
         )
     )
     assert [r[0] for r in rows] == ["refused", "success"]
+
+
+def test_the_committed_key_directory_is_valid_and_holds_no_secret_keys() -> None:
+    folder = Path(__file__).resolve().parent.parent / "keys"
+    manifest = load_manifest(folder)  # also checks every file for secret key material
+    assert manifest.region
