@@ -4,6 +4,7 @@ revoked key still verifies old signatures, and a WKD lookup proposes without pin
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import ssl
@@ -45,6 +46,7 @@ def keys(
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
     return {
         "good": gpg_keygen("Goed", "goed@zorg-noord.example"),
+        "good_new": gpg_keygen("Goed", "goed@zorg-noord.example"),
         "expired": gpg_keygen(
             "Verlopen", "verlopen@zorg-noord.example", expire="1y", faked_time=PAST
         ),
@@ -367,3 +369,64 @@ async def test_wkd_refuses_a_key_without_the_address_and_an_untrusted_server(
         )
     with pytest.raises(wkd.DiscoveryError, match="TLS certificate"):  # system trust only
         await wkd.discover(address, port=wkd_server["port"], resolver=resolver)
+
+
+def test_cli_keys_import_pins_and_quarantines_and_refuses_secret_keys(
+    tmp_path: Path, keys: dict[str, GpgTestKey], capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = make_home()
+    home = ["--home", str(svc.settings.home)]
+    svc.store.write_sync(
+        lambda db: (
+            directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="Zorg", now="-"),
+            directory.add_team(db, SYSTEM, org_code="87654321", name="C", address=TEAM, now="-"),
+        )
+    )
+    svc.close()
+    try:
+        first, second = tmp_path / "first.asc", tmp_path / "second.asc"
+        first.write_text(keys["good"].public)
+        assert main(["keys", "import", str(first), "--team", TEAM, *home]) == 0
+        assert capsys.readouterr().out.startswith(f"added: {keys['good'].fingerprint}")
+        # Same address, another key: held back until the phone code
+        second.write_text(keys["good_new"].public)
+        assert main(["keys", "import", str(second), "--team", TEAM, *home]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"quarantined: {keys['good_new'].fingerprint}")
+        assert "securemail keys confirm goed@zorg-noord.example" in out
+        secret = tmp_path / "secret.asc"
+        secret.write_text(keys["good"].secret)
+        assert main(["keys", "import", str(secret), "--team", TEAM, *home]) == 1
+        assert "secret key material" in capsys.readouterr().err
+    finally:
+        drop_home(svc)
+
+
+def test_cli_gp_passphrase_revoke_and_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = make_home()
+    home = ["--home", str(svc.settings.home)]
+    try:
+        old_fpr = asyncio.run(add_gp(svc)).signing_fingerprint
+        svc.close()
+        texts = {"old": GP_PASSPHRASE, "new": "nieuwe wachtzin 1", "replacement": "vervang 123"}
+        files = {name: tmp_path / name for name in texts}
+        for name, text in texts.items():
+            files[name].write_text(text + "\n")
+        passwd = ["keys", "gp-passphrase", "--as", "huisarts", *home]
+        assert (
+            main([*passwd, "--old-file", str(files["old"]), "--new-file", str(files["new"])]) == 0
+        )
+        revoke = ["keys", "gp-revoke", "--user", "huisarts", "--reason", "superseded", *home]
+        revoke += ["--passphrase-file", str(files["new"])]
+        assert main([*revoke, "--new-passphrase-file", str(files["replacement"])]) == 0
+        out = capsys.readouterr().out
+        assert f"revoked {old_fpr} (superseded)" in out and "replacement signing key" in out
+        export = tmp_path / "huisartsen.asc"
+        assert main(["keys", "export-gp", "--output", str(export), *home]) == 0
+        listing = capsys.readouterr().out
+        assert f"huisarts {old_fpr} revoked" in listing and "2 GP key(s)" in listing
+        assert export.read_text().count("BEGIN PGP PUBLIC KEY BLOCK") == 2
+    finally:
+        drop_home(svc)
