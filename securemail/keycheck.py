@@ -6,7 +6,7 @@ Invariants: a key's end is when its checks would first fail (keyinfo.expires_for
 for team keys, the signing key's expiry for GPs), judged against an explicit ``now``;
 a team is *at risk* when no active pinned member key of it is still usable ``RISK_DAYS``
 from now, which includes a team with no usable key today. The notice carries no key
-details (notify's fixed text), only a link to /admin; it is queued at most once a day.
+details (notify's fixed text), only a link to /admin/keys; it is queued at most once a day.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 #: kind -> the page a notice links to (default: the request's page).
-LINKS: dict[str, str] = {"key_expiring": "/admin"}
+LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
 
 #: why-codes with a Dutch explanation; other (well-formed) codes are shown as the code.
 WHY_NL: dict[str, str] = {

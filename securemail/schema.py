@@ -5,6 +5,7 @@ tables reference earlier ones (users -> organisations, requests -> teams and use
 """
 
 from securemail import (  # noqa: F401
+    apitoken,
     audit,
     auth,
     consent,
@@ -14,4 +15,5 @@ from securemail import (  # noqa: F401
     gpkeys,
     outbox,
     session,
+    totp,
 )

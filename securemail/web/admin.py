@@ -1,90 +1,86 @@
-"""The operator's overview (/admin): teams and the state of their keys, keys that expire
-soon, quarantined keys with the phone-code confirmation, and the GPs' signing keys.
+"""The gateway operator's pages: people and their accounts (no patient content anywhere).
 
-Admin only (directory.manage), checked here and again by the domain functions; no
-patient content is read. The confirmation is a POST with the session's CSRF token.
+Invariants: every route is ``user.manage`` (admin only); a password reset ends every
+session of that person and forces a new authenticator (``auth.reset_password``), an
+unlock lifts a temporary lock, and both are audited as ``user.update``; the new password
+travels only in the POST body and is never shown or logged.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import aiohttp_jinja2
+import sqlite_utils
 from aiohttp import web
 
-from securemail import directory, gpkeys, keycheck, keydir
+from securemail import auth, directory, totp
 from securemail.access import Resource, require
-from securemail.keystore import reason_nl
-from securemail.web import middleware
+from securemail.errors import InputError, NotFoundError
 from securemail.web.keys import ACTOR, services_key
-
-# The route-level policy gate (middleware.requires) arrives with the sign-in work; until
-# then each handler's own access.require is the check, and it stays the check after.
-requires = getattr(middleware, "requires", lambda action: lambda handler: handler)
+from securemail.web.middleware import requires
 
 
-async def _overview(request: web.Request, error: str = "", status: int = 200) -> web.Response:
+def people(db: sqlite_utils.Database, now: datetime) -> list[dict[str, Any]]:
+    """Every account with its organisation and second-factor state, by username."""
+    orgs = {o.id: o for o in directory.list_orgs(db)}
+    out = []
+    for row in db["users"].rows_where(order_by="username"):
+        until = totp.locked_until(db, row["id"], now)
+        org = orgs.get(row["org_id"])
+        out.append({"username": row["username"], "name": row["name"], "role": row["role"],
+                    "org": f"{org.name} ({org.code})" if org else "",
+                    "active": bool(row["active"]),
+                    "paired": not totp.needs_enrolment(db, row["id"]),
+                    "locked_until": until.isoformat(timespec="minutes") if until else ""})
+    return out
+
+
+async def _page(request: web.Request, *, notice: str | None = None, error: str | None = None,
+                status: int = 200) -> web.StreamResponse:
     svc = request.app[services_key]
-    require(request[ACTOR], "directory.manage", Resource("directory"))
-    foresight = await keycheck.foresee(svc)
-
-    def load(db: Any) -> tuple[list[Any], list[Any], list[gpkeys.GpKey]]:
-        teams = [(t, directory.org_by_id(db, t.org_id)) for t in directory.list_teams(db)]
-        return teams, keydir.quarantined(db), gpkeys.list_gp_keys(db)
-
-    teams, quarantined, gp_keys = await svc.store.read(load)
-    team_keys = [k for k in foresight.keys if k.kind == "team"]
-    context = {
-        "foresight": foresight,
-        "teams": [
-            {
-                "team": t,
-                "org": org,
-                "usable": sum(1 for k in team_keys if k.owner == t.address and not k.why),
-                "at_risk": t.address in foresight.at_risk,
-            }
-            for t, org in teams
-        ],
-        "team_keys": team_keys,
-        "gp_states": {k.fingerprint: k for k in foresight.keys if k.kind == "gp"},
-        "expiring": {days: foresight.expiring(days) for days in keycheck.BUCKETS},
-        "quarantined": quarantined,
-        "gp_keys": gp_keys,
-        "why_nl": reason_nl,
-        "risk_days": keycheck.RISK_DAYS,
-        "error": error,
-    }
-    return aiohttp_jinja2.render_template("admin/overview.html", request, context, status=status)
+    require(request[ACTOR], "user.manage", Resource("user"))
+    rows = await svc.store.read(lambda db: people(db, svc.now()))
+    return aiohttp_jinja2.render_template("admin/users.html", request, {
+        "people": rows, "notice": notice, "error": error}, status=status)
 
 
-@requires("directory.manage")
-async def overview(request: web.Request) -> web.StreamResponse:
-    return await _overview(request)
+@requires("user.manage")
+async def users_page(request: web.Request) -> web.StreamResponse:
+    return await _page(request)
 
 
-@requires("directory.manage")
-async def confirm_key(request: web.Request) -> web.StreamResponse:
-    """The admin typed the code the key holder read out; release the key if it matches."""
+@requires("user.manage")
+async def reset_password(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
-    actor = request[ACTOR]
     form = await request.post()
-    email, fpr, code = (str(form.get(k, "")) for k in ("email", "fingerprint", "code"))
-    outcome = await svc.store.write(
-        lambda db: keydir.confirm(
-            db,
-            actor,
-            email=email,
-            fingerprint=fpr,
-            code=code,
-            now=svc.now_iso(),
-            source_id=svc.settings.gateway.source_id,
-        )
-    )
-    if not outcome.confirmed:
-        return await _overview(request, keydir.PhoneCodeError.nl, status=422)
-    raise web.HTTPSeeOther("/admin#quarantaine")
+    username = str(form.get("username", ""))
+    password = str(form.get("password", ""))
+    try:
+        ended = await svc.store.write(lambda db: auth.reset_password(
+            db, request[ACTOR], username, password, source_id=svc.settings.gateway.source_id))
+    except (InputError, NotFoundError) as exc:
+        return await _page(request, error=exc.message_nl(), status=exc.http_status)
+    return await _page(request, notice=(
+        f"Nieuw wachtwoord voor {username} ingesteld; {ended} sessie(s) beëindigd. Bij de "
+        "volgende login koppelt deze persoon opnieuw een authenticator-app."))
+
+
+@requires("user.manage")
+async def unlock(request: web.Request) -> web.StreamResponse:
+    svc = request.app[services_key]
+    username = str((await request.post()).get("username", ""))
+    try:
+        await svc.store.write(lambda db: auth.unlock(
+            db, request[ACTOR], username, source_id=svc.settings.gateway.source_id))
+    except NotFoundError as exc:
+        return await _page(request, error=exc.message_nl(), status=exc.http_status)
+    return await _page(request, notice=f"{username} is gedeblokkeerd.")
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/admin", overview, name="admin")
-    app.router.add_post("/admin/keys/confirm", confirm_key, name="admin_key_confirm")
+    app.router.add_get("/admin", users_page, name="admin")
+    app.router.add_post("/admin/users/reset-password", reset_password,
+                        name="admin_reset_password")
+    app.router.add_post("/admin/users/unlock", unlock, name="admin_unlock")

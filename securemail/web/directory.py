@@ -11,11 +11,9 @@ from aiohttp import web
 
 from securemail import gpkeys
 from securemail.access import Resource, require
-from securemail.web import middleware
 from securemail.web.keys import ACTOR, services_key
+from securemail.web.middleware import requires
 
-# See web/admin.py: the route-level gate comes with the sign-in work.
-requires = getattr(middleware, "requires", lambda action: lambda handler: handler)
 RESOURCE = Resource("gp_keys")
 
 
