@@ -16,12 +16,23 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, consent, deadlines, directory, forms, notify, outbox, render
+from securemail import (
+    audit,
+    consent,
+    deadlines,
+    directory,
+    forms,
+    keydir,
+    notify,
+    outbox,
+    render,
+)
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keyinfo import parse_fingerprint
+from securemail.keystore import reason_nl
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
@@ -171,10 +182,13 @@ async def prepare(
 async def usable_recipients(
     svc: Services, team: Team
 ) -> tuple[list[Fingerprint], list[dict[str, str]]]:
-    """The team's pinned member keys that pass every check, and the members left out (why)."""
-    members = await svc.store.read(lambda db: directory.members(db, team.id))
+    """The team's pinned member keys that pass every check (keydir.check_member_key), and the
+    members left out with why: a bad key or one still quarantined. Removed keys are gone."""
+    members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
     pinned = []
     for m in members:
+        if m.status != "active":
+            continue
         try:
             pinned.append(parse_fingerprint(m.fingerprint))
         except ValueError:
@@ -182,9 +196,12 @@ async def usable_recipients(
     await svc.keyring.load_keys(pinned)  # one gpg listing for the team, not one per member
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
+    now = svc.now()
     for m in members:
+        if m.status == "removed":
+            continue
         try:
-            await svc.keyring.check_recipient(m.fingerprint, m.email, now=svc.now())
+            await keydir.check_member_key(svc.keyring, m, now)
         except RecipientKeyError as exc:
             skipped.append(
                 {
@@ -416,7 +433,9 @@ def get_request(
     view["team"] = team
     view["delivery"] = outbox.status(db, reference)
     view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
-    view["skipped_members"] = json.loads(row["skipped_members"])
+    view["skipped_members"] = [
+        s | {"why_nl": reason_nl(s["why"])} for s in json.loads(row["skipped_members"])
+    ]
     return view
 
 

@@ -70,7 +70,14 @@ _WHY_NL = {
     "too_weak": "te zwak",
     "address_mismatch": "hoort niet bij dit adres",
     "no_signing_key": "niet geschikt om mee te ondertekenen",
+    "not_pinned": "niet vastgelegd in de regionale sleutelmap",
+    "quarantined": "gewijzigd en nog niet telefonisch bevestigd",
 }
+
+
+def reason_nl(why: str) -> str:
+    """The Dutch words for a key's ``why`` (keyinfo.WHY), as pages show them."""
+    return _WHY_NL.get(why, "onbruikbaar")
 
 
 class SealError(SecuremailError):

@@ -49,7 +49,17 @@ KINDS: dict[str, tuple[str, str]] = {
         "termijn verstreken",
         "Op verzoek {reference} is binnen de afgesproken termijn geen antwoord gekomen.",
     ),
+    # To the operator (admin_address); the reference is the check's (KEYS-20260112).
+    "key_expiring": (
+        "sleutels verlopen",
+        "Sleutelcontrole {reference}: sleutels in de regionale sleutelmap verlopen binnenkort, "
+        "of een wijkteam dreigt zijn laatste bruikbare sleutel te verliezen. Welke sleutels "
+        "het zijn staat op de beheerpagina en in `securemail keys check`.",
+    ),
 }
+
+#: kind -> the page a notice links to (default: the request's page).
+LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
 
 #: why-codes with a Dutch explanation; other (well-formed) codes are shown as the code.
 WHY_NL: dict[str, str] = {
@@ -97,7 +107,8 @@ def require_address(address: str, what: str) -> str:
 
 def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
     """The fixed Dutch text: the only place a notice's words come from."""
-    link = f"{settings.gateway.base_url.rstrip('/')}/requests/{reference}"
+    path = LINKS.get(kind, f"/requests/{reference}")
+    link = f"{settings.gateway.base_url.rstrip('/')}{path}"
     body = [
         "Dit is een automatisch bericht van " + settings.gateway.name + ".",
         "",
@@ -173,6 +184,11 @@ def notice_stopped(reference: str, to: str, why_code: str, settings: Settings) -
 def notice_overdue(reference: str, to: str, settings: Settings) -> Notice:
     """No answer within the agreed time."""
     return make_notice("overdue", reference, to, settings)
+
+
+def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:
+    """To the operator: keys expire soon or a team is about to lose its last usable key."""
+    return make_notice("key_expiring", reference, to, settings)
 
 
 _HEADERS = {
