@@ -64,8 +64,16 @@ def team_keys(n: int = MEMBERS) -> str:
     try:
         for i in range(1, n + 1):
             email = f"nurse{i}@zorg-noord.example"
-            gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse {i} <{email}>",
-                    "ed25519", "sign,cert", "2y")
+            gpg_cli(
+                home,
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                f"Nurse {i} <{email}>",
+                "ed25519",
+                "sign,cert",
+                "2y",
+            )
             colons = gpg_cli(home, "--with-colons", "--list-keys", email).decode()
             fpr = next(x.split(":")[9] for x in colons.splitlines() if x.startswith("fpr:"))
             gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
@@ -161,9 +169,11 @@ async def build(
             "cafile": relay.cafile,
             "timeout_seconds": 10.0,
         },
-        "gateway": {"from_address": "gateway@gateway.example",
-                    "base_url": "https://gateway.example"},
-        "delivery": {"poll_seconds": 0.05, **(delivery or {})},
+        "gateway": {
+            "from_address": "gateway@gateway.example",
+            "base_url": "https://gateway.example",
+        },
+        "delivery": dict(delivery or {}),  # production defaults (poll 1 s)
     }
     if gpg:
         overrides["gpg"] = dict(gpg)
@@ -172,11 +182,19 @@ async def build(
     now = svc.now_iso()
 
     def dir_data(db: Any) -> None:
-        directory.add_org(db, SYSTEM, code="01234567", kind="practice", name="Praktijk Bench",
-                          notify_address="praktijk@praktijk.example", now=now)
+        directory.add_org(
+            db,
+            SYSTEM,
+            code="01234567",
+            kind="practice",
+            name="Praktijk Bench",
+            notify_address="praktijk@praktijk.example",
+            now=now,
+        )
         directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="Zorg Noord", now=now)
-        directory.add_team(db, SYSTEM, org_code="87654321", name="Wijkteam Centrum",
-                           address=TEAM, now=now)
+        directory.add_team(
+            db, SYSTEM, org_code="87654321", name="Wijkteam Centrum", address=TEAM, now=now
+        )
 
     svc.store.write_sync(dir_data)
     fprs = await svc.keyring.import_keys(team_armor)
@@ -184,16 +202,30 @@ async def build(
         info = await svc.keyring.key_info(fpr)
         svc.store.write_sync(
             lambda db, fpr=fpr, i=i, info=info: directory.add_member(
-                db, SYSTEM, team_address=TEAM, name=f"Nurse {i}", email=info.uids[0],
-                fingerprint=fpr, now=now,
+                db,
+                SYSTEM,
+                team_address=TEAM,
+                name=f"Nurse {i}",
+                email=info.uids[0],
+                fingerprint=fpr,
+                now=now,
             )
         )
     gp_user = svc.store.write_sync(
         lambda db: auth.add_user(
-            db, SYSTEM, username="huisarts", name="A. Huisarts", role="gp",
-            org_code="01234567", password=GP_PASSWORD, email="huisarts@praktijk.example",
-            profile={"big": "19012345601", "phone": "020-1234567",
-                     "out_of_hours_phone": "088-0030600"},
+            db,
+            SYSTEM,
+            username="huisarts",
+            name="A. Huisarts",
+            role="gp",
+            org_code="01234567",
+            password=GP_PASSWORD,
+            email="huisarts@praktijk.example",
+            profile={
+                "big": "19012345601",
+                "phone": "020-1234567",
+                "out_of_hours_phone": "088-0030600",
+            },
             now=now,
         )
     )
@@ -203,19 +235,30 @@ async def build(
     def grant(db: Any) -> None:
         team = directory.team_by_address(db, TEAM)
         consent.record(
-            db, gp, patient_bsn=EXAMPLE["patient"]["bsn"], source_org_id=gp.org_id or 0,
+            db,
+            gp,
+            patient_bsn=EXAMPLE["patient"]["bsn"],
+            source_org_id=gp.org_id or 0,
             recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit", basis="explicit", valid_from=svc.now(), valid_until=None,
-            given_at=svc.now(), channel="in_person", performer="patient", now=svc.now(),
+            decision="permit",
+            basis="explicit",
+            valid_from=svc.now(),
+            valid_until=None,
+            given_at=svc.now(),
+            channel="in_person",
+            performer="patient",
+            now=svc.now(),
         )
 
     svc.store.write_sync(grant)
     token, _ = svc.store.write_sync(
-        lambda db: apitoken.create(db, gp, name="bench", scopes=["request:send", "request:read"],
-                                   now=svc.now())
+        lambda db: apitoken.create(
+            db, gp, name="bench", scopes=["request:send", "request:read"], now=svc.now()
+        )
     )
-    return Gateway(home, svc, gp, str(gp_fpr), [str(f) for f in fprs], relay,
-                   extra={"api_token": token})
+    return Gateway(
+        home, svc, gp, str(gp_fpr), [str(f) for f in fprs], relay, extra={"api_token": token}
+    )
 
 
 def example() -> dict[str, Any]:

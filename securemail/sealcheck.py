@@ -6,11 +6,12 @@ packet, with no readable text anywhere (no preamble beyond the customary sentenc
 armor Comment, no extra part or part header), or (b) a notice built by
 ``securemail.notify``. It runs when a message is queued and again right before its
 bytes go to the relay (defence in depth, SecureDrop's ``NotEncrypted``). Refusals name
-the rule that failed and never quote the content. Bytes that passed are remembered in this process by their SHA-256, so the
-same bytes checked again (at enqueue, then at the edge) cost one hash, not a parse;
-one byte different and the full check runs. It checks structure, not cryptography:
-it catches plaintext that slipped through by mistake; that only ``openpgp.seal`` makes a
-SealedMessage is what keeps everything else out.
+the rule that failed and never quote the content. Bytes that passed are remembered in
+this process by their SHA-256, so the same bytes checked again (at enqueue, then at the
+edge) cost one hash, not a parse; one byte different and the full check runs. It
+checks structure, not cryptography: it catches plaintext that slipped through by
+mistake; that only ``openpgp.seal`` makes a SealedMessage is what keeps everything else
+out.
 """
 
 from __future__ import annotations

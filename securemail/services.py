@@ -22,7 +22,6 @@ from securemail.keystore import kill_agent
 from securemail.openpgp import Keyring
 from securemail.store import Store
 
-
 AGENT_LOCK = ".gpg-agent.lock"
 
 

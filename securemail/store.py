@@ -5,9 +5,10 @@ so "accepted" means on disk. Group commit: writes that queue up while the writer
 busy run one after another in one transaction, each in its own savepoint (a write
 that raises is rolled back alone and its caller gets the exception), and all of them
 return only after that transaction's one COMMIT, so one fsync serves many callers.
-Each write sees exactly the writes queued before it, as when they ran one by one. Domain modules own their tables and register their
-migrations in their own ``sqlite_utils.Migrations`` set; ``Store.migrate`` applies
-every registered set in a fixed order.
+Each write sees exactly the writes queued before it, as when they ran one by one.
+Domain modules own their tables and register their migrations in their own
+``sqlite_utils.Migrations`` set; ``Store.migrate`` applies every registered set in a
+fixed order.
 """
 
 from __future__ import annotations
