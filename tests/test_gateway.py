@@ -141,3 +141,16 @@ async def test_closing_services_keeps_agent_another_process_uses(home: Path) -> 
     assert _agent_answers(gnupg)
     server.close()
     assert not _agent_answers(gnupg)
+
+
+def test_fast_cli_commands_come_from_the_module_named_for_them() -> None:
+    import argparse
+    from importlib import import_module
+
+    from securemail.cli import FAST_COMMANDS
+
+    for command, module in FAST_COMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        import_module(f"securemail.cli.{module}").register(sub)
+        assert command in sub.choices
+    assert "{send,status}" in cli("request", "--help").stdout

@@ -34,6 +34,12 @@ COMMAND_MODULES = (
     "outbox",
 )
 
+#: Commands a practice system runs once per request, mapped to the one module that registers
+#: them: main() imports only that module for them (every module costs about a second of
+#: imports on a busy machine: aiohttp, jinja2, holidays...). Any other command gets the full
+#: parser. tests/test_gateway.py checks the map against the modules.
+FAST_COMMANDS = {"request": "request"}
+
 Handler = Callable[[argparse.Namespace], int | None]
 
 
@@ -60,14 +66,15 @@ def home_of(args: argparse.Namespace) -> Path:
     return Path(args.home) if args.home is not None else default_home()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command module, or with only the module ``only``."""
     parser = argparse.ArgumentParser(
         prog="securemail",
         description="Secure gateway for execution requests between GP practices and nursing teams.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in (only,) if only else COMMAND_MODULES:
         try:
             module = import_module(f"securemail.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -78,8 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fast_module(argv: Sequence[str]) -> str | None:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return FAST_COMMANDS.get(first or "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_fast_module(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
