@@ -57,6 +57,7 @@ class Store:
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
+        self._before_commit: list[Callable[[sqlite_utils.Database], object]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -86,6 +87,10 @@ class Store:
             self._reader_conns.clear()
 
     # -- writes ----------------------------------------------------------------------------
+    def before_commit(self, hook: Callable[[sqlite_utils.Database], object]) -> None:
+        """Run hook(db) at the end of every write, inside its transaction (audit checkpoints)."""
+        self._before_commit.append(hook)
+
     def write_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run fn in one IMMEDIATE transaction; commit on return, roll back on any exception."""
         with self._lock:
@@ -93,6 +98,8 @@ class Store:
             self._writer_conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                for hook in self._before_commit:
+                    hook(db)
             except BaseException:
                 if self._writer_conn.in_transaction:
                     self._writer_conn.execute("ROLLBACK")
