@@ -3,4 +3,4 @@
 Order matters: sets are applied in the order their modules are first imported.
 """
 
-from securemail import audit  # noqa: F401
+from securemail import audit, audit_integrity, audit_report, audit_review  # noqa: F401
