@@ -75,6 +75,11 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "access.denied": ("E", "an action was refused by the access policy"),
     "outbox.retry": ("U", "an admin re-queued a failed message"),
     "outbox.cancel": ("U", "an admin cancelled a queued message"),
+    "notice.send": ("E", "a status notice (reference only, no patient data) was queued"),
+    "notice.deliver": ("E", "the relay accepted a status notice (250)"),
+    "notice.retry": ("E", "a status notice delivery failed temporarily and will be retried"),
+    "notice.fail": ("E", "a status notice could not be delivered"),
+    "notice.stop": ("U", "a status notice was stopped before it left"),
     "gateway.init": ("C", "the gateway home was initialised"),
 }
 

@@ -167,7 +167,16 @@ def _coerce(section: str, key: str, kind: Any, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return value.lower() in {"1", "true", "yes", "on"}
         raise ConfigError(f"{name} must be true or false", setting=name)
     if kind is int:
@@ -284,6 +293,8 @@ def render_markdown() -> str:
         out += [f"## [{section}]", "", "| setting | default | meaning |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
             env = f"SECUREMAIL_{section.upper()}_{f.name.upper()}"
-            out.append(f"| `{f.name}` (`{env}`) | `{_toml_value(f.default)}` | {f.metadata['doc']} |")
+            out.append(
+                f"| `{f.name}` (`{env}`) | `{_toml_value(f.default)}` | {f.metadata['doc']} |"
+            )
         out.append("")
     return "\n".join(out)

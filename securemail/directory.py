@@ -321,3 +321,29 @@ def allowed_receivers(
         if extra and extra.id not in {t.id for t in teams}:
             teams.append(extra)
     return teams
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRecipient:
+    """A consent recipient named on the command line: a team, an organisation or a category."""
+
+    team_id: int | None = None
+    org_id: int | None = None
+    category: str | None = None
+
+
+CATEGORIES = ("wijkverpleging",)
+
+
+def resolve_recipient(db: sqlite_utils.Database, text: str) -> ResolvedRecipient:
+    """A team address, an organisation code (AGB/URA) or a category name."""
+    text = text.strip()
+    if "@" in text:
+        return ResolvedRecipient(team_id=team_by_address(db, text).id)
+    if re.fullmatch(r"[0-9]{8}", text):
+        return ResolvedRecipient(org_id=org_by_code(db, text).id)
+    if text in CATEGORIES:
+        return ResolvedRecipient(category=text)
+    raise InputError(
+        "recipient must be a team address, an 8-digit organisation code or a category "
+        f"({', '.join(CATEGORIES)})", field="recipient")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, consent, directory, forms, outbox, render
+from securemail import audit, consent, deadlines, directory, forms, notify, outbox, render
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
@@ -51,11 +51,11 @@ def _m1(db: sqlite_utils.Database) -> None:
             recipient_fingerprints TEXT NOT NULL,   -- JSON list
             skipped_members TEXT NOT NULL DEFAULT '[]', -- JSON: [{name, fingerprint, why}]
             document BLOB NOT NULL,                 -- the signed canonical JSON
-            signature TEXT NOT NULL,                -- the GP's detached signature over it
             message_id TEXT NOT NULL,
             state TEXT NOT NULL DEFAULT 'open',     -- open | answered | withdrawn | superseded
             answer TEXT NOT NULL DEFAULT '',        -- JSON of the team's answer
             answer_due TEXT NOT NULL DEFAULT '',
+            notified TEXT NOT NULL DEFAULT '',      -- final delivery state the practice was told of
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL)"""
     )
@@ -106,8 +106,10 @@ def _with_principal(db: sqlite_utils.Database, actor: Actor, data: dict[str, Any
     return data
 
 
-def _target(team: Team) -> consent.Target:
-    return consent.Target(team_id=team.id, org_id=team.org_id, category=team.category)
+def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
+    org = directory.org_by_id(db, team.org_id)
+    return consent.Target(team_id=team.id, org_id=team.org_id, category=team.category,
+                          label=team.address, org_code=org.code)
 
 
 def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
@@ -139,31 +141,15 @@ async def prepare(
     team = await svc.store.read(lambda db: _check_receiver(svc, db, actor, req.team_address))
     now = svc.now()
 
-    def check(db: sqlite_utils.Database) -> None:
-        consent.require(
+    def check(db: sqlite_utils.Database) -> consent.ConsentDecision:
+        return consent.check(
             db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
-            target=_target(team), now=now, audit_object=("request", reference),
+            target=_target(db, team), now=now, audit_object=("request", reference),
         )
 
-    await _write_or_audit(svc, actor, check)
+    # The check's audit row commits first; a refusal is raised only after that.
+    (await svc.store.write(check)).raise_if_refused()
     return Prepared(req, team, render.render_request(svc.definition, req))
-
-
-async def _write_or_audit(svc: Services, actor: Actor, fn: Any) -> Any:
-    """Run fn in a write; if it refuses, keep the audit rows it wrote by re-recording them."""
-    captured: list[audit.AuditEvent] = []
-
-    def tx(db: sqlite_utils.Database) -> Any:
-        return fn(db)
-
-    try:
-        return await svc.store.write(tx)
-    except consent.ConsentError as exc:
-        # The refusal's consent.check row was rolled back with the transaction: write it again.
-        decision = exc.context.get("decision")
-        captured.append(consent.check_event(actor, decision))
-        await svc.store.write(lambda db: [audit.record(db, e) for e in captured])
-        raise
 
 
 async def usable_recipients(
@@ -233,12 +219,10 @@ async def _seal_and_queue(
     recipients, skipped = await usable_recipients(svc, team)
     gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
     signer = Fingerprint(gp.signing_fingerprint)
-    message_id = outbox.new_message_id(svc.settings, reference)
     envelope = Envelope(
         sender=svc.settings.gateway.from_address,
         recipient=team.address,
         subject=f"Uitvoeringsverzoek {reference}",
-        message_id=message_id,
         extra_headers=(("X-Securemail-Reference", reference),),
     )
     doc = prepared.rendered
@@ -252,12 +236,14 @@ async def _seal_and_queue(
     now = svc.now_iso()
     answer_due = ""  # set by deadlines once the relay accepted it
 
-    def commit(db: sqlite_utils.Database) -> None:
+    def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
         # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
-        decision = consent.require(
+        decision = consent.check(
             db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
-            target=_target(team), now=svc.now(), audit_object=("request", reference),
+            target=_target(db, team), now=svc.now(), audit_object=("request", reference),
         )
+        if not decision.permitted:
+            return decision
         db["requests"].insert({
             "reference": reference,
             "kind": req.kind,
@@ -271,7 +257,6 @@ async def _seal_and_queue(
             "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
             "skipped_members": json.dumps(skipped),
             "document": doc.json,
-            "signature": sealed.json_signature if hasattr(sealed, "json_signature") else "",
             "message_id": sealed.message_id,
             "answer_due": answer_due,
             "created_at": now,
@@ -280,27 +265,27 @@ async def _seal_and_queue(
         common: dict[str, Any] = {
             "patient_id": req.patient_bsn, "object_type": "request", "object_id": reference,
             "data_categories": DATA_CATEGORIES, "sender_org": actor.org_code,
-            "recipient_org": team.address, "consent_id": decision.consent_ref,
-            "check_consent": decision.check_text, "check_authz": "permit:gp-own-practice",
+            "recipient_org": team.address,
+            "consent_id": decision.record.consent_id if decision.record else "",
+            "check_consent": decision.audit_value, "check_authz": "permit:gp-own-practice",
         }
         src = svc.settings.gateway.source_id
         audit.record(db, audit.AuditEvent.of(actor, "request.create", **common), source_id=src)
         audit.record(db, audit.AuditEvent.of(actor, "request.sign", **common,
                                              outcome_detail=f"signer={signer}"), source_id=src)
-        outbox.enqueue(db, sealed, reference=reference, now=now)
+        outbox.enqueue(db, sealed, actor=actor, patient_id=req.patient_bsn,
+                       sender_org=actor.org_code, recipient_org=team.address,
+                       consent_id=common["consent_id"], data_categories=DATA_CATEGORIES)
         detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
         if skipped:
             detail += "; left out=" + ",".join(s["fingerprint"][-16:] + ":" + s["why"] for s in skipped)
         audit.record(db, audit.AuditEvent.of(actor, "request.send", **common,
                                              outcome_detail=detail), source_id=src)
+        return decision
 
-    await svc.store.write(commit)
+    (await svc.store.write(commit)).raise_if_refused()
     log.info("request %s sealed and queued for %s", reference, team.address)
     return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
-
-
-def _sealed_type_check(message: SealedMessage) -> None:  # pragma: no cover - typing aid
-    assert isinstance(message, SealedMessage)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -401,25 +386,24 @@ def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
 # -- hooks for the delivery worker and the consent register ------------------------------------
 
 
-def stop_pending(db: sqlite_utils.Database, patient_bsn: str, target: Any) -> list[str]:
-    """Stop every queued request for this patient and recipient that has not left yet."""
-    params: list[Any] = [patient_bsn]
-    clauses = []
-    if getattr(target, "team_id", None):
-        clauses.append("r.team_id = ?")
-        params.append(target.team_id)
-    if getattr(target, "org_id", None):
-        clauses.append("t.org_id = ?")
-        params.append(target.org_id)
-    if getattr(target, "category", None):
-        clauses.append("t.category = ?")
-        params.append(target.category)
-    scope = " OR ".join(clauses) or "1"
-    refs = [r[0] for r in db.execute(
-        "SELECT r.reference FROM requests r JOIN teams t ON t.id = r.team_id "
-        f"WHERE r.patient_bsn = ? AND ({scope})", params)]  # noqa: S608 (placeholders only)
-    return [ref for ref in refs if outbox.stop(db, ref, reason="consent.withdrawn",
-                                               actor=SYSTEM)]
+def stop_for_consent(
+    db: sqlite_utils.Database, patient_bsn: str, recipient: consent.Recipient, /, *,
+    source_org_id: int, still_permitted: Callable[..., bool],
+) -> list[str]:
+    """Stop this practice's requests for the patient that have not left and that the register,
+    after a withdrawal, no longer permits; each stop is audited by outbox.stop."""
+    del recipient  # still_permitted decides per request, whatever level was withdrawn
+    stopped = []
+    rows = db.execute(
+        "SELECT r.reference, r.team_id FROM requests r WHERE r.patient_bsn = ? "
+        "AND r.practice_org_id = ?", [patient_bsn, source_org_id]).fetchall()
+    for reference, team_id in rows:
+        team = directory.team_by_id(db, team_id)
+        if still_permitted(_target(db, team)):
+            continue
+        if outbox.stop(db, reference, reason=consent.STOP_REASON, actor=SYSTEM):
+            stopped.append(reference)
+    return stopped
 
 
 def consent_target_for(db: sqlite_utils.Database, reference: str) -> tuple[str, int, consent.Target]:
@@ -428,8 +412,70 @@ def consent_target_for(db: sqlite_utils.Database, reference: str) -> tuple[str, 
         raise_not_found(reference)
     assert row is not None
     team = directory.team_by_id(db, row["team_id"])
-    return row["patient_bsn"], row["practice_org_id"], _target(team)
+    return row["patient_bsn"], row["practice_org_id"], _target(db, team)
 
 
-def _unused(_: datetime) -> None:  # keep datetime import for type readers
-    return None
+
+def render_text(svc: Services, view: dict[str, Any]) -> str:
+    """The Dutch text rendering of a stored request (for its page)."""
+    req = forms.ExecutionRequest.from_document(view["document"])
+    return render.render_request(svc.definition, req).text
+
+
+class Hooks:
+    """The delivery worker's hooks for request rows: consent again just before the relay, and
+    after a final outcome the answer deadline and one notice to the practice (idempotent)."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    async def before_send(self, row: outbox.OutboxRow) -> None:
+        if row.kind != "request":
+            return
+        svc = self.svc
+        now = svc.now()
+
+        def check(db: sqlite_utils.Database) -> consent.ConsentDecision | None:
+            found = request_row(db, row.reference)
+            if found is None:
+                return None
+            bsn, practice, target = consent_target_for(db, row.reference)
+            return consent.check(db, SYSTEM, patient_bsn=bsn, source_org_id=practice,
+                                 target=target, now=now, audit_object=("request", row.reference),
+                                 sender_org=directory.org_by_id(db, practice).code)
+
+        decision = await svc.store.write(check)
+        if decision is not None:
+            decision.raise_if_refused()
+
+    async def on_final(self, row: outbox.OutboxRow) -> None:
+        if row.kind != "request":
+            return
+        svc = self.svc
+        now = svc.now()
+
+        def finish(db: sqlite_utils.Database) -> None:
+            req = request_row(db, row.reference)
+            if req is None or req["notified"] == row.status:
+                return
+            changes: dict[str, Any] = {"notified": row.status, "updated_at": svc.now_iso()}
+            if row.status == "sent" and not req["answer_due"]:
+                due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)
+                changes["answer_due"] = due_at.isoformat(timespec="minutes")
+            db["requests"].update(req["id"], changes)
+            practice = directory.org_by_id(db, req["practice_org_id"])
+            if not practice.notify_address:
+                return
+            if row.status == "sent":
+                notice = notify.notice_delivered(row.reference, practice.notify_address,
+                                                 svc.settings)
+            elif row.status == "stopped":
+                notice = notify.notice_stopped(row.reference, practice.notify_address,
+                                               row.stop_reason, svc.settings)
+            else:
+                notice = notify.notice_failed(row.reference, practice.notify_address,
+                                              row.last_error.split(":")[0] or "delivery.failed",
+                                              svc.settings)
+            outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+
+        await svc.store.write(finish)

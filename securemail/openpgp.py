@@ -1,14 +1,63 @@
 """Seal documents for a team. Only seal() makes a SealedMessage; nothing else may.
 
-(Skeleton: the SealedMessage type is fixed here so that outbox can depend on it.)
+Invariants (beyond those of keystore.KeyStore, which this Keyring extends):
+- seal() signs the canonical JSON and the whole inner MIME entity with the GP's key and
+  encrypts, in the same gpg call, to exactly one pinned subkey of each recipient key; it
+  then reads the ciphertext's packets back (armor.encrypted_to) and refuses on any
+  difference, and checks the result with mime.is_pgp_mime before making a SealedMessage;
+- a refusal at any step raises and leaves nothing behind: no SealedMessage, no file.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NewType
+from datetime import UTC, datetime
+from typing import NoReturn
 
-Fingerprint = NewType("Fingerprint", str)
+from securemail import armor, gpgproc, mime
+from securemail.gpgproc import WatchedGPG, wire
+from securemail.keyinfo import (
+    Fingerprint,
+    KeyInfo,
+    SubkeyInfo,
+    encryption_subkey,
+    parse_fingerprint,
+    signing_fingerprints,
+    unusable_reason,
+    unusable_signer_reason,
+)
+from securemail.keystore import (
+    INV_RECP_WHY,
+    DecryptionError,
+    KeyStore,
+    RecipientKeyError,
+    SealError,
+    SealTimeoutError,
+    SignerKeyError,
+    SigningError,
+    VerificationError,
+    check_passphrase,
+)
+from securemail.mime import Envelope, SealInput
+
+__all__ = [
+    "Decrypted",
+    "DecryptionError",
+    "Envelope",
+    "Fingerprint",
+    "KeyInfo",
+    "Keyring",
+    "RecipientKeyError",
+    "SealError",
+    "SealInput",
+    "SealTimeoutError",
+    "SealedMessage",
+    "SignerKeyError",
+    "SigningError",
+    "VerificationError",
+]
 
 _SEAL_TOKEN = object()
 
@@ -29,3 +78,209 @@ class SealedMessage:
     def __post_init__(self) -> None:
         if self._token is not _SEAL_TOKEN:
             raise TypeError("SealedMessage can only be made by openpgp.seal()")
+
+
+@dataclass(frozen=True, slots=True)
+class Decrypted:
+    data: bytes
+    signer: Fingerprint | None  # primary fingerprint of a good signature's key
+    valid_signature: bool
+
+
+class Keyring(KeyStore):
+    """The gateway's keyring: key management (KeyStore) plus seal, verify and decrypt."""
+
+    # -- seal ----------------------------------------------------------------------------
+
+    async def seal(
+        self,
+        document: SealInput,
+        *,
+        signer: Fingerprint,
+        passphrase: str,
+        recipients: Sequence[Fingerprint],
+        envelope: Envelope,
+        now: datetime | None = None,
+    ) -> SealedMessage:
+        """Sign and encrypt ``document`` for every recipient key, as RFC 3156 PGP/MIME.
+
+        Refuses (RecipientKeyError) if any recipient key is unusable: the directory
+        filters and reports beforehand; here a bad key means something changed.
+        """
+        now = now or datetime.now(UTC)
+        try:
+            signer_fpr = parse_fingerprint(signer)
+        except ValueError:
+            raise SignerKeyError("signer is not a fingerprint", why="missing") from None
+        try:
+            pinned = tuple(dict.fromkeys(parse_fingerprint(r) for r in recipients))
+        except ValueError:
+            raise RecipientKeyError(
+                "a recipient is not a pinned fingerprint", why="missing"
+            ) from None
+        if not pinned:
+            raise RecipientKeyError("no recipient keys given", why="missing")
+        secret = wire(check_passphrase(passphrase))
+        envelope = envelope.resolved()
+        infos = await self._lookup_many([signer_fpr, *pinned])
+        signer_info = infos.get(signer_fpr)
+        why = unusable_signer_reason(signer_info, now)
+        if why or signer_info is None:
+            raise SignerKeyError(f"signer key unusable: {why}", fingerprint=signer_fpr, why=why)
+        subkeys: list[SubkeyInfo] = []
+        for f in pinned:
+            why = unusable_reason(infos.get(f), None, now)
+            if why:
+                raise RecipientKeyError(f"recipient key unusable: {why}", fingerprint=f, why=why)
+            subkeys.append(encryption_subkey(infos[f], now))
+        makers = signing_fingerprints(signer_info)
+
+        def sign_json(g: WatchedGPG) -> bytes:
+            r = g.sign(
+                document.json,
+                passphrase=secret,
+                detach=True,
+                clearsign=False,
+                extra_args=["--local-user", signer_fpr],
+            )
+            if (
+                r.returncode != 0
+                or r.fingerprint not in makers
+                or r.type != "D"
+                or not (r.data.startswith(b"-----BEGIN PGP SIGNATURE-----"))
+            ):
+                self._seal_failure("sign", r, signer_fpr)
+            return bytes(r.data)
+
+        json_signature = await self._call("sign", sign_json)
+        inner = mime.build_inner(document, json_signature)
+
+        def sign_encrypt(g: WatchedGPG) -> bytes:
+            # --trust-model always (always_trust): trust comes from the reviewed directory
+            # that pinned these fingerprints, not from gpg's web of trust; "!" pins the subkey.
+            r = g.encrypt(
+                inner,
+                [s.fingerprint + "!" for s in subkeys],
+                passphrase=secret,
+                always_trust=True,
+                armor=True,
+                extra_args=["--sign", "--local-user", signer_fpr, "--no-encrypt-to"],
+            )
+            pairs = gpgproc.status(r)
+            signed = any(k == "SIG_CREATED" and v.split()[-1] in makers for k, v in pairs)
+            if (
+                r.returncode != 0
+                or not r.ok
+                or not signed
+                or not (r.data.startswith(armor.BEGIN_MESSAGE.encode()))
+            ):
+                self._seal_failure("sign+encrypt", r, signer_fpr)
+            return bytes(r.data)
+
+        ciphertext = await self._call("sign+encrypt", sign_encrypt)
+        expected = sorted(s.key_id for s in subkeys)
+        try:
+            actual = sorted(armor.encrypted_to(ciphertext))
+        except ValueError as exc:
+            raise SealError(f"gpg output is not a public-key encrypted message: {exc}") from None
+        if actual != expected:
+            raise SealError(
+                "ciphertext is not encrypted to exactly the pinned subkeys",
+                expected=",".join(expected),
+                actual=",".join(actual),
+            )
+        raw = mime.build_outer(ciphertext, envelope)
+        if not mime.is_pgp_mime(raw):  # pragma: no cover - build_outer makes exactly that
+            raise SealError("sealed message is not PGP/MIME")
+        return SealedMessage(
+            mime=raw,
+            message_id=str(envelope.message_id),
+            sender=envelope.sender,
+            recipient=envelope.recipient,
+            reference=document.reference,
+            recipient_fingerprints=pinned,
+            signer_fingerprint=signer_fpr,
+            _token=_SEAL_TOKEN,
+        )
+
+    def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:
+        for keyword, value in gpgproc.status(result):
+            if keyword == "INV_RECP":
+                code, _, who = value.partition(" ")
+                raise RecipientKeyError(
+                    f"gpg refused a recipient key (INV_RECP {code})",
+                    fingerprint=who.rstrip("!"),
+                    why=INV_RECP_WHY.get(code, "invalid"),
+                )
+            if keyword == "INV_SGNR":
+                code = value.partition(" ")[0]
+                why = "missing" if code in ("1", "9") else INV_RECP_WHY.get(code, "invalid")
+                raise SignerKeyError(
+                    f"gpg refused the signer key (INV_SGNR {code})", fingerprint=signer, why=why
+                )
+        if gpgproc.GPG_ERR_NO_SECKEY in gpgproc.error_codes(gpgproc.status(result)):
+            raise SignerKeyError("no secret key to sign with", fingerprint=signer, why="missing")
+        self._fail(operation, result, fingerprint=signer)
+
+    # -- verify and decrypt --------------------------------------------------------------
+
+    async def verify_detached(self, data: bytes, signature: bytes) -> Fingerprint:
+        """The primary fingerprint of the one good signature; VerificationError otherwise."""
+
+        def work(g: WatchedGPG) -> Fingerprint:
+            # The signature (not secret) goes through a file; the data only through stdin.
+            with tempfile.NamedTemporaryFile(dir=self.homedir, prefix="sig-") as f:
+                f.write(signature)
+                f.flush()
+                r = g.verify_data(f.name, data)
+            signer = _good_signer(r)
+            if signer is None or r.returncode != 0:
+                raise VerificationError(f"signature not valid: {gpgproc.summary(r)}")
+            return signer
+
+        return await self._call("verify", work)
+
+    async def decrypt(self, data: bytes, passphrase: str | None) -> Decrypted:
+        """Decrypt (and check the signature of) an OpenPGP message for one of our keys."""
+        secret = None
+        if passphrase is not None:
+            secret = wire(check_passphrase(passphrase, DecryptionError))
+
+        def work(g: WatchedGPG) -> Decrypted:
+            r = g.decrypt(data, passphrase=secret)
+            keywords = {k for k, _ in gpgproc.status(r)}
+            if not {"DECRYPTION_OKAY", "END_DECRYPTION"} <= keywords or keywords & {
+                "DECRYPTION_FAILED",
+                "BADMDC",
+            }:
+                self._fail("decrypt", r, passphrase_error=DecryptionError, error=DecryptionError)
+            signer = _good_signer(r)
+            if r.returncode != 0 and not (
+                keywords & {"ERRSIG", "BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG"}
+            ):
+                self._fail("decrypt", r, passphrase_error=DecryptionError, error=DecryptionError)
+            return Decrypted(data=bytes(r.data), signer=signer, valid_signature=signer is not None)
+
+        return await self._call("decrypt", work)
+
+    async def recipients_of(self, ciphertext: bytes) -> tuple[str, ...]:
+        """Key ids gpg itself reads from a message (--list-only); for checks and tests."""
+        r = await self._call(
+            "list-only", lambda g: g.run(["--list-only", "--decrypt"], data=ciphertext)
+        )
+        ids = tuple(v.split()[0] for k, v in gpgproc.status(r) if k == "ENC_TO")
+        if not ids:
+            self._fail("list-only", r)
+        return ids
+
+
+def _good_signer(result: object) -> Fingerprint | None:
+    """The primary fingerprint behind exactly one good signature and no bad one, else None."""
+    pairs = gpgproc.status(result)
+    bad = {"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NO_PUBKEY"}
+    valid = [v.split() for k, v in pairs if k == "VALIDSIG"]
+    goods = [k for k, _ in pairs if k == "GOODSIG"]
+    if len(valid) != 1 or len(goods) != 1 or any(k in bad for k, _ in pairs):
+        return None
+    parts = valid[0]
+    return Fingerprint(parts[9] if len(parts) > 9 else parts[0])

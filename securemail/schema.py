@@ -1,6 +1,19 @@
 """Imports every module that owns tables, so Store.migrate() sees all migration sets.
 
-Order matters: sets are applied in the order their modules are first imported.
+Order matters: sets are applied in the order their modules are first imported, and later
+tables reference earlier ones (users -> organisations, requests -> teams and users).
 """
 
-from securemail import audit, audit_integrity, audit_report, audit_review  # noqa: F401
+from securemail import (  # noqa: F401
+    audit,
+    gateway,
+    directory,
+    auth,
+    session,
+    consent,
+    exchange,
+    outbox,
+    audit_integrity,
+    audit_report,
+    audit_review,
+)

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from securemail import outbox
+from securemail import delivery
 from securemail.config import Settings
 from securemail.services import Services, open_services
 from securemail.web import middleware
@@ -39,7 +39,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     svc = app[services_key]
     hooks = outbox_hooks(svc)
-    worker = outbox.Worker(
+    worker = delivery.Worker(
         svc.settings, svc.store, owner_id=f"web-{socket.gethostname()}",
         on_final=hooks.on_final, before_send=hooks.before_send,
     )

@@ -20,26 +20,6 @@ PREVIEW_REFERENCE = "UVZ-CONCEPT"
 PROCEDURE_ROWS = 3
 
 
-def _drop_empty_items(data: dict[str, Any]) -> dict[str, Any]:
-    """Blank procedure rows and blank medication blocks of the web form are not entries."""
-
-    def blank(v: Any) -> bool:
-        if isinstance(v, dict):
-            return all(blank(x) for x in v.values())
-        return v in (None, "", False)
-
-    procs = data.get("procedures")
-    if isinstance(procs, list):
-        kept = []
-        for p in procs:
-            if isinstance(p, dict) and isinstance(p.get("medication"), dict) and blank(p["medication"]):
-                p = {k: v for k, v in p.items() if k != "medication"}
-            if not blank(p):
-                kept.append(p)
-        data["procedures"] = kept
-    return data
-
-
 async def _form_context(request: web.Request, values: dict[str, str],
                         errors: dict[str, list[str]]) -> dict[str, Any]:
     svc = request.app[services_key]
@@ -82,8 +62,8 @@ async def preview(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    data = _drop_empty_items(forms.parse_form_post(svc.definition, post))
-    values = {k: v for k, v in forms.flatten(data).items()}
+    data = forms.parse_form_post(svc.definition, post, ignore=("csrf_token",))
+    values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
     except forms.FormInvalidError as exc:

@@ -13,7 +13,7 @@ import socket
 
 from aiohttp import web
 
-from securemail import outbox
+from securemail import delivery
 from securemail.config import Settings
 from securemail.services import open_services
 
@@ -38,7 +38,7 @@ async def _worker_main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     hooks = Hooks(svc)
-    worker = outbox.Worker(settings, svc.store, owner_id=f"worker-{socket.gethostname()}",
+    worker = delivery.Worker(settings, svc.store, owner_id=f"worker-{socket.gethostname()}",
                            on_final=hooks.on_final, before_send=hooks.before_send)
     try:
         await worker.run(stop)

@@ -1,0 +1,291 @@
+"""PGP/MIME (RFC 3156) with the standard ``email`` package: the inner entity and the outer envelope.
+
+Invariants:
+- the inner entity is 7-bit clean and in canonical form (CRLF line ends, text as UTF-8 in
+  base64), so the bytes that are signed and encrypted are exactly the bytes a reader
+  decrypts and parses; its attachment names are fixed and neutral, never patient data;
+- the outer message carries only From, To, Subject, Date, Message-ID, MIME-Version, the
+  caller's extra headers and the two RFC 3156 parts; the only body is ciphertext;
+- ``is_pgp_mime()`` accepts exactly that shape, with a payload that parses as public-key
+  encrypted OpenPGP data (the outbox's second guard at the SMTP edge).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.message import EmailMessage, MIMEPart
+from email.parser import BytesParser
+from email.policy import SMTP, default
+from email.utils import format_datetime
+
+from securemail import armor
+from securemail.errors import InputError
+
+JSON_NAME = "request.json"
+JSON_SIGNATURE_NAME = "request.json.asc"
+SIGNER_KEY_NAME = "opdrachtgever.asc"
+PAYLOAD_NAME = "encrypted.asc"
+PREAMBLE = "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
+
+ADDRESS_RE = re.compile(r"[^@\s<>\"(),;:]+@[A-Za-z0-9.-]+")
+_MESSAGE_ID_RE = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
+_HEADER_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+_RESERVED = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "sender",
+    "reply-to",
+    "return-path",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SealInput:
+    """A rendered document to seal: what the nurse reads, and what software reads."""
+
+    reference: str  # UVZ-..., an id, never patient data
+    text: str  # text/plain (Dutch)
+    html: str  # text/html
+    json: bytes  # canonical request.json; signed detached by the GP
+    signer_public_key: str  # the GP's armored public key, attached as opdrachtgever.asc
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The outer, readable part of a sealed mail. Every field must be neutral."""
+
+    sender: str
+    recipient: str
+    subject: str  # neutral: "Uitvoeringsverzoek UVZ-2026-000123"
+    message_id: str | None = None  # "<id@domain>"; generated from the sender's domain if None
+    extra_headers: tuple[tuple[str, str], ...] = ()  # e.g. ("X-Securemail-Reference", ref)
+    date: datetime | None = None  # None: now
+
+    def resolved(self) -> Envelope:
+        """This envelope with a Message-ID and a Date, generated where absent."""
+        message_id = self.message_id or f"<{uuid.uuid4().hex}@{self.sender.rpartition('@')[2]}>"
+        return replace(self, message_id=message_id, date=self.date or datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class InnerParts:
+    """What parse_inner() found; text and html with "\\n" line ends, armor with "\\n"."""
+
+    text: str
+    html: str
+    json: bytes
+    json_signature: bytes
+    signer_key: str
+
+
+def _canonical_text(text: str) -> bytes:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def _ascii_armor(data: bytes | str, begin: str) -> bytes:
+    raw = data.encode("ascii") if isinstance(data, str) else data
+    if not raw.isascii() or not raw.lstrip().startswith(begin.encode("ascii")):
+        raise ValueError(f"expected ASCII armor starting with {begin}")
+    return raw.strip().replace(b"\r\n", b"\n") + b"\n"
+
+
+def _leaf(
+    content_type: str,
+    payload: bytes,
+    *,
+    filename: str | None = None,
+    disposition: str = "attachment",
+    seven_bit: bool = False,
+) -> MIMEPart:
+    part = MIMEPart(policy=SMTP)
+    part["Content-Type"] = content_type
+    if filename:
+        part["Content-Disposition"] = f'{disposition}; filename="{filename}"'
+    if seven_bit:  # ASCII armor: readable as is; the generator writes CRLF line ends
+        part["Content-Transfer-Encoding"] = "7bit"
+        part.set_payload(payload.decode("ascii"))
+    else:
+        part["Content-Transfer-Encoding"] = "base64"
+        part.set_payload(base64.encodebytes(payload).decode("ascii"))
+    return part
+
+
+def build_inner(document: SealInput, json_signature: bytes) -> bytes:
+    """The multipart/mixed entity to sign and encrypt, in canonical CRLF form."""
+    key = document.signer_public_key
+    if "PRIVATE KEY" in key:  # armor.SECRET_KEY_ARMOR, or any other secret key format
+        raise ValueError("refusing to attach secret key material")
+    alternative = MIMEPart(policy=SMTP)
+    alternative["Content-Type"] = "multipart/alternative"
+    alternative.attach(_leaf('text/plain; charset="utf-8"', _canonical_text(document.text)))
+    alternative.attach(_leaf('text/html; charset="utf-8"', _canonical_text(document.html)))
+    mixed = MIMEPart(policy=SMTP)
+    mixed["Content-Type"] = "multipart/mixed"
+    mixed.attach(alternative)
+    mixed.attach(_leaf(f'application/json; name="{JSON_NAME}"', document.json, filename=JSON_NAME))
+    mixed.attach(
+        _leaf(
+            f'application/pgp-signature; name="{JSON_SIGNATURE_NAME}"',
+            _ascii_armor(json_signature, "-----BEGIN PGP SIGNATURE-----"),
+            filename=JSON_SIGNATURE_NAME,
+            seven_bit=True,
+        )
+    )
+    mixed.attach(
+        _leaf(
+            f'application/pgp-keys; name="{SIGNER_KEY_NAME}"',
+            _ascii_armor(key, "-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+            filename=SIGNER_KEY_NAME,
+            seven_bit=True,
+        )
+    )
+    raw = mixed.as_bytes(policy=SMTP)
+    if not raw.isascii():  # pragma: no cover - every leaf above is base64 or checked ASCII
+        raise ValueError("inner entity is not 7-bit clean")
+    return raw
+
+
+def _check_header(field: str, value: str) -> str:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise InputError(f"line break in the {field} header", field=field)
+    return value
+
+
+def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
+    """The RFC 3156 multipart/encrypted message around ``ciphertext_armor``."""
+    env = envelope.resolved()
+    for field, address in (("sender", env.sender), ("recipient", env.recipient)):
+        if not ADDRESS_RE.fullmatch(address):
+            raise InputError(f"{field} is not a bare e-mail address", field=field)
+    if not _MESSAGE_ID_RE.fullmatch(env.message_id or ""):
+        raise InputError("message_id is not <id@domain>", field="message_id")
+    body = _ascii_armor(ciphertext_armor, armor.BEGIN_MESSAGE)
+    armor.encrypted_to(body)  # ValueError unless public-key encrypted OpenPGP data
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = env.sender
+    msg["To"] = env.recipient
+    msg["Subject"] = _check_header("subject", env.subject)
+    msg["Date"] = format_datetime(env.date.astimezone(UTC))  # type: ignore[union-attr]
+    msg["Message-ID"] = env.message_id
+    msg["MIME-Version"] = "1.0"
+    for name, value in env.extra_headers:
+        lowered = name.lower()
+        if (
+            not _HEADER_NAME_RE.fullmatch(name)
+            or lowered in _RESERVED
+            or lowered.startswith("content-")
+        ):
+            raise InputError(f"header {name!r} may not be set as an extra header", field=name)
+        msg[name] = _check_header(name, value)
+    msg["Content-Type"] = 'multipart/encrypted; protocol="application/pgp-encrypted"'
+    msg.preamble = PREAMBLE
+    msg.attach(_leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True))
+    msg.attach(
+        _leaf(
+            f'application/octet-stream; name="{PAYLOAD_NAME}"',
+            body,
+            filename=PAYLOAD_NAME,
+            disposition="inline",
+            seven_bit=True,
+        )
+    )
+    return msg.as_bytes(policy=SMTP)
+
+
+def is_pgp_mime(raw: bytes) -> bool:
+    """True only for exactly what build_outer() makes around real public-key ciphertext."""
+    if not isinstance(raw, bytes) or not raw.isascii():
+        return False
+    msg = BytesParser(policy=default).parsebytes(raw)
+    if msg.defects or msg.get_content_type() != "multipart/encrypted":
+        return False
+    if str(msg.get_param("protocol", "")).lower() != "application/pgp-encrypted":
+        return False
+    if (msg.preamble or "").strip() not in ("", PREAMBLE) or (msg.epilogue or "").strip():
+        return False
+    parts = msg.get_payload()
+    if not isinstance(parts, list) or len(parts) != 2:
+        return False
+    version, payload = parts
+    for part in parts:
+        if part.defects or part.is_multipart():
+            return False
+        if str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower() != "7bit":
+            return False
+    if version.get_content_type() != "application/pgp-encrypted":
+        return False
+    if [line.strip() for line in version.get_payload().splitlines() if line.strip()] != [
+        "Version: 1"
+    ]:
+        return False
+    if payload.get_content_type() != "application/octet-stream":
+        return False
+    body = payload.get_payload()
+    if not body.lstrip().startswith(armor.BEGIN_MESSAGE):
+        return False
+    try:
+        armor.encrypted_to(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(part: EmailMessage) -> str:
+    data = part.get_payload(decode=True) or b""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = data.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        raise InputError("text part is not valid in its charset", field="mime") from None
+    return text.replace("\r\n", "\n")
+
+
+def parse_inner(raw: bytes) -> InnerParts:
+    """The parts of a decrypted inner entity; InputError when one is missing or doubled."""
+    msg = BytesParser(policy=default).parsebytes(raw)
+    found: dict[str, EmailMessage] = {}
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        name = part.get_filename()
+        kind = part.get_content_type()
+        slot = {
+            ("text/plain", None): "text",
+            ("text/html", None): "html",
+            ("application/json", JSON_NAME): "json",
+            ("application/pgp-signature", JSON_SIGNATURE_NAME): "json_signature",
+            ("application/pgp-keys", SIGNER_KEY_NAME): "signer_key",
+        }.get((kind, name))
+        if slot is None:
+            continue
+        if slot in found:
+            raise InputError(f"inner entity has more than one {slot} part", field="mime")
+        found[slot] = part
+    missing = {"text", "html", "json", "json_signature", "signer_key"} - set(found)
+    if missing:
+        raise InputError(f"inner entity lacks {sorted(missing)}", field="mime")
+    try:
+        binary = {
+            k: found[k].get_payload(decode=True) or b""
+            for k in ("json", "json_signature", "signer_key")
+        }
+    except binascii.Error:  # pragma: no cover - the email package decodes leniently
+        raise InputError("undecodable part", field="mime") from None
+    return InnerParts(
+        text=_text(found["text"]),
+        html=_text(found["html"]),
+        json=binary["json"],
+        json_signature=binary["json_signature"].replace(b"\r\n", b"\n"),
+        signer_key=binary["signer_key"].replace(b"\r\n", b"\n").decode("ascii", "replace"),
+    )

@@ -1,0 +1,174 @@
+"""Shared fixtures: real gpg, real keys generated once per session, a fresh homedir per test.
+
+No key material is ever committed: every key below is generated when the session starts,
+in a scratch homedir, and handed to tests as armor; each test imports what it needs into
+its own homedir (mode 0700).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.smtp_fixtures"]
+
+GPG_AGENT_CONF = "allow-loopback-pinentry\ndefault-cache-ttl 0\nmax-cache-ttl 0\n"
+GP_PASSPHRASE = " Correct paard batterij nietje é "  # fictional; spaces and non-ASCII on purpose
+
+
+@dataclass(frozen=True)
+class GpgTestKey:
+    """A generated key as armor: what a test imports into its own homedir."""
+
+    fingerprint: str
+    email: str
+    public: str
+    secret: str
+    passphrase: str | None
+    revocation: str  # armored revocation certificate, as gpg makes one at generation
+
+
+def run_gpg(
+    home: Path, *args: str, input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """The gpg command line as a person would run it: batch, statuses on stderr, English."""
+    return subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--status-fd",
+            "2",
+            "--pinentry-mode",
+            "loopback",
+            *args,
+        ],
+        input=input,
+        capture_output=True,
+        check=check,
+        timeout=60,
+        env={**os.environ, "LC_ALL": "C.UTF-8", "LANGUAGE": "C"},
+    )
+
+
+def kill_gpg_agent(home: Path) -> None:
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def new_gpg_home(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A short-pathed (gpg-agent's socket path is limited) 0700 homedir, no passphrase cache."""
+    home = factory.mktemp(name)
+    home.chmod(0o700)
+    (home / "gpg-agent.conf").write_text(GPG_AGENT_CONF)
+    return home
+
+
+@pytest.fixture(scope="session")
+def gpg_scratch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = new_gpg_home(tmp_path_factory, "gpgscratch")
+    yield home
+    kill_gpg_agent(home)
+
+
+@pytest.fixture(scope="session")
+def gpg_keygen(gpg_scratch_home: Path) -> Callable[..., GpgTestKey]:
+    """make(name, email, *, algo, usage, subkey, expire, passphrase, faked_time) -> GpgTestKey.
+
+    ``faked_time`` ("20200101T000000!") makes keys that are already expired today.
+    """
+
+    def make(
+        name: str,
+        email: str,
+        *,
+        algo: str = "ed25519",
+        usage: str = "sign",
+        subkey: str | None = "cv25519",
+        expire: str = "never",
+        passphrase: str | None = None,
+        faked_time: str | None = None,
+    ) -> GpgTestKey:
+        home = gpg_scratch_home
+        common = (["--faked-system-time", faked_time] if faked_time else []) + [
+            "--passphrase",
+            passphrase or "",
+        ]
+        out = run_gpg(
+            home, *common, "--yes", "--quick-gen-key", f"{name} <{email}>", algo, usage, expire
+        )
+        fpr = next(
+            line.split()[3]
+            for line in out.stderr.decode().splitlines()
+            if line.startswith("[GNUPG:] KEY_CREATED P")
+        )
+        if subkey:
+            run_gpg(home, *common, "--quick-add-key", fpr, subkey, "encr", expire)
+        rev = (home / "openpgp-revocs.d" / f"{fpr}.rev").read_text()
+        return GpgTestKey(
+            fingerprint=fpr,
+            email=email,
+            public=run_gpg(home, "--armor", "--export", fpr).stdout.decode(),
+            secret=run_gpg(home, *common, "--armor", "--export-secret-keys", fpr).stdout.decode(),
+            passphrase=passphrase,
+            # gpg puts a ':' before the armor so that the file cannot be imported by mistake
+            revocation=rev[rev.index(":-----BEGIN") + 1 :],
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gp_key(gpg_keygen: Callable[..., GpgTestKey]) -> GpgTestKey:
+    """A GP's personal signing key (ed25519, no encryption subkey), passphrase GP_PASSPHRASE."""
+    return gpg_keygen(
+        "Huisarts Test", "huisarts@praktijk.example", subkey=None, passphrase=GP_PASSPHRASE
+    )
+
+
+@pytest.fixture(scope="session")
+def team_keypairs(gpg_keygen: Callable[..., GpgTestKey]) -> tuple[GpgTestKey, GpgTestKey]:
+    """Two members of team Noord: ed25519 + cv25519, no passphrase (their secret is the nurse's)."""
+    return (
+        gpg_keygen("Wijkverpleegkundige Een", "een@noord.team.example"),
+        gpg_keygen("Wijkverpleegkundige Twee", "twee@noord.team.example"),
+    )
+
+
+@pytest.fixture(scope="session")
+def team_keypair(team_keypairs: tuple[GpgTestKey, GpgTestKey]) -> GpgTestKey:
+    return team_keypairs[0]
+
+
+@pytest.fixture
+def gnupg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty homedir of this test, mode 0700 (Keyring.create writes its config)."""
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    yield home
+    kill_gpg_agent(home)
+
+
+@pytest.fixture
+async def keyring(
+    gnupg_home: Path, gp_key: GpgTestKey, team_keypairs: tuple[GpgTestKey, GpgTestKey]
+) -> AsyncIterator[object]:
+    """The gateway's Keyring: the GP's secret key and the team's public keys imported."""
+    from securemail.openpgp import Keyring
+
+    ring = Keyring.create(gnupg_home)
+    await ring.import_keys(gp_key.secret, allow_secret=True)
+    for member in team_keypairs:
+        await ring.import_keys(member.public)
+    yield ring
+    await ring.close()

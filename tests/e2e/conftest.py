@@ -1,0 +1,160 @@
+"""A whole gateway for end-to-end tests: an initialised home, a practice with a GP whose
+signing key is made in the test, a nursing team whose member keys are made in the test
+(secret halves only in the test's 'mail client' keyring), consent on record, and a real
+STARTTLS relay on 127.0.0.1 that records every byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from securemail import auth, config, consent, directory, gateway
+from securemail.access import SYSTEM, Actor
+from securemail.cli.directory import enrol_gp_key
+from securemail.openpgp import Keyring
+from securemail.services import Services, open_services
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "examples" / "uitvoeringsverzoek.json").read_text(encoding="utf-8"))
+TEAM = "wijkteam-centrum@zorg-noord.example"
+OTHER_TEAM = "wijkteam-zonder-sleutel@zorg-noord.example"
+GP_PASSWORD = "correct horse battery staple"
+GP_PASSPHRASE = "signing passphrase of the GP"
+NURSE_PASSWORD = "nurse password 12345"
+
+
+@dataclass
+class Gateway:
+    home: Path
+    svc: Services
+    nurse_home: Path  # the team's mail client keyring (gpg --homedir) with the secret keys
+    gp: Actor
+    member_fingerprints: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def decrypt_as_nurse(self, raw: bytes) -> subprocess.CompletedProcess[bytes]:
+        """What the nurse's mail client does: gpg --decrypt, reporting the signature."""
+        return subprocess.run(
+            ["gpg", "--homedir", str(self.nurse_home), "--batch", "--status-fd", "2",
+             "--decrypt"], input=raw, capture_output=True, check=False, timeout=60)
+
+
+def gpg_cli(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    out = subprocess.run(["gpg", "--homedir", str(home), "--batch", *args], input=stdin,
+                         capture_output=True, check=True, timeout=60)
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two nurses' key pairs, made once per session: {'public': armor, 'secret': armor}."""
+    home = tmp_path_factory.mktemp("team-keys") / "gnupg"
+    home.mkdir(mode=0o700)
+    for email in ("nurse1@zorg-noord.example", "nurse2@zorg-noord.example"):
+        gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse <{email}>", "ed25519",
+                "sign,cert", "2y")
+        fpr = [line.split(":")[9] for line in gpg_cli(
+            home, "--with-colons", "--list-keys", email).decode().splitlines()
+            if line.startswith("fpr:")][0]
+        gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
+    return {
+        "public": gpg_cli(home, "--armor", "--export").decode(),
+        "secret": gpg_cli(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
+                          "--export-secret-keys").decode(),
+    }
+
+
+async def build_gateway(tmp_path: Path, team_member_keys: dict[str, str],
+                        smtp: dict[str, Any]) -> Gateway:
+    # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
+    home = Path(tempfile.mkdtemp(prefix="sm-"))
+    await gateway.init_home(home, overrides={
+        "smtp": smtp,
+        "gateway": {"from_address": "gateway@gateway.example",
+                    "base_url": "https://gateway.example"},
+        "delivery": {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0,
+                     "poll_seconds": 0.05},
+    })
+    svc = open_services(config.load(home))
+    now = svc.now_iso()
+
+    def dir_data(db: Any) -> None:
+        directory.add_org(db, SYSTEM, code="01234567", kind="practice", name="Praktijk Test",
+                          notify_address="praktijk@praktijk.example", now=now)
+        directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="Zorg Noord", now=now)
+        directory.add_org(db, SYSTEM, code="11223344", kind="practice", name="Andere praktijk",
+                          now=now)
+        directory.add_team(db, SYSTEM, org_code="87654321", name="Wijkteam Centrum",
+                           address=TEAM, now=now)
+        directory.add_team(db, SYSTEM, org_code="87654321", name="Wijkteam zonder sleutel",
+                           address=OTHER_TEAM, now=now)
+
+    svc.store.write_sync(dir_data)
+    fprs = await svc.keyring.import_keys(team_member_keys["public"])
+    for i, fpr in enumerate(fprs, start=1):
+        info = await svc.keyring.key_info(fpr)
+        svc.store.write_sync(lambda db, fpr=fpr, i=i, info=info: directory.add_member(
+            db, SYSTEM, team_address=TEAM, name=f"Nurse {i}", email=info.uids[0],
+            fingerprint=fpr, now=now))
+    gp_user = svc.store.write_sync(lambda db: auth.add_user(
+        db, SYSTEM, username="huisarts", name="A. Huisarts", role="gp", org_code="01234567",
+        password=GP_PASSWORD, email="huisarts@praktijk.example",
+        profile={"big": "19012345601", "phone": "020-1234567",
+                 "out_of_hours_phone": "088-0030600"}, now=now))
+    await enrol_gp_key(svc, gp_user, GP_PASSPHRASE)
+    svc.store.write_sync(lambda db: auth.add_user(
+        db, SYSTEM, username="nurse1", name="Nurse One", role="nurse", org_code="87654321",
+        password=NURSE_PASSWORD, teams=[TEAM], now=now))
+    gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "huisarts"))
+    grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], TEAM)
+    nurse_home = home / "nurse-gnupg"
+    nurse_home.mkdir(mode=0o700)
+    gpg_cli(nurse_home, "--import", stdin=team_member_keys["secret"].encode())
+    # The nurse's client knows the GP's public key from the regional directory.
+    gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
+    gpg_cli(nurse_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
+    return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs])
+
+
+def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None:
+    def grant(db: Any) -> None:
+        team = directory.team_by_address(db, team_address)
+        consent.record(
+            db, gp, patient_bsn=bsn, source_org_id=gp.org_id or 0,
+            recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
+            decision="permit", basis="explicit", valid_from=svc.now(), valid_until=None,
+            given_at=svc.now(), channel="in_person", performer="patient", now=svc.now())
+
+    svc.store.write_sync(grant)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any,
+             relay_cafile: str) -> AsyncIterator[Gateway]:
+    smtp = {"host": "127.0.0.1", "port": smtp_server.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}
+    g = await build_gateway(tmp_path, team_member_keys, smtp)
+    yield g
+    g.svc.close()
+    for gnupg in (g.home / "gnupg", g.nurse_home):
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
+    shutil.rmtree(g.home, ignore_errors=True)
+
+
+def example() -> dict[str, Any]:
+    return json.loads(json.dumps(EXAMPLE))
+
+
+def env_for_cli() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
