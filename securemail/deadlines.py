@@ -67,7 +67,8 @@ def due(start: datetime, urgency: str, kind: str, s: DeadlineSettings) -> dateti
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}", field="kind")
     hours_per_day = (
-        datetime.combine(date.min, _hm(s.workday_end)) - datetime.combine(date.min, _hm(s.workday_start))
+        datetime.combine(date.min, _hm(s.workday_end))
+        - datetime.combine(date.min, _hm(s.workday_start))
     ).total_seconds() / 3600
     if urgency == "spoed":
         hours = s.answer_urgent_hours if kind == "answer" else s.ask_urgent_hours

@@ -33,8 +33,11 @@ from securemail.access import SYSTEM
 from securemail.openpgp import Keyring
 from securemail.services import Services, open_services
 
-PRACTICE = {"code": "01234567", "name": "Huisartsenpraktijk De Linde",
-            "notify": "praktijk@delinde-demo.example"}
+PRACTICE = {
+    "code": "01234567",
+    "name": "Huisartsenpraktijk De Linde",
+    "notify": "praktijk@delinde-demo.example",
+}
 NURSING = {"code": "87654321", "name": "Zorg Noord (demo)", "notify": "planning@zorg-noord.example"}
 TEAM = {"name": "Wijkteam Centrum", "address": "wijkteam-centrum@zorg-noord.example"}
 TEAM2 = {"name": "Wijkteam Oost", "address": "wijkteam-oost@zorg-noord.example"}
@@ -77,43 +80,71 @@ def make_tls(dirpath: Path, hostname: str = "127.0.0.1") -> tuple[Path, Path, Pa
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securemail demo CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     import ipaddress
 
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                       x509.IPAddress(ipaddress.ip_address(hostname))])
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(hostname))]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(san, critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    ca_path, cert_path, key_path = dirpath / "ca.pem", dirpath / "server.pem", dirpath / "server.key"
+    ca_path, cert_path, key_path = (
+        dirpath / "ca.pem",
+        dirpath / "server.pem",
+        dirpath / "server.key",
+    )
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(key_path, 0o600)
     return ca_path, cert_path, key_path
 
@@ -124,8 +155,13 @@ def start_relay(paths: DemoPaths, port: int) -> Controller:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     paths.maildir.parent.mkdir(parents=True, exist_ok=True)
-    controller = Controller(Mailbox(str(paths.maildir)), hostname="127.0.0.1", port=port,
-                            tls_context=ctx, require_starttls=True)
+    controller = Controller(
+        Mailbox(str(paths.maildir)),
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=ctx,
+        require_starttls=True,
+    )
     controller.start()
     return controller
 
@@ -147,9 +183,18 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
     await svc.keyring.import_keys(public)
     now = svc.now_iso()
     for n, fpr in zip(nurses, fprs, strict=True):
-        svc.store.write_sync(lambda db, n=n, fpr=fpr: directory.add_member(
-            db, SYSTEM, team_address=TEAM["address"], name=n["name"], email=n["email"],
-            fingerprint=fpr, verified_how="demo: generated locally", now=now))
+        svc.store.write_sync(
+            lambda db, n=n, fpr=fpr: directory.add_member(
+                db,
+                SYSTEM,
+                team_address=TEAM["address"],
+                name=n["name"],
+                email=n["email"],
+                fingerprint=fpr,
+                verified_how="demo: generated locally",
+                now=now,
+            )
+        )
 
 
 async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
@@ -160,41 +205,96 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     users: list[dict[str, str]] = []
 
     def directory_data(db: Any) -> None:
-        directory.add_org(db, SYSTEM, code=PRACTICE["code"], kind="practice",
-                          name=PRACTICE["name"], notify_address=PRACTICE["notify"], now=now)
-        directory.add_org(db, SYSTEM, code=NURSING["code"], kind="nursing",
-                          name=NURSING["name"], notify_address=NURSING["notify"], now=now)
+        directory.add_org(
+            db,
+            SYSTEM,
+            code=PRACTICE["code"],
+            kind="practice",
+            name=PRACTICE["name"],
+            notify_address=PRACTICE["notify"],
+            now=now,
+        )
+        directory.add_org(
+            db,
+            SYSTEM,
+            code=NURSING["code"],
+            kind="nursing",
+            name=NURSING["name"],
+            notify_address=NURSING["notify"],
+            now=now,
+        )
         for t in (TEAM, TEAM2):
-            directory.add_team(db, SYSTEM, org_code=NURSING["code"], name=t["name"],
-                               address=t["address"], now=now)
-        directory.set_preferred(db, practice_code=PRACTICE["code"],
-                                team_addresses=[TEAM["address"], TEAM2["address"]])
+            directory.add_team(
+                db, SYSTEM, org_code=NURSING["code"], name=t["name"], address=t["address"], now=now
+            )
+        directory.set_preferred(
+            db, practice_code=PRACTICE["code"], team_addresses=[TEAM["address"], TEAM2["address"]]
+        )
 
     svc.store.write_sync(directory_data)
     nurses = [
-        {"username": "verpleegkundige1", "name": "Sanne Bakker",
-         "email": "s.bakker@zorg-noord.example"},
-        {"username": "verpleegkundige2", "name": "Mohamed El Amrani",
-         "email": "m.elamrani@zorg-noord.example"},
+        {
+            "username": "verpleegkundige1",
+            "name": "Sanne Bakker",
+            "email": "s.bakker@zorg-noord.example",
+        },
+        {
+            "username": "verpleegkundige2",
+            "name": "Mohamed El Amrani",
+            "email": "m.elamrani@zorg-noord.example",
+        },
     ]
     await _team_keys(svc, paths, nurses)
     specs: list[dict[str, Any]] = [
-        {"username": "huisarts", "name": "A. Huisarts", "role": "gp", "org": PRACTICE["code"],
-         "email": "a.huisarts@delinde-demo.example",
-         "profile": {"big": "19012345601", "agb": "01012345", "phone": "020-1234567",
-                     "out_of_hours_phone": "088-0030600"}},
-        *[{"username": n["username"], "name": n["name"], "role": "nurse", "org": NURSING["code"],
-           "email": n["email"], "teams": [TEAM["address"]]} for n in nurses],
-        {"username": "privacy", "name": "P. Rivacy", "role": "privacy_officer",
-         "org": PRACTICE["code"]},
+        {
+            "username": "huisarts",
+            "name": "A. Huisarts",
+            "role": "gp",
+            "org": PRACTICE["code"],
+            "email": "a.huisarts@delinde-demo.example",
+            "profile": {
+                "big": "19012345601",
+                "agb": "01012345",
+                "phone": "020-1234567",
+                "out_of_hours_phone": "088-0030600",
+            },
+        },
+        *[
+            {
+                "username": n["username"],
+                "name": n["name"],
+                "role": "nurse",
+                "org": NURSING["code"],
+                "email": n["email"],
+                "teams": [TEAM["address"]],
+            }
+            for n in nurses
+        ],
+        {
+            "username": "privacy",
+            "name": "P. Rivacy",
+            "role": "privacy_officer",
+            "org": PRACTICE["code"],
+        },
         {"username": "beheer", "name": "B. Heerder", "role": "admin", "org": None},
     ]
     for spec in specs:
         password = _password()
-        user = svc.store.write_sync(lambda db, spec=spec, password=password: auth.add_user(
-            db, SYSTEM, username=spec["username"], name=spec["name"], role=spec["role"],
-            org_code=spec["org"], password=password, email=spec.get("email", ""),
-            teams=spec.get("teams"), profile=spec.get("profile"), now=now))
+        user = svc.store.write_sync(
+            lambda db, spec=spec, password=password: auth.add_user(
+                db,
+                SYSTEM,
+                username=spec["username"],
+                name=spec["name"],
+                role=spec["role"],
+                org_code=spec["org"],
+                password=password,
+                email=spec.get("email", ""),
+                teams=spec.get("teams"),
+                profile=spec.get("profile"),
+                now=now,
+            )
+        )
         entry = {"username": user.username, "role": user.role, "password": password}
         if user.role == "gp":
             from securemail.cli.directory import enrol_gp_key
@@ -203,9 +303,13 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             await enrol_gp_key(svc, user, entry["signing_passphrase"])
         users.append(entry)
     _demo_consents(svc, now)
-    creds = {"users": users, "team_address": TEAM["address"],
-             "web": svc.settings.gateway.base_url,
-             "maildir": str(paths.maildir), "team_secret_keys": str(paths.team_secret)}
+    creds = {
+        "users": users,
+        "team_address": TEAM["address"],
+        "web": svc.settings.gateway.base_url,
+        "maildir": str(paths.maildir),
+        "team_secret_keys": str(paths.team_secret),
+    }
     paths.credentials.write_text(json.dumps(creds, indent=2), encoding="utf-8")
     os.chmod(paths.credentials, 0o600)
     svc.store.write_sync(lambda db: gateway.set_meta(db, "demo_setup", now))
@@ -222,10 +326,19 @@ def _demo_consents(svc: Services, now: str) -> None:
         practice = directory.org_by_code(db, PRACTICE["code"])
         team = directory.team_by_address(db, TEAM["address"])
         consent.record(
-            db, gp, patient_bsn=bsn, source_org_id=practice.id,
+            db,
+            gp,
+            patient_bsn=bsn,
+            source_org_id=practice.id,
             recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit", basis="explicit", valid_from=svc.now(), valid_until=None,
-            given_at=svc.now(), channel="in_person", performer="patient", now=svc.now(),
+            decision="permit",
+            basis="explicit",
+            valid_from=svc.now(),
+            valid_until=None,
+            given_at=svc.now(),
+            channel="in_person",
+            performer="patient",
+            now=svc.now(),
         )
 
     svc.store.write_sync(grant)
@@ -233,22 +346,30 @@ def _demo_consents(svc: Services, now: str) -> None:
 
 def demo_overrides(paths: DemoPaths, port: int, smtp_port: int) -> dict[str, dict[str, Any]]:
     return {
-        "gateway": {"base_url": f"http://127.0.0.1:{port}",
-                    "from_address": "gateway@securemail-demo.example"},
+        "gateway": {
+            "base_url": f"http://127.0.0.1:{port}",
+            "from_address": "gateway@securemail-demo.example",
+        },
         "web": {"port": port},
-        "smtp": {"host": "127.0.0.1", "port": smtp_port, "starttls": "required",
-                 "cafile": str(paths.ca)},
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "starttls": "required",
+            "cafile": str(paths.ca),
+        },
         "delivery": {"retry_initial_seconds": 5.0},
     }
 
 
-def run_demo(home: Path, *, port: int = 8080, smtp_port: int = 8025,
-             setup_only: bool = False) -> None:
+def run_demo(
+    home: Path, *, port: int = 8080, smtp_port: int = 8025, setup_only: bool = False
+) -> None:
     paths = DemoPaths(home / "demo")
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     asyncio.run(gateway.init_home(home, overrides=demo_overrides(paths, port, smtp_port)))
     settings = config.load(home).replace(
-        web={"port": port}, smtp={"port": smtp_port, "cafile": str(paths.ca)})
+        web={"port": port}, smtp={"port": smtp_port, "cafile": str(paths.ca)}
+    )
     controller = None if setup_only else start_relay(paths, smtp_port)
     svc = open_services(settings)
     try:
@@ -272,7 +393,9 @@ def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Set
     print(f"securemail demo: {settings.gateway.base_url}")
     print("  users (password; GP also a signing passphrase):")
     for u in creds["users"]:
-        extra = f"  signing passphrase: {u['signing_passphrase']}" if "signing_passphrase" in u else ""
+        extra = (
+            f"  signing passphrase: {u['signing_passphrase']}" if "signing_passphrase" in u else ""
+        )
         print(f"    {u['role']:<16} {u['username']:<18} {u['password']}{extra}")
     print(f"  team address:      {creds['team_address']}")
     print(f"  arrived mail:      {paths.maildir}/new/")

@@ -153,8 +153,12 @@ def add_org(
         "created_at": now,
     }
     oid = db["organisations"].insert(row).last_pk
-    audit.record(db, audit.AuditEvent.of(actor, "org.create", object_type="organisation",
-                                         object_id=code, nature="technical"))
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor, "org.create", object_type="organisation", object_id=code, nature="technical"
+        ),
+    )
     return Organisation(int(oid), code, kind, row["name"], notify_address)
 
 
@@ -174,18 +178,26 @@ def add_team(
     address = require_email(address, "address")
     if db.execute("SELECT 1 FROM teams WHERE address = ?", [address]).fetchone():
         raise ConflictError(f"team address {address} already exists", address=address)
-    tid = db["teams"].insert(
-        {
-            "org_id": org.id,
-            "name": name.strip(),
-            "address": address,
-            "category": category,
-            "active": 1,
-            "created_at": now,
-        }
-    ).last_pk
-    audit.record(db, audit.AuditEvent.of(actor, "team.create", object_type="team",
-                                         object_id=address, nature="technical"))
+    tid = (
+        db["teams"]
+        .insert(
+            {
+                "org_id": org.id,
+                "name": name.strip(),
+                "address": address,
+                "category": category,
+                "active": 1,
+                "created_at": now,
+            }
+        )
+        .last_pk
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor, "team.create", object_type="team", object_id=address, nature="technical"
+        ),
+    )
     return Team(int(tid), org.id, name.strip(), address, category, True)
 
 
@@ -208,21 +220,34 @@ def add_member(
         "SELECT 1 FROM team_members WHERE team_id = ? AND fingerprint = ?", [team.id, fpr]
     ).fetchone():
         raise ConflictError("key already pinned for this team", fingerprint=fpr)
-    mid = db["team_members"].insert(
-        {
-            "team_id": team.id,
-            "name": name.strip(),
-            "email": email,
-            "fingerprint": fpr,
-            "status": "active",
-            "verified_by": actor.username,
-            "verified_how": verified_how,
-            "verified_at": now,
-            "created_at": now,
-        }
-    ).last_pk
-    audit.record(db, audit.AuditEvent.of(actor, "key.import", object_type="key", object_id=fpr,
-                                         recipient_org=team.address, nature="technical"))
+    mid = (
+        db["team_members"]
+        .insert(
+            {
+                "team_id": team.id,
+                "name": name.strip(),
+                "email": email,
+                "fingerprint": fpr,
+                "status": "active",
+                "verified_by": actor.username,
+                "verified_how": verified_how,
+                "verified_at": now,
+                "created_at": now,
+            }
+        )
+        .last_pk
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "key.import",
+            object_type="key",
+            object_id=fpr,
+            recipient_org=team.address,
+            nature="technical",
+        ),
+    )
     return Member(int(mid), team.id, name.strip(), email, fpr, "active")
 
 
@@ -298,14 +323,17 @@ def preferred_teams(db: sqlite_utils.Database, practice_org_id: int) -> list[Tea
     return [_team(dict(zip(names, r, strict=True))) for r in rows]
 
 
-def members(db: sqlite_utils.Database, team_id: int, *, status: str | None = "active") -> list[Member]:
+def members(
+    db: sqlite_utils.Database, team_id: int, *, status: str | None = "active"
+) -> list[Member]:
     where, params = "team_id = ?", [team_id]
     if status is not None:
         where += " AND status = ?"
         params.append(status)
     return [
-        Member(r["id"], r["team_id"], r["name"], r["email"], Fingerprint(r["fingerprint"]),
-               r["status"])
+        Member(
+            r["id"], r["team_id"], r["name"], r["email"], Fingerprint(r["fingerprint"]), r["status"]
+        )
         for r in db["team_members"].rows_where(where, params, order_by="id")
     ]
 
@@ -346,4 +374,6 @@ def resolve_recipient(db: sqlite_utils.Database, text: str) -> ResolvedRecipient
         return ResolvedRecipient(category=text)
     raise InputError(
         "recipient must be a team address, an 8-digit organisation code or a category "
-        f"({', '.join(CATEGORIES)})", field="recipient")
+        f"({', '.join(CATEGORIES)})",
+        field="recipient",
+    )

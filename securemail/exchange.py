@@ -20,8 +20,8 @@ from securemail import audit, consent, deadlines, directory, forms, notify, outb
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
-from securemail.errors import SecuremailError
-from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealedMessage, SealInput
+from securemail.errors import NotFoundError, SecuremailError
+from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
 
@@ -33,9 +33,7 @@ DATA_CATEGORIES = "execution_request"
 
 @MIGRATIONS(name="0001_requests")
 def _m1(db: sqlite_utils.Database) -> None:
-    db.execute(
-        """CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"""
-    )
+    db.execute("""CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)""")
     db.execute(
         """CREATE TABLE requests (
             id INTEGER PRIMARY KEY,
@@ -97,7 +95,9 @@ def _field_error(path: str, code: str, nl: str, en: str) -> forms.FormInvalidErr
     return forms.FormInvalidError([forms.FieldError(path, code, nl, en)])
 
 
-def _with_principal(db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
+def _with_principal(
+    db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]
+) -> dict[str, Any]:
     """The principal section comes from the signed-in GP's profile; the form cannot alter it."""
     data = dict(data)
     if actor.user_id is not None:
@@ -108,21 +108,31 @@ def _with_principal(db: sqlite_utils.Database, actor: Actor, data: dict[str, Any
 
 def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
     org = directory.org_by_id(db, team.org_id)
-    return consent.Target(team_id=team.id, org_id=team.org_id, category=team.category,
-                          label=team.address, org_code=org.code)
+    return consent.Target(
+        team_id=team.id,
+        org_id=team.org_id,
+        category=team.category,
+        label=team.address,
+        org_code=org.code,
+    )
 
 
 def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
     team = directory.find_team(db, address)
     if team is None or not team.active:
         raise _field_error(
-            "receiver.team_address", "team.unknown",
-            "Dit wijkteam is niet bekend bij de gateway.", "unknown team address",
+            "receiver.team_address",
+            "team.unknown",
+            "Dit wijkteam is niet bekend bij de gateway.",
+            "unknown team address",
         )
-    allowed = directory.allowed_receivers(db, actor.org_id or 0, svc.settings.gateway.passing_on_address)
+    allowed = directory.allowed_receivers(
+        db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+    )
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
-            "receiver.team_address", "team.not_preferred",
+            "receiver.team_address",
+            "team.not_preferred",
             "Dit wijkteam is geen voorkeursaanbieder van uw praktijk.",
             "team is not one of the practice's preferred providers",
         )
@@ -132,7 +142,7 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
 async def prepare(
     svc: Services, actor: Actor, data: dict[str, Any], *, reference: str, to: str | None = None
 ) -> Prepared:
-    """Validate a submission for actor: form rules, receiver, consent (audited). Raises on any no."""
+    """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
@@ -143,8 +153,13 @@ async def prepare(
 
     def check(db: sqlite_utils.Database) -> consent.ConsentDecision:
         return consent.check(
-            db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
-            target=_target(db, team), now=now, audit_object=("request", reference),
+            db,
+            actor,
+            patient_bsn=req.patient_bsn,
+            source_org_id=actor.org_id or 0,
+            target=_target(db, team),
+            now=now,
+            audit_object=("request", reference),
         )
 
     # The check's audit row commits first; a refusal is raised only after that.
@@ -163,16 +178,25 @@ async def usable_recipients(
         try:
             await svc.keyring.check_recipient(m.fingerprint, m.email, now=svc.now())
         except RecipientKeyError as exc:
-            skipped.append({"name": m.name, "fingerprint": m.fingerprint,
-                            "why": str(exc.context.get("why", exc.code))})
+            skipped.append(
+                {
+                    "name": m.name,
+                    "fingerprint": m.fingerprint,
+                    "why": str(exc.context.get("why", exc.code)),
+                }
+            )
             continue
         good.append(m.fingerprint)
     if not good:
         raise RecipientKeyError(
             f"team {team.address} has no usable key"
-            + (f" ({'; '.join(s['fingerprint'][-16:] + ': ' + s['why'] for s in skipped)})"
-               if skipped else " (no member keys pinned)"),
-            address=team.address, why="no_usable_key",
+            + (
+                f" ({'; '.join(s['fingerprint'][-16:] + ': ' + s['why'] for s in skipped)})"
+                if skipped
+                else " (no member keys pinned)"
+            ),
+            address=team.address,
+            why="no_usable_key",
         )
     return good, skipped
 
@@ -202,12 +226,20 @@ async def _audit_refusal(
 ) -> None:
     bsn = patient if forms.is_valid_bsn(patient) else ""
     event = audit.AuditEvent.of(
-        actor, "request.send", outcome="refused", outcome_detail=exc.code,
-        patient_id=bsn, object_type="request", object_id=reference,
-        data_categories=DATA_CATEGORIES, sender_org=actor.org_code,
+        actor,
+        "request.send",
+        outcome="refused",
+        outcome_detail=exc.code,
+        patient_id=bsn,
+        object_type="request",
+        object_id=reference,
+        data_categories=DATA_CATEGORIES,
+        sender_org=actor.org_code,
         recipient_org=str(exc.context.get("address", "")),
     )
-    await svc.store.write(lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id))
+    await svc.store.write(
+        lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id)
+    )
     log.info("request %s refused: %s", reference, exc.code)
 
 
@@ -228,10 +260,16 @@ async def _seal_and_queue(
     doc = prepared.rendered
     sealed = await svc.keyring.seal(
         SealInput(
-            reference=reference, text=doc.text, html=doc.html, json=doc.json,
+            reference=reference,
+            text=doc.text,
+            html=doc.html,
+            json=doc.json,
             signer_public_key=await svc.keyring.export_public(signer),
         ),
-        signer=signer, passphrase=passphrase, recipients=recipients, envelope=envelope,
+        signer=signer,
+        passphrase=passphrase,
+        recipients=recipients,
+        envelope=envelope,
     )
     now = svc.now_iso()
     answer_due = ""  # set by deadlines once the relay accepted it
@@ -239,48 +277,74 @@ async def _seal_and_queue(
     def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
         # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
         decision = consent.check(
-            db, actor, patient_bsn=req.patient_bsn, source_org_id=actor.org_id or 0,
-            target=_target(db, team), now=svc.now(), audit_object=("request", reference),
+            db,
+            actor,
+            patient_bsn=req.patient_bsn,
+            source_org_id=actor.org_id or 0,
+            target=_target(db, team),
+            now=svc.now(),
+            audit_object=("request", reference),
         )
         if not decision.permitted:
             return decision
-        db["requests"].insert({
-            "reference": reference,
-            "kind": req.kind,
-            "supersedes": req.supersedes or "",
-            "urgency": req.urgency,
-            "practice_org_id": actor.org_id,
-            "team_id": team.id,
-            "patient_bsn": req.patient_bsn,
-            "created_by": actor.user_id,
-            "signer_fingerprint": sealed.signer_fingerprint,
-            "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
-            "skipped_members": json.dumps(skipped),
-            "document": doc.json,
-            "message_id": sealed.message_id,
-            "answer_due": answer_due,
-            "created_at": now,
-            "updated_at": now,
-        })
+        db["requests"].insert(
+            {
+                "reference": reference,
+                "kind": req.kind,
+                "supersedes": req.supersedes or "",
+                "urgency": req.urgency,
+                "practice_org_id": actor.org_id,
+                "team_id": team.id,
+                "patient_bsn": req.patient_bsn,
+                "created_by": actor.user_id,
+                "signer_fingerprint": sealed.signer_fingerprint,
+                "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
+                "skipped_members": json.dumps(skipped),
+                "document": doc.json,
+                "message_id": sealed.message_id,
+                "answer_due": answer_due,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         common: dict[str, Any] = {
-            "patient_id": req.patient_bsn, "object_type": "request", "object_id": reference,
-            "data_categories": DATA_CATEGORIES, "sender_org": actor.org_code,
+            "patient_id": req.patient_bsn,
+            "object_type": "request",
+            "object_id": reference,
+            "data_categories": DATA_CATEGORIES,
+            "sender_org": actor.org_code,
             "recipient_org": team.address,
             "consent_id": decision.record.consent_id if decision.record else "",
-            "check_consent": decision.audit_value, "check_authz": "permit:gp-own-practice",
+            "check_consent": decision.audit_value,
+            "check_authz": "permit:gp-own-practice",
         }
         src = svc.settings.gateway.source_id
         audit.record(db, audit.AuditEvent.of(actor, "request.create", **common), source_id=src)
-        audit.record(db, audit.AuditEvent.of(actor, "request.sign", **common,
-                                             outcome_detail=f"signer={signer}"), source_id=src)
-        outbox.enqueue(db, sealed, actor=actor, patient_id=req.patient_bsn,
-                       sender_org=actor.org_code, recipient_org=team.address,
-                       consent_id=common["consent_id"], data_categories=DATA_CATEGORIES)
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),
+            source_id=src,
+        )
+        outbox.enqueue(
+            db,
+            sealed,
+            actor=actor,
+            patient_id=req.patient_bsn,
+            sender_org=actor.org_code,
+            recipient_org=team.address,
+            consent_id=common["consent_id"],
+            data_categories=DATA_CATEGORIES,
+        )
         detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
         if skipped:
-            detail += "; left out=" + ",".join(s["fingerprint"][-16:] + ":" + s["why"] for s in skipped)
-        audit.record(db, audit.AuditEvent.of(actor, "request.send", **common,
-                                             outcome_detail=detail), source_id=src)
+            detail += "; left out=" + ",".join(
+                s["fingerprint"][-16:] + ":" + s["why"] for s in skipped
+            )
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.send", **common, outcome_detail=detail),
+            source_id=src,
+        )
         return decision
 
     (await svc.store.write(commit)).raise_if_refused()
@@ -300,27 +364,44 @@ def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | N
     return rows[0] if rows else None
 
 
-def get_request(db: sqlite_utils.Database, actor: Actor, reference: str, *,
-                source_id: str = "gateway-1") -> dict[str, Any]:
+def get_request(
+    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
+) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""
-    row = request_row(db, reference)
-    if row is None:
-        raise_not_found(reference)
-    assert row is not None
+    row = require_row(db, reference)
     try:
         require(actor, "request.view", _resource(row), hide=True)
     except SecuremailError as exc:
-        audit.record(db, audit.AuditEvent.of(
-            actor, "access.denied", outcome="refused", outcome_detail=exc.code,
-            object_type="request", object_id=reference), source_id=source_id)
+        audit.record(
+            db,
+            audit.AuditEvent.of(
+                actor,
+                "access.denied",
+                outcome="refused",
+                outcome_detail=exc.code,
+                object_type="request",
+                object_id=reference,
+            ),
+            source_id=source_id,
+        )
         raise
     team = directory.team_by_id(db, row["team_id"])
-    audit.record(db, audit.AuditEvent.of(
-        actor, "request.view", patient_id=row["patient_bsn"], object_type="request",
-        object_id=reference, data_categories=DATA_CATEGORIES,
-        sender_org=directory.org_by_id(db, row["practice_org_id"]).code,
-        recipient_org=team.address, check_authz=f"permit:{actor.role}"), source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "request.view",
+            patient_id=row["patient_bsn"],
+            object_type="request",
+            object_id=reference,
+            data_categories=DATA_CATEGORIES,
+            sender_org=directory.org_by_id(db, row["practice_org_id"]).code,
+            recipient_org=team.address,
+            check_authz=f"permit:{actor.role}",
+        ),
+        source_id=source_id,
+    )
     view = dict(row)
     view["document"] = json.loads(row["document"])
     view["team"] = team
@@ -330,13 +411,17 @@ def get_request(db: sqlite_utils.Database, actor: Actor, reference: str, *,
     return view
 
 
-def raise_not_found(reference: str) -> None:
-    from securemail.errors import NotFoundError
+def require_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
+    """The request row, or NotFoundError (the same answer whether absent or hidden)."""
+    row = request_row(db, reference)
+    if row is None:
+        raise NotFoundError("request not found", reference=reference)
+    return row
 
-    raise NotFoundError("request not found", reference=reference)
 
-
-def list_requests(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
+def list_requests(
+    db: sqlite_utils.Database, actor: Actor, *, limit: int = 200
+) -> list[dict[str, Any]]:
     """References, states and dates (no patient content) visible to actor, newest first."""
     require(actor, "request.list", Resource("request"))
     if actor.role == "gp":
@@ -348,25 +433,22 @@ def list_requests(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) 
         params = list(actor.team_ids)
     else:
         return []
-    cur = db.execute(
-        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "
+    sql = (  # only "?" placeholders are interpolated
+        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "  # noqa: S608
         "t.address AS team_address, t.name AS team_name, "
         "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
         " ORDER BY o.id DESC LIMIT 1) AS delivery "
-        f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "  # noqa: S608 (placeholders only)
-        "ORDER BY r.id DESC LIMIT ?",
-        [*params, limit],
+        f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "
+        "ORDER BY r.id DESC LIMIT ?"
     )
+    cur = db.execute(sql, [*params, limit])
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur]
 
 
 def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
     """State and delivery history of a request, without patient content (CLI, API)."""
-    row = request_row(db, reference)
-    if row is None:
-        raise_not_found(reference)
-    assert row is not None
+    row = require_row(db, reference)
     team = directory.team_by_id(db, row["team_id"])
     return {
         "reference": reference,
@@ -387,8 +469,13 @@ def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
 
 
 def stop_for_consent(
-    db: sqlite_utils.Database, patient_bsn: str, recipient: consent.Recipient, /, *,
-    source_org_id: int, still_permitted: Callable[..., bool],
+    db: sqlite_utils.Database,
+    patient_bsn: str,
+    recipient: consent.Recipient,
+    /,
+    *,
+    source_org_id: int,
+    still_permitted: Callable[..., bool],
 ) -> list[str]:
     """Stop this practice's requests for the patient that have not left and that the register,
     after a withdrawal, no longer permits; each stop is audited by outbox.stop."""
@@ -396,7 +483,9 @@ def stop_for_consent(
     stopped = []
     rows = db.execute(
         "SELECT r.reference, r.team_id FROM requests r WHERE r.patient_bsn = ? "
-        "AND r.practice_org_id = ?", [patient_bsn, source_org_id]).fetchall()
+        "AND r.practice_org_id = ?",
+        [patient_bsn, source_org_id],
+    ).fetchall()
     for reference, team_id in rows:
         team = directory.team_by_id(db, team_id)
         if still_permitted(_target(db, team)):
@@ -406,14 +495,12 @@ def stop_for_consent(
     return stopped
 
 
-def consent_target_for(db: sqlite_utils.Database, reference: str) -> tuple[str, int, consent.Target]:
-    row = request_row(db, reference)
-    if row is None:
-        raise_not_found(reference)
-    assert row is not None
+def consent_target_for(
+    db: sqlite_utils.Database, reference: str
+) -> tuple[str, int, consent.Target]:
+    row = require_row(db, reference)
     team = directory.team_by_id(db, row["team_id"])
     return row["patient_bsn"], row["practice_org_id"], _target(db, team)
-
 
 
 def render_text(svc: Services, view: dict[str, Any]) -> str:
@@ -440,9 +527,16 @@ class Hooks:
             if found is None:
                 return None
             bsn, practice, target = consent_target_for(db, row.reference)
-            return consent.check(db, SYSTEM, patient_bsn=bsn, source_org_id=practice,
-                                 target=target, now=now, audit_object=("request", row.reference),
-                                 sender_org=directory.org_by_id(db, practice).code)
+            return consent.check(
+                db,
+                SYSTEM,
+                patient_bsn=bsn,
+                source_org_id=practice,
+                target=target,
+                now=now,
+                audit_object=("request", row.reference),
+                sender_org=directory.org_by_id(db, practice).code,
+            )
 
         decision = await svc.store.write(check)
         if decision is not None:
@@ -467,15 +561,20 @@ class Hooks:
             if not practice.notify_address:
                 return
             if row.status == "sent":
-                notice = notify.notice_delivered(row.reference, practice.notify_address,
-                                                 svc.settings)
+                notice = notify.notice_delivered(
+                    row.reference, practice.notify_address, svc.settings
+                )
             elif row.status == "stopped":
-                notice = notify.notice_stopped(row.reference, practice.notify_address,
-                                               row.stop_reason, svc.settings)
+                notice = notify.notice_stopped(
+                    row.reference, practice.notify_address, row.stop_reason, svc.settings
+                )
             else:
-                notice = notify.notice_failed(row.reference, practice.notify_address,
-                                              row.last_error.split(":")[0] or "delivery.failed",
-                                              svc.settings)
+                notice = notify.notice_failed(
+                    row.reference,
+                    practice.notify_address,
+                    row.last_error.split(":")[0] or "delivery.failed",
+                    svc.settings,
+                )
             outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
 
         await svc.store.write(finish)

@@ -6,13 +6,13 @@ tables reference earlier ones (users -> organisations, requests -> teams and use
 
 from securemail import (  # noqa: F401
     audit,
-    gateway,
-    directory,
     auth,
-    session,
     consent,
+    directory,
     exchange,
+    gateway,
     outbox,
+    session,
     audit_integrity,
     audit_report,
     audit_review,

@@ -55,7 +55,11 @@ class Session:
 
 
 def create(
-    db: sqlite_utils.Database, user_id: int, *, now: datetime, stage: str = "full",
+    db: sqlite_utils.Database,
+    user_id: int,
+    *,
+    now: datetime,
+    stage: str = "full",
     access_point: str = "",
 ) -> tuple[str, Session]:
     """A new session (new id: rotation at login); returns (cookie value, session)."""
@@ -91,7 +95,9 @@ def load(
 
 
 def touch(db: sqlite_utils.Database, session: Session, now: datetime) -> None:
-    db.execute("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", [_iso(now), session.id_hash])
+    db.execute(
+        "UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", [_iso(now), session.id_hash]
+    )
 
 
 def end(db: sqlite_utils.Database, session: Session) -> None:
@@ -104,9 +110,7 @@ def end_all(db: sqlite_utils.Database, user_id: int) -> int:
 
 
 def purge_expired(db: sqlite_utils.Database, *, now: datetime, absolute: timedelta) -> int:
-    return db.execute(
-        "DELETE FROM sessions WHERE created_at < ?", [_iso(now - absolute)]
-    ).rowcount
+    return db.execute("DELETE FROM sessions WHERE created_at < ?", [_iso(now - absolute)]).rowcount
 
 
 def csrf_ok(session: Session, token: str | None) -> bool:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import sqlite3
 import tempfile
-import types
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from securemail import consent as c
 from securemail.access import Actor
 from securemail.cli import main as cli_main
 from securemail.consent import fhir
-from securemail.errors import AccessDeniedError, NotFoundError
+from securemail.errors import AccessDeniedError
 from securemail.store import Store, open_store
 
 NOW = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -404,12 +403,13 @@ def test_withdraw_of_nothing_is_a_clear_error_and_writes_nothing(store):
 
 # -- withdrawal stops what has not left -----------------------------------------------------------
 def _requests_table(db) -> None:
-    """A stand-in for the lead's requests + outbox: reference, patient, practice, team, status."""
+    """A stand-in for requests + outbox: reference, patient, practice, team, status.
+    The real wiring (exchange.stop_for_consent) is tested in tests/e2e."""
     db.execute(
-        "CREATE TABLE requests (reference TEXT, patient_bsn TEXT, practice_org_id INTEGER, "
+        "CREATE TABLE standin_requests (reference TEXT, patient_bsn TEXT, practice_org_id INTEGER, "
         "team_id INTEGER, org_id INTEGER, category TEXT, status TEXT, stop_reason TEXT)"
     )
-    db["requests"].insert_all(
+    db["standin_requests"].insert_all(
         [
             {"reference": "R-1", "patient_bsn": BSN, "team_id": 3, "status": "queued"},
             {"reference": "R-2", "patient_bsn": BSN, "team_id": 3, "status": "sent"},
@@ -417,21 +417,24 @@ def _requests_table(db) -> None:
             {"reference": "R-4", "patient_bsn": BSN, "team_id": 4, "status": "retrying"},
         ],
     )
-    db.execute("UPDATE requests SET practice_org_id = 1, org_id = 2, category = 'wijkverpleging'")
+    db.execute(
+        "UPDATE standin_requests SET practice_org_id = 1, org_id = 2, category = 'wijkverpleging'"
+    )
 
 
 def stop_pending(db, bsn, recipient, /, *, source_org_id, still_permitted) -> list[str]:
     """What the lead wires: stop unsent requests the register no longer permits."""
     stopped = []
     pending = db.execute(
-        "SELECT reference, team_id, org_id, category FROM requests WHERE patient_bsn = ? "
+        "SELECT reference, team_id, org_id, category FROM standin_requests WHERE patient_bsn = ? "
         "AND practice_org_id = ? AND status IN ('queued', 'sending', 'retrying')",
         [bsn, source_org_id],
     ).fetchall()
     for ref, team_id, org_id, category in pending:
         if not still_permitted(c.Target(team_id=team_id, org_id=org_id, category=category)):
             db.execute(
-                "UPDATE requests SET status = 'stopped', stop_reason = ? WHERE reference = ?",
+                "UPDATE standin_requests SET status = 'stopped', stop_reason = ? "
+                "WHERE reference = ?",
                 [c.STOP_REASON, ref],
             )
             audit.record(
@@ -468,7 +471,7 @@ def test_withdraw_stops_queued_request_before_it_leaves_and_audits_it(store):
     assert [(r.consent_id, r.version, r.status) for r in result.records] == [
         (org_permit.consent_id, 2, "withdrawn")
     ]
-    status = {r["reference"]: r["status"] for r in rows(store, "requests")}
+    status = {r["reference"]: r["status"] for r in rows(store, "standin_requests")}
     assert status == {"R-1": "stopped", "R-2": "sent", "R-3": "queued", "R-4": "retrying"}
     events = rows(store, "audit_events")
     stop, withdrawal = events[-2], events[-1]
@@ -675,29 +678,56 @@ def test_evaluate_is_independent_of_insertion_order(specs, data):
         assert _apply(Path(tmp) / "a.db", specs) == _apply(Path(tmp) / "b.db", list(order))
 
 
-# -- CLI (directory and auth are the lead's; stand-ins here until they land) ----------------------
+# -- CLI against a real gateway home ---------------------------------------------------------------
 @pytest.fixture
-def cli_home(tmp_path, monkeypatch):
-    open_store(tmp_path / "securemail.db").close()
-    directory = types.ModuleType("securemail.directory")
+def cli_home(tmp_path):
+    import asyncio
 
-    def resolve_recipient(db, text):
-        known = {
-            "noord@wijkzorg.example": types.SimpleNamespace(team_id=3, org_id=2, category=None),
-            "wijkverpleging": types.SimpleNamespace(
-                team_id=None, org_id=None, category="wijkverpleging"
-            ),
-        }
-        if text not in known:
-            raise NotFoundError("unknown recipient", recipient=text)
-        return known[text]
+    from securemail import auth as real_auth
+    from securemail import directory as real_directory
+    from securemail.access import SYSTEM
+    from securemail.gateway import init_home
 
-    directory.resolve_recipient = resolve_recipient
-    auth = types.ModuleType("securemail.auth")
-    auth.actor_for_cli = lambda db, username: GP
-    monkeypatch.setitem(__import__("sys").modules, "securemail.directory", directory)
-    monkeypatch.setitem(__import__("sys").modules, "securemail.auth", auth)
-    return ["--home", str(tmp_path), "--as", "dr.jansen"]
+    home = Path(tempfile.mkdtemp(prefix="smc-"))  # short: gpg-agent socket path limit
+    asyncio.run(init_home(home))
+    store = open_store(home / "securemail.db")
+    now = NOW.isoformat()
+
+    def setup(db):
+        real_directory.add_org(db, SYSTEM, code="01234567", kind="practice", name="P", now=now)
+        real_directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="N", now=now)
+        # Team ids 1-3; the CLI tests address the third (id 3, as the domain tests above).
+        for name in ("a", "b", "noord"):
+            real_directory.add_team(
+                db,
+                SYSTEM,
+                org_code="87654321",
+                name=name,
+                address=f"{name}@wijkzorg.example",
+                now=now,
+            )
+        real_auth.add_user(
+            db,
+            SYSTEM,
+            username="dr.jansen",
+            name="Dr. Jansen",
+            role="gp",
+            org_code="01234567",
+            password="a long test password",
+            profile={"big": "12345678901"},
+            now=now,
+        )
+
+    store.write_sync(setup)
+    store.close()
+    yield ["--home", str(home), "--as", "dr.jansen"]
+    import shutil
+    import subprocess
+
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"], check=False
+    )
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_cli_grant_list_withdraw_export(cli_home, tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_due_regular_ask_is_two_working_days() -> None:
 
 def test_due_naive_start_is_refused() -> None:
     with pytest.raises(InputError):
-        due(datetime(2026, 1, 5, 9, 0), "regulier", "answer", S)  # noqa: DTZ001
+        due(datetime(2026, 1, 5, 9, 0), "regulier", "answer", S)
 
 
 def test_due_unknown_urgency_is_refused() -> None:
@@ -56,11 +56,14 @@ def test_due_unknown_urgency_is_refused() -> None:
 
 
 def test_kings_day_is_not_a_working_day() -> None:
-    assert not is_working_day(datetime(2026, 4, 27).date())  # noqa: DTZ001
+    assert not is_working_day(datetime(2026, 4, 27).date())
 
 
-@given(st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2030, 12, 31),  # noqa: DTZ001
-                    timezones=st.just(AMS)))
+@given(
+    st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(AMS)
+    )
+)
 def test_due_regular_lands_inside_working_hours_on_a_working_day(start: datetime) -> None:
     result = due(start, "regulier", "answer", S)
     assert result > start

@@ -9,7 +9,6 @@ acting user's own; dates are calendar days in the gateway's time zone.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from securemail import consent as register_
 from securemail.access import Actor
 from securemail.cli import command, home_of
 from securemail.consent import fhir
-from securemail.errors import InputError, NotInitialisedError, ServiceUnavailableError
+from securemail.errors import InputError, NotInitialisedError
 from securemail.store import open_store
 
 T = TypeVar("T")

@@ -50,7 +50,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     await task
 
 
-def outbox_hooks(svc: Services):  # noqa: ANN201 - returns exchange.Hooks
+def outbox_hooks(svc: Services):
     from securemail.exchange import Hooks
 
     return Hooks(svc)

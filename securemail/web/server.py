@@ -20,7 +20,7 @@ from securemail.services import open_services
 log = logging.getLogger("securemail.server")
 
 
-def serve(settings: Settings, *, print_fn=print) -> None:  # noqa: ANN001
+def serve(settings: Settings, *, print_fn=print) -> None:
     from securemail.web import create_app
 
     app = create_app(settings)

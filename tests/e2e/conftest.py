@@ -20,7 +20,6 @@ import pytest
 from securemail import auth, config, consent, directory, gateway
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
-from securemail.openpgp import Keyring
 from securemail.services import Services, open_services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,13 +43,22 @@ class Gateway:
     def decrypt_as_nurse(self, raw: bytes) -> subprocess.CompletedProcess[bytes]:
         """What the nurse's mail client does: gpg --decrypt, reporting the signature."""
         return subprocess.run(
-            ["gpg", "--homedir", str(self.nurse_home), "--batch", "--status-fd", "2",
-             "--decrypt"], input=raw, capture_output=True, check=False, timeout=60)
+            ["gpg", "--homedir", str(self.nurse_home), "--batch", "--status-fd", "2", "--decrypt"],
+            input=raw,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
 
 
 def gpg_cli(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    out = subprocess.run(["gpg", "--homedir", str(home), "--batch", *args], input=stdin,
-                         capture_output=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", *args],
+        input=stdin,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     return out.stdout
 
 
@@ -60,60 +68,132 @@ def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     home = tmp_path_factory.mktemp("team-keys") / "gnupg"
     home.mkdir(mode=0o700)
     for email in ("nurse1@zorg-noord.example", "nurse2@zorg-noord.example"):
-        gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse <{email}>", "ed25519",
-                "sign,cert", "2y")
-        fpr = [line.split(":")[9] for line in gpg_cli(
-            home, "--with-colons", "--list-keys", email).decode().splitlines()
-            if line.startswith("fpr:")][0]
+        gpg_cli(
+            home,
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"Nurse <{email}>",
+            "ed25519",
+            "sign,cert",
+            "2y",
+        )
+        fpr = [
+            line.split(":")[9]
+            for line in gpg_cli(home, "--with-colons", "--list-keys", email).decode().splitlines()
+            if line.startswith("fpr:")
+        ][0]
         gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
     return {
         "public": gpg_cli(home, "--armor", "--export").decode(),
-        "secret": gpg_cli(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
-                          "--export-secret-keys").decode(),
+        "secret": gpg_cli(
+            home,
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--armor",
+            "--export-secret-keys",
+        ).decode(),
     }
 
 
-async def build_gateway(tmp_path: Path, team_member_keys: dict[str, str],
-                        smtp: dict[str, Any]) -> Gateway:
+async def build_gateway(
+    tmp_path: Path, team_member_keys: dict[str, str], smtp: dict[str, Any]
+) -> Gateway:
     # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
     home = Path(tempfile.mkdtemp(prefix="sm-"))
-    await gateway.init_home(home, overrides={
-        "smtp": smtp,
-        "gateway": {"from_address": "gateway@gateway.example",
-                    "base_url": "https://gateway.example"},
-        "delivery": {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0,
-                     "poll_seconds": 0.05},
-    })
+    await gateway.init_home(
+        home,
+        overrides={
+            "smtp": smtp,
+            "gateway": {
+                "from_address": "gateway@gateway.example",
+                "base_url": "https://gateway.example",
+            },
+            "delivery": {
+                "retry_initial_seconds": 0.2,
+                "retry_max_seconds": 1.0,
+                "poll_seconds": 0.05,
+            },
+        },
+    )
     svc = open_services(config.load(home))
     now = svc.now_iso()
 
     def dir_data(db: Any) -> None:
-        directory.add_org(db, SYSTEM, code="01234567", kind="practice", name="Praktijk Test",
-                          notify_address="praktijk@praktijk.example", now=now)
+        directory.add_org(
+            db,
+            SYSTEM,
+            code="01234567",
+            kind="practice",
+            name="Praktijk Test",
+            notify_address="praktijk@praktijk.example",
+            now=now,
+        )
         directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="Zorg Noord", now=now)
-        directory.add_org(db, SYSTEM, code="11223344", kind="practice", name="Andere praktijk",
-                          now=now)
-        directory.add_team(db, SYSTEM, org_code="87654321", name="Wijkteam Centrum",
-                           address=TEAM, now=now)
-        directory.add_team(db, SYSTEM, org_code="87654321", name="Wijkteam zonder sleutel",
-                           address=OTHER_TEAM, now=now)
+        directory.add_org(
+            db, SYSTEM, code="11223344", kind="practice", name="Andere praktijk", now=now
+        )
+        directory.add_team(
+            db, SYSTEM, org_code="87654321", name="Wijkteam Centrum", address=TEAM, now=now
+        )
+        directory.add_team(
+            db,
+            SYSTEM,
+            org_code="87654321",
+            name="Wijkteam zonder sleutel",
+            address=OTHER_TEAM,
+            now=now,
+        )
 
     svc.store.write_sync(dir_data)
     fprs = await svc.keyring.import_keys(team_member_keys["public"])
     for i, fpr in enumerate(fprs, start=1):
         info = await svc.keyring.key_info(fpr)
-        svc.store.write_sync(lambda db, fpr=fpr, i=i, info=info: directory.add_member(
-            db, SYSTEM, team_address=TEAM, name=f"Nurse {i}", email=info.uids[0],
-            fingerprint=fpr, now=now))
-    gp_user = svc.store.write_sync(lambda db: auth.add_user(
-        db, SYSTEM, username="huisarts", name="A. Huisarts", role="gp", org_code="01234567",
-        password=GP_PASSWORD, email="huisarts@praktijk.example",
-        profile={"big": "19012345601", "phone": "020-1234567",
-                 "out_of_hours_phone": "088-0030600"}, now=now))
+        svc.store.write_sync(
+            lambda db, fpr=fpr, i=i, info=info: directory.add_member(
+                db,
+                SYSTEM,
+                team_address=TEAM,
+                name=f"Nurse {i}",
+                email=info.uids[0],
+                fingerprint=fpr,
+                now=now,
+            )
+        )
+    gp_user = svc.store.write_sync(
+        lambda db: auth.add_user(
+            db,
+            SYSTEM,
+            username="huisarts",
+            name="A. Huisarts",
+            role="gp",
+            org_code="01234567",
+            password=GP_PASSWORD,
+            email="huisarts@praktijk.example",
+            profile={
+                "big": "19012345601",
+                "phone": "020-1234567",
+                "out_of_hours_phone": "088-0030600",
+            },
+            now=now,
+        )
+    )
     await enrol_gp_key(svc, gp_user, GP_PASSPHRASE)
-    svc.store.write_sync(lambda db: auth.add_user(
-        db, SYSTEM, username="nurse1", name="Nurse One", role="nurse", org_code="87654321",
-        password=NURSE_PASSWORD, teams=[TEAM], now=now))
+    svc.store.write_sync(
+        lambda db: auth.add_user(
+            db,
+            SYSTEM,
+            username="nurse1",
+            name="Nurse One",
+            role="nurse",
+            org_code="87654321",
+            password=NURSE_PASSWORD,
+            teams=[TEAM],
+            now=now,
+        )
+    )
     gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "huisarts"))
     grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], TEAM)
     nurse_home = home / "nurse-gnupg"
@@ -129,19 +209,35 @@ def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None
     def grant(db: Any) -> None:
         team = directory.team_by_address(db, team_address)
         consent.record(
-            db, gp, patient_bsn=bsn, source_org_id=gp.org_id or 0,
+            db,
+            gp,
+            patient_bsn=bsn,
+            source_org_id=gp.org_id or 0,
             recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit", basis="explicit", valid_from=svc.now(), valid_until=None,
-            given_at=svc.now(), channel="in_person", performer="patient", now=svc.now())
+            decision="permit",
+            basis="explicit",
+            valid_from=svc.now(),
+            valid_until=None,
+            given_at=svc.now(),
+            channel="in_person",
+            performer="patient",
+            now=svc.now(),
+        )
 
     svc.store.write_sync(grant)
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any,
-             relay_cafile: str) -> AsyncIterator[Gateway]:
-    smtp = {"host": "127.0.0.1", "port": smtp_server.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}
+async def gw(
+    tmp_path: Path, team_member_keys: dict[str, str], smtp_server: Any, relay_cafile: str
+) -> AsyncIterator[Gateway]:
+    smtp = {
+        "host": "127.0.0.1",
+        "port": smtp_server.port,
+        "starttls": "required",
+        "cafile": relay_cafile,
+        "timeout_seconds": 5.0,
+    }
     g = await build_gateway(tmp_path, team_member_keys, smtp)
     yield g
     g.svc.close()

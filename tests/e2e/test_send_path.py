@@ -43,8 +43,13 @@ PATIENT_MARKERS = [
 async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
     """Run a real delivery worker until nothing is due any more."""
     hooks = Hooks(gw.svc)
-    worker = delivery.Worker(gw.svc.settings, gw.svc.store, owner_id="test-worker",
-                           on_final=hooks.on_final, before_send=hooks.before_send)
+    worker = delivery.Worker(
+        gw.svc.settings,
+        gw.svc.store,
+        owner_id="test-worker",
+        on_final=hooks.on_final,
+        before_send=hooks.before_send,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     loop = asyncio.get_running_loop()
@@ -77,8 +82,9 @@ def assert_opens_as_nurse(gw: Gateway, raw: bytes) -> email.message.EmailMessage
     return inner
 
 
-async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_server: Any,
-                                                             tmp_path: Path) -> None:
+async def test_cli_send_arrives_encrypted_signed_and_neutral(
+    gw: Gateway, smtp_server: Any, tmp_path: Path
+) -> None:
     # Given the example request and the GP's passphrase in a file
     req_file = tmp_path / "request.json"
     req_file.write_text(json.dumps(example()), encoding="utf-8")
@@ -87,9 +93,28 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_s
     gw.svc.close()
     # When the practice system sends it with the CLI
     proc = subprocess.run(
-        [sys.executable, "-m", "securemail", "-v", "request", "send", "--home", str(gw.home),
-         "--as", "huisarts", "--file", str(req_file), "--passphrase-file", str(pass_file)],
-        capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "securemail",
+            "-v",
+            "request",
+            "send",
+            "--home",
+            str(gw.home),
+            "--as",
+            "huisarts",
+            "--file",
+            str(req_file),
+            "--passphrase-file",
+            str(pass_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=env_for_cli(),
+        timeout=120,
+        check=False,
+    )
     # Then it prints the reference and exits 0 (durably queued)
     assert proc.returncode == 0, proc.stderr
     reference = proc.stdout.strip().splitlines()[0]
@@ -103,13 +128,28 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_s
     [raw] = smtp_server.handler.mailbox().values()
     inner = assert_opens_as_nurse(gw, raw)
     doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
-    data = json.loads(doc.get_content() if isinstance(doc.get_content(), str)
-                      else doc.get_content().decode())
+    data = json.loads(
+        doc.get_content() if isinstance(doc.get_content(), str) else doc.get_content().decode()
+    )
     assert data["reference"] == reference
     assert data["patient"]["bsn"] == EXAMPLE["patient"]["bsn"]
     status = subprocess.run(
-        [sys.executable, "-m", "securemail", "request", "status", "--home", str(gw.home),
-         reference, "--json"], capture_output=True, text=True, env=env_for_cli(), check=True)
+        [
+            sys.executable,
+            "-m",
+            "securemail",
+            "request",
+            "status",
+            "--home",
+            str(gw.home),
+            reference,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env_for_cli(),
+        check=True,
+    )
     info = json.loads(status.stdout)
     assert info["delivery"][0]["status"] == "sent"
     assert EXAMPLE["patient"]["bsn"] not in status.stdout
@@ -117,15 +157,27 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(gw: Gateway, smtp_s
 
 async def test_send_with_api_function_records_audit_rows(gw: Gateway, smtp_server: Any) -> None:
     result = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-    codes = gw.svc.store.read_sync(lambda db: [r[0] for r in db.execute(
-        "SELECT event_code FROM audit_events WHERE object_id = ? ORDER BY seq",
-        [result.reference])])
+    codes = gw.svc.store.read_sync(
+        lambda db: [
+            r[0]
+            for r in db.execute(
+                "SELECT event_code FROM audit_events WHERE object_id = ? ORDER BY seq",
+                [result.reference],
+            )
+        ]
+    )
     assert "consent.check" in codes
     assert codes[-1] == "request.send"
     await deliver_all(gw)
     assert len(smtp_server.handler.mailbox()) == 2  # the request and the practice's notice
-    codes = gw.svc.store.read_sync(lambda db: [r[0] for r in db.execute(
-        "SELECT event_code FROM audit_events WHERE object_id = ?", [result.reference])])
+    codes = gw.svc.store.read_sync(
+        lambda db: [
+            r[0]
+            for r in db.execute(
+                "SELECT event_code FROM audit_events WHERE object_id = ?", [result.reference]
+            )
+        ]
+    )
     assert "request.deliver" in codes
 
 
@@ -139,7 +191,8 @@ async def test_send_refuses_wrong_passphrase_and_queues_nothing(gw: Gateway) -> 
 
 
 async def test_send_to_team_without_usable_key_is_refused_and_nothing_leaves(
-        gw: Gateway, smtp_server: Any) -> None:
+    gw: Gateway, smtp_server: Any
+) -> None:
     from tests.e2e.conftest import grant_consent
 
     grant_consent(gw.svc, gw.gp, EXAMPLE["patient"]["bsn"], OTHER_TEAM)
@@ -147,9 +200,11 @@ async def test_send_to_team_without_usable_key_is_refused_and_nothing_leaves(
         await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE, to=OTHER_TEAM)
     assert OTHER_TEAM in info.value.diagnostics()
     assert gw.svc.store.read_sync(lambda db: db["outbox"].count) == 0
-    refused = gw.svc.store.read_sync(lambda db: db.execute(
-        "SELECT outcome, outcome_detail FROM audit_events WHERE event_code = 'request.send'"
-    ).fetchall())
+    refused = gw.svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT outcome, outcome_detail FROM audit_events WHERE event_code = 'request.send'"
+        ).fetchall()
+    )
     assert refused == [("refused", "seal.key_unusable")]
     assert smtp_server.handler.snapshot() == []
 
@@ -159,16 +214,23 @@ async def test_send_to_team_without_usable_key_is_refused_and_nothing_leaves(
     [
         (lambda d: d["patient"].__setitem__("bsn", "123456789"), "patient.bsn", "bsn.elfproef"),
         (lambda d: d["patient"].pop("name"), "patient.name", "required"),
-        (lambda d: d["period"].update(end_date="2020-01-01", until_further_notice=False),
-         "period.end_date", None),
+        (
+            lambda d: d["period"].update(end_date="2020-01-01", until_further_notice=False),
+            "period.end_date",
+            None,
+        ),
         (lambda d: d["procedures"][0].__setitem__("code", "INJ_XYZ"), "procedures.0.code", None),
-        (lambda d: d["procedures"][0].__setitem__("code", "WOUND_CARE"), "procedures.0.code",
-         "procedure.not_reserved"),
+        (
+            lambda d: d["procedures"][0].__setitem__("code", "WOUND_CARE"),
+            "procedures.0.code",
+            "procedure.not_reserved",
+        ),
     ],
     ids=["wrong-bsn", "missing-name", "end-before-start", "unknown-code", "not-reserved"],
 )
 def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
-        gw: Gateway, tmp_path: Path, mutate: Any, field_path: str, code: str | None) -> None:
+    gw: Gateway, tmp_path: Path, mutate: Any, field_path: str, code: str | None
+) -> None:
     data = example()
     mutate(data)
     req_file = tmp_path / "bad.json"
@@ -177,9 +239,28 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
     pass_file.write_text(GP_PASSPHRASE, encoding="utf-8")
     gw.svc.close()
     proc = subprocess.run(
-        [sys.executable, "-m", "securemail", "-v", "request", "send", "--home", str(gw.home),
-         "--as", "huisarts", "--file", str(req_file), "--passphrase-file", str(pass_file)],
-        capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "securemail",
+            "-v",
+            "request",
+            "send",
+            "--home",
+            str(gw.home),
+            "--as",
+            "huisarts",
+            "--file",
+            str(req_file),
+            "--passphrase-file",
+            str(pass_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=env_for_cli(),
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert field_path in proc.stderr
@@ -194,7 +275,8 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
     finally:
         store.close()
     gw.svc = __import__("securemail.services", fromlist=["x"]).open_services(
-        __import__("securemail.config", fromlist=["x"]).load(gw.home))
+        __import__("securemail.config", fromlist=["x"]).load(gw.home)
+    )
 
 
 async def test_team_address_unknown_is_a_field_error(gw: Gateway) -> None:
