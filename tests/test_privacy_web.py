@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from securemail import audit, auth, config, directory, session
+from securemail import audit, auth, config, consent, directory, session
 from securemail.access import SYSTEM
 from securemail.audit import AuditEvent
 from securemail.openpgp import Keyring
@@ -213,3 +213,28 @@ async def test_breach_scope_page(console):
     html = await (await client.get("/privacy/breach?from=2000-01-01&to=2099-12-31",
                                    headers=headers)).text()
     assert "Melden uiterlijk" in html and BSN in html and "execution_request" in html
+
+
+async def test_consent_register_page_is_scoped_and_audited(console):
+    client, svc, actors, login = console
+    gp = actors["gp_a"]
+
+    def grant(db):
+        team = directory.team_by_address(db, TEAM_B)
+        consent.record(db, gp, patient_bsn=BSN, source_org_id=gp.org_id,
+                       recipient=consent.Recipient(team_id=team.id), decision="permit",
+                       basis="explicit", valid_from=svc.now(), valid_until=None,
+                       given_at=svc.now(), channel="in_person", performer="patient",
+                       now=svc.now())
+
+    svc.store.write_sync(grant)
+    headers, _ = login("po_a")
+    r = await client.get("/privacy/consents", headers=headers)
+    html = await r.text()
+    assert r.status == 200, html
+    assert BSN in html and "Wijkteam Noord" in html and "geen" in html  # no evidence
+    assert last_rows(svc, 1)[0][:3] == ("consent.view", "po_a", "success")
+    headers_c, _ = login("po_c")
+    assert BSN not in await (await client.get("/privacy/consents", headers=headers_c)).text()
+    headers_gp, _ = login("gp_a")
+    assert (await client.get("/privacy/consents", headers=headers_gp)).status == 403
