@@ -27,6 +27,7 @@ from securemail import (
     audit_export,
     audit_integrity,
     audit_report,
+    audit_retention,
     audit_review,
     auth,
     directory,
@@ -408,7 +409,7 @@ def test_purge_keeps_the_rest_verifiable_and_records_itself(store, key, tmp_path
     fill(store, 5)
     now = _moment(last_old) + timedelta(milliseconds=1)
     now = now.replace(year=now.year + 5)
-    result = store.write_sync(lambda db: audit_integrity.purge(db, SYSTEM, key, now=now,
+    result = store.write_sync(lambda db: audit_retention.purge(db, SYSTEM, key, now=now,
                                                                retention_years=5))
     assert result is not None
     assert (result.first_seq, result.last_seq, result.rows) == (1, 12, 12)
@@ -422,7 +423,7 @@ def test_purge_keeps_the_rest_verifiable_and_records_itself(store, key, tmp_path
     with pytest.raises(sqlite3.IntegrityError):
         store.write_sync(lambda db: db.execute("DELETE FROM audit_events"))
     # A second purge with nothing due does nothing.
-    assert store.write_sync(lambda db: audit_integrity.purge(
+    assert store.write_sync(lambda db: audit_retention.purge(
         db, SYSTEM, key, now=now, retention_years=5)) is None
     fill(store, 2)
     assert verify(store, tmp_path).rows == 8
@@ -431,7 +432,7 @@ def test_purge_keeps_the_rest_verifiable_and_records_itself(store, key, tmp_path
 def test_purge_of_everything_restarts_from_the_anchor(store, key, tmp_path):
     fill(store, 4)
     later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 6)
-    store.write_sync(lambda db: audit_integrity.purge(db, SYSTEM, key, now=later,
+    store.write_sync(lambda db: audit_retention.purge(db, SYSTEM, key, now=later,
                                                       retention_years=5))
     report = verify(store, tmp_path)
     assert (report.anchor_seq, report.first_seq, report.rows) == (4, 5, 1)
@@ -439,7 +440,7 @@ def test_purge_of_everything_restarts_from_the_anchor(store, key, tmp_path):
 
 def test_purge_leaves_young_rows_alone(store, key):
     fill(store, 4)
-    assert store.write_sync(lambda db: audit_integrity.purge(
+    assert store.write_sync(lambda db: audit_retention.purge(
         db, SYSTEM, key, now=datetime.now(UTC), retention_years=5)) is None
     assert store.read_sync(audit.verify_chain).rows == 4
 
@@ -457,9 +458,9 @@ def test_rows_removed_outside_a_purge_with_a_forged_anchor_are_caught(store, key
 
 
 def test_retention_cutoff_is_calendar_years():
-    assert audit_integrity.retention_cutoff(_moment("2029-03-01T12:00:00.000Z"), 5) == \
+    assert audit_retention.retention_cutoff(_moment("2029-03-01T12:00:00.000Z"), 5) == \
         "2024-03-01T12:00:00.000Z"
-    assert audit_integrity.retention_cutoff(_moment("2028-02-29T00:00:00.000Z"), 5) == \
+    assert audit_retention.retention_cutoff(_moment("2028-02-29T00:00:00.000Z"), 5) == \
         "2023-02-28T00:00:00.000Z"
 
 

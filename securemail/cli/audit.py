@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from securemail import audit, audit_export, audit_integrity, audit_report, audit_review
+from securemail import (
+    audit,
+    audit_export,
+    audit_integrity,
+    audit_report,
+    audit_retention,
+    audit_review,
+)
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.audit import EVENT_CODES
 from securemail.cli import command, home_of
@@ -179,20 +186,20 @@ def cmd_purge(args: argparse.Namespace) -> int:
         actor = _actor(store, args.as_user)
         if not actor.is_system and actor.role != "admin":
             raise InputError("a purge is run by the system or an admin", field="as")
-        cutoff = audit_integrity.retention_cutoff(now, years)
+        cutoff = audit_retention.retention_cutoff(now, years)
         if args.dry_run:
-            first, upto = store.read_sync(lambda db: audit_integrity.purgeable(db, cutoff))
+            first, upto = store.read_sync(lambda db: audit_retention.purgeable(db, cutoff))
             count = max(0, upto - first + 1)
             print(f"{count} rows recorded before {cutoff} are past retention ({years} years)")
             return 0
         key = audit_integrity.load_or_create_checkpoint_key(settings.home)
-        result = store.write_sync(lambda db: audit_integrity.purge(
+        result = store.write_sync(lambda db: audit_retention.purge(
             db, actor, key, now=now, retention_years=years,
             source_id=settings.gateway.source_id))
     finally:
         store.close()
     if result is None:
-        print(f"nothing recorded before {audit_integrity.retention_cutoff(now, years)}")
+        print(f"nothing recorded before {audit_retention.retention_cutoff(now, years)}")
     else:
         print(f"purged rows {result.first_seq}..{result.last_seq} ({result.rows}) recorded "
               f"before {result.cutoff}; anchor signed, audit.purge is row {result.event_seq}")
