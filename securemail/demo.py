@@ -300,7 +300,10 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             from securemail.cli.directory import enrol_gp_key
 
             entry["signing_passphrase"] = secrets.token_urlsafe(12)
-            await enrol_gp_key(svc, user, entry["signing_passphrase"])
+            fpr = await enrol_gp_key(svc, user, entry["signing_passphrase"])
+            # Nurses verify the GP's signature with the key from the directory.
+            with paths.public_keys.open("a", encoding="utf-8") as out:
+                out.write(await svc.keyring.export_public(fpr))
         users.append(entry)
     _demo_consents(svc, now)
     creds = {

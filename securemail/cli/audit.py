@@ -214,18 +214,15 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTION_NAMES = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "execute"}
-
-
 def render_actions_markdown() -> str:
     """docs/audit-actions.md: every event code with its NEN 7513 action and meaning."""
-    lines = ["# Audit event codes", "",
-             "Generated from `securemail.audit.EVENT_CODES` by "
-             "`securemail audit codes > docs/audit-actions.md`; a test checks that every code "
-             "is listed here.", "",
+    lines = ["# Audit actions", "",
+             "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
+             "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this "
+             "list", "complete.", "",
              "| event code | action | meaning |", "|---|---|---|"]
-    for code, (action, meaning) in EVENT_CODES.items():
-        lines.append(f"| `{code}` | {action} ({ACTION_NAMES[action]}) | {meaning} |")
+    lines += [f"| `{code}` | {action} | {meaning} |"
+              for code, (action, meaning) in EVENT_CODES.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ async def _form_context(request: web.Request, values: dict[str, str],
         db, actor.org_id or 0, svc.settings.gateway.passing_on_address))
     definition = svc.definition
     return {
-        "definition": definition.raw,
+        "definition": definition,
         "values": values,
         "errors": errors,
         "teams": teams,
@@ -124,8 +124,7 @@ async def detail(request: web.Request) -> dict[str, Any]:
     reference = request.match_info["reference"]
     view = await svc.store.write(lambda db: exchange.get_request(
         db, actor, reference, source_id=svc.settings.gateway.source_id))
-    return {"r": view, "definition": svc.definition.raw,
-            "text": exchange.render_text(svc, view)}
+    return {"r": view, "text": exchange.render_text(svc, view)}
 
 
 def setup(app: web.Application) -> None:

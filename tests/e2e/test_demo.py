@@ -1,0 +1,226 @@
+"""`securemail demo` as a newcomer runs it: a real process with its own STARTTLS relay.
+
+A request sent from the web form and one sent with `securemail request send` must both
+arrive in H/demo/maildir/ as PGP/MIME that gpg opens with H/demo/team-secret.asc, with a
+good signature by the GP's key, text/plain and application/json inside, and no patient
+identifier outside the encryption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import EXAMPLE, env_for_cli, example
+from tests.e2e.webflow import login, send_via_form
+from tests.smtp_fixtures import free_port
+
+
+@pytest.fixture
+def demo() -> Iterator[dict[str, Any]]:
+    home = Path(tempfile.mkdtemp(prefix="smd-"))
+    port, smtp_port = free_port(), free_port()
+    log = (home.parent / f"{home.name}.log").open("w", encoding="utf-8")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "securemail",
+            "demo",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--smtp-port",
+            str(smtp_port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env_for_cli(),
+        text=True,
+    )
+    creds_file = home / "demo" / "credentials.json"
+    deadline = time.monotonic() + 120
+    up = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if creds_file.exists():
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    up = True
+                    break
+            except OSError:
+                pass
+        time.sleep(0.2)
+    if not up:
+        proc.kill()
+        log.close()
+        pytest.fail(f"demo did not come up:\n{Path(log.name).read_text(encoding='utf-8')}")
+    try:
+        yield {
+            "home": home,
+            "port": port,
+            "proc": proc,
+            "creds": json.loads(creds_file.read_text(encoding="utf-8")),
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
+        for gnupg in home.rglob("gnupg"):
+            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def user(creds: dict[str, Any], username: str) -> dict[str, Any]:
+    return next(u for u in creds["users"] if u["username"] == username)
+
+
+def wait_for_mail(maildir: Path, count: int, timeout: float = 60) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted((maildir / "new").glob("*")) if (maildir / "new").exists() else []
+        if len(files) >= count:
+            return files
+        time.sleep(0.2)
+    raise AssertionError(f"expected {count} messages in {maildir}")
+
+
+def open_as_team(home: Path, raw: bytes, tmp: Path) -> subprocess.CompletedProcess[bytes]:
+    gnupg = tmp / "client"
+    if not gnupg.exists():
+        gnupg.mkdir(mode=0o700)
+        for name in ("team-secret.asc", "public-keys.asc"):
+            subprocess.run(
+                ["gpg", "--homedir", str(gnupg), "--batch", "--import", str(home / "demo" / name)],
+                check=True,
+                capture_output=True,
+            )
+    return subprocess.run(
+        ["gpg", "--homedir", str(gnupg), "--batch", "--status-fd", "2", "--decrypt"],
+        input=raw,
+        capture_output=True,
+        check=False,
+    )
+
+
+async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str, Any]) -> None:
+    home, creds = demo["home"], demo["creds"]
+    base = f"http://127.0.0.1:{demo['port']}"
+    gp = user(creds, "huisarts")
+    # Given the GP sends the example from the web form
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await login(http, base, gp)
+        reference = await send_via_form(http, base, example(), gp["signing_passphrase"])
+    assert re.fullmatch(r"UVZ-\d{4}-\d{6}", reference)
+    # And a practice system sends one with the CLI
+    passfile = home / "demo" / "pp"
+    passfile.write_text(gp["signing_passphrase"], encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "securemail",
+        "request",
+        "send",
+        "--home",
+        str(home),
+        "--as",
+        "huisarts",
+        "--file",
+        str(Path("examples/uitvoeringsverzoek.json").resolve()),
+        "--passphrase-file",
+        str(passfile),
+        env=env_for_cli(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    cli_reference = out.decode().split()[0]
+    # Then both arrive (plus the practice's notices, which go to another address)
+    maildir = home / "demo" / "maildir"
+    deadline = time.monotonic() + 60
+    sealed: dict[str, bytes] = {}
+    while time.monotonic() < deadline and len(sealed) < 2:
+        for f in (maildir / "new").glob("*") if (maildir / "new").exists() else []:
+            raw = f.read_bytes()
+            msg = email.message_from_bytes(raw, policy=policy.default)
+            if msg.get_content_type() == "multipart/encrypted":
+                sealed[str(msg["Subject"]).split()[-1]] = raw
+        await asyncio.sleep(0.2)
+    assert set(sealed) == {reference, cli_reference}
+    tmp = Path(tempfile.mkdtemp(prefix="smt-"))
+    try:
+        for raw in sealed.values():
+            for marker in (
+                EXAMPLE["patient"]["bsn"],
+                EXAMPLE["patient"]["name"],
+                EXAMPLE["patient"]["birth_date"],
+            ):
+                assert marker.encode() not in raw
+            result = open_as_team(home, raw, tmp)
+            assert result.returncode == 0, result.stderr.decode()
+            assert b"[GNUPG:] GOODSIG" in result.stderr
+            inner = email.message_from_bytes(result.stdout, policy=policy.default)
+            types = {p.get_content_type() for p in inner.walk()}
+            assert {"text/plain", "application/json"} <= types
+    finally:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(tmp / "client"), "--kill", "gpg-agent"], check=False
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="smd-"))
+    try:
+        for _ in range(2):
+            proc = subprocess.run(
+                [sys.executable, "-m", "securemail", "demo", "--home", str(home), "--setup-only"],
+                capture_output=True,
+                text=True,
+                env=env_for_cli(),
+                timeout=180,
+                check=False,
+            )
+            assert proc.returncode == 0, proc.stderr
+        creds = json.loads((home / "demo" / "credentials.json").read_text(encoding="utf-8"))
+        assert {u["role"] for u in creds["users"]} == {"gp", "nurse", "privacy_officer", "admin"}
+        assert "PRIVATE KEY" in (home / "demo" / "team-secret.asc").read_text(encoding="utf-8")
+        assert oct(os.stat(home / "demo" / "credentials.json").st_mode & 0o777) == "0o600"
+        from securemail.store import Store
+
+        store = Store(home / "securemail.db")
+        try:
+            counts = store.read_sync(
+                lambda db: (db["users"].count, db["teams"].count, db["consents"].count)
+            )
+        finally:
+            store.close()
+        assert counts == (5, 2, 1)
+    finally:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"], check=False
+        )
+        shutil.rmtree(home, ignore_errors=True)

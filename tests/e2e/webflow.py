@@ -1,0 +1,72 @@
+"""Drive the web app over real HTTP as a browser would (forms, cookies, CSRF tokens)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from securemail import forms
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    match = CSRF_RE.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) -> None:
+    """Password (and, where the account has one, the second factor) until a full session."""
+    async with http.get(f"{base}/login") as r:
+        page = await r.text()
+    data = {"username": user["username"], "password": user["password"]}
+    token = CSRF_RE.search(page)
+    if token:
+        data["csrf_token"] = token.group(1)
+    async with http.post(f"{base}/login", data=data) as r:
+        assert r.status == 200, await r.text()
+        assert "/login" not in str(r.url), "login refused"
+
+
+def form_fields(data: dict[str, Any]) -> dict[str, str]:
+    """The request as the web form posts it: dotted names, no principal (from the profile)."""
+    flat = forms.flatten(data)
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.startswith("principal.") and k not in ("reference", "form_id", "form_version")
+    }
+
+
+async def send_via_form(
+    http: aiohttp.ClientSession, base: str, data: dict[str, Any], passphrase: str
+) -> str:
+    """Fill the form, preview, sign and send; return the reference of the request page."""
+    async with http.get(f"{base}/requests/new") as r:
+        assert r.status == 200
+        token = csrf_of(await r.text())
+    async with http.post(
+        f"{base}/requests/preview", data={**form_fields(data), "csrf_token": token}
+    ) as r:
+        page = await r.text()
+        assert r.status == 200, page
+    payload = re.search(r'name="payload" value="([^"]*)"', page)
+    assert payload
+    import html as html_mod
+
+    async with http.post(
+        f"{base}/requests/send",
+        data={
+            "csrf_token": csrf_of(page),
+            "payload": html_mod.unescape(payload.group(1)),
+            "passphrase": passphrase,
+            "sign": "1",
+        },
+    ) as r:
+        assert r.status == 200, await r.text()
+        match = re.search(r"/requests/(UVZ-\d{4}-\d{6})$", str(r.url))
+        assert match, f"not on a request page: {r.url}"
+        return match.group(1)
