@@ -13,7 +13,6 @@ import os
 import re
 import sqlite3
 import stat
-import sys
 import time as _time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -703,20 +702,10 @@ def test_queries_use_indexes(world):
 
 
 def cli(capsys, *argv):
-    """Run `securemail audit ...` against the home in tmp_path; (status, stdout, stderr)."""
-    import argparse
+    """Run `securemail audit ...` (the real entry point); (status, stdout, stderr)."""
+    from securemail.cli import main
 
-    from securemail.cli import audit as cli_audit
-    from securemail.errors import SecuremailError
-
-    parser = argparse.ArgumentParser(prog="securemail")
-    cli_audit.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
-    try:
-        status = int(args.handler(args) or 0)
-    except SecuremailError as exc:
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
-        status = 1
+    status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
 
