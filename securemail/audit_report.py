@@ -108,7 +108,7 @@ def record_denial(db: sqlite_utils.Database, actor: Actor, action: str, exc: Exc
     code = getattr(exc, "code", "access.denied")
     return audit.record(db, AuditEvent.of(
         actor, "access.denied", outcome="refused", outcome_detail=f"{action}: {code}",
-        object_type="audit", object_id=what, check_authz=f"deny:{actor.role}"),
+        object_type="audit", object_id=what, check_authz=f"deny:{action}"),
         source_id=source_id)
 
 

@@ -62,7 +62,10 @@ async def console(tmp_path, aiohttp_client, monkeypatch):
         ):
             auth.add_user(db, SYSTEM, username=username, name=username.upper(), role=role,
                           org_code=org, password="correct horse battery", now=NOW, **extra)
-        actors = {u: auth.actor_for_cli(db, u) for u in ("po_a", "po_c", "gp_a", "gp_c")}
+        auth.add_user(db, SYSTEM, username="admin", name="Beheer", role="admin", org_code=None,
+                      password="correct horse battery", now=NOW)
+        actors = {u: auth.actor_for_cli(db, u) for u in ("po_a", "po_c", "gp_a", "gp_c",
+                                                          "admin")}
         _send(db, actors["gp_a"], now)
         _send(db, actors["gp_c"], now, team="elders@elders.example", outcome="refused",
               detail="consent.missing")
@@ -238,3 +241,14 @@ async def test_consent_register_page_is_scoped_and_audited(console):
     assert BSN not in await (await client.get("/privacy/consents", headers=headers_c)).text()
     headers_gp, _ = login("gp_a")
     assert (await client.get("/privacy/consents", headers=headers_gp)).status == 403
+
+
+async def test_admin_may_verify_the_chain_but_not_read_reports(console):
+    client, svc, _, login = console
+    headers, csrf = login("admin")
+    r = await client.post("/privacy/verify", headers=headers, allow_redirects=False,
+                          data={"csrf_token": csrf})
+    assert (r.status, r.headers["Location"]) == (303, "/")
+    assert last_rows(svc, 1)[0][:3] == ("audit.verify", "admin", "success")
+    assert (await client.get("/privacy", headers=headers)).status == 403
+    assert last_rows(svc, 1)[0][:3] == ("access.denied", "admin", "refused")

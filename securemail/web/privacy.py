@@ -23,6 +23,13 @@ from securemail.access import Resource, is_allowed
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
 from securemail.web.keys import ACTOR, services_key, settings_key
 
+try:  # the route-level policy gate (authz branch); until it is merged, _guard alone decides
+    from securemail.web.middleware import requires
+except ImportError:  # pragma: no cover
+
+    def requires(action: str) -> Any:
+        return lambda handler: handler
+
 OVERVIEW_DAYS = 7
 REVIEW_KINDS_NL = {
     "disclosure": "Inzageoverzicht patiënt", "user": "Activiteit gebruiker",
@@ -39,7 +46,10 @@ async def _guard(request: web.Request, action: str, what: str) -> None:
     svc = request.app[services_key]
     actor = request[ACTOR]
     kind = action.split(".")[0]
-    if is_allowed(actor, action, Resource(kind, org_id=actor.org_id)) and actor.org_id:
+    # Reports are scoped to an organisation; verifying the whole chain is not (admins may).
+    scoped = action != "audit.verify"
+    if is_allowed(actor, action, Resource(kind, org_id=actor.org_id)) and (
+            actor.org_id or not scoped):
         return
     exc = AccessDeniedError(f"{actor.role} {actor.username} may not {action}", action=action)
     await svc.store.write(lambda db: audit_report.record_denial(
@@ -69,6 +79,7 @@ def _ctx(request: web.Request, **kw: Any) -> dict[str, Any]:
             "kinds": REVIEW_KINDS_NL, "outcomes": OUTCOMES_NL, **kw}
 
 
+@requires("audit.view")
 async def overview(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "overview")
     svc = request.app[services_key]
@@ -96,6 +107,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         request, dates=dates, start=start, end=end, **data))
 
 
+@requires("audit.verify")
 async def verify_now(request: web.Request) -> web.StreamResponse:
     """Recompute the whole chain and every checkpoint; the outcome becomes an audit.verify row."""
     await _guard(request, "audit.verify", "chain")
@@ -110,15 +122,17 @@ async def verify_now(request: web.Request) -> web.StreamResponse:
         ok, detail = False, exc.reason
     await svc.store.write(lambda db: audit_review.record_verification(
         db, actor, ok=ok, detail=detail, source_id=src))
-    raise web.HTTPSeeOther("/privacy")
+    raise web.HTTPSeeOther("/privacy" if actor.role == "privacy_officer" else "/")
 
 
+@requires("audit.view")
 async def patient_form(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "disclosure")
     return aiohttp_jinja2.render_template("privacy/patient.html", request, _ctx(
         request, report=None, dates={"from": "", "to": ""}, error=None, table=[]))
 
 
+@requires("audit.view")
 async def patient_report(request: web.Request) -> web.StreamResponse:
     """POST bsn, from, to, format (page|csv|pdf): the disclosure report, audited."""
     svc = request.app[services_key]
@@ -157,6 +171,7 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
         table=audit_export.disclosure_table(report, tz)))
 
 
+@requires("audit.view")
 async def users(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "users")
     actor = request[ACTOR]
@@ -166,6 +181,7 @@ async def users(request: web.Request) -> web.StreamResponse:
         request, users=rows))
 
 
+@requires("audit.view")
 async def user_activity(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "user")
     svc = request.app[services_key]
@@ -180,6 +196,7 @@ async def user_activity(request: web.Request) -> web.StreamResponse:
         request, activity=activity, dates=dates))
 
 
+@requires("audit.view")
 async def breach(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "breach")
     svc = request.app[services_key]
@@ -193,6 +210,7 @@ async def breach(request: web.Request) -> web.StreamResponse:
         request, scope=scope, dates=dates, names=names))
 
 
+@requires("audit.view")
 async def reviews(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "reviews")
     svc = request.app[services_key]
@@ -203,6 +221,7 @@ async def reviews(request: web.Request) -> web.StreamResponse:
         request, reviews=rows, error=None, values={}))
 
 
+@requires("audit.view")
 async def review_post(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "reviews")
     svc = request.app[services_key]
@@ -229,6 +248,7 @@ CONSENT_FILTERS = ("active", "withdrawn", "expired", "expiring", "without_eviden
                    "entered-in-error")
 
 
+@requires("audit.view")
 async def consents(request: web.Request) -> web.StreamResponse:
     """Question 5: the organisation's consent register (counts, then one list), audited
     as consent.view by the consent module."""
