@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import sqlite_utils
@@ -324,18 +324,31 @@ def _check_anchor(db: sqlite_utils.Database, cps: list[Checkpoint], seq: int, he
             seq=seq + 1, why="anchor")
 
 
-def _chunk(path: str, lo: int, hi: int, cps: dict[int, str]) -> tuple[object, ...]:
-    """Worker: verify lo..hi of the file at path; a tuple, since our errors do not pickle."""
+def _chunk(path: str, lo: int, hi: int, cps: Mapping[int, str]) -> list[object]:
+    """Verify rows lo..hi of the file at path; a plain list (it crosses a process pipe)."""
     import sqlite3
 
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         r = audit.scan(conn, lo, hi, start_prev=None, checkpoints=cps)
     except ChainBrokenError as exc:
-        return ("err", exc.reason, int(exc.context["seq"]), str(exc.context["why"]))
+        return ["err", exc.reason, int(exc.context["seq"]), str(exc.context["why"])]
     finally:
         conn.close()
-    return ("ok", r.rows, r.first_prev, r.head_hash)
+    return ["ok", r.rows, r.first_prev, r.head_hash]
+
+
+def chunk_worker() -> None:
+    """Entry of a verification worker process: a job as JSON on stdin, the result on stdout."""
+    job = json.load(sys.stdin)
+    result = _chunk(job["path"], job["lo"], job["hi"], {int(k): v for k, v in job["cps"].items()})
+    json.dump(result, sys.stdout)
+
+
+# Plain subprocesses rather than multiprocessing: a spawned pool re-imports the caller's
+# main module, which breaks any program that embeds verify() without a __main__ guard,
+# and fork() is unsafe in a process whose other threads hold sqlite or logging locks.
+_WORKER = "from securemail.audit_integrity import chunk_worker; chunk_worker()"
 
 
 def _scan_parallel(db: sqlite_utils.Database, first: int, last: int, start: str,
@@ -343,9 +356,23 @@ def _scan_parallel(db: sqlite_utils.Database, first: int, last: int, start: str,
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     step = (last - first + workers) // workers
     ranges = [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)]
-    with ProcessPoolExecutor(len(ranges), mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(_chunk, [path] * len(ranges), [r[0] for r in ranges],
-                                [r[1] for r in ranges], [cps] * len(ranges)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    procs = []
+    for lo, hi in ranges:
+        job = {"path": path, "lo": lo, "hi": hi,
+               "cps": {str(k): v for k, v in cps.items() if lo <= k <= hi}}
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env)
+        procs.append(proc)
+        with proc.stdin as pipe:  # type: ignore[union-attr]  # stdin=PIPE
+            pipe.write(json.dumps(job).encode())
+    results = []
+    for proc in procs:
+        with proc.stdout as pipe:  # type: ignore[union-attr]  # stdout=PIPE
+            out = pipe.read()
+        if proc.wait() != 0:
+            raise audit.AuditError(f"a verification worker failed (exit {proc.returncode})")
+        results.append(json.loads(out))
     errors: list[ChainBrokenError] = []
     expected, rows = start, 0
     for (lo, _hi), res in zip(ranges, results, strict=True):
@@ -385,7 +412,7 @@ def verify(db: sqlite_utils.Database, keys: Mapping[str, Ed25519PublicKey], *,
     heads = {c.seq: c.head_hash for c in cps if c.seq > anchor_seq}
     n = last - first + 1
     if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if n >= PARALLEL_FROM else 1
+        workers = min(os.cpu_count() or 1, 8) if n >= PARALLEL_FROM else 1
     if workers > 1 and n >= workers:
         chain = _scan_parallel(db, first, last, start_hash, heads, workers)
     else:
