@@ -42,6 +42,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "ask.create": ("C", "a nurse asked a practice for an execution request"),
     "ask.view": ("R", "an ask was shown"),
+    "ask.fulfil": ("U", "a practice sent the request a nurse asked for"),
+    "ask.overdue": ("E", "an ask passed its deadline and was escalated"),
     "consent.record": ("C", "a consent or objection was recorded"),
     "consent.withdraw": ("U", "a consent was withdrawn"),
     "consent.check": ("E", "the consent register was consulted for a send"),

@@ -74,6 +74,9 @@ class SealedMessage:
     recipient_fingerprints: tuple[Fingerprint, ...]
     signer_fingerprint: Fingerprint
     _token: object = field(default=None, repr=False, compare=False)
+    #: the detached signature over the canonical JSON that travels inside (request.json.asc):
+    #: the GP's, also when the gateway forwards a passed-on request under its own seal
+    json_signature: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self._token is not _SEAL_TOKEN:
@@ -97,15 +100,23 @@ class Keyring(KeyStore):
         document: SealInput,
         *,
         signer: Fingerprint,
-        passphrase: str,
+        passphrase: str | None,
         recipients: Sequence[Fingerprint],
         envelope: Envelope,
         now: datetime | None = None,
+        json_signature: bytes | None = None,
+        json_signer: Fingerprint | None = None,
     ) -> SealedMessage:
         """Sign and encrypt ``document`` for every recipient key, as RFC 3156 PGP/MIME.
 
         Refuses (RecipientKeyError) if any recipient key is unusable: the directory
         filters and reports beforehand; here a bad key means something changed.
+
+        Forwarding (a passed-on request): ``json_signature`` is the GP's original detached
+        signature over ``document.json`` and ``json_signer`` the GP's fingerprint; it is
+        verified here (VerificationError unless it is a good signature by exactly that key)
+        and travels unchanged, while ``signer`` (the gateway's own key, ``passphrase=None``:
+        it has none) signs the whole inner entity. Nothing is re-signed in the GP's name.
         """
         now = now or datetime.now(UTC)
         try:
@@ -120,7 +131,9 @@ class Keyring(KeyStore):
             ) from None
         if not pinned:
             raise RecipientKeyError("no recipient keys given", why="missing")
-        secret = wire(check_passphrase(passphrase))
+        secret = "" if passphrase is None else wire(check_passphrase(passphrase))
+        if (json_signature is None) != (json_signer is None):
+            raise SealError("a forwarded signature needs its signer, and only then")
         envelope = envelope.resolved()
         infos = await self._lookup_many([signer_fpr, *pinned])
         signer_info = infos.get(signer_fpr)
@@ -152,7 +165,16 @@ class Keyring(KeyStore):
                 self._seal_failure("sign", r, signer_fpr)
             return bytes(r.data)
 
-        json_signature = await self._call("sign", sign_json)
+        if json_signature is None:
+            json_signature = await self._call("sign", sign_json)
+        else:
+            made_by = await self.verify_detached(document.json, json_signature)
+            if made_by != json_signer:
+                raise VerificationError(
+                    "the forwarded signature is not the original signer's",
+                    expected=str(json_signer),
+                    actual=str(made_by),
+                )
         inner = mime.build_inner(document, json_signature)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
@@ -201,6 +223,7 @@ class Keyring(KeyStore):
             recipient_fingerprints=pinned,
             signer_fingerprint=signer_fpr,
             _token=_SEAL_TOKEN,
+            json_signature=bytes(json_signature),
         )
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:

@@ -23,7 +23,8 @@ def setup(app: web.Application) -> None:
 
     app.router.add_get("/", home, name="home")
     app.router.add_get("/health", health, name="health")
-    for name in ("login", "requests", "totp", "nurse", "consents", "privacy", "admin", "api"):
+    for name in ("login", "requests", "totp", "nurse", "asks", "consents", "privacy", "admin",
+                 "api"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:
