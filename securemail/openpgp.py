@@ -131,7 +131,9 @@ class Keyring(KeyStore):
             ) from None
         if not pinned:
             raise RecipientKeyError("no recipient keys given", why="missing")
-        secret = "" if passphrase is None else wire(check_passphrase(passphrase))
+        # None, not "": python-gnupg still opens --passphrase-fd for "" but writes nothing,
+        # and gpg would take the first line of the document as the passphrase.
+        secret = None if passphrase is None else wire(check_passphrase(passphrase))
         if (json_signature is None) != (json_signer is None):
             raise SealError("a forwarded signature needs its signer, and only then")
         envelope = envelope.resolved()

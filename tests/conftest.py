@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.smtp_fixtures"]
+pytest_plugins = ["tests.smtp_fixtures", "tests.loop_fixtures"]
 
 GPG_AGENT_CONF = "allow-loopback-pinentry\ndefault-cache-ttl 0\nmax-cache-ttl 0\n"
 GP_PASSPHRASE = " Correct paard batterij nietje é "  # fictional; spaces and non-ASCII on purpose
