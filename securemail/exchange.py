@@ -555,9 +555,7 @@ class Hooks:
                 )
             else:
                 notice = notify.notice_failed(
-                    row.reference,
-                    practice.notify_address,
-                    row.last_error.split(":")[0] or "delivery.failed",
+                    row.reference, practice.notify_address, row.stop_reason or "smtp.rejected",
                     svc.settings,
                 )
             outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)

@@ -464,7 +464,12 @@ async def test_seal_gpg_hang_times_out_and_leaves_no_process(
     # Then it is refused within the timeout (plus reaping), and nothing of gpg lingers
     assert time.monotonic() - started < 5
     assert info.value.code == "seal.timeout"
-    assert not _running(int(pidfile.read_text()))
+    pid = int(pidfile.read_text())
+    for _ in range(40):  # the kill is sent at the timeout; on a loaded machine, allow its delivery
+        if not _running(pid):
+            break
+        time.sleep(0.05)
+    assert not _running(pid)
 
 
 # -- keyring housekeeping --------------------------------------------------------------------

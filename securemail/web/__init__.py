@@ -20,7 +20,7 @@ from securemail import delivery
 from securemail.config import Settings
 from securemail.services import Services, open_services
 from securemail.web import middleware
-from securemail.web.keys import services_key, settings_key
+from securemail.web.keys import run_worker_key, services_key, settings_key
 
 log = logging.getLogger("securemail.web")
 HERE = Path(__file__).parent
@@ -34,7 +34,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app.get("run_worker", True):
+    if not app[run_worker_key]:
         yield
         return
     svc = app[services_key]
@@ -79,7 +79,7 @@ def create_app(settings: Settings, *, services: Services | None = None,
     app[settings_key] = settings
     if services is not None:
         app[services_key] = services
-    app["run_worker"] = run_worker
+    app[run_worker_key] = run_worker
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from securemail.access import Actor
 from securemail.config import Settings
 from securemail.services import Services
+from securemail.session import Session
 
 settings_key = web.AppKey("settings", Settings)
 services_key = web.AppKey("services", Services)
+run_worker_key = web.AppKey("run_worker", bool)
 
-ACTOR = "securemail.actor"
-SESSION = "securemail.session"
+ACTOR = web.RequestKey("actor", Actor)
+SESSION = web.RequestKey("session", Session)

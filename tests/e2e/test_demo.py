@@ -32,16 +32,29 @@ from tests.e2e.webflow import login, send_via_form
 from tests.smtp_fixtures import free_port
 
 
-
 @pytest.fixture
 def demo() -> Iterator[dict[str, Any]]:
     home = Path(tempfile.mkdtemp(prefix="smd-"))
     port, smtp_port = free_port(), free_port()
     log = (home.parent / f"{home.name}.log").open("w", encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "securemail", "demo", "--home", str(home), "--port", str(port),
-         "--smtp-port", str(smtp_port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env_for_cli(), text=True)
+        [
+            sys.executable,
+            "-m",
+            "securemail",
+            "demo",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--smtp-port",
+            str(smtp_port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env_for_cli(),
+        text=True,
+    )
     creds_file = home / "demo" / "credentials.json"
     deadline = time.monotonic() + 120
     up = False
@@ -61,8 +74,12 @@ def demo() -> Iterator[dict[str, Any]]:
         log.close()
         pytest.fail(f"demo did not come up:\n{Path(log.name).read_text(encoding='utf-8')}")
     try:
-        yield {"home": home, "port": port, "proc": proc,
-               "creds": json.loads(creds_file.read_text(encoding="utf-8"))}
+        yield {
+            "home": home,
+            "port": port,
+            "proc": proc,
+            "creds": json.loads(creds_file.read_text(encoding="utf-8")),
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -72,8 +89,7 @@ def demo() -> Iterator[dict[str, Any]]:
         log.close()
         Path(log.name).unlink(missing_ok=True)
         for gnupg in home.rglob("gnupg"):
-            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
-                           check=False)
+            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -96,10 +112,17 @@ def open_as_team(home: Path, raw: bytes, tmp: Path) -> subprocess.CompletedProce
     if not gnupg.exists():
         gnupg.mkdir(mode=0o700)
         for name in ("team-secret.asc", "public-keys.asc"):
-            subprocess.run(["gpg", "--homedir", str(gnupg), "--batch", "--import",
-                            str(home / "demo" / name)], check=True, capture_output=True)
-    return subprocess.run(["gpg", "--homedir", str(gnupg), "--batch", "--status-fd", "2",
-                           "--decrypt"], input=raw, capture_output=True, check=False)
+            subprocess.run(
+                ["gpg", "--homedir", str(gnupg), "--batch", "--import", str(home / "demo" / name)],
+                check=True,
+                capture_output=True,
+            )
+    return subprocess.run(
+        ["gpg", "--homedir", str(gnupg), "--batch", "--status-fd", "2", "--decrypt"],
+        input=raw,
+        capture_output=True,
+        check=False,
+    )
 
 
 async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str, Any]) -> None:
@@ -115,10 +138,23 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
     passfile = home / "demo" / "pp"
     passfile.write_text(gp["signing_passphrase"], encoding="utf-8")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "securemail", "request", "send", "--home", str(home),
-        "--as", "huisarts", "--file", str(Path("examples/uitvoeringsverzoek.json").resolve()),
-        "--passphrase-file", str(passfile), env=env_for_cli(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "securemail",
+        "request",
+        "send",
+        "--home",
+        str(home),
+        "--as",
+        "huisarts",
+        "--file",
+        str(Path("examples/uitvoeringsverzoek.json").resolve()),
+        "--passphrase-file",
+        str(passfile),
+        env=env_for_cli(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     cli_reference = out.decode().split()[0]
@@ -137,8 +173,11 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
     tmp = Path(tempfile.mkdtemp(prefix="smt-"))
     try:
         for raw in sealed.values():
-            for marker in (EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["name"],
-                           EXAMPLE["patient"]["birth_date"]):
+            for marker in (
+                EXAMPLE["patient"]["bsn"],
+                EXAMPLE["patient"]["name"],
+                EXAMPLE["patient"]["birth_date"],
+            ):
                 assert marker.encode() not in raw
             result = open_as_team(home, raw, tmp)
             assert result.returncode == 0, result.stderr.decode()
@@ -147,8 +186,9 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
             types = {p.get_content_type() for p in inner.walk()}
             assert {"text/plain", "application/json"} <= types
     finally:
-        subprocess.run(["gpgconf", "--homedir", str(tmp / "client"), "--kill", "gpg-agent"],
-                       check=False)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(tmp / "client"), "--kill", "gpg-agent"], check=False
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -157,9 +197,13 @@ def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
     try:
         for _ in range(2):
             proc = subprocess.run(
-                [sys.executable, "-m", "securemail", "demo", "--home", str(home),
-                 "--setup-only"], capture_output=True, text=True, env=env_for_cli(),
-                timeout=180, check=False)
+                [sys.executable, "-m", "securemail", "demo", "--home", str(home), "--setup-only"],
+                capture_output=True,
+                text=True,
+                env=env_for_cli(),
+                timeout=180,
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr
         creds = json.loads((home / "demo" / "credentials.json").read_text(encoding="utf-8"))
         assert {u["role"] for u in creds["users"]} == {"gp", "nurse", "privacy_officer", "admin"}
@@ -169,12 +213,14 @@ def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
 
         store = Store(home / "securemail.db")
         try:
-            counts = store.read_sync(lambda db: (db["users"].count, db["teams"].count,
-                                                 db["consents"].count))
+            counts = store.read_sync(
+                lambda db: (db["users"].count, db["teams"].count, db["consents"].count)
+            )
         finally:
             store.close()
         assert counts == (5, 2, 1)
     finally:
-        subprocess.run(["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"],
-                       check=False)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"], check=False
+        )
         shutil.rmtree(home, ignore_errors=True)

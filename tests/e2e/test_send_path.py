@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from securemail import delivery, exchange, outbox
+from securemail import delivery, exchange
 from securemail.exchange import Hooks
 from securemail.openpgp import RecipientKeyError
 from tests.e2e.conftest import (
@@ -55,8 +55,10 @@ async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        rows = await gw.svc.store.read(lambda db: outbox.list_rows(db))
-        if rows and all(r["status"] in ("sent", "failed", "stopped", "cancelled") for r in rows):
+        pending = await gw.svc.store.read(lambda db: db.execute(
+            "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
+            "'cancelled') OR final_handled_at IS NULL").fetchone()[0])
+        if not pending:
             break
         await asyncio.sleep(0.05)
     stop.set()
@@ -125,7 +127,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     gw.svc = open_services(config.load(gw.home))
     await deliver_all(gw)
     # And the team's mail client opens it
-    [raw] = smtp_server.handler.mailbox().values()
+    [raw] = [m for m in smtp_server.handler.mailbox().values() if b"multipart/encrypted" in m]
     inner = assert_opens_as_nurse(gw, raw)
     doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
     data = json.loads(

@@ -34,28 +34,38 @@ async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) ->
 def form_fields(data: dict[str, Any]) -> dict[str, str]:
     """The request as the web form posts it: dotted names, no principal (from the profile)."""
     flat = forms.flatten(data)
-    return {k: v for k, v in flat.items()
-            if not k.startswith("principal.") and k not in ("reference", "form_id",
-                                                             "form_version")}
+    return {
+        k: v
+        for k, v in flat.items()
+        if not k.startswith("principal.") and k not in ("reference", "form_id", "form_version")
+    }
 
 
-async def send_via_form(http: aiohttp.ClientSession, base: str, data: dict[str, Any],
-                        passphrase: str) -> str:
+async def send_via_form(
+    http: aiohttp.ClientSession, base: str, data: dict[str, Any], passphrase: str
+) -> str:
     """Fill the form, preview, sign and send; return the reference of the request page."""
     async with http.get(f"{base}/requests/new") as r:
         assert r.status == 200
         token = csrf_of(await r.text())
-    async with http.post(f"{base}/requests/preview",
-                         data={**form_fields(data), "csrf_token": token}) as r:
+    async with http.post(
+        f"{base}/requests/preview", data={**form_fields(data), "csrf_token": token}
+    ) as r:
         page = await r.text()
         assert r.status == 200, page
     payload = re.search(r'name="payload" value="([^"]*)"', page)
     assert payload
     import html as html_mod
 
-    async with http.post(f"{base}/requests/send", data={
-        "csrf_token": csrf_of(page), "payload": html_mod.unescape(payload.group(1)),
-        "passphrase": passphrase, "sign": "1"}) as r:
+    async with http.post(
+        f"{base}/requests/send",
+        data={
+            "csrf_token": csrf_of(page),
+            "payload": html_mod.unescape(payload.group(1)),
+            "passphrase": passphrase,
+            "sign": "1",
+        },
+    ) as r:
         assert r.status == 200, await r.text()
         match = re.search(r"/requests/(UVZ-\d{4}-\d{6})$", str(r.url))
         assert match, f"not on a request page: {r.url}"

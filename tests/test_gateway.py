@@ -1,0 +1,115 @@
+"""The gateway home: init is idempotent, check keeps sending off when something is wrong,
+settings are validated once with a clear message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from securemail import config
+from securemail.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "securemail", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="smg-"))  # short: gpg-agent socket path limit
+    yield path / "h"
+    subprocess.run(
+        ["gpgconf", "--homedir", str(path / "h" / "gnupg"), "--kill", "gpg-agent"], check=False
+    )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_init_twice_changes_nothing_and_says_so(home: Path) -> None:
+    first = cli("init", "--home", str(home))
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    assert stat.S_IMODE((home / "gnupg").stat().st_mode) == 0o700
+    before = {p: p.stat().st_mtime_ns for p in (home / "securemail.toml", home / "securemail.db")}
+    second = cli("init", "--home", str(home))
+    assert second.returncode == 0
+    assert "already initialised; nothing changed" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert cli("check", "--home", str(home)).returncode == 0
+    journal = subprocess.run(
+        ["sqlite3", str(home / "securemail.db"), "PRAGMA journal_mode"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if journal.returncode == 0:  # the sqlite3 shell is optional on a fresh machine
+        assert journal.stdout.strip() == "wal"
+
+
+def test_home_from_environment_variable(home: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SECUREMAIL_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "securemail", "init"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (home / "securemail.db").exists()
+
+
+def test_check_refuses_a_keyring_readable_by_others(home: Path) -> None:
+    assert cli("init", "--home", str(home)).returncode == 0
+    os.chmod(home / "gnupg", 0o755)  # noqa: S103 (the misconfiguration under test)
+    out = cli("check", "--home", str(home))
+    assert out.returncode == 1
+    assert "must be 0700" in out.stderr
+
+
+def test_command_on_uninitialised_home_is_one_clear_line(home: Path) -> None:
+    out = cli("request", "status", "--home", str(home), "UVZ-2026-000001")
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0
+    assert "securemail init" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_settings_refuse_plaintext_smtp(tmp_path: Path) -> None:
+    (tmp_path / "securemail.toml").write_text('[smtp]\nstarttls = "never"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path, env={})
+    assert "plaintext is never allowed" in info.value.reason
+
+
+def test_settings_env_overrides_and_type_errors(tmp_path: Path) -> None:
+    s = config.load(tmp_path, env={"SECUREMAIL_SMTP_PORT": "2525"})
+    assert s.smtp.port == 2525
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path, env={"SECUREMAIL_SMTP_PORT": "many"})
+    assert info.value.context["setting"] == "[smtp] port"
+
+
+def test_settings_unknown_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "securemail.toml").write_text("[smtp]\nhots = 'x'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path, env={})
+    assert "hots" in info.value.reason
