@@ -7,12 +7,25 @@ Real gateway (tests/loop_fixtures.py): real gpg seals, real sqlite, real audit c
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
+import aiohttp
 import pytest
 
-from securemail import answer, exchange, forms, notify
+from securemail import answer, exchange, forms, gateway, notify
 from securemail.errors import NotFoundError
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, example
+from securemail.openpgp import Envelope, SealInput, VerificationError
+from securemail.web import create_app
+from tests.e2e.conftest import (
+    EXAMPLE,
+    GP_PASSPHRASE,
+    GP_PASSWORD,
+    NURSE_PASSWORD,
+    TEAM,
+    example,
+)
+from tests.e2e.webflow import csrf_of, login
 from tests.loop_fixtures import Loop, audit_codes, notices
 
 ACCEPT = {
@@ -134,3 +147,63 @@ async def test_withdrawal_supersedes_the_earlier_request_and_tells_the_team_to_s
     assert json.loads(json.dumps(view["chain"]))  # plain data, no patient fields
     assert all(set(c) <= {"reference", "kind", "state", "supersedes", "superseded_by",
                           "created_at"} for c in view["chain"])  # fmt: skip
+
+
+async def test_answer_form_on_the_request_page_errors_in_dutch_then_gp_sees_the_nurse(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    site = str(server.make_url("")).rstrip("/")
+    page_url = f"{site}/requests/{sent.reference}"
+    jar = aiohttp.CookieJar
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as nurse,
+        aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as gp,
+    ):
+        await login(nurse, site, {"username": "nurse1", "password": NURSE_PASSWORD})
+        async with nurse.get(page_url) as r:
+            page = await r.text()
+        assert f'action="/requests/{sent.reference}/answer"' in page
+        # Accepting without the nurse in charge: the error sits next to that field
+        bad = {"status": "geaccepteerd", "performer_level": "verpleegkundige",
+               "competence_confirmed": "true", "csrf_token": csrf_of(page)}  # fmt: skip
+        async with nurse.post(f"{page_url}/answer", data=bad) as r:
+            page = await r.text()
+        assert r.status == 422
+        assert re.search(r'data-field="nurse_in_charge"[^>]*>Vul de naam', page)
+        assert '<option value="verpleegkundige" selected>' in page  # values kept
+        good = {**bad, "nurse_in_charge": "Verpleegkundige Zwaan", "csrf_token": csrf_of(page)}
+        async with nurse.post(f"{page_url}/answer", data=good) as r:
+            assert r.status == 200 and str(r.url) == page_url
+        # The GP's page shows the answer with the nurse's name
+        await login(gp, site, {"username": "huisarts", "password": GP_PASSWORD})
+        async with gp.get(page_url) as r:
+            page = await r.text()
+        assert 'class="nurse-in-charge">Verpleegkundige Zwaan<' in page
+        assert "answer" not in str(r.url) and "Zwaan" not in str(r.url)
+        async with gp.get(f"{site}/requests") as r:
+            assert "geaccepteerd" in await r.text()
+    await server.close()
+
+
+async def test_forwarding_refuses_a_signature_that_is_not_the_gps(loop: Loop) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    row = svc.store.read_sync(lambda db: exchange.require_row(db, sent.reference))
+    fpr = gateway.gateway_fingerprint(svc.store)
+    document = SealInput(
+        reference=sent.reference,
+        text="x",
+        html="<p>x</p>",
+        json=bytes(row["document"]) + b" ",  # not what the GP signed
+        signer_public_key=await svc.keyring.export_public(row["signer_fingerprint"]),
+    )
+    envelope = Envelope(sender="gateway@gateway.example", recipient=TEAM, subject="x")
+    with pytest.raises(VerificationError):
+        await svc.keyring.seal(
+            document, signer=fpr, passphrase=None, recipients=loop.gw.member_fingerprints,
+            envelope=envelope, json_signature=bytes(row["json_signature"]),
+            json_signer=row["signer_fingerprint"],
+        )  # fmt: skip
