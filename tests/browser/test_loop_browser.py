@@ -84,7 +84,7 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     gp.on("request", lambda r: urls.append(r.url))
     await log_in(gp, site, "huisarts", GP_PASSWORD)
     await gp.goto(f"{site}/requests/new")
-    team_option = gp.locator('[name="receiver.team_address"] option[value="%s"]' % TEAM)
+    team_option = gp.locator(f'[name="receiver.team_address"] option[value="{TEAM}"]')
     assert "voorkeursaanbieder" in await team_option.inner_text()
     await fill_request(gp, EXAMPLE)
     await gp.click("form[action='/requests/preview'] button[type=submit]")
