@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger("securemail.exchange")
 
 MIGRATIONS = migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
+REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
 
 
 @MIGRATIONS(name="0001_requests")
@@ -215,8 +217,11 @@ async def prepare(
     return Prepared(req, team, render.render_request(svc.definition, req, link=page_link(svc, req)))
 
 
-def page_link(svc: Services, req: forms.ExecutionRequest) -> str:
-    """The request's page in the web app: the reference only, never patient data."""
+def page_link(svc: Services, req: forms.ExecutionRequest) -> str | None:
+    """The request's page in the web app: the reference only, never patient data (None for
+    a preview, which has no reference yet)."""
+    if not REFERENCE_RE.fullmatch(req.reference or ""):
+        return None
     return f"{svc.settings.gateway.base_url.rstrip('/')}/requests/{req.reference}"
 
 
@@ -537,6 +542,8 @@ class Hooks:
             req = request_row(db, row.reference)
             if req is None or req["notified"] == row.status:
                 return
+            if row.message_id != req["message_id"]:
+                return  # an earlier hop's message: the request has moved on to another team
             changes: dict[str, Any] = {"notified": row.status, "updated_at": svc.now_iso()}
             if row.status == "sent" and not req["answer_due"]:
                 due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)
