@@ -7,6 +7,7 @@ CREATE TABLE; asks uses exchange's counters table only at run time.)
 """
 
 from securemail import (  # noqa: F401
+    apitoken,
     asks,
     audit,
     auth,
@@ -16,4 +17,5 @@ from securemail import (  # noqa: F401
     gateway,
     outbox,
     session,
+    totp,
 )

@@ -23,7 +23,16 @@ import pytest
 from securemail import auth, delivery, directory, gateway, outbox
 from securemail.access import SYSTEM, Actor
 from securemail.exchange import Hooks
-from tests.e2e.conftest import EXAMPLE, TEAM, Gateway, build_gateway, gpg_cli, grant_consent
+from tests.e2e.conftest import (
+    EXAMPLE,
+    GP_PASSWORD,
+    NURSE_PASSWORD,
+    TEAM,
+    Gateway,
+    build_gateway,
+    gpg_cli,
+    grant_consent,
+)
 
 AMS = ZoneInfo("Europe/Amsterdam")
 TEAM_B = "wijkteam-west@zorg-zuid.example"
@@ -50,6 +59,16 @@ class Loop:
     nurse_a: Actor  # nurse1, team A (TEAM)
     nurse_b: Actor  # nurse_b, team B (TEAM_B)
     team_b_home: Path  # team B's mail client keyring (its secret key)
+
+    def credentials(self, username: str) -> dict[str, Any]:
+        """What webflow.login needs for a user paired by build_gateway, at this clock."""
+        passwords = {"huisarts": GP_PASSWORD, "nurse1": NURSE_PASSWORD}
+        return {
+            "username": username,
+            "password": passwords[username],
+            "totp_secret": self.gw.extra["totp_secrets"][username],
+            "clock": self.clock,
+        }
 
 
 def _make_keys(home: Path, email: str) -> None:

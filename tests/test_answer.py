@@ -20,8 +20,6 @@ from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
-    GP_PASSWORD,
-    NURSE_PASSWORD,
     TEAM,
     example,
 )
@@ -162,7 +160,7 @@ async def test_answer_form_on_the_request_page_errors_in_dutch_then_gp_sees_the_
         aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as nurse,
         aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as gp,
     ):
-        await login(nurse, site, {"username": "nurse1", "password": NURSE_PASSWORD})
+        await login(nurse, site, loop.credentials("nurse1"))
         async with nurse.get(page_url) as r:
             page = await r.text()
         assert f'action="/requests/{sent.reference}/answer"' in page
@@ -178,7 +176,7 @@ async def test_answer_form_on_the_request_page_errors_in_dutch_then_gp_sees_the_
         async with nurse.post(f"{page_url}/answer", data=good) as r:
             assert r.status == 200 and str(r.url) == page_url
         # The GP's page shows the answer with the nurse's name
-        await login(gp, site, {"username": "huisarts", "password": GP_PASSWORD})
+        await login(gp, site, loop.credentials("huisarts"))
         async with gp.get(page_url) as r:
             page = await r.text()
         assert 'class="nurse-in-charge">Verpleegkundige Zwaan<' in page

@@ -16,12 +16,10 @@ import pytest
 
 from securemail import asks, config, escalation, notify
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM, example
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.e2e.webflow import csrf_of, form_fields, login
 from tests.loop_fixtures import Loop, audit_codes, notices
 
-GP = {"username": "huisarts", "password": GP_PASSWORD}
-NURSE = {"username": "nurse1", "password": NURSE_PASSWORD}
 ASK = {
     "team_address": TEAM,
     "practice_code": "01234567",
@@ -65,7 +63,7 @@ async def test_nurse_ask_becomes_prefilled_form_for_gp_and_its_deadline_is_track
         browser(tracing) as gp,
     ):
         # Given a nurse who asks the practice, urgently, on Wednesday 10:00
-        await login(nurse, site, NURSE)
+        await login(nurse, site, loop.credentials("nurse1"))
         async with nurse.get(f"{site}/asks/new") as r:
             token = csrf_of(await r.text())
         async with nurse.post(f"{site}/asks/new", data={**ASK, "csrf_token": token}) as r:
@@ -82,7 +80,7 @@ async def test_nurse_ask_becomes_prefilled_form_for_gp_and_its_deadline_is_track
         assert f"/asks/{reference}".encode() in raw
         assert EXAMPLE["patient"]["bsn"].encode() not in raw
         # When the GP opens the work list
-        await login(gp, site, GP)
+        await login(gp, site, loop.credentials("huisarts"))
         async with gp.get(f"{site}/asks") as r:
             listing = await r.text()
         assert reference in listing and "2026-12-02 12:00" in listing
@@ -160,7 +158,7 @@ async def test_unanswered_ask_is_overdue_in_both_lists_and_escalated_once_to_the
 
 async def test_ask_form_errors_show_next_to_fields_and_keep_values(loop: Loop, site: str) -> None:
     async with browser() as nurse:
-        await login(nurse, site, NURSE)
+        await login(nurse, site, loop.credentials("nurse1"))
         async with nurse.get(f"{site}/asks/new") as r:
             token = csrf_of(await r.text())
         bad = {**ASK, "patient.bsn": "123456789", "reason": "", "csrf_token": token}

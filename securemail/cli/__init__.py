@@ -24,7 +24,7 @@ log = logging.getLogger("securemail.cli")
 
 #: Modules under securemail.cli that register subcommands, in help order.
 COMMAND_MODULES = (
-    "gateway", "directory", "request", "consent", "audit", "outbox", "deadlines",
+    "gateway", "directory", "account", "request", "consent", "audit", "outbox", "deadlines",
 )  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -17,6 +17,7 @@ from aiohttp import web
 from securemail import answer, asks, directory, exchange, forms
 from securemail.errors import SecuremailError
 from securemail.web.keys import ACTOR, services_key
+from securemail.web.middleware import requires
 
 PREVIEW_REFERENCE = "UVZ-CONCEPT"
 PROCEDURE_ROWS = 3
@@ -82,6 +83,7 @@ def _errors_by_field(exc: forms.FormInvalidError) -> dict[str, list[str]]:
     return out
 
 
+@requires("request.create")
 @aiohttp_jinja2.template("requests/form.html")
 async def new_form(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
@@ -90,6 +92,7 @@ async def new_form(request: web.Request) -> dict[str, Any]:
     return await _form_context(request, values, {})
 
 
+@requires("request.create")
 async def preview(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
@@ -114,6 +117,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     })
 
 
+@requires("request.send")
 async def send(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
@@ -144,6 +148,7 @@ async def send(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
 
 
+@requires("request.list")
 @aiohttp_jinja2.template("requests/list.html")
 async def list_page(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
@@ -152,6 +157,7 @@ async def list_page(request: web.Request) -> dict[str, Any]:
     return {"rows": rows}
 
 
+@requires("request.view")
 @aiohttp_jinja2.template("requests/detail.html")
 async def detail(request: web.Request) -> dict[str, Any]:
     return await detail_context(request)

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from securemail import forms
+from securemail.services import utcnow
 from securemail.web import create_app
+from tests.browser.test_browser import log_in  # the one browser login (password + TOTP)
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 from tests.loop_fixtures import Loop
 
@@ -42,19 +44,11 @@ async def chromium() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def site(loop: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
+    loop.gw.svc.clock = utcnow  # the authenticator codes follow the real clock here
     app = create_app(loop.gw.svc.settings, services=loop.gw.svc, run_worker=True)
     server = await aiohttp_server(app, host="127.0.0.1")
     yield str(server.make_url("")).rstrip("/")
     await server.close()
-
-
-async def log_in(page: Any, url: str, username: str, password: str) -> None:
-    await page.goto(f"{url}/login")
-    await page.fill("#username", username)
-    await page.fill("#password", password)
-    await page.click("form[action='/login'] button[type=submit]")
-    await page.wait_for_load_state()
-    assert "/login" not in page.url, await page.content()
 
 
 async def fill_request(page: Any, data: dict[str, Any]) -> None:
@@ -82,7 +76,8 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     gp_ctx = await chromium.new_context()
     gp = await gp_ctx.new_page()
     gp.on("request", lambda r: urls.append(r.url))
-    await log_in(gp, site, "huisarts", GP_PASSWORD)
+    secrets = loop.gw.extra["totp_secrets"]
+    await log_in(gp, site, "huisarts", GP_PASSWORD, secrets["huisarts"])
     await gp.goto(f"{site}/requests/new")
     team_option = gp.locator(f'[name="receiver.team_address"] option[value="{TEAM}"]')
     assert "voorkeursaanbieder" in await team_option.inner_text()
@@ -101,7 +96,7 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     nurse_ctx = await chromium.new_context()
     nurse = await nurse_ctx.new_page()
     nurse.on("request", lambda r: urls.append(r.url))
-    await log_in(nurse, site, "nurse1", NURSE_PASSWORD)
+    await log_in(nurse, site, "nurse1", NURSE_PASSWORD, secrets["nurse1"])
     await nurse.goto(f"{site}/requests")
     await nurse.click(f"text={reference}")
     await nurse.wait_for_url(f"{site}/requests/{reference}")
