@@ -217,7 +217,12 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
 
 
 def _resource(row: dict[str, Any]) -> Resource:
-    return Resource("ask", org_id=row["practice_org_id"], team_ids=frozenset({row["team_id"]}))
+    return Resource(
+        "ask",
+        org_id=row["practice_org_id"],
+        team_ids=frozenset({row["team_id"]}),
+        ref=row["reference"],
+    )
 
 
 def _row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:

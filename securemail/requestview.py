@@ -28,13 +28,8 @@ def resource(row: dict[str, Any]) -> Resource:
         "request",
         org_id=row["practice_org_id"],
         team_ids=frozenset({row["team_id"]}),
-        **_ref(row["reference"]),
+        ref=row["reference"],
     )
-
-
-def _ref(reference: str) -> dict[str, str]:
-    # Resource.ref arrives with the route-level access gate; older Resources have no field.
-    return {"ref": reference} if "ref" in getattr(Resource, "__dataclass_fields__", {}) else {}
 
 
 def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:

@@ -14,14 +14,8 @@ from aiohttp import web
 from securemail import answer, forms
 from securemail.errors import SecuremailError
 from securemail.web.keys import ACTOR, services_key
+from securemail.web.middleware import requires
 from securemail.web.requests import _errors_by_field, detail_context
-
-try:  # the route-level policy gate (web.middleware.requires) arrives with two-factor login
-    from securemail.web.middleware import requires
-except ImportError:  # pragma: no cover - until then the domain functions check alone
-
-    def requires(action: str):  # type: ignore[no-redef]
-        return lambda handler: handler
 
 
 @requires("request.answer")
@@ -35,21 +29,27 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
     try:
         result = await answer.record_answer(svc, actor, reference, data)
     except forms.FormInvalidError as exc:
-        ctx = await detail_context(request, answer_values=values,
-                                   answer_errors=_errors_by_field(exc))
+        ctx = await detail_context(
+            request, answer_values=values, answer_errors=_errors_by_field(exc)
+        )
         return aiohttp_jinja2.render_template("requests/detail.html", request, ctx, status=422)
     except answer.AnswerClosedError as exc:
-        ctx = await detail_context(request, answer_values=values,
-                                   answer_errors={"": [exc.message_nl()]})
+        ctx = await detail_context(
+            request, answer_values=values, answer_errors={"": [exc.message_nl()]}
+        )
         return aiohttp_jinja2.render_template("requests/detail.html", request, ctx, status=409)
     except SecuremailError as exc:
         if exc.http_status == 404:
             raise
-        ctx = await detail_context(request, answer_values=values,
-                                   answer_errors={"": [exc.message_nl()]})
-        return aiohttp_jinja2.render_template("requests/detail.html", request, ctx,
-                                              status=exc.http_status if exc.http_status != 400
-                                              else 422)
+        ctx = await detail_context(
+            request, answer_values=values, answer_errors={"": [exc.message_nl()]}
+        )
+        return aiohttp_jinja2.render_template(
+            "requests/detail.html",
+            request,
+            ctx,
+            status=exc.http_status if exc.http_status != 400 else 422,
+        )
     if result.status == answer.PASS_ON:
         # The request is with the other team now; this team's list shows where it went.
         raise web.HTTPSeeOther("/requests")
@@ -57,5 +57,6 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post(r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/answer", post_answer,
-                        name="request_answer")
+    app.router.add_post(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/answer", post_answer, name="request_answer"
+    )
