@@ -84,6 +84,8 @@ POLICY: dict[str, frozenset[str]] = {
     "audit.export": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
     "directory.manage": frozenset({"admin"}),
+    # The GPs' public signing keys, to check a GP's signature (no patient data).
+    "directory.view": frozenset({"gp", "nurse"}),
     "outbox.manage": frozenset({"admin"}),
     "request.status": frozenset({"gp"}),
     "token.manage": frozenset({"gp"}),

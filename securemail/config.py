@@ -41,6 +41,14 @@ class GatewaySettings:
         "", "Regional passing-on (doorbemiddeling) team address; empty when the region has none."
     )
     forms_dir: str = _s("", "Folder with form definitions; empty means the forms/ of the project.")
+    admin_address: str = _s(
+        "",
+        "The operator's address for key notices (keys expiring, a team about to lose its "
+        "last key); empty means no notices, only `securemail keys check` and /admin.",
+    )
+    keys_dir: str = _s(
+        "", "The reviewed key directory (keys/ with directory.toml); empty means the project's."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +149,10 @@ class Settings:
     @property
     def forms_path(self) -> Path:
         return Path(self.gateway.forms_dir) if self.gateway.forms_dir else PROJECT_ROOT / "forms"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.gateway.keys_dir) if self.gateway.keys_dir else PROJECT_ROOT / "keys"
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with some sections' fields changed: replace(smtp={"port": 2525})."""

@@ -25,6 +25,7 @@ from securemail import (
     deadlines,
     directory,
     forms,
+    keydir,
     notify,
     outbox,
     render,
@@ -228,13 +229,17 @@ def page_link(svc: Services, req: forms.ExecutionRequest) -> str | None:
 async def usable_recipients(
     svc: Services, team: Team
 ) -> tuple[list[Fingerprint], list[dict[str, str]]]:
-    """The team's pinned member keys that pass every check, and the members left out (why)."""
-    members = await svc.store.read(lambda db: directory.members(db, team.id))
+    """The team's pinned member keys that pass every check (keydir.check_member_key), and the
+    members left out with why: a bad key or one still quarantined. Removed keys are gone."""
+    members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
+    now = svc.now()
     for m in members:
+        if m.status == "removed":
+            continue
         try:
-            await svc.keyring.check_recipient(m.fingerprint, m.email, now=svc.now())
+            await keydir.check_member_key(svc.keyring, m, now)
         except RecipientKeyError as exc:
             skipped.append(
                 {

@@ -69,9 +69,18 @@ KINDS: dict[str, tuple[str, str]] = {
         "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
         "door de praktijk opgesteld.",
     ),
+    # To the operator (admin_address); the reference is the check's (KEYS-20260112).
+    "key_expiring": (
+        "sleutels verlopen",
+        "Sleutelcontrole {reference}: sleutels in de regionale sleutelmap verlopen binnenkort, "
+        "of een wijkteam dreigt zijn laatste bruikbare sleutel te verliezen. Welke sleutels "
+        "het zijn staat op de beheerpagina en in `securemail keys check`.",
+    ),
 }
 
-#: reference prefix -> the page that shows it (after login)
+#: kind -> the page a notice links to (default: the page of the reference, see PAGES).
+LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
+#: reference prefix -> the pages that show it (after login); default "requests"
 PAGES = {"ASK": "asks"}
 
 #: why-codes with a Dutch explanation; other (well-formed) codes are shown as the code.
@@ -121,7 +130,8 @@ def require_address(address: str, what: str) -> str:
 def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
     """The fixed Dutch text: the only place a notice's words come from."""
     page = PAGES.get(reference.split("-", 1)[0], "requests")
-    link = f"{settings.gateway.base_url.rstrip('/')}/{page}/{reference}"
+    path = LINKS.get(kind, f"/{page}/{reference}")
+    link = f"{settings.gateway.base_url.rstrip('/')}{path}"
     body = [
         "Dit is een automatisch bericht van " + settings.gateway.name + ".",
         "",
@@ -217,6 +227,11 @@ def notice_ask(reference: str, to: str, settings: Settings) -> Notice:
 def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:
     """The practice did not deliver an asked-for request in time (to the asking team)."""
     return make_notice("ask_overdue", reference, to, settings)
+
+
+def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:
+    """To the operator: keys expire soon or a team is about to lose its last usable key."""
+    return make_notice("key_expiring", reference, to, settings)
 
 
 _HEADERS = {

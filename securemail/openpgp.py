@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from securemail import armor, gpgproc, mime
+from securemail.errors import InputError
 from securemail.gpgproc import WatchedGPG, wire
 from securemail.keyinfo import (
     Fingerprint,
@@ -39,6 +40,7 @@ from securemail.keystore import (
     SigningError,
     VerificationError,
     check_passphrase,
+    fingerprint_arg,
 )
 from securemail.mime import Envelope, SealInput
 
@@ -60,6 +62,10 @@ __all__ = [
 ]
 
 _SEAL_TOKEN = object()
+
+#: Why a key is revoked -> the OpenPGP reason code (RFC 4880 §5.2.3.23). "compromised" is a
+#: hard revocation (distrust every signature); the others keep earlier signatures valid.
+REVOCATION_REASONS = {"compromised": "1", "superseded": "2", "retired": "3"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ class Decrypted:
 
 
 class Keyring(KeyStore):
-    """The gateway's keyring: key management (KeyStore) plus seal, verify and decrypt."""
+    """The gateway's keyring: key management (KeyStore) plus seal, revoke, verify, decrypt."""
 
     # -- seal ----------------------------------------------------------------------------
 
@@ -246,6 +252,52 @@ class Keyring(KeyStore):
         if gpgproc.GPG_ERR_NO_SECKEY in gpgproc.error_codes(gpgproc.status(result)):
             raise SignerKeyError("no secret key to sign with", fingerprint=signer, why="missing")
         self._fail(operation, result, fingerprint=signer)
+
+    # -- revoke --------------------------------------------------------------------------
+
+    async def revoke(self, fpr: str, passphrase: str, *, reason: str, comment: str = "") -> str:
+        """Revoke the key with a revocation signed now, with ``reason`` (REVOCATION_REASONS)
+        and a one-line ``comment``; import it here and return it armored for publication.
+
+        The public key stays in the keyring: signatures made before stay checkable (gpg then
+        reports REVKEYSIG with the signer's VALIDSIG), and nothing signs with it again.
+        """
+        f = fingerprint_arg(fpr)
+        if reason not in REVOCATION_REASONS:
+            raise InputError(
+                f"reason must be one of {', '.join(REVOCATION_REASONS)}", field="reason"
+            )
+        if len(comment) > 200 or any(not c.isprintable() for c in comment):
+            raise InputError("the comment is one printable line (at most 200)", field="comment")
+        secret = check_passphrase(passphrase)
+        # gpg asks on the command fd: sure? reason code, comment lines (an empty one ends
+        # them), okay?, then the passphrase; --gen-revoke refuses --batch, hence --no-batch.
+        lines = [
+            "y",
+            REVOCATION_REASONS[reason],
+            *([comment] if comment else []),
+            "",
+            "y",
+            secret,
+        ]
+        answers = ("\n".join(lines) + "\n").encode("utf-8")
+
+        def work(g: WatchedGPG) -> str:
+            args = ["--no-batch", "--command-fd", "0", "--armor", "--gen-revoke", f]
+            r = g.run(args, data=answers)
+            if r.returncode != 0 or not r.data.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK"):
+                keywords = {k for k, _ in gpgproc.status(r)}
+                if "NEED_PASSPHRASE" in keywords and not r.data:
+                    # gpg reports a wrong passphrase here only in its (localised) text
+                    raise SigningError("gpg revoke: bad passphrase", why="bad_passphrase")
+                self._fail("revoke", r, fingerprint=f)
+            return r.data.decode("ascii")
+
+        certificate = await self._call("revoke", work)
+        await self.import_keys(certificate)
+        if not (await self.key_info(f)).revoked:
+            raise SealError("the revocation did not take effect", operation="revoke")
+        return certificate
 
     # -- verify and decrypt --------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import sqlite_utils
 from securemail import audit, changes, directory, outbox
 from securemail.access import Actor, Resource, require
 from securemail.errors import NotFoundError, SecuremailError
+from securemail.keystore import reason_nl
 
 DATA_CATEGORIES = "execution_request"
 
@@ -107,7 +108,9 @@ def get_request(
     view["team"] = team
     view["delivery"] = outbox.status(db, reference)
     view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
-    view["skipped_members"] = json.loads(row["skipped_members"])
+    view["skipped_members"] = [
+        s | {"why_nl": reason_nl(s["why"])} for s in json.loads(row["skipped_members"])
+    ]
     view["answer"] = json.loads(row["answer"]) if row["answer"] else None
     view["hops"] = hops(db, reference)
     view["chain"] = changes.chain(db, reference)

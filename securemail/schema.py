@@ -15,6 +15,7 @@ from securemail import (  # noqa: F401
     directory,
     exchange,
     gateway,
+    gpkeys,
     outbox,
     session,
     totp,

@@ -24,7 +24,8 @@ log = logging.getLogger("securemail.cli")
 
 #: Modules under securemail.cli that register subcommands, in help order.
 COMMAND_MODULES = (
-    "gateway", "directory", "account", "request", "consent", "audit", "outbox", "deadlines",
+    "gateway", "directory", "account", "keys", "request", "consent", "audit", "outbox",
+    "deadlines",
 )  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], int | None]
