@@ -43,69 +43,70 @@ def _past(due_text: str, now: datetime) -> bool:
     return bool(due_text) and datetime.fromisoformat(due_text) < now
 
 
-def _requests(svc: Services, db: sqlite_utils.Database, now: datetime) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What differs between an overdue request (the practice waits) and an overdue ask
+    (the team waits): the table, its deadline column, the event and who is told."""
+
+    table: str
+    due_column: str
+    extra_where: str
+    event: str
+    object_type: str
+    practice_waits: bool
+
+
+_REQUESTS = _Kind(
+    "requests",
+    "answer_due",
+    "AND answer_due != '' AND kind != 'intrekking'",
+    "request.overdue",
+    "request",
+    practice_waits=True,
+)
+_ASKS = _Kind("asks", "due_at", "", "ask.overdue", "ask", practice_waits=False)
+
+
+def _mark(svc: Services, db: sqlite_utils.Database, now: datetime, kind: _Kind) -> list[str]:
+    """Mark each overdue item once, audit it and queue one patient-free notice to the waiting
+    side; the overdue_at stamp makes a second run (or a restart) do nothing."""
     marked: list[str] = []
     rows = db.execute(
-        "SELECT id, reference, answer_due, practice_org_id, team_id, patient_bsn FROM requests "
-        "WHERE state = 'open' AND overdue_at = '' AND answer_due != '' AND kind != 'intrekking'"
+        f"SELECT id, reference, {kind.due_column}, practice_org_id, team_id, patient_bsn "  # noqa: S608 (fixed names)
+        f"FROM {kind.table} WHERE state = 'open' AND overdue_at = '' {kind.extra_where}"
     ).fetchall()
     stamp = svc.now_iso()
     for row_id, reference, due_text, practice_id, team_id, bsn in rows:
         if not _past(due_text, now):
             continue
-        db.execute("UPDATE requests SET overdue_at = ? WHERE id = ?", [stamp, row_id])
+        db.execute(f"UPDATE {kind.table} SET overdue_at = ? WHERE id = ?", [stamp, row_id])  # noqa: S608
         practice = directory.org_by_id(db, practice_id)
         team = directory.team_by_id(db, team_id)
+        team_org = directory.org_by_id(db, team.org_id).code
+        sender, recipient = (
+            (practice.code, team.address) if kind.practice_waits else (team_org, practice.code)
+        )
         audit.record(
             db,
             audit.AuditEvent.of(
                 SYSTEM,
-                "request.overdue",
+                kind.event,
                 patient_id=bsn,
-                object_type="request",
+                object_type=kind.object_type,
                 object_id=reference,
-                sender_org=practice.code,
-                recipient_org=team.address,
+                sender_org=sender,
+                recipient_org=recipient,
                 outcome_detail=f"due={due_text}",
             ),
             source_id=svc.settings.gateway.source_id,
         )
-        if practice.notify_address:
-            notice = notify.notice_overdue(reference, practice.notify_address, svc.settings)
+        if kind.practice_waits:
+            if practice.notify_address:
+                notice = notify.notice_overdue(reference, practice.notify_address, svc.settings)
+                outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+        else:
+            notice = notify.notice_ask_overdue(reference, team.address, svc.settings)
             outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
-        marked.append(reference)
-    return marked
-
-
-def _asks(svc: Services, db: sqlite_utils.Database, now: datetime) -> list[str]:
-    marked: list[str] = []
-    rows = db.execute(
-        "SELECT id, reference, due_at, practice_org_id, team_id, patient_bsn FROM asks "
-        "WHERE state = 'open' AND overdue_at = ''"
-    ).fetchall()
-    stamp = svc.now_iso()
-    for row_id, reference, due_text, practice_id, team_id, bsn in rows:
-        if not _past(due_text, now):
-            continue
-        db.execute("UPDATE asks SET overdue_at = ? WHERE id = ?", [stamp, row_id])
-        practice = directory.org_by_id(db, practice_id)
-        team = directory.team_by_id(db, team_id)
-        audit.record(
-            db,
-            audit.AuditEvent.of(
-                SYSTEM,
-                "ask.overdue",
-                patient_id=bsn,
-                object_type="ask",
-                object_id=reference,
-                sender_org=directory.org_by_id(db, team.org_id).code,
-                recipient_org=practice.code,
-                outcome_detail=f"due={due_text}",
-            ),
-            source_id=svc.settings.gateway.source_id,
-        )
-        notice = notify.notice_ask_overdue(reference, team.address, svc.settings)
-        outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
         marked.append(reference)
     return marked
 
@@ -115,7 +116,7 @@ async def check(svc: Services) -> CheckReport:
     now = svc.now()
 
     def tx(db: sqlite_utils.Database) -> CheckReport:
-        return CheckReport(tuple(_requests(svc, db, now)), tuple(_asks(svc, db, now)))
+        return CheckReport(tuple(_mark(svc, db, now, _REQUESTS)), tuple(_mark(svc, db, now, _ASKS)))
 
     report = await svc.store.write(tx)
     if report.requests or report.asks:
