@@ -2,8 +2,14 @@
 
 Every route and every CLI command that touches patient data or administration asks
 ``require(actor, action, resource)``. A refusal raises AccessDeniedError (or
-NotFoundError where admitting that the object exists would itself leak); the caller
-writes the refusal to the audit trail.
+HiddenDeniedError, a NotFoundError, where admitting that the object exists would itself
+leak); the web error middleware writes every refusal to the audit trail
+(``access.denied``).
+
+Two layers, one table: a web route declares its action and the middleware asks
+``require_role`` before the handler runs (may this role, with these token scopes, ever do
+this?); the domain function then asks ``require`` with the object's organisation and
+teams (may this person do it to *this* object?). Both read ``POLICY``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class Actor:
     org_code: str = ""  # AGB/URA of the organisation, for audit rows
     team_ids: frozenset[int] = field(default_factory=frozenset)
     access_point: str = "cli"
+    #: Acting through an API token: the only actions its scopes open (None: a person's session).
+    token_actions: frozenset[str] | None = None
 
     @property
     def is_system(self) -> bool:
@@ -44,6 +52,19 @@ class Resource:
     org_id: int | None = None  # owning organisation (the practice for a request)
     team_ids: frozenset[int] = field(default_factory=frozenset)  # receiving team(s)
     receiver_org_ids: frozenset[int] = field(default_factory=frozenset)
+    ref: str = ""  # the object's id for the audit row of a refusal (a reference, never a BSN)
+
+
+class HiddenDeniedError(NotFoundError):
+    """A refusal that answers exactly like 'not found' (same code, text, status), because
+    admitting that the object exists would leak; it still names the refused action for the
+    audit row, in attributes that never reach the response."""
+
+    def __init__(self, kind: str, *, action: str, ref: str) -> None:
+        super().__init__(f"{kind} not found")
+        self.action = action
+        self.kind = kind
+        self.ref = ref
 
 
 #: action -> roles that may attempt it; the scope rule below then narrows by organisation.
@@ -63,23 +84,36 @@ POLICY: dict[str, frozenset[str]] = {
     "audit.export": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
     "directory.manage": frozenset({"admin"}),
+    # The GPs' public signing keys, to check a GP's signature (no patient data).
+    "directory.view": frozenset({"gp", "nurse"}),
     "outbox.manage": frozenset({"admin"}),
+    "request.status": frozenset({"gp"}),
     "token.manage": frozenset({"gp"}),
+    "user.manage": frozenset({"admin"}),
+    # A person's own account: second factor, recovery codes, sessions ("logout everywhere").
+    "account.self": frozenset(ROLES),
 }
+
+#: Resource kinds only the gateway operator manages; no organisation scope applies.
+ADMIN_KINDS = frozenset({"directory", "outbox", "user"})
 
 
 def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
     """True when actor may do action on resource; never raises for a 'no'."""
     if actor.is_system:
         return True
-    roles = POLICY.get(action)
-    if roles is None or actor.role not in roles:
+    if not is_role_allowed(actor, action):
         return False
-    if resource.kind in {"directory", "outbox"}:
+    if resource.kind in ADMIN_KINDS:
         return actor.role == "admin"
+    if resource.kind == "account":
+        return resource.ref == str(actor.user_id)
     if actor.org_id is None:
         return False
     if actor.role == "nurse" and resource.kind in {"request", "ask"}:
+        if resource.org_id is None and not resource.team_ids:
+            # Lists: the caller scopes the query to actor.team_ids itself.
+            return True
         # A nurse sees what was addressed to one of her teams, nothing else.
         return bool(actor.team_ids & resource.team_ids)
     if actor.role == "gp" and resource.kind == "ask":
@@ -90,12 +124,34 @@ def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
     return resource.org_id == actor.org_id
 
 
+def is_role_allowed(actor: Actor, action: str) -> bool:
+    """May this role (and, through a token, these scopes) ever do action? Objects aside."""
+    if actor.is_system:
+        return True
+    roles = POLICY.get(action)
+    if roles is None or actor.role not in roles:
+        return False
+    if actor.token_actions is not None and action not in actor.token_actions:
+        return False
+    # Everyone but the gateway operator acts for an organisation; no organisation, no access.
+    return actor.role == "admin" or actor.org_id is not None
+
+
+def require_role(actor: Actor, action: str) -> None:
+    """The route-level gate: raise AccessDeniedError unless the role may do action at all."""
+    if not is_role_allowed(actor, action):
+        raise AccessDeniedError(
+            f"{actor.role} {actor.username} may not {action}", action=action, role=actor.role
+        )
+
+
 def require(actor: Actor, action: str, resource: Resource, *, hide: bool = False) -> None:
     """Raise unless allowed; with hide=True a refusal looks like 'not found' (404)."""
     if is_allowed(actor, action, resource):
         return
     if hide:
-        raise NotFoundError(f"{resource.kind} not found", action=action)
+        raise HiddenDeniedError(resource.kind, action=action, ref=resource.ref)
     raise AccessDeniedError(
-        f"{actor.role} {actor.username} may not {action}", action=action, role=actor.role
+        f"{actor.role} {actor.username} may not {action}", action=action, role=actor.role,
+        object_type=resource.kind, object_id=resource.ref or None,
     )

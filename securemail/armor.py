@@ -27,12 +27,14 @@ _TAG_SEIPD = 18  # symmetrically encrypted and integrity protected data
 _TAG_AEAD = 20  # AEAD encrypted data (GnuPG 2.3+ OCB)
 
 
-def dearmor(armor: bytes | str) -> bytes:
-    """The binary packets of one armored PGP MESSAGE; ValueError unless the armor is exact."""
+def dearmor(armor: bytes | str, *, block: str = "MESSAGE") -> bytes:
+    """The binary packets of one armored PGP ``block`` (MESSAGE, PUBLIC KEY BLOCK);
+    ValueError unless the armor is exact."""
     text = armor.decode("ascii") if isinstance(armor, bytes) else armor
     lines = [line.rstrip(" \t") for line in text.strip().splitlines()]
-    if len(lines) < 3 or lines[0] != BEGIN_MESSAGE or lines[-1] != END_MESSAGE:
-        raise ValueError("not a single armored PGP MESSAGE")
+    begin, end = f"-----BEGIN PGP {block}-----", f"-----END PGP {block}-----"
+    if len(lines) < 3 or lines[0] != begin or lines[-1] != end:
+        raise ValueError(f"not a single armored PGP {block}")
     body = lines[1:-1]
     try:
         blank = body.index("")
@@ -77,6 +79,44 @@ def _packet_header(data: bytes, pos: int) -> tuple[int, int, int | None]:
         return tag, pos + 1, None  # indeterminate length
     size = (1, 2, 4)[kind]
     return tag, pos + 1 + size, int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+
+
+#: Packets a certificate (transferable public key, RFC 4880 §11.1) is made of: signature,
+#: public key, user id, public subkey, user attribute; and gpg's trust packets.
+CERTIFICATE_TAGS = frozenset({2, 6, 12, 13, 14, 17})
+SECRET_KEY_TAGS = frozenset({5, 7})  # secret key, secret subkey
+
+
+def packet_tags(data: bytes) -> list[int]:
+    """The tags of the packets in binary key data, in order; ValueError when malformed.
+
+    Key material never uses partial or indeterminate lengths, so neither is accepted.
+    """
+    tags: list[int] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            tag, start, length = _packet_header(data, pos)
+            if length is None or start + length > len(data):
+                raise ValueError("malformed or truncated key packet")
+            tags.append(tag)
+            pos = start + length
+    except IndexError:
+        raise ValueError("truncated OpenPGP data") from None
+    if not tags:
+        raise ValueError("no OpenPGP packets")
+    return tags
+
+
+def require_public_keys(data: bytes) -> None:
+    """Raise ValueError unless ``data`` (binary) holds certificates only: no secret key
+    packet, nothing that is not part of a public key. A check independent of gpg."""
+    tags = packet_tags(data)
+    if SECRET_KEY_TAGS & set(tags):
+        raise ValueError("secret key material")
+    odd = sorted(set(tags) - CERTIFICATE_TAGS)
+    if odd or tags[0] != 6:
+        raise ValueError(f"not a public key (packet tags {odd or tags[:1]})")
 
 
 def encrypted_to(armor: bytes | str) -> tuple[str, ...]:

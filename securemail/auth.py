@@ -2,7 +2,9 @@
 
 Invariant: passwords are stored only as scrypt hashes (memory-hard, from
 ``cryptography``); a GP's signing passphrase is never stored anywhere: only gpg's
-protected secret key holds it.
+protected secret key holds it. An admin's password reset always forces a new
+second-factor enrolment and ends every session of that person (``reset_password``);
+the second factor itself lives in ``securemail.totp``.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ import hmac
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from securemail import audit
-from securemail.access import ROLES, Actor
-from securemail.directory import org_by_code, org_by_id, require_email, team_by_address
+from securemail import audit, session, totp
+from securemail.access import ROLES, Actor, Resource, require
+from securemail.directory import (
+    find_team,
+    org_by_code,
+    org_by_id,
+    require_email,
+    team_by_address,
+)
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.store import migrations
 
@@ -147,6 +156,10 @@ def add_user(
         org_id = org.id
     if email:
         email = require_email(email, "email")
+        if find_team(db, email) is not None:
+            # Personal accounts only: a team's entry address is a mailbox, never a login.
+            raise InputError("a team mailbox is never a login; give the person's own address",
+                             field="email")
     profile = dict(profile or {})
     big = profile.get("big", "").strip()
     if role == "gp" and not re.fullmatch(r"[0-9]{11}", big):
@@ -251,3 +264,41 @@ def principal_profile(db: sqlite_utils.Database, user: User) -> dict[str, str]:
         "out_of_hours_phone": user.out_of_hours_phone,
     }
     return {k: v for k, v in profile.items() if v}
+
+
+def reset_password(db: sqlite_utils.Database, actor: Actor, username: str, password: str, *,
+                   source_id: str = "gateway-1") -> int:
+    """An admin sets a new password: the person must enrol a new authenticator at the next
+    login, their recovery codes stop working, any lock is lifted, and every session of
+    theirs ends (audited user.update). Returns the number of sessions ended."""
+    require(actor, "user.manage", Resource("user", ref=username))
+    user = user_by_name(db, username)
+    validate_password(password)
+    db["users"].update(user.id, {"password_hash": hash_password(password)})
+    totp.require_reenrolment(db, user.id)
+    totp.clear_lock(db, user.id)
+    ended = session.end_all(db, user.id)
+    audit.record(db, audit.AuditEvent.of(
+        actor, "user.update", object_type="user", object_id=user.username, nature="technical",
+        outcome_detail=f"password reset; second factor to enrol again; {ended} sessions ended"),
+        source_id=source_id)
+    return ended
+
+
+def unlock(db: sqlite_utils.Database, actor: Actor, username: str, *,
+           source_id: str = "gateway-1") -> None:
+    """An admin lifts a temporary lock before it runs out (audited user.update)."""
+    require(actor, "user.manage", Resource("user", ref=username))
+    user = user_by_name(db, username)
+    totp.clear_lock(db, user.id)
+    audit.record(db, audit.AuditEvent.of(actor, "user.update", object_type="user",
+                                         object_id=user.username, nature="technical",
+                                         outcome_detail="unlocked"), source_id=source_id)
+
+
+def enrol_totp_for_demo(db: sqlite_utils.Database, user_id: int,
+                        now: datetime | None = None) -> str:
+    """Pair a demo user with a fresh TOTP secret and return it (for the demo credentials file,
+    so a newcomer can make codes with pyotp or an authenticator app). Demo only."""
+    user = user_by_id(db, user_id)
+    return totp.enrol_for_demo(db, user.id, user.username, now=now or datetime.now(UTC))

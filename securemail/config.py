@@ -41,6 +41,14 @@ class GatewaySettings:
         "", "Regional passing-on (doorbemiddeling) team address; empty when the region has none."
     )
     forms_dir: str = _s("", "Folder with form definitions; empty means the forms/ of the project.")
+    admin_address: str = _s(
+        "",
+        "The operator's address for key notices (keys expiring, a team about to lose its "
+        "last key); empty means no notices, only `securemail keys check` and /admin.",
+    )
+    keys_dir: str = _s(
+        "", "The reviewed key directory (keys/ with directory.toml); empty means the project's."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,9 @@ class DeadlineSettings:
     ask_regular_working_days: float = _s(
         2.0, "A practice answers a regular ask within (working days)."
     )
+    check_seconds: float = _s(
+        60.0, "How often the web app looks for overdue requests and asks (and escalates them)."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,10 @@ class Settings:
     @property
     def forms_path(self) -> Path:
         return Path(self.gateway.forms_dir) if self.gateway.forms_dir else PROJECT_ROOT / "forms"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.gateway.keys_dir) if self.gateway.keys_dir else PROJECT_ROOT / "keys"
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with some sections' fields changed: replace(smtp={"port": 2525})."""

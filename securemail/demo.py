@@ -296,6 +296,10 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             )
         )
         entry = {"username": user.username, "role": user.role, "password": password}
+        # Demo accounts come paired with an authenticator (TOTP is required for every role);
+        # the secret goes into the credentials file so a newcomer can make codes.
+        entry["totp_secret"] = svc.store.write_sync(
+            lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid))
         if user.role == "gp":
             from securemail.cli.directory import enrol_gp_key
 
@@ -394,15 +398,19 @@ def run_demo(
 def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Settings) -> None:
     print("")
     print(f"securemail demo: {settings.gateway.base_url}")
-    print("  users (password; GP also a signing passphrase):")
+    print("  users (password and TOTP secret; GP also a signing passphrase):")
     for u in creds["users"]:
         extra = (
             f"  signing passphrase: {u['signing_passphrase']}" if "signing_passphrase" in u else ""
         )
         print(f"    {u['role']:<16} {u['username']:<18} {u['password']}{extra}")
+        if u.get("totp_secret"):
+            print(f"    {'':<16} {'':<18} totp secret: {u['totp_secret']}")
     print(f"  team address:      {creds['team_address']}")
     print(f"  arrived mail:      {paths.maildir}/new/")
     print(f"  team secret keys:  {paths.team_secret}  (gpg --import, then gpg --decrypt)")
     print(f"  credentials file:  {paths.credentials}")
+    print("  second factor:     add a user's TOTP secret to an authenticator app, or make a code:")
+    print("    .venv/bin/python -c \"import pyotp; print(pyotp.TOTP('<totp secret>').now())\"")
     print(f"  local SMTP relay:  127.0.0.1:{settings.smtp.port} (STARTTLS required)")
     print("")

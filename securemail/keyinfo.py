@@ -10,6 +10,7 @@ a cached KeyInfo stays correct as the clock moves.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,9 @@ WHY = (
     "too_weak",
     "address_mismatch",
     "no_signing_key",
+    # Decided by the directory, before gpg is asked (keydir.check_member_key):
+    "not_pinned",  # the key is not an active pinned member key of the team
+    "quarantined",  # a changed key waiting for its phone confirmation (keydir.confirm)
 )
 
 
@@ -68,6 +72,35 @@ def parse_fingerprint(value: str) -> Fingerprint:
     if not _FPR_RE.fullmatch(candidate):
         raise ValueError("not a 40-hex-digit OpenPGP fingerprint")
     return Fingerprint(candidate)
+
+
+def phone_code(fpr: str) -> str:
+    """The code read out over the phone to confirm a changed key: ``ABCD-EF01-2345-6789``.
+
+    It is the first two and the last two groups of the fingerprint as ``gpg --fingerprint``
+    prints it, so the other side needs no tool to read it. 64 bits, not the 32 of a short
+    key id: a key whose last 32 bits match a chosen one can be made on a GPU (evil32), one
+    that matches 64 chosen bits cannot.
+    """
+    f = parse_fingerprint(fpr)
+    return "-".join((f[0:4], f[4:8], f[32:36], f[36:40]))
+
+
+def phone_code_matches(fpr: str, spoken: str) -> bool:
+    """True when ``spoken`` (any case, spaces or dashes) is the phone code of ``fpr``."""
+    said = re.sub(r"[\s-]", "", spoken or "").upper()
+    return hmac.compare_digest(said.encode(), phone_code(fpr).replace("-", "").encode())
+
+
+def expires_for_encryption(info: KeyInfo, now: datetime) -> datetime | None:
+    """Until when ``unusable_reason`` stays None for this key, if it is usable now (None: no
+    end). The primary's expiry caps the latest-expiring live strong encryption subkey's."""
+    ends = [s.expires for s in _live(info, "e", now) if s.is_strong]
+    if not ends:
+        return now
+    sub_end = None if None in ends else max(e for e in ends if e is not None)
+    candidates = [e for e in (info.primary.expires, sub_end) if e is not None]
+    return min(candidates) if candidates else None
 
 
 @dataclass(frozen=True, slots=True)

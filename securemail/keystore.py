@@ -66,7 +66,14 @@ _WHY_NL = {
     "too_weak": "te zwak",
     "address_mismatch": "hoort niet bij dit adres",
     "no_signing_key": "niet geschikt om mee te ondertekenen",
+    "not_pinned": "niet vastgelegd in de regionale sleutelmap",
+    "quarantined": "gewijzigd en nog niet telefonisch bevestigd",
 }
+
+
+def reason_nl(why: str) -> str:
+    """The Dutch words for a key's ``why`` (keyinfo.WHY), as pages show them."""
+    return _WHY_NL.get(why, "onbruikbaar")
 
 
 class SealError(SecuremailError):
@@ -198,7 +205,7 @@ class KeyStore:
             path = homedir / name
             path.write_text(text, encoding="utf-8")
             os.chmod(path, 0o600)
-        _kill_agent(homedir.absolute(), kwargs.get("binary", "gpg"))  # reread the conf
+        kill_agent(homedir.absolute(), kwargs.get("binary", "gpg"))  # reread the conf
         return cls(homedir, **kwargs)
 
     @classmethod
@@ -272,7 +279,7 @@ class KeyStore:
 
     async def close(self) -> None:
         """Stop this homedir's gpg-agent (it holds no passphrases, but needs no process)."""
-        await asyncio.to_thread(_kill_agent, self.homedir, self.binary)
+        await asyncio.to_thread(kill_agent, self.homedir, self.binary)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -452,7 +459,8 @@ class KeyStore:
             self._forget()
 
 
-def _kill_agent(homedir: Path, binary: str) -> None:
+def kill_agent(homedir: Path, binary: str) -> None:
+    """Stop the gpg-agent of homedir (best effort, synchronous)."""
     sibling = Path(binary).with_name("gpgconf") if os.sep in binary else None
     gpgconf = str(sibling) if sibling and sibling.exists() else shutil.which("gpgconf")
     if (

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from securemail import armor, gpgproc, mime
+from securemail.errors import InputError
 from securemail.gpgproc import WatchedGPG, wire
 from securemail.keyinfo import (
     Fingerprint,
@@ -39,6 +40,7 @@ from securemail.keystore import (
     SigningError,
     VerificationError,
     check_passphrase,
+    fingerprint_arg,
 )
 from securemail.mime import Envelope, SealInput
 
@@ -61,6 +63,10 @@ __all__ = [
 
 _SEAL_TOKEN = object()
 
+#: Why a key is revoked -> the OpenPGP reason code (RFC 4880 §5.2.3.23). "compromised" is a
+#: hard revocation (distrust every signature); the others keep earlier signatures valid.
+REVOCATION_REASONS = {"compromised": "1", "superseded": "2", "retired": "3"}
+
 
 @dataclass(frozen=True, slots=True)
 class SealedMessage:
@@ -74,6 +80,9 @@ class SealedMessage:
     recipient_fingerprints: tuple[Fingerprint, ...]
     signer_fingerprint: Fingerprint
     _token: object = field(default=None, repr=False, compare=False)
+    #: the detached signature over the canonical JSON that travels inside (request.json.asc):
+    #: the GP's, also when the gateway forwards a passed-on request under its own seal
+    json_signature: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self._token is not _SEAL_TOKEN:
@@ -88,7 +97,7 @@ class Decrypted:
 
 
 class Keyring(KeyStore):
-    """The gateway's keyring: key management (KeyStore) plus seal, verify and decrypt."""
+    """The gateway's keyring: key management (KeyStore) plus seal, revoke, verify, decrypt."""
 
     # -- seal ----------------------------------------------------------------------------
 
@@ -97,15 +106,23 @@ class Keyring(KeyStore):
         document: SealInput,
         *,
         signer: Fingerprint,
-        passphrase: str,
+        passphrase: str | None,
         recipients: Sequence[Fingerprint],
         envelope: Envelope,
         now: datetime | None = None,
+        json_signature: bytes | None = None,
+        json_signer: Fingerprint | None = None,
     ) -> SealedMessage:
         """Sign and encrypt ``document`` for every recipient key, as RFC 3156 PGP/MIME.
 
         Refuses (RecipientKeyError) if any recipient key is unusable: the directory
         filters and reports beforehand; here a bad key means something changed.
+
+        Forwarding (a passed-on request): ``json_signature`` is the GP's original detached
+        signature over ``document.json`` and ``json_signer`` the GP's fingerprint; it is
+        verified here (VerificationError unless it is a good signature by exactly that key)
+        and travels unchanged, while ``signer`` (the gateway's own key, ``passphrase=None``:
+        it has none) signs the whole inner entity. Nothing is re-signed in the GP's name.
         """
         now = now or datetime.now(UTC)
         try:
@@ -120,7 +137,11 @@ class Keyring(KeyStore):
             ) from None
         if not pinned:
             raise RecipientKeyError("no recipient keys given", why="missing")
-        secret = wire(check_passphrase(passphrase))
+        # None, not "": python-gnupg still opens --passphrase-fd for "" but writes nothing,
+        # and gpg would take the first line of the document as the passphrase.
+        secret = None if passphrase is None else wire(check_passphrase(passphrase))
+        if (json_signature is None) != (json_signer is None):
+            raise SealError("a forwarded signature needs its signer, and only then")
         envelope = envelope.resolved()
         infos = await self._lookup_many([signer_fpr, *pinned])
         signer_info = infos.get(signer_fpr)
@@ -152,7 +173,16 @@ class Keyring(KeyStore):
                 self._seal_failure("sign", r, signer_fpr)
             return bytes(r.data)
 
-        json_signature = await self._call("sign", sign_json)
+        if json_signature is None:
+            json_signature = await self._call("sign", sign_json)
+        else:
+            made_by = await self.verify_detached(document.json, json_signature)
+            if made_by != json_signer:
+                raise VerificationError(
+                    "the forwarded signature is not the original signer's",
+                    expected=str(json_signer),
+                    actual=str(made_by),
+                )
         inner = mime.build_inner(document, json_signature)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
@@ -201,6 +231,7 @@ class Keyring(KeyStore):
             recipient_fingerprints=pinned,
             signer_fingerprint=signer_fpr,
             _token=_SEAL_TOKEN,
+            json_signature=bytes(json_signature),
         )
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:
@@ -221,6 +252,52 @@ class Keyring(KeyStore):
         if gpgproc.GPG_ERR_NO_SECKEY in gpgproc.error_codes(gpgproc.status(result)):
             raise SignerKeyError("no secret key to sign with", fingerprint=signer, why="missing")
         self._fail(operation, result, fingerprint=signer)
+
+    # -- revoke --------------------------------------------------------------------------
+
+    async def revoke(self, fpr: str, passphrase: str, *, reason: str, comment: str = "") -> str:
+        """Revoke the key with a revocation signed now, with ``reason`` (REVOCATION_REASONS)
+        and a one-line ``comment``; import it here and return it armored for publication.
+
+        The public key stays in the keyring: signatures made before stay checkable (gpg then
+        reports REVKEYSIG with the signer's VALIDSIG), and nothing signs with it again.
+        """
+        f = fingerprint_arg(fpr)
+        if reason not in REVOCATION_REASONS:
+            raise InputError(
+                f"reason must be one of {', '.join(REVOCATION_REASONS)}", field="reason"
+            )
+        if len(comment) > 200 or any(not c.isprintable() for c in comment):
+            raise InputError("the comment is one printable line (at most 200)", field="comment")
+        secret = check_passphrase(passphrase)
+        # gpg asks on the command fd: sure? reason code, comment lines (an empty one ends
+        # them), okay?, then the passphrase; --gen-revoke refuses --batch, hence --no-batch.
+        lines = [
+            "y",
+            REVOCATION_REASONS[reason],
+            *([comment] if comment else []),
+            "",
+            "y",
+            secret,
+        ]
+        answers = ("\n".join(lines) + "\n").encode("utf-8")
+
+        def work(g: WatchedGPG) -> str:
+            args = ["--no-batch", "--command-fd", "0", "--armor", "--gen-revoke", f]
+            r = g.run(args, data=answers)
+            if r.returncode != 0 or not r.data.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK"):
+                keywords = {k for k, _ in gpgproc.status(r)}
+                if "NEED_PASSPHRASE" in keywords and not r.data:
+                    # gpg reports a wrong passphrase here only in its (localised) text
+                    raise SigningError("gpg revoke: bad passphrase", why="bad_passphrase")
+                self._fail("revoke", r, fingerprint=f)
+            return r.data.decode("ascii")
+
+        certificate = await self._call("revoke", work)
+        await self.import_keys(certificate)
+        if not (await self.key_info(f)).revoked:
+            raise SealError("the revocation did not take effect", operation="revoke")
+        return certificate
 
     # -- verify and decrypt --------------------------------------------------------------
 

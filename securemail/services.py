@@ -10,6 +10,7 @@ from pathlib import Path
 from securemail import audit_integrity, forms
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
+from securemail.keystore import kill_agent
 from securemail.openpgp import Keyring
 from securemail.store import Store
 
@@ -34,6 +35,8 @@ class Services:
 
     def close(self) -> None:
         self.store.close()
+        # The keyring's gpg-agent holds no passphrases (caching is off); it need not outlive us.
+        kill_agent(self.keyring.homedir, self.keyring.binary)
 
 
 def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Services:

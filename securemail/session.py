@@ -104,6 +104,11 @@ def end(db: sqlite_utils.Database, session: Session) -> None:
     db.execute("DELETE FROM sessions WHERE id_hash = ?", [session.id_hash])
 
 
+def end_id(db: sqlite_utils.Database, sid: str) -> None:
+    """End the session a cookie value names, if any (at login: the id seen before it)."""
+    db.execute("DELETE FROM sessions WHERE id_hash = ?", [_hash(sid)])
+
+
 def end_all(db: sqlite_utils.Database, user_id: int) -> int:
     """Logout everywhere."""
     return db.execute("DELETE FROM sessions WHERE user_id = ?", [user_id]).rowcount

@@ -12,10 +12,14 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-pytest_plugins = ["tests.smtp_fixtures"]
+if TYPE_CHECKING:
+    from tests.web_fixtures import WebApp
+
+pytest_plugins = ["tests.smtp_fixtures", "tests.loop_fixtures"]
 
 GPG_AGENT_CONF = "allow-loopback-pinentry\ndefault-cache-ttl 0\nmax-cache-ttl 0\n"
 GP_PASSPHRASE = " Correct paard batterij nietje é "  # fictional; spaces and non-ASCII on purpose
@@ -172,3 +176,35 @@ async def keyring(
         await ring.import_keys(member.public)
     yield ring
     await ring.close()
+
+
+# -- the web app over real HTTP (accounts, access, hardening tests) -----------------------------
+
+
+@pytest.fixture(scope="session")
+def web_template() -> Iterator[tuple[Path, dict[str, str]]]:
+    """An initialised home with the test people, built once: (root, {username: TOTP secret})."""
+    import shutil
+
+    from tests.web_fixtures import build_template_home, short_dir
+
+    root = short_dir("smt-")
+    yield root, build_template_home(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def webapp(web_template: tuple[Path, dict[str, str]],
+                 aiohttp_client: Any) -> AsyncIterator[WebApp]:
+    """The real app over HTTP on 127.0.0.1, on a fresh copy of the template home."""
+    import shutil
+
+    from tests.web_fixtures import copy_home, kill_agents, short_dir, start_web
+
+    root, secrets = web_template
+    home = copy_home(root, short_dir("smw-") / "home")
+    w = await start_web(home, secrets, aiohttp_client)
+    yield w
+    await w.close()
+    kill_agents(home)
+    shutil.rmtree(home.parent, ignore_errors=True)

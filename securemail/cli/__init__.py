@@ -23,7 +23,10 @@ from securemail.errors import SecuremailError
 log = logging.getLogger("securemail.cli")
 
 #: Modules under securemail.cli that register subcommands, in help order.
-COMMAND_MODULES = ("gateway", "directory", "request", "consent", "audit", "outbox")
+COMMAND_MODULES = (
+    "gateway", "directory", "account", "keys", "request", "consent", "audit", "outbox",
+    "deadlines",
+)  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], int | None]
 

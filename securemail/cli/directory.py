@@ -1,4 +1,4 @@
-"""Directory commands: org add, team add, user add, keys import, preferred."""
+"""Directory commands: org add, team add, user add, preferred (keys: cli/keys.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import getpass
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, directory
+from securemail import auth, config, directory, gpkeys
 from securemail.access import SYSTEM
 from securemail.cli import command, home_of
 from securemail.errors import InputError
@@ -66,12 +66,7 @@ def cmd_preferred(args: argparse.Namespace) -> int:
 
 async def enrol_gp_key(svc: Services, user: auth.User, passphrase: str) -> str:
     """Create the GP's personal signing key, protected by a passphrase only the GP knows."""
-    if len(passphrase) < 8:
-        raise InputError("a signing passphrase has at least 8 characters", field="passphrase")
-    fpr = await svc.keyring.generate_key(user.name, user.email or f"{user.username}@gp.invalid",
-                                         passphrase, kind="signing")
-    svc.store.write_sync(lambda db: auth.set_signing_key(db, SYSTEM, user.id, fpr))
-    return fpr
+    return await gpkeys.enrol(svc, SYSTEM, user, passphrase)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -88,23 +83,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
             passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")
             fpr = asyncio.run(enrol_gp_key(svc, user, passphrase))
             print(f"signing key {fpr} created; the passphrase is not stored")
-    finally:
-        svc.close()
-    return 0
-
-
-def cmd_keys_import(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
-        armor = Path(args.file).read_text(encoding="utf-8")
-        fprs = asyncio.run(svc.keyring.import_keys(armor))
-        for fpr in fprs:
-            info = asyncio.run(svc.keyring.key_info(fpr))
-            email = info.uids[0] if info.uids else ""
-            svc.store.write_sync(lambda db, fpr=fpr, email=email: directory.add_member(
-                db, SYSTEM, team_address=args.team, name=args.name or email, email=email,
-                fingerprint=fpr, verified_how=args.verified_how, now=svc.now_iso()))
-            print(f"pinned {fpr} ({email}) for {args.team}")
     finally:
         svc.close()
     return 0
@@ -139,9 +117,3 @@ def register(sub: Any) -> None:
     p.add_argument("--out-of-hours-phone", dest="out_of_hours_phone")
     p.add_argument("--password-file", type=Path)
     p.add_argument("--signing-passphrase-file", type=Path)
-    p = command(sub, "keys", cmd_keys_import, "import and pin team member keys: keys import")
-    p.add_argument("action", choices=["import"])
-    p.add_argument("file")
-    p.add_argument("--team", required=True, help="team address the keys belong to")
-    p.add_argument("--name", help="member name (default: the key's user id)")
-    p.add_argument("--verified-how", default="", help="how the fingerprint was verified")

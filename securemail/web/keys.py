@@ -13,5 +13,7 @@ settings_key = web.AppKey("settings", Settings)
 services_key = web.AppKey("services", Services)
 run_worker_key = web.AppKey("run_worker", bool)
 
+#: Set by the auth middleware: who is acting (deny by default: absent on open routes).
 ACTOR = web.RequestKey("actor", Actor)
+#: Set by the auth middleware for cookie sessions (absent for API tokens).
 SESSION = web.RequestKey("session", Session)

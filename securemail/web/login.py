@@ -1,13 +1,77 @@
-"""Login and logout. A password opens a session; the second factor (TOTP) completes it."""
+"""Login and logout. A password opens a password-only session; the second factor completes it.
+
+Invariants: a session id is new at every step up (password -> second factor -> full), so
+an id seen before login is worthless after it; the failure count and lock live in
+``securemail.totp`` and are audited there; a source address that fails too often is
+throttled in memory (``LoginThrottle``) before any password is checked, which covers
+unknown usernames and spraying one password over many accounts; the login form carries
+its own CSRF token (a SameSite=Strict cookie and a form field must match), so another
+site cannot log a browser into someone else's account.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import secrets
+from collections import deque
+from datetime import datetime, timedelta
+
 import aiohttp_jinja2
+import sqlite_utils
 from aiohttp import web
 
-from securemail import audit, auth, session
-from securemail.web.keys import SESSION, services_key
-from securemail.web.middleware import access_point
+from securemail import audit, auth, session, totp
+from securemail.web.keys import ACTOR, SESSION, services_key
+from securemail.web.middleware import access_point, error_response, requires
+
+LOGIN_COOKIE = "securemail_login"
+
+
+class LoginThrottle:
+    """At most ``limit`` failed logins per source address in a sliding ``window``.
+
+    In memory, per process: a restart forgets it, which is acceptable because the per-account
+    lock (in the database) is what protects each account."""
+
+    def __init__(self, limit: int = 30, window: timedelta = timedelta(minutes=15)) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[datetime]] = {}
+
+    def _recent(self, address: str, now: datetime) -> deque[datetime]:
+        q = self._failures.setdefault(address, deque())
+        while q and now - q[0] > self.window:
+            q.popleft()
+        return q
+
+    def blocked(self, address: str, now: datetime) -> bool:
+        return len(self._recent(address, now)) >= self.limit
+
+    def fail(self, address: str, now: datetime) -> None:
+        self._recent(address, now).append(now)
+        if len(self._failures) > 10_000:  # bound memory under a wide spray
+            self._failures = {a: q for a, q in self._failures.items() if q}
+
+
+throttle_key = web.AppKey("login_throttle", LoginThrottle)
+_dummy_hash: list[str] = []
+
+
+def _check_password(password: str, stored: str | None) -> bool:
+    """scrypt against the stored hash, or against a dummy one for unknown users, so the time
+    taken does not tell whether a username exists."""
+    if stored is None:
+        if not _dummy_hash:
+            _dummy_hash.append(auth.hash_password(secrets.token_urlsafe(16)))
+        auth.check_password(password, _dummy_hash[0])
+        return False
+    return auth.check_password(password, stored)
+
+
+def lockout_policy(request: web.Request) -> totp.Lockout:
+    s = request.app[services_key].settings.web
+    return totp.Lockout(max_failures=s.login_max_failures, minutes=s.lockout_minutes)
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, sid: str) -> None:
@@ -18,54 +82,134 @@ def set_session_cookie(request: web.Request, response: web.StreamResponse, sid: 
     )
 
 
-@aiohttp_jinja2.template("login.html")
-async def login_page(request: web.Request) -> dict[str, object]:
-    return {"error": None, "username": ""}
+def locked_message(until: datetime) -> str:
+    local = until.astimezone().strftime("%H:%M")
+    return (f"Dit account is tijdelijk geblokkeerd na te veel mislukte pogingen. Probeer het na "
+            f"{local} opnieuw, of vraag de beheerder om het te deblokkeren.")
+
+
+def render_login(request: web.Request, *, error: str | None = None, username: str = "",
+                 status: int = 200) -> web.StreamResponse:
+    """The login form with a fresh login token, in the form and in a SameSite=Strict cookie."""
+    token = secrets.token_urlsafe(32)
+    response = aiohttp_jinja2.render_template(
+        "login.html", request, {"error": error, "username": username, "login_token": token},
+        status=status,
+    )
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
+                        secure=request.app[services_key].settings.web.secure_cookies)
+    return response
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    return render_login(request)
 
 
 async def login_post(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     form = await request.post()
-    username = str(form.get("username", "")).strip().lower()
+    cookie_token = request.cookies.get(LOGIN_COOKIE, "")
+    form_token = str(form.get("login_token", ""))
+    if not cookie_token or not hmac.compare_digest(cookie_token, form_token):
+        return error_response(
+            request, 403,
+            "Dit inlogformulier is verlopen of niet van deze site afkomstig. Laad de pagina "
+            "opnieuw.", {"error": "csrf.invalid"})
+    username = str(form.get("username", "")).strip().lower()[:64]
     password = str(form.get("password", ""))
     now = svc.now()
-    found = await svc.store.read(lambda db: auth.find_user(db, username))
-    ok = found is not None and found[0].active and auth.check_password(password, found[1])
     src = svc.settings.gateway.source_id
     ap = access_point(request)
-    if not ok:
+    throttle = request.app[throttle_key]
+    if throttle.blocked(ap, now):
         await svc.store.write(lambda db: audit.record(db, audit.AuditEvent(
-            event_code="auth.fail", user_name=username[:64], access_point=ap,
-            outcome="refused", outcome_detail="bad username or password"), source_id=src))
-        return aiohttp_jinja2.render_template(
-            "login.html", request,
-            {"error": "Gebruikersnaam of wachtwoord onjuist.", "username": username}, status=401,
-        )
-    assert found is not None
-    user = found[0]
+            event_code="auth.fail", user_name=username, access_point=ap, outcome="refused",
+            outcome_detail="source address throttled"), source_id=src))
+        return render_login(request, username=username, status=429, error=(
+            "Te veel mislukte pogingen vanaf dit adres. Wacht een kwartier en probeer het "
+            "opnieuw."))
+    found = await svc.store.read(lambda db: auth.find_user(db, username))
+    user = found[0] if found is not None and found[0].active else None
+    # scrypt takes ~0.1 s of CPU by design: off the event loop.
+    ok = await asyncio.to_thread(_check_password, password, found[1] if user else None)
+    policy = lockout_policy(request)
 
-    def start(db):  # type: ignore[no-untyped-def]
-        sid, _ = session.create(db, user.id, now=now, stage="full", access_point=ap)
+    def attempt(db: sqlite_utils.Database) -> tuple[totp.Verdict, tuple[str, bool] | None]:
+        if user is None:
+            audit.record(db, audit.AuditEvent(
+                event_code="auth.fail", user_name=username, access_point=ap, outcome="refused",
+                outcome_detail="unknown or inactive user"), source_id=src)
+            return totp.Verdict(False, "bad_password"), None
         actor = auth.actor_for(db, user, ap)
-        audit.record(db, audit.AuditEvent.of(actor, "auth.login"), source_id=src)
-        return sid
+        if totp.locked_until(db, user.id, now) is not None:
+            return totp.register_failure(db, actor, "locked", now=now, policy=policy,
+                                         source_id=src), None
+        if not ok:
+            return totp.register_failure(db, actor, "bad_password", now=now, policy=policy,
+                                         source_id=src), None
+        old = request.cookies.get(session.COOKIE, "")
+        if old:
+            # Whatever session this browser had ends here: rotation at login.
+            session.end_id(db, old)
+        sid, _ = session.create(db, user.id, now=now, stage="password", access_point=ap)
+        return totp.Verdict(True, "password"), (sid, totp.needs_enrolment(db, user.id))
 
-    sid = await svc.store.write(start)
-    response = web.HTTPSeeOther("/")
+    verdict, started = await svc.store.write(attempt)
+    if started is None:
+        throttle.fail(ap, now)
+        if verdict.reason == "locked" and verdict.locked_until is not None:
+            return render_login(request, username=username, status=429,
+                                error=locked_message(verdict.locked_until))
+        return render_login(request, username=username, status=401,
+                            error="Gebruikersnaam of wachtwoord onjuist.")
+    sid, must_enrol = started
+    response = web.HTTPSeeOther("/login/enrol" if must_enrol else "/login/totp")
     set_session_cookie(request, response, sid)
+    response.del_cookie(LOGIN_COOKIE, path="/login")
     raise response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     sess = request[SESSION]
-    await svc.store.write(lambda db: session.end(db, sess))
+    actor = request[ACTOR]
+    src = svc.settings.gateway.source_id
+
+    def end(db: sqlite_utils.Database) -> None:
+        session.end(db, sess)
+        audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
+                                             object_id=actor.username,
+                                             outcome_detail="this session"), source_id=src)
+
+    await svc.store.write(end)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(session.COOKIE, path="/")
+    raise response
+
+
+@requires("account.self")
+async def logout_all(request: web.Request) -> web.StreamResponse:
+    """Logout everywhere: every session of this person ends, this one included."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    src = svc.settings.gateway.source_id
+
+    def end(db: sqlite_utils.Database) -> None:
+        n = session.end_all(db, actor.user_id)
+        audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
+                                             object_id=actor.username,
+                                             outcome_detail=f"all sessions ({n})"),
+                     source_id=src)
+
+    await svc.store.write(end)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(session.COOKIE, path="/")
     raise response
 
 
 def setup(app: web.Application) -> None:
+    app[throttle_key] = LoginThrottle()
     app.router.add_get("/login", login_page, name="login")
     app.router.add_post("/login", login_post, name="login_post")
     app.router.add_post("/logout", logout, name="logout")
+    app.router.add_post("/logout/all", logout_all, name="logout_all")

@@ -1,9 +1,14 @@
-"""Middleware: security headers, errors as Dutch pages or JSON, login (deny by default), CSRF.
+"""Middleware: security headers, errors as Dutch pages or JSON, login (deny by default), CSRF,
+and the route-level access gate.
 
-Invariants: no route is reachable without a full session unless listed in OPEN_ROUTES;
-every POST from a browser session carries the session's CSRF token; an unexpected
-error shows an incident reference, never a traceback, and the log line carries no
-patient data.
+Invariants: no route is reachable without a full session (password and second factor)
+unless listed in OPEN_ROUTES (no session) or SECOND_FACTOR_ROUTES (password only); every
+other route declares its policy action with ``@requires(action)`` and a route that
+declares none is refused for everyone; every refusal by the access policy answers 403
+(or 404 where existence would leak) and writes an ``access.denied`` audit row; every
+state-changing request from a browser session carries the session's CSRF token (API
+calls with a bearer token and no cookie need none); an unexpected error shows an
+incident reference, never a traceback, and the log line carries no patient data.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import auth, session
-from securemail.errors import SecuremailError
+from securemail import access, audit, auth, session
+from securemail.access import Actor, HiddenDeniedError
+from securemail.errors import AccessDeniedError, NotFoundError, SecuremailError
 from securemail.web.keys import ACTOR, SESSION, services_key
 
 log = logging.getLogger("securemail.web")
@@ -27,8 +33,33 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Routes reachable without a session (SecureDrop's _insecure_views): by route name.
 OPEN_ROUTES = frozenset({"login", "login_post", "static", "health"})
-#: Routes reachable with a password-only session (second factor pending).
+#: Routes reachable with a password-only session (second factor pending). They are the
+#: login itself, so they declare no policy action; every other route must (see requires()).
 SECOND_FACTOR_ROUTES = frozenset({"totp", "totp_post", "totp_enrol", "totp_enrol_post", "logout"})
+#: A password-only session must finish the second factor within this time.
+PASSWORD_STAGE = timedelta(minutes=5)
+#: The attribute requires() sets on a handler: the access.POLICY action the route performs.
+ACTION_ATTR = "securemail_action"
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def requires(action: str) -> Callable[[H], H]:
+    """Declare the policy action a route performs; the auth middleware checks the actor's role
+    (and token scopes) against access.POLICY before the handler runs. Object-level scope
+    (which practice, which team) is checked again by the domain function."""
+    if action not in access.POLICY:
+        raise ValueError(f"unknown policy action {action!r}")
+
+    def mark(handler: H) -> H:
+        setattr(handler, ACTION_ATTR, action)
+        return handler
+
+    return mark
+
+
+def route_action(request: web.Request) -> str | None:
+    return getattr(request.match_info.handler, ACTION_ATTR, None)
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -55,6 +86,33 @@ def access_point(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+async def audit_refusal(request: web.Request, exc: SecuremailError, status: int) -> None:
+    """The access.denied row for a policy refusal; a failure to write it is logged, and the
+    refusal stands either way (fail closed)."""
+    actor: Actor | None = request.get(ACTOR)
+    if actor is None or services_key not in request.app:
+        return
+    svc = request.app[services_key]
+    if isinstance(exc, HiddenDeniedError):
+        action, kind, ref = exc.action, exc.kind, exc.ref
+    else:
+        action = str(exc.context.get("action", ""))
+        kind = str(exc.context.get("object_type") or "")
+        ref = str(exc.context.get("object_id") or "")
+    ref = ref or request.match_info.get("reference", "")
+    event = audit.AuditEvent.of(
+        actor, "access.denied", outcome="refused", object_type=kind, object_id=ref,
+        check_authz=f"deny:{action}",
+        outcome_detail=f"{action} on {request.match_info.route.name} -> {status}",
+    )
+    try:
+        await svc.store.write(lambda db: audit.record(db, event,
+                                                      source_id=svc.settings.gateway.source_id))
+    except Exception:
+        log.exception("could not record access.denied for route %s",
+                      request.match_info.route.name)
+
+
 @web.middleware
 async def headers_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -76,8 +134,11 @@ def error_response(request: web.Request, status: int, message_nl: str, body: dic
                    ) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response(body, status=status)
+    # The base context is given here too: a refusal raised in auth_mw never reaches
+    # aiohttp-jinja2's context-processor middleware, which sits inside it.
     return aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "message": message_nl, "body": body},
+        "error.html", request,
+        {**base_context(request), "status": status, "message": message_nl, "body": body},
         status=status,
     )
 
@@ -91,6 +152,13 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
             message = "Deze pagina bestaat niet." if exc.status == 404 else "Niet toegestaan."
             return error_response(request, exc.status, message, {"error": "not_found"})
         raise
+    except (AccessDeniedError, HiddenDeniedError) as exc:
+        await audit_refusal(request, exc, exc.http_status)
+        if isinstance(exc, NotFoundError):
+            return _not_found(request)
+        return error_response(request, exc.http_status, exc.message_nl(), exc.as_json())
+    except NotFoundError:
+        return _not_found(request)
     except SecuremailError as exc:
         return error_response(request, exc.http_status, exc.message_nl(), exc.as_json())
     except Exception:
@@ -104,6 +172,24 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         )
 
 
+def _not_found(request: web.Request) -> web.StreamResponse:
+    # One body for every 404: a hidden refusal and a missing object must look the same.
+    return error_response(request, 404, NotFoundError.nl,
+                          {"error": NotFoundError.code, "message_nl": NotFoundError.nl})
+
+
+def _gate(request: web.Request, actor: Actor, name: str | None) -> None:
+    """The route-level policy check: every route outside the login flow declares an action."""
+    if name in SECOND_FACTOR_ROUTES:
+        return
+    action = route_action(request)
+    if action is None:
+        # Deny by default: a route nobody classified is nobody's.
+        log.error("route %s declares no policy action; refused", name)
+        raise AccessDeniedError(f"route {name} declares no policy action", action="undeclared")
+    access.require_role(actor, action)
+
+
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     name = request.match_info.route.name
@@ -114,15 +200,21 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/") and "Authorization" in request.headers:
         from securemail.web import api
 
+        # A bearer token is the whole credential: no cookie session, so no CSRF to check
+        # (a browser never attaches an Authorization header to a cross-site request).
         request[ACTOR] = await api.actor_from_token(request)
+        _gate(request, request[ACTOR], name)
         return await handler(request)
     sid = request.cookies.get(session.COOKIE, "")
     now = svc.now()
 
-    def load(db: Any) -> tuple[session.Session, Any] | None:
+    def load(db: Any) -> tuple[session.Session, Actor] | None:
         sess = session.load(db, sid, now=now, idle=timedelta(minutes=s.session_idle_minutes),
                             absolute=timedelta(hours=s.session_max_hours))
         if sess is None:
+            return None
+        if sess.stage != "full" and now - sess.created_at > PASSWORD_STAGE:
+            session.end(db, sess)
             return None
         session.touch(db, sess, now)
         user = auth.user_by_id(db, sess.user_id)
@@ -134,15 +226,22 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     if found is None:
         if wants_json(request):
             return web.json_response({"error": "auth.required"}, status=401)
-        raise web.HTTPSeeOther("/login")
+        response = web.HTTPSeeOther("/login")
+        if sid:
+            response.del_cookie(session.COOKIE, path="/")
+        raise response
     sess, actor = found
     if sess.stage != "full" and name not in SECOND_FACTOR_ROUTES:
+        if wants_json(request):
+            return web.json_response({"error": "auth.second_factor_required"}, status=401)
         raise web.HTTPSeeOther("/login/totp")
     request[SESSION] = sess
     request[ACTOR] = actor
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         token = request.headers.get("X-CSRF-Token")
-        if token is None:
+        if token is None and request.content_type in (
+            "application/x-www-form-urlencoded", "multipart/form-data"
+        ):
             form = await request.post()
             value = form.get("csrf_token")
             token = value if isinstance(value, str) else None
@@ -150,9 +249,11 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.warning("CSRF check failed on %s for user %s", name, actor.user_id)
             return error_response(
                 request, 403,
-                "Dit formulier is verlopen of niet van deze site afkomstig. Laad de pagina opnieuw.",
+                "Dit formulier is verlopen of niet van deze site afkomstig. "
+                "Laad de pagina opnieuw.",
                 {"error": "csrf.invalid"},
             )
+    _gate(request, actor, name)
     return await handler(request)
 
 
@@ -161,10 +262,17 @@ def stack() -> list[Any]:
 
 
 async def template_context(request: web.Request) -> dict[str, Any]:
+    return base_context(request)
+
+
+def base_context(request: web.Request) -> dict[str, Any]:
+    """What every page's base.html needs: who is signed in, the CSRF token, the gateway name."""
     sess = request.get(SESSION)
     return {
         "actor": request.get(ACTOR),
         "csrf_token": sess.csrf_token if sess else "",
+        # Menus only once both factors are done; the password step shows just "log out".
+        "full_session": sess is not None and sess.stage == "full",
         "gateway_name": request.app[services_key].settings.gateway.name
         if services_key in request.app else "securemail",
     }

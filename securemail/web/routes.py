@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from securemail.web.keys import ACTOR
+from securemail.web.middleware import requires
 
 HOME_BY_ROLE = {"gp": "/requests", "nurse": "/requests", "privacy_officer": "/privacy",
                 "admin": "/admin"}
 
 
+@requires("account.self")
 async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(HOME_BY_ROLE.get(request[ACTOR].role, "/login"))
 
@@ -23,7 +25,8 @@ def setup(app: web.Application) -> None:
 
     app.router.add_get("/", home, name="home")
     app.router.add_get("/health", health, name="health")
-    for name in ("login", "requests", "totp", "nurse", "consents", "privacy", "admin", "api"):
+    for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
+                 "admin", "admin_keys", "directory", "api"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

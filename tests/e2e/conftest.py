@@ -202,7 +202,11 @@ async def build_gateway(
     # The nurse's client knows the GP's public key from the regional directory.
     gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
     gpg_cli(nurse_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
-    return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs])
+    # Every login needs a second factor: pair the people with authenticators the tests hold.
+    totp_secrets = {u: svc.store.write_sync(lambda db, u=u: auth.enrol_totp_for_demo(
+        db, auth.user_by_name(db, u).id)) for u in ("huisarts", "nurse1")}
+    return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs],
+                   extra={"totp_secrets": totp_secrets})
 
 
 def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None:

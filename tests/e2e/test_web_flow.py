@@ -17,6 +17,11 @@ from tests.e2e.webflow import csrf_of, form_fields, login, send_via_form
 GP = {"username": "huisarts", "password": GP_PASSWORD}
 
 
+def gp_login(gw: Gateway) -> dict[str, str]:
+    """The GP's credentials as the login form needs them: password and authenticator secret."""
+    return {**GP, "totp_secret": gw.extra["totp_secrets"]["huisarts"]}
+
+
 @pytest.fixture
 async def client(gw: Gateway, aiohttp_client: Any) -> Any:
     return await aiohttp_client(create_app(gw.svc.settings, services=gw.svc, run_worker=False))
@@ -25,7 +30,7 @@ async def client(gw: Gateway, aiohttp_client: Any) -> Any:
 async def test_form_with_mistakes_shows_each_error_next_to_its_field_and_keeps_values(
     client: Any, gw: Gateway
 ) -> None:
-    await login(client, "", GP)
+    await login(client, "", gp_login(gw))
     async with client.get("/requests/new") as r:
         token = csrf_of(await r.text())
     data = example()
@@ -46,7 +51,7 @@ async def test_form_with_mistakes_shows_each_error_next_to_its_field_and_keeps_v
 async def test_gp_sends_from_the_web_and_sees_it_delivered_on_the_request_page(
     client: Any, gw: Gateway, smtp_server: Any
 ) -> None:
-    await login(client, "", GP)
+    await login(client, "", gp_login(gw))
     reference = await send_via_form(client, "", example(), GP_PASSPHRASE)
     await deliver_all(gw)
     async with client.get(f"/requests/{reference}") as r:
@@ -65,7 +70,7 @@ async def test_gp_sends_from_the_web_and_sees_it_delivered_on_the_request_page(
 async def test_wrong_passphrase_on_the_web_says_so_and_queues_nothing(
     client: Any, gw: Gateway
 ) -> None:
-    await login(client, "", GP)
+    await login(client, "", gp_login(gw))
     with pytest.raises(AssertionError):
         await send_via_form(client, "", example(), "wrong passphrase")
     assert gw.svc.store.read_sync(lambda db: db["outbox"].count) == 0
@@ -90,7 +95,7 @@ async def test_relay_without_starttls_sends_nothing_and_the_page_says_why(
         client = await aiohttp_client(
             create_app(gw.svc.settings, services=gw.svc, run_worker=False)
         )
-        await login(client, "", GP)
+        await login(client, "", gp_login(gw))
         reference = await send_via_form(client, "", example(), GP_PASSPHRASE)
         hooks_worker = asyncio.create_task(deliver_all(gw, timeout=3))
         await hooks_worker

@@ -10,6 +10,7 @@ import aiohttp
 from securemail import forms
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+LOGIN_TOKEN_RE = re.compile(r'name="login_token" value="([^"]+)"')
 
 
 def csrf_of(html: str) -> str:
@@ -19,16 +20,28 @@ def csrf_of(html: str) -> str:
 
 
 async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) -> None:
-    """Password (and, where the account has one, the second factor) until a full session."""
+    """Password, then the TOTP code from the account's secret (the demo credentials carry it),
+    until a full session. ``user["clock"]`` (optional): the gateway's clock (Services.clock)
+    when a test moves it, so the code is the one the server expects at its time."""
+    import pyotp
+
     async with http.get(f"{base}/login") as r:
         page = await r.text()
-    data = {"username": user["username"], "password": user["password"]}
-    token = CSRF_RE.search(page)
-    if token:
-        data["csrf_token"] = token.group(1)
+    token = LOGIN_TOKEN_RE.search(page)
+    assert token, "login page has no login token"
+    data = {"username": user["username"], "password": user["password"],
+            "login_token": token.group(1)}
     async with http.post(f"{base}/login", data=data) as r:
+        page = await r.text()
+        assert r.status == 200, page
+        assert str(r.url).endswith("/login/totp"), f"password refused: {r.url}"
+    clock = user.get("clock")
+    code = pyotp.TOTP(user["totp_secret"]).at(clock()) if clock else pyotp.TOTP(
+        user["totp_secret"]).now()
+    async with http.post(f"{base}/login/totp",
+                         data={"csrf_token": csrf_of(page), "code": code}) as r:
         assert r.status == 200, await r.text()
-        assert "/login" not in str(r.url), "login refused"
+        assert "/login" not in str(r.url), "second factor refused"
 
 
 def form_fields(data: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,46 @@
+"""Account commands for the gateway operator: reset a password (forces a new second factor),
+lift a temporary lock.
+
+Run on the gateway host by the operator, who has checked who is asking (in person or by a
+call-back to a known number) before resetting; every change is audited as user.update.
+The new password is read from a file or the terminal, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from securemail import auth, config
+from securemail.access import SYSTEM
+from securemail.cli import command, home_of
+from securemail.cli.directory import read_secret
+from securemail.services import open_services
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    svc = open_services(config.load(home_of(args)))
+    src = svc.settings.gateway.source_id
+    try:
+        if args.action == "reset-password":
+            password = read_secret(args.password_file, "new password: ")
+            ended = svc.store.write_sync(lambda db: auth.reset_password(
+                db, SYSTEM, args.username, password, source_id=src))
+            print(f"password of {args.username} reset; {ended} session(s) ended; the next login "
+                  "pairs a new authenticator app and issues new recovery codes")
+        else:
+            svc.store.write_sync(lambda db: auth.unlock(db, SYSTEM, args.username, source_id=src))
+            print(f"{args.username} unlocked")
+    finally:
+        svc.close()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = command(sub, "account", cmd_account,
+                "reset a password (forces a new second factor) or unlock an account")
+    p.add_argument("action", choices=["reset-password", "unlock"])
+    p.add_argument("--username", required=True)
+    p.add_argument("--password-file", type=Path,
+                   help="read the new password from this file's first line (default: ask)")

@@ -1,0 +1,135 @@
+"""A person's own account: second factor, recovery codes, sessions, and (GPs) API tokens.
+
+Invariants: each page acts only on the signed-in person's own account (policy action
+``account.self``) or, for tokens, on their own practice's tokens (``token.manage``);
+re-pairing an authenticator needs the current password as well as the session (a hijacked
+session alone cannot make itself permanent); new recovery codes and a new API token are
+shown on one response only and stored only hashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp_jinja2
+import sqlite_utils
+from aiohttp import web
+
+from securemail import apitoken, auth, totp
+from securemail.access import Resource, require
+from securemail.errors import InputError
+from securemail.web.keys import ACTOR, services_key
+from securemail.web.middleware import requires
+from securemail.web.totp import recovery_context
+
+
+def _own(request: web.Request) -> None:
+    actor = request[ACTOR]
+    require(actor, "account.self", Resource("account", ref=str(actor.user_id)))
+
+
+async def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+
+    def read(db: sqlite_utils.Database) -> dict[str, Any]:
+        row = db.execute("SELECT totp_enrolled_at FROM user_security WHERE user_id = ?",
+                         [actor.user_id]).fetchone()
+        tokens = apitoken.list_tokens(db, actor) if actor.role == "gp" else []
+        return {"enrolled_at": row[0] if row else "",
+                "recovery_left": totp.recovery_codes_left(db, actor.user_id),
+                "tokens": tokens, "scopes": list(apitoken.SCOPES)}
+
+    ctx = await svc.store.read(read)
+    ctx.update({"error": None, "notice": None})
+    ctx.update(extra)
+    return ctx
+
+
+@requires("account.self")
+async def account_page(request: web.Request) -> web.StreamResponse:
+    _own(request)
+    return aiohttp_jinja2.render_template("account/account.html", request,
+                                          await _context(request))
+
+
+@requires("account.self")
+async def renew_codes(request: web.Request) -> web.StreamResponse:
+    _own(request)
+    svc = request.app[services_key]
+    codes = await svc.store.write(lambda db: totp.renew_recovery_codes(
+        db, request[ACTOR], now=svc.now(), source_id=svc.settings.gateway.source_id))
+    return aiohttp_jinja2.render_template("totp/recovery_codes.html", request,
+                                          recovery_context(codes, first=False))
+
+
+@requires("account.self")
+async def repair_page(request: web.Request) -> web.StreamResponse:
+    _own(request)
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    enrolment = await svc.store.write(lambda db: totp.begin_enrolment(
+        db, actor.user_id, actor.username, issuer=svc.settings.gateway.name, now=svc.now()))
+    return aiohttp_jinja2.render_template("totp/enrol.html", request, {
+        "enrolment": enrolment, "error": None, "action": "/account/totp"})
+
+
+@requires("account.self")
+async def repair_post(request: web.Request) -> web.StreamResponse:
+    _own(request)
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    form = await request.post()
+    found = await svc.store.read(lambda db: auth.find_user(db, actor.username))
+    password_ok = found is not None and await asyncio.to_thread(
+        auth.check_password, str(form.get("password", "")), found[1])
+    try:
+        if not password_ok:
+            raise totp.SecondFactorError("password does not match")
+        codes = await svc.store.write(lambda db: totp.confirm_enrolment(
+            db, actor, str(form.get("code", ""))[:40], now=svc.now(),
+            source_id=svc.settings.gateway.source_id))
+    except (totp.SecondFactorError, totp.EnrolmentExpiredError) as exc:
+        message = exc.message_nl() if password_ok else "Uw wachtwoord klopt niet."
+        return aiohttp_jinja2.render_template("totp/enrol.html", request, {
+            "enrolment": None, "error": message, "action": "/account/totp"},
+            status=exc.http_status)
+    return aiohttp_jinja2.render_template("totp/recovery_codes.html", request,
+                                          recovery_context(codes, first=False))
+
+
+@requires("token.manage")
+async def token_create(request: web.Request) -> web.StreamResponse:
+    svc = request.app[services_key]
+    form = await request.post()
+    scopes = [str(v) for v in form.getall("scopes", [])]
+    try:
+        token, row = await svc.store.write(lambda db: apitoken.create(
+            db, request[ACTOR], name=str(form.get("name", "")), scopes=scopes, now=svc.now(),
+            source_id=svc.settings.gateway.source_id))
+    except InputError as exc:
+        return aiohttp_jinja2.render_template("account/account.html", request,
+                                              await _context(request, error=exc.message_nl()),
+                                              status=422)
+    return aiohttp_jinja2.render_template("account/token_created.html", request,
+                                          {"token": token, "row": row})
+
+
+@requires("token.manage")
+async def token_revoke(request: web.Request) -> web.StreamResponse:
+    svc = request.app[services_key]
+    token_id = int(request.match_info["token_id"])
+    await svc.store.write(lambda db: apitoken.revoke(
+        db, request[ACTOR], token_id, now=svc.now(), source_id=svc.settings.gateway.source_id))
+    raise web.HTTPSeeOther("/account")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/account", account_page, name="account")
+    app.router.add_post("/account/recovery-codes", renew_codes, name="account_recovery_codes")
+    app.router.add_get("/account/totp", repair_page, name="account_totp")
+    app.router.add_post("/account/totp", repair_post, name="account_totp_post")
+    app.router.add_post("/account/tokens", token_create, name="token_create")
+    app.router.add_post(r"/account/tokens/{token_id:[0-9]{1,12}}/revoke", token_revoke,
+                        name="token_revoke")
