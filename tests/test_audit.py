@@ -768,5 +768,6 @@ def test_cli_purge_dry_run_checkpoint_key_and_codes(world, tmp_path, capsys):
     status, out, _ = cli(capsys, "audit", "key", "--home", home)
     assert "BEGIN PUBLIC KEY" in out
     status, out, _ = cli(capsys, "audit", "codes", "--home", home)
-    # docs/audit-actions.md is this output (tests/test_docs.py checks every code is in it).
-    assert out == (ROOT / "docs" / "audit-actions.md").read_text(encoding="utf-8")
+    # A starting point for docs/audit-actions.md (tests/test_docs.py checks the doc itself).
+    assert all(f"| `{code}` | {action} |" in out
+               for code, (action, _) in audit.EVENT_CODES.items())

@@ -215,7 +215,7 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 
 def render_actions_markdown() -> str:
-    """docs/audit-actions.md: every event code with its NEN 7513 action and meaning."""
+    """Every event code with its NEN 7513 action and meaning, in docs/audit-actions.md's form."""
     lines = ["# Audit actions", "",
              "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
              "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this "
