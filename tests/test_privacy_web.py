@@ -16,10 +16,7 @@ from securemail.audit import AuditEvent
 from securemail.openpgp import Keyring
 from securemail.services import open_services
 from securemail.store import Store
-from securemail.web import create_app, middleware
-
-# create_app in main still sets app["run_worker"] with a plain string key (the lead's to fix).
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+from securemail.web import create_app
 
 NOW = "2024-01-01T00:00:00.000Z"
 PRACTICE_A, NURSING_B, PRACTICE_C = "01234567", "87654321", "11111111"
@@ -160,8 +157,6 @@ async def test_bad_bsn_is_refused_without_echoing_it(console):
     assert "123456789" not in await r.text()
 
 
-@pytest.mark.skipif(not hasattr(middleware, "base_context"),
-                    reason="the CSRF refusal page needs the authz branch's base_context")
 async def test_post_without_csrf_token_is_refused(console):
     client, _, _, login = console
     headers, _ = login("po_a")

@@ -1,10 +1,12 @@
 """The privacy officer's console: integrity, exceptions, disclosure reports, user activity,
-breach scope, delivery failures, volumes and review sign-off, all under /privacy.
+breach scope, consent register, delivery failures, volumes and review sign-off: /privacy.
 
-Invariants: every route asks the access policy first (audit.view, or audit.export for
-downloads) and a refusal is a 403 with an ``access.denied`` row; every page that shows
-audit rows records its own audit.view/export row in the same transaction as the read;
-a BSN travels only in POST bodies and page content, never in a URL.
+Invariants: every route declares its policy action (the middleware's role gate), then
+asks the access policy again with the officer's organisation (``_guard``: audit.view, or
+audit.export for downloads); a refusal is a 403 with an ``access.denied`` row; every
+page that shows audit rows records its own audit.view/export row in the same
+transaction as the read; a BSN travels only in POST bodies and page content, never in
+a URL.
 """
 
 from __future__ import annotations
@@ -22,13 +24,7 @@ from securemail import audit_export, audit_integrity, audit_report, audit_review
 from securemail.access import POLICY, Resource, is_allowed
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
 from securemail.web.keys import ACTOR, services_key, settings_key
-
-try:  # the route-level policy gate (authz branch); until it is merged, _guard alone decides
-    from securemail.web.middleware import requires
-except ImportError:  # pragma: no cover
-
-    def requires(action: str) -> Any:
-        return lambda handler: handler
+from securemail.web.middleware import requires
 
 OVERVIEW_DAYS = 7
 REVIEW_KINDS_NL = {
