@@ -65,10 +65,18 @@ def _period(request: web.Request, values: Any, days: int) -> tuple[str, str, dic
     """(start, end) in UTC from from/to dates in values; the dates back for the form."""
     svc = request.app[services_key]
     raw = {"from": str(values.get("from", "") or ""), "to": str(values.get("to", "") or "")}
-    start, end = audit_report.parse_period(raw["from"] or None, raw["to"] or None,
-                                           tz=svc.settings.deadlines.timezone, now=svc.now(),
-                                           default_days=days)
-    return start, end, raw
+    tz = svc.settings.deadlines.timezone
+    start, end = audit_report.parse_period(raw["from"] or None, raw["to"] or None, tz=tz,
+                                           now=svc.now(), default_days=days)
+    zone = ZoneInfo(tz)
+
+    def local_day(iso: str, back: timedelta = timedelta(0)) -> str:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00")) - back
+        return moment.astimezone(zone).date().isoformat()
+
+    # The form shows the period actually used, defaults included (the end is inclusive).
+    return start, end, {"from": local_day(start),
+                        "to": local_day(end, timedelta(milliseconds=1))}
 
 
 def _ctx(request: web.Request, **kw: Any) -> dict[str, Any]:
