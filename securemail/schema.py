@@ -10,6 +10,9 @@ from securemail import (  # noqa: F401
     apitoken,
     asks,
     audit,
+    audit_integrity,
+    audit_report,
+    audit_review,
     auth,
     consent,
     directory,
@@ -19,7 +22,4 @@ from securemail import (  # noqa: F401
     outbox,
     session,
     totp,
-    audit_integrity,
-    audit_report,
-    audit_review,
 )
