@@ -26,6 +26,7 @@ from securemail import audit
 from securemail.access import Actor, Resource, require
 from securemail.audit import AuditEvent
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
+from securemail.formfields import is_valid_bsn
 from securemail.store import Store, migrations
 
 T = TypeVar("T")
@@ -185,11 +186,7 @@ def parse_bsn(value: str) -> str:
     bsn = value.strip().replace(" ", "").replace(".", "")
     if len(bsn) == 8 and bsn.isdigit():
         bsn = "0" + bsn
-    ok = len(bsn) == 9 and bsn.isascii() and bsn.isdigit() and bsn != "000000000"
-    if ok:
-        total = sum(int(c) * w for c, w in zip(bsn[:8], range(9, 1, -1), strict=True))
-        ok = (total - int(bsn[8])) % 11 == 0
-    if not ok:
+    if not is_valid_bsn(bsn):
         raise InputError("not a valid BSN (9 digits, 11-test)", field="bsn")
     return bsn
 
