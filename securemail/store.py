@@ -9,6 +9,7 @@ every registered set in a fixed order.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -36,6 +37,9 @@ def migrations(name: str) -> Migrations:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        # Patient data lives here: create the file private (sqlite gives -wal/-shm its mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL, not NORMAL: a commit must survive power loss, not only a process crash.

@@ -113,3 +113,8 @@ def test_settings_unknown_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(tmp_path, env={})
     assert "hots" in info.value.reason
+
+
+def test_database_file_is_private(home: Path) -> None:
+    assert cli("init", "--home", str(home)).returncode == 0
+    assert stat.S_IMODE((home / "securemail.db").stat().st_mode) == 0o600
