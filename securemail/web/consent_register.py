@@ -89,16 +89,29 @@ async def register_page(request: web.Request) -> web.StreamResponse:
         total = len(lists[chosen])
         pages = max(1, -(-total // PAGE))
         page = min(page, pages)
-        shown = {chosen: lists[chosen][(page - 1) * PAGE: page * PAGE]}
+        shown = {chosen: lists[chosen][(page - 1) * PAGE : page * PAGE]}
     else:
         pages = 1
         shown = {k: v[:CAP] for k, v in lists.items()}
-    return aiohttp_jinja2.render_template("consents/register.html", request, {
-        "counts": data["counts"], "names": data["names"], "titles": LISTS, "shown": shown,
-        "totals": {k: len(v) for k, v in lists.items()}, "chosen": chosen, "page": page,
-        "pages": pages, "cap": CAP, "now": now, "labels": LABELS, "value_of": recipient_value,
-        **day_formatters(ZoneInfo(svc.settings.deadlines.timezone)),
-    })
+    return aiohttp_jinja2.render_template(
+        "consents/register.html",
+        request,
+        {
+            "counts": data["counts"],
+            "names": data["names"],
+            "titles": LISTS,
+            "shown": shown,
+            "totals": {k: len(v) for k, v in lists.items()},
+            "chosen": chosen,
+            "page": page,
+            "pages": pages,
+            "cap": CAP,
+            "now": now,
+            "labels": LABELS,
+            "value_of": recipient_value,
+            **day_formatters(ZoneInfo(svc.settings.deadlines.timezone)),
+        },
+    )
 
 
 @requires("audit.export")
@@ -106,12 +119,17 @@ async def export(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     now = svc.now()
-    bundle = await svc.store.write(lambda db: consent.export_fhir(
-        db, actor, source_org_id=actor.org_id or 0, now=now))
+    bundle = await svc.store.write(
+        lambda db: consent.export_fhir(db, actor, source_org_id=actor.org_id or 0, now=now)
+    )
     body = json.dumps(bundle, ensure_ascii=False, indent=2).encode()
     name = f"toestemmingen-{now.date().isoformat()}.fhir.json"
-    return web.Response(body=body, content_type="application/fhir+json", charset="utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return web.Response(
+        body=body,
+        content_type="application/fhir+json",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 def setup(app: web.Application) -> None:

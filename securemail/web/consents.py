@@ -45,18 +45,33 @@ from securemail.consent import ConsentInputError, ConsentRecord, Recipient
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
-STATUS_NL = {"active": "actief", "withdrawn": "ingetrokken", "expired": "verlopen",
-             "entered-in-error": "foutief ingevoerd"}
+STATUS_NL = {
+    "active": "actief",
+    "withdrawn": "ingetrokken",
+    "expired": "verlopen",
+    "entered-in-error": "foutief ingevoerd",
+}
 DECISION_NL = {"permit": "toestemming", "deny": "bezwaar"}
-BASIS_NL = {"explicit": "uitdrukkelijke toestemming",
-            "implied_referral": "veronderstelde toestemming (verwijzing)",
-            "objection": "bezwaar"}
-CHANNEL_NL = {"in_person": "persoonlijk", "phone": "telefonisch", "paper": "op papier",
-              "portal": "via het portaal"}
+BASIS_NL = {
+    "explicit": "uitdrukkelijke toestemming",
+    "implied_referral": "veronderstelde toestemming (verwijzing)",
+    "objection": "bezwaar",
+}
+CHANNEL_NL = {
+    "in_person": "persoonlijk",
+    "phone": "telefonisch",
+    "paper": "op papier",
+    "portal": "via het portaal",
+}
 PERFORMER_NL = {"patient": "de cliënt zelf", "representative": "een vertegenwoordiger"}
 CATEGORY_NL = {"wijkverpleging": "alle wijkverpleging (categorie)"}
-LABELS = {"status": STATUS_NL, "decision": DECISION_NL, "basis": BASIS_NL,
-          "channel": CHANNEL_NL, "performer": PERFORMER_NL}
+LABELS = {
+    "status": STATUS_NL,
+    "decision": DECISION_NL,
+    "basis": BASIS_NL,
+    "channel": CHANNEL_NL,
+    "performer": PERFORMER_NL,
+}
 
 #: Dutch text next to a field, by the field a ConsentInputError names.
 FIELD_NL = {
@@ -64,23 +79,32 @@ FIELD_NL = {
     "recipient": "Kies een ontvanger uit de lijst.",
     "decision": "Kies toestemming of bezwaar.",
     "basis": "Deze grondslag past niet bij de keuze: bezwaar hoort bij bezwaar, en alleen "
-             "daarbij; veronderstelde toestemming geldt alleen voor een genoemd team of "
-             "een genoemde organisatie.",
+    "daarbij; veronderstelde toestemming geldt alleen voor een genoemd team of "
+    "een genoemde organisatie.",
     "valid_from": "Geef de begindatum als dag (jjjj-mm-dd).",
     "valid_until": "De einddatum ligt vóór de begindatum.",
     "channel": "Kies hoe de cliënt het aangaf.",
     "performer": "Kies wie het aangaf.",
     "performer_name": "Vul de naam van de vertegenwoordiger in (alleen bij een "
-                      "vertegenwoordiger, één regel).",
+    "vertegenwoordiger, één regel).",
     "evidence": "Het bewijsbestand is leeg of onleesbaar.",
     "evidence_ref": "Veronderstelde toestemming wordt vastgelegd met de verwijzing als bewijs "
-                    "(bestand of vindplaats, één regel van hoogstens 255 tekens).",
+    "(bestand of vindplaats, één regel van hoogstens 255 tekens).",
     "reason": "De reden is één regel van hoogstens 500 tekens.",
 }
 #: The register's argument names that are called differently in the form.
 FORM_FIELD = {"patient_bsn": "bsn", "given_at": "valid_from"}
-RECORD_FIELDS = ("recipient", "decision", "basis", "valid_from", "valid_until", "channel",
-                 "performer", "performer_name", "evidence_ref")
+RECORD_FIELDS = (
+    "recipient",
+    "decision",
+    "basis",
+    "valid_from",
+    "valid_until",
+    "channel",
+    "performer",
+    "performer_name",
+    "evidence_ref",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,21 +130,29 @@ def parse_recipient_value(value: str) -> Recipient:
     raise ConsentInputError("recipient is not one of the form's options", field="recipient")
 
 
-def recipient_options(db: sqlite_utils.Database, org_id: int, passing_on: str
-                      ) -> list[RecipientOption]:
+def recipient_options(
+    db: sqlite_utils.Database, org_id: int, passing_on: str
+) -> list[RecipientOption]:
     """The practice's allowed teams, then the nursing organisations, then the categories."""
-    teams = [RecipientOption(f"team:{t.id}", f"{t.name} ({t.address})")
-             for t in directory.allowed_receivers(db, org_id, passing_on)]
-    orgs = [RecipientOption(f"org:{o.id}", f"{o.name} (hele organisatie, {o.code})")
-            for o in directory.list_orgs(db) if o.kind == "nursing"]
+    teams = [
+        RecipientOption(f"team:{t.id}", f"{t.name} ({t.address})")
+        for t in directory.allowed_receivers(db, org_id, passing_on)
+    ]
+    orgs = [
+        RecipientOption(f"org:{o.id}", f"{o.name} (hele organisatie, {o.code})")
+        for o in directory.list_orgs(db)
+        if o.kind == "nursing"
+    ]
     cats = [RecipientOption(f"category:{c}", CATEGORY_NL.get(c, c)) for c in directory.CATEGORIES]
     return teams + orgs + cats
 
 
 def recipient_names(db: sqlite_utils.Database) -> dict[str, str]:
     """Display names for every possible recipient value (teams, organisations, categories)."""
-    names = {f"team:{t.id}": f"{t.name} ({t.address})"
-             for t in directory.list_teams(db, active_only=False)}
+    names = {
+        f"team:{t.id}": f"{t.name} ({t.address})"
+        for t in directory.list_teams(db, active_only=False)
+    }
     names.update({f"org:{o.id}": o.name for o in directory.list_orgs(db)})
     names.update({f"category:{c}": CATEGORY_NL.get(c, c) for c in directory.CATEGORIES})
     return names
@@ -167,17 +199,27 @@ def _day(text: str, form_field: str, tz: ZoneInfo, *, next_day: bool = False) ->
 
 
 # -- the pages ---------------------------------------------------------------------------------
-def _search(request: web.Request, bsn: str = "", errors: dict[str, list[str]] | None = None,
-            status: int = 200) -> web.StreamResponse:
-    return aiohttp_jinja2.render_template("consents/search.html", request,
-                                          {"bsn": bsn, "errors": errors or {}}, status=status)
+def _search(
+    request: web.Request,
+    bsn: str = "",
+    errors: dict[str, list[str]] | None = None,
+    status: int = 200,
+) -> web.StreamResponse:
+    return aiohttp_jinja2.render_template(
+        "consents/search.html", request, {"bsn": bsn, "errors": errors or {}}, status=status
+    )
 
 
-async def patient_page(request: web.Request, bsn: str, *, status: int = 200,
-                       values: dict[str, str] | None = None,
-                       errors: dict[str, list[str]] | None = None,
-                       withdrawn: consent.WithdrawResult | None = None,
-                       recorded: ConsentRecord | None = None) -> web.StreamResponse:
+async def patient_page(
+    request: web.Request,
+    bsn: str,
+    *,
+    status: int = 200,
+    values: dict[str, str] | None = None,
+    errors: dict[str, list[str]] | None = None,
+    withdrawn: consent.WithdrawResult | None = None,
+    recorded: ConsentRecord | None = None,
+) -> web.StreamResponse:
     """Render one patient's consents (every version), audited consent.view; a bad BSN
     gives the search form with the error next to the field, nothing written."""
     svc = request.app[services_key]
@@ -185,16 +227,18 @@ async def patient_page(request: web.Request, bsn: str, *, status: int = 200,
     now = svc.now()
 
     def load(db: sqlite_utils.Database) -> dict[str, Any]:
-        rows = consent.view_records(db, actor, source_org_id=actor.org_id or 0,
-                                    patient_bsn=bsn, now=now, history=True)
+        rows = consent.view_records(
+            db, actor, source_org_id=actor.org_id or 0, patient_bsn=bsn, now=now, history=True
+        )
         superseded = {r.supersedes for r in rows if r.supersedes is not None}
         return {
             "current": [r for r in rows if r.row_id not in superseded],
             "past": [r for r in rows if r.row_id in superseded],
             "users": user_names(db, rows),
             "names": recipient_names(db),
-            "options": recipient_options(db, actor.org_id or 0,
-                                         svc.settings.gateway.passing_on_address),
+            "options": recipient_options(
+                db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+            ),
         }
 
     try:
@@ -206,11 +250,24 @@ async def patient_page(request: web.Request, bsn: str, *, status: int = 200,
     tz = ZoneInfo(svc.settings.deadlines.timezone)
     today = now.astimezone(tz).date().isoformat()
     ctx = {
-        **data, "bsn": bsn, "now": now, "labels": LABELS, "errors": errors or {},
-        "values": values or {"decision": "permit", "basis": "", "valid_from": today,
-                             "channel": "in_person", "performer": "patient"},
-        "withdrawn": withdrawn, "recorded": recorded, "value_of": recipient_value,
-        "can_write": actor.role == "gp", "stop_label": consent.STOP_LABEL_NL,
+        **data,
+        "bsn": bsn,
+        "now": now,
+        "labels": LABELS,
+        "errors": errors or {},
+        "values": values
+        or {
+            "decision": "permit",
+            "basis": "",
+            "valid_from": today,
+            "channel": "in_person",
+            "performer": "patient",
+        },
+        "withdrawn": withdrawn,
+        "recorded": recorded,
+        "value_of": recipient_value,
+        "can_write": actor.role == "gp",
+        "stop_label": consent.STOP_LABEL_NL,
         **day_formatters(tz),
     }
     return aiohttp_jinja2.render_template("consents/patient.html", request, ctx, status=status)
@@ -262,16 +319,32 @@ async def record(request: web.Request) -> web.StreamResponse:
     basis = values["basis"] or ("objection" if decision == "deny" else "explicit")
 
     def write(db: sqlite_utils.Database) -> ConsentRecord:
-        allowed = {o.value for o in recipient_options(
-            db, actor.org_id or 0, svc.settings.gateway.passing_on_address)}
+        allowed = {
+            o.value
+            for o in recipient_options(
+                db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+            )
+        }
         if values["recipient"] not in allowed:
             raise ConsentInputError("recipient not offered to this practice", field="recipient")
         return consent.record(
-            db, actor, patient_bsn=bsn, source_org_id=actor.org_id or 0, recipient=recipient,
-            decision=decision, basis=basis, valid_from=valid_from or now, valid_until=valid_until,
-            given_at=now, channel=values["channel"], performer=values["performer"],
+            db,
+            actor,
+            patient_bsn=bsn,
+            source_org_id=actor.org_id or 0,
+            recipient=recipient,
+            decision=decision,
+            basis=basis,
+            valid_from=valid_from or now,
+            valid_until=valid_until,
+            given_at=now,
+            channel=values["channel"],
+            performer=values["performer"],
             performer_name=values["performer_name"] or None,
-            evidence=evidence, evidence_ref=values["evidence_ref"] or file_name or None, now=now)
+            evidence=evidence,
+            evidence_ref=values["evidence_ref"] or file_name or None,
+            now=now,
+        )
 
     rec = None
     if not errors:
@@ -297,16 +370,25 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
     now = svc.now()
     try:
         recipient = parse_recipient_value(str(post.get("recipient", "") or ""))
-        result = await svc.store.write(lambda db: consent.withdraw(
-            db, actor, patient_bsn=bsn, source_org_id=actor.org_id or 0, recipient=recipient,
-            channel=channel, reason=reason, now=now, stop_pending=exchange.stop_for_consent))
+        result = await svc.store.write(
+            lambda db: consent.withdraw(
+                db,
+                actor,
+                patient_bsn=bsn,
+                source_org_id=actor.org_id or 0,
+                recipient=recipient,
+                channel=channel,
+                reason=reason,
+                now=now,
+                stop_pending=exchange.stop_for_consent,
+            )
+        )
     except ConsentInputError as exc:
         name = field_of(exc)
         if name == "bsn":
             return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
         key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
-        return await patient_page(request, bsn, status=422,
-                                  errors={key: [message_of(exc, name)]})
+        return await patient_page(request, bsn, status=422, errors={key: [message_of(exc, name)]})
     return await patient_page(request, bsn, withdrawn=result)
 
 
