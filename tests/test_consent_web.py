@@ -373,3 +373,21 @@ async def test_refusals_by_role_organisation_and_csrf(webapp):
         assert r.status == 403
     assert counts(webapp) == before
     assert all(x.status == "active" for x in rows(webapp, BSN))
+
+
+async def test_one_handler_per_consent_route(webapp):
+    """/privacy/consents* is served by securemail.web.consent_register; another module that
+    registers the same path (the audit console) would be silently shadowed."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for route in webapp.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if path.startswith(("/consents", "/privacy/consents")) and route.method != "HEAD":
+            seen.setdefault((route.method, path), []).append(route.handler.__module__)
+    assert seen == {
+        ("GET", "/consents"): ["securemail.web.consents"],
+        ("POST", "/consents/patient"): ["securemail.web.consents"],
+        ("POST", "/consents/record"): ["securemail.web.consents"],
+        ("POST", "/consents/withdraw"): ["securemail.web.consents"],
+        ("GET", "/privacy/consents"): ["securemail.web.consent_register"],
+        ("POST", "/privacy/consents/export"): ["securemail.web.consent_register"],
+    }
