@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import audit_export, audit_integrity, audit_report, audit_review, consent
+from securemail import audit_export, audit_integrity, audit_report, audit_review
 from securemail.access import POLICY, Resource, is_allowed
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
 from securemail.web.keys import ACTOR, services_key, settings_key
@@ -250,41 +250,6 @@ async def review_post(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/privacy/reviews")
 
 
-CONSENT_FILTERS = ("active", "withdrawn", "expired", "expiring", "without_evidence",
-                   "entered-in-error")
-
-
-@requires("audit.view")
-async def consents(request: web.Request) -> web.StreamResponse:
-    """Question 5: the organisation's consent register (counts, then one list), audited
-    as consent.view by the consent module."""
-    await _guard(request, "audit.view", "consent_register")  # the officer's page, not the GP's
-    svc = request.app[services_key]
-    actor = request[ACTOR]
-    chosen = request.query.get("status", "active")
-    chosen = chosen if chosen in CONSENT_FILTERS else "active"
-    now = svc.now()
-
-    def read(db: Any) -> dict[str, Any]:
-        org = int(actor.org_id or 0)
-        status = {"expiring": "active", "without_evidence": "active"}.get(chosen, chosen)
-        records = consent.view_records(db, actor, source_org_id=org, status=status, now=now)
-        if chosen == "expiring":
-            soon = now + timedelta(days=30)
-            records = [r for r in records if r.valid_until is not None and r.valid_until <= soon]
-        elif chosen == "without_evidence":
-            records = [r for r in records if not r.evidence_ref and not r.evidence_sha256]
-        teams = {t: f"{n} ({o})" for t, n, o in db.execute(
-            "SELECT t.id, t.name, o.name FROM teams t JOIN organisations o ON o.id = t.org_id")}
-        orgs = {i: n for i, n in db.execute("SELECT id, name FROM organisations")}
-        return {"counts": consent.register_overview(db, org, now), "records": records,
-                "teams": teams, "orgs": orgs}
-
-    data = await _run(request, "consent.view", "consent_register", read)
-    return aiohttp_jinja2.render_template("privacy/consents.html", request, _ctx(
-        request, chosen=chosen, filters=CONSENT_FILTERS, **data))
-
-
 def _local_time_filter(tz: str) -> Any:
     zone = ZoneInfo(tz)
 
@@ -311,6 +276,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/privacy/users", users, name="privacy_users")
     app.router.add_get(r"/privacy/user/{user_id:\d{1,12}}", user_activity, name="privacy_user")
     app.router.add_get("/privacy/breach", breach, name="privacy_breach")
-    app.router.add_get("/privacy/consents", consents, name="privacy_consents")
     app.router.add_get("/privacy/reviews", reviews, name="privacy_reviews")
     app.router.add_post("/privacy/reviews", review_post, name="privacy_review_post")
