@@ -56,6 +56,10 @@ def _table(name: str, result: dict[str, Any]) -> list[str]:
     lines = [f"== {result.get('title', name)}  [{result.get('seconds', '?')} s]"]
     if "error" in result:
         return [*lines, f"   FAILED: {result['error']}"]
+    if "table" not in result:  # a benchmark without a table: its top-level figures
+        for key, value in result.items():
+            if isinstance(value, int | float | str) and key not in ("title", "seconds"):
+                lines.append(f"   {key:<58} {value}")
     for row in result.get("table", []):
         met = row.get("met")
         mark = "" if met is None else ("  ok" if met else "  NOT MET")

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sqlite3
+import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _json_str  # type: ignore[attr-defined]
 from typing import Any
 
 import sqlite_utils
@@ -42,6 +47,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "ask.create": ("C", "a nurse asked a practice for an execution request"),
     "ask.view": ("R", "an ask was shown"),
+    "ask.fulfil": ("U", "a practice sent the request a nurse asked for"),
+    "ask.overdue": ("E", "an ask passed its deadline and was escalated"),
     "consent.record": ("C", "a consent or objection was recorded"),
     "consent.withdraw": ("U", "a consent was withdrawn"),
     "consent.check": ("E", "the consent register was consulted for a send"),
@@ -85,6 +92,16 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
 NATURES = ("regular", "emergency", "technical")
 OUTCOMES = ("success", "refused", "error")
 PURPOSES = ("TREAT", "ETREAT", "HOPERAT")
+
+
+def new_event_id() -> str:
+    """A UUID version 7 (RFC 9562): time-ordered, so the unique index on event_id grows at
+    its end instead of taking a random insert per row (that matters at tens of millions)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
+        | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
 
 
 def now_ms() -> str:
@@ -188,23 +205,46 @@ def _migrate(db: sqlite_utils.Database) -> None:
 MIGRATIONS = migrations("securemail.audit")
 MIGRATIONS(name="0001_audit_events")(_migrate)
 
-_HASHED = tuple(f.name for f in fields(AuditEvent)) + (
+_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_HASHED = _FIELDS + (
     "seq",
     "event_id",
     "action",
     "recorded_at",
     "source_id",
 )
+_SORTED = tuple(sorted(_HASHED))
+_COLUMNS = (*_HASHED, "prev_hash", "row_hash")
+_INSERT = (
+    f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) "  # noqa: S608 (column names are ours)
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+# The canonical form as a %-template over the sorted keys: the same bytes as
+# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), without
+# json's per-call machinery (record() and the verifier's fallback run it per row).
+_TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in _SORTED) + "}"
+
+
+def _json_value(v: Any) -> str:
+    if v.__class__ is str:
+        return _json_str(v)
+    if v is None:
+        return "null"
+    if v.__class__ is int:
+        return int.__repr__(v)
+    try:
+        return json.dumps(v, ensure_ascii=False)
+    except TypeError:  # a BLOB smuggled into a column: it can never match a recorded hash
+        return '"\u0000<not json>"'
 
 
 def canonical(row: dict[str, Any]) -> bytes:
     """Sorted-key compact JSON of the hashed columns: the bytes the chain commits to."""
-    return json.dumps(
-        {k: row[k] for k in _HASHED}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return (_TEMPLATE % tuple(_json_value(row[k]) for k in _SORTED)).encode("utf-8")
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """SHA-256 over the domain tag, the previous row's hash (32 bytes) and the canonical row."""
     return hashlib.sha256(DOMAIN + bytes.fromhex(prev_hash) + canonical(row)).hexdigest()
 
 
@@ -214,21 +254,32 @@ class AuditError(SecuremailError):
 
 
 def head(db: sqlite_utils.Database) -> tuple[int, str]:
-    """(last seq, its hash), or (0, GENESIS) for an empty trail."""
-    row = db.execute("SELECT seq, row_hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    """(last seq, its hash); for an empty trail the anchor: (0, GENESIS) or the purge anchor."""
+    row = db.conn.execute(
+        "SELECT seq, row_hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
     if row is None:
-        return 0, _genesis(db)
+        return anchor(db.conn)
     return int(row[0]), str(row[1])
 
 
+def anchor(conn: sqlite3.Connection) -> tuple[int, str]:
+    """Where the chain starts: (0, GENESIS), or after a retention purge (last purged seq, its hash).
+
+    The purge (securemail.audit_integrity) keeps the purged head in audit_anchor, signed by
+    a checkpoint, so that the remaining rows still verify from there.
+    """
+    try:
+        row = conn.execute(
+            "SELECT seq, head_hash FROM audit_anchor ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.OperationalError:  # no audit_anchor table: nothing was ever purged
+        return 0, GENESIS
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+
 def _genesis(db: sqlite_utils.Database) -> str:
-    # After a retention purge the chain restarts from the purged head hash, kept in
-    # audit_anchor (see audit_retention); without a purge it starts from zeros.
-    if "audit_anchor" in db.table_names():
-        row = db.execute("SELECT head_hash FROM audit_anchor ORDER BY seq DESC LIMIT 1").fetchone()
-        if row:
-            return str(row[0])
-    return GENESIS
+    return anchor(db.conn)[1]
 
 
 def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "gateway-1") -> int:
@@ -238,22 +289,18 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
     if event.outcome not in OUTCOMES or event.nature not in NATURES:
         raise AuditError(f"bad outcome/nature for {event.event_code}")
     seq, prev = head(db)
-    row: dict[str, Any] = asdict(event)
+    row: dict[str, Any] = {name: getattr(event, name) for name in _FIELDS}
     row.update(
         seq=seq + 1,
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         action=EVENT_CODES[event.event_code][0],
         recorded_at=now_ms(),
         source_id=source_id,
     )
     row["prev_hash"] = prev
     row["row_hash"] = row_hash(prev, row)
-    cols = list(row)
-    db.execute(
-        f"INSERT INTO audit_events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",  # noqa: S608 (column names are ours)
-        [row[c] for c in cols],
-    )
-    return int(row["seq"])
+    db.conn.execute(_INSERT, [row[c] for c in _COLUMNS])
+    return seq + 1
 
 
 class ChainBrokenError(SecuremailError):
@@ -269,45 +316,108 @@ class ChainReport:
     first_seq: int
     last_seq: int
     head_hash: str
+    first_prev: str = GENESIS
 
 
-def verify_chain(db: sqlite_utils.Database) -> ChainReport:
-    """Recompute every hash in order; raise ChainBrokenError naming the first bad row."""
-    expected_prev = _genesis(db)
-    expected_seq: int | None = None
+# SQLite builds the canonical JSON in C (json_object with the sorted keys gives the same
+# bytes as canonical() for ordinary text); a row whose bytes differ is re-checked with
+# canonical() before it is called altered, so an encoder difference can never hide or
+# invent a change: both are exact JSON encoders, equal bytes mean equal rows.
+_SCAN = (
+    "SELECT seq, prev_hash, row_hash, CAST(json_object("  # noqa: S608 (column names are ours)
+    + ", ".join(f"'{k}', {k}" for k in _SORTED)
+    + ") AS BLOB) FROM audit_events WHERE seq >= ? AND seq <= ? ORDER BY seq"
+)
+
+
+def _recheck(conn: sqlite3.Connection, seq: int, prev: str) -> str:
+    cur = conn.execute(f"SELECT {', '.join(_HASHED)} FROM audit_events WHERE seq = ?", [seq])  # noqa: S608
+    values = cur.fetchone()
+    return row_hash(prev, dict(zip(_HASHED, values, strict=True)))
+
+
+def scan(
+    conn: sqlite3.Connection,
+    lo: int,
+    hi: int,
+    *,
+    start_prev: str | None,
+    checkpoints: Mapping[int, str] | None = None,
+) -> ChainReport:
+    """Verify rows lo..hi (every one must exist): sequence, link, hash and signed heads.
+
+    start_prev is the hash row lo must follow; None accepts row lo's stored prev_hash (a
+    parallel verifier checks that link when it joins the pieces). checkpoints maps a
+    seq to the head hash a checkpoint signed there. Raises ChainBrokenError at the first
+    row that does not fit.
+    """
+    base = hashlib.sha256(DOMAIN)
+    cps = checkpoints or {}
+    expected_seq = lo
+    expected_prev = start_prev
+    first_prev = start_prev or ""
     n = 0
-    first = last = 0
-    cur = db.execute("SELECT * FROM audit_events ORDER BY seq")
-    names = [d[0] for d in cur.description]
-    for values in cur:
-        row = dict(zip(names, values, strict=True))
-        seq = int(row["seq"])
-        if expected_seq is None:
-            expected_seq = seq
-            first = seq
+    for seq, prev, stored, canon in conn.execute(_SCAN, (lo, hi)):
         if seq != expected_seq:
             raise ChainBrokenError(
                 f"sequence gap: expected row {expected_seq}, found {seq} (row deleted?)",
-                seq=expected_seq,
-                why="missing",
+                seq=expected_seq, why="missing",
             )
-        if row["prev_hash"] != expected_prev:
+        if expected_prev is None:
+            expected_prev = first_prev = prev
+        elif prev != expected_prev:
             raise ChainBrokenError(
-                f"row {seq} does not follow row {seq - 1}: prev_hash {row['prev_hash'][:16]}… "
+                f"row {seq} does not follow row {seq - 1}: prev_hash {str(prev)[:16]}… "
                 f"expected {expected_prev[:16]}… (inserted, deleted or reordered)",
-                seq=seq,
-                why="link",
+                seq=seq, why="link",
             )
-        computed = row_hash(expected_prev, row)
-        if computed != row["row_hash"]:
+        try:
+            h = base.copy()
+            h.update(bytes.fromhex(prev))
+            h.update(canon)
+            computed = h.hexdigest()
+        except (TypeError, ValueError):
+            computed = ""
+        if computed != stored and (not computed or _recheck(conn, seq, prev) != stored):
             raise ChainBrokenError(
-                f"row {seq} was altered: stored hash {row['row_hash'][:16]}…, "
-                f"computed {computed[:16]}…",
-                seq=seq,
-                why="edited",
+                f"row {seq} was altered: stored hash {str(stored)[:16]}…, "
+                f"computed {computed[:16] or 'none'}…",
+                seq=seq, why="edited",
             )
-        expected_prev = row["row_hash"]
+        if seq in cps and cps[seq] != stored:
+            raise ChainBrokenError(
+                f"row {seq} is not the head a checkpoint signed there: signed {cps[seq][:16]}…, "
+                f"found {str(stored)[:16]}… (the chain up to row {seq} was rewritten)",
+                seq=seq, why="checkpoint",
+            )
+        expected_prev = stored
         expected_seq = seq + 1
-        last = seq
         n += 1
-    return ChainReport(rows=n, first_seq=first, last_seq=last, head_hash=expected_prev)
+    if expected_seq <= hi:
+        raise ChainBrokenError(
+            f"sequence gap: expected row {expected_seq} (row deleted?)",
+            seq=expected_seq, why="missing",
+        )
+    return ChainReport(n, lo, hi, expected_prev or first_prev, first_prev)
+
+
+def bounds(conn: sqlite3.Connection) -> tuple[int, int, str, int]:
+    """(first seq to verify, last seq present, hash the first must follow, lowest seq present)."""
+    start_seq, start_hash = anchor(conn)
+    lo_hi = conn.execute("SELECT min(seq), max(seq) FROM audit_events").fetchone()
+    lowest = int(lo_hi[0]) if lo_hi[0] is not None else start_seq + 1
+    last = int(lo_hi[1]) if lo_hi[1] is not None else start_seq
+    return start_seq + 1, last, start_hash, lowest
+
+
+def verify_chain(
+    db: sqlite_utils.Database, checkpoints: Mapping[int, str] | None = None
+) -> ChainReport:
+    """Recompute every hash in order; raise ChainBrokenError naming the first bad row."""
+    first, last, start_hash, lowest = bounds(db.conn)
+    if lowest < first:
+        raise ChainBrokenError(
+            f"row {lowest} lies at or before the purge anchor (row {first - 1})",
+            seq=lowest, why="anchor",
+        )
+    return scan(db.conn, first, last, start_prev=start_hash, checkpoints=checkpoints)

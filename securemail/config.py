@@ -120,6 +120,9 @@ class DeadlineSettings:
     ask_regular_working_days: float = _s(
         2.0, "A practice answers a regular ask within (working days)."
     )
+    check_seconds: float = _s(
+        60.0, "How often the web app looks for overdue requests and asks (and escalates them)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

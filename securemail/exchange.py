@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 import sqlite_utils
 
 from securemail import (
+    asks,
     audit,
+    changes,
     consent,
     deadlines,
     directory,
@@ -31,9 +34,8 @@ from securemail import (
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
-from securemail.errors import NotFoundError, SecuremailError
+from securemail.errors import SecuremailError
 from securemail.keyinfo import parse_fingerprint
-from securemail.keystore import reason_nl
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
@@ -42,6 +44,7 @@ log = logging.getLogger("securemail.exchange")
 
 MIGRATIONS = migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
+REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
 
 
 @MIGRATIONS(name="0001_requests")
@@ -73,6 +76,36 @@ def _m1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX requests_practice ON requests (practice_org_id, created_at)")
     db.execute("CREATE INDEX requests_team ON requests (team_id, created_at)")
     db.execute("CREATE INDEX requests_patient ON requests (patient_bsn)")
+
+
+@MIGRATIONS(name="0002_loop")
+def _m2(db: sqlite_utils.Database) -> None:
+    """Closing the loop: the GP's detached JSON signature (kept so that a passed-on request
+    can travel with it), the supersedes chain, overdue marks, and each team a request went
+    to (request_hops)."""
+    for column in (
+        "json_signature BLOB NOT NULL DEFAULT x''",
+        "superseded_by TEXT NOT NULL DEFAULT ''",
+        "overdue_at TEXT NOT NULL DEFAULT ''",  # set once by the deadline check
+        "answered_at TEXT NOT NULL DEFAULT ''",
+        "ask_reference TEXT NOT NULL DEFAULT ''",
+    ):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+    db.execute("CREATE INDEX requests_open ON requests (state, overdue_at)")
+    db.execute(
+        """CREATE TABLE request_hops (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL REFERENCES requests(reference),
+            team_id INTEGER NOT NULL REFERENCES teams(id),
+            message_id TEXT NOT NULL,
+            sent_at TEXT NOT NULL,
+            sent_by INTEGER REFERENCES users(id),   -- the GP, or the nurse who passed it on
+            outcome TEXT NOT NULL DEFAULT '',       -- '' | geaccepteerd | afgewezen | doorbemiddeld
+            reason TEXT NOT NULL DEFAULT '',
+            outcome_by INTEGER REFERENCES users(id),
+            outcome_at TEXT NOT NULL DEFAULT '')"""
+    )
+    db.execute("CREATE INDEX request_hops_reference ON request_hops (reference, id)")
 
 
 def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
@@ -142,6 +175,7 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
     allowed = directory.allowed_receivers(
         db, actor.org_id or 0, svc.settings.gateway.passing_on_address
     )
+    allowed += asks.asking_teams(db, actor.org_id or 0)  # a team that asked may be answered
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
             "receiver.team_address",
@@ -161,7 +195,13 @@ async def prepare(
     if to:
         data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
     req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
-    team = await svc.store.read(lambda db: _check_receiver(svc, db, actor, req.team_address))
+
+    def receiver(db: sqlite_utils.Database) -> Team:
+        team = _check_receiver(svc, db, actor, req.team_address)
+        changes.require_supersedable(db, actor.org_id or 0, req, team.id)
+        return team
+
+    team = await svc.store.read(receiver)
     now = svc.now()
 
     def check(db: sqlite_utils.Database) -> consent.ConsentDecision:
@@ -179,8 +219,18 @@ async def prepare(
     (await svc.store.write(check)).raise_if_refused()
     # jinja2 renders in a thread: milliseconds per request that other requests' I/O need not
     # wait for (the environment is built once and rendering is thread-safe)
-    rendered = await asyncio.to_thread(render.render_request, svc.definition, req)
+    rendered = await asyncio.to_thread(
+        render.render_request, svc.definition, req, link=page_link(svc, req)
+    )
     return Prepared(req, team, rendered)
+
+
+def page_link(svc: Services, req: forms.ExecutionRequest) -> str | None:
+    """The request's page in the web app: the reference only, never patient data (None for
+    a preview, which has no reference yet)."""
+    if not REFERENCE_RE.fullmatch(req.reference or ""):
+        return None
+    return f"{svc.settings.gateway.base_url.rstrip('/')}/requests/{req.reference}"
 
 
 async def usable_recipients(
@@ -237,14 +287,19 @@ async def send(
     passphrase: str,
     *,
     to: str | None = None,
+    ask: str | None = None,
 ) -> SendResult:
-    """Validate, check consent, sign, seal and queue one request; durable when this returns."""
+    """Validate, check consent, sign, seal and queue one request; durable when this returns.
+    ``ask`` names a nurse's ask (ASK-...) this request answers; it is fulfilled in the same
+    transaction (same practice, patient and team, or a field error)."""
     year = svc.now().year
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
     patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
     try:
         prepared = await prepare(svc, actor, data, reference=reference, to=to)
-        return await _seal_and_queue(svc, actor, prepared, passphrase)
+        if ask:
+            await svc.store.read(lambda db: asks.require_fulfillable(db, actor, ask, prepared))
+        return await _seal_and_queue(svc, actor, prepared, passphrase, ask)
     except SecuremailError as exc:
         await _audit_refusal(svc, actor, reference, patient, exc)
         raise
@@ -273,7 +328,7 @@ async def _audit_refusal(
 
 
 async def _seal_and_queue(
-    svc: Services, actor: Actor, prepared: Prepared, passphrase: str
+    svc: Services, actor: Actor, prepared: Prepared, passphrase: str, ask: str | None
 ) -> SendResult:
     req, team = prepared.request, prepared.team
     reference = req.reference
@@ -316,6 +371,9 @@ async def _seal_and_queue(
         )
         if not decision.permitted:
             return decision
+        changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
+        if ask:
+            asks.require_fulfillable(db, actor, ask, prepared)
         db["requests"].insert(
             {
                 "reference": reference,
@@ -332,8 +390,19 @@ async def _seal_and_queue(
                 "document": doc.json,
                 "message_id": sealed.message_id,
                 "answer_due": answer_due,
+                "json_signature": sealed.json_signature,
+                "ask_reference": ask or "",
                 "created_at": now,
                 "updated_at": now,
+            }
+        )
+        db["request_hops"].insert(
+            {
+                "reference": reference,
+                "team_id": team.id,
+                "message_id": sealed.message_id,
+                "sent_at": now,
+                "sent_by": actor.user_id,
             }
         )
         common: dict[str, Any] = {
@@ -348,7 +417,16 @@ async def _seal_and_queue(
             "check_authz": "permit:gp-own-practice",
         }
         src = svc.settings.gateway.source_id
-        audit.record(db, audit.AuditEvent.of(actor, "request.create", **common), source_id=src)
+        created = f"supersedes={req.supersedes}" if req.supersedes else ""
+        created += f"{'; ' if created else ''}ask={ask}" if ask else ""
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.create", **common, outcome_detail=created),
+            source_id=src,
+        )
+        changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
+        if ask:
+            asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),
@@ -382,119 +460,21 @@ async def _seal_and_queue(
     return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
 
 
-# -- reading ---------------------------------------------------------------------------------
+# -- reading (securemail.requestview; re-exported for callers of the exchange) --------------
 
+from securemail.requestview import (  # noqa: E402  (after the migrations it reads)
+    get_request,
+    list_requests,
+    request_row,
+    require_row,
+    status,
+)
 
-def _resource(row: dict[str, Any]) -> Resource:
-    return Resource("request", org_id=row["practice_org_id"], team_ids=frozenset({row["team_id"]}))
-
-
-def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:
-    rows = list(db["requests"].rows_where("reference = ?", [reference]))
-    return rows[0] if rows else None
-
-
-def get_request(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
-) -> dict[str, Any]:
-    """The request with its content, for someone allowed to see it; audited as request.view.
-    Must run in a write (the view is recorded in the same transaction)."""
-    row = require_row(db, reference)
-    try:
-        require(actor, "request.view", _resource(row), hide=True)
-    except SecuremailError as exc:
-        audit.record(
-            db,
-            audit.AuditEvent.of(
-                actor,
-                "access.denied",
-                outcome="refused",
-                outcome_detail=exc.code,
-                object_type="request",
-                object_id=reference,
-            ),
-            source_id=source_id,
-        )
-        raise
-    team = directory.team_by_id(db, row["team_id"])
-    audit.record(
-        db,
-        audit.AuditEvent.of(
-            actor,
-            "request.view",
-            patient_id=row["patient_bsn"],
-            object_type="request",
-            object_id=reference,
-            data_categories=DATA_CATEGORIES,
-            sender_org=directory.org_by_id(db, row["practice_org_id"]).code,
-            recipient_org=team.address,
-            check_authz=f"permit:{actor.role}",
-        ),
-        source_id=source_id,
-    )
-    view = dict(row)
-    view["document"] = json.loads(row["document"])
-    view["team"] = team
-    view["delivery"] = outbox.status(db, reference)
-    view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
-    view["skipped_members"] = [
-        s | {"why_nl": reason_nl(s["why"])} for s in json.loads(row["skipped_members"])
-    ]
-    return view
-
-
-def require_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
-    """The request row, or NotFoundError (the same answer whether absent or hidden)."""
-    row = request_row(db, reference)
-    if row is None:
-        raise NotFoundError("request not found", reference=reference)
-    return row
-
-
-def list_requests(
-    db: sqlite_utils.Database, actor: Actor, *, limit: int = 200
-) -> list[dict[str, Any]]:
-    """References, states and dates (no patient content) visible to actor, newest first."""
-    require(actor, "request.list", Resource("request"))
-    if actor.role == "gp":
-        where, params = "r.practice_org_id = ?", [actor.org_id]
-    elif actor.role == "nurse":
-        if not actor.team_ids:
-            return []
-        where = f"r.team_id IN ({','.join('?' for _ in actor.team_ids)})"
-        params = list(actor.team_ids)
-    else:
-        return []
-    sql = (  # only "?" placeholders are interpolated
-        "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "  # noqa: S608
-        "t.address AS team_address, t.name AS team_name, "
-        "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
-        " ORDER BY o.id DESC LIMIT 1) AS delivery "
-        f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "
-        "ORDER BY r.id DESC LIMIT ?"
-    )
-    cur = db.execute(sql, [*params, limit])
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur]
-
-
-def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
-    """State and delivery history of a request, without patient content (CLI, API)."""
-    row = require_row(db, reference)
-    team = directory.team_by_id(db, row["team_id"])
-    return {
-        "reference": reference,
-        "kind": row["kind"],
-        "urgency": row["urgency"],
-        "state": row["state"],
-        "team_address": team.address,
-        "created_at": row["created_at"],
-        "answer_due": row["answer_due"] or None,
-        "recipient_fingerprints": json.loads(row["recipient_fingerprints"]),
-        "signer_fingerprint": row["signer_fingerprint"],
-        "skipped_members": json.loads(row["skipped_members"]),
-        "delivery": outbox.status(db, reference),
-    }
+__all__ = [
+    "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for", "get_request",
+    "list_requests", "prepare", "render_text", "request_row", "require_row", "send", "status",
+    "stop_for_consent", "usable_recipients",
+]  # fmt: skip
 
 
 # -- hooks for the delivery worker and the consent register ------------------------------------
@@ -538,7 +518,7 @@ def consent_target_for(
 def render_text(svc: Services, view: dict[str, Any]) -> str:
     """The Dutch text rendering of a stored request (for its page)."""
     req = forms.ExecutionRequest.from_document(view["document"])
-    return render.render_request(svc.definition, req).text
+    return render.render_request(svc.definition, req, link=page_link(svc, req)).text
 
 
 class Hooks:
@@ -584,6 +564,8 @@ class Hooks:
             req = request_row(db, row.reference)
             if req is None or req["notified"] == row.status:
                 return
+            if row.message_id != req["message_id"]:
+                return  # an earlier hop's message: the request has moved on to another team
             changes: dict[str, Any] = {"notified": row.status, "updated_at": svc.now_iso()}
             if row.status == "sent" and not req["answer_due"]:
                 due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)

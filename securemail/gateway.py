@@ -135,8 +135,13 @@ def check(settings: Settings, store: Store) -> CheckReport:
     if pending:
         report.problems.append(f"pending migrations: {', '.join(pending)}")
     try:
-        chain = store.read_sync(audit.verify_chain)
-        report.facts.append(f"audit chain: {chain.rows} rows, head {chain.head_hash[:16]}")
+        from securemail import audit_integrity
+
+        keys = audit_integrity.trusted_keys(settings.home)
+        chain = store.read_sync(lambda db: audit_integrity.verify(db, keys))
+        report.facts.append(f"audit chain: {chain.summary()}, head {chain.head_hash[:16]}")
     except audit.ChainBrokenError as exc:
         report.problems.append(f"audit chain broken: {exc.reason}")
+    except SecuremailError as exc:  # the checkpoint key is unreadable or has a loose mode
+        report.problems.append(f"audit key: {exc.reason}")
     return report

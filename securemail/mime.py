@@ -31,6 +31,8 @@ from securemail import armor
 from securemail.errors import InputError
 
 JSON_NAME = "request.json"
+#: Only in requests forwarded from before one signature per message (see openpgp.seal).
+JSON_SIGNATURE_NAME = "request.json.asc"
 SIGNER_KEY_NAME = "opdrachtgever.asc"
 PAYLOAD_NAME = "encrypted.asc"
 PREAMBLE = "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
@@ -89,6 +91,7 @@ class InnerParts:
     html: str
     json: bytes
     signer_key: str
+    json_signature: bytes = b""  # only in a forwarded request sealed before one signature
 
 
 def _canonical_text(text: str) -> bytes:
@@ -146,12 +149,14 @@ def _multipart(subtype: str, parts: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def build_inner(document: SealInput) -> bytes:
+def build_inner(document: SealInput, json_signature: bytes | None = None) -> bytes:
     """The multipart/mixed entity to sign and encrypt, in canonical CRLF form.
 
     Its parts: text/plain and text/html (alternatives), request.json, and the GP's public
     key (opdrachtgever.asc). The GP's signature over all of it comes from the combined
     sign+encrypt (RFC 3156 section 6.2), so gpg reports "Good signature" on decryption.
+    ``json_signature``: a forwarded request sealed before one signature per message keeps
+    the GP's detached signature over request.json (request.json.asc), before the key.
 
     Written directly rather than with the email package's generator (ten times slower
     for this fixed shape, on the path of every send); ``parse_inner`` reads it back with
@@ -174,6 +179,20 @@ def build_inner(document: SealInput) -> bytes:
             ),
         ],
     )
+    forwarded = []
+    if json_signature:
+        forwarded.append(
+            _inner_part(
+                (
+                    f'Content-Type: application/pgp-signature; name="{JSON_SIGNATURE_NAME}"',
+                    f'Content-Disposition: attachment; filename="{JSON_SIGNATURE_NAME}"',
+                    "Content-Transfer-Encoding: 7bit",
+                ),
+                _ascii_armor(json_signature, "-----BEGIN PGP SIGNATURE-----").replace(
+                    b"\n", b"\r\n"
+                ),
+            )
+        )
     raw = _multipart(
         "mixed",
         [
@@ -186,6 +205,7 @@ def build_inner(document: SealInput) -> bytes:
                 ),
                 _base64_crlf(document.json),
             ),
+            *forwarded,
             _inner_part(
                 (
                     f'Content-Type: application/pgp-keys; name="{SIGNER_KEY_NAME}"',
@@ -310,6 +330,7 @@ def parse_inner(raw: bytes) -> InnerParts:
             ("text/html", None): "html",
             ("application/json", JSON_NAME): "json",
             ("application/pgp-keys", SIGNER_KEY_NAME): "signer_key",
+            ("application/pgp-signature", JSON_SIGNATURE_NAME): "json_signature",
         }.get((kind, name))
         if slot is None:
             continue
@@ -322,7 +343,8 @@ def parse_inner(raw: bytes) -> InnerParts:
     try:
         binary = {
             k: found[k].get_payload(decode=True) or b""
-            for k in ("json", "signer_key")
+            for k in ("json", "signer_key", "json_signature")
+            if k in found
         }
     except binascii.Error:  # pragma: no cover - the email package decodes leniently
         raise InputError("undecodable part", field="mime") from None
@@ -331,4 +353,5 @@ def parse_inner(raw: bytes) -> InnerParts:
         html=_text(found["html"]),
         json=binary["json"],
         signer_key=binary["signer_key"].replace(b"\r\n", b"\n").decode("ascii", "replace"),
+        json_signature=binary.get("json_signature", b"").replace(b"\r\n", b"\n"),
     )

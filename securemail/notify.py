@@ -49,6 +49,26 @@ KINDS: dict[str, tuple[str, str]] = {
         "termijn verstreken",
         "Op verzoek {reference} is binnen de afgesproken termijn geen antwoord gekomen.",
     ),
+    "answered": (
+        "beantwoord",
+        "Het wijkteam heeft gereageerd op uw verzoek {reference}. De reactie staat op de "
+        "pagina van het verzoek.",
+    ),
+    "passed_on": (
+        "doorbemiddeld",
+        "Uw verzoek {reference} is doorbemiddeld naar een ander team. Op de pagina van het "
+        "verzoek ziet u waar het nu ligt.",
+    ),
+    "ask": (
+        "gevraagd",
+        "Een wijkteam vraagt uw praktijk om een uitvoeringsverzoek ({reference}). Het staat "
+        "in uw werklijst met de termijn waarbinnen het verwacht wordt.",
+    ),
+    "ask_overdue": (
+        "termijn verstreken",
+        "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
+        "door de praktijk opgesteld.",
+    ),
     # To the operator (admin_address); the reference is the check's (KEYS-20260112).
     "key_expiring": (
         "sleutels verlopen",
@@ -58,8 +78,10 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: kind -> the page a notice links to (default: the request's page).
+#: kind -> the page a notice links to (default: the page of the reference, see PAGES).
 LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
+#: reference prefix -> the pages that show it (after login); default "requests"
+PAGES = {"ASK": "asks"}
 
 #: why-codes with a Dutch explanation; other (well-formed) codes are shown as the code.
 WHY_NL: dict[str, str] = {
@@ -107,7 +129,8 @@ def require_address(address: str, what: str) -> str:
 
 def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
     """The fixed Dutch text: the only place a notice's words come from."""
-    path = LINKS.get(kind, f"/requests/{reference}")
+    page = PAGES.get(reference.split("-", 1)[0], "requests")
+    path = LINKS.get(kind, f"/{page}/{reference}")
     link = f"{settings.gateway.base_url.rstrip('/')}{path}"
     body = [
         "Dit is een automatisch bericht van " + settings.gateway.name + ".",
@@ -184,6 +207,26 @@ def notice_stopped(reference: str, to: str, why_code: str, settings: Settings) -
 def notice_overdue(reference: str, to: str, settings: Settings) -> Notice:
     """No answer within the agreed time."""
     return make_notice("overdue", reference, to, settings)
+
+
+def notice_answered(reference: str, to: str, settings: Settings) -> Notice:
+    """The team answered (accepted or declined); who and how is on the page, not here."""
+    return make_notice("answered", reference, to, settings)
+
+
+def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:
+    """The team passed the request on to another team."""
+    return make_notice("passed_on", reference, to, settings)
+
+
+def notice_ask(reference: str, to: str, settings: Settings) -> Notice:
+    """A nurse asked the practice for an execution request (ASK-...)."""
+    return make_notice("ask", reference, to, settings)
+
+
+def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:
+    """The practice did not deliver an asked-for request in time (to the asking team)."""
+    return make_notice("ask_overdue", reference, to, settings)
 
 
 def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:

@@ -82,6 +82,9 @@ class SealedMessage:
     recipient_fingerprints: tuple[Fingerprint, ...]
     signer_fingerprint: Fingerprint
     _token: object = field(default=None, repr=False, compare=False)
+    #: a detached GP signature over the canonical JSON that travels inside (request.json.asc):
+    #: only when forwarding a request sealed before one signature per message; else b""
+    json_signature: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self._token is not _SEAL_TOKEN:
@@ -105,15 +108,25 @@ class Keyring(KeyStore):
         document: SealInput,
         *,
         signer: Fingerprint,
-        passphrase: str,
+        passphrase: str | None,
         recipients: Sequence[Fingerprint],
         envelope: Envelope,
         now: datetime | None = None,
+        json_signature: bytes | None = None,
+        json_signer: Fingerprint | None = None,
     ) -> SealedMessage:
         """Sign and encrypt ``document`` for every recipient key, as RFC 3156 PGP/MIME.
 
         Refuses (RecipientKeyError) if any recipient key is unusable: the directory
         filters and reports beforehand; here a bad key means something changed.
+
+        One signature per message: ``signer`` signs the whole inner entity (RFC 3156 6.2).
+        Forwarding (a passed-on request), ``signer`` is the gateway's own key
+        (``passphrase=None``: it has none). A request sealed before this gateway made one
+        signature per message also has the GP's detached signature over ``document.json``:
+        pass it as ``json_signature`` with ``json_signer`` (the GP's fingerprint); it is
+        verified here (VerificationError unless it is a good signature by exactly that key)
+        and travels unchanged as request.json.asc. Nothing is re-signed in the GP's name.
         """
         now = now or datetime.now(UTC)
         try:
@@ -128,7 +141,11 @@ class Keyring(KeyStore):
             ) from None
         if not pinned:
             raise RecipientKeyError("no recipient keys given", why="missing")
-        secret = wire(check_passphrase(passphrase))
+        # None, not "": python-gnupg still opens --passphrase-fd for "" but writes nothing,
+        # and gpg would take the first line of the document as the passphrase.
+        secret = None if passphrase is None else wire(check_passphrase(passphrase))
+        if (json_signature is None) != (json_signer is None):
+            raise SealError("a forwarded signature needs its signer, and only then")
         envelope = envelope.resolved()
         infos = await self._lookup_many([signer_fpr, *pinned])
         signer_info = infos.get(signer_fpr)
@@ -146,7 +163,15 @@ class Keyring(KeyStore):
         # One signature per message (RFC 3156 section 6.2, combined sign+encrypt): it covers
         # the whole inner entity, request.json included. Each signature costs the GP's
         # key derivation (S2K) in gpg-agent, which caches nothing: one, not two.
-        inner = mime.build_inner(document)
+        if json_signature is not None:  # forwarding a request sealed before that change
+            made_by = await self.verify_detached(document.json, json_signature)
+            if made_by != json_signer:
+                raise VerificationError(
+                    "the forwarded signature is not the original signer's",
+                    expected=str(json_signer),
+                    actual=str(made_by),
+                )
+        inner = mime.build_inner(document, json_signature)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
             # --trust-model always (always_trust): trust comes from the reviewed directory
@@ -195,6 +220,7 @@ class Keyring(KeyStore):
             recipient_fingerprints=pinned,
             signer_fingerprint=signer_fpr,
             _token=_SEAL_TOKEN,
+            json_signature=bytes(json_signature or b""),
         )
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:

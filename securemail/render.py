@@ -72,10 +72,23 @@ def _environment(template_dir: Path) -> jinja2.Environment:
     )
 
 
-def render_request(definition: FormDefinition, req: ExecutionRequest) -> RenderedDocument:
-    """The Dutch text and HTML renderings and the canonical JSON of a validated request."""
+def render_request(
+    definition: FormDefinition,
+    req: ExecutionRequest,
+    *,
+    link: str | None = None,
+    forwarded: str | None = None,
+) -> RenderedDocument:
+    """The Dutch text and HTML renderings and the canonical JSON of a validated request.
+
+    ``link`` is the request's page in the web app, where the team answers (the reference
+    only, never patient data); ``forwarded`` a note that another team passed it on (who, and
+    their reason), shown above the request. Neither is part of the signed JSON.
+    """
     env = _environment(definition.template_dir)
     view = request_view(definition, req)
+    view["link"] = link
+    view["forwarded"] = forwarded
     return RenderedDocument(
         text=env.get_template(TEXT_TEMPLATE).render(view),
         html=env.get_template(HTML_TEMPLATE).render(view),
@@ -92,7 +105,11 @@ def request_view(definition: FormDefinition, req: ExecutionRequest) -> dict[str,
         "form_id": req.form_id,
         "form_version": req.form_version,
         "reference": req.reference,
+        "kind": req.kind,
+        "supersedes": req.supersedes,
         "urgent": req.urgency == "spoed",
+        "link": None,
+        "forwarded": None,
         "header": root.rows,
         "sections": root.blocks,
     }

@@ -2,11 +2,17 @@
 
 Order matters: sets are applied in the order their modules are first imported, and later
 tables reference earlier ones (users -> organisations, requests -> teams and users).
+(asks' set may apply before auth's: SQLite checks a REFERENCES clause on insert, not on
+CREATE TABLE; asks uses exchange's counters table only at run time.)
 """
 
 from securemail import (  # noqa: F401
     apitoken,
+    asks,
     audit,
+    audit_integrity,
+    audit_report,
+    audit_review,
     auth,
     consent,
     directory,

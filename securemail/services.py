@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from securemail import forms
+from securemail import audit_integrity, forms
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
 from securemail.keystore import kill_agent
@@ -84,6 +84,8 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         )
     store = Store(settings.db_path)
     store.migrate()
+    # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.
+    audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
     keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
     definition = forms.load_definition(settings.forms_path)
     return Services(settings, store, keyring, definition, clock, _agent_lock(settings))

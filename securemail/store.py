@@ -14,6 +14,7 @@ fixed order.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -44,6 +45,9 @@ def migrations(name: str) -> Migrations:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        # Patient data lives here: create the file private (sqlite gives -wal/-shm its mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL, not NORMAL: a commit must survive power loss, not only a process crash.
@@ -68,6 +72,7 @@ class Store:
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
+        self._before_commit: list[Callable[[sqlite_utils.Database], object]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -97,6 +102,10 @@ class Store:
             self._reader_conns.clear()
 
     # -- writes ----------------------------------------------------------------------------
+    def before_commit(self, hook: Callable[[sqlite_utils.Database], object]) -> None:
+        """Run hook(db) at the end of every write, inside its transaction (audit checkpoints)."""
+        self._before_commit.append(hook)
+
     def write_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run fn in one IMMEDIATE transaction; commit on return, roll back on any exception."""
         with self._lock:
@@ -104,6 +113,8 @@ class Store:
             self._writer_conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                for hook in self._before_commit:
+                    hook(db)
             except BaseException:
                 if self._writer_conn.in_transaction:
                     self._writer_conn.execute("ROLLBACK")
@@ -151,6 +162,8 @@ class Store:
                     conn.execute("SAVEPOINT store_write")
                     try:
                         result = fn(self._writer)
+                        for hook in self._before_commit:  # as write_sync: end of each write
+                            hook(self._writer)
                     except Exception as exc:
                         if not conn.in_transaction:  # the error ended the whole transaction
                             raise

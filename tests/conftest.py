@@ -19,7 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.web_fixtures import WebApp
 
-pytest_plugins = ["tests.smtp_fixtures"]
+pytest_plugins = ["tests.smtp_fixtures", "tests.loop_fixtures"]
 
 GPG_AGENT_CONF = "allow-loopback-pinentry\ndefault-cache-ttl 0\nmax-cache-ttl 0\n"
 GP_PASSPHRASE = " Correct paard batterij nietje é "  # fictional; spaces and non-ASCII on purpose

@@ -115,6 +115,11 @@ def test_settings_unknown_key_is_named(tmp_path: Path) -> None:
     assert "hots" in info.value.reason
 
 
+def test_database_file_is_private(home: Path) -> None:
+    assert cli("init", "--home", str(home)).returncode == 0
+    assert stat.S_IMODE((home / "securemail.db").stat().st_mode) == 0o600
+
+
 def _agent_answers(gnupg: Path) -> bool:
     out = subprocess.run(
         ["gpg-connect-agent", "--homedir", str(gnupg), "--no-autostart", "/bye"],

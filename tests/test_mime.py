@@ -263,3 +263,11 @@ def test_armor_encrypted_to_lists_key_ids_in_order() -> None:
 def test_armor_encrypted_to_refuses_non_ciphertext(text: str) -> None:
     with pytest.raises(ValueError):
         armor.encrypted_to(text)
+
+
+def test_mime_inner_of_a_forwarded_legacy_request_keeps_the_gps_json_signature() -> None:
+    inner = mime.build_inner(document("Tekst\n", "<p>x</p>", b'{"a":1}'), SIGNATURE)
+    parts = mime.parse_inner(inner)
+    assert parts.json_signature == SIGNATURE and parts.json == b'{"a":1}'
+    names = [p.get_filename() for p in email.message_from_bytes(inner, policy=default).walk()]
+    assert [n for n in names if n] == ["request.json", "request.json.asc", "opdrachtgever.asc"]

@@ -24,15 +24,9 @@ log = logging.getLogger("securemail.cli")
 
 #: Modules under securemail.cli that register subcommands, in help order.
 COMMAND_MODULES = (
-    "gateway",
-    "directory",
-    "account",
-    "keys",
-    "request",
-    "consent",
-    "audit",
-    "outbox",
-)
+    "gateway", "directory", "account", "keys", "request", "consent", "audit", "outbox",
+    "deadlines",
+)  # fmt: skip
 
 #: Commands a practice system runs once per request, mapped to the one module that registers
 #: them: main() imports only that module for them (every module costs about a second of

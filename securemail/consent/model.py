@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from securemail.errors import InputError, SecuremailError
+from securemail.formfields import is_valid_bsn
 
 DECISIONS = ("permit", "deny")
 BASES = ("explicit", "implied_referral", "objection")
@@ -278,17 +279,8 @@ def bad(field_name: str, reason: str) -> ConsentInputError:
     return ConsentInputError(reason, field=field_name)
 
 
-def _is_valid_bsn(bsn: object) -> bool:
-    """The 11-test for a 9-digit BSN. (forms.py has one too; the lead folds them.)"""
-    if not isinstance(bsn, str) or len(bsn) != 9 or not bsn.isascii() or not bsn.isdigit():
-        return False
-    digits = [int(c) for c in bsn]
-    total = sum(d * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - digits[8]
-    return total % 11 == 0 and bsn != "000000000"
-
-
 def parse_bsn(bsn: object) -> str:
-    if not _is_valid_bsn(bsn):
+    if not isinstance(bsn, str) or not is_valid_bsn(bsn):
         raise bad("patient_bsn", "patient_bsn is not a valid BSN (9 digits, 11-test)")
     return str(bsn)
 

@@ -52,6 +52,23 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     await task
 
 
+async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The deadline watch (securemail.escalation) next to the delivery worker."""
+    if not app.get("run_worker", True):
+        yield
+        return
+    from securemail import escalation
+
+    svc = app[services_key]
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        escalation.run(svc, stop, svc.settings.deadlines.check_seconds), name="deadline-watch"
+    )
+    yield
+    stop.set()
+    await task
+
+
 def outbox_hooks(svc: Services):
     from securemail.exchange import Hooks
 
@@ -74,6 +91,7 @@ def create_app(settings: Settings, *, services: Services | None = None,
     )
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_worker_ctx)
+    app.cleanup_ctx.append(_deadlines_ctx)
     from securemail.web import routes
 
     routes.setup(app)

@@ -1,18 +1,20 @@
 """Request pages: the GP's form, preview, sign-and-send; the list; one request's page.
 
 Patient data travels only in POST bodies and page content, never in URLs: a request's
-page is addressed by its reference.
+page is addressed by its reference. A request drafted from a nurse's ask carries the ask's
+reference (never its content) through the form, the preview and the send.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import directory, exchange, forms
+from securemail import answer, asks, directory, exchange, forms
 from securemail.errors import SecuremailError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -21,11 +23,40 @@ PREVIEW_REFERENCE = "UVZ-CONCEPT"
 PROCEDURE_ROWS = 3
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiverOption:
+    """A team in the form's receiver list, with why it is there (preferred first)."""
+
+    address: str
+    name: str
+    note: str  # "voorkeursaanbieder", "regionaal doorbemiddelingsadres", "vroeg om een verzoek"
+
+
+def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[ReceiverOption]:
+    """The practice's preferred providers in their order, then the regional passing-on
+    address, then teams that asked this practice for a request."""
+    preferred = {t.id for t in directory.preferred_teams(db, practice_org_id)}
+    out: list[ReceiverOption] = []
+    for t in directory.allowed_receivers(db, practice_org_id, passing_on):
+        note = ("voorkeursaanbieder" if t.id in preferred else
+                "regionaal doorbemiddelingsadres" if t.address == passing_on else "")
+        out.append(ReceiverOption(t.address, t.name, note))
+    seen = {o.address for o in out}
+    out += [ReceiverOption(t.address, t.name, "vroeg om een verzoek")
+            for t in asks.asking_teams(db, practice_org_id) if t.address not in seen]
+    return out
+
+
+def _ask_of(post: Any) -> str:
+    value = str(post.get("ask", "") or "")
+    return value if asks.REFERENCE_RE.fullmatch(value) else ""
+
+
 async def _form_context(request: web.Request, values: dict[str, str],
-                        errors: dict[str, list[str]]) -> dict[str, Any]:
+                        errors: dict[str, list[str]], ask: str = "") -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
-    teams = await svc.store.read(lambda db: directory.allowed_receivers(
+    teams = await svc.store.read(lambda db: receiver_options(
         db, actor.org_id or 0, svc.settings.gateway.passing_on_address))
     definition = svc.definition
     return {
@@ -35,6 +66,7 @@ async def _form_context(request: web.Request, values: dict[str, str],
         "teams": teams,
         "procedure_rows": max(PROCEDURE_ROWS, _rows_in(values)),
         "general_errors": errors.get("", []),
+        "ask": ask,
     }
 
 
@@ -65,21 +97,23 @@ async def preview(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    data = forms.parse_form_post(svc.definition, post, ignore=("csrf_token",))
+    ask = _ask_of(post)
+    data = forms.parse_form_post(svc.definition, post, ignore=("csrf_token", "ask"))
     values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, values, _errors_by_field(exc))
+        ctx = await _form_context(request, values, _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
-        ctx = await _form_context(request, values, {"": [exc.message_nl()]})
+        ctx = await _form_context(request, values, {"": [exc.message_nl()]}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     return aiohttp_jinja2.render_template("requests/preview.html", request, {
         "text": prepared.rendered.text,
         "team": prepared.team,
         "payload": json.dumps(data, ensure_ascii=False),
         "error": None,
+        "ask": ask,
     })
 
 
@@ -94,20 +128,21 @@ async def send(request: web.Request) -> web.StreamResponse:
         data = None
     if not isinstance(data, dict):
         raise web.HTTPSeeOther("/requests/new")
+    ask = _ask_of(post)
     if "back" in post:
         values = forms.flatten(data)
-        ctx = await _form_context(request, values, {})
+        ctx = await _form_context(request, values, {}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
     try:
-        result = await exchange.send(svc, actor, data, passphrase)
+        result = await exchange.send(svc, actor, data, passphrase, ask=ask or None)
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, forms.flatten(data), _errors_by_field(exc))
+        ctx = await _form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
         prepared_text = ""
         return aiohttp_jinja2.render_template("requests/preview.html", request, {
-            "text": prepared_text, "team": None,
+            "text": prepared_text, "team": None, "ask": ask,
             "payload": json.dumps(data, ensure_ascii=False), "error": exc.message_nl(),
         }, status=exc.http_status if exc.http_status != 400 else 422)
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
@@ -125,12 +160,24 @@ async def list_page(request: web.Request) -> dict[str, Any]:
 @requires("request.view")
 @aiohttp_jinja2.template("requests/detail.html")
 async def detail(request: web.Request) -> dict[str, Any]:
+    return await detail_context(request)
+
+
+async def detail_context(request: web.Request, *, answer_values: dict[str, str] | None = None,
+                         answer_errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """One request's page (audited view); for a nurse of its current team, the answer form."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
     view = await svc.store.write(lambda db: exchange.get_request(
         db, actor, reference, source_id=svc.settings.gateway.source_id))
-    return {"r": view, "text": exchange.render_text(svc, view)}
+    can_answer = (actor.role == "nurse" and view["state"] == "open"
+                  and view["kind"] != "intrekking" and view["team_id"] in actor.team_ids)
+    other_teams = (await svc.store.read(lambda db: answer.answer_teams(db, view))
+                   if can_answer else [])
+    return {"r": view, "text": exchange.render_text(svc, view), "can_answer": can_answer,
+            "answer_spec": svc.definition.answer, "other_teams": other_teams,
+            "answer_values": answer_values or {}, "answer_errors": answer_errors or {}}
 
 
 def setup(app: web.Application) -> None:

@@ -25,9 +25,8 @@ def setup(app: web.Application) -> None:
 
     app.router.add_get("/", home, name="home")
     app.router.add_get("/health", health, name="health")
-    for name in ("login", "requests", "totp", "account", "nurse", "consents", "privacy", "admin",
-                 "admin_keys", "directory",
-                 "api"):
+    for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
+                 "admin", "admin_keys", "directory", "api"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

@@ -55,9 +55,12 @@ async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        pending = await gw.svc.store.read(lambda db: db.execute(
-            "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
-            "'cancelled') OR final_handled_at IS NULL").fetchone()[0])
+        pending = await gw.svc.store.read(
+            lambda db: db.execute(
+                "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
+                "'cancelled') OR final_handled_at IS NULL"
+            ).fetchone()[0]
+        )
         if not pending:
             break
         await asyncio.sleep(0.05)
@@ -84,22 +87,17 @@ def assert_opens_as_nurse(gw: Gateway, raw: bytes) -> email.message.EmailMessage
     return inner
 
 
-async def test_cli_send_arrives_encrypted_signed_and_neutral(
-    gw: Gateway, smtp_server: Any, tmp_path: Path
-) -> None:
-    # Given the example request and the GP's passphrase in a file
+def cli_send(gw: Gateway, tmp_path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`securemail request send` as a practice system runs it: a file and a passphrase file."""
     req_file = tmp_path / "request.json"
-    req_file.write_text(json.dumps(example()), encoding="utf-8")
+    req_file.write_text(json.dumps(data), encoding="utf-8")
     pass_file = tmp_path / "passphrase"
     pass_file.write_text(GP_PASSPHRASE + "\n", encoding="utf-8")
-    gw.svc.close()
-    # When the practice system sends it with the CLI
-    proc = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "securemail",
-            "-v",
             "request",
             "send",
             "--home",
@@ -117,6 +115,15 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
         timeout=120,
         check=False,
     )
+
+
+async def test_cli_send_arrives_encrypted_signed_and_neutral(
+    gw: Gateway, smtp_server: Any, tmp_path: Path
+) -> None:
+    # Given the example request and the GP's passphrase in a file
+    gw.svc.close()
+    # When the practice system sends it with the CLI
+    proc = cli_send(gw, tmp_path, example())
     # Then it prints the reference and exits 0 (durably queued)
     assert proc.returncode == 0, proc.stderr
     reference = proc.stdout.strip().splitlines()[0]
@@ -235,34 +242,8 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
 ) -> None:
     data = example()
     mutate(data)
-    req_file = tmp_path / "bad.json"
-    req_file.write_text(json.dumps(data), encoding="utf-8")
-    pass_file = tmp_path / "passphrase"
-    pass_file.write_text(GP_PASSPHRASE, encoding="utf-8")
     gw.svc.close()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "securemail",
-            "-v",
-            "request",
-            "send",
-            "--home",
-            str(gw.home),
-            "--as",
-            "huisarts",
-            "--file",
-            str(req_file),
-            "--passphrase-file",
-            str(pass_file),
-        ],
-        capture_output=True,
-        text=True,
-        env=env_for_cli(),
-        timeout=120,
-        check=False,
-    )
+    proc = cli_send(gw, tmp_path, data)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert field_path in proc.stderr

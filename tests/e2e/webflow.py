@@ -21,7 +21,8 @@ def csrf_of(html: str) -> str:
 
 async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) -> None:
     """Password, then the TOTP code from the account's secret (the demo credentials carry it),
-    until a full session."""
+    until a full session. ``user["clock"]`` (optional): the gateway's clock (Services.clock)
+    when a test moves it, so the code is the one the server expects at its time."""
     import pyotp
 
     async with http.get(f"{base}/login") as r:
@@ -34,7 +35,9 @@ async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) ->
         page = await r.text()
         assert r.status == 200, page
         assert str(r.url).endswith("/login/totp"), f"password refused: {r.url}"
-    code = pyotp.TOTP(user["totp_secret"]).now()
+    clock = user.get("clock")
+    code = pyotp.TOTP(user["totp_secret"]).at(clock()) if clock else pyotp.TOTP(
+        user["totp_secret"]).now()
     async with http.post(f"{base}/login/totp",
                          data={"csrf_token": csrf_of(page), "code": code}) as r:
         assert r.status == 200, await r.text()

@@ -1,0 +1,37 @@
+"""Deadline commands: ``securemail deadlines check`` marks and escalates what is overdue
+(for cron, next to or instead of the web app's background watch). Idempotent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from securemail import config, escalation
+from securemail.cli import command, home_of
+from securemail.services import open_services
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    svc = open_services(config.load(home_of(args)))
+    try:
+        report = asyncio.run(escalation.check(svc))
+    finally:
+        svc.close()
+    if args.json:
+        print(json.dumps({"requests": list(report.requests), "asks": list(report.asks)}))
+    else:
+        for reference in (*report.requests, *report.asks):
+            print(f"overdue, escalated: {reference}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = command(sub, "deadlines", cmd_check, "watch answer and ask deadlines")
+    dsub = p.add_subparsers(dest="deadlines_command", required=True)
+    c = dsub.add_parser("check", help="mark overdue requests and asks and escalate each once")
+    c.add_argument("--home", type=Path, default=argparse.SUPPRESS)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=cmd_check)

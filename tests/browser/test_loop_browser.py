@@ -1,0 +1,120 @@
+"""The whole loop in Debian's chromium (headless, through playwright): the GP fills, signs and
+sends a request; a nurse of the receiving team opens it from her list and accepts it with the
+name of the nurse in charge; the GP sees that name on the request page. Real HTTP on 127.0.0.1,
+real gpg, a real STARTTLS relay, the app's own delivery worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from securemail import forms
+from securemail.services import utcnow
+from securemail.web import create_app
+from tests.browser.test_browser import log_in  # the one browser login (password + TOTP)
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
+from tests.loop_fixtures import Loop
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+NOT_TYPED = ("principal.", "reference", "form_id", "form_version", "issued_at")
+NURSE_IN_CHARGE = "M. Zwaan-de Boer"
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: apt-get install chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def site(loop: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
+    loop.gw.svc.clock = utcnow  # the authenticator codes follow the real clock here
+    app = create_app(loop.gw.svc.settings, services=loop.gw.svc, run_worker=True)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def fill_request(page: Any, data: dict[str, Any]) -> None:
+    """Type the request into the form as a GP would: every field by its name."""
+    for name, value in forms.flatten(data).items():
+        if name.startswith(NOT_TYPED):
+            continue
+        field = page.locator(f'[name="{name}"]')
+        if await field.count() == 0:
+            continue
+        tag = await field.evaluate("e => e.tagName.toLowerCase() + ':' + (e.type || '')")
+        if tag.startswith("select"):
+            await field.select_option(str(value))
+        elif tag.endswith("checkbox"):
+            await field.set_checked(value in ("on", "true", True))
+        else:
+            await field.fill(str(value))
+
+
+async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
+    chromium: Any, site: str, loop: Loop, smtp_server: Any
+) -> None:
+    urls: list[str] = []
+    # Given the GP, logged in, who fills, previews, signs and sends a request
+    gp_ctx = await chromium.new_context()
+    gp = await gp_ctx.new_page()
+    gp.on("request", lambda r: urls.append(r.url))
+    secrets = loop.gw.extra["totp_secrets"]
+    await log_in(gp, site, "huisarts", GP_PASSWORD, secrets["huisarts"])
+    await gp.goto(f"{site}/requests/new")
+    team_option = gp.locator(f'[name="receiver.team_address"] option[value="{TEAM}"]')
+    assert "voorkeursaanbieder" in await team_option.inner_text()
+    await fill_request(gp, EXAMPLE)
+    await gp.click("form[action='/requests/preview'] button[type=submit]")
+    await gp.wait_for_selector("pre.document")
+    await gp.fill("#passphrase", GP_PASSPHRASE)
+    await gp.click("button[name=sign]")
+    await gp.wait_for_url(f"{site}/requests/UVZ-*")
+    reference = gp.url.rsplit("/", 1)[-1]
+    for _ in range(150):  # the app's own worker delivers it
+        if any(TEAM in r.rcpt_tos for r in smtp_server.handler.snapshot()):
+            break
+        await asyncio.sleep(0.1)
+    # When a nurse of the team opens it from her list and accepts it
+    nurse_ctx = await chromium.new_context()
+    nurse = await nurse_ctx.new_page()
+    nurse.on("request", lambda r: urls.append(r.url))
+    await log_in(nurse, site, "nurse1", NURSE_PASSWORD, secrets["nurse1"])
+    await nurse.goto(f"{site}/requests")
+    await nurse.click(f"text={reference}")
+    await nurse.wait_for_url(f"{site}/requests/{reference}")
+    await nurse.select_option("#answer-status", "geaccepteerd")
+    await nurse.fill("#answer-nurse_in_charge", NURSE_IN_CHARGE)
+    await nurse.select_option("#answer-performer_level", "verpleegkundige")
+    await nurse.check("#answer-competence_confirmed")
+    await nurse.click("form.answer button[type=submit]")
+    await nurse.wait_for_url(f"{site}/requests/{reference}")
+    assert NURSE_IN_CHARGE in await nurse.inner_text("#answer")
+    # Then the GP sees the nurse in charge on the request page, and "geaccepteerd" in the list
+    await gp.reload()
+    assert NURSE_IN_CHARGE in await gp.inner_text("#answer .nurse-in-charge")
+    await gp.goto(f"{site}/requests")
+    assert "geaccepteerd" in await gp.inner_text("main")
+    # No page put patient data (or the nurse's name) into a URL
+    for u in urls:
+        for marker in (EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["postcode"], "Zwaan"):
+            assert marker not in u and marker.replace(" ", "+") not in u, u
+    await gp_ctx.close()
+    await nurse_ctx.close()

@@ -1,0 +1,162 @@
+"""The loop end to end, with a controllable clock: deadlines from the relay's 250 in the Dutch
+working calendar, overdue escalated once, and a passed-on request that reaches the second team
+encrypted for its key only, still carrying the GP's own signature."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+
+from securemail import answer, escalation, exchange, gateway, mime
+from securemail.errors import NotFoundError
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, env_for_cli, example
+from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, deliver_all, notices
+
+PATIENT = [EXAMPLE["patient"]["bsn"].encode(), EXAMPLE["patient"]["name"].encode()]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "securemail", *args],
+        capture_output=True,
+        text=True,
+        env=env_for_cli(),
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_urgent_request_unanswered_after_two_hours_is_overdue_and_escalated_once(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    # Given an urgent request, sent and taken by the relay on a Wednesday at 10:00
+    data = example()
+    data["urgency"] = "spoed"
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await deliver_all(svc)
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert status["answer_due"] == "2026-12-02T12:00:00+01:00"
+    # When 1 h 59 min pass, nothing is late
+    loop.clock.advance(hours=1, minutes=59)
+    assert (await escalation.check(svc)).requests == ()
+    # When 2 h 1 min have passed, it is overdue and escalated, once, however often we look
+    loop.clock.advance(minutes=2)
+    assert (await escalation.check(svc)).requests == (sent.reference,)
+    assert (await escalation.check(svc)).requests == ()
+    assert audit_codes(svc, sent.reference).count("request.overdue") == 1
+    [raw] = notices(svc, "overdue")
+    assert sent.reference.encode() in raw
+    assert b"praktijk@praktijk.example" in raw  # to the practice
+    assert not any(marker in raw for marker in PATIENT)
+    # Both work lists mark it
+    for actor in (loop.gw.gp, loop.nurse_a):
+        rows = svc.store.read_sync(lambda db, a=actor: exchange.list_requests(db, a))
+        assert [(r["reference"], r["overdue"]) for r in rows] == [(sent.reference, True)]
+    # An answer clears it from the overdue list (answered is not overdue)
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "geaccepteerd", "nurse_in_charge": "V. Zwaan",
+         "performer_level": "verpleegkundige", "competence_confirmed": True},
+    )  # fmt: skip
+    assert svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["overdue"] is False
+    # The cron command finds nothing more to do
+    svc.close()
+    out = cli("deadlines", "check", "--home", str(loop.gw.home), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"requests": [], "asks": []}
+
+
+async def test_regular_request_sent_on_friday_before_easter_is_due_tuesday_after(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    # Given Good Friday 2027 (26 March), 10:00 in Amsterdam; Easter Monday is a holiday too
+    loop.clock.now = datetime(2027, 3, 26, 10, 0, tzinfo=AMS)
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    svc.close()
+    # Then the status shows the deadline on Tuesday, ISO 8601 with the summer-time offset
+    out = cli("request", "status", "--home", str(loop.gw.home), sent.reference, "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["answer_due"] == "2027-03-30T16:00:00+02:00"
+    assert datetime.fromisoformat(info["answer_due"]).utcoffset() is not None
+    assert EXAMPLE["patient"]["bsn"] not in out.stdout
+
+
+def _gpg(home: object, *args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", *args],
+        input=data,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_only(
+    loop: Loop, smtp_server: object, tmp_path: object
+) -> None:
+    svc = loop.gw.svc
+    # Given a request delivered to team A
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    # When a nurse of team A passes it on to team B
+    result = await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "doorbemiddeld", "reason": "Geen capaciteit in de wijk", "passed_to": TEAM_B},
+    )  # fmt: skip
+    assert result.team_address == TEAM_B
+    await deliver_all(svc)
+    to_b = [r.content for r in smtp_server.handler.snapshot() if TEAM_B in r.rcpt_tos]
+    assert len(to_b) == 1
+    raw = to_b[0]
+    assert not any(marker in raw for marker in PATIENT)
+    # Then team B opens it: a good signature (the gateway's seal) and the GP's request inside
+    opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
+    assert opened.returncode == 0, opened.stderr.decode()
+    assert b"[GNUPG:] DECRYPTION_OKAY" in opened.stderr
+    sealer = gateway.gateway_fingerprint(svc.store)
+    assert f"[GNUPG:] VALIDSIG {sealer}".encode() in opened.stderr
+    parts = mime.parse_inner(opened.stdout)
+    stored = svc.store.read_sync(
+        lambda db: bytes(exchange.require_row(db, sent.reference)["document"])
+    )
+    assert parts.json == stored
+    assert "doorbemiddeld" in parts.text and "Geen capaciteit in de wijk" in parts.text
+    # and it carries no second, detachable signature: the GP's one signature covered
+    # team A's message (docs/performance.md, "Passing on"); team B's is the gateway's seal
+    assert parts.json_signature == b""
+    assert opened.stderr.count(b"[GNUPG:] VALIDSIG ") == 1
+    # and team A's key cannot open it
+    refused = _gpg(loop.gw.nurse_home, "--decrypt", data=raw)
+    assert refused.returncode != 0
+    assert b"DECRYPTION_OKAY" not in refused.stderr
+    # The request kept its reference and history; the GP sees where it is
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert status["team_address"] == TEAM_B
+    assert [h["team_address"] for h in status["hops"]] == [TEAM, TEAM_B]
+    assert status["hops"][0]["outcome"] == "doorbemiddeld"
+    assert status["answer_due"] is not None  # team B's own clock, from its relay's 250
+    assert "request.pass_on" in audit_codes(svc, sent.reference)
+    assert len(notices(svc, "passed_on")) == 1
+    # Team A can no longer answer (nor see) it; team B can
+    try:
+        await answer.record_answer(
+            svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "x"}
+        )
+    except NotFoundError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("team A answered a request that is with team B")
+    await answer.record_answer(
+        svc, loop.nurse_b, sent.reference,
+        {"status": "geaccepteerd", "nurse_in_charge": "W. West",
+         "performer_level": "verpleegkundige", "competence_confirmed": True},
+    )  # fmt: skip
+    view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
+    assert view["answer"]["team_address"] == TEAM_B
+    assert view["answer"]["nurse_in_charge"] == "W. West"
