@@ -237,13 +237,14 @@ def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
         raise InputError("message_id is not <id@domain>", field="message_id")
     body = _ascii_armor(ciphertext_armor, armor.BEGIN_MESSAGE)
     armor.encrypted_to(body)  # ValueError unless public-key encrypted OpenPGP data
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = env.sender
-    msg["To"] = env.recipient
-    msg["Subject"] = _check_header("subject", env.subject)
-    msg["Date"] = format_datetime(env.date.astimezone(UTC))  # type: ignore[union-attr]
-    msg["Message-ID"] = env.message_id
-    msg["MIME-Version"] = "1.0"
+    headers = [
+        ("From", env.sender),
+        ("To", env.recipient),
+        ("Subject", _check_header("subject", env.subject)),
+        ("Date", format_datetime(env.date.astimezone(UTC))),  # type: ignore[union-attr]
+        ("Message-ID", env.message_id or ""),
+        ("MIME-Version", "1.0"),
+    ]
     for name, value in env.extra_headers:
         lowered = name.lower()
         if (
@@ -252,7 +253,53 @@ def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
             or lowered.startswith("content-")
         ):
             raise InputError(f"header {name!r} may not be set as an extra header", field=name)
-        msg[name] = _check_header(name, value)
+        headers.append((name, _check_header(name, value)))
+    if all(_plain_header(name, value) for name, value in headers):
+        return _outer(headers, body)
+    return _outer_with_email(headers, body)  # RFC 2047 encoding or folding needed
+
+
+def _plain_header(name: str, value: str) -> bool:
+    """A header the email package would write as is: ASCII, no encoded words, no folding."""
+    return value.isascii() and value.isprintable() and "=?" not in value and (
+        len(name) + 2 + len(value) <= 78
+    )
+
+
+def _outer(headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """What _outer_with_email writes for plain headers, without the email package's
+    generator (about 4 ms per 40 kB message on every send); the tests compare the two."""
+    boundary = f"=_securemail_{secrets.token_hex(16)}"
+    delimiter = b"--" + boundary.encode("ascii")
+    if delimiter in body:  # pragma: no cover - armor lines never start with "--="
+        return _outer_with_email(headers, body)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    head += (
+        'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
+        f' boundary="{boundary}"\r\n\r\n{PREAMBLE}\r\n'
+    )
+    return b"".join(
+        [
+            head.encode("ascii"),
+            delimiter,
+            b"\r\nContent-Type: application/pgp-encrypted\r\n"
+            b"Content-Transfer-Encoding: 7bit\r\n\r\nVersion: 1\r\n\r\n",
+            delimiter,
+            f'\r\nContent-Type: application/octet-stream; name="{PAYLOAD_NAME}"\r\n'
+            f'Content-Disposition: inline; filename="{PAYLOAD_NAME}"\r\n'
+            "Content-Transfer-Encoding: 7bit\r\n\r\n".encode("ascii"),
+            body.replace(b"\n", b"\r\n"),
+            b"\r\n",
+            delimiter,
+            b"--\r\n",
+        ]
+    )
+
+
+def _outer_with_email(headers: list[tuple[str, str]], body: bytes) -> bytes:
+    msg = EmailMessage(policy=SMTP)
+    for name, value in headers:
+        msg[name] = value
     msg["Content-Type"] = 'multipart/encrypted; protocol="application/pgp-encrypted"'
     msg.preamble = PREAMBLE
     msg.attach(_leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -271,3 +272,33 @@ def test_mime_inner_of_a_forwarded_legacy_request_keeps_the_gps_json_signature()
     assert parts.json_signature == SIGNATURE and parts.json == b'{"a":1}'
     names = [p.get_filename() for p in email.message_from_bytes(inner, policy=default).walk()]
     assert [n for n in names if n] == ["request.json", "request.json.asc", "opdrachtgever.asc"]
+
+
+def _same_but_boundary(raw: bytes) -> bytes:
+    boundary = email.message_from_bytes(raw, policy=default).get_boundary()
+    return raw.replace(boundary.encode(), b"BOUNDARY")
+
+
+def test_mime_outer_written_directly_equals_the_email_packages() -> None:
+    env = ENVELOPE.resolved()
+    body = mime._ascii_armor(CIPHERTEXT, armor.BEGIN_MESSAGE)
+    headers = [
+        ("From", env.sender),
+        ("To", env.recipient),
+        ("Subject", env.subject),
+        ("Date", "Mon, 02 Mar 2026 09:30:00 +0000"),
+        ("Message-ID", str(env.message_id)),
+        ("MIME-Version", "1.0"),
+        *env.extra_headers,
+    ]
+    direct, generated = mime._outer(headers, body), mime._outer_with_email(headers, body)
+    assert _same_but_boundary(direct) == _same_but_boundary(generated)
+    assert mime.is_pgp_mime(direct)
+
+
+def test_mime_outer_with_a_header_to_encode_goes_through_the_email_package() -> None:
+    raw = mime.build_outer(
+        CIPHERTEXT.encode(), dataclasses.replace(ENVELOPE, subject="Uitvoeringsverzoek – één")
+    )
+    assert raw.isascii() and b"=?utf-8?" in raw
+    assert mime.is_pgp_mime(raw)
