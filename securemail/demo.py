@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import secrets
 import ssl
@@ -151,6 +152,8 @@ def make_tls(dirpath: Path, hostname: str = "127.0.0.1") -> tuple[Path, Path, Pa
 
 def start_relay(paths: DemoPaths, port: int) -> Controller:
     """The loopback relay: STARTTLS required, every message into the demo Maildir."""
+    # aiosmtpd logs every connection at INFO; the demo's own lines are what a newcomer reads.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     _, cert, key = make_tls(paths.root / "tls")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
