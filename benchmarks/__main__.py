@@ -69,18 +69,46 @@ def _table(name: str, result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The figures of a results.json as a Markdown table (for the README)."""
+    m = report["machine"]
+    lines = [
+        f"`{report['command']}` on {m['date'][:10]}: {m['cores']} cores (shared; load average"
+        f" {m['load_average'][0]} before, {m.get('load_average_after', ['?'])[0]} after),"
+        f" {m['gpg']}, {m['libgcrypt']}, Python {m['python']}.",
+        "",
+        "| benchmark | figure | value | target |",
+        "|---|---|---|---|",
+    ]
+    for name, result in report["benchmarks"].items():
+        for row in result.get("table", []):
+            ratio = f" (ratio {row['ratio']})" if row.get("ratio") is not None else ""
+            met = {True: " met", False: " **not met**"}.get(row.get("met"))  # type: ignore[call-overload]
+            target = f"{row['target']}{met or ''}" if row.get("target") else ""
+            lines.append(f"| {name} | {row['metric']} | {row['value']}{ratio} | {target} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small scale, under a minute")
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {discover()})")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the last results as a Markdown table"
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.output.read_text(encoding="utf-8"))))
+        return 0
     names = args.names or discover()
     unknown = sorted(set(names) - set(discover()))
     if unknown:
         parser.error(f"no such benchmark: {', '.join(unknown)}")
     report: dict[str, Any] = {
-        "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
+        "command": " ".join(
+            ["python -m benchmarks", *(["--quick"] if args.quick else []), *args.names]
+        ),
         "quick": args.quick,
         "machine": machine(),
         "benchmarks": {},
