@@ -36,7 +36,7 @@ from securemail.access import Actor, require
 from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
 from securemail.openpgp import Envelope, Fingerprint, SealError, SealInput
-from securemail.requestview import DATA_CATEGORIES, resource
+from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services
 
 log = logging.getLogger("securemail.answer")
@@ -73,16 +73,11 @@ async def _require_answerable(svc: Services, actor: Actor, reference: str) -> di
             row = exchange.require_row(db, reference)
             require(actor, "request.answer", resource(row), hide=True)
         except SecuremailError as exc:
-            audit.record(
+            record_refusal(
                 db,
-                audit.AuditEvent.of(
-                    actor,
-                    "access.denied",
-                    outcome="refused",
-                    outcome_detail=f"request.answer: {exc.code}",
-                    object_type="request",
-                    object_id=reference,
-                ),
+                actor,
+                reference,
+                f"request.answer: {exc.code}",
                 source_id=svc.settings.gateway.source_id,
             )
             return None, exc
@@ -94,6 +89,34 @@ async def _require_answerable(svc: Services, actor: Actor, reference: str) -> di
     if row["state"] != "open" or row["kind"] == "intrekking":
         raise AnswerClosedError("request is not open for an answer", reference=reference)
     return row
+
+
+def _audit_answer(
+    db: sqlite_utils.Database,
+    svc: Services,
+    actor: Actor,
+    reference: str,
+    current: dict[str, Any],
+    event_code: str,
+    **columns: str,
+) -> None:
+    """The audit row of a nurse's answer: permitted only as a nurse of the request's team,
+    and it discloses the request's data categories for its patient."""
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            event_code,
+            patient_id=current["patient_bsn"],
+            object_type="request",
+            object_id=reference,
+            data_categories=DATA_CATEGORIES,
+            sender_org=actor.org_code,
+            check_authz="permit:nurse-of-team",
+            **columns,
+        ),
+        source_id=svc.settings.gateway.source_id,
+    )
 
 
 def _document(row: dict[str, Any]) -> forms.ExecutionRequest:
@@ -134,25 +157,24 @@ async def record_answer(
         )
         _close_hop(db, reference, current["team_id"], answer, actor, now)
         practice = directory.org_by_id(db, current["practice_org_id"])
-        audit.record(
+        _audit_answer(
             db,
-            audit.AuditEvent.of(
-                actor,
-                "request.answer",
-                patient_id=current["patient_bsn"],
-                object_type="request",
-                object_id=reference,
-                data_categories=DATA_CATEGORIES,
-                sender_org=actor.org_code,
-                recipient_org=practice.code,
-                check_authz="permit:nurse-of-team",
-                outcome_detail=f"status={answer.status}",
-            ),
-            source_id=svc.settings.gateway.source_id,
+            svc,
+            actor,
+            reference,
+            current,
+            "request.answer",
+            recipient_org=practice.code,
+            outcome_detail=f"status={answer.status}",
         )
-        if practice.notify_address:
-            notice = notify.notice_answered(reference, practice.notify_address, svc.settings)
-            outbox.enqueue(db, notice, actor=actor, sender_org=actor.org_code)
+        outbox.enqueue_notice(
+            db,
+            notify.notice_answered,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+        )
         return team
 
     team = await svc.store.write(commit)
@@ -298,26 +320,20 @@ async def _pass_on(
         )
         practice = directory.org_by_id(db, current["practice_org_id"])
         consent_id = decision.record.consent_id if decision.record else ""
-        audit.record(
+        _audit_answer(
             db,
-            audit.AuditEvent.of(
-                actor,
-                "request.pass_on",
-                patient_id=current["patient_bsn"],
-                object_type="request",
-                object_id=reference,
-                data_categories=DATA_CATEGORIES,
-                sender_org=actor.org_code,
-                recipient_org=new_team.address,
-                consent_id=consent_id,
-                check_consent=decision.audit_value,
-                check_authz="permit:nurse-of-team",
-                outcome_detail=(
-                    f"from={old_team.address}; sealed_by={gateway_fpr[-16:]}; to="
-                    + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
-                ),
+            svc,
+            actor,
+            reference,
+            current,
+            "request.pass_on",
+            recipient_org=new_team.address,
+            consent_id=consent_id,
+            check_consent=decision.audit_value,
+            outcome_detail=(
+                f"from={old_team.address}; sealed_by={gateway_fpr[-16:]}; to="
+                + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         outbox.enqueue(
             db,
@@ -329,9 +345,14 @@ async def _pass_on(
             consent_id=consent_id,
             data_categories=DATA_CATEGORIES,
         )
-        if practice.notify_address:
-            notice = notify.notice_passed_on(reference, practice.notify_address, svc.settings)
-            outbox.enqueue(db, notice, actor=actor, sender_org=actor.org_code)
+        outbox.enqueue_notice(
+            db,
+            notify.notice_passed_on,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+        )
         return decision
 
     (await svc.store.write(commit)).raise_if_refused()

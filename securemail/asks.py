@@ -208,9 +208,9 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
             ),
             source_id=svc.settings.gateway.source_id,
         )
-        if practice.notify_address:
-            notice = notify.notice_ask(reference, practice.notify_address, svc.settings)
-            outbox.enqueue(db, notice, actor=actor, sender_org=actor.org_code)
+        outbox.enqueue_notice(
+            db, notify.notice_ask, reference, practice.notify_address, svc.settings, actor=actor
+        )
         return AskResult(reference, due_text)
 
     return await svc.store.write(tx)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from securemail import auth, config, consent, directory, gateway
-from securemail.access import SYSTEM
+from securemail.access import SYSTEM, Actor
 from securemail.openpgp import Keyring
 from securemail.services import Services, open_services
 
@@ -334,24 +334,32 @@ def _demo_consents(svc: Services, now: str) -> None:
     def grant(db: Any) -> None:
         gp = auth.actor_for_cli(db, "huisarts")
         practice = directory.org_by_code(db, PRACTICE["code"])
-        team = directory.team_by_address(db, TEAM["address"])
-        consent.record(
-            db,
-            gp,
-            patient_bsn=bsn,
-            source_org_id=practice.id,
-            recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit",
-            basis="explicit",
-            valid_from=svc.now(),
-            valid_until=None,
-            given_at=svc.now(),
-            channel="in_person",
-            performer="patient",
-            now=svc.now(),
-        )
+        record_team_consent(db, svc, gp, bsn, practice.id, TEAM["address"])
 
     svc.store.write_sync(grant)
+
+
+def record_team_consent(
+    db: Any, svc: Services, gp: Actor, bsn: str, source_org_id: int, team_address: str
+) -> None:
+    """The patient's explicit consent, given in person and open-ended, for one team: without
+    it the gateway refuses to send the demo's (or an end-to-end test's) request there."""
+    team = directory.team_by_address(db, team_address)
+    consent.record(
+        db,
+        gp,
+        patient_bsn=bsn,
+        source_org_id=source_org_id,
+        recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
+        decision="permit",
+        basis="explicit",
+        valid_from=svc.now(),
+        valid_until=None,
+        given_at=svc.now(),
+        channel="in_person",
+        performer="patient",
+        now=svc.now(),
+    )
 
 
 def demo_overrides(paths: DemoPaths, port: int, smtp_port: int) -> dict[str, dict[str, Any]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -36,6 +37,7 @@ import sqlite_utils
 from securemail import audit, notify
 from securemail.access import Actor, Resource, require
 from securemail.audit import AuditEvent
+from securemail.config import Settings
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.openpgp import _SEAL_TOKEN, SealedMessage
 from securemail.sealcheck import NotSealedError
@@ -239,6 +241,21 @@ def audit_event(
         responsible_user_id=row.queued_by,
         **ctx,
     )
+
+
+def enqueue_notice(
+    db: sqlite_utils.Database,
+    make: Callable[[str, str, Settings], notify.Notice],
+    reference: str,
+    to: str,
+    settings: Settings,
+    *,
+    actor: Actor,
+) -> None:
+    """Queue make's notice about reference to to, sent on behalf of actor's organisation.
+    An organisation that gave no notice address (to is empty) is not told."""
+    if to:
+        enqueue(db, make(reference, to, settings), actor=actor, sender_org=actor.org_code)
 
 
 # -- admin -----------------------------------------------------------------------------------

@@ -64,6 +64,25 @@ def hops(db: sqlite_utils.Database, reference: str) -> list[dict[str, Any]]:
     return [dict(zip(keys, r, strict=True)) for r in cur]
 
 
+def record_refusal(
+    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str
+) -> None:
+    """The access.denied row for a refused look at (or action on) a request; the refusal
+    itself is raised by the caller, often hidden as not-found, so this row is its only trace."""
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "access.denied",
+            outcome="refused",
+            outcome_detail=detail,
+            object_type="request",
+            object_id=reference,
+        ),
+        source_id=source_id,
+    )
+
+
 def get_request(
     db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
 ) -> dict[str, Any]:
@@ -73,18 +92,7 @@ def get_request(
     try:
         require(actor, "request.view", resource(row), hide=True)
     except SecuremailError as exc:
-        audit.record(
-            db,
-            audit.AuditEvent.of(
-                actor,
-                "access.denied",
-                outcome="refused",
-                outcome_detail=exc.code,
-                object_type="request",
-                object_id=reference,
-            ),
-            source_id=source_id,
-        )
+        record_refusal(db, actor, reference, exc.code, source_id=source_id)
         raise
     team = directory.team_by_id(db, row["team_id"])
     audit.record(

@@ -55,19 +55,24 @@ def store(tmp_path, monkeypatch):
     s.close()
 
 
+def add_orgs(db):
+    """Practice A, nursing organisation B with its team TEAM_B, and practice C."""
+    directory.add_org(db, SYSTEM, code=PRACTICE_A, kind="practice", name="Praktijk Akker",
+                      now=NOW)
+    directory.add_org(db, SYSTEM, code=NURSING_B, kind="nursing", name="Thuiszorg Beek",
+                      now=NOW)
+    directory.add_team(db, SYSTEM, org_code=NURSING_B, name="Wijkteam Noord",
+                       address=TEAM_B, now=NOW)
+    directory.add_org(db, SYSTEM, code=PRACTICE_C, kind="practice", name="Praktijk Ceder",
+                      now=NOW)
+
+
 @pytest.fixture
 def world(store):
     """Practice A (GP, officer), nursing organisation B (team, nurse, officer), practice C."""
 
     def setup(db):
-        directory.add_org(db, SYSTEM, code=PRACTICE_A, kind="practice", name="Praktijk Akker",
-                          now=NOW)
-        directory.add_org(db, SYSTEM, code=NURSING_B, kind="nursing", name="Thuiszorg Beek",
-                          now=NOW)
-        directory.add_team(db, SYSTEM, org_code=NURSING_B, name="Wijkteam Noord",
-                           address=TEAM_B, now=NOW)
-        directory.add_org(db, SYSTEM, code=PRACTICE_C, kind="practice", name="Praktijk Ceder",
-                          now=NOW)
+        add_orgs(db)
         pw = "correct horse battery"
         for username, role, org, extra in (
             ("po_a", "privacy_officer", PRACTICE_A, {}),

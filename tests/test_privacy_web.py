@@ -17,10 +17,8 @@ from securemail.openpgp import Keyring
 from securemail.services import open_services
 from securemail.store import Store
 from securemail.web import create_app
+from tests.test_audit import NOW, PRACTICE_A, PRACTICE_C, TEAM_B, add_orgs
 
-NOW = "2024-01-01T00:00:00.000Z"
-PRACTICE_A, NURSING_B, PRACTICE_C = "01234567", "87654321", "11111111"
-TEAM_B = "noord@beek.example"
 BSN = "111222333"
 
 
@@ -43,14 +41,7 @@ async def console(tmp_path, aiohttp_client, monkeypatch):
     now = svc.now_iso()
 
     def setup(db):
-        directory.add_org(db, SYSTEM, code=PRACTICE_A, kind="practice", name="Praktijk Akker",
-                          now=NOW)
-        directory.add_org(db, SYSTEM, code=NURSING_B, kind="nursing", name="Thuiszorg Beek",
-                          now=NOW)
-        directory.add_team(db, SYSTEM, org_code=NURSING_B, name="Wijkteam Noord",
-                           address=TEAM_B, now=NOW)
-        directory.add_org(db, SYSTEM, code=PRACTICE_C, kind="practice", name="Praktijk Ceder",
-                          now=NOW)
+        add_orgs(db)
         for username, role, org, extra in (
             ("po_a", "privacy_officer", PRACTICE_A, {}),
             ("po_c", "privacy_officer", PRACTICE_C, {}),

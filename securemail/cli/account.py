@@ -12,17 +12,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config
+from securemail import auth
 from securemail.access import SYSTEM
-from securemail.cli import command, home_of
-from securemail.cli.directory import read_secret
-from securemail.services import open_services
+from securemail.cli import command
+from securemail.cli.directory import open_home, read_secret
 
 
 def cmd_account(args: argparse.Namespace) -> int:
-    svc = open_services(config.load(home_of(args)))
-    src = svc.settings.gateway.source_id
-    try:
+    with open_home(args) as svc:
+        src = svc.settings.gateway.source_id
         if args.action == "reset-password":
             password = read_secret(args.password_file, "new password: ")
             ended = svc.store.write_sync(lambda db: auth.reset_password(
@@ -32,8 +30,6 @@ def cmd_account(args: argparse.Namespace) -> int:
         else:
             svc.store.write_sync(lambda db: auth.unlock(db, SYSTEM, args.username, source_id=src))
             print(f"{args.username} unlocked")
-    finally:
-        svc.close()
     return 0
 
 

@@ -200,6 +200,12 @@ def _withdraw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: Any) -> None:
+    """Readable JSON on stdout; patient names keep their letters (no \\u escapes)."""
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+
+
 def _list(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     rows = _run(
@@ -216,8 +222,7 @@ def _list(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        json.dump([r.as_json(now) for r in rows], sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        _print_json([r.as_json(now) for r in rows])
         return 0
     for r in rows:
         until = r.valid_until.date().isoformat() if r.valid_until else "-"
@@ -239,6 +244,5 @@ def _export(args: argparse.Namespace) -> int:
             db, actor, source_org_id=_holder(actor), patient_bsn=args.patient, now=now
         ),
     )
-    json.dump(bundle, sys.stdout, indent=2, ensure_ascii=False)
-    print()
+    _print_json(bundle)
     return 0

@@ -9,17 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import config, escalation
-from securemail.cli import command, home_of
-from securemail.services import open_services
+from securemail import escalation
+from securemail.cli import command
+from securemail.cli.directory import open_home
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    svc = open_services(config.load(home_of(args)))
-    try:
+    with open_home(args) as svc:
         report = asyncio.run(escalation.check(svc))
-    finally:
-        svc.close()
     if args.json:
         print(json.dumps({"requests": list(report.requests), "asks": list(report.asks)}))
     else:

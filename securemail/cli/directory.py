@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,15 @@ from securemail.errors import InputError
 from securemail.services import Services, open_services
 
 
-def _services(args: argparse.Namespace) -> Services:
-    return open_services(config.load(home_of(args)))
+@contextmanager
+def open_home(args: argparse.Namespace) -> Iterator[Services]:
+    """The services of the command's home, closed however the command ends (closing also
+    stops the keyring's gpg-agent)."""
+    svc = open_services(config.load(home_of(args)))
+    try:
+        yield svc
+    finally:
+        svc.close()
 
 
 def read_secret(path: Path | None, prompt: str) -> str:
@@ -30,36 +39,27 @@ def read_secret(path: Path | None, prompt: str) -> str:
 
 
 def cmd_org_add(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         org = svc.store.write_sync(lambda db: directory.add_org(
             db, SYSTEM, code=args.code, kind=args.kind, name=args.name,
             notify_address=args.notify or "", now=svc.now_iso()))
-    finally:
-        svc.close()
     print(f"organisation {org.code} ({org.kind}) {org.name} added")
     return 0
 
 
 def cmd_team_add(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         team = svc.store.write_sync(lambda db: directory.add_team(
             db, SYSTEM, org_code=args.org, name=args.name, address=args.address,
             now=svc.now_iso()))
-    finally:
-        svc.close()
     print(f"team {team.address} ({team.name}) added")
     return 0
 
 
 def cmd_preferred(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         svc.store.write_sync(lambda db: directory.set_preferred(
             db, practice_code=args.practice, team_addresses=args.team))
-    finally:
-        svc.close()
     print(f"preferred providers of {args.practice}: {', '.join(args.team)}")
     return 0
 
@@ -70,8 +70,7 @@ async def enrol_gp_key(svc: Services, user: auth.User, passphrase: str) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         password = read_secret(args.password_file, "password: ")
         profile = {k: getattr(args, k) or "" for k in ("big", "agb", "phone", "out_of_hours_phone")}
         user = svc.store.write_sync(lambda db: auth.add_user(
@@ -83,8 +82,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
             passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")
             fpr = asyncio.run(enrol_gp_key(svc, user, passphrase))
             print(f"signing key {fpr} created; the passphrase is not stored")
-    finally:
-        svc.close()
     return 0
 
 

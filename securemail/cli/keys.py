@@ -15,14 +15,10 @@ from typing import Any
 from securemail import auth, config, directory, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM, Actor
 from securemail.cli import command, home_of
-from securemail.cli.directory import read_secret
+from securemail.cli.directory import open_home, read_secret
 from securemail.keyinfo import phone_code
 from securemail.keymanifest import public_key_data
-from securemail.services import Services, open_services
-
-
-def _services(args: argparse.Namespace) -> Services:
-    return open_services(config.load(home_of(args)))
+from securemail.services import Services
 
 
 def _actor(svc: Services, username: str | None) -> Actor:
@@ -37,8 +33,7 @@ def _user(svc: Services, username: str) -> auth.User:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Pin the keys of one armored file for a team, by the same change-of-key rule as sync."""
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         text = Path(args.file).read_text(encoding="ascii")
         public_key_data(text, args.file)  # public keys only, checked on the packets
         actor = _actor(svc, args.as_user)
@@ -64,18 +59,13 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"{outcome}: {fpr} ({email}) for {team.address}")
             if outcome == keydir.QUARANTINED:
                 print(f"  confirm by phone: securemail keys confirm {email} {fpr} --code ...")
-    finally:
-        svc.close()
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         folder = Path(args.folder) if args.folder else svc.settings.keys_path
         report = asyncio.run(keydir.sync(svc, folder, _actor(svc, args.as_user)))
-    finally:
-        svc.close()
     print(f"synced {folder}: {len(report.imported)} pinned key(s) in the keyring")
     for outcome, team, email, fpr in report.changes:
         if outcome != keydir.UNCHANGED:
@@ -108,12 +98,9 @@ def print_foresight(f: keycheck.Foresight) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         foresight = asyncio.run(keycheck.foresee(svc))
         sent = asyncio.run(keycheck.notify_admin(svc, foresight)) if args.notify else None
-    finally:
-        svc.close()
     if args.json:
         print(json.dumps(foresight.as_json(), indent=2))
     else:
@@ -124,8 +111,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         actor = _actor(svc, args.as_user)
         outcome = svc.store.write_sync(
             lambda db: keydir.confirm(
@@ -138,8 +124,6 @@ def cmd_confirm(args: argparse.Namespace) -> int:
                 source_id=svc.settings.gateway.source_id,
             )
         )
-    finally:
-        svc.close()
     outcome.raise_if_refused()
     for m in outcome.confirmed:
         print(f"confirmed: {m.email} {m.fingerprint} is now active")
@@ -166,22 +150,18 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_gp_passphrase(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         user = _user(svc, args.as_user)
         old = read_secret(args.old_file, "current signing passphrase: ")
         new = read_secret(args.new_file, "new signing passphrase: ")
         actor = _actor(svc, args.as_user)
         fpr = asyncio.run(gpkeys.change_passphrase(svc, actor, user, old, new))
-    finally:
-        svc.close()
     print(f"passphrase of {fpr} changed")
     return 0
 
 
 def cmd_gp_revoke(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         user = _user(svc, args.user)
         passphrase = read_secret(args.passphrase_file, "") if args.passphrase_file else None
         new = None
@@ -198,8 +178,6 @@ def cmd_gp_revoke(args: argparse.Namespace) -> int:
                 new_passphrase=new,
             )
         )
-    finally:
-        svc.close()
     print(f"revoked {result.revoked} ({args.reason})")
     if result.replacement:
         print(f"replacement signing key {result.replacement}")
@@ -208,11 +186,8 @@ def cmd_gp_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_export_gp(args: argparse.Namespace) -> int:
-    svc = _services(args)
-    try:
+    with open_home(args) as svc:
         armored, keys = asyncio.run(gpkeys.export_gp_keys(svc))
-    finally:
-        svc.close()
     if args.output:
         Path(args.output).write_text(armored, encoding="ascii")
         for k in keys:

@@ -35,9 +35,6 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PRIVACY_PASSWORD = "privacy officer password"
 VIEWPORT = {"width": 1280, "height": 860}
@@ -63,20 +60,6 @@ def browser_team_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
         "secret": gpg_cli(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
                           "--export-secret-keys").decode(),
     }
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run `make browser-deps` "
-                    "(make test does this) or `apt-get install -y chromium`")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                          headless=True)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

@@ -7,39 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from securemail import forms
 from securemail.services import utcnow
 from securemail.web import create_app
-from tests.browser.test_browser import log_in  # the one browser login (password + TOTP)
+from tests.browser.test_browser import fill_request, log_in  # as the GP and nurse do it
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 from tests.loop_fixtures import Loop
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-NOT_TYPED = ("principal.", "reference", "form_id", "form_version", "issued_at")
 NURSE_IN_CHARGE = "M. Zwaan-de Boer"
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture
@@ -49,23 +29,6 @@ async def site(loop: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
     server = await aiohttp_server(app, host="127.0.0.1")
     yield str(server.make_url("")).rstrip("/")
     await server.close()
-
-
-async def fill_request(page: Any, data: dict[str, Any]) -> None:
-    """Type the request into the form as a GP would: every field by its name."""
-    for name, value in forms.flatten(data).items():
-        if name.startswith(NOT_TYPED):
-            continue
-        field = page.locator(f'[name="{name}"]')
-        if await field.count() == 0:
-            continue
-        tag = await field.evaluate("e => e.tagName.toLowerCase() + ':' + (e.type || '')")
-        if tag.startswith("select"):
-            await field.select_option(str(value))
-        elif tag.endswith("checkbox"):
-            await field.set_checked(value in ("on", "true", True))
-        else:
-            await field.fill(str(value))
 
 
 async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, consent, directory, gateway
+from securemail import auth, config, demo, directory, gateway
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.services import Services, open_services
@@ -210,25 +210,9 @@ async def build_gateway(
 
 
 def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None:
-    def grant(db: Any) -> None:
-        team = directory.team_by_address(db, team_address)
-        consent.record(
-            db,
-            gp,
-            patient_bsn=bsn,
-            source_org_id=gp.org_id or 0,
-            recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit",
-            basis="explicit",
-            valid_from=svc.now(),
-            valid_until=None,
-            given_at=svc.now(),
-            channel="in_person",
-            performer="patient",
-            now=svc.now(),
-        )
-
-    svc.store.write_sync(grant)
+    svc.store.write_sync(
+        lambda db: demo.record_team_consent(db, svc, gp, bsn, gp.org_id or 0, team_address)
+    )
 
 
 @pytest.fixture

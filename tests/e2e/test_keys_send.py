@@ -5,9 +5,6 @@ member was left out and why."""
 from __future__ import annotations
 
 import email
-import json
-import subprocess
-import sys
 from collections.abc import Callable
 from email import policy
 from pathlib import Path
@@ -17,7 +14,8 @@ from securemail import armor, auth, directory, session
 from securemail.access import SYSTEM
 from securemail.web import create_app
 from tests.conftest import GpgTestKey
-from tests.e2e.conftest import GP_PASSPHRASE, TEAM, Gateway, env_for_cli, example
+from tests.e2e.conftest import TEAM, Gateway, example
+from tests.e2e.test_send_path import cli_send
 
 
 async def pin_expired_member(gw: Gateway, gpg_keygen: Callable[..., GpgTestKey]) -> str:
@@ -44,32 +42,9 @@ async def test_team_with_an_expired_member_key_receives_encrypted_to_the_others_
 ) -> None:
     # Given a team with two good member keys and one that expired years ago
     expired = await pin_expired_member(gw, gpg_keygen)
-    (tmp_path / "request.json").write_text(json.dumps(example()), encoding="utf-8")
-    (tmp_path / "pass").write_text(GP_PASSPHRASE + "\n", encoding="utf-8")
     gw.svc.store.close()
     # When the GP sends a request to the team
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "securemail",
-            "request",
-            "send",
-            "--home",
-            str(gw.home),
-            "--as",
-            "huisarts",
-            "--file",
-            str(tmp_path / "request.json"),
-            "--passphrase-file",
-            str(tmp_path / "pass"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env_for_cli(),
-        timeout=120,
-        check=False,
-    )
+    proc = cli_send(gw, tmp_path, example())
     # Then it is queued, and the GP is warned which member was left out
     assert proc.returncode == 0, proc.stderr
     reference = proc.stdout.splitlines()[0]
