@@ -103,7 +103,13 @@ async def connect(settings: Settings, ctx: ssl.SSLContext) -> aiosmtplib.SMTP:
         username=s.username or None,
         password=(s.password or None) if s.username else None,
     )
-    await smtp.connect()
+    try:
+        await smtp.connect()
+    except BaseException:
+        # A refusal mid-handshake (no STARTTLS, a bad certificate, our timeout) must not leave
+        # the socket open until garbage collection.
+        smtp.close()
+        raise
     if smtp.get_transport_info("sslcontext") is None:  # defence in depth
         smtp.close()
         raise RelayInsecureError("relay session is not TLS-protected", host=s.host, port=s.port)
