@@ -373,6 +373,9 @@ class Worker:
                         await smtp.quit()
                 except Exception:  # the relay may have gone; we are done with it anyway
                     smtp.close()
+                except BaseException:  # cancelled while saying goodbye: still free the socket
+                    smtp.close()
+                    raise
 
     async def _release(self, ids: list[int]) -> None:
         now = self.clock()
