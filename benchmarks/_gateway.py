@@ -25,7 +25,7 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 
-from securemail import apitoken, auth, config, consent, directory, gateway
+from securemail import apitoken, auth, config, consent, directory, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.services import Services, open_services
@@ -197,20 +197,9 @@ async def build(
         )
 
     svc.store.write_sync(dir_data)
-    fprs = await svc.keyring.import_keys(team_armor)
-    for i, fpr in enumerate(fprs, start=1):
-        info = await svc.keyring.key_info(fpr)
-        svc.store.write_sync(
-            lambda db, fpr=fpr, i=i, info=info: directory.add_member(
-                db,
-                SYSTEM,
-                team_address=TEAM,
-                name=f"Nurse {i}",
-                email=info.uids[0],
-                fingerprint=fpr,
-                now=now,
-            )
-        )
+    team = svc.store.read_sync(lambda db: directory.team_by_address(db, TEAM))
+    pinned = await keydir.import_and_pin(svc, SYSTEM, team, team_armor)
+    fprs = [fpr for fpr, _, _ in pinned]
     gp_user = svc.store.write_sync(
         lambda db: auth.add_user(
             db,

@@ -359,3 +359,37 @@ async def sync(svc: Services, folder: Path, actor: Actor) -> SyncReport:
     applied = await svc.store.write(lambda db: _apply(db, actor, manifest, now, source_id))
     applied.imported, applied.warnings = report.imported, report.warnings + applied.warnings
     return applied
+
+
+async def import_and_pin(
+    svc: Services,
+    actor: Actor,
+    team: Team,
+    armor: str,
+    *,
+    name: str | None = None,
+    verified_how: str = "",
+) -> list[tuple[str, str, str]]:
+    """Import public keys into the keyring and pin each for team by the change-of-key rule;
+    return (fingerprint, email, outcome) per key. Member names default to the key's address."""
+    results = []
+    for fpr in await svc.keyring.import_keys(armor):
+        info = await svc.keyring.key_info(fpr)
+        email = info.uids[0] if info.uids else ""
+        outcome = svc.store.write_sync(
+            lambda db, fpr=fpr, email=email: pin(
+                db,
+                actor,
+                team=team,
+                name=name or email,
+                email=email,
+                fingerprint=fpr,
+                verified_by=actor.username,
+                verified_how=verified_how,
+                verified_at=svc.now_iso()[:10],
+                now=svc.now_iso(),
+                source_id=svc.settings.gateway.source_id,
+            )
+        )
+        results.append((str(fpr), email, outcome))
+    return results

@@ -38,24 +38,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         public_key_data(text, args.file)  # public keys only, checked on the packets
         actor = _actor(svc, args.as_user)
         team = svc.store.read_sync(lambda db: directory.team_by_address(db, args.team))
-        for fpr in asyncio.run(svc.keyring.import_keys(text)):
-            info = asyncio.run(svc.keyring.key_info(fpr))
-            email = info.uids[0] if info.uids else ""
-            outcome = svc.store.write_sync(
-                lambda db, fpr=fpr, email=email: keydir.pin(
-                    db,
-                    actor,
-                    team=team,
-                    name=args.name or email,
-                    email=email,
-                    fingerprint=fpr,
-                    verified_by=actor.username,
-                    verified_how=args.verified_how,
-                    verified_at=svc.now_iso()[:10],
-                    now=svc.now_iso(),
-                    source_id=svc.settings.gateway.source_id,
-                )
+        pinned = asyncio.run(
+            keydir.import_and_pin(
+                svc, actor, team, text, name=args.name, verified_how=args.verified_how
             )
+        )
+        for fpr, email, outcome in pinned:
             print(f"{outcome}: {fpr} ({email}) for {team.address}")
             if outcome == keydir.QUARANTINED:
                 print(f"  confirm by phone: securemail keys confirm {email} {fpr} --code ...")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, demo, directory, gateway
+from securemail import auth, config, demo, directory, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.services import Services, open_services
@@ -148,20 +148,9 @@ async def build_gateway(
         )
 
     svc.store.write_sync(dir_data)
-    fprs = await svc.keyring.import_keys(team_member_keys["public"])
-    for i, fpr in enumerate(fprs, start=1):
-        info = await svc.keyring.key_info(fpr)
-        svc.store.write_sync(
-            lambda db, fpr=fpr, i=i, info=info: directory.add_member(
-                db,
-                SYSTEM,
-                team_address=TEAM,
-                name=f"Nurse {i}",
-                email=info.uids[0],
-                fingerprint=fpr,
-                now=now,
-            )
-        )
+    team = svc.store.read_sync(lambda db: directory.team_by_address(db, TEAM))
+    pinned = await keydir.import_and_pin(svc, SYSTEM, team, team_member_keys["public"])
+    fprs = [fpr for fpr, _, _ in pinned]
     gp_user = svc.store.write_sync(
         lambda db: auth.add_user(
             db,
@@ -203,10 +192,15 @@ async def build_gateway(
     gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
     gpg_cli(nurse_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
     # Every login needs a second factor: pair the people with authenticators the tests hold.
-    totp_secrets = {u: svc.store.write_sync(lambda db, u=u: auth.enrol_totp_for_demo(
-        db, auth.user_by_name(db, u).id)) for u in ("huisarts", "nurse1")}
-    return Gateway(home, svc, nurse_home, gp, [str(f) for f in fprs],
-                   extra={"totp_secrets": totp_secrets})
+    totp_secrets = {
+        u: svc.store.write_sync(
+            lambda db, u=u: auth.enrol_totp_for_demo(db, auth.user_by_name(db, u).id)
+        )
+        for u in ("huisarts", "nurse1")
+    }
+    return Gateway(
+        home, svc, nurse_home, gp, [str(f) for f in fprs], extra={"totp_secrets": totp_secrets}
+    )
 
 
 def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None:
