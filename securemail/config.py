@@ -51,6 +51,11 @@ class GatewaySettings:
     keys_dir: str = _s(
         "", "The reviewed key directory (keys/ with directory.toml); empty means the project's."
     )
+    log_format: str = _s(
+        "text",
+        "'text' (one readable line per event) or 'json' (one JSON object per line: time, level,"
+        " logger, message, incident and request id) for a log collector (docs/monitoring.md).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,28 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringSettings:
+    metrics_token: str = _s(
+        "",
+        "Bearer token a Prometheus scraper sends to /metrics (or set "
+        "SECUREMAIL_MONITORING_METRICS_TOKEN); empty means /metrics is refused to everyone.",
+    )
+    health_check_seconds: float = _s(
+        60.0, "How often the web app runs and records the health checks (availability)."
+    )
+    relay_cache_seconds: float = _s(
+        30.0, "A relay check result is reused this long, so /healthz polling cannot hammer it."
+    )
+    gpg_cache_seconds: float = _s(10.0, "A gpg check result is reused this long.")
+    health_retention_days: int = _s(
+        400, "Recorded health checks are kept this many days (availability over a year)."
+    )
+    availability_target_percent: float = _s(
+        99.8, "Availability the NTA 7516 declaration compares with (NTA 7516 6.1.2: 99.8 %/year)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -142,6 +169,7 @@ class Settings:
     gpg: GpgSettings = field(default_factory=GpgSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
     def db_path(self) -> Path:
@@ -260,7 +288,16 @@ def _validate(s: Settings) -> None:
             "[smtp] starttls must be 'required' or 'implicit'; plaintext is never allowed",
             setting="[smtp] starttls",
         )
+    if s.gateway.log_format not in {"text", "json"}:
+        raise ConfigError(
+            "[gateway] log_format must be 'text' or 'json'", setting="[gateway] log_format"
+        )
     positive = [
+        ("monitoring", "health_check_seconds"),
+        ("monitoring", "relay_cache_seconds"),
+        ("monitoring", "gpg_cache_seconds"),
+        ("monitoring", "health_retention_days"),
+        ("monitoring", "availability_target_percent"),
         ("delivery", "retry_initial_seconds"),
         ("delivery", "retry_max_seconds"),
         ("delivery", "give_up_after_seconds"),

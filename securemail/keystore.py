@@ -429,6 +429,22 @@ class KeyStore:
         """List these keys with one gpg call (the per-key checks that follow are cached)."""
         await self._lookup_many([fingerprint_arg(f) for f in fprs])
 
+    async def probe_secret(self, fpr: str) -> KeyInfo | None:
+        """List the secret key ``fpr`` with a fresh gpg call, bypassing the cache (the health
+        check: gpg answers and holds the key); None when gpg answers but has no such key."""
+        f = fingerprint_arg(fpr)
+        args = ["--with-fingerprint", "--with-fingerprint", "--list-secret-keys", f]
+        r = await self._call("list-secret-keys", lambda g: g.run(args))
+        if r.returncode is None:  # gpg did not answer at all (crashed, killed)
+            self._fail("list-secret-keys", r)
+        found = [i for i in parse_listing(r.data.decode("latin-1")) if i.fingerprint == f]
+        if found:
+            return found[0]
+        missing = [v for k, v in gpgproc.status(r) if k == "ERROR"]
+        if r.returncode != 0 and not (missing and all(v.startswith("keylist.") for v in missing)):
+            self._fail("list-secret-keys", r)
+        return None
+
     async def _lookup_many(self, fprs: Sequence[Fingerprint]) -> dict[Fingerprint, KeyInfo]:
         self._revalidate()
         now = time.monotonic()

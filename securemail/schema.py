@@ -19,6 +19,7 @@ from securemail import (  # noqa: F401
     exchange,
     gateway,
     gpkeys,
+    health,
     outbox,
     session,
     totp,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from securemail import logsetup
 from securemail.config import default_home
 from securemail.errors import SecuremailError
 
@@ -25,7 +27,7 @@ log = logging.getLogger("securemail.cli")
 #: Modules under securemail.cli that register subcommands, in help order.
 COMMAND_MODULES = (
     "gateway", "directory", "account", "keys", "request", "consent", "audit", "outbox",
-    "deadlines",
+    "deadlines", "monitor",
 )  # fmt: skip
 
 #: Commands a practice system runs once per request, mapped to the one module that registers
@@ -88,11 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_fast_module(argv))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # The format can come only from the environment here (the home's securemail.toml is read
+    # by each command); serve and worker apply the loaded [gateway] log_format again.
+    fmt = os.environ.get("SECUREMAIL_GATEWAY_LOG_FORMAT", "text")
+    logsetup.configure(fmt if fmt in logsetup.FORMATS else "text", verbose=args.verbose)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -107,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         incident = uuid.uuid4().hex[:12]
         # The traceback goes to the log with an incident id; messages carry ids, not patient data.
-        log.error("unexpected failure, incident %s", incident, exc_info=args.verbose)
+        log.error(
+            "unexpected failure, incident %s",
+            incident,
+            exc_info=args.verbose,
+            extra={"incident": incident},
+        )
         print(f"error: internal error (incident {incident}); see the log", file=sys.stderr)
         return 1

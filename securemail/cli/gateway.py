@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from securemail import config, gateway
+from securemail import config, gateway, logsetup
 from securemail.cli import command, home_of
 from securemail.store import Store
 
@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if overrides:
         settings = settings.replace(web=overrides)
+    logsetup.configure(settings.gateway.log_format, verbose=args.verbose)
     serve(settings)
     return 0
 
@@ -55,7 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from securemail.web.server import run_worker_only
 
-    run_worker_only(config.load(home_of(args)))
+    settings = config.load(home_of(args))
+    logsetup.configure(settings.gateway.log_format, verbose=args.verbose)
+    run_worker_only(settings)
     return 0
 
 

@@ -32,7 +32,9 @@ log = logging.getLogger("securemail.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Routes reachable without a session (SecureDrop's _insecure_views): by route name.
-OPEN_ROUTES = frozenset({"login", "login_post", "static", "health"})
+#: /healthz and /metrics carry no patient data; /metrics checks its own bearer token
+#: ([monitoring] metrics_token, securemail.web.monitoring) because a scraper has no session.
+OPEN_ROUTES = frozenset({"login", "login_post", "static", "health", "healthz", "metrics"})
 #: Routes reachable with a password-only session (second factor pending). They are the
 #: login itself, so they declare no policy action; every other route must (see requires()).
 SECOND_FACTOR_ROUTES = frozenset({"totp", "totp_post", "totp_enrol", "totp_enrol_post", "logout"})
@@ -164,7 +166,8 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     except Exception:
         incident = uuid.uuid4().hex[:12]
         log.exception("unexpected error on %s %s, incident %s",
-                      request.method, request.match_info.route.name, incident)
+                      request.method, request.match_info.route.name, incident,
+                      extra={"incident": incident})
         return error_response(
             request, 500,
             f"Er ging iets mis aan onze kant. Noem dit kenmerk als u contact opneemt: {incident}",
@@ -258,7 +261,9 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def stack() -> list[Any]:
-    return [headers_mw, errors_mw, auth_mw]
+    from securemail.web.monitoring import request_id_mw
+
+    return [request_id_mw, headers_mw, errors_mw, auth_mw]
 
 
 async def template_context(request: web.Request) -> dict[str, Any]:

@@ -16,17 +16,12 @@ async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(HOME_BY_ROLE.get(request[ACTOR].role, "/login"))
 
 
-async def health(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"status": "ok"})
-
-
 def setup(app: web.Application) -> None:
     from importlib import import_module
 
     app.router.add_get("/", home, name="home")
-    app.router.add_get("/health", health, name="health")
     for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
-                 "admin", "admin_keys", "directory", "api"):
+                 "admin", "admin_keys", "directory", "api", "monitoring"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:
