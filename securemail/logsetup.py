@@ -4,7 +4,7 @@ Invariant: the formatter writes only fixed fields - time, level, logger, message
 incident id and request id when known - plus the exception's type (never its text or a
 traceback in JSON: a traceback can carry local values). What goes into a message is the
 caller's promise (ids, never patient data: docs/threat-model.md #9); the test in
-tests/test_monitoring_logs.py holds it for a whole send and failure path.
+tests/e2e/test_json_logs.py holds it for a whole send and failure path.
 """
 
 from __future__ import annotations
