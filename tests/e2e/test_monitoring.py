@@ -209,3 +209,22 @@ async def test_metrics_match_a_known_state(
     assert after["securemail_requests_overdue"] == 0
     assert after['securemail_health_check_ok{check="relay"}'] == 1
     assert_nothing_revealing(text, gw)
+
+
+async def test_the_server_records_its_health_checks_for_availability(
+    gw: Gateway, smtp_server: Any, aiohttp_client: Any
+) -> None:
+    import asyncio
+
+    gw.svc.settings = gw.svc.settings.replace(monitoring={"health_check_seconds": 0.2})
+    app = create_app(gw.svc.settings, services=gw.svc, run_worker=True)
+    await aiohttp_client(app)
+    for _ in range(100):
+        rows = gw.svc.store.read_sync(
+            lambda db: db.execute("SELECT ok, failed FROM health_checks").fetchall()
+        )
+        if len(rows) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(rows) >= 3
+    assert all(tuple(r) == (1, "") for r in rows)
