@@ -235,6 +235,19 @@ class Monitor:
         self._gpg = _Cached(lambda: check_gpg(svc), m.gpg_cache_seconds, clock)
         self._relay = _Cached(lambda: check_relay(svc.settings), m.relay_cache_seconds, clock)
         self.last: HealthReport | None = None
+        self._clock = clock
+        self._availability: dict[int, tuple[float, Availability]] = {}
+
+    async def availability(self, days: int) -> Availability:
+        """Availability over ``days``, recomputed at most once per check interval (new checks
+        arrive no faster; a 30-day window is 43,200 rows a scrape need not re-read)."""
+        now = self._clock()
+        cached = self._availability.get(days)
+        if cached and now - cached[0] < self.svc.settings.monitoring.health_check_seconds:
+            return cached[1]
+        value = await self.svc.store.read(lambda db: availability(db, time.time(), days))
+        self._availability[days] = (now, value)
+        return value
 
     async def report(self) -> HealthReport:
         """Every check: the database afresh (cheap), gpg and the relay from their caches."""
@@ -287,50 +300,61 @@ class Availability:
         return 100.0 * self.up_seconds / self.span_seconds
 
 
+#: One pass over the window's checks: each check's covered segment, then the sums and the
+#: longest span between ok segments. ``seg`` is used twice, so SQLite materialises it once.
+_AVAILABILITY = """
+    WITH s AS (
+        SELECT checked_at AS t, ok, interval_seconds AS iv,
+               LEAD(checked_at, 1, :now) OVER (ORDER BY checked_at) AS nxt
+        FROM health_checks WHERE checked_at >= :lo AND checked_at <= :now
+    ), seg AS MATERIALIZED (
+        SELECT a, b, ok FROM (
+            SELECT max(t, :since) AS a, min(nxt, t + :cover * iv, :now) AS b, ok FROM s
+        ) WHERE b > a
+    ), up AS (
+        SELECT a, b, LAG(b) OVER (ORDER BY a) AS pb FROM seg WHERE ok
+    )
+    SELECT coalesce(sum(CASE WHEN ok THEN b - a ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN ok THEN 0 ELSE b - a END), 0),
+           (SELECT max(a - coalesce(pb, :since)) FROM up),
+           (SELECT max(b) FROM up)
+    FROM seg
+"""
+
+
 def availability(db: sqlite_utils.Database, now: float, days: int) -> Availability:
     """Availability over the ``days`` before ``now`` from the recorded checks.
 
     Each check vouches for the time until the next check, at most COVER_INTERVALS of its
     interval; the span starts at the window start when an earlier check exists (the
-    installation is older than the window), else at the first check."""
+    installation is older than the window), else at the first check. Computed in SQL
+    (window functions): a scrape covers 43,200 checks for 30 days."""
     start = now - days * 86400
-    rows = db.execute(
-        "SELECT checked_at, ok, interval_seconds FROM health_checks "
-        "WHERE checked_at >= ? AND checked_at <= ? ORDER BY checked_at",
+    checks, failed, first = db.execute(
+        "SELECT count(*), coalesce(sum(1 - ok), 0), min(checked_at) FROM health_checks "
+        "WHERE checked_at >= ? AND checked_at <= ?",
         [start, now],
-    ).fetchall()
-    prior = db.execute(
-        "SELECT checked_at, ok, interval_seconds FROM health_checks WHERE checked_at < ? "
-        "ORDER BY checked_at DESC LIMIT 1",
-        [start],
     ).fetchone()
-    samples = ([tuple(prior)] if prior else []) + [tuple(r) for r in rows]
-    if not rows:
+    if not checks:
         return Availability(days, start, now, 0, 0, 0.0, 0.0, 0.0, 0.0)
-    since = start if prior else float(rows[0][0])
-    up = down = 0.0
-    up_spans: list[tuple[float, float]] = []
-    for i, (at, ok, interval) in enumerate(samples):
-        following = samples[i + 1][0] if i + 1 < len(samples) else now
-        seg_start = max(float(at), since)
-        seg_end = min(float(following), float(at) + COVER_INTERVALS * float(interval), now)
-        if seg_end <= seg_start:
-            continue
-        if ok:
-            up += seg_end - seg_start
-            up_spans.append((seg_start, seg_end))
-        else:
-            down += seg_end - seg_start
-    longest, cursor = 0.0, since
-    for s, e in up_spans:
-        longest = max(longest, s - cursor)
-        cursor = max(cursor, e)
-    longest = max(longest, now - cursor)
+    prior = db.execute(
+        "SELECT max(checked_at) FROM health_checks WHERE checked_at < ?", [start]
+    ).fetchone()[0]
+    since = start if prior is not None else float(first)
+    params = {
+        "now": now,
+        "lo": prior if prior is not None else start,
+        "since": since,
+        "cover": COVER_INTERVALS,
+    }
+    up, down, gap, last_end = db.execute(_AVAILABILITY, params).fetchone()
+    longest = max(float(gap or 0.0), now - float(last_end if last_end is not None else since))
     total = max(now - since, 0.0)
     return Availability(
-        days=days, since=since, until=now, checks=len(rows),
-        failed_checks=sum(1 for r in rows if not r[1]), up_seconds=up, down_seconds=down,
-        unmonitored_seconds=max(total - up - down, 0.0), longest_outage_seconds=longest,
+        days=days, since=since, until=now, checks=int(checks), failed_checks=int(failed),
+        up_seconds=float(up), down_seconds=float(down),
+        unmonitored_seconds=max(total - float(up) - float(down), 0.0),
+        longest_outage_seconds=longest,
     )  # fmt: skip
 
 

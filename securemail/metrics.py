@@ -223,10 +223,11 @@ def _health_metrics(report: HealthReport, avail: health.Availability) -> list[Me
     return out
 
 
-async def collect(svc: Services, report: HealthReport) -> list[Metric]:
-    """Every metric, as of now; ``report`` is the (cached) health report to expose."""
+async def collect(svc: Services, monitor: health.Monitor) -> list[Metric]:
+    """Every metric, as of now, with the monitor's (cached) health checks and availability."""
     now = time.time()
+    report = await monitor.report()
     db_metrics = await svc.store.read(lambda db: _database_metrics(db, now))
-    avail = await svc.store.read(lambda db: health.availability(db, now, 30))
+    avail = await monitor.availability(30)
     keys = await _key_metrics(svc, datetime.fromtimestamp(now, UTC))
     return db_metrics + keys + _health_metrics(report, avail)

@@ -99,19 +99,59 @@ def test_purge_keeps_only_the_retention(store) -> None:
     assert store.read_sync(lambda db: db["health_checks"].count) == 5
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 86400), st.booleans()), max_size=40))
-def test_availability_is_a_share_of_the_span(tmp_path_factory, samples) -> None:
-    s = open_store(tmp_path_factory.mktemp("h") / "h.db")
-    try:
-        s.write_sync(lambda db: [health.record(db, report(T0 + t, ok), 60) for t, ok in samples])
-        a = s.read_sync(lambda db: health.availability(db, T0 + 86400, 30))
-        if samples:
-            assert 0.0 <= a.percent <= 100.0 + 1e-9
-            total = a.up_seconds + a.down_seconds + a.unmonitored_seconds
-            assert total == pytest.approx(a.span_seconds)
+def reference_availability(
+    rows: list[tuple[float, bool, float]], prior: bool, start: float, now: float
+) -> tuple[float, float, float]:
+    """(up, down, longest outage) the plain way: walk the checks one by one."""
+    since = start if prior else rows[0][0]
+    up = down = 0.0
+    spans = []
+    for i, (at, ok, interval) in enumerate(rows):
+        following = rows[i + 1][0] if i + 1 < len(rows) else now
+        a, b = max(at, since), min(following, at + health.COVER_INTERVALS * interval, now)
+        if b <= a:
+            continue
+        if ok:
+            up += b - a
+            spans.append((a, b))
         else:
+            down += b - a
+    longest, cursor = 0.0, since
+    for a, b in spans:
+        longest, cursor = max(longest, a - cursor), max(cursor, b)
+    return up, down, max(longest, now - cursor)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-86400, 86400), st.booleans(), st.sampled_from([30, 60])),
+        max_size=40,
+        unique_by=lambda x: x[0],
+    )
+)
+def test_availability_in_sql_matches_walking_the_checks(tmp_path_factory, samples) -> None:
+    s = open_store(tmp_path_factory.mktemp("h") / "h.db")
+    now, days = T0 + 86400, 1  # the window starts at T0; samples before it are "prior"
+    try:
+        s.write_sync(
+            lambda db: [health.record(db, report(T0 + t, ok), iv) for t, ok, iv in samples]
+        )
+        a = s.read_sync(lambda db: health.availability(db, now, days))
+        at = [(T0 + t, ok, float(iv)) for t, ok, iv in samples]  # as stored: T0 + t rounds
+        inside = sorted(x for x in at if x[0] >= T0)
+        before = sorted(x for x in at if x[0] < T0)
+        if not inside:
             assert a.percent is None
+            return
+        rows = before[-1:] + inside
+        up, down, longest = reference_availability(rows, bool(before), T0, now)
+        assert a.up_seconds == pytest.approx(up)
+        assert a.down_seconds == pytest.approx(down)
+        assert a.longest_outage_seconds == pytest.approx(longest)
+        assert a.percent is None or 0.0 <= a.percent <= 100.0 + 1e-9  # None: an empty span
+        total = a.up_seconds + a.down_seconds + a.unmonitored_seconds
+        assert total == pytest.approx(a.span_seconds)
     finally:
         s.close()
 

@@ -86,9 +86,7 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
-    monitor = _monitor(request.app)
-    report = await monitor.report()
-    body = metrics.render(await metrics.collect(svc, report))
+    body = metrics.render(await metrics.collect(svc, _monitor(request.app)))
     return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
