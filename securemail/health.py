@@ -18,23 +18,27 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiosmtplib
 import sqlite_utils
 
-from securemail import gateway, relay
+from securemail import gateway
 from securemail.config import Settings
 from securemail.errors import SecuremailError
 from securemail.keyinfo import unusable_signer_reason
-from securemail.services import Services
 from securemail.store import migrations
+
+if TYPE_CHECKING:  # the store imports this module for its migrations: keep that light
+    from securemail.services import Services
+
+log = logging.getLogger("securemail.health")
 
 CHECKS = ("database", "gpg", "relay")
 #: Longest a database read may take before the check calls the database unhealthy.
@@ -147,6 +151,10 @@ async def check_gpg(svc: Services) -> CheckResult:
 
 async def check_relay(settings: Settings) -> CheckResult:
     """TCP connect, EHLO, STARTTLS offered and a verified TLS session; then QUIT."""
+    import aiosmtplib
+
+    from securemail import relay
+
     s = settings.smtp
     implicit = s.starttls == "implicit"
     try:
@@ -183,6 +191,8 @@ async def check_relay(settings: Settings) -> CheckResult:
 
 def _relay_reason(exc: Exception) -> str:
     """Why the relay check failed, in words that name no host, port or library."""
+    import aiosmtplib
+
     cause: BaseException | None = exc
     for _ in range(5):
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -360,9 +370,8 @@ def availability(db: sqlite_utils.Database, now: float, days: int) -> Availabili
 
 async def run(monitor: Monitor, stop: asyncio.Event) -> None:
     """The periodic check of the web app: check, record, purge old rows; until ``stop``."""
-    import logging
+    from securemail.relay import sleep_or_stop
 
-    log = logging.getLogger("securemail.health")
     svc = monitor.svc
     m = svc.settings.monitoring
     while not stop.is_set():
@@ -381,4 +390,4 @@ async def run(monitor: Monitor, stop: asyncio.Event) -> None:
                 )
         except Exception:
             log.exception("health check could not be recorded")
-        await relay.sleep_or_stop(stop, m.health_check_seconds)
+        await sleep_or_stop(stop, m.health_check_seconds)
