@@ -170,7 +170,8 @@ async def check_relay(settings: Settings) -> CheckResult:
             await client.connect()
             sslobj = client.get_transport_info("ssl_object")
             version = sslobj.version() if sslobj is not None else None
-            if version is None:
+            if version is None:  # defence in depth, as relay.connect
+                client.close()
                 return CheckResult("relay", False, "relay session is not TLS-protected")
             await client.quit()
     except BaseException as exc:

@@ -21,6 +21,7 @@ request_id: ContextVar[str] = ContextVar("securemail_request_id", default="")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
+_MARK = "securemail_handler"  # set on the handler configure() installs
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,15 +60,26 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(
-    log_format: str = "text", *, verbose: bool = False, stream: IO[str] | None = None
-) -> logging.Handler:
-    """(Re)configure the root logger with one stream handler in the given format."""
+    log_format: str = "text",
+    *,
+    verbose: bool = False,
+    stream: IO[str] | None = None,
+    force: bool = False,
+) -> logging.Handler | None:
+    """Install one stream handler in the given format on the root logger, replacing the one
+    installed before. Like logging.basicConfig, it leaves logging alone (returns None) when
+    someone else already configured a handler (a test runner, an embedding program), unless
+    ``force``."""
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}")
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, _MARK, False)]
+    if len(ours) < len(root.handlers) and not force:
+        return None
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
+    setattr(handler, _MARK, True)
+    for old in ours:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import sqlite_utils
 
 from securemail import directory, gateway, health, keycheck, outbox
-from securemail.errors import NotFoundError
+from securemail.errors import NotFoundError, SecuremailError
 from securemail.health import HealthReport
 from securemail.keyinfo import unusable_signer_reason
 from securemail.services import Services
@@ -229,5 +229,8 @@ async def collect(svc: Services, monitor: health.Monitor) -> list[Metric]:
     report = await monitor.report()
     db_metrics = await svc.store.read(lambda db: _database_metrics(db, now))
     avail = await monitor.availability(30)
-    keys = await _key_metrics(svc, datetime.fromtimestamp(now, UTC))
+    try:
+        keys = await _key_metrics(svc, datetime.fromtimestamp(now, UTC))
+    except SecuremailError:  # gpg is down: the gpg health check says so; the rest still counts
+        keys = []
     return db_metrics + keys + _health_metrics(report, avail)

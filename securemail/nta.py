@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from securemail import (
-    audit,
     audit_integrity,
     audit_review,
     directory,
@@ -179,15 +178,15 @@ async def _measure(svc: Services, now: datetime) -> _State:
         }
 
     await svc.store.read(people)
-    keys = audit_integrity.trusted_keys(svc.settings.home)
     try:
+        keys = audit_integrity.trusted_keys(svc.settings.home)
         report = await svc.store.read(lambda db: audit_integrity.verify(db, keys))
         st.chain_ok, st.chain_detail = True, report.summary()
         st.audit_rows, st.checkpoints = report.rows, report.checkpoints
         cp = report.last_checkpoint
         st.last_checkpoint = f"row {cp.seq}, signed {cp.signed_at}" if cp else "none yet"
-    except audit.ChainBrokenError as exc:
-        st.chain_ok, st.chain_detail = False, exc.reason
+    except SecuremailError as exc:  # a broken chain, or an unusable checkpoint key
+        st.chain_ok, st.chain_detail = False, f"{exc.code}: {exc.reason}"
     ok, detail = st.chain_ok, st.chain_detail
     await svc.store.write(
         lambda db: audit_review.record_verification(

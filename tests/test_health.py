@@ -169,7 +169,7 @@ def test_healthz_body_names_checks_and_reasons_only() -> None:
 
 def test_json_log_lines_carry_the_fixed_fields_only() -> None:
     buf = io.StringIO()
-    handler = logsetup.configure("json", stream=buf)
+    handler = logsetup.configure("json", stream=buf, force=True)
     try:
         token = logsetup.request_id.set("abcdef0123456789")
         log = logging.getLogger("securemail.test")
@@ -200,3 +200,24 @@ def test_log_format_setting_is_validated(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="log_format"):
         config.load(tmp_path, env={"SECUREMAIL_GATEWAY_LOG_FORMAT": "xml"})
+
+
+def test_configure_leaves_a_foreign_handler_alone_unless_forced() -> None:
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    saved = list(root.handlers)
+    for h in saved:
+        root.removeHandler(h)
+    root.addHandler(foreign)
+    try:
+        assert logsetup.configure("json") is None  # like logging.basicConfig
+        assert root.handlers == [foreign]
+        ours = logsetup.configure("json", force=True)
+        again = logsetup.configure("text", force=True)  # replaces its own, keeps the foreign
+        assert root.handlers == [foreign, again]
+        assert ours not in root.handlers
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved:
+            root.addHandler(h)

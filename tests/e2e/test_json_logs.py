@@ -45,7 +45,7 @@ def json_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     buf = io.StringIO()
-    logsetup.configure("json", verbose=True, stream=buf)
+    logsetup.configure("json", verbose=True, stream=buf, force=True)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the test relay, not the gateway
     yield buf
     for h in list(root.handlers):

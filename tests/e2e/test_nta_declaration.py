@@ -200,3 +200,13 @@ def test_cli_help_works(command: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+async def test_an_unusable_audit_key_shows_as_not_met(gw: Gateway, smtp_server: Any) -> None:
+    key = gw.home / "keys" / "audit-ed25519.pem"
+    key.chmod(0o644)  # a loose mode: verification refuses to trust it
+    d = await nta.build(gw.svc)
+    assert d.by_clause("6.1.7").status == nta.NOT_MET
+    assert "audit.key" in d.by_clause("6.1.7").achieved
+    audit_fact = next(f for f in d.facts if f.name.startswith("Logging and audit"))
+    assert audit_fact.status == nta.NOT_MET
