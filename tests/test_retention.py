@@ -150,7 +150,9 @@ async def test_tampered_or_moved_sealed_value_raises_a_clear_error(loop: Loop) -
         conn.close()
 
 
-async def test_missing_content_key_refuses_to_open_and_is_never_made_anew(loop: Loop) -> None:
+async def test_missing_content_key_refuses_to_open_and_is_never_made_anew(
+    loop: Loop, capsys: pytest.CaptureFixture[str]
+) -> None:
     svc = loop.gw.svc
     await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
     settings = svc.settings
@@ -164,6 +166,13 @@ async def test_missing_content_key_refuses_to_open_and_is_never_made_anew(loop: 
         assert info.value.code == "retention.content_key_missing"
         assert "restore the key file" in info.value.reason
         assert not key.exists()  # never regenerated over sealed data
+        # The server refuses to start, and check says why (one line each, no traceback)
+        home = str(settings.home)
+        assert cli_main(["serve", "--home", home, "--port", "0"]) == 1
+        assert cli_main(["check", "--home", home]) == 1
+        err = capsys.readouterr().err
+        assert "retention.content_key_missing" in err and "Traceback" not in err
+        assert "content key" in err and not key.exists()
         # Another key (say, a fresh install's) is refused as well: it does not open the data
         key.write_bytes(os.urandom(32))
         key.chmod(0o600)
