@@ -402,3 +402,44 @@ async def test_asks_are_sealed_and_purged_after_fulfilment(loop: Loop) -> None:
     ask = svc.store.write_sync(lambda db: asks.get_ask(db, loop.gw.gp, made.reference))
     assert ask["purged"] and ask["patient_name"] == "" and ask["reason"] == ""
     assert ask["state"] == "fulfilled"
+
+
+async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    import aiohttp
+
+    from securemail.web import create_app
+    from tests.e2e.webflow import csrf_of, login
+
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, distinctive(), GP_PASSPHRASE)
+    svc.store.write_sync(lambda db: outbox.stop(db, sent.reference, reason="test", actor=SYSTEM))
+    loop.clock.advance(days=31)
+    retention.purge(svc.store, svc.settings, now=svc.now())
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    site = str(server.make_url("")).rstrip("/")
+    page_url = f"{site}/requests/{sent.reference}"
+    jar = aiohttp.CookieJar
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as gp,
+        aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as nurse,
+    ):
+        await login(gp, site, loop.credentials("huisarts"))
+        async with gp.get(page_url) as r:
+            page = await r.text()
+        assert r.status == 200
+        assert "De inhoud van dit verzoek is verwijderd: 30 dagen na de afronding" in page
+        assert sent.reference in page and TEAM in page  # the metadata stays
+        assert NAME not in page and INDICATION not in page
+        # The nurse gets no answer form, and a posted answer is refused in Dutch
+        await login(nurse, site, loop.credentials("nurse1"))
+        async with nurse.get(page_url) as r:
+            page = await r.text()
+        assert f'action="/requests/{sent.reference}/answer"' not in page
+        data = {**{k: str(v) for k, v in ACCEPT.items()}, "csrf_token": csrf_of(page)}
+        async with nurse.post(f"{page_url}/answer", data=data) as r:
+            refused = await r.text()
+        assert r.status == 410
+        assert "bewaartermijn verwijderd" in refused and "Traceback" not in refused
+    await server.close()
