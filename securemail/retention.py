@@ -53,7 +53,9 @@ OUTBOX_DONE = ("sent", "failed", "stopped", "cancelled")
 def _m1(db: sqlite_utils.Database) -> None:
     """Seal every existing plaintext content value (one transaction), keep the answer's status
     in a column of its own (lists read it without opening the content), mark purges, and let
-    the outbox empty a finished message's bytes (and nothing else)."""
+    the outbox empty a finished message's bytes (and nothing else). secure_delete zeroes the
+    plaintext cells the updates free; Store.migrate then truncates the WAL."""
+    db.execute("PRAGMA secure_delete = ON")
     for column in (
         "answer_status TEXT NOT NULL DEFAULT ''",
         "final_at TEXT NOT NULL DEFAULT ''",  # the final outcome's time, set when purged

@@ -85,6 +85,8 @@ class Store:
                 pending = [p.name for p in m.pending(self._writer)]
                 m.apply(self._writer)
                 applied += [f"{m.name}:{n}" for n in pending]
+        if applied:  # no page of the schema before (plaintext content, say) stays in the WAL
+            self.checkpoint()
         return applied
 
     def pending_migrations(self) -> list[str]:

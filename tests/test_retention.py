@@ -443,3 +443,72 @@ async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
         assert r.status == 410
         assert "bewaartermijn verwijderd" in refused and "Traceback" not in refused
     await server.close()
+
+
+def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
+    import securemail.schema  # noqa: F401  (registers every migration set)
+    from securemail import asks, directory, requestview
+    from securemail.store import MIGRATION_SETS, Store
+
+    document = json.dumps({"patient": {"name": NAME}, "indication": INDICATION}).encode()
+    answered = json.dumps({"status": "afgewezen", "reason": f"Geen plek voor {NAME}"})
+    # Given a database from before content sealing, with plaintext content in every column
+    store = Store(tmp_path / "securemail.db")
+    try:
+
+        def before(db: Any) -> None:
+            for m in MIGRATION_SETS:
+                m.apply(db, stop_before="0001_content_sealed")
+            now = "2026-11-01T10:00:00.000Z"
+            practice = directory.add_org(
+                db, SYSTEM, code="01234567", kind="practice", name="P", now=now
+            )
+            directory.add_org(db, SYSTEM, code="87654321", kind="nursing", name="N", now=now)
+            team = directory.add_team(
+                db, SYSTEM, org_code="87654321", name="T", address="t@zorg.example", now=now
+            )
+            db.execute(
+                "INSERT INTO users (username, name, role, org_id, password_hash, created_at) "
+                "VALUES ('gp', 'G', 'gp', ?, 'x', ?)",
+                [practice.id, now],
+            )
+            db["requests"].insert({
+                "reference": "UVZ-2026-000001", "kind": "nieuw", "urgency": "regulier",
+                "practice_org_id": practice.id, "team_id": team.id, "state": "answered",
+                "patient_bsn": "999990123", "created_by": 1, "signer_fingerprint": "F" * 40,
+                "recipient_fingerprints": "[]", "document": document, "message_id": "<a@b>",
+                "answer": answered, "created_at": now, "updated_at": now,
+            })  # fmt: skip
+            db["request_hops"].insert({
+                "reference": "UVZ-2026-000001", "team_id": team.id, "message_id": "<a@b>",
+                "sent_at": now, "outcome": "afgewezen", "reason": f"Geen plek voor {NAME}",
+            })  # fmt: skip
+            db["asks"].insert({
+                "reference": "ASK-2026-000001", "created_by": 1, "team_id": team.id,
+                "practice_org_id": practice.id, "patient_bsn": "999990123",
+                "patient_name": NAME, "patient_birth_date": "1941-05-17",
+                "procedure_code": "INJ_SC", "reason": INDICATION, "urgency": "regulier",
+                "due_at": now, "created_at": now,
+            })  # fmt: skip
+
+        store.write_sync(before)
+        assert "securemail.retention:0001_content_sealed" in store.pending_migrations()
+        # When the migration runs
+        store.migrate()
+        # Then no plaintext is left in the database file or its WAL ...
+        for path in (tmp_path / "securemail.db", tmp_path / "securemail.db-wal"):
+            if path.exists():
+                data = path.read_bytes()
+                assert NAME.encode() not in data and INDICATION.encode() not in data, path
+        # ... and everything reads back as it was, through the one helper
+        row = store.read_sync(lambda db: exchange.require_row(db, "UVZ-2026-000001"))
+        assert store.read_sync(lambda db: requestview.document_bytes(db, row)) == document
+        assert store.read_sync(lambda db: requestview.answer_of(db, row))["reason"].endswith(NAME)
+        assert row["answer_status"] == "afgewezen"
+        [hop] = store.read_sync(lambda db: requestview.hops(db, "UVZ-2026-000001"))
+        assert hop["reason"] == f"Geen plek voor {NAME}"
+        ask = store.read_sync(lambda db: asks._opened(db, next(db["asks"].rows_where("id = 1"))))
+        assert (ask["patient_name"], ask["reason"]) == (NAME, INDICATION)
+    finally:
+        store.close()
+        contentbox.forget(config.load(tmp_path))
