@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,9 @@ from securemail.store import Store, migrations
 log = logging.getLogger("securemail.retention")
 
 MIGRATIONS = migrations("securemail.retention")
+
+#: Attempts to truncate the WAL after a purge while readers finish their snapshots.
+CHECKPOINT_TRIES = 10
 
 #: Outbox states after which a row's bytes are never sent again (unless an admin retries a
 #: failed or stopped one, which a purged row refuses).
@@ -339,8 +343,16 @@ def purge(
 
     counts = store.write_sync(tx)
     if counts.total:
-        store.checkpoint()
         log.info("retention purge: %s", counts.detail())
+        for _ in range(CHECKPOINT_TRIES):
+            busy, _, _ = store.checkpoint()
+            if not busy:
+                break
+            time.sleep(0.2)  # a reader inside its snapshot holds the WAL; it is brief
+        else:
+            log.warning(
+                "retention purge: readers kept the WAL busy; it was not truncated this time"
+            )
     return counts
 
 

@@ -512,3 +512,19 @@ def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
     finally:
         store.close()
         contentbox.forget(config.load(tmp_path))
+
+
+async def test_answered_request_may_still_be_changed_after_its_content_went(loop: Loop) -> None:
+    svc = loop.gw.svc
+    first = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    await answer.record_answer(svc, loop.nurse_a, first.reference, ACCEPT)
+    loop.clock.advance(days=31)
+    assert retention.purge(svc.store, svc.settings, now=svc.now()).request_content == 1
+    # The supersedes check needs metadata only (practice, patient, team), not the content
+    change = example()
+    change.update(kind="verlenging", supersedes=first.reference)
+    second = await exchange.send(svc, loop.gw.gp, change, GP_PASSPHRASE)
+    view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, second.reference))
+    assert [c["reference"] for c in view["chain"]] == [first.reference, second.reference]
+    assert row_of(svc, first.reference)["state"] == "superseded"
