@@ -170,7 +170,7 @@ async def record_answer(
                     "answer",
                     reference,
                     json.dumps(stored, ensure_ascii=False, sort_keys=True),
-                ),  # fmt: skip
+                ),
                 "answer_status": answer.status,
                 "answered_at": now,
                 "updated_at": now,
