@@ -323,13 +323,14 @@ def _criteria(st: _State) -> list[Criterion]:
 
 
 def _retention_text(s: Any) -> str:
-    extra = getattr(s, "retention", None)
-    if extra is None:
+    r = getattr(s, "retention", None)
+    if r is None:  # a configuration from before [retention]
         return "; message content is kept in the gateway's database (no purge configured)"
-    import dataclasses
-
-    values = ", ".join(f"{f.name} = {getattr(extra, f.name)}" for f in dataclasses.fields(extra))
-    return f"; retention: {values}"
+    return (
+        f"; content (sealed at rest) is purged {r.content_days} days after the final "
+        f"outcome, metadata after {r.metadata_days} days, audit rows after "
+        f"{s.audit.retention_years} years: the HIS and the team's record are the record"
+    )
 
 
 def _facts(st: _State, now: datetime) -> list[Criterion]:
@@ -355,8 +356,12 @@ def _facts(st: _State, now: datetime) -> list[Criterion]:
                   MET if st.gateway_key_ok else NOT_MET, "keyring, keys/directory.toml"),
         Criterion("", "Data location", "Further facts",
                   "database and keyring in the gateway home on the server that runs this "
-                  "gateway; mail leaves only sealed, through the configured relay",
-                  REPORTED, "[gateway], [smtp]"),
+                  "gateway; mail leaves only sealed, through the configured relay"
+                  + ("; patient content in the database sealed (AES-256-GCM) under a key "
+                     "held apart from the database file" if hasattr(s, "retention") else ""),
+                  REPORTED, "[gateway], [smtp], [retention]"),
+        Criterion("", "Retention", "Further facts", _retention_text(s).removeprefix("; "),
+                  REPORTED, "[retention], [audit] (docs/retention.md)"),
         Criterion("", "Incident handling", "Further facts",
                   "unexpected errors get an incident id (page and log, no patient data); "
                   "a broken audit chain names the first bad row; breach scope from the audit "
@@ -372,6 +377,8 @@ INSTRUCTIONS = (
     "phone code; never confirm a key you could not check.",
     "Keep the backup key and the audit checkpoint key's backup offline, apart from the "
     "server; test a restore.",
+    "Keep the content key ([retention] content_key_file) apart from the database file and "
+    "its backups, so a copy of the database alone opens nothing.",
     "Every person logs in with their own account and authenticator; never share them. Report "
     "a lost phone at once so the admin can reset the second factor.",
     "GPs keep their signing passphrase to themselves and revoke their key at once when it may "

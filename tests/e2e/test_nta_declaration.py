@@ -210,3 +210,13 @@ async def test_an_unusable_audit_key_shows_as_not_met(gw: Gateway, smtp_server: 
     assert "audit.key" in d.by_clause("6.1.7").achieved
     audit_fact = next(f for f in d.facts if f.name.startswith("Logging and audit"))
     assert audit_fact.status == nta.NOT_MET
+
+
+async def test_declaration_follows_the_retention_settings(gw: Gateway, smtp_server: Any) -> None:
+    with_settings(gw, retention={"content_days": 14, "metadata_days": 365})
+    d = await nta.build(gw.svc)
+    assert "purged 14 days after the final outcome, metadata after 365 days" in (
+        d.by_clause("6.1.18").achieved
+    )
+    retention = next(f for f in d.facts if f.name == "Retention")
+    assert retention.achieved.startswith("content (sealed at rest) is purged 14 days")
