@@ -20,6 +20,7 @@ from securemail import (  # noqa: F401
     gateway,
     gpkeys,
     outbox,
+    regionmap,
     session,
     totp,
 )
