@@ -304,7 +304,8 @@ def _validate(s: Settings) -> None:
         if not (len(hh) == len(mm) == 2 and hh.isdigit() and mm.isdigit()
                 and int(hh) < 24 and int(mm) < 60):
             raise ConfigError(f"[region] {key} must be HH:MM", setting=f"[region] {key}")
-    if not s.region.night_end <= s.region.office_start < s.region.office_end <= s.region.night_start:
+    r = s.region
+    if not r.night_end <= r.office_start < r.office_end <= r.night_start:
         raise ConfigError(
             "[region] hours must run night_end <= office_start < office_end <= night_start",
             setting="[region] office_start",

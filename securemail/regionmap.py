@@ -172,26 +172,36 @@ class ContactNurse:
 
 
 def parse_areas(text: str) -> tuple[tuple[int, int], ...]:
-    """"1011-1018, 1020" -> ((1011, 1018), (1020, 1020)); raises RegionInputError('areas')."""
+    """ "1011-1018, 1020" -> ((1011, 1018), (1020, 1020)); raises RegionInputError('areas')."""
     out: list[tuple[int, int]] = []
     for part in re.split(r"[,;\s]+", re.sub(r"\s*-\s*", "-", text.strip())):
         if not part:
             continue
         m = _RANGE_RE.match(part)
         if not m:
-            raise RegionInputError({"areas": (
-                f"{part!r} is not a 4-digit postcode area or range such as 1011-1018",
-                f"'{part}' is geen postcodegebied van 4 cijfers of reeks zoals 1011-1018.",
-            )})
+            raise RegionInputError(
+                {
+                    "areas": (
+                        f"{part!r} is not a 4-digit postcode area or range such as 1011-1018",
+                        f"'{part}' is geen postcodegebied van 4 cijfers of reeks zoals 1011-1018.",
+                    )
+                }
+            )
         lo = int(m.group(1))
         hi = int(m.group(2) or m.group(1))
         if not (PC4_MIN <= lo <= PC4_MAX and PC4_MIN <= hi <= PC4_MAX):
-            raise RegionInputError({"areas": (
-                f"{part} is outside 1000-9999", f"{part} valt buiten 1000–9999.")})
+            raise RegionInputError(
+                {"areas": (f"{part} is outside 1000-9999", f"{part} valt buiten 1000–9999.")}
+            )
         if hi < lo:
-            raise RegionInputError({"areas": (
-                f"{part}: the range ends before it starts",
-                f"{part}: de reeks eindigt voor het begin.")})
+            raise RegionInputError(
+                {
+                    "areas": (
+                        f"{part}: the range ends before it starts",
+                        f"{part}: de reeks eindigt voor het begin.",
+                    )
+                }
+            )
         out.append((lo, hi))
     return tuple(sorted(set(out)))
 
@@ -208,9 +218,11 @@ def pc4_of(postcode: str) -> int | None:
 
 def _phone_error(field_name: str, value: str) -> tuple[str, str] | None:
     if value and CHECKS["phone"](value):
-        return (f"{value!r} is not a phone number",
-                "Vul een Nederlands telefoonnummer (10 cijfers) of een internationaal nummer "
-                "(+31…) in.")
+        return (
+            f"{value!r} is not a phone number",
+            "Vul een Nederlands telefoonnummer (10 cijfers) of een internationaal nummer "
+            "(+31…) in.",
+        )
     return None
 
 
@@ -234,19 +246,25 @@ def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
     try:
         areas = parse_areas(str(values.get("areas", "") or ""))
         if not areas:
-            errors["areas"] = ("at least one postcode area is required",
-                               "Vul minstens één postcodegebied in, bijvoorbeeld 1011-1018.")
+            errors["areas"] = (
+                "at least one postcode area is required",
+                "Vul minstens één postcodegebied in, bijvoorbeeld 1011-1018.",
+            )
     except RegionInputError as exc:
         errors.update(exc.errors)
     services = [str(s) for s in values.get("services", []) or []]
     unknown = [s for s in services if s not in SERVICES]
     if unknown:
-        errors["services"] = (f"unknown service(s) {', '.join(unknown)}; choose from "
-                              f"{', '.join(SERVICES)}", "Kies specialismen uit de lijst.")
+        errors["services"] = (
+            f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}",
+            "Kies specialismen uit de lijst.",
+        )
     capacity = str(values.get("capacity", "") or "")
     if capacity not in CAPACITY:
-        errors["capacity"] = ("capacity must be ja, beperkt or nee",
-                              "Kies of het team nieuwe cliënten aanneemt: ja, beperkt of nee.")
+        errors["capacity"] = (
+            "capacity must be ja, beperkt or nee",
+            "Kies of het team nieuwe cliënten aanneemt: ja, beperkt of nee.",
+        )
     reach: dict[str, dict[str, Any]] = {}
     for part in PARTS:
         p_phone = str(values.get(f"phone_{part}", "") or "").strip()
@@ -255,12 +273,21 @@ def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
             errors[f"phone_{part}"] = e
         if e := _email_error(p_addr):
             errors[f"address_{part}"] = e
-        reach[part] = {"reachable": _truthy(values.get(f"reach_{part}")),
-                       "phone": p_phone, "address": p_addr}
+        reach[part] = {
+            "reachable": _truthy(values.get(f"reach_{part}")),
+            "phone": p_phone,
+            "address": p_addr,
+        }
     if errors:
         raise RegionInputError(errors)
-    return {"phone": phone, "areas": areas, "services": sorted(set(services)),
-            "level5": _truthy(values.get("level5")), "capacity": capacity, "reach": reach}
+    return {
+        "phone": phone,
+        "areas": areas,
+        "services": sorted(set(services)),
+        "level5": _truthy(values.get("level5")),
+        "capacity": capacity,
+        "reach": reach,
+    }
 
 
 def _truthy(value: Any) -> bool:
@@ -273,12 +300,20 @@ def _truthy(value: Any) -> bool:
 def _entry(team: Team, org_name: str, row: dict[str, Any] | None) -> TeamEntry:
     if row is None:
         return TeamEntry(team, org_name)
-    reach = {k: Reach(bool(v.get("reachable")), v.get("phone", ""), v.get("address", ""))
-             for k, v in json.loads(row["reach"] or "{}").items()}
+    reach = {
+        k: Reach(bool(v.get("reachable")), v.get("phone", ""), v.get("address", ""))
+        for k, v in json.loads(row["reach"] or "{}").items()
+    }
     return TeamEntry(
-        team, org_name, row["phone"], parse_areas(row["areas"]), reach,
-        tuple(s for s in row["services"].split(",") if s), bool(row["level5"]),
-        row["capacity"], row["confirmed_at"],
+        team,
+        org_name,
+        row["phone"],
+        parse_areas(row["areas"]),
+        reach,
+        tuple(s for s in row["services"].split(",") if s),
+        bool(row["level5"]),
+        row["capacity"],
+        row["confirmed_at"],
     )
 
 
@@ -300,8 +335,9 @@ def practice_entry(db: sqlite_utils.Database, practice_org_id: int) -> PracticeE
     return PracticeEntry(rows[0]["role"], rows[0]["name"], rows[0]["phone"]) if rows else None
 
 
-def contact_nurses(db: sqlite_utils.Database, *, practice_org_id: int | None = None,
-                   team_id: int | None = None) -> list[ContactNurse]:
+def contact_nurses(
+    db: sqlite_utils.Database, *, practice_org_id: int | None = None, team_id: int | None = None
+) -> list[ContactNurse]:
     where, params = [], []
     if practice_org_id is not None:
         where.append("practice_org_id = ?")
@@ -309,14 +345,19 @@ def contact_nurses(db: sqlite_utils.Database, *, practice_org_id: int | None = N
     if team_id is not None:
         where.append("team_id = ?")
         params.append(team_id)
-    return [ContactNurse(r["practice_org_id"], r["team_id"], r["name"], r["phone"], r["address"])
-            for r in db["contact_nurses"].rows_where(" AND ".join(where) or None, params)]
+    return [
+        ContactNurse(r["practice_org_id"], r["team_id"], r["name"], r["phone"], r["address"])
+        for r in db["contact_nurses"].rows_where(" AND ".join(where) or None, params)
+    ]
 
 
 def partner_practices(db: sqlite_utils.Database, team_id: int) -> list[directory.Organisation]:
     """The practices that chose this team as a preferred provider."""
-    rows = db.execute("SELECT practice_org_id FROM preferred_providers WHERE team_id = ? "
-                      "ORDER BY practice_org_id", [team_id]).fetchall()
+    rows = db.execute(
+        "SELECT practice_org_id FROM preferred_providers WHERE team_id = ? "
+        "ORDER BY practice_org_id",
+        [team_id],
+    ).fetchall()
     return [directory.org_by_id(db, r[0]) for r in rows]
 
 
@@ -324,135 +365,235 @@ def partner_practices(db: sqlite_utils.Database, team_id: int) -> list[directory
 
 
 def _team_resource(team: Team) -> Resource:
-    return Resource("team_entry", org_id=team.org_id, team_ids=frozenset({team.id}),
-                    ref=team.address)
+    return Resource(
+        "team_entry", org_id=team.org_id, team_ids=frozenset({team.id}), ref=team.address
+    )
 
 
-def save_entry(db: sqlite_utils.Database, actor: Actor, team_id: int, values: Mapping[str, Any],
-               *, now: datetime) -> TeamEntry:
+def save_entry(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    team_id: int,
+    values: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> TeamEntry:
     """Validate and store a team's map entry; saving is also confirming it (the nurse has just
     looked at every field)."""
     team = directory.team_by_id(db, team_id)
     require(actor, "region.team_edit", _team_resource(team))
     clean = validate_entry(values)
-    db["team_map"].upsert({
-        "team_id": team.id,
-        "phone": clean["phone"],
-        "areas": format_areas(clean["areas"]),
-        "reach": json.dumps(clean["reach"], sort_keys=True),
-        "services": ",".join(clean["services"]),
-        "level5": int(clean["level5"]),
-        "capacity": clean["capacity"],
-        "confirmed_at": now.isoformat(),
-        "confirmed_by": actor.username,
-        "updated_at": now.isoformat(),
-    }, pk="team_id")
-    audit.record(db, audit.AuditEvent.of(
-        actor, "team.map_update", object_type="team", object_id=team.address,
-        nature="technical", outcome_detail=f"capacity={clean['capacity']}"))
+    db["team_map"].upsert(
+        {
+            "team_id": team.id,
+            "phone": clean["phone"],
+            "areas": format_areas(clean["areas"]),
+            "reach": json.dumps(clean["reach"], sort_keys=True),
+            "services": ",".join(clean["services"]),
+            "level5": int(clean["level5"]),
+            "capacity": clean["capacity"],
+            "confirmed_at": now.isoformat(),
+            "confirmed_by": actor.username,
+            "updated_at": now.isoformat(),
+        },
+        pk="team_id",
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "team.map_update",
+            object_type="team",
+            object_id=team.address,
+            nature="technical",
+            outcome_detail=f"capacity={clean['capacity']}",
+        ),
+    )
     return entry(db, team.id)
 
 
-def confirm_entry(db: sqlite_utils.Database, actor: Actor, team_id: int, *,
-                  now: datetime) -> TeamEntry:
-    """"Bevestig dat dit klopt": the entry is current as it stands."""
+def confirm_entry(
+    db: sqlite_utils.Database, actor: Actor, team_id: int, *, now: datetime
+) -> TeamEntry:
+    """ "Bevestig dat dit klopt": the entry is current as it stands."""
     team = directory.team_by_id(db, team_id)
     require(actor, "region.team_edit", _team_resource(team))
     if not db.execute("SELECT 1 FROM team_map WHERE team_id = ?", [team.id]).fetchone():
-        raise NotFoundError(f"team {team.address} has no map entry to confirm yet",
-                            address=team.address)
-    db.execute("UPDATE team_map SET confirmed_at = ?, confirmed_by = ? WHERE team_id = ?",
-               [now.isoformat(), actor.username, team.id])
-    audit.record(db, audit.AuditEvent.of(
-        actor, "team.map_confirm", object_type="team", object_id=team.address,
-        nature="technical"))
+        raise NotFoundError(
+            f"team {team.address} has no map entry to confirm yet", address=team.address
+        )
+    db.execute(
+        "UPDATE team_map SET confirmed_at = ?, confirmed_by = ? WHERE team_id = ?",
+        [now.isoformat(), actor.username, team.id],
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "team.map_confirm",
+            object_type="team",
+            object_id=team.address,
+            nature="technical",
+        ),
+    )
     return entry(db, team.id)
 
 
-def set_practice_entry(db: sqlite_utils.Database, actor: Actor, practice_org_id: int,
-                       values: Mapping[str, Any], *, now: datetime) -> PracticeEntry:
+def set_practice_entry(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    practice_org_id: int,
+    values: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> PracticeEntry:
     practice = directory.org_by_id(db, practice_org_id)
-    require(actor, "region.practice_edit", Resource("practice", org_id=practice.id,
-                                                     ref=practice.code))
+    require(
+        actor, "region.practice_edit", Resource("practice", org_id=practice.id, ref=practice.code)
+    )
     role = str(values.get("role", "") or "")
     name = str(values.get("name", "") or "").strip()
     phone = str(values.get("phone", "") or "").strip()
     errors: dict[str, tuple[str, str]] = {}
     if role not in ENTRY_ROLES:
-        errors["role"] = ("role must be poh, praktijkverpleegkundige or huisarts",
-                          "Kies wie de ingang van de praktijk is.")
+        errors["role"] = (
+            "role must be poh, praktijkverpleegkundige or huisarts",
+            "Kies wie de ingang van de praktijk is.",
+        )
     if not name or len(name) > 100:
-        errors["name"] = ("name is required (at most 100 characters)",
-                          "Vul de naam in (hoogstens 100 tekens).")
+        errors["name"] = (
+            "name is required (at most 100 characters)",
+            "Vul de naam in (hoogstens 100 tekens).",
+        )
     if not phone:
         errors["phone"] = ("phone is required", "Vul het telefoonnummer in.")
     elif e := _phone_error("phone", phone):
         errors["phone"] = e
     if errors:
         raise RegionInputError(errors)
-    db["practice_entry"].upsert({"practice_org_id": practice.id, "role": role, "name": name,
-                                 "phone": phone, "updated_at": now.isoformat()},
-                                pk="practice_org_id")
-    audit.record(db, audit.AuditEvent.of(
-        actor, "practice.entry_update", object_type="organisation", object_id=practice.code,
-        nature="technical"))
+    db["practice_entry"].upsert(
+        {
+            "practice_org_id": practice.id,
+            "role": role,
+            "name": name,
+            "phone": phone,
+            "updated_at": now.isoformat(),
+        },
+        pk="practice_org_id",
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "practice.entry_update",
+            object_type="organisation",
+            object_id=practice.code,
+            nature="technical",
+        ),
+    )
     return PracticeEntry(role, name, phone)
 
 
-def set_preferred(db: sqlite_utils.Database, actor: Actor, practice_org_id: int,
-                  team_addresses: list[str]) -> None:
+def set_preferred(
+    db: sqlite_utils.Database, actor: Actor, practice_org_id: int, team_addresses: list[str]
+) -> None:
     """The practice's 1 to 3 preferred providers, in order (directory.set_preferred keeps the
     rule), audited."""
     practice = directory.org_by_id(db, practice_org_id)
-    require(actor, "region.practice_edit", Resource("practice", org_id=practice.id,
-                                                     ref=practice.code))
+    require(
+        actor, "region.practice_edit", Resource("practice", org_id=practice.id, ref=practice.code)
+    )
     addresses = [a for a in (s.strip().lower() for s in team_addresses) if a]
     if len(set(addresses)) != len(addresses):
-        raise RegionInputError({"preferred": ("a team is chosen twice",
-                                              "Kies elk wijkteam maar één keer.")})
+        raise RegionInputError(
+            {"preferred": ("a team is chosen twice", "Kies elk wijkteam maar één keer.")}
+        )
     if not 1 <= len(addresses) <= 3:
-        raise RegionInputError({"preferred": ("a practice has 1 to 3 preferred providers",
-                                              "Kies één tot drie voorkeursaanbieders.")})
+        raise RegionInputError(
+            {
+                "preferred": (
+                    "a practice has 1 to 3 preferred providers",
+                    "Kies één tot drie voorkeursaanbieders.",
+                )
+            }
+        )
     directory.set_preferred(db, practice_code=practice.code, team_addresses=addresses)
-    audit.record(db, audit.AuditEvent.of(
-        actor, "practice.preferred_update", object_type="organisation", object_id=practice.code,
-        nature="technical", outcome_detail=",".join(addresses)))
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "practice.preferred_update",
+            object_type="organisation",
+            object_id=practice.code,
+            nature="technical",
+            outcome_detail=",".join(addresses),
+        ),
+    )
 
 
-def set_contact_nurse(db: sqlite_utils.Database, actor: Actor, team_id: int,
-                      practice_org_id: int, values: Mapping[str, Any], *,
-                      now: datetime) -> ContactNurse:
+def set_contact_nurse(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    team_id: int,
+    practice_org_id: int,
+    values: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> ContactNurse:
     """The team's fixed contact nurse for one partner practice; set by the team (it knows its
     own roster), shown to the practice."""
     team = directory.team_by_id(db, team_id)
     require(actor, "region.team_edit", _team_resource(team))
     if practice_org_id not in {p.id for p in partner_practices(db, team.id)}:
-        raise RegionInputError({"practice": (
-            "this practice has not chosen the team as a preferred provider",
-            "Deze praktijk heeft dit team niet als voorkeursaanbieder.")})
+        raise RegionInputError(
+            {
+                "practice": (
+                    "this practice has not chosen the team as a preferred provider",
+                    "Deze praktijk heeft dit team niet als voorkeursaanbieder.",
+                )
+            }
+        )
     name = str(values.get("name", "") or "").strip()
     phone = str(values.get("phone", "") or "").strip()
     address = str(values.get("address", "") or "").strip().lower()
     errors: dict[str, tuple[str, str]] = {}
     if not name or len(name) > 100:
-        errors["name"] = ("name is required (at most 100 characters)",
-                          "Vul de naam van de contactverpleegkundige in.")
+        errors["name"] = (
+            "name is required (at most 100 characters)",
+            "Vul de naam van de contactverpleegkundige in.",
+        )
     if not phone and not address:
-        errors["phone"] = ("give a phone number or an address",
-                           "Vul een telefoonnummer of e-mailadres in.")
+        errors["phone"] = (
+            "give a phone number or an address",
+            "Vul een telefoonnummer of e-mailadres in.",
+        )
     if e := _phone_error("phone", phone):
         errors["phone"] = e
     if e := _email_error(address):
         errors["address"] = e
     if errors:
         raise RegionInputError(errors)
-    db["contact_nurses"].upsert({"practice_org_id": practice_org_id, "team_id": team.id,
-                                 "name": name, "phone": phone, "address": address,
-                                 "updated_at": now.isoformat()},
-                                pk=("practice_org_id", "team_id"))
-    audit.record(db, audit.AuditEvent.of(
-        actor, "team.contact_nurse", object_type="team", object_id=team.address,
-        nature="technical"))
+    db["contact_nurses"].upsert(
+        {
+            "practice_org_id": practice_org_id,
+            "team_id": team.id,
+            "name": name,
+            "phone": phone,
+            "address": address,
+            "updated_at": now.isoformat(),
+        },
+        pk=("practice_org_id", "team_id"),
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "team.contact_nurse",
+            object_type="team",
+            object_id=team.address,
+            nature="technical",
+        ),
+    )
     return ContactNurse(practice_org_id, team.id, name, phone, address)
 
 
@@ -524,10 +665,19 @@ def suggest(
     def make(e: TeamEntry, reason: str) -> Suggestion:
         phone, addr = e.contact(part)
         return Suggestion(
-            e.team.address, e.team.name, e.org_name, reason, phone, addr,
-            pc4 is not None and e.serves(pc4), e.reachable(part),
-            bool(specialism) and specialism in e.services, e.capacity,
-            e.is_stale(now, stale_days), e.team.address in selectable)
+            e.team.address,
+            e.team.name,
+            e.org_name,
+            reason,
+            phone,
+            addr,
+            pc4 is not None and e.serves(pc4),
+            e.reachable(part),
+            bool(specialism) and specialism in e.services,
+            e.capacity,
+            e.is_stale(now, stale_days),
+            e.team.address in selectable,
+        )
 
     out: list[Suggestion] = []
     seen: set[int] = set()
@@ -537,11 +687,16 @@ def suggest(
             out.append(make(by_id[tid], "voorkeursaanbieder"))
             seen.add(tid)
     if pc4 is not None:
-        others = [e for e in teams
-                  if e.team.id not in seen and e is not passing and e.serves(pc4)]
-        others.sort(key=lambda e: (
-            not (specialism and specialism in e.services), not e.reachable(part),
-            _CAPACITY_ORDER.get(e.capacity, 3), e.team.name, e.team.address))
+        others = [e for e in teams if e.team.id not in seen and e is not passing and e.serves(pc4)]
+        others.sort(
+            key=lambda e: (
+                not (specialism and specialism in e.services),
+                not e.reachable(part),
+                _CAPACITY_ORDER.get(e.capacity, 3),
+                e.team.name,
+                e.team.address,
+            )
+        )
         out += [make(e, "werkt in dit gebied") for e in others]
     if passing is not None:
         out.append(make(passing, "doorbemiddeling"))
@@ -571,8 +726,9 @@ def _serving(teams: list[TeamEntry], pc4: int) -> list[TeamEntry]:
 def area_rows(teams: list[TeamEntry]) -> list[AreaRow]:
     """Split the region at every area boundary; merge neighbouring runs that have the same
     teams. A part lists the teams serving the run that are reachable then."""
-    cuts = sorted({lo for e in teams for lo, _ in e.areas} | {hi + 1 for e in teams
-                                                               for _, hi in e.areas})
+    cuts = sorted(
+        {lo for e in teams for lo, _ in e.areas} | {hi + 1 for e in teams for _, hi in e.areas}
+    )
     rows: list[AreaRow] = []
     for lo, nxt in zip(cuts, cuts[1:], strict=False):
         serving = _serving(teams, lo)
@@ -581,8 +737,9 @@ def area_rows(teams: list[TeamEntry]) -> list[AreaRow]:
         if rows and rows[-1].hi == lo - 1 and _serving(teams, rows[-1].lo) == serving:
             rows[-1] = AreaRow(rows[-1].lo, nxt - 1, rows[-1].by_part)
         else:
-            rows.append(AreaRow(lo, nxt - 1, {p: [e for e in serving if e.reachable(p)]
-                                              for p in PARTS}))
+            rows.append(
+                AreaRow(lo, nxt - 1, {p: [e for e in serving if e.reachable(p)] for p in PARTS})
+            )
     return rows
 
 
@@ -593,8 +750,10 @@ def team_json(e: TeamEntry, now: datetime, stale_days: int) -> dict[str, Any]:
         "address": e.team.address,
         "phone": e.phone,
         "areas": e.areas_text,
-        "reachability": {p: {"reachable": e.reachable(p), "phone": e.contact(p)[0],
-                             "address": e.contact(p)[1]} for p in PARTS},
+        "reachability": {
+            p: {"reachable": e.reachable(p), "phone": e.contact(p)[0], "address": e.contact(p)[1]}
+            for p in PARTS
+        },
         "services": list(e.services),
         "level5": e.level5,
         "capacity": e.capacity,
@@ -603,28 +762,52 @@ def team_json(e: TeamEntry, now: datetime, stale_days: int) -> dict[str, Any]:
     }
 
 
-def region_json(teams: list[TeamEntry], passing_on: str, now: datetime,
-                stale_days: int) -> dict[str, Any]:
+def region_json(
+    teams: list[TeamEntry], passing_on: str, now: datetime, stale_days: int
+) -> dict[str, Any]:
     on_map = [e for e in teams if e.areas]
     passing = next((e for e in teams if e.team.address == passing_on), None)
     return {
         "generated_at": now.isoformat(),
         "parts": PARTS,
-        "passing_on": (team_json(passing, now, stale_days) if passing
-                       else {"address": passing_on} if passing_on else None),
+        "passing_on": (
+            team_json(passing, now, stale_days)
+            if passing
+            else {"address": passing_on}
+            if passing_on
+            else None
+        ),
         "teams": [team_json(e, now, stale_days) for e in on_map],
-        "areas": [{"from": r.lo, "to": r.hi,
-                   "approach": {p: [e.team.address for e in v] for p, v in r.by_part.items()}}
-                  for r in area_rows(on_map)],
+        "areas": [
+            {
+                "from": r.lo,
+                "to": r.hi,
+                "approach": {p: [e.team.address for e in v] for p, v in r.by_part.items()},
+            }
+            for r in area_rows(on_map)
+        ],
     }
 
 
-CSV_HEADER = ("pc4_from", "pc4_to", "part", "team", "organisation", "phone", "address",
-              "services", "level5", "capacity", "confirmed_at", "stale")
+CSV_HEADER = (
+    "pc4_from",
+    "pc4_to",
+    "part",
+    "team",
+    "organisation",
+    "phone",
+    "address",
+    "services",
+    "level5",
+    "capacity",
+    "confirmed_at",
+    "stale",
+)
 
 
-def region_csv_rows(teams: list[TeamEntry], passing_on: str, now: datetime,
-                    stale_days: int) -> list[tuple[Any, ...]]:
+def region_csv_rows(
+    teams: list[TeamEntry], passing_on: str, now: datetime, stale_days: int
+) -> list[tuple[Any, ...]]:
     """One row per area run, part of the week and team to approach; the passing-on address
     last, for every area and part."""
     rows: list[tuple[Any, ...]] = []
@@ -632,9 +815,20 @@ def region_csv_rows(teams: list[TeamEntry], passing_on: str, now: datetime,
 
     def row(lo: Any, hi: Any, part: str, e: TeamEntry) -> tuple[Any, ...]:
         phone, addr = e.contact(part)
-        return (lo, hi, part, e.team.name, e.org_name, phone, addr, " ".join(e.services),
-                "ja" if e.level5 else "nee", e.capacity, e.confirmed_at[:10],
-                "verouderd" if e.is_stale(now, stale_days) else "")
+        return (
+            lo,
+            hi,
+            part,
+            e.team.name,
+            e.org_name,
+            phone,
+            addr,
+            " ".join(e.services),
+            "ja" if e.level5 else "nee",
+            e.capacity,
+            e.confirmed_at[:10],
+            "verouderd" if e.is_stale(now, stale_days) else "",
+        )
 
     for r in area_rows(on_map):
         for part, es in r.by_part.items():

@@ -22,9 +22,14 @@ ALL_DAY = {p: Reach(True) for p in regionmap.PARTS}
 
 
 def entry_values(**kw: object) -> dict[str, object]:
-    base: dict[str, object] = {"phone": "020-1234567", "areas": "1011-1018, 1020",
-                               "capacity": "ja", "services": ["wondzorg"],
-                               "reach_kantoor": "on", "reach_avond": "on"}
+    base: dict[str, object] = {
+        "phone": "020-1234567",
+        "areas": "1011-1018, 1020",
+        "capacity": "ja",
+        "services": ["wondzorg"],
+        "reach_kantoor": "on",
+        "reach_avond": "on",
+    }
     base.update(kw)
     return base
 
@@ -45,7 +50,10 @@ def team_id(store, address: str) -> int:
 
 def test_areas_parse_single_codes_and_ranges():
     assert regionmap.parse_areas("1011-1018, 1020;1030 - 1031") == (
-        (1011, 1018), (1020, 1020), (1030, 1031))
+        (1011, 1018),
+        (1020, 1020),
+        (1030, 1031),
+    )
     assert regionmap.format_areas(regionmap.parse_areas("1020 1011-1018")) == "1011-1018, 1020"
 
 
@@ -74,16 +82,26 @@ def test_numbers_outside_pc4_never_pass(n):
 @given(st.text(max_size=30))
 def test_validation_raises_only_region_input_errors(text):
     try:
-        regionmap.validate_entry(entry_values(areas=text, phone=text, capacity=text,
-                                              phone_nacht=text, address_weekend=text))
+        regionmap.validate_entry(
+            entry_values(
+                areas=text, phone=text, capacity=text, phone_nacht=text, address_weekend=text
+            )
+        )
     except RegionInputError as exc:
         assert exc.errors and all(nl for _, nl in exc.errors.values())
 
 
 def test_every_bad_field_is_reported_at_once():
     with pytest.raises(RegionInputError) as exc:
-        regionmap.validate_entry(entry_values(phone="12", areas="", capacity="misschien",
-                                              services=["yoga"], address_nacht="geen-adres"))
+        regionmap.validate_entry(
+            entry_values(
+                phone="12",
+                areas="",
+                capacity="misschien",
+                services=["yoga"],
+                address_nacht="geen-adres",
+            )
+        )
     assert set(exc.value.errors) == {"phone", "areas", "capacity", "services", "address_nacht"}
     assert "phone" in exc.value.diagnostics()
 
@@ -94,8 +112,15 @@ def test_every_bad_field_is_reported_at_once():
 def test_a_nurse_keeps_her_teams_entry_audited_without_patient_data(store):
     nurse = actor(store, "nurse_c")
     tid = team_id(store, "centrum@zorg.example")
-    e = store.write_sync(lambda db: regionmap.save_entry(db, nurse, tid, entry_values(
-        capacity="beperkt", reach_nacht="on", phone_nacht="0201111111"), now=T0))
+    e = store.write_sync(
+        lambda db: regionmap.save_entry(
+            db,
+            nurse,
+            tid,
+            entry_values(capacity="beperkt", reach_nacht="on", phone_nacht="0201111111"),
+            now=T0,
+        )
+    )
     assert e.serves(1015) and not e.serves(1019) and e.capacity == "beperkt"
     assert e.contact("nacht") == ("0201111111", "centrum@zorg.example")
     assert e.contact("kantoor") == ("020-1234567", "centrum@zorg.example")
@@ -114,8 +139,9 @@ def test_a_nurse_cannot_edit_another_teams_entry_nor_a_gp(store):
     for who in ("nurse_c", "gp_a"):
         a = actor(store, who)
         with pytest.raises(AccessDeniedError):
-            store.write_sync(lambda db, a=a: regionmap.save_entry(db, a, tid, entry_values(),
-                                                                  now=T0))
+            store.write_sync(
+                lambda db, a=a: regionmap.save_entry(db, a, tid, entry_values(), now=T0)
+            )
     assert store.read_sync(lambda db: regionmap.entry(db, tid)).areas == ()
     assert audit_rows(store, "team.map_update") == []
 
@@ -124,56 +150,78 @@ def test_a_bad_entry_writes_nothing(store):
     nurse = actor(store, "nurse_c")
     tid = team_id(store, "centrum@zorg.example")
     with pytest.raises(RegionInputError):
-        store.write_sync(lambda db: regionmap.save_entry(db, nurse, tid,
-                                                         entry_values(areas="0999"), now=T0))
+        store.write_sync(
+            lambda db: regionmap.save_entry(db, nurse, tid, entry_values(areas="0999"), now=T0)
+        )
     assert store.read_sync(lambda db: db["team_map"].count) == 0
 
 
 def test_practice_entry_preferred_and_contact_nurse(store):
     gp = actor(store, "gp_b")
     org = gp.org_id
-    store.write_sync(lambda db: regionmap.set_practice_entry(
-        db, gp, org, {"role": "poh", "name": "P. Ondersteuner", "phone": "0201234567"}, now=T0))
+    store.write_sync(
+        lambda db: regionmap.set_practice_entry(
+            db, gp, org, {"role": "poh", "name": "P. Ondersteuner", "phone": "0201234567"}, now=T0
+        )
+    )
     with pytest.raises(RegionInputError) as exc:
         store.write_sync(lambda db: regionmap.set_preferred(db, gp, org, []))
     assert set(exc.value.errors) == {"preferred"}
     with pytest.raises(RegionInputError):
-        store.write_sync(lambda db: regionmap.set_preferred(
-            db, gp, org, ["centrum@zorg.example", "oost@zorg.example", "centrum@zorg.example"]))
+        store.write_sync(
+            lambda db: regionmap.set_preferred(
+                db, gp, org, ["centrum@zorg.example", "oost@zorg.example", "centrum@zorg.example"]
+            )
+        )
     store.write_sync(lambda db: regionmap.set_preferred(db, gp, org, ["oost@zorg.example"]))
     assert [t.address for t in store.read_sync(lambda db: directory.preferred_teams(db, org))] == [
-        "oost@zorg.example"]
+        "oost@zorg.example"
+    ]
     with pytest.raises(AccessDeniedError):  # another practice's entry
-        store.write_sync(lambda db: regionmap.set_preferred(
-            db, actor(store, "gp_a"), org, ["centrum@zorg.example"]))
+        store.write_sync(
+            lambda db: regionmap.set_preferred(
+                db, actor(store, "gp_a"), org, ["centrum@zorg.example"]
+            )
+        )
     # The contact nurse is set by the team, for a practice that chose it.
     nurse_o = actor(store, "nurse_o")
     oost = team_id(store, "oost@zorg.example")
-    store.write_sync(lambda db: regionmap.set_contact_nurse(
-        db, nurse_o, oost, org, {"name": "V. Pleeg", "phone": "0612345678"}, now=T0))
-    assert [c.name for c in store.read_sync(
-        lambda db: regionmap.contact_nurses(db, practice_org_id=org))] == ["V. Pleeg"]
+    store.write_sync(
+        lambda db: regionmap.set_contact_nurse(
+            db, nurse_o, oost, org, {"name": "V. Pleeg", "phone": "0612345678"}, now=T0
+        )
+    )
+    assert [
+        c.name
+        for c in store.read_sync(lambda db: regionmap.contact_nurses(db, practice_org_id=org))
+    ] == ["V. Pleeg"]
     with pytest.raises(AccessDeniedError):
-        store.write_sync(lambda db: regionmap.set_contact_nurse(
-            db, actor(store, "nurse_c"), oost, org, {"name": "X", "phone": "0612345678"},
-            now=T0))
+        store.write_sync(
+            lambda db: regionmap.set_contact_nurse(
+                db, actor(store, "nurse_c"), oost, org, {"name": "X", "phone": "0612345678"}, now=T0
+            )
+        )
     codes = [r["event_code"] for r in audit_rows(store)]
-    assert {"practice.entry_update", "practice.preferred_update",
-            "team.contact_nurse"} <= set(codes)
+    assert {"practice.entry_update", "practice.preferred_update", "team.contact_nurse"} <= set(
+        codes
+    )
 
 
 # -- part of the week ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("local", "part"), [
-    ("2025-03-03T09:00", "kantoor"),   # Monday morning
-    ("2025-03-03T17:30", "avond"),
-    ("2025-03-03T23:30", "nacht"),
-    ("2025-03-04T06:59", "nacht"),
-    ("2025-03-08T12:00", "weekend"),   # Saturday
-    ("2025-04-21T10:00", "weekend"),   # Easter Monday (deadlines' holiday calendar)
-    ("2025-04-27T02:00", "nacht"),     # a night on King's Day is still the night
-])
+@pytest.mark.parametrize(
+    ("local", "part"),
+    [
+        ("2025-03-03T09:00", "kantoor"),  # Monday morning
+        ("2025-03-03T17:30", "avond"),
+        ("2025-03-03T23:30", "nacht"),
+        ("2025-03-04T06:59", "nacht"),
+        ("2025-03-08T12:00", "weekend"),  # Saturday
+        ("2025-04-21T10:00", "weekend"),  # Easter Monday (deadlines' holiday calendar)
+        ("2025-04-27T02:00", "nacht"),  # a night on King's Day is still the night
+    ],
+)
 def test_part_of_week_in_amsterdam(local, part):
     from zoneinfo import ZoneInfo
 
@@ -184,20 +232,41 @@ def test_part_of_week_in_amsterdam(local, part):
 # -- suggest() -------------------------------------------------------------------------------
 
 
-def te(tid: int, name: str, areas: str, *, capacity: str = "ja", services: tuple[str, ...] = (),
-       reach: dict[str, Reach] | None = None, confirmed: datetime | None = T0) -> TeamEntry:
-    return TeamEntry(Team(tid, 1, name, f"{name.lower()}@zorg.example", "wijkverpleging", True),
-                     "Zorg", "0201234567", regionmap.parse_areas(areas) if areas else (),
-                     ALL_DAY if reach is None else reach, services, False, capacity,
-                     confirmed.isoformat() if confirmed else "")
+def te(
+    tid: int,
+    name: str,
+    areas: str,
+    *,
+    capacity: str = "ja",
+    services: tuple[str, ...] = (),
+    reach: dict[str, Reach] | None = None,
+    confirmed: datetime | None = T0,
+) -> TeamEntry:
+    return TeamEntry(
+        Team(tid, 1, name, f"{name.lower()}@zorg.example", "wijkverpleging", True),
+        "Zorg",
+        "0201234567",
+        regionmap.parse_areas(areas) if areas else (),
+        ALL_DAY if reach is None else reach,
+        services,
+        False,
+        capacity,
+        confirmed.isoformat() if confirmed else "",
+    )
 
 
 TEAMS = [
     te(1, "Centrum", "1011-1018"),
     te(2, "Oost", "1091-1098", capacity="nee"),
     te(3, "Noord", "1011-1012", services=("wondzorg",), reach={"kantoor": Reach(True)}),
-    te(4, "Nacht", "1000-1109", services=("nachtzorg",),
-       reach={"nacht": Reach(True, "0209999999")}, confirmed=T0 - timedelta(days=60)),
+    te(
+        4,
+        "Nacht",
+        "1000-1109",
+        services=("nachtzorg",),
+        reach={"nacht": Reach(True, "0209999999")},
+        confirmed=T0 - timedelta(days=60),
+    ),
     te(5, "Doorbemiddeling", ""),
 ]
 
@@ -207,9 +276,15 @@ def names(out: list[regionmap.Suggestion]) -> list[str]:
 
 
 def run(**kw: object) -> list[regionmap.Suggestion]:
-    args: dict[str, object] = {"preferred": [1], "passing_on": "doorbemiddeling@zorg.example",
-                               "pc4": 1012, "specialism": "", "part": "kantoor", "now": T0,
-                               "stale_days": 30}
+    args: dict[str, object] = {
+        "preferred": [1],
+        "passing_on": "doorbemiddeling@zorg.example",
+        "pc4": 1012,
+        "specialism": "",
+        "part": "kantoor",
+        "now": T0,
+        "stale_days": 30,
+    }
     args.update(kw)
     return suggest(TEAMS, **args)  # type: ignore[arg-type]
 
@@ -217,8 +292,12 @@ def run(**kw: object) -> list[regionmap.Suggestion]:
 def test_preferred_first_then_teams_serving_the_area_then_passing_on():
     out = run()
     assert names(out) == ["Centrum", "Noord", "Nacht", "Doorbemiddeling"]
-    assert [s.reason for s in out] == ["voorkeursaanbieder", "werkt in dit gebied",
-                                       "werkt in dit gebied", "doorbemiddeling"]
+    assert [s.reason for s in out] == [
+        "voorkeursaanbieder",
+        "werkt in dit gebied",
+        "werkt in dit gebied",
+        "doorbemiddeling",
+    ]
     assert out[0].serves_area and out[1].reachable_now and not out[2].reachable_now
 
 
@@ -246,17 +325,19 @@ def test_an_unknown_postcode_gives_preferred_and_passing_on_only():
     assert names(run(pc4=9999)) == ["Centrum", "Doorbemiddeling"]
 
 
-@given(pc4=st.one_of(st.none(), st.integers(1000, 9999)),
-       preferred=st.lists(st.sampled_from([1, 2, 3, 4, 5, 99]), max_size=3, unique=True),
-       part=st.sampled_from(list(regionmap.PARTS)),
-       specialism=st.sampled_from(["", *regionmap.SERVICES]))
+@given(
+    pc4=st.one_of(st.none(), st.integers(1000, 9999)),
+    preferred=st.lists(st.sampled_from([1, 2, 3, 4, 5, 99]), max_size=3, unique=True),
+    part=st.sampled_from(list(regionmap.PARTS)),
+    specialism=st.sampled_from(["", *regionmap.SERVICES]),
+)
 def test_suggest_invariants(pc4, preferred, part, specialism):
     out = run(pc4=pc4, preferred=preferred, part=part, specialism=specialism)
     addresses = [s.address for s in out]
     assert len(addresses) == len(set(addresses))  # nobody twice
     assert out[-1].reason == "doorbemiddeling"  # the passing-on address always last
     known = [t for t in preferred if t in {1, 2, 3, 4}]
-    assert [s.reason for s in out[:len(known)]] == ["voorkeursaanbieder"] * len(known)
+    assert [s.reason for s in out[: len(known)]] == ["voorkeursaanbieder"] * len(known)
     for s in out:
         if s.reason == "werkt in dit gebied":
             assert s.serves_area
@@ -270,8 +351,14 @@ def test_suggest_invariants(pc4, preferred, part, specialism):
 
 def test_area_rows_split_at_every_boundary_and_merge_equal_runs():
     rows = regionmap.area_rows([e for e in TEAMS if e.areas])
-    assert [r.label for r in rows] == ["1000-1010", "1011-1012", "1013-1018", "1019-1090",
-                                       "1091-1098", "1099-1109"]
+    assert [r.label for r in rows] == [
+        "1000-1010",
+        "1011-1012",
+        "1013-1018",
+        "1019-1090",
+        "1091-1098",
+        "1099-1109",
+    ]
     r = rows[1]
     assert [e.team.name for e in r.by_part["kantoor"]] == ["Centrum", "Noord"]
     assert [e.team.name for e in r.by_part["nacht"]] == ["Centrum", "Nacht"]
