@@ -10,7 +10,7 @@ import json
 import re
 from datetime import timedelta
 
-from securemail import directory, regionmap
+from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
 from tests.e2e.conftest import EXAMPLE
 from tests.web_fixtures import WebApp
@@ -135,7 +135,7 @@ async def test_region_page_is_for_logged_in_people_unless_the_region_opens_it(we
     r = await anon.get("/regio.csv")
     assert r.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(r.text)))
-    assert rows[0] == list(regionmap.CSV_HEADER)
+    assert rows[0] == list(regionview.CSV_HEADER)
     assert any(row[3] == "Centrum" and row[11] == "verouderd" for row in rows[1:])
 
 

@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import directory, regionmap
+from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
 from securemail.config import RegionSettings
 from securemail.directory import Team
 from securemail.errors import AccessDeniedError
-from securemail.regionmap import Reach, RegionInputError, TeamEntry, suggest
+from securemail.regionmap import Reach, RegionInputError, TeamEntry
+from securemail.regionview import suggest
 from tests.auth_fixtures import T0, actor, audit_rows, make_store
 
 S = RegionSettings()
@@ -226,7 +227,7 @@ def test_part_of_week_in_amsterdam(local, part):
     from zoneinfo import ZoneInfo
 
     now = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Europe/Amsterdam"))
-    assert regionmap.part_of_week(now.astimezone(UTC), S) == part
+    assert regionview.part_of_week(now.astimezone(UTC), S) == part
 
 
 # -- suggest() -------------------------------------------------------------------------------
@@ -271,11 +272,11 @@ TEAMS = [
 ]
 
 
-def names(out: list[regionmap.Suggestion]) -> list[str]:
+def names(out: list[regionview.Suggestion]) -> list[str]:
     return [s.name for s in out]
 
 
-def run(**kw: object) -> list[regionmap.Suggestion]:
+def run(**kw: object) -> list[regionview.Suggestion]:
     args: dict[str, object] = {
         "preferred": [1],
         "passing_on": "doorbemiddeling@zorg.example",
@@ -350,7 +351,7 @@ def test_suggest_invariants(pc4, preferred, part, specialism):
 
 
 def test_area_rows_split_at_every_boundary_and_merge_equal_runs():
-    rows = regionmap.area_rows([e for e in TEAMS if e.areas])
+    rows = regionview.area_rows([e for e in TEAMS if e.areas])
     assert [r.label for r in rows] == [
         "1000-1010",
         "1011-1012",
@@ -365,11 +366,11 @@ def test_area_rows_split_at_every_boundary_and_merge_equal_runs():
 
 
 def test_region_json_and_csv_carry_the_passing_on_address():
-    data = regionmap.region_json(TEAMS, "doorbemiddeling@zorg.example", T0, 30)
+    data = regionview.region_json(TEAMS, "doorbemiddeling@zorg.example", T0, 30)
     assert data["passing_on"]["address"] == "doorbemiddeling@zorg.example"
     assert {t["name"] for t in data["teams"]} == {"Centrum", "Oost", "Noord", "Nacht"}
     assert next(t for t in data["teams"] if t["name"] == "Nacht")["stale"] is True
-    rows = regionmap.region_csv_rows(TEAMS, "doorbemiddeling@zorg.example", T0, 30)
+    rows = regionview.region_csv_rows(TEAMS, "doorbemiddeling@zorg.example", T0, 30)
     assert rows[-1][0] == "*" and rows[-1][6] == "doorbemiddeling@zorg.example"
 
 

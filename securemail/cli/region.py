@@ -19,7 +19,7 @@ import argparse
 import json
 from typing import Any
 
-from securemail import directory, regionmap
+from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
 from securemail.cli import command
 from securemail.cli.directory import open_home
@@ -63,7 +63,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         teams = svc.store.read_sync(regionmap.entries)
         now, s = svc.now(), svc.settings
-        data = regionmap.region_json(teams, s.gateway.passing_on_address, now, s.region.stale_days)
+        data = regionview.region_json(teams, s.gateway.passing_on_address, now, s.region.stale_days)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0

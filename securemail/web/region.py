@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import directory, regionmap
+from securemail import directory, regionmap, regionview
 from securemail.access import Actor, HiddenDeniedError
 from securemail.regionmap import RegionInputError
 from securemail.web.keys import ACTOR, services_key
@@ -35,7 +35,7 @@ async def region_page(request: web.Request) -> dict[str, Any]:
     teams, passing_on, now, stale_days = await _region(request)
     on_map = [e for e in teams if e.areas]
     return {
-        "rows": regionmap.area_rows(on_map),
+        "rows": regionview.area_rows(on_map),
         "teams": on_map,
         "parts": regionmap.PARTS,
         "services": regionmap.SERVICES,
@@ -43,7 +43,7 @@ async def region_page(request: web.Request) -> dict[str, Any]:
         "passing_on": passing_on,
         "stale": {e.team.id for e in teams if e.is_stale(now, stale_days)},
         "stale_days": stale_days,
-        "part_now": regionmap.part_of_week(now, request.app[services_key].settings.region),
+        "part_now": regionview.part_of_week(now, request.app[services_key].settings.region),
         "public": ACTOR not in request,
     }
 
@@ -51,7 +51,7 @@ async def region_page(request: web.Request) -> dict[str, Any]:
 @requires("region.view")
 async def region_json(request: web.Request) -> web.StreamResponse:
     teams, passing_on, now, stale_days = await _region(request)
-    return web.json_response(regionmap.region_json(teams, passing_on, now, stale_days))
+    return web.json_response(regionview.region_json(teams, passing_on, now, stale_days))
 
 
 @requires("region.view")
@@ -59,8 +59,8 @@ async def region_csv(request: web.Request) -> web.StreamResponse:
     teams, passing_on, now, stale_days = await _region(request)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(regionmap.CSV_HEADER)
-    writer.writerows(regionmap.region_csv_rows(teams, passing_on, now, stale_days))
+    writer.writerow(regionview.CSV_HEADER)
+    writer.writerows(regionview.region_csv_rows(teams, passing_on, now, stale_days))
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, directory, exchange, forms, regionmap
+from securemail import answer, asks, directory, exchange, forms, regionmap, regionview
 from securemail.errors import SecuremailError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -63,16 +63,17 @@ async def _form_context(request: web.Request, values: dict[str, str],
     actor = request[ACTOR]
     passing_on = svc.settings.gateway.passing_on_address
     pc4 = regionmap.pc4_of(values.get("patient.postcode", ""))
-    part = regionmap.part_of_week(svc.now(), svc.settings.region, svc.settings.deadlines.timezone)
+    part = regionview.part_of_week(svc.now(), svc.settings.region,
+                                   svc.settings.deadlines.timezone)
     specialism = specialism if specialism in regionmap.SERVICES else ""
 
-    def load(db: Any) -> tuple[list[ReceiverOption], list[regionmap.Suggestion] | None]:
+    def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
         teams = receiver_options(db, actor.org_id or 0, passing_on)
         if not with_suggestions:
             return teams, None
         # the same ordering as the receiver list: the practice's preferred providers first
         preferred = [t.id for t in directory.preferred_teams(db, actor.org_id or 0)]
-        return teams, regionmap.suggest(
+        return teams, regionview.suggest(
             regionmap.entries(db), preferred=preferred, passing_on=passing_on, pc4=pc4,
             specialism=specialism, part=part, now=svc.now(),
             stale_days=svc.settings.region.stale_days,
