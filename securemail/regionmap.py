@@ -515,6 +515,11 @@ def set_preferred(
                 )
             }
         )
+    unknown = [a for a in addresses if (t := directory.find_team(db, a)) is None or not t.active]
+    if unknown:
+        raise RegionInputError(
+            {"preferred": (f"unknown team {', '.join(unknown)}", "Kies wijkteams uit de lijst.")}
+        )
     directory.set_preferred(db, practice_code=practice.code, team_addresses=addresses)
     audit.record(
         db,

@@ -174,6 +174,9 @@ def test_practice_entry_preferred_and_contact_nurse(store):
                 db, gp, org, ["centrum@zorg.example", "oost@zorg.example", "centrum@zorg.example"]
             )
         )
+    with pytest.raises(RegionInputError) as exc:
+        store.write_sync(lambda db: regionmap.set_preferred(db, gp, org, ["nobody@zorg.example"]))
+    assert "unknown team" in exc.value.reason
     store.write_sync(lambda db: regionmap.set_preferred(db, gp, org, ["oost@zorg.example"]))
     assert [t.address for t in store.read_sync(lambda db: directory.preferred_teams(db, org))] == [
         "oost@zorg.example"
