@@ -301,8 +301,13 @@ def _validate(s: Settings) -> None:
     for key in ("office_start", "office_end", "night_start", "night_end"):
         value = getattr(s.region, key)
         hh, _, mm = value.partition(":")
-        if not (len(hh) == len(mm) == 2 and hh.isdigit() and mm.isdigit()
-                and int(hh) < 24 and int(mm) < 60):
+        if not (
+            len(hh) == len(mm) == 2
+            and hh.isdigit()
+            and mm.isdigit()
+            and int(hh) < 24
+            and int(mm) < 60
+        ):
             raise ConfigError(f"[region] {key} must be HH:MM", setting=f"[region] {key}")
     r = s.region
     if not r.night_end <= r.office_start < r.office_end <= r.night_start:
