@@ -380,3 +380,21 @@ def test_region_json_and_csv_carry_the_passing_on_address():
 def test_system_actor_may_edit_any_team(store):
     tid = team_id(store, "oost@zorg.example")
     store.write_sync(lambda db: regionmap.save_entry(db, SYSTEM, tid, entry_values(), now=T0))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("office_start", "8:00"),
+        ("night_start", "25:00"),
+        ("office_end", "07:30"),
+        ("stale_days", "0"),
+    ],
+)
+def test_region_settings_are_validated(tmp_path, key, value):
+    from securemail import config
+    from securemail.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        config.load(tmp_path, env={f"SECUREMAIL_REGION_{key.upper()}": value})
+    assert "[region]" in exc.value.reason
