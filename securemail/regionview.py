@@ -137,27 +137,35 @@ class AreaRow:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
 
-def _serving(teams: list[TeamEntry], pc4: int) -> list[TeamEntry]:
-    return [e for e in teams if e.serves(pc4)]
-
-
 def area_rows(teams: list[TeamEntry]) -> list[AreaRow]:
     """Split the region at every area boundary; merge neighbouring runs that have the same
-    teams. A part lists the teams serving the run that are reachable then."""
-    cuts = sorted(
-        {lo for e in teams for lo, _ in e.areas} | {hi + 1 for e in teams for _, hi in e.areas}
-    )
+    teams. A part lists the teams serving the run that are reachable then. A sweep over the
+    boundaries: each team enters at the start of an area and leaves after its end."""
+    enter: dict[int, list[int]] = {}
+    leave: dict[int, list[int]] = {}
+    for i, e in enumerate(teams):
+        for lo, hi in e.areas:
+            enter.setdefault(lo, []).append(i)
+            leave.setdefault(hi + 1, []).append(i)
+    cuts = sorted(enter.keys() | leave.keys())
+    active: dict[int, int] = {}  # team index -> how many of its areas cover the run
     rows: list[AreaRow] = []
+    previous: list[int] = []
     for lo, nxt in zip(cuts, cuts[1:], strict=False):
-        serving = _serving(teams, lo)
+        for i in leave.get(lo, []):
+            active[i] -= 1
+        for i in enter.get(lo, []):
+            active[i] = active.get(i, 0) + 1
+        serving = sorted(i for i, n in active.items() if n > 0)
         if not serving:
+            previous = []
             continue
-        if rows and rows[-1].hi == lo - 1 and _serving(teams, rows[-1].lo) == serving:
+        if rows and rows[-1].hi == lo - 1 and serving == previous:
             rows[-1] = AreaRow(rows[-1].lo, nxt - 1, rows[-1].by_part)
         else:
-            rows.append(
-                AreaRow(lo, nxt - 1, {p: [e for e in serving if e.reachable(p)] for p in PARTS})
-            )
+            by_part = {p: [teams[i] for i in serving if teams[i].reachable(p)] for p in PARTS}
+            rows.append(AreaRow(lo, nxt - 1, by_part))
+        previous = serving
     return rows
 
 

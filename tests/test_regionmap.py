@@ -398,3 +398,38 @@ def test_region_settings_are_validated(tmp_path, key, value):
     with pytest.raises(ConfigError) as exc:
         config.load(tmp_path, env={f"SECUREMAIL_REGION_{key.upper()}": value})
     assert "[region]" in exc.value.reason
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(1000, 1060), st.integers(0, 15)), max_size=3),
+            st.sets(st.sampled_from(list(regionmap.PARTS))),
+        ),
+        max_size=6,
+    )
+)
+def test_area_rows_agree_with_asking_every_postcode(spec):
+    teams = [
+        te(
+            i,
+            f"T{i}",
+            ", ".join(f"{lo}-{lo + w}" for lo, w in areas),
+            reach={p: Reach(True) for p in parts},
+        )
+        for i, (areas, parts) in enumerate(spec)
+    ]
+    rows = regionview.area_rows(teams)
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert a.hi < b.lo
+    for pc4 in range(1000, 1080):
+        row = [r for r in rows if r.lo <= pc4 <= r.hi]
+        serving = [e for e in teams if e.serves(pc4)]
+        if not serving:
+            assert row == []
+            continue
+        (r,) = row
+        for p in regionmap.PARTS:
+            assert [e.team.id for e in r.by_part[p]] == [
+                e.team.id for e in serving if e.reachable(p)
+            ]
