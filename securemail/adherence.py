@@ -480,6 +480,7 @@ def read(
             object_id=month,
             outcome_detail=f"format={export or 'page'}",
             data_categories="aggregate",
+            purpose="HOPERAT",  # operations: figures about the service, not care for a patient
             check_authz=f"permit:{actor.role}",
         ),
         source_id=source_id,

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html as html_lib
 import io
 import json
+import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,10 +33,12 @@ from securemail.adherence import AskItem, Figures, Turn
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
 from securemail.exchange import Hooks
+from securemail.web import create_app
 from tests.auth_fixtures import make_store
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, env_for_cli, example
+from tests.e2e.webflow import login
 from tests.loop_fixtures import TEAM_B, Loop
-from tests.test_asks import ASK
+from tests.test_asks import ASK, browser
 
 AMS = ZoneInfo("Europe/Amsterdam")
 CAL = DeadlineSettings()
@@ -238,6 +243,19 @@ async def test_cli_report_csv_and_json_are_audited_without_a_patient(april: Loop
     )  # fmt: skip
     assert bad.returncode == 1
     assert "YYYY-MM" in bad.stderr and "Traceback" not in bad.stderr
+    # A GP may not read the figures, on the CLI either: one line, and an access.denied row
+    gp = subprocess.run(
+        [sys.executable, "-m", "securemail", "adherence", "report", "--home", home,
+         "--month", "2027-04", "--as", "huisarts"],
+        capture_output=True, text=True, check=False, env=env_for_cli(), timeout=120,
+    )  # fmt: skip
+    assert gp.returncode == 1 and "access.denied" in gp.stderr and not gp.stdout
+    denied = svc.store.read_sync(
+        lambda db: list(db["audit_events"].rows_where("event_code = 'access.denied'"))
+    )
+    assert [(d["user_name"], d["object_type"], d["check_authz"]) for d in denied] == [
+        ("huisarts", "adherence", "deny:adherence.view")
+    ]
 
 
 # -- pure functions ----------------------------------------------------------------------------
@@ -385,3 +403,136 @@ def test_gp_reading_figures_is_refused(store: Any) -> None:
     with pytest.raises(AccessDeniedError):
         store.write_sync(lambda db: adherence.read(db, gp, "2027-04", now=at(30, 12),
                                                    calendar=CAL))  # fmt: skip
+
+
+# -- the coordinators' page over real HTTP -----------------------------------------------------
+
+COORD_PASSWORD = "coordinator password 12345"
+CELL_RE = re.compile(r"<td>([^<]*)</td>")
+
+
+def _add_coordinator(loop: Loop) -> dict[str, Any]:
+    svc = loop.gw.svc
+    now = svc.now_iso()
+
+    def add(db: Any) -> str:
+        directory.add_org(db, SYSTEM, code="99000001", kind="region", name="Regio", now=now)
+        user = auth.add_user(
+            db, SYSTEM, username="coordinator", name="Regio Coördinator", role="coordinator",
+            org_code="99000001", password=COORD_PASSWORD, now=now,
+        )  # fmt: skip
+        return auth.enrol_totp_for_demo(db, user.id)
+
+    secret = svc.store.write_sync(add)
+    return {"username": "coordinator", "password": COORD_PASSWORD, "totp_secret": secret,
+            "clock": loop.clock}  # fmt: skip
+
+
+@pytest.fixture
+async def april_site(april: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
+    app = create_app(april.gw.svc.settings, services=april.gw.svc, run_worker=False)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+def _page_rows(html: str, table: str) -> list[list[str]]:
+    """The data rows of one table on the page, as cell texts."""
+    section = html.split(f'id="tabel-{table}"', 1)[1].split("</table>", 1)[0]
+    return [[html_lib.unescape(c) for c in CELL_RE.findall(tr)] for tr in section.split("<tr>")[2:]]
+
+
+async def test_coordinator_page_and_csv_show_the_same_published_cells(
+    april: Loop, april_site: str
+) -> None:
+    creds = _add_coordinator(april)
+    async with browser() as coord:
+        await login(coord, april_site, creds)
+        async with coord.get(f"{april_site}/") as r:  # the coordinator's home is the page
+            assert r.url.path == "/regio/afspraken"
+        async with coord.get(f"{april_site}/regio/afspraken?maand=2027-04") as r:
+            assert r.status == 200
+            html = await r.text()
+        async with coord.get(f"{april_site}/regio/afspraken.csv?maand=2027-04") as r:
+            assert r.status == 200
+            assert r.headers["Content-Disposition"] == (
+                'attachment; filename="afspraken-2027-04.csv"'
+            )
+            text = await r.text()
+        async with coord.get(f"{april_site}/regio/afspraken.json?maand=2027-04") as r:
+            published = json.loads(await r.text())
+        async with coord.get(f"{april_site}/regio/afspraken?maand=2027-4") as r:
+            assert r.status == 422
+            assert "JJJJ-MM" in await r.text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for table in adherence.TABLES:
+        keys = adherence.table_columns(table)
+        on_page = _page_rows(html, table)
+        in_csv = [
+            [row["naam"], row["code"], *(row[adherence.COLUMNS[k][0]] for k in keys)]
+            for row in rows
+            if row["tabel"] == table
+        ]
+        in_json = [
+            [row["name"], row["code"], *(str(row[k]) for k in keys)]
+            for row in published["tables"][table]
+        ]
+        assert on_page == in_csv == in_json, table
+        assert on_page  # every table has a row this month
+    assert "&lt;5" in html and "67%" in html and "66:00" in html
+    for secret in (EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["name"], "UVZ-", "ASK-"):
+        assert secret not in html + text
+    # Each read is audited as a non-patient read, in order, naming month and format
+    views = april.gw.svc.store.read_sync(
+        lambda db: [
+            (r["event_code"], r["user_role"], r["object_id"], r["outcome_detail"], r["patient_id"])
+            for r in db["audit_events"].rows_where("event_code LIKE 'adherence.%'", order_by="seq")
+        ]
+    )
+    assert views == [
+        # the home page after login, and once more: the last complete month
+        ("adherence.view", "coordinator", "2027-03", "format=page", ""),
+        ("adherence.view", "coordinator", "2027-03", "format=page", ""),
+        ("adherence.view", "coordinator", "2027-04", "format=page", ""),
+        ("adherence.export", "coordinator", "2027-04", "format=csv", ""),
+        ("adherence.export", "coordinator", "2027-04", "format=json", ""),
+    ]
+
+
+async def test_coordinator_cannot_open_a_request_and_a_gp_cannot_read_the_figures(
+    april: Loop, april_site: str
+) -> None:
+    svc = april.gw.svc
+    creds = _add_coordinator(april)
+    reference = svc.store.read_sync(
+        lambda db: db.execute("SELECT reference FROM requests ORDER BY id LIMIT 1").fetchone()[0]
+    )
+    async with browser() as coord, browser() as gp:
+        await login(coord, april_site, creds)
+        for path in (f"/requests/{reference}", "/requests", "/asks", "/privacy",
+                     "/privacy/consents", "/admin"):  # fmt: skip
+            async with coord.get(f"{april_site}{path}") as r:
+                assert r.status == 403, path
+                assert EXAMPLE["patient"]["bsn"] not in await r.text()
+        await login(gp, april_site, april.credentials("huisarts"))
+        async with gp.get(f"{april_site}/regio/afspraken?maand=2027-04") as r:
+            assert r.status == 403
+            assert "Worden de afspraken" not in await r.text()
+    denied = svc.store.read_sync(
+        lambda db: [
+            (r["user_role"], r["check_authz"])
+            for r in db["audit_events"].rows_where("event_code = 'access.denied'", order_by="seq")
+        ]
+    )
+    assert ("coordinator", "deny:request.view") in denied
+    assert denied[-1] == ("gp", "deny:adherence.view")
+    # the only figures read are the coordinator's own (her home page after login)
+    readers = svc.store.read_sync(
+        lambda db: {
+            r[0]
+            for r in db.execute(
+                "SELECT user_role FROM audit_events WHERE event_code LIKE 'adherence.%'"
+            )
+        }
+    )
+    assert readers == {"coordinator"}
