@@ -42,6 +42,8 @@ PRACTICE = {
 NURSING = {"code": "87654321", "name": "Zorg Noord (demo)", "notify": "planning@zorg-noord.example"}
 TEAM = {"name": "Wijkteam Centrum", "address": "wijkteam-centrum@zorg-noord.example"}
 TEAM2 = {"name": "Wijkteam Oost", "address": "wijkteam-oost@zorg-noord.example"}
+#: The region whose coordinator reads the adherence figures (/regio/afspraken).
+REGION = {"code": "99000001", "name": "Regio Zorg in de Wijk (demo)"}
 EXAMPLE = config.PROJECT_ROOT / "examples" / "uitvoeringsverzoek.json"
 
 
@@ -280,7 +282,18 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             "org": PRACTICE["code"],
         },
         {"username": "beheer", "name": "B. Heerder", "role": "admin", "org": None},
+        {
+            "username": "coordinator",
+            "name": "R. Coördinator",
+            "role": "coordinator",
+            "org": REGION["code"],
+        },
     ]
+    svc.store.write_sync(
+        lambda db: directory.add_org(
+            db, SYSTEM, code=REGION["code"], kind="region", name=REGION["name"], now=now
+        )
+    )
     for spec in specs:
         password = _password()
         user = svc.store.write_sync(
