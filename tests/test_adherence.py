@@ -27,8 +27,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import adherence, answer, asks, auth, delivery, directory, exchange, outbox
-from securemail.access import SYSTEM, Actor
+from securemail import (
+    access,
+    adherence,
+    answer,
+    asks,
+    auth,
+    delivery,
+    directory,
+    exchange,
+    outbox,
+)
+from securemail.access import SYSTEM, Actor, Resource
 from securemail.adherence import AskItem, Figures, Turn
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
@@ -536,3 +546,33 @@ async def test_coordinator_cannot_open_a_request_and_a_gp_cannot_read_the_figure
         }
     )
     assert readers == {"coordinator"}
+
+
+def _who(role: str, org: int | None = 9) -> Actor:
+    return Actor(user_id=7, username="u", name="U", role=role, org_id=org)
+
+
+def test_coordinator_policy_opens_only_the_figures_and_the_own_account() -> None:
+    opened = {action for action, roles in access.POLICY.items() if "coordinator" in roles}
+    assert opened == {"adherence.view", "account.self"}
+
+
+@pytest.mark.parametrize(
+    ("who", "action", "resource", "allowed"),
+    [
+        (_who("coordinator"), "adherence.view", Resource("adherence"), True),
+        (_who("coordinator", org=None), "adherence.view", Resource("adherence"), False),
+        (_who("admin", org=None), "adherence.view", Resource("adherence"), True),
+        (_who("privacy_officer"), "adherence.view", Resource("adherence"), False),
+        (_who("gp"), "adherence.view", Resource("adherence"), False),
+        (_who("nurse"), "adherence.view", Resource("adherence"), False),
+        (_who("coordinator"), "request.view", Resource("request", org_id=9), False),
+        (_who("coordinator"), "request.list", Resource("request"), False),
+        (_who("coordinator"), "ask.view", Resource("ask"), False),
+        (_who("coordinator"), "consent.view", Resource("consent", org_id=9), False),
+        (_who("coordinator"), "audit.view", Resource("audit", org_id=9), False),
+        (_who("coordinator"), "directory.view", Resource("gp_keys"), False),
+    ],
+)
+def test_adherence_policy_table(who: Actor, action: str, resource: Resource, allowed: bool) -> None:
+    assert access.is_allowed(who, action, resource) is allowed
