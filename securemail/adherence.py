@@ -158,15 +158,27 @@ def _minutes(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() / 60
 
 
-def answer_figures(turns: Iterable[Turn], *, now: datetime, calendar: DeadlineSettings) -> Figures:
+def answer_due(turn: Turn, calendar: DeadlineSettings) -> datetime:
+    """The turn's deadline: the gateway's own rule (deadlines.due), from the delivery."""
+    return deadlines.due(turn.delivered_at, turn.urgency, "answer", calendar)
+
+
+def answer_figures(
+    turns: Iterable[Turn],
+    *,
+    now: datetime,
+    calendar: DeadlineSettings,
+    due_of: Callable[[Turn], datetime] | None = None,
+) -> Figures:
     """Figures for a group of turns: answered within ``deadlines.due(delivered_at, urgency,
-    'answer')``; an open turn is overdue when ``now`` is past that deadline."""
+    'answer')``; an open turn is overdue when ``now`` is past that deadline. ``due_of``:
+    the deadlines computed once per turn (a turn counts for its team and its practice)."""
     received = answered = within = open_overdue = withdrawn = 0
     by_outcome = dict.fromkeys(OUTCOMES, 0)
     minutes: list[float] = []
     for t in turns:
         received += 1
-        due = deadlines.due(t.delivered_at, t.urgency, "answer", calendar)
+        due = due_of(t) if due_of else answer_due(t, calendar)
         if t.outcome in OUTCOMES and t.outcome_at is not None:
             answered += 1
             by_outcome[t.outcome] += 1
@@ -237,9 +249,13 @@ def build_report(
     month = parse_month(month)
     turns = [t for t in turns if month_of(t.delivered_at, tz) == month]
     asks = [a for a in asks if month_of(a.created_at, tz) == month]
+    dues = {id(t): answer_due(t, calendar) for t in turns}
 
     def answers(groups: dict[tuple[str, str], list[Turn]]) -> dict[tuple[str, str], Figures]:
-        return {k: answer_figures(v, now=now, calendar=calendar) for k, v in groups.items()}
+        return {
+            k: answer_figures(v, now=now, calendar=calendar, due_of=lambda t: dues[id(t)])
+            for k, v in groups.items()
+        }
 
     def delivered(groups: dict[tuple[str, str], list[AskItem]]) -> dict[tuple[str, str], Figures]:
         return {k: ask_figures(v, now=now, calendar=calendar) for k, v in groups.items()}
@@ -455,22 +471,38 @@ def report_for(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MonthRows:
+    """A month's rows as read (under its audit row); ``figures`` makes the published report."""
+
+    month: str
+    turns: list[Turn]
+    asks: list[AskItem]
+
+    def figures(self, *, now: datetime, calendar: DeadlineSettings) -> dict[str, Any]:
+        """The published (suppressed) report: pure, so it can run off the writer thread."""
+        return publish(build_report(self.month, self.turns, self.asks, now=now,
+                                    calendar=calendar))  # fmt: skip
+
+
 def read(
     db: sqlite_utils.Database,
     actor: Actor,
     month: str,
     *,
-    now: datetime,
     calendar: DeadlineSettings,
     export: str = "",
     source_id: str = "gateway-1",
-) -> dict[str, Any]:
-    """The published report for actor, audited in the same transaction as the read
+) -> MonthRows:
+    """The month's rows for actor, read in the same transaction as their audit row
     (``adherence.view``, or ``adherence.export`` with the format): a non-patient read, so
-    the row names the month and the format, never a patient. Must run in a write."""
+    the row names the month and the format, never a patient. Must run in a write; only
+    the SQL runs there, the figures are computed afterwards (``MonthRows.figures``) so
+    the single writer is not held for the arithmetic."""
     month = parse_month(month)
     require(actor, "adherence.view", Resource("adherence", ref=month))
-    published = publish(report_for(db, month, now=now, calendar=calendar))
+    start, end = month_bounds(month, calendar.timezone)
+    rows = MonthRows(month, load_turns(db, start, end), load_asks(db, start, end))
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -485,7 +517,7 @@ def read(
         ),
         source_id=source_id,
     )
-    return published
+    return rows
 
 
 def record_denial(

@@ -398,10 +398,10 @@ def test_coordinator_belongs_to_a_region(store: Any) -> None:
         )  # fmt: skip
 
     store.write_sync(
-        lambda db: directory.add_org(db, SYSTEM, code="99000001", kind="region",
+        lambda db: directory.add_org(db, SYSTEM, code="99000002", kind="region",
                                      name="Regio Amsterdam", now=now)
     )  # fmt: skip
-    user = store.write_sync(lambda db: add(db, "99000001"))
+    user = store.write_sync(lambda db: add(db, "99000002"))
     assert user.role == "coordinator"
     with pytest.raises(InputError) as info:
         store.write_sync(lambda db: add(db, "01000001"))  # a GP practice
@@ -411,8 +411,7 @@ def test_coordinator_belongs_to_a_region(store: Any) -> None:
 def test_gp_reading_figures_is_refused(store: Any) -> None:
     gp = store.read_sync(lambda db: auth.actor_for_cli(db, "gp_a"))
     with pytest.raises(AccessDeniedError):
-        store.write_sync(lambda db: adherence.read(db, gp, "2027-04", now=at(30, 12),
-                                                   calendar=CAL))  # fmt: skip
+        store.write_sync(lambda db: adherence.read(db, gp, "2027-04", calendar=CAL))
 
 
 # -- the coordinators' page over real HTTP -----------------------------------------------------
@@ -426,10 +425,10 @@ def _add_coordinator(loop: Loop) -> dict[str, Any]:
     now = svc.now_iso()
 
     def add(db: Any) -> str:
-        directory.add_org(db, SYSTEM, code="99000001", kind="region", name="Regio", now=now)
+        directory.add_org(db, SYSTEM, code="99000002", kind="region", name="Regio", now=now)
         user = auth.add_user(
             db, SYSTEM, username="coordinator", name="Regio Coördinator", role="coordinator",
-            org_code="99000001", password=COORD_PASSWORD, now=now,
+            org_code="99000002", password=COORD_PASSWORD, now=now,
         )  # fmt: skip
         return auth.enrol_totp_for_demo(db, user.id)
 

@@ -52,10 +52,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         actor = _actor(svc, args.as_user)
         src = svc.settings.gateway.source_id
         try:
-            published = svc.store.write_sync(
+            rows = svc.store.write_sync(
                 lambda db: adherence.read(
-                    db, actor, month, now=svc.now(), calendar=svc.settings.deadlines,
-                    export=fmt, source_id=src,
+                    db, actor, month, calendar=svc.settings.deadlines, export=fmt,
+                    source_id=src,
                 )
             )  # fmt: skip
         except AccessDeniedError:
@@ -63,6 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 lambda db: adherence.record_denial(db, actor, month, source_id=src)
             )
             raise
+        published = rows.figures(now=svc.now(), calendar=svc.settings.deadlines)
     if args.csv:
         print(adherence.to_csv(published), end="")
     elif args.json:

@@ -10,6 +10,7 @@ URL carries a month, never patient data.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -35,12 +36,15 @@ def _month(request: web.Request) -> str:
 async def _read(request: web.Request, month: str, export: str = "") -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
-    return await svc.store.write(
+    calendar = svc.settings.deadlines
+    rows = await svc.store.write(
         lambda db: adherence.read(
-            db, actor, month, now=svc.now(), calendar=svc.settings.deadlines, export=export,
+            db, actor, month, calendar=calendar, export=export,
             source_id=svc.settings.gateway.source_id,
         )
     )  # fmt: skip
+    now = svc.now()
+    return await asyncio.to_thread(rows.figures, now=now, calendar=calendar)
 
 
 @requires("adherence.view")
