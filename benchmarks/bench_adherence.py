@@ -4,8 +4,9 @@
 A store with every migration, 40 teams, 300 practices, 12 months of requests (a fifth
 passed on once), each hop with a delivered outbox row, and asks. The rows are bulk
 inserted with the columns the loaders read (synthetic, no patient data; the tests build
-theirs through the real send path). Measured: the audited read (SQL + audit row, on the
-writer) and the figures (pure, off the writer) for one month.
+theirs through the real send path). Measured: the audit row (on the
+writer: the audit row only), the month's SQL (a reader snapshot) and the figures (pure,
+off the writer) for one month.
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def run(quick: bool) -> dict[str, Any]:
         try:
             store.write_sync(lambda db: _populate(db, per_month, rng))
             t0 = time.perf_counter()
-            rows = store.write_sync(
-                lambda db: adherence.read(db, SYSTEM, "2026-06", calendar=calendar)
-            )
+            store.write_sync(lambda db: adherence.record_read(db, SYSTEM, "2026-06"))
+            tw = time.perf_counter()
+            rows = store.read_sync(lambda db: adherence.load_month(db, "2026-06", calendar))
             t1 = time.perf_counter()
             published = rows.figures(now=datetime(2026, 12, 1, tzinfo=UTC), calendar=calendar)
             t2 = time.perf_counter()
@@ -110,13 +111,14 @@ def run(quick: bool) -> dict[str, Any]:
     return {
         "turns_in_month": turns,
         "asks_in_month": len(rows.asks),
-        "read_seconds": round(t1 - t0, 3),
+        "audit_write_seconds": round(tw - t0, 3),
+        "read_seconds": round(t1 - tw, 3),
         "figures_seconds": round(t2 - t1, 3),
         "table": [
+            {"metric": "audit row (on the writer)", "value": f"{tw - t0:.3f} s"},
             {
-                "metric": f"audited read of one month ({turns:,} turns of "
-                f"{MONTHS} months), writer held",
-                "value": f"{t1 - t0:.3f} s",
+                "metric": f"read of one month ({turns:,} turns of {MONTHS} months, reader)",
+                "value": f"{t1 - tw:.3f} s",
             },
             {"metric": "figures + suppression (off the writer)", "value": f"{t2 - t1:.3f} s"},
         ],  # fmt: skip

@@ -485,24 +485,21 @@ class MonthRows:
                                     calendar=calendar))  # fmt: skip
 
 
-def read(
+def record_read(
     db: sqlite_utils.Database,
     actor: Actor,
     month: str,
     *,
-    calendar: DeadlineSettings,
     export: str = "",
     source_id: str = "gateway-1",
-) -> MonthRows:
-    """The month's rows for actor, read in the same transaction as their audit row
+) -> str:
+    """Check that actor may read the month's figures and write the audit row of the read
     (``adherence.view``, or ``adherence.export`` with the format): a non-patient read, so
-    the row names the month and the format, never a patient. Must run in a write; only
-    the SQL runs there, the figures are computed afterwards (``MonthRows.figures``) so
-    the single writer is not held for the arithmetic."""
+    the row names the month and the format, never a patient. Run in a write, before the
+    read (``load_month``): the attempt is on record even if the read then fails, and the
+    month's SQL runs on a reader snapshot, not on the single writer."""
     month = parse_month(month)
     require(actor, "adherence.view", Resource("adherence", ref=month))
-    start, end = month_bounds(month, calendar.timezone)
-    rows = MonthRows(month, load_turns(db, start, end), load_asks(db, start, end))
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -517,7 +514,13 @@ def read(
         ),
         source_id=source_id,
     )
-    return rows
+    return month
+
+
+def load_month(db: sqlite_utils.Database, month: str, calendar: DeadlineSettings) -> MonthRows:
+    """The month's turns and asks (no patient column); after ``record_read``."""
+    start, end = month_bounds(month, calendar.timezone)
+    return MonthRows(parse_month(month), load_turns(db, start, end), load_asks(db, start, end))
 
 
 def record_denial(

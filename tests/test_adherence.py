@@ -411,7 +411,7 @@ def test_coordinator_belongs_to_a_region(store: Any) -> None:
 def test_gp_reading_figures_is_refused(store: Any) -> None:
     gp = store.read_sync(lambda db: auth.actor_for_cli(db, "gp_a"))
     with pytest.raises(AccessDeniedError):
-        store.write_sync(lambda db: adherence.read(db, gp, "2027-04", calendar=CAL))
+        store.write_sync(lambda db: adherence.record_read(db, gp, "2027-04"))
 
 
 # -- the coordinators' page over real HTTP -----------------------------------------------------

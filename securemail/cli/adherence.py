@@ -52,18 +52,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         actor = _actor(svc, args.as_user)
         src = svc.settings.gateway.source_id
         try:
-            rows = svc.store.write_sync(
-                lambda db: adherence.read(
-                    db, actor, month, calendar=svc.settings.deadlines, export=fmt,
-                    source_id=src,
-                )
-            )  # fmt: skip
+            svc.store.write_sync(
+                lambda db: adherence.record_read(db, actor, month, export=fmt, source_id=src)
+            )
         except AccessDeniedError:
             svc.store.write_sync(
                 lambda db: adherence.record_denial(db, actor, month, source_id=src)
             )
             raise
-        published = rows.figures(now=svc.now(), calendar=svc.settings.deadlines)
+        calendar = svc.settings.deadlines
+        rows = svc.store.read_sync(lambda db: adherence.load_month(db, month, calendar))
+        published = rows.figures(now=svc.now(), calendar=calendar)
     if args.csv:
         print(adherence.to_csv(published), end="")
     elif args.json:

@@ -2,8 +2,8 @@
 .json for one calendar month (``?maand=YYYY-MM``; the default is the last complete month).
 
 Invariants: every route declares ``adherence.view`` (coordinators and admins; everyone
-else is refused by the middleware with an ``access.denied`` row); every read writes its
-``adherence.view``/``adherence.export`` row in the same transaction (adherence.read); the
+else is refused by the middleware with an ``access.denied`` row); every read first commits its
+``adherence.view``/``adherence.export`` row (adherence.record_read), then reads; the
 page, the CSV and the JSON show the same published cells, small counts suppressed; the
 URL carries a month, never patient data.
 """
@@ -37,12 +37,12 @@ async def _read(request: web.Request, month: str, export: str = "") -> dict[str,
     svc = request.app[services_key]
     actor = request[ACTOR]
     calendar = svc.settings.deadlines
-    rows = await svc.store.write(
-        lambda db: adherence.read(
-            db, actor, month, calendar=calendar, export=export,
-            source_id=svc.settings.gateway.source_id,
+    await svc.store.write(
+        lambda db: adherence.record_read(
+            db, actor, month, export=export, source_id=svc.settings.gateway.source_id
         )
-    )  # fmt: skip
+    )
+    rows = await svc.store.read(lambda db: adherence.load_month(db, month, calendar))
     now = svc.now()
     return await asyncio.to_thread(rows.figures, now=now, calendar=calendar)
 
