@@ -390,6 +390,23 @@ def _parse_iso(text: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+#: A hop is looked at only if queued at most this long before the month began: the scan of
+#: request_hops stays near one month (delivery gives up after [delivery]
+#: give_up_after_seconds, a day by default, long before this).
+QUEUED_MARGIN = timedelta(days=31)
+
+
+def _text_window(
+    start: datetime, end: datetime, *, before: timedelta = timedelta(days=2)
+) -> tuple[str, str]:
+    """Bounds for ISO 8601 text columns whose offsets vary (Z, +01:00): whole days with a
+    margin on both sides, so a text comparison never drops a row; the exact test follows."""
+    return (
+        (start - before).date().isoformat(),
+        (end + timedelta(days=2)).date().isoformat(),
+    )
+
+
 def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> list[Turn]:
     """Turns whose message the relay accepted in [start, end). A turn whose message never
     left (failed, stopped) was never received by the team; a withdrawal message is not a
@@ -401,8 +418,9 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
         "FROM request_hops h JOIN requests r ON r.reference = h.reference "
         "JOIN outbox o ON o.message_id = h.message_id AND o.status = 'sent' "
         "JOIN teams t ON t.id = h.team_id JOIN organisations p ON p.id = r.practice_org_id "
-        "WHERE r.kind != 'intrekking' AND o.final_at >= ? AND o.final_at < ?",
-        [start.timestamp(), end.timestamp()],
+        "WHERE r.kind != 'intrekking' AND h.sent_at >= ? AND h.sent_at < ? "
+        "AND o.final_at >= ? AND o.final_at < ?",
+        [*_text_window(start, end, before=QUEUED_MARGIN), start.timestamp(), end.timestamp()],
     )
     return [
         Turn(
@@ -435,9 +453,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
 
 def load_asks(db: sqlite_utils.Database, start: datetime, end: datetime) -> list[AskItem]:
     """Asks created in [start, end). Selects no patient column (no BSN, name, reason)."""
-    # created_at is ISO 8601 with an offset; a two-day margin on the text, then exact.
-    lo = (start - timedelta(days=2)).date().isoformat()
-    hi = (end + timedelta(days=2)).date().isoformat()
+    lo, hi = _text_window(start, end)
     cur = db.execute(
         "SELECT p.code, p.name, t.address, t.name, a.urgency, a.created_at, a.fulfilled_at "
         "FROM asks a JOIN teams t ON t.id = a.team_id "
