@@ -227,9 +227,11 @@ def ask_figures(asks: Iterable[AskItem], *, now: datetime, calendar: DeadlineSet
 
 
 def _group(
-    items: Iterable[T], key: Callable[[T], tuple[str, str]]
+    items: Iterable[T],
+    key: Callable[[T], tuple[str, str]],
+    seed: Iterable[tuple[str, str]] = (),
 ) -> dict[tuple[str, str], list[T]]:
-    out: dict[tuple[str, str], list[T]] = {}
+    out: dict[tuple[str, str], list[T]] = {k: [] for k in seed}
     for item in items:
         out.setdefault(key(item), []).append(item)
     return dict(sorted(out.items(), key=lambda kv: (kv[0][1].lower(), kv[0][0])))
@@ -242,9 +244,14 @@ def build_report(
     *,
     now: datetime,
     calendar: DeadlineSettings,
+    teams: Iterable[tuple[str, str]] = (),
+    practices: Iterable[tuple[str, str]] = (),
 ) -> Report:
     """The month's report over rows: only turns delivered, and asks created, in ``month``
-    (Europe/Amsterdam, or the calendar's time zone) count."""
+    (Europe/Amsterdam, or the calendar's time zone) count. ``teams`` and ``practices``
+    ((code, name) pairs) get a row even with nothing in the month: a row of zeros is
+    itself a finding (a team nobody sends to, a practice that sends nothing)."""
+    teams, practices = list(teams), list(practices)
     tz = calendar.timezone
     month = parse_month(month)
     turns = [t for t in turns if month_of(t.delivered_at, tz) == month]
@@ -263,10 +270,10 @@ def build_report(
     return Report(
         month=month,
         generated_at=now,
-        teams=answers(_group(turns, lambda t: (t.team, t.team_name))),
-        practices=answers(_group(turns, lambda t: (t.practice, t.practice_name))),
-        ask_practices=delivered(_group(asks, lambda a: (a.practice, a.practice_name))),
-        ask_teams=delivered(_group(asks, lambda a: (a.team, a.team_name))),
+        teams=answers(_group(turns, lambda t: (t.team, t.team_name), teams)),
+        practices=answers(_group(turns, lambda t: (t.practice, t.practice_name), practices)),
+        ask_practices=delivered(_group(asks, lambda a: (a.practice, a.practice_name), practices)),
+        ask_teams=delivered(_group(asks, lambda a: (a.team, a.team_name), teams)),
     )
 
 
@@ -476,15 +483,9 @@ def load_asks(db: sqlite_utils.Database, start: datetime, end: datetime) -> list
 def report_for(
     db: sqlite_utils.Database, month: str, *, now: datetime, calendar: DeadlineSettings
 ) -> Report:
-    """Load the month's rows and build its report (no audit row: see ``read``)."""
-    start, end = month_bounds(month, calendar.timezone)
-    return build_report(
-        month,
-        load_turns(db, start, end),
-        load_asks(db, start, end),
-        now=now,
-        calendar=calendar,
-    )
+    """Load the month's rows and build its raw report (no audit row, nothing suppressed:
+    for tests and benchmarks; people get ``record_read`` + ``load_month`` + ``figures``)."""
+    return load_month(db, month, calendar).report(now=now, calendar=calendar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,11 +495,17 @@ class MonthRows:
     month: str
     turns: list[Turn]
     asks: list[AskItem]
+    teams: list[tuple[str, str]]  # active teams (address, name): a row even when empty
+    practices: list[tuple[str, str]]  # practices (code, name)
+
+    def report(self, *, now: datetime, calendar: DeadlineSettings) -> Report:
+        """The raw report (never shown as is)."""
+        return build_report(self.month, self.turns, self.asks, now=now, calendar=calendar,
+                            teams=self.teams, practices=self.practices)  # fmt: skip
 
     def figures(self, *, now: datetime, calendar: DeadlineSettings) -> dict[str, Any]:
         """The published (suppressed) report: pure, so it can run off the writer thread."""
-        return publish(build_report(self.month, self.turns, self.asks, now=now,
-                                    calendar=calendar))  # fmt: skip
+        return publish(self.report(now=now, calendar=calendar))
 
 
 def record_read(
@@ -536,7 +543,15 @@ def record_read(
 def load_month(db: sqlite_utils.Database, month: str, calendar: DeadlineSettings) -> MonthRows:
     """The month's turns and asks (no patient column); after ``record_read``."""
     start, end = month_bounds(month, calendar.timezone)
-    return MonthRows(parse_month(month), load_turns(db, start, end), load_asks(db, start, end))
+    teams = [
+        (str(a), str(n)) for a, n in db.execute("SELECT address, name FROM teams WHERE active = 1")
+    ]
+    practices = [(str(c), str(n)) for c, n in db.execute(
+        "SELECT code, name FROM organisations WHERE kind = 'practice'")]  # fmt: skip
+    return MonthRows(
+        parse_month(month), load_turns(db, start, end), load_asks(db, start, end), teams,
+        practices,
+    )  # fmt: skip
 
 
 def record_denial(

@@ -188,14 +188,20 @@ async def test_figures_match_the_hand_count(april: Loop) -> None:
     assert (b.received, b.answered, b.within, b.accepted, b.minutes) == (1, 1, 1, 1, (1380,))
     # The practice: all 7 turns; within 5 of assessed 7; minutes 60 119 121 1380 2820 3960:
     # median rank 3 -> 121, p90 rank ceil(5.4)=6 -> 3960.
-    [p] = report.practices.values()
+    p = report.practices[("01234567", "Praktijk Test")]
     assert (p.received, p.answered, p.within, p.assessed, p.open_overdue) == (7, 6, 5, 7, 1)
     assert (p.accepted, p.declined, p.passed_on) == (4, 1, 1)
     assert (p.median, p.p90) == (121, 3960)
     # Asks of team A: ask 1 delivered after exactly 2 working days (48 h clock, within);
     # ask 2 urgent, 2 h 01 (late).
-    [ap] = report.ask_practices.values()
-    [at_] = report.ask_teams.values()
+    ap = report.ask_practices[("01234567", "Praktijk Test")]
+    at_ = report.ask_teams[(TEAM, "Wijkteam Centrum")]
+    # Teams and practices with nothing this month still have their row, of zeros
+    for zero in (
+        report.practices[("11223344", "Andere praktijk")],
+        report.ask_teams[(TEAM_B, "Wijkteam West")],
+    ):
+        assert (zero.received, zero.answered, zero.minutes) == (0, 0, ())
     for f in (ap, at_):
         assert (f.received, f.answered, f.within, f.open_overdue) == (2, 2, 1, 0)
         assert sorted(f.minutes) == [121, 2880]
@@ -213,10 +219,12 @@ async def test_published_figures_suppress_small_counts_everywhere(april: Loop) -
     [b] = [r for r in published["tables"]["teams"] if r["code"] == TEAM_B]
     assert {b[k] for k in ("received", "answered", "within", "accepted")} == {"<5"}
     assert (b["within_pct"], b["median"], b["p90"]) == ("<5", "<5", "<5")
-    [p] = published["tables"]["practices"]
+    other, p = published["tables"]["practices"]  # sorted by name: Andere, Praktijk Test
     assert (p["received"], p["within"], p["within_pct"]) == (7, 5, "71%")
-    for table in ("ask_practices", "ask_teams"):
-        [row] = published["tables"][table]
+    # a zero is shown as 0; a figure from no items is empty, not '<5'
+    assert (other["received"], other["within_pct"], other["median"]) == (0, "", "")
+    for table, code in (("ask_practices", "01234567"), ("ask_teams", TEAM)):
+        [row] = [r for r in published["tables"][table] if r["code"] == code]
         assert row["received"] == row["within_pct"] == row["median"] == "<5"
         assert "passed_on" not in row
     # no patient data in what leaves the module
@@ -236,7 +244,7 @@ async def test_cli_report_csv_and_json_are_audited_without_a_patient(april: Loop
     rows = list(csv.reader(io.StringIO(out.stdout)))
     assert rows[0][:4] == ["maand", "tabel", "code", "naam"]
     assert sorted(r[1] for r in rows[1:]) == sorted(
-        ["teams", "teams", "practices", "ask_practices", "ask_teams"]
+        ["teams"] * 3 + ["practices"] * 2 + ["ask_practices"] * 2 + ["ask_teams"] * 3
     )
     svc = april.gw.svc
     exports = svc.store.read_sync(
