@@ -420,8 +420,11 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
     request to answer. Selects no patient column."""
     cur = db.execute(
         "SELECT t.address, t.name, p.code, p.name, r.urgency, o.final_at, h.outcome, "
-        "h.outcome_at, r.state, h.id = (SELECT MAX(id) FROM request_hops x "
-        "  WHERE x.reference = h.reference) AS last_hop "
+        "h.outcome_at, r.state, "
+        # only an unanswered hop of a withdrawn request needs to know whether it is the last
+        "CASE WHEN h.outcome = '' AND r.state IN ('withdrawn', 'superseded') THEN "
+        "  h.id = (SELECT MAX(id) FROM request_hops x WHERE x.reference = h.reference) "
+        "ELSE 0 END AS last_hop "
         "FROM request_hops h JOIN requests r ON r.reference = h.reference "
         "JOIN outbox o ON o.message_id = h.message_id AND o.status = 'sent' "
         "JOIN teams t ON t.id = h.team_id JOIN organisations p ON p.id = r.practice_org_id "

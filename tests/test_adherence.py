@@ -583,3 +583,21 @@ def test_coordinator_policy_opens_only_the_figures_and_the_own_account() -> None
 )
 def test_adherence_policy_table(who: Actor, action: str, resource: Resource, allowed: bool) -> None:
     assert access.is_allowed(who, action, resource) is allowed
+
+
+async def test_withdrawn_request_is_not_judged_and_the_withdrawal_is_not_a_turn(
+    loop: Loop,
+) -> None:
+    # Given a request delivered Tue 6 Apr 10:00 and withdrawn by the practice the next week,
+    # unanswered (its deadline, Wed 10:00, has passed)
+    first = await _send(loop, at(6, 10), "regulier")
+    loop.clock.now = at(13, 10)
+    withdrawal = example()
+    withdrawal.update(kind="intrekking", supersedes=first)
+    await exchange.send(loop.gw.svc, loop.gw.gp, withdrawal, GP_PASSPHRASE)
+    await _deliver(loop.gw.svc, loop.clock)
+    # Then the team received one turn, withdrawn before an answer: not late, not judged;
+    # the withdrawal message itself is no request to answer
+    report = _report(loop)
+    a = report.teams[(TEAM, "Wijkteam Centrum")]
+    assert (a.received, a.withdrawn, a.open_overdue, a.assessed, a.answered) == (1, 1, 0, 0, 0)
