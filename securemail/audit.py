@@ -54,6 +54,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "consent.check": ("E", "the consent register was consulted for a send"),
     "consent.view": ("R", "consent records were shown"),
     "consent.export": ("R", "consent records were exported"),
+    "adherence.view": ("R", "aggregate adherence figures (no patient data) were shown"),
+    "adherence.export": ("R", "aggregate adherence figures were exported (CSV, JSON)"),
     "audit.view": ("R", "the audit trail was read"),
     "audit.export": ("R", "the audit trail was exported"),
     "audit.verify": ("E", "the chain was verified"),

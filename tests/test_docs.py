@@ -76,6 +76,7 @@ def test_init_toml_documents_every_setting() -> None:
         "team",
         "user",
         "region",
+        "adherence",
     ],
 )
 def test_cli_help_works_for(command: str) -> None:
