@@ -561,7 +561,8 @@ def _who(role: str, org: int | None = 9) -> Actor:
 
 def test_coordinator_policy_opens_only_the_figures_and_the_own_account() -> None:
     opened = {action for action, roles in access.POLICY.items() if "coordinator" in roles}
-    assert opened == {"adherence.view", "account.self"}
+    # the region map (/regio) is open to every logged-in role and holds no patient data
+    assert opened == {"adherence.view", "region.view", "account.self"}
 
 
 @pytest.mark.parametrize(
