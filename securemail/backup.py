@@ -458,6 +458,10 @@ def _pump(settings: Settings, key: BackupKey, partial: Path, write: Any) -> None
         if proc.poll() is None:
             _kill(proc)
         reader.join(timeout=10)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     if proc.returncode != 0:
         result = type(
             "R",
@@ -504,7 +508,7 @@ def make_backup(settings: Settings, to: Path, actor: Actor) -> BackupResult:
                         object_type="backup",
                         nature="technical",
                         outcome="refused"
-                        if isinstance(failed, InputError | BackupKeyError)
+                        if isinstance(failed, InputError | BackupKeyError | BackupKeyMissingError)
                         else "error",
                         outcome_detail=failed.code,
                     ),

@@ -248,6 +248,10 @@ def decrypt_and_unpack(
             _kill(proc)
             proc.wait()
         reader.join(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     text = b"".join(stderr).decode("utf-8", "replace")
     pairs = gpgproc.status(type("R", (), {"stderr": text})())
     keywords = {k for k, _ in pairs}
