@@ -73,13 +73,16 @@ def _short_home(prefix: str) -> Path:
     return home
 
 
-def _make_offline(name: str) -> Offline:
+def _make_offline(name: str, passphrase: str = "") -> Offline:
     home = _short_home("sm-off-")
-    run_gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <backup@gateway.example>",
-            "ed25519", "cert", "2y")  # fmt: skip
+    # No passphrase caching: a wrong passphrase right after the right one must fail.
+    (home / "gpg-agent.conf").write_text("allow-loopback-pinentry\ndefault-cache-ttl 0\n"
+                                         "max-cache-ttl 0\n")  # fmt: skip
+    run_gpg(home, "--passphrase", passphrase, "--quick-gen-key",
+            f"{name} <backup@gateway.example>", "ed25519", "cert", "2y")  # fmt: skip
     listing = run_gpg(home, "--with-colons", "--list-keys").stdout.decode()
     fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-    run_gpg(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
+    run_gpg(home, "--passphrase", passphrase, "--quick-add-key", fpr, "cv25519", "encr", "2y")
     public = run_gpg(home, "--armor", "--export", fpr).stdout.decode()
     return Offline(home, fpr, public)
 
@@ -413,6 +416,31 @@ def test_restore_with_the_wrong_key_is_refused_and_writes_nothing(
         restore.restore(archive, target, SYSTEM, gnupg_home=other_offline.home)
     assert "not encrypted to a secret key in this keyring" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
+
+
+def test_restore_with_a_passphrase_protected_key_needs_the_right_passphrase(
+    small_home: Path,
+) -> None:
+    # Given: the realistic offline key, protected by a passphrase (docs/backup.md)
+    offline = _make_offline("Protected backup", passphrase="two people know this")
+    try:
+        import_public(small_home, offline.public)
+        to = small_home.parent / "b.gpg"
+        backup.make_backup(with_key(config.load(small_home), offline), to, SYSTEM)
+        wrong, right = small_home.parent / "wrong", small_home.parent / "right"
+        wrong.write_text("not it\n")
+        right.write_text("two people know this\n")
+        target = small_home.parent / "new"
+        # When the passphrase is wrong: refused, saying so, nothing written
+        with pytest.raises(restore.RestoreDecryptError) as info:
+            restore.restore(to, target, SYSTEM, gnupg_home=offline.home, passphrase_file=wrong)
+        assert "passphrase" in info.value.reason
+        assert not target.exists() and not nothing_beside(target)
+        # When it is right: restored
+        restore.restore(to, target, SYSTEM, gnupg_home=offline.home, passphrase_file=right)
+        assert (target / "securemail.db").exists()
+    finally:
+        _drop(offline.home)
 
 
 @pytest.mark.parametrize("where", [0.2, 0.5, 0.9])
