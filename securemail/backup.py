@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from securemail import __version__, audit, gpgproc
+from securemail import __version__, audit, audit_integrity, gpgproc
 from securemail.access import Actor
 from securemail.config import CONFIG_NAME, DB_NAME, Settings
 from securemail.errors import InputError, NotInitialisedError, SecuremailError
@@ -495,6 +495,7 @@ def make_backup(settings: Settings, to: Path, actor: Actor) -> BackupResult:
         raise NotInitialisedError(f"{home} has no database; nothing to back up", home=str(home))
     store = Store(settings.db_path)
     try:
+        audit_integrity.install(store, home, settings.audit.checkpoint_every)
         try:
             result = _make(settings, to)
         except SecuremailError as exc:

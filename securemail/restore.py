@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from securemail import audit, audit_integrity, gpgproc
+from securemail import audit, audit_integrity, config, gpgproc
 from securemail.access import Actor
 from securemail.backup import (
     _CHUNK,
@@ -297,7 +297,9 @@ def _fix_modes(root: Path) -> None:
             os.chmod(Path(dirpath) / f, 0o600)
 
 
-def _finish(root: Path, manifest: dict[str, Any], actor: Actor, source_id: str) -> RestoreResult:
+def _finish(
+    root: Path, manifest: dict[str, Any], actor: Actor, source_id: str, checkpoint_every: int
+) -> RestoreResult:
     """Verify, migrate, release leases and record the restore, in the unpacked folder."""
     newer = sorted(set(manifest.get("migrations", [])) - _known_migrations())
     if newer:
@@ -327,7 +329,8 @@ def _finish(root: Path, manifest: dict[str, Any], actor: Actor, source_id: str) 
                 member=DB_NAME,
             )
         applied = store.migrate()
-        audit_integrity.install(store, root, 1_000_000)  # sign heads again from here on
+        key = audit_integrity.load_or_create_checkpoint_key(root)
+        audit_integrity.install(store, root, checkpoint_every)
 
         def record(db: Any) -> tuple[int, int]:
             # The old process's leases end now: its rows are taken over at once (and, for a
@@ -358,6 +361,8 @@ def _finish(root: Path, manifest: dict[str, Any], actor: Actor, source_id: str) 
                 ),
                 source_id=source_id,
             )
+            # Sign the restored head at once: a later cut of the tail is then detectable.
+            audit_integrity.checkpoint(db, key, kind="manual")
             return released, queued
 
         released, queued = store.write_sync(record)
@@ -405,8 +410,8 @@ def restore(
         if not (work / GNUPG_DIR).is_dir():
             raise ArchiveInvalidError("the archive has no gnupg/ keyring", member=GNUPG_DIR)
         _fix_modes(work)
-        source_id = _source_id(work, manifest)
-        result = _finish(work, manifest, actor, source_id)
+        source_id, every = _restored_settings(work, manifest)
+        result = _finish(work, manifest, actor, source_id, every)
         for leftover in (f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(work / leftover, 0o600)
@@ -421,13 +426,13 @@ def restore(
     return dataclasses.replace(result, home=target)
 
 
-def _source_id(root: Path, manifest: dict[str, Any]) -> str:
-    from securemail import config
-
+def _restored_settings(root: Path, manifest: dict[str, Any]) -> tuple[str, int]:
+    """The restored home's source id and checkpoint interval (its own securemail.toml)."""
     try:
-        return config.load(root).gateway.source_id
-    except SecuremailError:
-        return str(manifest.get("source_id") or "gateway-1")
+        settings = config.load(root)
+    except SecuremailError:  # a broken toml is the operator's to fix after the restore
+        return str(manifest.get("source_id") or "gateway-1"), 1000
+    return settings.gateway.source_id, settings.audit.checkpoint_every
 
 
 def _fsync_dir(path: Path) -> None:

@@ -276,6 +276,12 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
         assert verify.returncode == 0, verify.stderr
         [restore_row] = audit_rows(new_settings.db_path, "gateway.restore")
         assert restore_row["seq"] == seq_at_backup + 1
+        store = Store(new_settings.db_path)
+        try:  # the restored head, with the restore row, is signed at once
+            cp = store.read_sync(audit_integrity.last_checkpoint)
+        finally:
+            store.close()
+        assert cp is not None and (cp.seq, cp.kind) == (restore_row["seq"], "manual")
         assert "1 leases released" in restore_row["outcome_detail"]
         assert not audit_rows(new_settings.db_path, "gateway.backup")  # written after the copy
         assert restored.queued == 2
