@@ -584,3 +584,45 @@ def test_cli_backup_and_restore_round_trip_into_an_empty_folder(
     assert [r["event_code"] for r in audit_rows(small_home / "securemail.db", "gateway.backup")]
     # The gateway's own key came back with its secret half: it can sign passed-on requests.
     assert fpr and fpr in run_gpg(target / "gnupg", "--list-secret-keys").stdout.decode()
+
+
+def _backup_after(small_home: Path, offline: Offline, sql: list[str]) -> Path:
+    conn = sqlite3.connect(small_home / "securemail.db", isolation_level=None)
+    for statement in sql:
+        conn.execute(statement)
+    conn.close()
+    import_public(small_home, offline.public)
+    to = small_home.parent / "b.gpg"
+    backup.make_backup(with_key(config.load(small_home), offline), to, SYSTEM)
+    return to
+
+
+def test_restore_of_an_older_backup_runs_the_newer_migrations(
+    small_home: Path, offline: Offline
+) -> None:
+    # Given: a backup made before the report indexes existed (an older release)
+    to = _backup_after(small_home, offline, [
+        "DROP INDEX audit_sender", "DROP INDEX audit_recipient", "DROP INDEX audit_code",
+        "DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.audit_report'",
+    ])  # fmt: skip
+    # When restored with this release, Then the missing migration is applied
+    result = restore.restore(to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home)
+    assert result.migrations_applied == ("securemail.audit_report:0001_report_indexes",)
+    conn = sqlite3.connect(small_home.parent / "new" / "securemail.db")
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        conn.close()
+    assert {"audit_sender", "audit_recipient", "audit_code"} <= names
+
+
+def test_restore_refuses_a_backup_from_a_newer_release(small_home: Path, offline: Offline) -> None:
+    to = _backup_after(small_home, offline, [
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+        "VALUES ('securemail.future', '0001_hovercraft', '2030-01-01')",
+    ])  # fmt: skip
+    target = small_home.parent / "new"
+    with pytest.raises(restore.RestoreNewerError) as info:
+        restore.restore(to, target, SYSTEM, gnupg_home=offline.home)
+    assert "securemail.future:0001_hovercraft" in info.value.reason
+    assert not target.exists() and not nothing_beside(target)
