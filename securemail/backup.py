@@ -298,12 +298,17 @@ def collect_files(home: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[list[_
                 continue
             if path.resolve() in skip:
                 continue
-            st = path.lstat()
-            if not stat.S_ISREG(st.st_mode):  # gpg-agent sockets, symlinks
-                if stat.S_ISLNK(st.st_mode):
-                    excluded.append(rel)
+            try:
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode):  # gpg-agent sockets, symlinks
+                    if stat.S_ISLNK(st.st_mode):
+                        excluded.append(rel)
+                    continue
+                data = path.read_bytes()
+            except FileNotFoundError:  # a temporary file of gpg's, gone since the listing
                 continue
-            data = path.read_bytes()
+            except OSError as exc:
+                raise BackupError(f"cannot read {rel}: {exc.strerror}", why="unreadable") from None
             members.append(
                 _Member(rel, data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
             )

@@ -17,6 +17,7 @@ from securemail import backup, restore
 from securemail.access import SYSTEM, Actor
 from securemail.cli import command, home_of
 from securemail.config import load
+from securemail.errors import InputError
 
 
 def _system() -> Actor:
@@ -39,10 +40,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    target = Path(args.home) if args.home is not None else None
-    if target is None:
-        print("error: input.invalid: restore needs --home NEW (a new, empty home)", file=sys.stderr)
-        return 1
+    if args.home is None:  # never the default home: that may be the live one
+        raise InputError("restore needs --home NEW (a new, empty home)", field="home")
+    target = Path(args.home)
     result = restore.restore(
         Path(args.archive),
         target,
