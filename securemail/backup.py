@@ -14,8 +14,9 @@ Invariants:
 - each backup, and each refused backup, leaves a ``gateway.backup`` audit row.
 
 The archive is a tar with ``manifest.json`` first (format version, gateway version, time,
-migrations applied, audit chain head, sha256 and size of every member), then the home's
-files under ``home/``. ``securemail.restore`` reads it back.
+migrations applied, audit chain head, sha256 and size of every member), ``manifest.sig``
+(the manifest signed with the home's Ed25519 audit key), then the home's files under
+``home/``. ``securemail.restore`` reads it back.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from securemail.store import Store
 FORMAT = "securemail-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The manifest's Ed25519 signature by the home's audit key (docs/backup.md section 5).
+SIGNATURE = "manifest.sig"
+SIGNATURE_DOMAIN = b"securemail.backup.manifest.v1\x00"
 PREFIX = "home/"
 #: Folders of the home that are not the gateway's state (see docs/backup.md).
 EXCLUDED_DIRS = ("demo",)
@@ -369,6 +373,18 @@ def build_manifest(
     return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
 
 
+def sign_manifest(manifest: bytes, home: Path) -> bytes:
+    """The manifest's signature by the home's audit key, as JSON (key id + hex signature).
+
+    The manifest names the sha256 of every member, so this signs the whole archive; with
+    the audit key's public half from ``securemail audit key`` (kept apart), a restore can
+    tell an archive of this gateway from one anyone made with the public backup key."""
+    key = audit_integrity.load_or_create_checkpoint_key(home)
+    signature = key.sign(SIGNATURE_DOMAIN + manifest).hex()
+    kid = audit_integrity.key_id(key.public_key())
+    return json.dumps({"key_id": kid, "signature": signature}).encode("ascii")
+
+
 def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o600, int(mtime)
@@ -377,10 +393,13 @@ def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(out: IO[bytes], manifest: bytes, members: list[_Member], mtime: float) -> None:
-    """The archive as a stream (no seeking): manifest first, then every member."""
+def write_tar(
+    out: IO[bytes], manifest: bytes, signature: bytes, members: list[_Member], mtime: float
+) -> None:
+    """The archive as a stream (no seeking): manifest, its signature, then every member."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_tarinfo(MANIFEST, len(manifest), mtime), io.BytesIO(manifest))
+        tar.addfile(_tarinfo(SIGNATURE, len(signature), mtime), io.BytesIO(signature))
         for m in members:
             info = _tarinfo(PREFIX + m.name, m.size, mtime)
             if m.data is not None:
@@ -577,12 +596,13 @@ def _make(settings: Settings, to: Path) -> BackupResult:
         if not any(m.name == CONFIG_NAME for m in members):
             excluded.append(f"{CONFIG_NAME} (absent)")
         manifest = build_manifest(members, facts, settings, excluded, created_at)
+        signature = sign_manifest(manifest, home)
         try:
             _pump(
                 settings,
                 key,
                 partial,
-                lambda stdin: write_tar(stdin, manifest, members, now.timestamp()),
+                lambda stdin: write_tar(stdin, manifest, signature, members, now.timestamp()),
             )
             ids = recipients_of(settings, partial)
             if ids != {key.subkey[-16:]}:

@@ -7,7 +7,9 @@ Invariants:
   target is untouched. A target that exists and is not empty is refused;
 - every member must be a regular file named in the manifest, with the manifest's size and
   sha256, under a safe relative path; every manifest entry must be present; gpg must report
-  a complete, integrity-protected decryption (a flipped byte anywhere fails);
+  a complete, integrity-protected decryption (a flipped byte anywhere fails); the manifest
+  must be signed by the audit key in the archive, and, when the operator passes the
+  gateway's exported audit public key, by that key (origin, not only consistency);
 - the restored audit chain verifies (``audit_integrity.verify`` with the keys restored in
   the home) before anything is written to it; then migrations run (the code may be newer),
   leases of the old process are released, and ``gateway.restore`` is recorded in the
@@ -31,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from securemail import audit, audit_integrity, config, gpgproc
 from securemail.access import Actor
 from securemail.backup import (
@@ -39,6 +44,8 @@ from securemail.backup import (
     FORMAT_VERSION,
     MANIFEST,
     PREFIX,
+    SIGNATURE,
+    SIGNATURE_DOMAIN,
     _kill,
     gpg_env,
 )
@@ -75,6 +82,11 @@ class RestoreNewerError(RestoreError):
     nl = "De back-up komt van een nieuwere versie van de gateway; er is niets hersteld."
 
 
+class RestoreOriginError(RestoreError):
+    code = "restore.unknown_origin"
+    nl = "De back-up is niet door deze gateway gemaakt (andere auditsleutel); er is niets hersteld."
+
+
 class RestoreChainError(RestoreError):
     code = "restore.chain_broken"
     nl = "De audittrail in de back-up klopt niet (regel {seq}); er is niets hersteld."
@@ -91,6 +103,8 @@ class RestoreResult:
     migrations_applied: tuple[str, ...]
     leases_released: int
     queued: int  # outbox rows still to deliver (queued, retrying, sending)
+    signed_by: str = ""  # key id of the audit key that signed the manifest
+    origin_checked: bool = False  # that key matched the one the operator passed
 
 
 def check_target(target: Path) -> None:
@@ -113,13 +127,19 @@ def _safe_name(name: str) -> str:
     return rel.as_posix()
 
 
-def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
+def _small_member(tar: tarfile.TarFile, name: str) -> bytes:
     info = tar.next()
-    if info is None or info.name != MANIFEST or not info.isfile() or info.size > MAX_MANIFEST:
-        raise ArchiveInvalidError("the archive does not start with its manifest", member=MANIFEST)
+    if info is None or info.name != name or not info.isfile() or info.size > MAX_MANIFEST:
+        raise ArchiveInvalidError(f"the archive does not start with its {name}", member=name)
     f = tar.extractfile(info)
+    return f.read() if f else b""
+
+
+def _read_manifest(tar: tarfile.TarFile) -> tuple[dict[str, Any], bytes, bytes]:
+    raw = _small_member(tar, MANIFEST)
+    signature = _small_member(tar, SIGNATURE)
     try:
-        manifest = json.loads(f.read().decode("utf-8") if f else "")
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ArchiveInvalidError("the manifest is not JSON", member=MANIFEST) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -133,7 +153,7 @@ def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or DB_NAME not in files:
         raise ArchiveInvalidError("the manifest lists no database", member=MANIFEST)
-    return manifest
+    return manifest, raw, signature
 
 
 def _extract(
@@ -172,9 +192,9 @@ def _extract(
         )
 
 
-def _unpack(stream: IO[bytes], root: Path) -> dict[str, Any]:
+def _unpack(stream: IO[bytes], root: Path) -> tuple[dict[str, Any], bytes, bytes]:
     with tarfile.open(fileobj=stream, mode="r|") as tar:
-        manifest = _read_manifest(tar)
+        manifest, raw, signature = _read_manifest(tar)
         files: dict[str, Any] = manifest["files"]
         seen: set[str] = set()
         while (info := tar.next()) is not None:  # not `for`: that would repeat the manifest
@@ -186,7 +206,7 @@ def _unpack(stream: IO[bytes], root: Path) -> dict[str, Any]:
                 f"{len(missing)} member(s) of the manifest are missing, first {missing[0]!r}",
                 member=missing[0],
             )
-    return manifest
+    return manifest, raw, signature
 
 
 def decrypt_and_unpack(
@@ -197,7 +217,7 @@ def decrypt_and_unpack(
     passphrase_file: Path | None,
     binary: str,
     timeout: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bytes, bytes]:
     """gpg --decrypt the archive into the tar reader (streamed, never a plaintext tar on
     disk), unpacking into ``root``; raises unless gpg and every check agree."""
     args = [binary, "--batch", "--status-fd", "2", "--no-auto-key-retrieve"]
@@ -226,11 +246,11 @@ def decrypt_and_unpack(
     timer = threading.Timer(timeout, _kill, [proc])
     timer.start()
     failure: SecuremailError | None = None
-    manifest: dict[str, Any] = {}
+    unpacked: tuple[dict[str, Any], bytes, bytes] = ({}, b"", b"")
     try:
         stdout: IO[bytes] = proc.stdout  # type: ignore[assignment]  # stdout=PIPE
         try:
-            manifest = _unpack(stdout, root)
+            unpacked = _unpack(stdout, root)
         except SecuremailError as exc:
             failure = exc
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -279,7 +299,42 @@ def decrypt_and_unpack(
         )
     if failure is not None:
         raise failure
-    return manifest
+    return unpacked
+
+
+def check_signature(
+    root: Path, manifest: bytes, signature: bytes, expected: Ed25519PublicKey | None
+) -> str:
+    """The key id of the audit key (restored in ``root``) that signed the manifest; raises
+    when the signature is not that key's, or when that key is not ``expected``."""
+    try:
+        sig = json.loads(signature.decode("ascii"))
+        kid, value = str(sig["key_id"]), bytes.fromhex(sig["signature"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise ArchiveInvalidError(
+            "the manifest signature is unreadable", member=SIGNATURE
+        ) from None
+    if not (root / audit_integrity.KEY_FILE).is_file():
+        raise ArchiveInvalidError(
+            "the archive has no audit key", member=str(audit_integrity.KEY_FILE)
+        )
+    own = audit_integrity.load_or_create_checkpoint_key(root).public_key()
+    try:
+        if kid != audit_integrity.key_id(own):
+            raise InvalidSignature
+        own.verify(value, SIGNATURE_DOMAIN + manifest)
+    except InvalidSignature:
+        raise ArchiveInvalidError(
+            "the manifest is not signed by the audit key in the archive (altered)",
+            member=SIGNATURE,
+        ) from None
+    if expected is not None and audit_integrity.key_id(expected) != kid:
+        raise RestoreOriginError(
+            f"the archive is signed by audit key {kid}, not by the expected "
+            f"{audit_integrity.key_id(expected)}: it was not made by this gateway",
+            key_id=kid,
+        )
+    return kid
 
 
 def _known_migrations() -> set[str]:
@@ -390,8 +445,12 @@ def restore(
     passphrase_file: Path | None = None,
     binary: str = "gpg",
     timeout: float = 3600.0,
+    audit_public_key: Ed25519PublicKey | None = None,
 ) -> RestoreResult:
-    """Restore ``archive`` into the new home ``target``; see the module docstring."""
+    """Restore ``archive`` into the new home ``target``; see the module docstring.
+
+    ``audit_public_key``: the gateway's audit key as ``securemail audit key`` printed it,
+    kept apart; the archive must be signed by it (otherwise its origin is not checked)."""
     archive, target = Path(archive), Path(target).absolute()
     if not archive.is_file():
         raise RestoreError(f"{archive} is not a file", why="no archive")
@@ -399,7 +458,7 @@ def restore(
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
     try:
-        manifest = decrypt_and_unpack(
+        manifest, raw, signature = decrypt_and_unpack(
             archive,
             work,
             gnupg_home=gnupg_home,
@@ -410,6 +469,7 @@ def restore(
         if not (work / GNUPG_DIR).is_dir():
             raise ArchiveInvalidError("the archive has no gnupg/ keyring", member=GNUPG_DIR)
         _fix_modes(work)
+        signed_by = check_signature(work, raw, signature, audit_public_key)
         source_id, every = _restored_settings(work, manifest)
         result = _finish(work, manifest, actor, source_id, every)
         for leftover in (f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
@@ -423,7 +483,9 @@ def restore(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return dataclasses.replace(result, home=target)
+    return dataclasses.replace(
+        result, home=target, signed_by=signed_by, origin_checked=audit_public_key is not None
+    )
 
 
 def _restored_settings(root: Path, manifest: dict[str, Any]) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import json
 import shutil
@@ -463,16 +464,19 @@ def test_restore_of_an_archive_with_a_flipped_byte_is_refused(
     assert not target.exists() and not nothing_beside(target)
 
 
-def _reencrypt(archive: Path, offline: Offline, change: Callable[[dict[str, Any]], None]
-               ) -> None:  # fmt: skip
-    """Decrypt, edit the manifest, encrypt again to the (public) backup key: what anyone
-    holding the public key could do."""
+def _reencrypt(archive: Path, offline: Offline, change: Callable[[dict[str, Any]], None],
+               replace: dict[str, bytes] | None = None) -> None:  # fmt: skip
+    """Decrypt, edit members and the manifest, encrypt again to the (public) backup key:
+    what anyone holding the public key could do."""
     plain = run_gpg(offline.home, "--decrypt", str(archive)).stdout
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r") as src, \
             tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:  # fmt: skip
         for info in src.getmembers():
             data = src.extractfile(info).read()  # type: ignore[union-attr]
+            if replace and info.name in replace:
+                data = replace[info.name]
+                info.size = len(data)
             if info.name == backup.MANIFEST:
                 manifest = json.loads(data)
                 change(manifest)
@@ -563,13 +567,20 @@ def test_cli_backup_and_restore_round_trip_into_an_empty_folder(
     assert f"encrypted to {offline.fingerprint}" in out.stdout
     target = small_home.parent / "empty"
     target.mkdir()
+    # The audit key's public half, as the operator exported it at install time.
+    pem = small_home.parent / "audit-key.pem"
+    pem.write_text(subprocess.run(
+        [sys.executable, "-m", "securemail", "audit", "key", "--home", str(small_home)],
+        capture_output=True, text=True, env=env_for_cli(), timeout=120, check=True,
+    ).stdout)  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "securemail", "restore", str(to), "--home", str(target),
-         "--gnupg-home", str(offline.home)],
+         "--gnupg-home", str(offline.home), "--audit-public-key", str(pem)],
         capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "audit chain verified" in out.stdout
+    assert "archive signed by this gateway's audit key" in out.stdout
     store = Store(target / "securemail.db")
     try:
         keys = audit_integrity.trusted_keys(target)
@@ -626,3 +637,46 @@ def test_restore_refuses_a_backup_from_a_newer_release(small_home: Path, offline
         restore.restore(to, target, SYSTEM, gnupg_home=offline.home)
     assert "securemail.future:0001_hovercraft" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
+
+
+def test_restore_refuses_a_consistent_forgery_the_manifest_signature_does_not_cover(
+    archive: Path, offline: Offline
+) -> None:
+    # Given: someone with only the public backup key swaps the relay in securemail.toml and
+    # fixes the manifest's checksum to match (every sha256 now agrees)
+    evil = b'[smtp]\nhost = "relay.attacker.example"\n'
+
+    def change(m: dict[str, Any]) -> None:
+        m["files"]["securemail.toml"] = {"sha256": hashlib.sha256(evil).hexdigest(),
+                                         "size": len(evil)}  # fmt: skip
+
+    _reencrypt(archive, offline, change, {"home/securemail.toml": evil})
+    target = archive.parent / "new"
+    with pytest.raises(restore.ArchiveInvalidError) as info:
+        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home)
+    assert info.value.context["member"] == backup.SIGNATURE
+    assert not target.exists() and not nothing_beside(target)
+
+
+async def test_restore_checks_the_origin_against_the_gateways_audit_key(
+    archive: Path, offline: Offline
+) -> None:
+    home = archive.parent / "gw"
+    ours = audit_integrity.load_or_create_checkpoint_key(home).public_key()
+    # Given: another gateway (its own audit key) whose backup is encrypted to the same key
+    other = archive.parent / "other"
+    await gateway.init_home(other)
+    import_public(other, offline.public)
+    foreign = archive.parent / "foreign.gpg"
+    backup.make_backup(with_key(config.load(other), offline), foreign, SYSTEM)
+    _drop(other / "gnupg")
+    # When restoring it with our audit key as the expected origin: refused
+    target = archive.parent / "new"
+    with pytest.raises(restore.RestoreOriginError) as info:
+        restore.restore(foreign, target, SYSTEM, gnupg_home=offline.home, audit_public_key=ours)
+    assert "not made by this gateway" in info.value.reason
+    assert not target.exists() and not nothing_beside(target)
+    # ... and our own archive passes the same check
+    result = restore.restore(archive, target, SYSTEM, gnupg_home=offline.home,
+                             audit_public_key=ours)  # fmt: skip
+    assert result.origin_checked and result.signed_by == audit_integrity.key_id(ours)

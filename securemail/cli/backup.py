@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import backup, restore
+from securemail import audit_integrity, backup, restore
 from securemail.access import SYSTEM, Actor
 from securemail.cli import command, home_of
 from securemail.config import load
@@ -50,6 +50,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         gnupg_home=Path(args.gnupg_home) if args.gnupg_home else None,
         passphrase_file=Path(args.passphrase_file) if args.passphrase_file else None,
         binary=args.gpg,
+        audit_public_key=(
+            audit_integrity.load_public_key(Path(args.audit_public_key))
+            if args.audit_public_key
+            else None
+        ),
     )
     seq, head = result.audit_head
     print(
@@ -59,6 +64,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"applied; {result.queued} messages to deliver ({result.leases_released} leases "
         "released)"
     )
+    if result.origin_checked:
+        print(f"archive signed by this gateway's audit key {result.signed_by}")
+    else:
+        print(
+            f"archive signed by audit key {result.signed_by}: compare it with the key id "
+            "`securemail audit key` printed (operations log), or pass --audit-public-key"
+        )
     print(f"next: securemail check --home {result.home}; then start the gateway on it")
     return 0
 
@@ -91,5 +103,12 @@ def register(sub: Any) -> None:
         default=None,
         metavar="FILE",
         help="read the backup key's passphrase from FILE (default: gpg asks via pinentry)",
+    )
+    p.add_argument(
+        "--audit-public-key",
+        default=None,
+        metavar="PEM",
+        help="the gateway's audit key (from `securemail audit key`, kept apart): refuse an "
+        "archive not signed by it",
     )
     p.add_argument("--gpg", default="gpg", help="the gpg program (default: gpg)")
