@@ -59,6 +59,7 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "audit.verify": ("E", "the chain was verified"),
     "audit.checkpoint": ("E", "the chain head was signed"),
     "audit.purge": ("D", "rows past retention were purged"),
+    "retention.purge": ("D", "content and metadata past their retention were purged (counts)"),
     "audit.review": ("C", "a privacy officer signed off a review"),
     "key.import": ("C", "a public key was imported"),
     "key.generate": ("C", "a key pair was generated in the gateway keyring"),

@@ -133,6 +133,28 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    content_days: int = _s(
+        30,
+        "Message content (the signed request, the answer, an ask's patient fields, the sealed"
+        " mail) is purged this many days after the request's final outcome (docs/retention.md).",
+    )
+    metadata_days: int = _s(
+        730,
+        "Request, hop, outbox and ask rows (references, states, times, teams; no content) and"
+        " ended sessions are deleted this many days after the final outcome.",
+    )
+    content_key_file: str = _s(
+        "",
+        "AES-256 key that seals patient content at rest; empty means H/keys/content.key."
+        " A relative path is under the home; $VARS are expanded ($CREDENTIALS_DIRECTORY).",
+    )
+    purge_every_hours: float = _s(
+        24.0, "How often the web app runs the purge (securemail purge does it on demand)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BackupSettings:
     recipient: str = _s(
         "",
@@ -159,6 +181,7 @@ class Settings:
     gpg: GpgSettings = field(default_factory=GpgSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
 
     @property
@@ -172,6 +195,13 @@ class Settings:
     @property
     def config_path(self) -> Path:
         return self.home / CONFIG_NAME
+
+    @property
+    def content_key_path(self) -> Path:
+        """Where the content key lives: [retention] content_key_file, or H/keys/content.key."""
+        configured = os.path.expandvars(self.retention.content_key_file)
+        path = Path(configured) if configured else Path("keys") / "content.key"
+        return path if path.is_absolute() else self.home / path
 
     @property
     def forms_path(self) -> Path:
@@ -291,11 +321,19 @@ def _validate(s: Settings) -> None:
         ("web", "session_max_hours"),
         ("audit", "retention_years"),
         ("audit", "checkpoint_every"),
+        ("retention", "content_days"),
+        ("retention", "metadata_days"),
+        ("retention", "purge_every_hours"),
         ("backup", "timeout_seconds"),
     ]
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be positive", setting=f"[{section}] {key}")
+    if s.retention.metadata_days < s.retention.content_days:
+        raise ConfigError(
+            "[retention] metadata_days must be at least content_days",
+            setting="[retention] metadata_days",
+        )
     if s.gpg.s2k_calibration_ms < MIN_S2K_CALIBRATION_MS:
         raise ConfigError(
             f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",

@@ -175,7 +175,10 @@ async def detail_context(request: web.Request, *, answer_values: dict[str, str] 
                   and view["kind"] != "intrekking" and view["team_id"] in actor.team_ids)
     other_teams = (await svc.store.read(lambda db: answer.answer_teams(db, view))
                    if can_answer else [])
-    return {"r": view, "text": exchange.render_text(svc, view), "can_answer": can_answer,
+    can_answer = can_answer and not view["purged"]
+    text = "" if view["purged"] else exchange.render_text(svc, view)
+    return {"r": view, "text": text, "can_answer": can_answer,
+            "content_days": svc.settings.retention.content_days,
             "answer_spec": svc.definition.answer, "other_teams": other_teams,
             "answer_values": answer_values or {}, "answer_errors": answer_errors or {}}
 
