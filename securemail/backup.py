@@ -351,12 +351,46 @@ def snapshot_database(db_path: Path, target: Path) -> dict[str, Any]:
     }
 
 
+def content_key_facts(settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """Where the content key (securemail.contentbox) is, whether the backup holds it, and
+    its id; plus a warning when it lives outside the home and so is not in the backup.
+
+    Decision (docs/backup.md): a key under the home (the default H/keys/content.key) is in
+    every backup like any other file, since the archive as a whole is under the offline
+    key; a key the operator placed outside the home ([retention] content_key_file, e.g. a
+    systemd credential) stays apart, and the manifest names it so its backup can be found.
+    """
+    path = settings.content_key_path.absolute()
+    home = settings.home.absolute()
+    inside = path.is_relative_to(home)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None
+    key_id = (
+        hashlib.sha256(b"securemail.content-key-id\x00" + data).hexdigest()[:16] if data else None
+    )
+    facts = {
+        "path": path.relative_to(home).as_posix() if inside else str(path),
+        "in_backup": inside and data is not None,
+        "id": key_id,
+    }
+    warning = None
+    if not inside and data is not None:
+        warning = (
+            f"the content key {path} (id {key_id}) is outside the home and NOT in this "
+            "backup: back it up separately, or a restore cannot open the stored content"
+        )
+    return facts, warning
+
+
 def build_manifest(
     members: list[_Member],
     db_facts: dict[str, Any],
     settings: Settings,
     excluded: list[str],
     created_at: str,
+    content_key: dict[str, Any] | None = None,
 ) -> bytes:
     manifest = {
         "format": FORMAT,
@@ -368,6 +402,7 @@ def build_manifest(
         "audit_head": db_facts["audit_head"],
         "outbox": db_facts["outbox"],
         "excluded": excluded,
+        "content_key": content_key or {},
         "files": {m.name: {"sha256": m.sha256, "size": m.size} for m in members},
     }
     return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
@@ -595,7 +630,10 @@ def _make(settings: Settings, to: Path) -> BackupResult:
         members.insert(0, _Member(DB_NAME, path=db_copy, sha256=digest, size=size))
         if not any(m.name == CONFIG_NAME for m in members):
             excluded.append(f"{CONFIG_NAME} (absent)")
-        manifest = build_manifest(members, facts, settings, excluded, created_at)
+        key_facts, key_warning = content_key_facts(settings)
+        if key_warning:
+            warnings.append(key_warning)
+        manifest = build_manifest(members, facts, settings, excluded, created_at, key_facts)
         signature = sign_manifest(manifest, home)
         try:
             _pump(

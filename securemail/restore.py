@@ -36,7 +36,7 @@ from typing import IO, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from securemail import audit, audit_integrity, config, gpgproc
+from securemail import audit, audit_integrity, config, contentbox, gpgproc
 from securemail.access import Actor
 from securemail.backup import (
     _CHUNK,
@@ -353,7 +353,7 @@ def _fix_modes(root: Path) -> None:
 
 
 def _finish(
-    root: Path, manifest: dict[str, Any], actor: Actor, source_id: str, checkpoint_every: int
+    root: Path, manifest: dict[str, Any], actor: Actor, settings: config.Settings
 ) -> RestoreResult:
     """Verify, migrate, release leases and record the restore, in the unpacked folder."""
     newer = sorted(set(manifest.get("migrations", [])) - _known_migrations())
@@ -375,6 +375,9 @@ def _finish(
             raise RestoreChainError(
                 f"the restored audit trail does not verify: {exc.reason}", **exc.context
             ) from None
+        # The content key must open the sealed content before anything runs on this home
+        # (as open_services does); a missing or wrong key refuses the restore.
+        contentbox.load(settings)
         head = manifest.get("audit_head", {})
         if (report.last_seq, report.head_hash) != (head.get("seq"), head.get("hash")) and (
             report.rows or head.get("seq")
@@ -385,7 +388,7 @@ def _finish(
             )
         applied = store.migrate()
         key = audit_integrity.load_or_create_checkpoint_key(root)
-        audit_integrity.install(store, root, checkpoint_every)
+        audit_integrity.install(store, root, settings.audit.checkpoint_every)
 
         def record(db: Any) -> tuple[int, int]:
             # The old process's leases end now: its rows are taken over at once (and, for a
@@ -414,7 +417,7 @@ def _finish(
                     data_categories="all",
                     outcome_detail=detail,
                 ),
-                source_id=source_id,
+                source_id=settings.gateway.source_id,
             )
             # Sign the restored head at once: a later cut of the tail is then detectable.
             audit_integrity.checkpoint(db, key, kind="manual")
@@ -423,6 +426,7 @@ def _finish(
         released, queued = store.write_sync(record)
     finally:
         store.close()
+        contentbox.forget(settings)  # registered under the temporary folder's path
     return RestoreResult(
         root,
         str(manifest.get("created_at")),
@@ -470,8 +474,8 @@ def restore(
             raise ArchiveInvalidError("the archive has no gnupg/ keyring", member=GNUPG_DIR)
         _fix_modes(work)
         signed_by = check_signature(work, raw, signature, audit_public_key)
-        source_id, every = _restored_settings(work, manifest)
-        result = _finish(work, manifest, actor, source_id, every)
+        settings = config.load(work)  # the restored securemail.toml (and SECUREMAIL_* env)
+        result = _finish(work, manifest, actor, settings)
         for leftover in (f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(work / leftover, 0o600)
@@ -486,15 +490,6 @@ def restore(
     return dataclasses.replace(
         result, home=target, signed_by=signed_by, origin_checked=audit_public_key is not None
     )
-
-
-def _restored_settings(root: Path, manifest: dict[str, Any]) -> tuple[str, int]:
-    """The restored home's source id and checkpoint interval (its own securemail.toml)."""
-    try:
-        settings = config.load(root)
-    except SecuremailError:  # a broken toml is the operator's to fix after the restore
-        return str(manifest.get("source_id") or "gateway-1"), 1000
-    return settings.gateway.source_id, settings.audit.checkpoint_every
 
 
 def _fsync_dir(path: Path) -> None:

@@ -259,7 +259,7 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
             want = 0o700 if p.is_dir() else 0o600
             assert stat.S_IMODE(p.stat().st_mode) == want, p
         for name in ("securemail.toml", "secrets.key", "keys/audit-ed25519.pem",
-                     "gnupg/pubring.kbx", "gnupg/trustdb.gpg"):  # fmt: skip
+                     "keys/content.key", "gnupg/pubring.kbx", "gnupg/trustdb.gpg"):  # fmt: skip
             assert (new_home / name).read_bytes() == (gw.home / name).read_bytes(), name
         assert list((new_home / "gnupg" / "private-keys-v1.d").glob("*.key"))
         assert not list(new_home.glob("gnupg/S.gpg-agent*"))
@@ -680,3 +680,33 @@ async def test_restore_checks_the_origin_against_the_gateways_audit_key(
     result = restore.restore(archive, target, SYSTEM, gnupg_home=offline.home,
                              audit_public_key=ours)  # fmt: skip
     assert result.origin_checked and result.signed_by == audit_integrity.key_id(ours)
+
+
+async def test_a_content_key_outside_the_home_is_named_but_not_in_the_backup(
+    offline: Offline,
+) -> None:
+    # Given: the operator keeps the content key apart ([retention] content_key_file)
+    base = _short_home("sm-")
+    outside = base / "credentials" / "content.key"
+    home = base / "gw"
+    await gateway.init_home(home, overrides={"retention": {"content_key_file": str(outside)}})
+    try:
+        assert outside.exists() and not (home / "keys" / "content.key").exists()
+        import_public(home, offline.public)
+        # When backed up: a warning, the manifest names the key, the archive lacks it
+        to = base / "b.gpg"
+        result = backup.make_backup(with_key(config.load(home), offline), to, SYSTEM)
+        assert any("outside the home and NOT in this backup" in w for w in result.warnings)
+        plain = run_gpg(offline.home, "--decrypt", str(to)).stdout
+        assert outside.read_bytes() not in plain
+        with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+            manifest = json.loads(tar.extractfile(backup.MANIFEST).read())  # type: ignore[union-attr]
+        facts = manifest["content_key"]
+        assert (facts["path"], facts["in_backup"]) == (str(outside), False) and facts["id"]
+        # Then a restore on this machine (the key in its place) opens the home
+        restore.restore(to, base / "new", SYSTEM, gnupg_home=offline.home)
+        assert not (base / "new" / "keys" / "content.key").exists()
+    finally:
+        _drop(home / "gnupg")
+        _drop(base / "new" / "gnupg")
+        shutil.rmtree(base, ignore_errors=True)
