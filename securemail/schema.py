@@ -21,6 +21,7 @@ from securemail import (  # noqa: F401
     gateway,
     gpkeys,
     outbox,
+    regionmap,
     retention,  # after every table whose content it seals (requests, hops, asks, outbox)
     session,
     totp,

@@ -75,6 +75,8 @@ def test_init_toml_documents_every_setting() -> None:
         "org",
         "team",
         "user",
+        "region",
+        "adherence",
         "backup",
         "restore",
     ],
