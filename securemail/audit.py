@@ -95,6 +95,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "notice.fail": ("E", "a status notice could not be delivered"),
     "notice.stop": ("U", "a status notice was stopped before it left"),
     "gateway.init": ("C", "the gateway home was initialised"),
+    "gateway.backup": ("R", "the whole home was copied into an encrypted backup (or refused)"),
+    "gateway.restore": ("C", "this home was restored from a backup"),
 }
 
 NATURES = ("regular", "emergency", "technical")

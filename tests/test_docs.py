@@ -77,6 +77,8 @@ def test_init_toml_documents_every_setting() -> None:
         "user",
         "region",
         "adherence",
+        "backup",
+        "restore",
     ],
 )
 def test_cli_help_works_for(command: str) -> None:
