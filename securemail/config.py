@@ -160,6 +160,37 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionSettings:
+    public_page: bool = _s(
+        False,
+        "Show the region page (/regio, .json, .csv: teams per postcode area, no patient data) "
+        "to visitors who are not logged in.",
+    )
+    stale_days: int = _s(30, "A team's map entry not confirmed for this many days is 'verouderd'.")
+    office_start: str = _s("08:00", "Office hours start (HH:MM, Europe/Amsterdam), working days.")
+    office_end: str = _s("17:00", "Office hours end; the evening runs from here to the night.")
+    night_start: str = _s("23:00", "The night starts (every day, weekends and holidays too).")
+    night_end: str = _s("07:00", "The night ends.")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSettings:
+    recipient: str = _s(
+        "",
+        "Fingerprint of the offline backup key `securemail backup` encrypts to; its public key "
+        "is in the gateway keyring or in public_key_file, its secret key never on the gateway "
+        "(docs/backup.md).",
+    )
+    public_key_file: str = _s(
+        "",
+        "File with the backup key's public key (armored); used instead of the gateway keyring.",
+    )
+    timeout_seconds: float = _s(
+        3600.0, "A backup or restore still running after this long is stopped and removed."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MonitoringSettings:
     metrics_token: str = _s(
         "",
@@ -192,6 +223,8 @@ class Settings:
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    region: RegionSettings = field(default_factory=RegionSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
@@ -343,6 +376,8 @@ def _validate(s: Settings) -> None:
         ("retention", "content_days"),
         ("retention", "metadata_days"),
         ("retention", "purge_every_hours"),
+        ("region", "stale_days"),
+        ("backup", "timeout_seconds"),
     ]
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:
@@ -356,6 +391,23 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",
             setting="[gpg] s2k_calibration_ms",
+        )
+    for key in ("office_start", "office_end", "night_start", "night_end"):
+        value = getattr(s.region, key)
+        hh, _, mm = value.partition(":")
+        if not (
+            len(hh) == len(mm) == 2
+            and hh.isdigit()
+            and mm.isdigit()
+            and int(hh) < 24
+            and int(mm) < 60
+        ):
+            raise ConfigError(f"[region] {key} must be HH:MM", setting=f"[region] {key}")
+    r = s.region
+    if not r.night_end <= r.office_start < r.office_end <= r.night_start:
+        raise ConfigError(
+            "[region] hours must run night_end <= office_start < office_end <= night_start",
+            setting="[region] office_start",
         )
     if s.delivery.retry_max_seconds < s.delivery.retry_initial_seconds:
         raise ConfigError(

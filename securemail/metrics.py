@@ -114,6 +114,10 @@ def _database_metrics(db: sqlite_utils.Database, now: float) -> list[Metric]:
     cp = db.execute(
         "SELECT seq, signed_at FROM audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1"
     ).fetchone()
+    backed_up = db.execute(
+        "SELECT max(occurred_at) FROM audit_events WHERE event_code = 'gateway.backup' "
+        "AND outcome = 'success'"
+    ).fetchone()[0]
     verified = db.execute(
         "SELECT outcome, occurred_at FROM audit_events WHERE event_code = 'audit.verify' "
         "ORDER BY occurred_at DESC LIMIT 1"
@@ -148,6 +152,12 @@ def _database_metrics(db: sqlite_utils.Database, now: float) -> list[Metric]:
                 "Seconds since the last signed checkpoint of the audit chain.",
             ).add(max(now - _iso_epoch(cp[1]), 0.0))
         )
+    if backed_up:
+        out.append(
+            Metric("securemail_backup_last_success_timestamp_seconds", "gauge",
+                   "When the last successful `securemail backup` finished (Unix time).")
+            .add(_iso_epoch(backed_up))
+        )  # fmt: skip
     if verified:
         out.append(
             Metric(

@@ -102,6 +102,7 @@ class _State:
     audit_rows: int = 0
     checkpoints: int = 0
     last_checkpoint: str = ""
+    last_backup: str = ""  # when the last successful backup finished (audit trail)
     availability: dict[int, health.Availability] = field(default_factory=dict)
 
 
@@ -178,6 +179,15 @@ async def _measure(svc: Services, now: datetime) -> _State:
         }
 
     await svc.store.read(people)
+    st.last_backup = await svc.store.read(
+        lambda db: (
+            db.execute(
+                "SELECT max(occurred_at) FROM audit_events WHERE event_code = 'gateway.backup' "
+                "AND outcome = 'success'"
+            ).fetchone()[0]
+            or ""
+        )
+    )
     try:
         keys = audit_integrity.trusted_keys(svc.settings.home)
         report = await svc.store.read(lambda db: audit_integrity.verify(db, keys))
@@ -252,11 +262,12 @@ def _criteria(st: _State) -> list[Criterion]:
                   "recorded health checks; compare with the limit in NTA 7516 6.1.3 "
                   "(not reproduced here)"),
         Criterion("6.1.4", "Maximaal gegevensverlies", g,
-                  "0 accepted messages: a request is accepted only once committed to disk "
-                  "(sqlite WAL, synchronous=FULL) together with its audit row, and kept in "
-                  "the outbox until its final outcome; loss of the server itself is covered "
-                  "by the organisation's backups (instructions)",
-                  MET, "design (docs/delivery.md); threat model #6"),
+                  "0 accepted messages while the server lives: a request is accepted only "
+                  "once committed to disk (sqlite WAL, synchronous=FULL) together with its "
+                  "audit row, and kept in the outbox until its final outcome; loss of the "
+                  "server: " + _backup_text(st),
+                  MET if st.last_backup else NOT_MET,
+                  "design (docs/delivery.md); [backup]; gateway.backup audit rows"),
         Criterion("6.1.5", "Herkomstbevestiging", "Integriteit",
                   f"every request is signed with the GP's personal OpenPGP key "
                   f"({st.gps_with_key} GPs with a usable signing key, {st.gps_without_key} "
@@ -320,6 +331,21 @@ def _criteria(st: _State) -> list[Criterion]:
                   "not assessed: this declaration does not reproduce the criterion's text",
                   NOT_ASSESSED, "-"),
     ]  # fmt: skip
+
+
+def _backup_text(st: _State) -> str:
+    recipient = getattr(getattr(st.settings, "backup", None), "recipient", "")
+    key = (
+        f"backups encrypted to the offline key {recipient[-16:]}"
+        if recipient
+        else "no backup key configured ([backup] recipient)"
+    )
+    last = (
+        f"last successful backup {st.last_backup}"
+        if st.last_backup
+        else "no successful backup recorded"
+    )
+    return f"{key}; {last} (data since then would be lost)"
 
 
 def _retention_text(s: Any) -> str:

@@ -22,6 +22,7 @@ from securemail import (  # noqa: F401
     gpkeys,
     health,
     outbox,
+    regionmap,
     retention,  # after every table whose content it seals (requests, hops, asks, outbox)
     session,
     totp,

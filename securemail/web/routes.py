@@ -8,7 +8,7 @@ from securemail.web.keys import ACTOR
 from securemail.web.middleware import requires
 
 HOME_BY_ROLE = {"gp": "/requests", "nurse": "/requests", "privacy_officer": "/privacy",
-                "admin": "/admin"}
+                "admin": "/admin", "coordinator": "/regio/afspraken"}
 
 
 @requires("account.self")
@@ -21,7 +21,8 @@ def setup(app: web.Application) -> None:
 
     app.router.add_get("/", home, name="home")
     for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
-                 "admin", "admin_keys", "directory", "api", "monitoring"):
+                 "admin", "admin_keys", "directory", "region", "api", "adherence",
+                 "monitoring"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

@@ -3,6 +3,7 @@ state (real gpg keys, a real relay, recorded health checks); Markdown and a vali
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,29 @@ async def test_declaration_follows_the_retention_settings(gw: Gateway, smtp_serv
     )
     retention = next(f for f in d.facts if f.name == "Retention")
     assert retention.achieved.startswith("content (sealed at rest) is purged 14 days")
+
+
+async def test_data_loss_criterion_needs_a_real_backup(gw: Gateway, smtp_server: Any) -> None:
+    from securemail import backup, health, metrics
+    from securemail.access import SYSTEM
+    from tests.test_backup import _drop, _make_offline
+
+    d = await nta.build(gw.svc)
+    assert d.by_clause("6.1.4").status == nta.NOT_MET
+    assert "no backup key configured" in d.by_clause("6.1.4").achieved
+    offline = _make_offline("Backup")
+    try:
+        await gw.svc.keyring.import_keys(offline.public)
+        with_settings(gw, backup={"recipient": offline.fingerprint})
+        await asyncio.to_thread(
+            backup.make_backup, gw.svc.settings, gw.home.parent / f"{gw.home.name}.gpg", SYSTEM
+        )
+        d = await nta.build(gw.svc)
+        assert d.by_clause("6.1.4").status == nta.MET
+        assert f"offline key {offline.fingerprint[-16:]}" in d.by_clause("6.1.4").achieved
+        assert "last successful backup 20" in d.by_clause("6.1.4").achieved
+        text = metrics.render(await metrics.collect(gw.svc, health.Monitor(gw.svc)))
+        assert "\nsecuremail_backup_last_success_timestamp_seconds 1" in text
+    finally:
+        _drop(offline.home)
+        (gw.home.parent / f"{gw.home.name}.gpg").unlink(missing_ok=True)
