@@ -262,22 +262,28 @@ async def test_nginx_refuses_tls_below_1_2(proxied):
         old.minimum_version = ssl.TLSVersion.TLSv1
         old.maximum_version = ssl.TLSVersion.TLSv1_1
         old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0/1.1 at all
-        with socket.create_connection(("127.0.0.1", n.https_port), timeout=10) as raw:
-            with pytest.raises(ssl.SSLError) as err:
-                old.wrap_socket(raw, server_hostname="127.0.0.1")
+        with (
+            socket.create_connection(("127.0.0.1", n.https_port), timeout=10) as raw,
+            pytest.raises(ssl.SSLError) as err,
+        ):
+            old.wrap_socket(raw, server_hostname="127.0.0.1")
     # nginx answered with a protocol_version alert (not a client that refused to try).
     assert "ALERT_PROTOCOL_VERSION" in str(err.value), err.value
     modern = ssl.create_default_context(cafile=n.cafile)
-    with socket.create_connection(("127.0.0.1", n.https_port), timeout=10) as raw:
-        with modern.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+    with (
+        socket.create_connection(("127.0.0.1", n.https_port), timeout=10) as raw,
+        modern.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() in {"TLSv1.2", "TLSv1.3"}
 
 
 async def test_access_log_keeps_no_query_string(proxied):
     _, n = proxied
-    async with client_session(n) as http:
-        async with http.get(f"https://127.0.0.1:{n.https_port}/login?naam=Jansen") as r:
-            assert r.status == 200
+    async with (
+        client_session(n) as http,
+        http.get(f"https://127.0.0.1:{n.https_port}/login?naam=Jansen") as r,
+    ):
+        assert r.status == 200
     log = (n.prefix / "access.log").read_text()
     assert "GET /login HTTP" in log
     assert "Jansen" not in log and "naam=" not in log
