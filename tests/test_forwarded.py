@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from securemail import config
 from securemail.errors import ConfigError
-from securemail.forwarded import parse_trusted, resolve
+from securemail.forwarded import _address, parse_trusted, resolve
 from tests.auth_fixtures import PASSWORD
 from tests.web_fixtures import Browser, WebApp, another_web
 
@@ -78,22 +78,32 @@ def test_resolve_overlong_header_is_not_believed():
 
 
 ips = st.ip_addresses().map(str)
+hops = st.one_of(ips, st.sampled_from(["10.0.0.1", "127.0.0.1", "::1"]), st.text(max_size=12))
 
 
-@given(peer=ips, chain=st.lists(ips, max_size=6), junk=st.text(max_size=40))
-def test_resolve_never_answers_with_a_hop_left_of_an_untrusted_one(peer, chain, junk):
-    """Whatever the headers say, the answer is the peer or a hop no untrusted party wrote."""
-    header = ", ".join([junk, *chain])
-    o = resolve(peer, "http", header, junk, TWO)
-    addr = ipaddress.ip_address(o.address)
+def _trusted(text: str) -> bool:
+    addr = _address(text)
+    return addr is not None and any(addr.version == n.version and addr in n for n in TWO)
+
+
+@given(
+    peer=st.one_of(ips, st.just("127.0.0.1")),
+    chain=st.lists(hops, max_size=6),
+    proto=st.text(max_size=12),
+)
+def test_resolve_never_answers_with_a_hop_left_of_an_untrusted_one(peer, chain, proto):
+    """Whatever the headers say, the answer is the TCP peer or a hop at or right of the
+    rightmost hop that is not a trusted proxy: nothing an untrusted party wrote."""
+    header = ", ".join(chain)
+    o = resolve(peer, "http", header, proto, TWO)
     assert o.scheme in {"http", "https"}
-    if not any(ipaddress.ip_address(peer) in n for n in TWO if n.version == addr.version):
-        assert o.address == peer
+    if not _trusted(peer):
+        assert (o.address, o.scheme) == (peer, "http")
         return
-    # Walking from the right, every hop passed before the answer is a trusted proxy.
-    assert o.address == peer or o.address in [str(ipaddress.ip_address(h)) for h in chain] + [
-        junk.strip()
-    ]
+    parts = header.split(",")
+    k = max((i for i, h in enumerate(parts) if not _trusted(h)), default=0)
+    allowed = {str(_address(peer))} | {str(_address(h)) for h in parts[k:] if _address(h)}
+    assert o.address in allowed
 
 
 @given(st.text(max_size=30).filter(lambda t: t.strip() and "," not in t))
