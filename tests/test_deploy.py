@@ -2,9 +2,9 @@
 
 - the systemd units pass ``systemd-analyze verify`` and keep the hardening the gateway
   promises (static checks, plus ``systemd-analyze security`` where this systemd has
-  ``--offline``); the gateway's own commands run under the closest emulation of the unit
-  this machine allows without systemd (no_new_privs, the kernel's memory-deny-write-execute,
-  umask 0077);
+  ``--offline``); with no systemd running here, tests/unit_sandbox.py loads the unit's
+  seccomp filters (SystemCallFilter, RestrictAddressFamilies, MemoryDenyWriteExecute) with
+  libseccomp, and init, check and a whole send run under them;
 - the nginx site says what docs/operations.md promises (its live test: tests/e2e/test_nginx.py);
 - the Postfix example enforces TLS on both hops, and its [smtp] counterpart, with a
   certificate made by the shipped script, really gets the gateway a verified STARTTLS
@@ -115,7 +115,7 @@ def test_unit_keeps_the_promised_hardening(name: str):
     assert one["LimitCORE"] == "0"
     # gpg-agent's socket is AF_UNIX; nothing beyond it and TCP/IP.
     assert one["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
-    assert d["SystemCallFilter"][0] == "@system-service"
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert "--home /var/lib/securemail" in one["ExecStart"]
     assert one["ExecStart"].startswith(INSTALLED + " ")
 
@@ -132,62 +132,121 @@ def test_service_starts_only_after_the_checks_and_stops_gently():
     assert timer["Persistent"] == "true"
 
 
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1  # linux/prctl.h, Linux 6.3+
+def syscall_groups(binary: str) -> dict[str, list[str]]:
+    """systemd-analyze syscall-filter: every @group with its members (calls and @groups)."""
+    out = subprocess.run(
+        [binary, "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.startswith("    ") and not line.strip().startswith("#") and current is not None:
+            current.append(line.strip())
+        elif not line.strip():
+            current = None
+    return groups
 
-#: Run argv[1:] with no_new_privs and memory-deny-write-execute set, as the unit's
-#: NoNewPrivileges= and MemoryDenyWriteExecute= would; both are inherited by gpg and
-#: gpg-agent. Exit 77 when the kernel has no PR_SET_MDWE.
-CONFINE = f"""
-import ctypes, os, sys
+
+def expand(groups: dict[str, list[str]], name: str) -> set[str]:
+    if not name.startswith("@"):
+        return {name}
+    calls: set[str] = set()
+    for member in groups[name]:
+        calls |= expand(groups, member)
+    return calls
+
+
+def allowed_calls(groups: dict[str, list[str]], filters: list[str]) -> set[str]:
+    """systemd's reading of SystemCallFilter= lines: an allow-list, then "~" removals."""
+    allowed: set[str] = set()
+    for line in filters:
+        deny = line.startswith("~")
+        names = set().union(*(expand(groups, n) for n in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory):
+    """Run a command under the unit's seccomp confinement (tests/unit_sandbox.py)."""
+    groups = syscall_groups(systemd_analyze())
+    allowed = allowed_calls(groups, unit("securemail.service")["SystemCallFilter"])
+    assert {"execve", "socket", "mmap", "mprotect"} <= allowed
+    assert not {"swapoff", "reboot", "setrlimit", "setuid"} & allowed
+    path = tmp_path_factory.mktemp("seccomp") / "syscalls.txt"
+    path.write_text("\n".join(sorted(allowed)) + "\n")
+
+    def run(*command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(path), "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+        if out.returncode == 77:
+            pytest.skip("libseccomp is not installed (Debian package libseccomp2)")
+        return out
+
+    return run
+
+
+PROBE = """
+import ctypes, errno, mmap, os, socket
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    print("wx-allowed")
+except PermissionError:
+    print("wx-denied")
+try:
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)
+    print("netlink-allowed")
+except OSError as exc:
+    print("netlink-denied" if exc.errno == errno.EAFNOSUPPORT else f"netlink-{exc.errno}")
+a, b = socket.socketpair(socket.AF_UNIX)
+print("unix-ok")
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-    sys.exit(78)
-if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:
-    sys.exit(77)
-os.umask(0o077)
-os.execv(sys.argv[1], sys.argv[1:])
+libc.swapoff(b"/nonexistent-securemail")
+print("swapoff-" + errno.errorcode[ctypes.get_errno()])
+print("umask-%o" % os.umask(0))
 """
 
 
-def confined(*args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", CONFINE, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "LC_ALL": "C.UTF-8"},
-    )
-    if out.returncode == 77:
-        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3): W^X cannot be emulated")
-    return out
-
-
-def test_confine_really_denies_writable_executable_memory():
-    # The emulation itself, negative: under it a W+X mapping is refused.
-    probe = (
-        "import mmap\n"
-        "try:\n"
-        "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
-        "except PermissionError:\n"
-        "    raise SystemExit(3)\n"
-    )
-    out = confined(sys.executable, "-c", probe)
-    assert out.returncode == 3, out.stderr
+def test_sandbox_really_confines(sandbox):
+    # The emulation itself, negative: W+X memory, a netlink socket and a system call outside
+    # @system-service are refused; AF_UNIX works; umask 0077.
+    out = sandbox(sys.executable, "-c", PROBE)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines == [
+        "wx-denied", "netlink-denied", "unix-ok", "swapoff-EPERM", "umask-77"
+    ], out.stdout  # fmt: skip
 
 
 @pytest.mark.slow
-def test_gateway_init_and_check_run_under_the_units_memory_and_privilege_limits():
+@pytest.mark.timeout(600)
+def test_gateway_init_and_check_run_under_the_units_system_call_confinement(sandbox):
     # securemail init makes the gateway's key with gpg and gpg-agent (AF_UNIX socket in the
-    # home); check reads the database and verifies the audit chain (cryptography).
+    # home); check reads the database and verifies the audit chain (cryptography): all of it
+    # under the unit's SystemCallFilter, RestrictAddressFamilies, MemoryDenyWriteExecute,
+    # NoNewPrivileges, UMask and LimitCORE.
     import tempfile
 
     home = Path(tempfile.mkdtemp(prefix="sm-unit-")) / "home"
     try:
-        out = confined(str(VENV_SECUREMAIL), "init", "--home", str(home))
+        out = sandbox(str(VENV_SECUREMAIL), "init", "--home", str(home))
         assert out.returncode == 0, out.stdout + out.stderr
         assert "gateway key" in out.stdout
-        out = confined(str(VENV_SECUREMAIL), "check", "--home", str(home))
+        out = sandbox(str(VENV_SECUREMAIL), "check", "--home", str(home))
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = sandbox(str(VENV_SECUREMAIL), "audit", "checkpoint", "--home", str(home))
         assert out.returncode == 0, out.stdout + out.stderr
         # UMask=0077: nothing the gateway made is readable by another user.
         for path in [home, *home.rglob("*")]:
@@ -201,6 +260,23 @@ def test_gateway_init_and_check_run_under_the_units_memory_and_privilege_limits(
             check=False,
         )
         shutil.rmtree(home.parent, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_whole_send_runs_under_the_units_system_call_confinement(sandbox, tmp_path: Path):
+    """The GP's signature through gpg-agent, sealing to the team, delivery over STARTTLS and
+    the nurse's decryption: the e2e send tests, run in a pytest process confined like the
+    service (its own --basetemp, so it cannot touch this run's temporary folders)."""
+    out = sandbox(
+        sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "--basetemp", str(tmp_path / "t"),
+        str(ROOT / "tests" / "e2e" / "test_send_path.py"),
+        "-k", "test_cli_send_arrives_encrypted_signed_and_neutral"
+        " or test_send_with_api_function_records_audit_rows",
+        timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed" in out.stdout
 
 
 # -- nginx (static; the live test is tests/e2e/test_nginx.py) ---------------------------------
