@@ -51,8 +51,8 @@ def render(site: str, *, http_port: int, https_port: int, app_port: int, prefix:
     subs = [
         ("    listen 80;\n", f"    listen 127.0.0.1:{http_port};\n"),
         ("    listen [::]:80;\n", ""),
-        ("    listen 443 ssl http2;\n", f"    listen 127.0.0.1:{https_port} ssl http2;\n"),
-        ("    listen [::]:443 ssl http2;\n", ""),
+        ("    listen 443 ssl;\n", f"    listen 127.0.0.1:{https_port} ssl;\n"),
+        ("    listen [::]:443 ssl;\n", ""),
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{app_port};"),
         ("/etc/ssl/securemail/fullchain.pem", str(prefix / "cert.pem")),
         ("/etc/ssl/securemail/privkey.pem", str(prefix / "key.pem")),
