@@ -414,3 +414,18 @@ async def test_postfix_recipe_gives_the_gateway_a_verified_starttls_session(tmp_
             await relay.connect(wrong, relay.tls_context(wrong))
     finally:
         controller.stop()
+
+
+# -- the operator's guide ----------------------------------------------------------------------
+
+
+def test_operations_guide_names_every_deploy_file_and_nothing_that_is_missing():
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    shipped = {str(p.relative_to(ROOT)) for p in DEPLOY.rglob("*") if p.is_file()}
+    named = set(re.findall(r"deploy/[\w./-]+\w", guide))
+    # ".timer" in the table stands for the timer next to the service of the same name.
+    named |= {n.removesuffix(".service") + ".timer" for n in named if n.endswith("check.service")}
+    assert not {n for n in named if n not in shipped and not (ROOT / n).is_dir()}
+    assert shipped <= named, f"describe in docs/operations.md: {sorted(shipped - named)}"
+    for section in ("Backup and restore", "Retention and purge", "Monitoring"):
+        assert f"## {section}" in guide
