@@ -264,17 +264,24 @@ def test_gateway_init_and_check_run_under_the_units_system_call_confinement(sand
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_whole_send_runs_under_the_units_system_call_confinement(sandbox, tmp_path: Path):
+def test_a_whole_send_runs_under_the_units_system_call_confinement(sandbox):
     """The GP's signature through gpg-agent, sealing to the team, delivery over STARTTLS and
     the nurse's decryption: the e2e send tests, run in a pytest process confined like the
-    service (its own --basetemp, so it cannot touch this run's temporary folders)."""
-    out = sandbox(
-        sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "--basetemp", str(tmp_path / "t"),
-        str(ROOT / "tests" / "e2e" / "test_send_path.py"),
-        "-k", "test_cli_send_arrives_encrypted_signed_and_neutral"
-        " or test_send_with_api_function_records_audit_rows",
-        timeout=900,
-    )  # fmt: skip
+    service (its own short --basetemp: gpg-agent's socket path is limited, and it must not
+    touch this run's temporary folders)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sm-b-"))
+    try:
+        out = sandbox(
+            sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "--basetemp", str(base / "t"),
+            str(ROOT / "tests" / "e2e" / "test_send_path.py"),
+            "-k", "test_cli_send_arrives_encrypted_signed_and_neutral"
+            " or test_send_with_api_function_records_audit_rows",
+            timeout=900,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "2 passed" in out.stdout
 
