@@ -90,6 +90,12 @@ POLICY: dict[str, frozenset[str]] = {
     "request.status": frozenset({"gp"}),
     "token.manage": frozenset({"gp"}),
     "user.manage": frozenset({"admin"}),
+    # The regional map: the region page is for everyone logged in (and, with
+    # [region] public_page, for anyone); a nurse keeps her own teams' entries, a GP her
+    # practice's entry and preferred providers.
+    "region.view": frozenset(ROLES),
+    "region.team_edit": frozenset({"nurse"}),
+    "region.practice_edit": frozenset({"gp"}),
     # A person's own account: second factor, recovery codes, sessions ("logout everywhere").
     "account.self": frozenset(ROLES),
 }
@@ -115,6 +121,9 @@ def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
             # Lists: the caller scopes the query to actor.team_ids itself.
             return True
         # A nurse sees what was addressed to one of her teams, nothing else.
+        return bool(actor.team_ids & resource.team_ids)
+    if resource.kind == "team_entry":
+        # A team's map entry is kept by the team's own nurses, nobody else's.
         return bool(actor.team_ids & resource.team_ids)
     if actor.role == "gp" and resource.kind == "ask":
         return resource.org_id == actor.org_id

@@ -31,7 +31,19 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, consent, directory, exchange, forms, gateway, notify, outbox, render
+from securemail import (
+    audit,
+    consent,
+    contentbox,
+    directory,
+    exchange,
+    forms,
+    gateway,
+    notify,
+    outbox,
+    render,
+    requestview,
+)
 from securemail.access import Actor, require
 from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
@@ -119,8 +131,9 @@ def _audit_answer(
     )
 
 
-def _document(row: dict[str, Any]) -> forms.ExecutionRequest:
-    return forms.ExecutionRequest.from_document(json.loads(row["document"]))
+async def _document(svc: Services, row: dict[str, Any]) -> forms.ExecutionRequest:
+    doc = await svc.store.read(lambda db: requestview.document(db, row))
+    return forms.ExecutionRequest.from_document(doc)
 
 
 async def record_answer(
@@ -129,7 +142,8 @@ async def record_answer(
     """Validate and record a team's answer (or pass the request on). Raises FormInvalidError
     with every field problem, AnswerClosedError, NotFoundError (also when hidden)."""
     row = await _require_answerable(svc, actor, reference)
-    req = _document(row)
+    contentbox.require_content(row)  # a failed request past retention: nothing to answer
+    req = await _document(svc, row)
     answer = forms.parse_answer(svc.definition, data, supervision_arranged=req.supervision_arranged)
     if answer.status == PASS_ON:
         return await _pass_on(svc, actor, row, req, answer)
@@ -150,7 +164,14 @@ async def record_answer(
             current["id"],
             {
                 "state": "answered",
-                "answer": json.dumps(stored, ensure_ascii=False, sort_keys=True),
+                "answer": contentbox.seal(
+                    db,
+                    "requests",
+                    "answer",
+                    reference,
+                    json.dumps(stored, ensure_ascii=False, sort_keys=True),
+                ),
+                "answer_status": answer.status,
                 "answered_at": now,
                 "updated_at": now,
             },
@@ -200,10 +221,17 @@ def _close_hop(
     actor: Actor,
     now: str,
 ) -> None:
+    hop = db.execute(
+        "SELECT MAX(id) FROM request_hops WHERE reference = ? AND team_id = ?",
+        [reference, team_id],
+    ).fetchone()[0]
+    if hop is None:
+        return
+    reason = contentbox.seal(db, "request_hops", "reason", hop, answer.reason or "")
     db.execute(
         "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ? "
-        "WHERE id = (SELECT MAX(id) FROM request_hops WHERE reference = ? AND team_id = ?)",
-        [answer.status, answer.reason or "", actor.user_id, now, reference, team_id],
+        "WHERE id = ?",
+        [answer.status, reason, actor.user_id, now, hop],
     )
 
 
@@ -273,7 +301,7 @@ async def _pass_on(
             reference=reference,
             text=rendered.text,
             html=rendered.html,
-            json=bytes(row["document"]),
+            json=await svc.store.read(lambda db: requestview.document_bytes(db, row)),
             signer_public_key=await svc.keyring.export_public(gp_fpr),
         ),
         signer=Fingerprint(gateway_fpr),

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from securemail import audit, deadlines, directory, forms, notify, outbox
+from securemail import audit, contentbox, deadlines, directory, forms, notify, outbox
 from securemail.access import Actor, Resource, require
 from securemail.errors import ConflictError, NotFoundError
 from securemail.services import Services
@@ -183,10 +183,12 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
                 "team_id": team.id,
                 "practice_org_id": practice.id,
                 "patient_bsn": clean["patient.bsn"],
-                "patient_name": clean["patient.name"],
-                "patient_birth_date": clean["patient.birth_date"],
+                "patient_name": _seal(db, "patient_name", reference, clean["patient.name"]),
+                "patient_birth_date": _seal(
+                    db, "patient_birth_date", reference, clean["patient.birth_date"]
+                ),
                 "procedure_code": clean["procedure_code"],
-                "reason": clean["reason"],
+                "reason": _seal(db, "reason", reference, clean["reason"]),
                 "urgency": clean["urgency"],
                 "due_at": due_text,
                 "created_at": svc.now_iso(),
@@ -214,6 +216,19 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
         return AskResult(reference, due_text)
 
     return await svc.store.write(tx)
+
+
+#: The ask's patient content, sealed at rest (securemail.contentbox).
+SEALED = ("patient_name", "patient_birth_date", "reason")
+
+
+def _seal(db: sqlite_utils.Database, column: str, reference: str, value: str) -> str:
+    return contentbox.seal(db, "asks", column, reference, value)
+
+
+def _opened(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its sealed columns opened ('' once purged)."""
+    return row | {c: contentbox.open_value(db, "asks", c, row["reference"], row[c]) for c in SEALED}
 
 
 def _resource(row: dict[str, Any]) -> Resource:
@@ -268,7 +283,8 @@ def get_ask(
     )
     asker = db.execute("SELECT name FROM users WHERE id = ?", [row["created_by"]]).fetchone()
     return {
-        **row,
+        **_opened(db, row),
+        "purged": bool(row["content_purged_at"]),
         "team": team,
         "practice": practice,
         "asked_by": asker[0] if asker else "",

@@ -142,6 +142,42 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    content_days: int = _s(
+        30,
+        "Message content (the signed request, the answer, an ask's patient fields, the sealed"
+        " mail) is purged this many days after the request's final outcome (docs/retention.md).",
+    )
+    metadata_days: int = _s(
+        730,
+        "Request, hop, outbox and ask rows (references, states, times, teams; no content) and"
+        " ended sessions are deleted this many days after the final outcome.",
+    )
+    content_key_file: str = _s(
+        "",
+        "AES-256 key that seals patient content at rest; empty means H/keys/content.key."
+        " A relative path is under the home; $VARS are expanded ($CREDENTIALS_DIRECTORY).",
+    )
+    purge_every_hours: float = _s(
+        24.0, "How often the web app runs the purge (securemail purge does it on demand)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSettings:
+    public_page: bool = _s(
+        False,
+        "Show the region page (/regio, .json, .csv: teams per postcode area, no patient data) "
+        "to visitors who are not logged in.",
+    )
+    stale_days: int = _s(30, "A team's map entry not confirmed for this many days is 'verouderd'.")
+    office_start: str = _s("08:00", "Office hours start (HH:MM, Europe/Amsterdam), working days.")
+    office_end: str = _s("17:00", "Office hours end; the evening runs from here to the night.")
+    night_start: str = _s("23:00", "The night starts (every day, weekends and holidays too).")
+    night_end: str = _s("07:00", "The night ends.")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -151,6 +187,8 @@ class Settings:
     gpg: GpgSettings = field(default_factory=GpgSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    region: RegionSettings = field(default_factory=RegionSettings)
 
     @property
     def db_path(self) -> Path:
@@ -163,6 +201,13 @@ class Settings:
     @property
     def config_path(self) -> Path:
         return self.home / CONFIG_NAME
+
+    @property
+    def content_key_path(self) -> Path:
+        """Where the content key lives: [retention] content_key_file, or H/keys/content.key."""
+        configured = os.path.expandvars(self.retention.content_key_file)
+        path = Path(configured) if configured else Path("keys") / "content.key"
+        return path if path.is_absolute() else self.home / path
 
     @property
     def forms_path(self) -> Path:
@@ -282,15 +327,41 @@ def _validate(s: Settings) -> None:
         ("web", "session_max_hours"),
         ("audit", "retention_years"),
         ("audit", "checkpoint_every"),
+        ("retention", "content_days"),
+        ("retention", "metadata_days"),
+        ("retention", "purge_every_hours"),
+        ("region", "stale_days"),
     ]
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be positive", setting=f"[{section}] {key}")
     parse_trusted(s.web.trusted_proxies)  # raises ConfigError naming the bad entry
+    if s.retention.metadata_days < s.retention.content_days:
+        raise ConfigError(
+            "[retention] metadata_days must be at least content_days",
+            setting="[retention] metadata_days",
+        )
     if s.gpg.s2k_calibration_ms < MIN_S2K_CALIBRATION_MS:
         raise ConfigError(
             f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",
             setting="[gpg] s2k_calibration_ms",
+        )
+    for key in ("office_start", "office_end", "night_start", "night_end"):
+        value = getattr(s.region, key)
+        hh, _, mm = value.partition(":")
+        if not (
+            len(hh) == len(mm) == 2
+            and hh.isdigit()
+            and mm.isdigit()
+            and int(hh) < 24
+            and int(mm) < 60
+        ):
+            raise ConfigError(f"[region] {key} must be HH:MM", setting=f"[region] {key}")
+    r = s.region
+    if not r.night_end <= r.office_start < r.office_end <= r.night_start:
+        raise ConfigError(
+            "[region] hours must run night_end <= office_start < office_end <= night_start",
+            setting="[region] office_start",
         )
     if s.delivery.retry_max_seconds < s.delivery.retry_initial_seconds:
         raise ConfigError(

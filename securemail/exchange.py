@@ -23,6 +23,7 @@ from securemail import (
     audit,
     changes,
     consent,
+    contentbox,
     deadlines,
     directory,
     forms,
@@ -387,7 +388,9 @@ async def _seal_and_queue(
                 "signer_fingerprint": sealed.signer_fingerprint,
                 "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
                 "skipped_members": json.dumps(skipped),
-                "document": doc.json,
+                "document": contentbox.seal(
+                    db, "requests", "document", reference, doc.json.decode("utf-8")
+                ),
                 "message_id": sealed.message_id,
                 "answer_due": answer_due,
                 "json_signature": sealed.json_signature,

@@ -65,6 +65,12 @@ async def init_home(home: Path, *, overrides: dict[str, dict[str, object]] | Non
         report.created.append(str(cfg))
     settings = config.load(home)
     new_db = not settings.db_path.exists()
+    new_key = not settings.content_key_path.exists()
+    from securemail import contentbox  # (imports config only; kept local like audit_integrity)
+
+    contentbox.load(settings)  # made here, or refused when sealed content lost its key
+    if new_key:
+        report.created.append(f"{settings.content_key_path} (content key, mode 0600)")
     store = Store(settings.db_path)
     try:
         applied = store.migrate()
@@ -134,6 +140,19 @@ def check(settings: Settings, store: Store) -> CheckReport:
     pending = store.pending_migrations()
     if pending:
         report.problems.append(f"pending migrations: {', '.join(pending)}")
+    try:
+        from securemail import contentbox
+
+        contentbox.load(settings)
+        mode = stat.S_IMODE(settings.content_key_path.stat().st_mode)
+        if mode & 0o077:
+            report.problems.append(
+                f"{settings.content_key_path} has mode {oct(mode)}; it must be 0600"
+            )
+        else:
+            report.facts.append(f"content key: {settings.content_key_path}")
+    except SecuremailError as exc:
+        report.problems.append(f"content key: {exc.reason}")
     try:
         from securemail import audit_integrity
 

@@ -325,6 +325,14 @@ def _admin_change(
     if not rows:
         raise NotFoundError("no deliveries for this reference", reference=reference)
     chosen = [r for r in rows if r["status"] in from_states]
+    if event == "outbox.retry" and any(len(r["mime"]) == 0 for r in chosen):
+        from securemail.contentbox import ContentPurgedError
+
+        raise ContentPurgedError(
+            "the message's bytes were purged after its retention period; the practice sends "
+            "a new request",
+            reference=reference,
+        )
     if not chosen:
         now_in = sorted({r["status"] for r in rows})
         raise ConflictError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, changes, directory, outbox
+from securemail import audit, changes, contentbox, directory, outbox
 from securemail.access import Actor, Resource, require
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keystore import reason_nl
@@ -55,13 +55,38 @@ def hops(db: sqlite_utils.Database, reference: str) -> list[dict[str, Any]]:
     """Each team the request went to, in order, with what that team did (no patient data
     beyond the team's own free-text reason)."""
     cur = db.execute(
-        "SELECT h.team_id, t.name, t.address, h.sent_at, h.outcome, h.reason, h.outcome_at "
-        "FROM request_hops h JOIN teams t ON t.id = h.team_id WHERE h.reference = ? "
-        "ORDER BY h.id",
+        "SELECT h.id, h.team_id, t.name, t.address, h.sent_at, h.outcome, h.reason, "
+        "h.outcome_at FROM request_hops h JOIN teams t ON t.id = h.team_id "
+        "WHERE h.reference = ? ORDER BY h.id",
         [reference],
     )
     keys = ("team_id", "team_name", "team_address", "sent_at", "outcome", "reason", "outcome_at")
-    return [dict(zip(keys, r, strict=True)) for r in cur]
+    out = []
+    for hop_id, *values in cur.fetchall():
+        hop = dict(zip(keys, values, strict=True))
+        hop["reason"] = contentbox.open_value(db, "request_hops", "reason", hop_id, hop["reason"])
+        out.append(hop)
+    return out
+
+
+def document(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any]:
+    """The stored signed request (its canonical JSON) as a dict; ContentPurgedError after
+    the retention purge, ContentUnreadableError when the sealed value does not open."""
+    contentbox.require_content(row)
+    return json.loads(document_bytes(db, row))
+
+
+def document_bytes(db: sqlite_utils.Database, row: dict[str, Any]) -> bytes:
+    """The canonical JSON exactly as the GP signed it (opened from its sealed column)."""
+    contentbox.require_content(row)
+    text = contentbox.open_value(db, "requests", "document", row["reference"], row["document"])
+    return text.encode("utf-8")
+
+
+def answer_of(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The team's stored answer, or None (none yet, or purged)."""
+    text = contentbox.open_value(db, "requests", "answer", row["reference"], row["answer"])
+    return json.loads(text) if text else None
 
 
 def record_refusal(
@@ -112,14 +137,15 @@ def get_request(
     )
     view = dict(row)
     view.pop("json_signature", None)
-    view["document"] = json.loads(row["document"])
+    view["purged"] = bool(row["content_purged_at"])
+    view["document"] = None if view["purged"] else document(db, row)
     view["team"] = team
     view["delivery"] = outbox.status(db, reference)
     view["recipient_fingerprints"] = json.loads(row["recipient_fingerprints"])
     view["skipped_members"] = [
         s | {"why_nl": reason_nl(s["why"])} for s in json.loads(row["skipped_members"])
     ]
-    view["answer"] = json.loads(row["answer"]) if row["answer"] else None
+    view["answer"] = answer_of(db, row)
     view["hops"] = hops(db, reference)
     view["chain"] = changes.chain(db, reference)
     view["overdue"] = is_overdue(row)
@@ -146,8 +172,7 @@ def list_requests(
     sql = (  # only "?" placeholders are interpolated
         "SELECT r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, "  # noqa: S608
         "r.overdue_at, r.supersedes, r.superseded_by, "
-        "CASE WHEN r.answer = '' THEN '' ELSE json_extract(r.answer, '$.status') END "
-        "AS answer_status, "
+        "r.answer_status, "
         "t.address AS team_address, t.name AS team_name, "
         "(SELECT COUNT(*) FROM request_hops h WHERE h.reference = r.reference) AS hop_count, "
         "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
@@ -169,7 +194,6 @@ def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
     relay took the request."""
     row = require_row(db, reference)
     team = directory.team_by_id(db, row["team_id"])
-    answer = json.loads(row["answer"]) if row["answer"] else {}
     return {
         "reference": reference,
         "kind": row["kind"],
@@ -180,7 +204,8 @@ def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
         "answer_due": _iso(row["answer_due"]),
         "overdue": is_overdue(row),
         "overdue_at": row["overdue_at"] or None,
-        "answer_status": answer.get("status"),
+        "answer_status": row["answer_status"] or None,
+        "content_purged_at": row["content_purged_at"] or None,
         "supersedes": row["supersedes"] or None,
         "superseded_by": row["superseded_by"] or None,
         "hops": [

@@ -3,7 +3,8 @@
 Order matters: sets are applied in the order their modules are first imported, and later
 tables reference earlier ones (users -> organisations, requests -> teams and users).
 (asks' set may apply before auth's: SQLite checks a REFERENCES clause on insert, not on
-CREATE TABLE; asks uses exchange's counters table only at run time.)
+CREATE TABLE; asks uses exchange's counters table only at run time.) retention's migration seals the
+content columns of the tables listed before it.
 """
 
 from securemail import (  # noqa: F401
@@ -20,6 +21,8 @@ from securemail import (  # noqa: F401
     gateway,
     gpkeys,
     outbox,
+    regionmap,
+    retention,  # after every table whose content it seals (requests, hops, asks, outbox)
     session,
     totp,
 )

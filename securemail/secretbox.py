@@ -37,12 +37,20 @@ class SecretBoxError(SecuremailError):
 
 
 class SecretBox:
-    """AES-256-GCM with a 96-bit random nonce per value; the value records the key version."""
+    """AES-256-GCM with a 96-bit random nonce per value; the value records the key version.
 
-    def __init__(self, key: bytes) -> None:
+    One design for every sealed column: TOTP seeds here, patient content in
+    ``securemail.contentbox`` (its own key and error type, passed in as ``error``).
+    """
+
+    def __init__(
+        self, key: bytes, *, error: type[SecuremailError] = SecretBoxError, name: str = KEY_FILE
+    ) -> None:
         if len(key) != 32:
-            raise SecretBoxError("secrets.key must hold 32 bytes")
+            raise error(f"{name} must hold 32 bytes")
         self._aead = AESGCM(key)
+        self._error = error
+        self._name = name
 
     @classmethod
     def load(cls, home: Path) -> SecretBox:
@@ -51,7 +59,7 @@ class SecretBox:
         with _lock:
             box = _cache.get(path)
             if box is None:
-                box = cls(_read_or_create(path))
+                box = cls(read_or_create_key(path))
                 _cache[path] = box
             return box
 
@@ -71,18 +79,25 @@ class SecretBox:
     def open(self, sealed: str, *, context: str) -> str:
         version, _, payload = sealed.partition(":")
         if version != VERSION:
-            raise SecretBoxError(f"sealed value has unknown version {version!r}", context=context)
-        raw = base64.b64decode(payload)
+            raise self._error(f"sealed value has unknown version {version!r}", context=context)
         try:
+            raw = base64.b64decode(payload, validate=True)
             return self._aead.decrypt(raw[:12], raw[12:], context.encode("utf-8")).decode("utf-8")
-        except InvalidTag:
-            raise SecretBoxError(
-                "sealed value does not open with secrets.key (key replaced, or value moved)",
+        except (InvalidTag, ValueError):  # binascii.Error is a ValueError
+            raise self._error(
+                f"sealed value does not open with {self._name} (key replaced, or value moved"
+                " or altered)",
                 context=context,
             ) from None
 
+    @staticmethod
+    def is_sealed(value: object) -> bool:
+        """Whether a stored value has the sealed form (``v1:`` and base64), not plaintext."""
+        return isinstance(value, str) and value.startswith(f"{VERSION}:")
 
-def _read_or_create(path: Path) -> bytes:
+
+def read_or_create_key(path: Path) -> bytes:
+    """The 32-byte key at path, created (0600, O_EXCL, fsync) when absent."""
     try:
         return path.read_bytes()
     except FileNotFoundError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from securemail import audit_integrity, forms
+from securemail import audit_integrity, contentbox, forms
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
 from securemail.keystore import kill_agent
@@ -82,6 +82,9 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
             f"--home {settings.home}",
             home=str(settings.home),
         )
+    # The content key first: it must open what is sealed (or refuse) before anything runs,
+    # and the migration that seals older plaintext rows uses it.
+    contentbox.load(settings)
     store = Store(settings.db_path)
     store.migrate()
     # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.

@@ -85,6 +85,8 @@ class Store:
                 pending = [p.name for p in m.pending(self._writer)]
                 m.apply(self._writer)
                 applied += [f"{m.name}:{n}" for n in pending]
+        if applied:  # no page of the schema before (plaintext content, say) stays in the WAL
+            self.checkpoint()
         return applied
 
     def pending_migrations(self) -> list[str]:
@@ -209,6 +211,13 @@ class Store:
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_executor, self.read_sync, fn)
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database file and truncate it to zero bytes (after a purge,
+        so the WAL keeps no older copy of a page); (busy, wal frames, frames copied)."""
+        with self._lock:
+            row = self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     def integrity_check(self) -> str:
         row = self._writer_conn.execute("PRAGMA integrity_check").fetchone()

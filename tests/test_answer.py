@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import answer, exchange, forms, gateway, notify
+from securemail import answer, exchange, forms, gateway, notify, requestview
 from securemail.errors import NotFoundError
 from securemail.openpgp import Envelope, SealInput, VerificationError
 from securemail.web import create_app
@@ -206,13 +206,14 @@ async def test_forwarding_refuses_a_signature_that_is_not_the_gps(loop: Loop) ->
     # Since one signature per message a new request keeps no detached signature ...
     assert bytes(row["json_signature"]) == b""
     # ... but one sealed before keeps the GP's: given such a signature over the JSON,
-    signature = legacy_json_signature(svc, row["signer_fingerprint"], bytes(row["document"]))
+    signed = svc.store.read_sync(lambda db: requestview.document_bytes(db, row))
+    signature = legacy_json_signature(svc, row["signer_fingerprint"], signed)
     fpr = gateway.gateway_fingerprint(svc.store)
     document = SealInput(
         reference=sent.reference,
         text="x",
         html="<p>x</p>",
-        json=bytes(row["document"]) + b" ",  # not what the GP signed
+        json=signed + b" ",  # not what the GP signed
         signer_public_key=await svc.keyring.export_public(row["signer_fingerprint"]),
     )
     envelope = Envelope(sender="gateway@gateway.example", recipient=TEAM, subject="x")
@@ -223,7 +224,7 @@ async def test_forwarding_refuses_a_signature_that_is_not_the_gps(loop: Loop) ->
         )  # fmt: skip
     # and over the JSON it signed, it travels, verified, as request.json.asc
     forwarded = await svc.keyring.seal(
-        SealInput(sent.reference, "x", "<p>x</p>", bytes(row["document"]),
+        SealInput(sent.reference, "x", "<p>x</p>", signed,
                   document.signer_public_key),
         signer=fpr, passphrase=None, recipients=loop.gw.member_fingerprints, envelope=envelope,
         json_signature=signature, json_signer=row["signer_fingerprint"],

@@ -64,7 +64,19 @@ def test_init_toml_documents_every_setting() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["init", "check", "demo", "request", "consent", "outbox", "keys", "org", "team", "user"],
+    [
+        "init",
+        "check",
+        "demo",
+        "request",
+        "consent",
+        "outbox",
+        "keys",
+        "org",
+        "team",
+        "user",
+        "region",
+    ],
 )
 def test_cli_help_works_for(command: str) -> None:
     out = subprocess.run(

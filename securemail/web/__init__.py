@@ -69,6 +69,23 @@ async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
     await task
 
 
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The daily retention purge (securemail.retention), next to the deadline watch."""
+    if not app[run_worker_key]:
+        yield
+        return
+    from securemail import retention
+
+    svc = app[services_key]
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        retention.run(svc.store, svc.settings, svc.now, stop), name="retention-purge"
+    )
+    yield
+    stop.set()
+    await task
+
+
 def outbox_hooks(svc: Services):
     from securemail.exchange import Hooks
 
@@ -93,6 +110,7 @@ def create_app(settings: Settings, *, services: Services | None = None,
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_deadlines_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
     from securemail.web import routes
 
     routes.setup(app)

@@ -78,7 +78,12 @@ async def ask_detail(request: web.Request) -> dict[str, Any]:
     ask = await svc.store.write(
         lambda db: asks.get_ask(db, actor, reference, source_id=svc.settings.gateway.source_id)
     )
-    return {"a": ask, "procedure_label": svc.definition.procedure_label, "labels": asks.LABELS}
+    return {
+        "a": ask,
+        "procedure_label": svc.definition.procedure_label,
+        "labels": asks.LABELS,
+        "content_days": svc.settings.retention.content_days,
+    }
 
 
 @requires("request.create")

@@ -33,6 +33,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Routes reachable without a session (SecureDrop's _insecure_views): by route name.
 OPEN_ROUTES = frozenset({"login", "login_post", "static", "health"})
+#: Routes open without a session only while a setting says so (route name -> the test): the
+#: region page, with [region] public_page. With a session they are gated as any other route.
+OPEN_IF_SETTING: dict[str, Callable[[Any], bool]] = {
+    name: (lambda s: bool(s.region.public_page))
+    for name in ("region", "region_json", "region_csv")
+}
 #: Routes reachable with a password-only session (second factor pending). They are the
 #: login itself, so they declare no policy action; every other route must (see requires()).
 SECOND_FACTOR_ROUTES = frozenset({"totp", "totp_post", "totp_enrol", "totp_enrol_post", "logout"})
@@ -245,6 +251,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         return sess, auth.actor_for(db, user, access_point(request))
 
     found = await svc.store.write(load) if sid else None
+    if found is None and name in OPEN_IF_SETTING and OPEN_IF_SETTING[name](svc.settings):
+        return await handler(request)
     if found is None:
         if wants_json(request):
             return web.json_response({"error": "auth.required"}, status=401)

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, directory, exchange, forms
+from securemail import answer, asks, directory, exchange, forms, regionmap, regionview
 from securemail.errors import SecuremailError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -52,14 +52,42 @@ def _ask_of(post: Any) -> str:
     return value if asks.REFERENCE_RE.fullmatch(value) else ""
 
 
+#: Form fields that steer the page, not the request: never parsed into the signed document.
+NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose")
+
+
 async def _form_context(request: web.Request, values: dict[str, str],
-                        errors: dict[str, list[str]], ask: str = "") -> dict[str, Any]:
+                        errors: dict[str, list[str]], ask: str = "", *,
+                        specialism: str = "", with_suggestions: bool = False) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
-    teams = await svc.store.read(lambda db: receiver_options(
-        db, actor.org_id or 0, svc.settings.gateway.passing_on_address))
+    passing_on = svc.settings.gateway.passing_on_address
+    pc4 = regionmap.pc4_of(values.get("patient.postcode", ""))
+    part = regionview.part_of_week(svc.now(), svc.settings.region,
+                                   svc.settings.deadlines.timezone)
+    specialism = specialism if specialism in regionmap.SERVICES else ""
+
+    def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
+        teams = receiver_options(db, actor.org_id or 0, passing_on)
+        if not with_suggestions:
+            return teams, None
+        # the same ordering as the receiver list: the practice's preferred providers first
+        preferred = [t.id for t in directory.preferred_teams(db, actor.org_id or 0)]
+        return teams, regionview.suggest(
+            regionmap.entries(db), preferred=preferred, passing_on=passing_on, pc4=pc4,
+            specialism=specialism, part=part, now=svc.now(),
+            stale_days=svc.settings.region.stale_days,
+            selectable=frozenset(t.address for t in teams))
+
+    teams, suggestions = await svc.store.read(load)
     definition = svc.definition
     return {
+        "suggestions": suggestions,
+        "specialism": specialism,
+        "pc4_known": pc4 is not None,
+        "part_now": part,
+        "region_parts": regionmap.PARTS,
+        "region_services": regionmap.SERVICES,
         "definition": definition,
         "values": values,
         "errors": errors,
@@ -98,7 +126,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     post = await request.post()
     ask = _ask_of(post)
-    data = forms.parse_form_post(svc.definition, post, ignore=("csrf_token", "ask"))
+    data = forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
     values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
@@ -115,6 +143,21 @@ async def preview(request: web.Request) -> web.StreamResponse:
         "error": None,
         "ask": ask,
     })
+
+
+@requires("request.create")
+async def suggest(request: web.Request) -> web.StreamResponse:
+    """The form again, with the regional map's suggestions for the patient's postcode area;
+    "Kies dit team" fills the receiver. The postcode travels in this POST body only."""
+    post = await request.post()
+    svc = request.app[services_key]
+    values = forms.flatten(forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST))
+    ctx = await _form_context(request, values, {}, _ask_of(post),
+                              specialism=str(post.get("specialism", "")), with_suggestions=True)
+    chosen = str(post.get("choose", ""))
+    if chosen and any(s.address == chosen and s.selectable for s in ctx["suggestions"] or []):
+        ctx["values"] = {**values, "receiver.team_address": chosen}
+    return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
 
 
 @requires("request.send")
@@ -175,7 +218,10 @@ async def detail_context(request: web.Request, *, answer_values: dict[str, str] 
                   and view["kind"] != "intrekking" and view["team_id"] in actor.team_ids)
     other_teams = (await svc.store.read(lambda db: answer.answer_teams(db, view))
                    if can_answer else [])
-    return {"r": view, "text": exchange.render_text(svc, view), "can_answer": can_answer,
+    can_answer = can_answer and not view["purged"]
+    text = "" if view["purged"] else exchange.render_text(svc, view)
+    return {"r": view, "text": text, "can_answer": can_answer,
+            "content_days": svc.settings.retention.content_days,
             "answer_spec": svc.definition.answer, "other_teams": other_teams,
             "answer_values": answer_values or {}, "answer_errors": answer_errors or {}}
 
@@ -184,6 +230,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/requests", list_page, name="requests")
     app.router.add_get("/requests/new", new_form, name="request_new")
     app.router.add_post("/requests/preview", preview, name="request_preview")
+    app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail,
                        name="request_detail")

@@ -26,7 +26,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", home, name="home")
     app.router.add_get("/health", health, name="health")
     for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
-                 "admin", "admin_keys", "directory", "api"):
+                 "admin", "admin_keys", "directory", "region", "api"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

@@ -21,8 +21,12 @@ log = logging.getLogger("securemail.server")
 
 
 def serve(settings: Settings, *, print_fn=print) -> None:
+    from securemail import contentbox
     from securemail.web import create_app
 
+    # Before listening: without the key that opens the stored content there is nothing to
+    # serve, and a new key would hide the loss (ContentKeyMissingError, one line, exit 1).
+    contentbox.load(settings)
     app = create_app(settings)
     print_fn(f"securemail listening on http://{settings.web.host}:{settings.web.port}")
     web.run_app(app, host=settings.web.host, port=settings.web.port, print=None,

@@ -133,6 +133,24 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         await login(http, base, gp)
         reference = await send_via_form(http, base, example(), gp["signing_passphrase"])
+        # The seeded region is on the map, and the map holds nothing of the patient just sent
+        pages = []
+        for path in ("/regio", "/regio.json", "/regio.csv"):
+            async with http.get(f"{base}{path}") as r:
+                assert r.status == 200, path
+                pages.append(await r.text())
+    for name in ("Wijkteam Centrum", "Wijkteam Oost", "Wijkteam West", "Nachtteam Stad"):
+        assert name in pages[0]
+    assert "doorbemiddeling@stadszorg.example" in pages[0] and "verouderd" in pages[0]
+    assert "nieuwe cliënten: nee" in pages[0]
+    for text in pages:
+        for marker in (
+            EXAMPLE["patient"]["bsn"],
+            EXAMPLE["patient"]["name"],
+            EXAMPLE["patient"]["postcode"],
+            EXAMPLE["patient"]["address"],
+        ):
+            assert marker not in text
     assert re.fullmatch(r"UVZ-\d{4}-\d{6}", reference)
     # And a practice system sends one with the CLI
     passfile = home / "demo" / "pp"
@@ -214,11 +232,18 @@ def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
         store = Store(home / "securemail.db")
         try:
             counts = store.read_sync(
-                lambda db: (db["users"].count, db["teams"].count, db["consents"].count)
+                lambda db: (
+                    db["users"].count,
+                    db["teams"].count,
+                    db["consents"].count,
+                    db["team_map"].count,
+                    db["contact_nurses"].count,
+                )
             )
         finally:
             store.close()
-        assert counts == (5, 2, 1)
+        # the region: three day teams, a night team and the passing-on desk, all on the map
+        assert counts == (5, 5, 1, 5, 4)
     finally:
         subprocess.run(
             ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"], check=False

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from datetime import datetime
 
-from securemail import answer, escalation, exchange, gateway, mime
+from securemail import answer, escalation, exchange, gateway, mime, requestview
 from securemail.errors import NotFoundError
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, env_for_cli, example
 from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, deliver_all, notices
@@ -123,7 +123,7 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     assert f"[GNUPG:] VALIDSIG {sealer}".encode() in opened.stderr
     parts = mime.parse_inner(opened.stdout)
     stored = svc.store.read_sync(
-        lambda db: bytes(exchange.require_row(db, sent.reference)["document"])
+        lambda db: requestview.document_bytes(db, exchange.require_row(db, sent.reference))
     )
     assert parts.json == stored
     assert "doorbemiddeld" in parts.text and "Geen capaciteit in de wijk" in parts.text
