@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
-ROLES = ("gp", "nurse", "privacy_officer", "admin")
+ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,10 @@ POLICY: dict[str, frozenset[str]] = {
     "region.view": frozenset(ROLES),
     "region.team_edit": frozenset({"nurse"}),
     "region.practice_edit": frozenset({"gp"}),
+    # Aggregate, suppressed figures without patient data (docs/adherence.md): the region's
+    # coordinators, and the gateway operator who also has them on the CLI. Nothing else is
+    # open to a coordinator: no request, ask, consent or audit action names the role.
+    "adherence.view": frozenset({"coordinator", "admin"}),
     # A person's own account: second factor, recovery codes, sessions ("logout everywhere").
     "account.self": frozenset(ROLES),
 }
@@ -114,6 +118,9 @@ def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
         return actor.role == "admin"
     if resource.kind == "account":
         return resource.ref == str(actor.user_id)
+    if resource.kind == "adherence":
+        # Region-wide figures: one gateway serves one region; no organisation owns them.
+        return True
     if actor.org_id is None:
         return False
     if actor.role == "nurse" and resource.kind in {"request", "ask"}:

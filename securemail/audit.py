@@ -54,6 +54,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "consent.check": ("E", "the consent register was consulted for a send"),
     "consent.view": ("R", "consent records were shown"),
     "consent.export": ("R", "consent records were exported"),
+    "adherence.view": ("R", "aggregate adherence figures (no patient data) were shown"),
+    "adherence.export": ("R", "aggregate adherence figures were exported (CSV, JSON)"),
     "audit.view": ("R", "the audit trail was read"),
     "audit.export": ("R", "the audit trail was exported"),
     "audit.verify": ("E", "the chain was verified"),
@@ -93,6 +95,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "notice.fail": ("E", "a status notice could not be delivered"),
     "notice.stop": ("U", "a status notice was stopped before it left"),
     "gateway.init": ("C", "the gateway home was initialised"),
+    "gateway.backup": ("R", "the whole home was copied into an encrypted backup (or refused)"),
+    "gateway.restore": ("C", "this home was restored from a backup"),
 }
 
 NATURES = ("regular", "emergency", "technical")

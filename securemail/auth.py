@@ -153,6 +153,8 @@ def add_user(
             raise InputError("a GP belongs to a GP practice", field="org")
         if role == "nurse" and org.kind != "nursing":
             raise InputError("a nurse belongs to a nursing organisation", field="org")
+        if role == "coordinator" and org.kind != "region":
+            raise InputError("a coordinator belongs to a region (--org REGIONCODE)", field="org")
         org_id = org.id
     if email:
         email = require_email(email, "email")

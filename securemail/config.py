@@ -178,6 +178,23 @@ class RegionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupSettings:
+    recipient: str = _s(
+        "",
+        "Fingerprint of the offline backup key `securemail backup` encrypts to; its public key "
+        "is in the gateway keyring or in public_key_file, its secret key never on the gateway "
+        "(docs/backup.md).",
+    )
+    public_key_file: str = _s(
+        "",
+        "File with the backup key's public key (armored); used instead of the gateway keyring.",
+    )
+    timeout_seconds: float = _s(
+        3600.0, "A backup or restore still running after this long is stopped and removed."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -189,6 +206,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     region: RegionSettings = field(default_factory=RegionSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     @property
     def db_path(self) -> Path:
@@ -331,6 +349,7 @@ def _validate(s: Settings) -> None:
         ("retention", "metadata_days"),
         ("retention", "purge_every_hours"),
         ("region", "stale_days"),
+        ("backup", "timeout_seconds"),
     ]
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:

@@ -69,6 +69,8 @@ REGION_ENTRIES: list[dict[str, Any]] = [
      "capacity": "ja", "services": [], "level5": False,
      "reach": ["kantoor", "avond", "nacht", "weekend"]},
 ]
+#: The region whose coordinator reads the adherence figures (/regio/afspraken).
+REGION = {"code": "99000001", "name": "Regio Zorg in de Wijk (demo)"}
 EXAMPLE = config.PROJECT_ROOT / "examples" / "uitvoeringsverzoek.json"
 
 
@@ -308,7 +310,18 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             "org": PRACTICE["code"],
         },
         {"username": "beheer", "name": "B. Heerder", "role": "admin", "org": None},
+        {
+            "username": "coordinator",
+            "name": "R. Coördinator",
+            "role": "coordinator",
+            "org": REGION["code"],
+        },
     ]
+    svc.store.write_sync(
+        lambda db: directory.add_org(
+            db, SYSTEM, code=REGION["code"], kind="region", name=REGION["name"], now=now
+        )
+    )
     for spec in specs:
         password = _password()
         user = svc.store.write_sync(

@@ -19,7 +19,7 @@ from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.openpgp import Fingerprint
 from securemail.store import migrations
 
-ORG_KINDS = ("practice", "nursing", "operator")
+ORG_KINDS = ("practice", "nursing", "operator", "region")  # region: its coordinators
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 FPR_RE = re.compile(r"^[0-9A-F]{40}$")
 

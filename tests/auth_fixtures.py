@@ -43,14 +43,17 @@ PEOPLE = {
     "privacy_a": ("privacy_officer", "01000001", []),
     "privacy_b": ("privacy_officer", "01000002", []),
     "admin": ("admin", None, []),
+    "coord_r": ("coordinator", "99000001", []),
 }
 
 
 def populate(db: sqlite_utils.Database, now: str = T0.isoformat()) -> None:
-    """Two practices, one nursing organisation with two teams, one person per PEOPLE entry."""
+    """Two practices, one nursing organisation with two teams, a region (its coordinator),
+    one person per PEOPLE entry."""
     directory.add_org(db, SYSTEM, code="01000001", kind="practice", name="Praktijk A", now=now)
     directory.add_org(db, SYSTEM, code="01000002", kind="practice", name="Praktijk B", now=now)
     directory.add_org(db, SYSTEM, code="87000001", kind="nursing", name="Zorg", now=now)
+    directory.add_org(db, SYSTEM, code="99000001", kind="region", name="Regio", now=now)
     directory.add_team(db, SYSTEM, org_code="87000001", name="Centrum",
                        address="centrum@zorg.example", now=now)
     directory.add_team(db, SYSTEM, org_code="87000001", name="Oost",

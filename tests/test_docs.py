@@ -76,6 +76,9 @@ def test_init_toml_documents_every_setting() -> None:
         "team",
         "user",
         "region",
+        "adherence",
+        "backup",
+        "restore",
     ],
 )
 def test_cli_help_works_for(command: str) -> None:

@@ -919,14 +919,18 @@ def test_sigkill_mid_batch_next_worker_delivers_every_message(
     # When a worker process is killed with SIGKILL mid-batch
     first = _spawn(home)
     _wait(lambda: len(smtp_server.handler.accepted_ids()) >= 30)
+    # slow the relay so the kill lands while a message is in flight, however loaded the machine
+    smtp_server.handler.delay = 0.5
+    _wait(lambda: any(r["status"] == "sending" for r in all_rows(store)))
     first.send_signal(signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     in_flight = [r for r in all_rows(store) if r["status"] == "sending"]
     assert in_flight, "the kill should have left claimed rows behind"
     # and a new worker starts
+    smtp_server.handler.delay = 0.02
     second = _spawn(home)
     try:
-        _wait(lambda: all(r["status"] == "sent" for r in all_rows(store)))
+        _wait(lambda: all(r["status"] == "sent" for r in all_rows(store)), timeout=120)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(10) == 0

@@ -19,7 +19,8 @@ from tests.auth_fixtures import PASSWORD
 from tests.e2e.conftest import EXAMPLE
 from tests.web_fixtures import Browser, WebApp, another_web
 
-ROLE_OF = {"gp": "gp_a", "nurse": "nurse_c", "privacy_officer": "privacy_a", "admin": "admin"}
+ROLE_OF = {"gp": "gp_a", "nurse": "nurse_c", "privacy_officer": "privacy_a", "admin": "admin",
+           "coordinator": "coord_r"}
 #: A sample value for each route parameter (no patient data is ever a parameter).
 SAMPLE_PARAMS = {"reference": "UVZ-2025-000001", "token_id": "999999", "user_id": "999999",
                  "team_id": "999999"}

@@ -8,7 +8,7 @@ from securemail.web.keys import ACTOR
 from securemail.web.middleware import requires
 
 HOME_BY_ROLE = {"gp": "/requests", "nurse": "/requests", "privacy_officer": "/privacy",
-                "admin": "/admin"}
+                "admin": "/admin", "coordinator": "/regio/afspraken"}
 
 
 @requires("account.self")
@@ -26,7 +26,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", home, name="home")
     app.router.add_get("/health", health, name="health")
     for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
-                 "admin", "admin_keys", "directory", "region", "api"):
+                 "admin", "admin_keys", "directory", "region", "api", "adherence"):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

@@ -224,7 +224,8 @@ def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
             )
             assert proc.returncode == 0, proc.stderr
         creds = json.loads((home / "demo" / "credentials.json").read_text(encoding="utf-8"))
-        assert {u["role"] for u in creds["users"]} == {"gp", "nurse", "privacy_officer", "admin"}
+        assert {u["role"] for u in creds["users"]} == {
+            "gp", "nurse", "privacy_officer", "admin", "coordinator"}  # fmt: skip
         assert "PRIVATE KEY" in (home / "demo" / "team-secret.asc").read_text(encoding="utf-8")
         assert oct(os.stat(home / "demo" / "credentials.json").st_mode & 0o777) == "0o600"
         from securemail.store import Store
@@ -243,7 +244,7 @@ def test_demo_setup_twice_duplicates_nothing(tmp_path: Path) -> None:
         finally:
             store.close()
         # the region: three day teams, a night team and the passing-on desk, all on the map
-        assert counts == (5, 5, 1, 5, 4)
+        assert counts == (6, 5, 1, 5, 4)
     finally:
         subprocess.run(
             ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "gpg-agent"], check=False
