@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 HOME_DIR ?= var
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint fmt bench bench-quick system-deps browser-deps clean
+.PHONY: demo test lint fmt bench bench-quick system-deps browser-deps deploy-deps clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -27,10 +27,18 @@ browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
+# Debian's nginx for tests/e2e/test_nginx.py (deploy/nginx/securemail.conf in front of the
+# gateway, run unprivileged on a free port). The package would also start a system nginx on
+# port 80: on a machine that runs systemd it is stopped and disabled again at once.
+deploy-deps:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { echo "installing nginx"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx; \
+	  [ -d /run/systemd/system ] && $(SUDO) systemctl disable --now nginx || true; }
+
 demo: $(STAMP)
 	$(VENV)/bin/securemail demo --home $(HOME_DIR)
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps deploy-deps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)

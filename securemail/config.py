@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from securemail.errors import ConfigError
+from securemail.forwarded import parse_trusted
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "securemail.toml"
@@ -63,7 +64,15 @@ class WebSettings:
     host: str = _s("127.0.0.1", "Address the web app listens on.")
     port: int = _s(8080, "Port the web app listens on.")
     secure_cookies: bool = _s(
-        False, "Set the Secure flag on cookies; turn on whenever served over TLS."
+        False,
+        "Always set the Secure flag on cookies; without it they get it whenever the request"
+        " came over HTTPS (directly, or per X-Forwarded-Proto from a trusted proxy).",
+    )
+    trusted_proxies: str = _s(
+        "",
+        "Reverse proxies (comma-separated addresses or networks, e.g. 127.0.0.1) whose"
+        " X-Forwarded-For/-Proto are believed; empty trusts no forwarded header. The audit"
+        " trail's source address is the rightmost hop that is not a listed proxy.",
     )
     session_idle_minutes: int = _s(15, "A session ends after this many idle minutes.")
     session_max_hours: int = _s(8, "A session ends this many hours after login, active or not.")
@@ -382,6 +391,7 @@ def _validate(s: Settings) -> None:
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be positive", setting=f"[{section}] {key}")
+    parse_trusted(s.web.trusted_proxies)  # raises ConfigError naming the bad entry
     if s.retention.metadata_days < s.retention.content_days:
         raise ConfigError(
             "[retention] metadata_days must be at least content_days",

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from securemail import delivery
+from securemail import delivery, forwarded
 from securemail.config import Settings
 from securemail.services import Services, open_services
 from securemail.web import middleware
@@ -94,7 +94,8 @@ def outbox_hooks(svc: Services):
 
 def create_app(settings: Settings, *, services: Services | None = None,
                run_worker: bool = True) -> web.Application:
-    app = web.Application(middlewares=middleware.stack(), client_max_size=2 * 1024**2)
+    trusted = forwarded.parse_trusted(settings.web.trusted_proxies)
+    app = web.Application(middlewares=middleware.stack(trusted), client_max_size=2 * 1024**2)
     app[settings_key] = settings
     if services is not None:
         app[services_key] = services

@@ -74,11 +74,17 @@ def lockout_policy(request: web.Request) -> totp.Lockout:
     return totp.Lockout(max_failures=s.login_max_failures, minutes=s.lockout_minutes)
 
 
+def cookie_secure(request: web.Request) -> bool:
+    """Secure flag on our cookies: always when [web] secure_cookies says so, and whenever the
+    request came over HTTPS (request.scheme honours X-Forwarded-Proto only from a trusted
+    proxy, see securemail.forwarded), so a TLS-terminating proxy needs no extra setting."""
+    return request.app[services_key].settings.web.secure_cookies or request.secure
+
+
 def set_session_cookie(request: web.Request, response: web.StreamResponse, sid: str) -> None:
-    settings = request.app[services_key].settings
     response.set_cookie(
         session.COOKIE, sid, httponly=True, samesite="Strict",
-        secure=settings.web.secure_cookies, path="/",
+        secure=cookie_secure(request), path="/",
     )
 
 
@@ -97,7 +103,7 @@ def render_login(request: web.Request, *, error: str | None = None, username: st
         status=status,
     )
     response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
-                        secure=request.app[services_key].settings.web.secure_cookies)
+                        secure=cookie_secure(request))
     return response
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import access, audit, auth, session
+from securemail import access, audit, auth, forwarded, session
 from securemail.access import Actor, HiddenDeniedError
 from securemail.errors import AccessDeniedError, NotFoundError, SecuremailError
 from securemail.web.keys import ACTOR, SESSION, services_key
@@ -91,7 +91,29 @@ def wants_json(request: web.Request) -> bool:
 
 
 def access_point(request: web.Request) -> str:
+    """The audit trail's "from where": the client's address, as the forwarded middleware
+    resolved it (the TCP peer unless that is a trusted proxy)."""
     return request.remote or "unknown"
+
+
+def forwarded_mw(trusted: tuple[forwarded.Network, ...]) -> Any:
+    """The first middleware: every later one sees the client's address and scheme, read from
+    X-Forwarded-For/-Proto only when the TCP peer is a trusted proxy (securemail.forwarded)."""
+
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not trusted:
+            return await handler(request)
+        # First in the stack: remote and scheme are still the transport's own.
+        origin = forwarded.resolve(
+            request.remote, request.scheme, request.headers.get("X-Forwarded-For"),
+            request.headers.get("X-Forwarded-Proto"), trusted,
+        )
+        if origin.address != request.remote or origin.scheme != request.scheme:
+            request = request.clone(remote=origin.address, scheme=origin.scheme)
+        return await handler(request)
+
+    return mw
 
 
 async def audit_refusal(request: web.Request, exc: SecuremailError, status: int) -> None:
@@ -268,10 +290,10 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def stack() -> list[Any]:
+def stack(trusted_proxies: tuple[forwarded.Network, ...] = ()) -> list[Any]:
     from securemail.web.monitoring import request_id_mw
 
-    return [request_id_mw, headers_mw, errors_mw, auth_mw]
+    return [request_id_mw, forwarded_mw(trusted_proxies), headers_mw, errors_mw, auth_mw]
 
 
 async def template_context(request: web.Request) -> dict[str, Any]:
