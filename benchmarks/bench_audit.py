@@ -68,35 +68,67 @@ class World:
         self.rng = rng
         self.practices = [f"{10_000_000 + i:08d}" for i in range(200)]
         self.nursing = [f"{20_000_000 + i:08d}" for i in range(50)]
-        self.teams = [(f"team{t}@org{o}.example", self.nursing[o])
-                      for o in range(50) for t in range(4)]
-        self.gps = [Actor(user_id=1 + i, username=f"gp{i}", name=f"GP {i}", role="gp",
-                          org_id=1 + i // 10, org_code=self.practices[i // 10],
-                          access_point=f"10.0.{i // 250}.{i % 250}") for i in range(2_000)]
-        self.nurses = [Actor(user_id=3_000 + i, username=f"nurse{i}", name=f"Nurse {i}",
-                             role="nurse", org_id=201 + i // 40,
-                             org_code=self.nursing[i // 40],
-                             access_point=f"10.1.{i // 250}.{i % 250}") for i in range(2_000)]
+        self.teams = [
+            (f"team{t}@org{o}.example", self.nursing[o]) for o in range(50) for t in range(4)
+        ]
+        self.gps = [
+            Actor(
+                user_id=1 + i,
+                username=f"gp{i}",
+                name=f"GP {i}",
+                role="gp",
+                org_id=1 + i // 10,
+                org_code=self.practices[i // 10],
+                access_point=f"10.0.{i // 250}.{i % 250}",
+            )
+            for i in range(2_000)
+        ]
+        self.nurses = [
+            Actor(
+                user_id=3_000 + i,
+                username=f"nurse{i}",
+                name=f"Nurse {i}",
+                role="nurse",
+                org_id=201 + i // 40,
+                org_code=self.nursing[i // 40],
+                access_point=f"10.1.{i // 250}.{i % 250}",
+            )
+            for i in range(2_000)
+        ]
         self.patients = [_bsn(i) for i in range(patients)]
         # Each patient has a GP practice; patient -> practice index
         self.home_practice = [rng.randrange(200) for _ in range(patients)]
 
     def directory(self, db: Any) -> None:
         for i, code in enumerate(self.practices):
-            db.execute("INSERT INTO organisations (id, code, kind, name, created_at) "
-                       "VALUES (?, ?, 'practice', ?, '2024-01-01')", [1 + i, code, f"Praktijk {i}"])
+            db.execute(
+                "INSERT INTO organisations (id, code, kind, name, created_at) "
+                "VALUES (?, ?, 'practice', ?, '2024-01-01')",
+                [1 + i, code, f"Praktijk {i}"],
+            )
         for i, code in enumerate(self.nursing):
-            db.execute("INSERT INTO organisations (id, code, kind, name, created_at) "
-                       "VALUES (?, ?, 'nursing', ?, '2024-01-01')", [201 + i, code, f"Zorg {i}"])
+            db.execute(
+                "INSERT INTO organisations (id, code, kind, name, created_at) "
+                "VALUES (?, ?, 'nursing', ?, '2024-01-01')",
+                [201 + i, code, f"Zorg {i}"],
+            )
         for i, (address, code) in enumerate(self.teams):
-            db.execute("INSERT INTO teams (id, org_id, name, address, created_at) VALUES "
-                       "(?, ?, ?, ?, '2024-01-01')", [1 + i, 201 + self.nursing.index(code),
-                                                      f"Team {i}", address])
+            db.execute(
+                "INSERT INTO teams (id, org_id, name, address, created_at) VALUES "
+                "(?, ?, ?, ?, '2024-01-01')",
+                [1 + i, 201 + self.nursing.index(code), f"Team {i}", address],
+            )
 
     def officer(self, practice: int) -> Actor:
-        return Actor(user_id=9_000 + practice, username=f"po{practice}", name=f"PO {practice}",
-                     role="privacy_officer", org_id=1 + practice,
-                     org_code=self.practices[practice], access_point="bench")
+        return Actor(
+            user_id=9_000 + practice,
+            username=f"po{practice}",
+            name=f"PO {practice}",
+            role="privacy_officer",
+            org_id=1 + practice,
+            org_code=self.practices[practice],
+            access_point="bench",
+        )
 
 
 def _iso(moment: datetime) -> str:
@@ -113,28 +145,47 @@ def request_events(w: World, n: int, when: datetime) -> list[AuditEvent]:
     nurse = w.nurses[w.nursing.index(team_org) * 40 + rng.randrange(40)]
     ref = f"UVZ-{when.year}-{n % 1_000_000:06d}"
     t = _iso(when)
-    common = dict(patient_id=bsn, object_type="request", object_id=ref,
-                  data_categories="execution_request", sender_org=gp.org_code,
-                  recipient_org=team, occurred_at=t)
-    out = [AuditEvent.of(gp, "consent.check", consent_id=f"c-{p}",
-                         check_consent="permit", **common)]
+    common = dict(
+        patient_id=bsn,
+        object_type="request",
+        object_id=ref,
+        data_categories="execution_request",
+        sender_org=gp.org_code,
+        recipient_org=team,
+        occurred_at=t,
+    )
+    out = [
+        AuditEvent.of(gp, "consent.check", consent_id=f"c-{p}", check_consent="permit", **common)
+    ]
     if rng.random() < 0.01:
-        out.append(AuditEvent.of(gp, "request.send", outcome="refused",
-                                 outcome_detail="consent.missing", **common))
+        out.append(
+            AuditEvent.of(
+                gp, "request.send", outcome="refused", outcome_detail="consent.missing", **common
+            )
+        )
         return out
     emergency = rng.random() < 0.002
-    extra = dict(nature="emergency", purpose="ETREAT", emergency_reason="acuut") if emergency \
-        else {}
-    out += [AuditEvent.of(gp, "request.create", consent_id=f"c-{p}", **common, **extra),
-            AuditEvent.of(gp, "request.sign", **common),
-            AuditEvent.of(gp, "request.send", consent_id=f"c-{p}", **common)]
+    extra = (
+        dict(nature="emergency", purpose="ETREAT", emergency_reason="acuut") if emergency else {}
+    )
+    out += [
+        AuditEvent.of(gp, "request.create", consent_id=f"c-{p}", **common, **extra),
+        AuditEvent.of(gp, "request.sign", **common),
+        AuditEvent.of(gp, "request.send", consent_id=f"c-{p}", **common),
+    ]
     system = replace(nurse, user_id=None, username="system", role="system", org_code="")
     if rng.random() < 0.02:
-        out.append(AuditEvent.of(system, "request.retry", outcome="error",
-                                 outcome_detail="smtp.temporary", **common))
+        out.append(
+            AuditEvent.of(
+                system, "request.retry", outcome="error", outcome_detail="smtp.temporary", **common
+            )
+        )
     if rng.random() < 0.003:
-        out.append(AuditEvent.of(system, "request.fail", outcome="error",
-                                 outcome_detail="smtp.rejected", **common))
+        out.append(
+            AuditEvent.of(
+                system, "request.fail", outcome="error", outcome_detail="smtp.rejected", **common
+            )
+        )
         return out
     out.append(AuditEvent.of(system, "request.deliver", **common))
     for _ in range(1 + rng.randrange(3)):
@@ -143,8 +194,9 @@ def request_events(w: World, n: int, when: datetime) -> list[AuditEvent]:
     return out
 
 
-def fill(store: Store, w: World, rows: int, hook: audit_integrity.Checkpointer
-         ) -> tuple[int, float]:
+def fill(
+    store: Store, w: World, rows: int, hook: audit_integrity.Checkpointer
+) -> tuple[int, float]:
     """Append about `rows` events in transactions of BATCH; (rows written, seconds)."""
     written, n = 0, 0
     started = time.perf_counter()
@@ -203,23 +255,35 @@ def patient_latency(store: Store, w: World) -> dict[str, Any]:
         def query(db: Any, officer: Actor = officer, bsn: str = bsn) -> int:
             scope = audit_report.scope_for(db, officer)
             where, params = scope.where()
-            return len(db.execute(
-                "SELECT e.* FROM audit_events e INDEXED BY audit_patient WHERE "  # noqa: S608
-                f"e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ? AND {where}",
-                [bsn, start, end, *params]).fetchall())
+            return len(
+                db.execute(
+                    "SELECT e.* FROM audit_events e INDEXED BY audit_patient WHERE "  # noqa: S608
+                    f"e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ? AND {where}",
+                    [bsn, start, end, *params],
+                ).fetchall()
+            )
 
         t0 = time.perf_counter()
         store.read_sync(query)
         query_ms.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        report = store.write_sync(lambda db, officer=officer, bsn=bsn: (
-            audit_report.disclosure_report(db, officer, bsn, start, end, source_id="bench")))
+        report = store.write_sync(
+            lambda db, officer=officer, bsn=bsn: audit_report.disclosure_report(
+                db, officer, bsn, start, end, source_id="bench"
+            )
+        )
         audited_ms.append((time.perf_counter() - t0) * 1000)
         counts.append(len(report.rows))
-    plan = store.read_sync(lambda db: [r[3] for r in db.execute(
-        "EXPLAIN QUERY PLAN SELECT e.seq FROM audit_events e INDEXED BY audit_patient "
-        "WHERE e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ?",
-        ["x", start, end])])
+    plan = store.read_sync(
+        lambda db: [
+            r[3]
+            for r in db.execute(
+                "EXPLAIN QUERY PLAN SELECT e.seq FROM audit_events e INDEXED BY audit_patient "
+                "WHERE e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ?",
+                ["x", start, end],
+            )
+        ]
+    )
     return {
         "samples": SAMPLES,
         "rows_per_report_mean": round(statistics.mean(counts), 1),
@@ -251,8 +315,11 @@ def run(quick: bool = False, rows: int | None = None, keep: str | None = None) -
         single = single_commits(store, w, 500)
         keys = {audit_integrity.key_id(hook.key.public_key()): hook.key.public_key()}
         report = store.read_sync(lambda db: audit_integrity.verify(db, keys))
-        one = store.read_sync(lambda db: audit_integrity.verify(db, keys, workers=1)) \
-            if quick or rows <= 2_000_000 else None
+        one = (
+            store.read_sync(lambda db: audit_integrity.verify(db, keys, workers=1))
+            if quick or rows <= 2_000_000
+            else None
+        )
         latency = patient_latency(store, w)
         size = sum(f.stat().st_size for f in workdir.glob("securemail.db*"))
     finally:
@@ -272,8 +339,11 @@ def run(quick: bool = False, rows: int | None = None, keep: str | None = None) -
         "verify_one_process_rows_per_s": round(one.rows_per_second) if one else None,
         "patient_report": latency,
         "db_bytes": size,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "when": _iso(datetime.now(UTC)),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,9 @@ def require(actor: Actor, action: str, resource: Resource, *, hide: bool = False
     if hide:
         raise HiddenDeniedError(resource.kind, action=action, ref=resource.ref)
     raise AccessDeniedError(
-        f"{actor.role} {actor.username} may not {action}", action=action, role=actor.role,
-        object_type=resource.kind, object_id=resource.ref or None,
+        f"{actor.role} {actor.username} may not {action}",
+        action=action,
+        role=actor.role,
+        object_type=resource.kind,
+        object_id=resource.ref or None,
     )

@@ -92,9 +92,18 @@ def _hash(token: str) -> str:
 
 
 def _token(row: dict[str, Any]) -> ApiToken:
-    return ApiToken(row["id"], row["user_id"], row["org_id"], row["name"], row["prefix"],
-                    tuple(row["scopes"].split()), row["created_at"], row["expires_at"],
-                    row["last_used_at"], row["revoked_at"])
+    return ApiToken(
+        row["id"],
+        row["user_id"],
+        row["org_id"],
+        row["name"],
+        row["prefix"],
+        tuple(row["scopes"].split()),
+        row["created_at"],
+        row["expires_at"],
+        row["last_used_at"],
+        row["revoked_at"],
+    )
 
 
 def parse_scopes(scopes: list[str] | str) -> tuple[str, ...]:
@@ -107,9 +116,16 @@ def parse_scopes(scopes: list[str] | str) -> tuple[str, ...]:
     return tuple(wanted)
 
 
-def create(db: sqlite_utils.Database, actor: Actor, *, name: str, scopes: list[str] | str,
-           now: datetime, days: int = DEFAULT_DAYS, source_id: str = "gateway-1"
-           ) -> tuple[str, ApiToken]:
+def create(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    *,
+    name: str,
+    scopes: list[str] | str,
+    now: datetime,
+    days: int = DEFAULT_DAYS,
+    source_id: str = "gateway-1",
+) -> tuple[str, ApiToken]:
     """A new token acting as actor (a GP) for their practice: (the token, shown once; its row)."""
     require(actor, "token.manage", Resource("token", org_id=actor.org_id))
     name = name.strip()
@@ -132,9 +148,18 @@ def create(db: sqlite_utils.Database, actor: Actor, *, name: str, scopes: list[s
         "revoked_at": "",
     }
     tid = db["api_tokens"].insert(row).last_pk
-    audit.record(db, audit.AuditEvent.of(
-        actor, "auth.token", object_type="api_token", object_id=str(tid), nature="technical",
-        outcome_detail=f"created {row['prefix']}… scopes={row['scopes']}"), source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.token",
+            object_type="api_token",
+            object_id=str(tid),
+            nature="technical",
+            outcome_detail=f"created {row['prefix']}… scopes={row['scopes']}",
+        ),
+        source_id=source_id,
+    )
     return token, token_by_id(db, int(tid))
 
 
@@ -148,12 +173,20 @@ def token_by_id(db: sqlite_utils.Database, token_id: int) -> ApiToken:
 def list_tokens(db: sqlite_utils.Database, actor: Actor) -> list[ApiToken]:
     """The practice's tokens (active and revoked), newest first."""
     require(actor, "token.manage", Resource("token", org_id=actor.org_id))
-    return [_token(r) for r in db["api_tokens"].rows_where(
-        "org_id = ?", [actor.org_id], order_by="id DESC")]
+    return [
+        _token(r)
+        for r in db["api_tokens"].rows_where("org_id = ?", [actor.org_id], order_by="id DESC")
+    ]
 
 
-def revoke(db: sqlite_utils.Database, actor: Actor, token_id: int, *, now: datetime,
-           source_id: str = "gateway-1") -> ApiToken:
+def revoke(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    token_id: int,
+    *,
+    now: datetime,
+    source_id: str = "gateway-1",
+) -> ApiToken:
     """Revoke a token of actor's practice; another practice's token looks like 'not found'."""
     rows = list(db["api_tokens"].rows_where("id = ?", [token_id]))
     org = rows[0]["org_id"] if rows else None
@@ -162,10 +195,18 @@ def revoke(db: sqlite_utils.Database, actor: Actor, token_id: int, *, now: datet
         raise NotFoundError("api token not found", token=str(token_id))
     if not rows[0]["revoked_at"]:
         db["api_tokens"].update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
-        audit.record(db, audit.AuditEvent.of(
-            actor, "auth.token", object_type="api_token", object_id=str(token_id),
-            nature="technical", outcome_detail=f"revoked {rows[0]['prefix']}…"),
-            source_id=source_id)
+        audit.record(
+            db,
+            audit.AuditEvent.of(
+                actor,
+                "auth.token",
+                object_type="api_token",
+                object_id=str(token_id),
+                nature="technical",
+                outcome_detail=f"revoked {rows[0]['prefix']}…",
+            ),
+            source_id=source_id,
+        )
     return token_by_id(db, token_id)
 
 

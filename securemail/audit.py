@@ -109,8 +109,13 @@ def new_event_id() -> str:
     its end instead of taking a random insert per row (that matters at tens of millions)."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
-    value = ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
-        | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    value = (
+        ((ms & 0xFFFF_FFFF_FFFF) << 80)
+        | (0x7 << 76)
+        | (((rand >> 62) & 0xFFF) << 64)
+        | (0b10 << 62)
+        | (rand & ((1 << 62) - 1))
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -371,7 +376,8 @@ def scan(
         if seq != expected_seq:
             raise ChainBrokenError(
                 f"sequence gap: expected row {expected_seq}, found {seq} (row deleted?)",
-                seq=expected_seq, why="missing",
+                seq=expected_seq,
+                why="missing",
             )
         if expected_prev is None:
             expected_prev = first_prev = prev
@@ -379,7 +385,8 @@ def scan(
             raise ChainBrokenError(
                 f"row {seq} does not follow row {seq - 1}: prev_hash {str(prev)[:16]}… "
                 f"expected {expected_prev[:16]}… (inserted, deleted or reordered)",
-                seq=seq, why="link",
+                seq=seq,
+                why="link",
             )
         try:
             h = base.copy()
@@ -392,13 +399,15 @@ def scan(
             raise ChainBrokenError(
                 f"row {seq} was altered: stored hash {str(stored)[:16]}…, "
                 f"computed {computed[:16] or 'none'}…",
-                seq=seq, why="edited",
+                seq=seq,
+                why="edited",
             )
         if seq in cps and cps[seq] != stored:
             raise ChainBrokenError(
                 f"row {seq} is not the head a checkpoint signed there: signed {cps[seq][:16]}…, "
                 f"found {str(stored)[:16]}… (the chain up to row {seq} was rewritten)",
-                seq=seq, why="checkpoint",
+                seq=seq,
+                why="checkpoint",
             )
         expected_prev = stored
         expected_seq = seq + 1
@@ -406,7 +415,8 @@ def scan(
     if expected_seq <= hi:
         raise ChainBrokenError(
             f"sequence gap: expected row {expected_seq} (row deleted?)",
-            seq=expected_seq, why="missing",
+            seq=expected_seq,
+            why="missing",
         )
     return ChainReport(n, lo, hi, expected_prev or first_prev, first_prev)
 
@@ -428,6 +438,7 @@ def verify_chain(
     if lowest < first:
         raise ChainBrokenError(
             f"row {lowest} lies at or before the purge anchor (row {first - 1})",
-            seq=lowest, why="anchor",
+            seq=lowest,
+            why="anchor",
         )
     return scan(db.conn, first, last, start_prev=start_hash, checkpoints=checkpoints)

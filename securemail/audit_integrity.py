@@ -186,13 +186,19 @@ class Checkpoint:
 
     def message(self) -> bytes:
         """The signed bytes: domain tag + sorted compact JSON of what the signature vouches for."""
-        body = {"seq": self.seq, "head_hash": self.head_hash, "signed_at": self.signed_at,
-                "kind": self.kind, "key_id": self.key_id}
+        body = {
+            "seq": self.seq,
+            "head_hash": self.head_hash,
+            "signed_at": self.signed_at,
+            "kind": self.kind,
+            "key_id": self.key_id,
+        }
         return CHECKPOINT_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign_head(db: sqlite_utils.Database, key: Ed25519PrivateKey, seq: int, head_hash: str,
-          kind: str) -> Checkpoint:
+def sign_head(
+    db: sqlite_utils.Database, key: Ed25519PrivateKey, seq: int, head_hash: str, kind: str
+) -> Checkpoint:
     kid = register_key(db, key)
     unsigned = Checkpoint(0, seq, head_hash, audit.now_ms(), kind, kid, "")
     signature = key.sign(unsigned.message()).hex()
@@ -201,12 +207,14 @@ def sign_head(db: sqlite_utils.Database, key: Ed25519PrivateKey, seq: int, head_
         "VALUES (?, ?, ?, ?, ?, ?)",
         [seq, head_hash, unsigned.signed_at, kind, kid, signature],
     )
-    return Checkpoint(int(cur.lastrowid or 0), seq, head_hash, unsigned.signed_at, kind, kid,
-                      signature)
+    return Checkpoint(
+        int(cur.lastrowid or 0), seq, head_hash, unsigned.signed_at, kind, kid, signature
+    )
 
 
-def checkpoint(db: sqlite_utils.Database, key: Ed25519PrivateKey, *,
-               kind: str = "manual") -> Checkpoint | None:
+def checkpoint(
+    db: sqlite_utils.Database, key: Ed25519PrivateKey, *, kind: str = "manual"
+) -> Checkpoint | None:
     """Sign the current head inside the caller's transaction; None for an empty trail."""
     seq, head_hash = audit.head(db)
     if seq == 0:
@@ -222,8 +230,9 @@ def last_checkpoint(db: sqlite_utils.Database) -> Checkpoint | None:
     return Checkpoint(*row) if row else None
 
 
-def maybe_checkpoint(db: sqlite_utils.Database, key: Ed25519PrivateKey, every: int
-                     ) -> Checkpoint | None:
+def maybe_checkpoint(
+    db: sqlite_utils.Database, key: Ed25519PrivateKey, every: int
+) -> Checkpoint | None:
     """Sign the head when `every` rows or more were added since the last checkpoint (cheap)."""
     row = db.conn.execute("SELECT max(seq) FROM audit_events").fetchone()
     head_seq = int(row[0] or 0)
@@ -277,14 +286,20 @@ class VerifyReport:
         return max(0, self.last_seq - max(signed, self.anchor_seq))
 
     def summary(self) -> str:
-        return (f"verified {self.rows} rows and {self.checkpoints} checkpoints in "
-                f"{self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s)")
+        return (
+            f"verified {self.rows} rows and {self.checkpoints} checkpoints in "
+            f"{self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s)"
+        )
 
 
 def _checkpoints(db: sqlite_utils.Database) -> list[Checkpoint]:
-    return [Checkpoint(*r) for r in db.conn.execute(
-        "SELECT id, seq, head_hash, signed_at, kind, key_id, signature FROM audit_checkpoints "
-        "ORDER BY id")]
+    return [
+        Checkpoint(*r)
+        for r in db.conn.execute(
+            "SELECT id, seq, head_hash, signed_at, kind, key_id, signature FROM audit_checkpoints "
+            "ORDER BY id"
+        )
+    ]
 
 
 def _check_signatures(cps: list[Checkpoint], keys: Mapping[str, Ed25519PublicKey]) -> None:
@@ -294,17 +309,25 @@ def _check_signatures(cps: list[Checkpoint], keys: Mapping[str, Ed25519PublicKey
         if public is None:
             raise ChainBrokenError(
                 f"checkpoint {cp.id} (row {cp.seq}) is signed by key {cp.key_id}, "
-                "which is not a trusted audit key", seq=cp.seq, why="unknown key")
+                "which is not a trusted audit key",
+                seq=cp.seq,
+                why="unknown key",
+            )
         try:
             public.verify(bytes.fromhex(cp.signature), cp.message())
         except (InvalidSignature, ValueError):
             raise ChainBrokenError(
                 f"checkpoint {cp.id} (row {cp.seq}) has a bad signature (forged or altered)",
-                seq=cp.seq, why="signature") from None
+                seq=cp.seq,
+                why="signature",
+            ) from None
         if cp.seq < previous and cp.kind != "purge":
             raise ChainBrokenError(
                 f"checkpoint {cp.id} signs row {cp.seq}, before an earlier checkpoint's row "
-                f"{previous} (checkpoints reordered)", seq=cp.seq, why="checkpoint order")
+                f"{previous} (checkpoints reordered)",
+                seq=cp.seq,
+                why="checkpoint order",
+            )
         previous = max(previous, cp.seq)
 
 
@@ -314,14 +337,21 @@ def _check_anchor(db: sqlite_utils.Database, cps: list[Checkpoint], seq: int, he
     if not any(c.kind == "purge" and c.seq == seq and c.head_hash == head for c in cps):
         raise ChainBrokenError(
             f"the purge anchor at row {seq} has no signed purge checkpoint (rows removed "
-            "outside a purge?)", seq=seq + 1, why="anchor")
+            "outside a purge?)",
+            seq=seq + 1,
+            why="anchor",
+        )
     found = db.conn.execute(
         "SELECT 1 FROM audit_events WHERE object_type = 'audit' AND object_id = ? "
-        "AND event_code = 'audit.purge' LIMIT 1", [str(seq)]).fetchone()
+        "AND event_code = 'audit.purge' LIMIT 1",
+        [str(seq)],
+    ).fetchone()
     if not found:
         raise ChainBrokenError(
             f"the purge up to row {seq} has no audit.purge event in the trail",
-            seq=seq + 1, why="anchor")
+            seq=seq + 1,
+            why="anchor",
+        )
 
 
 def _chunk(path: str, lo: int, hi: int, cps: Mapping[int, str]) -> list[object]:
@@ -351,18 +381,24 @@ def chunk_worker() -> None:
 _WORKER = "from securemail.audit_integrity import chunk_worker; chunk_worker()"
 
 
-def _scan_parallel(db: sqlite_utils.Database, first: int, last: int, start: str,
-                   cps: dict[int, str], workers: int) -> ChainReport:
+def _scan_parallel(
+    db: sqlite_utils.Database, first: int, last: int, start: str, cps: dict[int, str], workers: int
+) -> ChainReport:
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     step = (last - first + workers) // workers
     ranges = [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     procs = []
     for lo, hi in ranges:
-        job = {"path": path, "lo": lo, "hi": hi,
-               "cps": {str(k): v for k, v in cps.items() if lo <= k <= hi}}
-        proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env)
+        job = {
+            "path": path,
+            "lo": lo,
+            "hi": hi,
+            "cps": {str(k): v for k, v in cps.items() if lo <= k <= hi},
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
         procs.append(proc)
         with proc.stdin as pipe:  # type: ignore[union-attr]  # stdin=PIPE
             pipe.write(json.dumps(job).encode())
@@ -382,9 +418,14 @@ def _scan_parallel(db: sqlite_utils.Database, first: int, last: int, start: str,
             continue
         _, n, first_prev, head_hash = res
         if expected and first_prev != expected:
-            errors.append(ChainBrokenError(
-                f"row {lo} does not follow row {lo - 1}: prev_hash {str(first_prev)[:16]}… "
-                f"expected {expected[:16]}… (inserted, deleted or reordered)", seq=lo, why="link"))
+            errors.append(
+                ChainBrokenError(
+                    f"row {lo} does not follow row {lo - 1}: prev_hash {str(first_prev)[:16]}… "
+                    f"expected {expected[:16]}… (inserted, deleted or reordered)",
+                    seq=lo,
+                    why="link",
+                )
+            )
         rows += int(n)  # type: ignore[call-overload]
         expected = str(head_hash)
     if errors:
@@ -392,8 +433,9 @@ def _scan_parallel(db: sqlite_utils.Database, first: int, last: int, start: str,
     return ChainReport(rows, first, last, expected, start)
 
 
-def verify(db: sqlite_utils.Database, keys: Mapping[str, Ed25519PublicKey], *,
-           workers: int | None = None) -> VerifyReport:
+def verify(
+    db: sqlite_utils.Database, keys: Mapping[str, Ed25519PublicKey], *, workers: int | None = None
+) -> VerifyReport:
     """Check every checkpoint signature, the anchor, every row and every signed head.
 
     Raises ChainBrokenError naming the first row that does not fit: edited, deleted,
@@ -407,8 +449,11 @@ def verify(db: sqlite_utils.Database, keys: Mapping[str, Ed25519PublicKey], *,
     anchor_seq = first - 1
     _check_anchor(db, cps, anchor_seq, start_hash)
     if lowest < first:
-        raise ChainBrokenError(f"row {lowest} lies at or before the purge anchor (row "
-                               f"{anchor_seq})", seq=lowest, why="anchor")
+        raise ChainBrokenError(
+            f"row {lowest} lies at or before the purge anchor (row {anchor_seq})",
+            seq=lowest,
+            why="anchor",
+        )
     heads = {c.seq: c.head_hash for c in cps if c.seq > anchor_seq}
     n = last - first + 1
     if workers is None:
@@ -424,10 +469,17 @@ def verify(db: sqlite_utils.Database, keys: Mapping[str, Ed25519PublicKey], *,
         raise ChainBrokenError(
             f"rows {last + 1}..{cp.seq} are missing: checkpoint {cp.id} signed row {cp.seq} "
             f"at {cp.signed_at}, the trail ends at row {last} (tail truncated)",
-            seq=last + 1, why="truncated")
+            seq=last + 1,
+            why="truncated",
+        )
     return VerifyReport(
-        rows=chain.rows, checkpoints=len(cps), seconds=time.perf_counter() - started,
-        first_seq=first, last_seq=last, head_hash=chain.head_hash if chain.rows else start_hash,
-        anchor_seq=anchor_seq, last_checkpoint=max(cps, key=lambda c: (c.seq, c.id))
-        if cps else None, workers=workers,
+        rows=chain.rows,
+        checkpoints=len(cps),
+        seconds=time.perf_counter() - started,
+        first_seq=first,
+        last_seq=last,
+        head_hash=chain.head_hash if chain.rows else start_hash,
+        anchor_seq=anchor_seq,
+        last_checkpoint=max(cps, key=lambda c: (c.seq, c.id)) if cps else None,
+        workers=workers,
     )

@@ -50,20 +50,29 @@ def purgeable(db: sqlite_utils.Database, cutoff: str) -> tuple[int, int]:
     return first, (int(row[0]) - 1) if row else last_present
 
 
-def purge(db: sqlite_utils.Database, actor: Actor, key: Ed25519PrivateKey, *, now: datetime,
-          retention_years: int, source_id: str = "gateway-1") -> PurgeReport | None:
+def purge(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    key: Ed25519PrivateKey,
+    *,
+    now: datetime,
+    retention_years: int,
+    source_id: str = "gateway-1",
+) -> PurgeReport | None:
     """Delete rows past retention in the caller's transaction; None when nothing is due."""
     cutoff = retention_cutoff(now, retention_years)
     first, upto = purgeable(db, cutoff)
     if upto < first:
         return None
-    head_hash = str(db.conn.execute(
-        "SELECT row_hash FROM audit_events WHERE seq = ?", [upto]).fetchone()[0])
+    head_hash = str(
+        db.conn.execute("SELECT row_hash FROM audit_events WHERE seq = ?", [upto]).fetchone()[0]
+    )
     cp = audit_integrity.sign_head(db, key, upto, head_hash, "purge")
     db.conn.execute(
         "INSERT INTO audit_anchor (seq, head_hash, checkpoint_id, purged_at, cutoff, rows) "
-        "VALUES (?, ?, ?, ?, ?, ?)", [upto, head_hash, cp.id, audit.now_ms(), cutoff,
-                                      upto - first + 1])
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [upto, head_hash, cp.id, audit.now_ms(), cutoff, upto - first + 1],
+    )
     trigger = db.conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'audit_no_delete'"
     ).fetchone()
@@ -79,9 +88,17 @@ def purge(db: sqlite_utils.Database, actor: Actor, key: Ed25519PrivateKey, *, no
         db.conn.execute(trigger[0])
     finally:
         db.conn.execute(f"PRAGMA secure_delete = {int(secure)}")
-    seq = audit.record(db, AuditEvent.of(
-        actor, "audit.purge", object_type="audit", object_id=str(upto), nature="technical",
-        outcome_detail=f"rows {first}..{upto} recorded before {cutoff} "
-                       f"(retention {retention_years} years); checkpoint {cp.id}",
-    ), source_id=source_id)
+    seq = audit.record(
+        db,
+        AuditEvent.of(
+            actor,
+            "audit.purge",
+            object_type="audit",
+            object_id=str(upto),
+            nature="technical",
+            outcome_detail=f"rows {first}..{upto} recorded before {cutoff} "
+            f"(retention {retention_years} years); checkpoint {cp.id}",
+        ),
+        source_id=source_id,
+    )
     return PurgeReport(first, upto, upto - first + 1, cutoff, cp, seq)

@@ -85,9 +85,9 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    computed = Scrypt(
-        salt=base64.b64decode(salt), length=32, n=int(n), r=int(r), p=int(p)
-    ).derive(password.encode("utf-8"))
+    computed = Scrypt(salt=base64.b64decode(salt), length=32, n=int(n), r=int(r), p=int(p)).derive(
+        password.encode("utf-8")
+    )
     return hmac.compare_digest(computed, base64.b64decode(key))
 
 
@@ -110,9 +110,19 @@ class User:
 
 def _user(row: dict[str, Any]) -> User:
     return User(
-        row["id"], row["username"], row["name"], row["email"], row["role"], row["org_id"],
-        bool(row["active"]), row["big"], row["agb"], row["function"], row["phone"],
-        row["out_of_hours_phone"], row["signing_fingerprint"],
+        row["id"],
+        row["username"],
+        row["name"],
+        row["email"],
+        row["role"],
+        row["org_id"],
+        bool(row["active"]),
+        row["big"],
+        row["agb"],
+        row["function"],
+        row["phone"],
+        row["out_of_hours_phone"],
+        row["signing_fingerprint"],
     )
 
 
@@ -160,8 +170,9 @@ def add_user(
         email = require_email(email, "email")
         if find_team(db, email) is not None:
             # Personal accounts only: a team's entry address is a mailbox, never a login.
-            raise InputError("a team mailbox is never a login; give the person's own address",
-                             field="email")
+            raise InputError(
+                "a team mailbox is never a login; give the person's own address", field="email"
+            )
     profile = dict(profile or {})
     big = profile.get("big", "").strip()
     if role == "gp" and not re.fullmatch(r"[0-9]{11}", big):
@@ -172,36 +183,52 @@ def add_user(
             raise InputError("a nurse is a member of at least one team (--team)", field="team")
         if any(t.org_id != org_id for t in team_rows):
             raise InputError("a nurse's teams belong to her organisation", field="team")
-    uid = db["users"].insert(
-        {
-            "username": username,
-            "name": name.strip(),
-            "email": email,
-            "role": role,
-            "org_id": org_id,
-            "password_hash": hash_password(password),
-            "active": 1,
-            "big": big,
-            "agb": profile.get("agb", "").strip(),
-            "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
-            "phone": profile.get("phone", "").strip(),
-            "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
-            "signing_fingerprint": "",
-            "created_at": now,
-        }
-    ).last_pk
+    uid = (
+        db["users"]
+        .insert(
+            {
+                "username": username,
+                "name": name.strip(),
+                "email": email,
+                "role": role,
+                "org_id": org_id,
+                "password_hash": hash_password(password),
+                "active": 1,
+                "big": big,
+                "agb": profile.get("agb", "").strip(),
+                "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
+                "phone": profile.get("phone", "").strip(),
+                "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
+                "signing_fingerprint": "",
+                "created_at": now,
+            }
+        )
+        .last_pk
+    )
     for t in team_rows:
         db["user_teams"].insert({"user_id": uid, "team_id": t.id})
-    audit.record(db, audit.AuditEvent.of(actor, "user.create", object_type="user",
-                                         object_id=username, outcome_detail=f"role={role}",
-                                         nature="technical"))
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.create",
+            object_type="user",
+            object_id=username,
+            outcome_detail=f"role={role}",
+            nature="technical",
+        ),
+    )
     return user_by_id(db, int(uid))
 
 
 def set_signing_key(db: sqlite_utils.Database, actor: Actor, user_id: int, fpr: str) -> None:
     db["users"].update(user_id, {"signing_fingerprint": fpr})
-    audit.record(db, audit.AuditEvent.of(actor, "key.generate", object_type="key", object_id=fpr,
-                                         nature="technical"))
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor, "key.generate", object_type="key", object_id=fpr, nature="technical"
+        ),
+    )
 
 
 def user_by_id(db: sqlite_utils.Database, user_id: int) -> User:
@@ -268,8 +295,14 @@ def principal_profile(db: sqlite_utils.Database, user: User) -> dict[str, str]:
     return {k: v for k, v in profile.items() if v}
 
 
-def reset_password(db: sqlite_utils.Database, actor: Actor, username: str, password: str, *,
-                   source_id: str = "gateway-1") -> int:
+def reset_password(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    username: str,
+    password: str,
+    *,
+    source_id: str = "gateway-1",
+) -> int:
     """An admin sets a new password: the person must enrol a new authenticator at the next
     login, their recovery codes stop working, any lock is lifted, and every session of
     theirs ends (audited user.update). Returns the number of sessions ended."""
@@ -280,26 +313,45 @@ def reset_password(db: sqlite_utils.Database, actor: Actor, username: str, passw
     totp.require_reenrolment(db, user.id)
     totp.clear_lock(db, user.id)
     ended = session.end_all(db, user.id)
-    audit.record(db, audit.AuditEvent.of(
-        actor, "user.update", object_type="user", object_id=user.username, nature="technical",
-        outcome_detail=f"password reset; second factor to enrol again; {ended} sessions ended"),
-        source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            nature="technical",
+            outcome_detail=f"password reset; second factor to enrol again; {ended} sessions ended",
+        ),
+        source_id=source_id,
+    )
     return ended
 
 
-def unlock(db: sqlite_utils.Database, actor: Actor, username: str, *,
-           source_id: str = "gateway-1") -> None:
+def unlock(
+    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str = "gateway-1"
+) -> None:
     """An admin lifts a temporary lock before it runs out (audited user.update)."""
     require(actor, "user.manage", Resource("user", ref=username))
     user = user_by_name(db, username)
     totp.clear_lock(db, user.id)
-    audit.record(db, audit.AuditEvent.of(actor, "user.update", object_type="user",
-                                         object_id=user.username, nature="technical",
-                                         outcome_detail="unlocked"), source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            nature="technical",
+            outcome_detail="unlocked",
+        ),
+        source_id=source_id,
+    )
 
 
-def enrol_totp_for_demo(db: sqlite_utils.Database, user_id: int,
-                        now: datetime | None = None) -> str:
+def enrol_totp_for_demo(
+    db: sqlite_utils.Database, user_id: int, now: datetime | None = None
+) -> str:
     """Pair a demo user with a fresh TOTP secret and return it (for the demo credentials file,
     so a newcomer can make codes with pyotp or an authenticator app). Demo only."""
     user = user_by_id(db, user_id)

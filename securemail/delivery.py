@@ -297,7 +297,8 @@ class Worker:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(
-                waits, timeout=self.settings.delivery.poll_seconds,
+                waits,
+                timeout=self.settings.delivery.poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

@@ -44,8 +44,11 @@ TEAM = {"name": "Wijkteam Centrum", "address": "wijkteam-centrum@zorg-noord.exam
 TEAM2 = {"name": "Wijkteam Oost", "address": "wijkteam-oost@zorg-noord.example"}
 # The rest of the demo region (docs/region.md): a second practice, a provider with a night
 # team covering the whole city, and the regional passing-on (doorbemiddeling) desk.
-PRACTICE2 = {"code": "01234568", "name": "Huisartsenpraktijk Het Plein",
-             "notify": "praktijk@hetplein-demo.example"}
+PRACTICE2 = {
+    "code": "01234568",
+    "name": "Huisartsenpraktijk Het Plein",
+    "notify": "praktijk@hetplein-demo.example",
+}
 NURSING2 = {"code": "87654322", "name": "Stadszorg (demo)", "notify": "planning@stadszorg.example"}
 TEAM3 = {"name": "Wijkteam West", "address": "wijkteam-west@stadszorg.example"}
 NIGHT_TEAM = {"name": "Nachtteam Stad", "address": "nachtteam@stadszorg.example"}
@@ -53,21 +56,56 @@ PASSING_ON = {"name": "Regionale doorbemiddeling", "address": "doorbemiddeling@s
 #: The teams' map entries; days_ago: when the entry was last confirmed (the night team's is
 #: stale on purpose, Oost takes no new clients: a newcomer sees both signals).
 REGION_ENTRIES: list[dict[str, Any]] = [
-    {"team": TEAM["address"], "days_ago": 2, "phone": "020-5550101", "areas": "1011-1018",
-     "capacity": "ja", "services": ["wondzorg", "palliatief_24_7"], "level5": True,
-     "reach": ["kantoor", "avond", "weekend"]},
-    {"team": TEAM2["address"], "days_ago": 5, "phone": "020-5550202", "areas": "1091-1098, 1015",
-     "capacity": "nee", "services": ["longzorg", "casemanagement_dementie"], "level5": False,
-     "reach": ["kantoor", "avond"]},
-    {"team": TEAM3["address"], "days_ago": 10, "phone": "020-5550505", "areas": "1051-1059",
-     "capacity": "ja", "services": ["wondzorg", "gespecialiseerd_team"], "level5": True,
-     "reach": ["kantoor", "avond", "weekend"]},
-    {"team": NIGHT_TEAM["address"], "days_ago": 45, "phone": "020-5550303", "areas": "1000-1109",
-     "capacity": "beperkt", "services": ["nachtzorg", "palliatief_24_7"], "level5": True,
-     "reach": ["nacht"]},
-    {"team": PASSING_ON["address"], "days_ago": 1, "phone": "020-5550404", "areas": "1000-1109",
-     "capacity": "ja", "services": [], "level5": False,
-     "reach": ["kantoor", "avond", "nacht", "weekend"]},
+    {
+        "team": TEAM["address"],
+        "days_ago": 2,
+        "phone": "020-5550101",
+        "areas": "1011-1018",
+        "capacity": "ja",
+        "services": ["wondzorg", "palliatief_24_7"],
+        "level5": True,
+        "reach": ["kantoor", "avond", "weekend"],
+    },
+    {
+        "team": TEAM2["address"],
+        "days_ago": 5,
+        "phone": "020-5550202",
+        "areas": "1091-1098, 1015",
+        "capacity": "nee",
+        "services": ["longzorg", "casemanagement_dementie"],
+        "level5": False,
+        "reach": ["kantoor", "avond"],
+    },
+    {
+        "team": TEAM3["address"],
+        "days_ago": 10,
+        "phone": "020-5550505",
+        "areas": "1051-1059",
+        "capacity": "ja",
+        "services": ["wondzorg", "gespecialiseerd_team"],
+        "level5": True,
+        "reach": ["kantoor", "avond", "weekend"],
+    },
+    {
+        "team": NIGHT_TEAM["address"],
+        "days_ago": 45,
+        "phone": "020-5550303",
+        "areas": "1000-1109",
+        "capacity": "beperkt",
+        "services": ["nachtzorg", "palliatief_24_7"],
+        "level5": True,
+        "reach": ["nacht"],
+    },
+    {
+        "team": PASSING_ON["address"],
+        "days_ago": 1,
+        "phone": "020-5550404",
+        "areas": "1000-1109",
+        "capacity": "ja",
+        "services": [],
+        "level5": False,
+        "reach": ["kantoor", "avond", "nacht", "weekend"],
+    },
 ]
 #: The region whose coordinator reads the adherence figures (/regio/afspraken).
 REGION = {"code": "99000001", "name": "Regio Zorg in de Wijk (demo)"}
@@ -343,7 +381,8 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
         # Demo accounts come paired with an authenticator (TOTP is required for every role);
         # the secret goes into the credentials file so a newcomer can make codes.
         entry["totp_secret"] = svc.store.write_sync(
-            lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid))
+            lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid)
+        )
         if user.role == "gp":
             from securemail.cli.directory import enrol_gp_key
 
@@ -373,33 +412,61 @@ def _demo_region(db: Any, svc: Services) -> None:
     the teams' entries, the practices' entries and the contact nurses."""
     now = svc.now_iso()
     for org, kind in ((PRACTICE2, "practice"), (NURSING2, "nursing")):
-        directory.add_org(db, SYSTEM, code=org["code"], kind=kind, name=org["name"],
-                          notify_address=org["notify"], now=now)
+        directory.add_org(
+            db,
+            SYSTEM,
+            code=org["code"],
+            kind=kind,
+            name=org["name"],
+            notify_address=org["notify"],
+            now=now,
+        )
     for t in (TEAM3, NIGHT_TEAM, PASSING_ON):
-        directory.add_team(db, SYSTEM, org_code=NURSING2["code"], name=t["name"],
-                           address=t["address"], now=now)
-    directory.set_preferred(db, practice_code=PRACTICE2["code"],
-                            team_addresses=[TEAM3["address"], TEAM2["address"]])
+        directory.add_team(
+            db, SYSTEM, org_code=NURSING2["code"], name=t["name"], address=t["address"], now=now
+        )
+    directory.set_preferred(
+        db, practice_code=PRACTICE2["code"], team_addresses=[TEAM3["address"], TEAM2["address"]]
+    )
     for e in REGION_ENTRIES:
-        values: dict[str, Any] = {k: e[k] for k in ("phone", "areas", "capacity", "services",
-                                                    "level5")}
+        values: dict[str, Any] = {
+            k: e[k] for k in ("phone", "areas", "capacity", "services", "level5")
+        }
         values |= {f"reach_{p}": p in e["reach"] for p in regionmap.PARTS}
         team = directory.team_by_address(db, e["team"])
-        regionmap.save_entry(db, SYSTEM, team.id, values,
-                             now=svc.now() - dt.timedelta(days=e["days_ago"]))
+        regionmap.save_entry(
+            db, SYSTEM, team.id, values, now=svc.now() - dt.timedelta(days=e["days_ago"])
+        )
     practice, practice2 = (directory.org_by_code(db, p["code"]) for p in (PRACTICE, PRACTICE2))
-    regionmap.set_practice_entry(db, SYSTEM, practice.id, {
-        "role": "poh", "name": "Fatima Yilmaz (POH)", "phone": "020-1234568"}, now=svc.now())
-    regionmap.set_practice_entry(db, SYSTEM, practice2.id, {
-        "role": "praktijkverpleegkundige", "name": "Joost de Wit", "phone": "020-7654321"},
-        now=svc.now())
-    contacts = ((TEAM, practice, "Sanne Bakker", "06-12345678"),
-                (TEAM2, practice, "Mohamed El Amrani", "06-23456789"),
-                (TEAM2, practice2, "Eva Jansen", "06-34567890"),
-                (TEAM3, practice2, "Daan Visser", "06-45678901"))
+    regionmap.set_practice_entry(
+        db,
+        SYSTEM,
+        practice.id,
+        {"role": "poh", "name": "Fatima Yilmaz (POH)", "phone": "020-1234568"},
+        now=svc.now(),
+    )
+    regionmap.set_practice_entry(
+        db,
+        SYSTEM,
+        practice2.id,
+        {"role": "praktijkverpleegkundige", "name": "Joost de Wit", "phone": "020-7654321"},
+        now=svc.now(),
+    )
+    contacts = (
+        (TEAM, practice, "Sanne Bakker", "06-12345678"),
+        (TEAM2, practice, "Mohamed El Amrani", "06-23456789"),
+        (TEAM2, practice2, "Eva Jansen", "06-34567890"),
+        (TEAM3, practice2, "Daan Visser", "06-45678901"),
+    )
     for team, org, name, phone in contacts:
-        regionmap.set_contact_nurse(db, SYSTEM, directory.team_by_address(db, team["address"]).id,
-                                    org.id, {"name": name, "phone": phone}, now=svc.now())
+        regionmap.set_contact_nurse(
+            db,
+            SYSTEM,
+            directory.team_by_address(db, team["address"]).id,
+            org.id,
+            {"name": name, "phone": phone},
+            now=svc.now(),
+        )
 
 
 def _demo_consents(svc: Services, now: str) -> None:

@@ -53,8 +53,9 @@ class InitReport:
         return bool(self.created)
 
 
-async def init_home(home: Path, *, overrides: dict[str, dict[str, object]] | None = None
-                    ) -> InitReport:
+async def init_home(
+    home: Path, *, overrides: dict[str, dict[str, object]] | None = None
+) -> InitReport:
     """Create securemail.toml, securemail.db (WAL, migrated) and gnupg/ with the gateway key."""
     report = InitReport(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -86,14 +87,22 @@ async def init_home(home: Path, *, overrides: dict[str, dict[str, object]] | Non
             domain = settings.gateway.from_address.split("@")[-1]
             fpr = await keyring.generate_key(
                 f"securemail gateway {settings.gateway.source_id}",
-                f"gateway@{domain}", None, kind="both",
+                f"gateway@{domain}",
+                None,
+                kind="both",
             )
-            store.write_sync(lambda db: (
-                set_meta(db, "gateway_fingerprint", fpr),
-                audit.record(db, audit.AuditEvent.of(SYSTEM, "gateway.init",
-                                                     object_type="key", object_id=fpr),
-                             source_id=settings.gateway.source_id),
-            ))
+            store.write_sync(
+                lambda db: (
+                    set_meta(db, "gateway_fingerprint", fpr),
+                    audit.record(
+                        db,
+                        audit.AuditEvent.of(
+                            SYSTEM, "gateway.init", object_type="key", object_id=fpr
+                        ),
+                        source_id=settings.gateway.source_id,
+                    ),
+                )
+            )
             report.created.append(f"gateway key {fpr}")
     finally:
         store.close()

@@ -261,8 +261,11 @@ def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
 
 def _plain_header(name: str, value: str) -> bool:
     """A header the email package would write as is: ASCII, no encoded words, no folding."""
-    return value.isascii() and value.isprintable() and "=?" not in value and (
-        len(name) + 2 + len(value) <= 78
+    return (
+        value.isascii()
+        and value.isprintable()
+        and "=?" not in value
+        and (len(name) + 2 + len(value) <= 78)
     )
 
 

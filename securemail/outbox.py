@@ -387,7 +387,11 @@ def cancel(
 
 
 def stop(
-    db: sqlite_utils.Database, reference: str, *, reason: str, actor: Actor,
+    db: sqlite_utils.Database,
+    reference: str,
+    *,
+    reason: str,
+    actor: Actor,
     now: float | None = None,
 ) -> bool:
     """Stop the request deliveries of reference that have not left (queued, retrying), e.g.
@@ -397,17 +401,30 @@ def stop(
     final_handled_at stays NULL so a worker runs on_final for it (the practice's notice)."""
     now = time.time() if now is None else now
     stopped = False
-    rows = rows_of(db.execute(
-        "SELECT * FROM outbox WHERE reference = ? AND kind = 'request' "
-        "AND status IN ('queued', 'retrying') ORDER BY id", [reference]))
+    rows = rows_of(
+        db.execute(
+            "SELECT * FROM outbox WHERE reference = ? AND kind = 'request' "
+            "AND status IN ('queued', 'retrying') ORDER BY id",
+            [reference],
+        )
+    )
     for r in rows:
         cur = db.execute(
             "UPDATE outbox SET status = 'stopped', stop_reason = ?, updated_at = ?, final_at = ?,"
             " lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = ?",
-            [reason, now, now, r["id"], r["status"]])
+            [reason, now, now, r["id"], r["status"]],
+        )
         if cur.rowcount == 1:
             row = OutboxRow.from_db(r)
-            audit.record(db, audit_event(actor, "request.stop", row, outcome="success",
-                                         detail=f"{r['status']} -> stopped: {reason}"))
+            audit.record(
+                db,
+                audit_event(
+                    actor,
+                    "request.stop",
+                    row,
+                    outcome="success",
+                    detail=f"{r['status']} -> stopped: {reason}",
+                ),
+            )
             stopped = True
     return stopped

@@ -31,8 +31,10 @@ _lock = threading.Lock()
 
 class SecretBoxError(SecuremailError):
     code = "secrets.unreadable"
-    nl = ("Een opgeslagen geheim kan niet worden gelezen. De beheerder moet uw tweede factor "
-          "opnieuw laten koppelen.")
+    nl = (
+        "Een opgeslagen geheim kan niet worden gelezen. De beheerder moet uw tweede factor "
+        "opnieuw laten koppelen."
+    )
     http_status = 500
 
 

@@ -141,9 +141,17 @@ def _row(db: sqlite_utils.Database, user_id: int) -> dict[str, object]:
     rows = list(db["user_security"].rows_where("user_id = ?", [user_id]))
     if rows:
         return rows[0]
-    return {"user_id": user_id, "totp_secret": "", "totp_pending": "", "totp_pending_at": "",
-            "totp_enrolled_at": "", "last_totp_step": 0, "failed_logins": 0,
-            "locked_until": "", "must_enrol": 1}
+    return {
+        "user_id": user_id,
+        "totp_secret": "",
+        "totp_pending": "",
+        "totp_pending_at": "",
+        "totp_enrolled_at": "",
+        "last_totp_step": 0,
+        "failed_logins": 0,
+        "locked_until": "",
+        "must_enrol": 1,
+    }
 
 
 def _update(db: sqlite_utils.Database, user_id: int, **values: object) -> None:
@@ -199,24 +207,36 @@ def normalise_code(code: str) -> str:
     return cleaned.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
 
 
-def begin_enrolment(db: sqlite_utils.Database, user_id: int, username: str, *, issuer: str,
-                    now: datetime) -> Enrolment:
+def begin_enrolment(
+    db: sqlite_utils.Database, user_id: int, username: str, *, issuer: str, now: datetime
+) -> Enrolment:
     """A fresh secret for this person, kept as pending until a code from it is confirmed.
 
     Each call replaces the pending secret, so a QR code is valid only as long as it is the
     one last shown."""
     secret = pyotp.random_base32()  # 32 base32 characters: 160 bits, RFC 4226's recommendation
     box = SecretBox.for_db(db)
-    _update(db, user_id, totp_pending=box.seal(secret, context=_context(user_id)),
-            totp_pending_at=_iso(now))
+    _update(
+        db,
+        user_id,
+        totp_pending=box.seal(secret, context=_context(user_id)),
+        totp_pending_at=_iso(now),
+    )
     uri = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
-        name=username, issuer_name=issuer)
+        name=username, issuer_name=issuer
+    )
     qr = segno.make(uri, error="m")
     return Enrolment(secret, uri, qr.svg_data_uri(scale=5, border=2))
 
 
-def confirm_enrolment(db: sqlite_utils.Database, actor: Actor, code: str, *,
-                      now: datetime, source_id: str = "gateway-1") -> list[str]:
+def confirm_enrolment(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    code: str,
+    *,
+    now: datetime,
+    source_id: str = "gateway-1",
+) -> list[str]:
     """Make the pending secret the person's second factor once a code from it fits.
 
     Returns the new recovery codes (shown once); any earlier codes stop working."""
@@ -232,36 +252,80 @@ def confirm_enrolment(db: sqlite_utils.Database, actor: Actor, code: str, *,
     step = _matching_step(secret, cleaned, now) if _CODE_RE.match(cleaned) else None
     if step is None:
         raise SecondFactorError("enrolment code does not match")
-    _update(db, user_id, totp_secret=row["totp_pending"], totp_pending="", totp_pending_at="",
-            totp_enrolled_at=_iso(now), last_totp_step=step, must_enrol=0)
+    _update(
+        db,
+        user_id,
+        totp_secret=row["totp_pending"],
+        totp_pending="",
+        totp_pending_at="",
+        totp_enrolled_at=_iso(now),
+        last_totp_step=step,
+        must_enrol=0,
+    )
     codes = _new_recovery_codes(db, user_id, now)
-    audit.record(db, audit.AuditEvent.of(
-        actor, "auth.totp_enrol", object_type="user", object_id=actor.username,
-        nature="technical", outcome_detail="authenticator paired; recovery codes issued"),
-        source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.totp_enrol",
+            object_type="user",
+            object_id=actor.username,
+            nature="technical",
+            outcome_detail="authenticator paired; recovery codes issued",
+        ),
+        source_id=source_id,
+    )
     return codes
 
 
-def enrol_for_demo(db: sqlite_utils.Database, user_id: int, username: str, *,
-                   now: datetime, source_id: str = "gateway-1") -> str:
+def enrol_for_demo(
+    db: sqlite_utils.Database,
+    user_id: int,
+    username: str,
+    *,
+    now: datetime,
+    source_id: str = "gateway-1",
+) -> str:
     """Pair a demo account with a known secret, returned for the demo's credentials file.
 
     Only the demo uses this: a real person's secret is shown to them once and nowhere else."""
     secret = pyotp.random_base32()
     box = SecretBox.for_db(db)
-    _update(db, user_id, totp_secret=box.seal(secret, context=_context(user_id)),
-            totp_pending="", totp_pending_at="", totp_enrolled_at=_iso(now),
-            last_totp_step=0, must_enrol=0)
-    audit.record(db, audit.AuditEvent.of(SYSTEM, "auth.totp_enrol", object_type="user",
-                                         object_id=username, outcome_detail="demo account paired"),
-                 source_id=source_id)
+    _update(
+        db,
+        user_id,
+        totp_secret=box.seal(secret, context=_context(user_id)),
+        totp_pending="",
+        totp_pending_at="",
+        totp_enrolled_at=_iso(now),
+        last_totp_step=0,
+        must_enrol=0,
+    )
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            SYSTEM,
+            "auth.totp_enrol",
+            object_type="user",
+            object_id=username,
+            outcome_detail="demo account paired",
+        ),
+        source_id=source_id,
+    )
     return secret
 
 
 def require_reenrolment(db: sqlite_utils.Database, user_id: int) -> None:
     """Forget the second factor and the recovery codes: the next login enrols again."""
-    _update(db, user_id, totp_secret="", totp_pending="", totp_pending_at="",
-            totp_enrolled_at="", must_enrol=1)
+    _update(
+        db,
+        user_id,
+        totp_secret="",
+        totp_pending="",
+        totp_pending_at="",
+        totp_enrolled_at="",
+        must_enrol=1,
+    )
     db.execute("DELETE FROM recovery_codes WHERE user_id = ?", [user_id])
 
 
@@ -279,29 +343,45 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
     codes = []
     for _ in range(RECOVERY_CODES):
         raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
-        db["recovery_codes"].insert({"user_id": user_id, "code_hash": _recovery_hash(user_id, raw),
-                                     "created_at": _iso(now), "used_at": ""})
+        db["recovery_codes"].insert(
+            {
+                "user_id": user_id,
+                "code_hash": _recovery_hash(user_id, raw),
+                "created_at": _iso(now),
+                "used_at": "",
+            }
+        )
         codes.append("-".join(raw[i : i + 4] for i in range(0, RECOVERY_LENGTH, 4)))
     return codes
 
 
-def renew_recovery_codes(db: sqlite_utils.Database, actor: Actor, *, now: datetime,
-                         source_id: str = "gateway-1") -> list[str]:
+def renew_recovery_codes(
+    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str = "gateway-1"
+) -> list[str]:
     """New recovery codes for a signed-in person (the old ones stop working); shown once."""
     user_id = _user_id(actor)
     if needs_enrolment(db, user_id):
         raise SecondFactorError("no authenticator paired")
     codes = _new_recovery_codes(db, user_id, now)
-    audit.record(db, audit.AuditEvent.of(actor, "auth.totp_enrol", object_type="user",
-                                         object_id=actor.username, nature="technical",
-                                         outcome_detail="recovery codes renewed"),
-                 source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.totp_enrol",
+            object_type="user",
+            object_id=actor.username,
+            nature="technical",
+            outcome_detail="recovery codes renewed",
+        ),
+        source_id=source_id,
+    )
     return codes
 
 
 def recovery_codes_left(db: sqlite_utils.Database, user_id: int) -> int:
-    row = db.execute("SELECT count(*) FROM recovery_codes WHERE user_id = ? AND used_at = ''",
-                     [user_id]).fetchone()
+    row = db.execute(
+        "SELECT count(*) FROM recovery_codes WHERE user_id = ? AND used_at = ''", [user_id]
+    ).fetchone()
     return int(row[0])
 
 
@@ -314,17 +394,33 @@ def _user_id(actor: Actor) -> int:
     return actor.user_id
 
 
-def register_failure(db: sqlite_utils.Database, actor: Actor, reason: str, *, now: datetime,
-                     policy: Lockout, source_id: str = "gateway-1") -> Verdict:
+def register_failure(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    reason: str,
+    *,
+    now: datetime,
+    policy: Lockout,
+    source_id: str = "gateway-1",
+) -> Verdict:
     """Count one failed password or code (audited auth.fail); lock at the limit (auth.lockout).
 
     reason is a FAILURES key."""
     user_id = _user_id(actor)
     row = _row(db, user_id)
     already = locked_until(db, user_id, now)
-    audit.record(db, audit.AuditEvent.of(actor, "auth.fail", outcome="refused",
-                                         outcome_detail=FAILURES[reason], object_type="user",
-                                         object_id=actor.username), source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.fail",
+            outcome="refused",
+            outcome_detail=FAILURES[reason],
+            object_type="user",
+            object_id=actor.username,
+        ),
+        source_id=source_id,
+    )
     if already is not None:
         # Attempts during a lock do not extend it: otherwise anyone could keep a GP out for good.
         return Verdict(False, "locked", locked_until=already)
@@ -334,14 +430,30 @@ def register_failure(db: sqlite_utils.Database, actor: Actor, reason: str, *, no
         return Verdict(False, reason)
     until = now + timedelta(minutes=policy.minutes)
     _update(db, user_id, failed_logins=0, locked_until=_iso(until))
-    audit.record(db, audit.AuditEvent.of(
-        actor, "auth.lockout", outcome="refused", object_type="user", object_id=actor.username,
-        outcome_detail=f"{failures} failures; locked until {_iso(until)}"), source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.lockout",
+            outcome="refused",
+            object_type="user",
+            object_id=actor.username,
+            outcome_detail=f"{failures} failures; locked until {_iso(until)}",
+        ),
+        source_id=source_id,
+    )
     return Verdict(False, "locked", locked_until=until)
 
 
-def verify_second_factor(db: sqlite_utils.Database, actor: Actor, code: str, *, now: datetime,
-                         policy: Lockout, source_id: str = "gateway-1") -> Verdict:
+def verify_second_factor(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    code: str,
+    *,
+    now: datetime,
+    policy: Lockout,
+    source_id: str = "gateway-1",
+) -> Verdict:
     """Check a TOTP code (±1 step, each step once) or an unused recovery code.
 
     On success the failure count is cleared and ``auth.login`` recorded; on failure the
@@ -349,8 +461,7 @@ def verify_second_factor(db: sqlite_utils.Database, actor: Actor, code: str, *, 
     user_id = _user_id(actor)
     until = locked_until(db, user_id, now)
     if until is not None:
-        return register_failure(db, actor, "locked", now=now, policy=policy,
-                                source_id=source_id)
+        return register_failure(db, actor, "locked", now=now, policy=policy, source_id=source_id)
     row = _row(db, user_id)
     if needs_enrolment(db, user_id):
         return Verdict(False, "not_enrolled")
@@ -359,30 +470,41 @@ def verify_second_factor(db: sqlite_utils.Database, actor: Actor, code: str, *, 
         secret = SecretBox.for_db(db).open(str(row["totp_secret"]), context=_context(user_id))
         step = _matching_step(secret, cleaned, now)
         if step is None:
-            return register_failure(db, actor, "bad_code", now=now,
-                                    policy=policy, source_id=source_id)
+            return register_failure(
+                db, actor, "bad_code", now=now, policy=policy, source_id=source_id
+            )
         if step <= int(str(row["last_totp_step"])):
-            return register_failure(db, actor, "replayed", now=now,
-                                    policy=policy, source_id=source_id)
+            return register_failure(
+                db, actor, "replayed", now=now, policy=policy, source_id=source_id
+            )
         _update(db, user_id, last_totp_step=step)
         method = "totp"
     elif len(cleaned) == RECOVERY_LENGTH:
         used = db.execute(
             "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ? "
-            "AND used_at = ''", [_iso(now), user_id, _recovery_hash(user_id, cleaned)]).rowcount
+            "AND used_at = ''",
+            [_iso(now), user_id, _recovery_hash(user_id, cleaned)],
+        ).rowcount
         if used != 1:
-            return register_failure(db, actor, "bad_recovery_code", now=now,
-                                    policy=policy, source_id=source_id)
+            return register_failure(
+                db, actor, "bad_recovery_code", now=now, policy=policy, source_id=source_id
+            )
         method = "recovery_code"
     else:
-        return register_failure(db, actor, "malformed", now=now,
-                                policy=policy, source_id=source_id)
+        return register_failure(db, actor, "malformed", now=now, policy=policy, source_id=source_id)
     _update(db, user_id, failed_logins=0, locked_until="")
     left = recovery_codes_left(db, user_id)
-    audit.record(db, audit.AuditEvent.of(actor, "auth.login", object_type="user",
-                                         object_id=actor.username,
-                                         outcome_detail=f"password + {method}"),
-                 source_id=source_id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "auth.login",
+            object_type="user",
+            object_id=actor.username,
+            outcome_detail=f"password + {method}",
+        ),
+        source_id=source_id,
+    )
     return Verdict(True, "ok", method=method, recovery_left=left)
 
 

@@ -54,18 +54,30 @@ def populate(db: sqlite_utils.Database, now: str = T0.isoformat()) -> None:
     directory.add_org(db, SYSTEM, code="01000002", kind="practice", name="Praktijk B", now=now)
     directory.add_org(db, SYSTEM, code="87000001", kind="nursing", name="Zorg", now=now)
     directory.add_org(db, SYSTEM, code="99000001", kind="region", name="Regio", now=now)
-    directory.add_team(db, SYSTEM, org_code="87000001", name="Centrum",
-                       address="centrum@zorg.example", now=now)
-    directory.add_team(db, SYSTEM, org_code="87000001", name="Oost",
-                       address="oost@zorg.example", now=now)
-    directory.set_preferred(db, practice_code="01000001",
-                            team_addresses=["centrum@zorg.example", "oost@zorg.example"])
+    directory.add_team(
+        db, SYSTEM, org_code="87000001", name="Centrum", address="centrum@zorg.example", now=now
+    )
+    directory.add_team(
+        db, SYSTEM, org_code="87000001", name="Oost", address="oost@zorg.example", now=now
+    )
+    directory.set_preferred(
+        db, practice_code="01000001", team_addresses=["centrum@zorg.example", "oost@zorg.example"]
+    )
     directory.set_preferred(db, practice_code="01000002", team_addresses=["centrum@zorg.example"])
     for i, (username, (role, org, teams)) in enumerate(PEOPLE.items()):
-        auth.add_user(db, SYSTEM, username=username, name=username.replace("_", " ").title(),
-                      role=role, org_code=org, password=PASSWORD, teams=teams,
-                      email=f"{username}@example.org",
-                      profile={"big": f"1901234560{i}"} if role == "gp" else None, now=now)
+        auth.add_user(
+            db,
+            SYSTEM,
+            username=username,
+            name=username.replace("_", " ").title(),
+            role=role,
+            org_code=org,
+            password=PASSWORD,
+            teams=teams,
+            email=f"{username}@example.org",
+            profile={"big": f"1901234560{i}"} if role == "gp" else None,
+            now=now,
+        )
 
 
 _TEMPLATE: dict[str, bytes] = {}
@@ -93,11 +105,13 @@ def person(store: Store, username: str, *, enrol: bool = True) -> Person:
 
 
 def actor(store: Store, username: str, access_point: str = "test") -> Actor:
-    return store.read_sync(lambda db: auth.actor_for(db, auth.user_by_name(db, username),
-                                                     access_point))
+    return store.read_sync(
+        lambda db: auth.actor_for(db, auth.user_by_name(db, username), access_point)
+    )
 
 
 def audit_rows(store: Store, code: str | None = None) -> list[dict[str, object]]:
     where, params = ("event_code = ?", [code]) if code else ("1", [])
-    return store.read_sync(lambda db: list(db["audit_events"].rows_where(
-        where, params, order_by="seq")))
+    return store.read_sync(
+        lambda db: list(db["audit_events"].rows_where(where, params, order_by="seq"))
+    )

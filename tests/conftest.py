@@ -194,8 +194,9 @@ def web_template() -> Iterator[tuple[Path, dict[str, str]]]:
 
 
 @pytest.fixture
-async def webapp(web_template: tuple[Path, dict[str, str]],
-                 aiohttp_client: Any) -> AsyncIterator[WebApp]:
+async def webapp(
+    web_template: tuple[Path, dict[str, str]], aiohttp_client: Any
+) -> AsyncIterator[WebApp]:
     """The real app over HTTP on 127.0.0.1, on a fresh copy of the template home."""
     import shutil
 

@@ -28,8 +28,9 @@ def store(tmp_path):
 
 def verify(store: Store, username: str, code: str, now=T0):
     a = actor(store, username)
-    return store.write_sync(lambda db: totp.verify_second_factor(db, a, code, now=now,
-                                                                 policy=POLICY))
+    return store.write_sync(
+        lambda db: totp.verify_second_factor(db, a, code, now=now, policy=POLICY)
+    )
 
 
 # -- passwords ---------------------------------------------------------------------------
@@ -46,10 +47,20 @@ def test_password_hash_is_scrypt_and_salted():
 
 def test_a_team_mailbox_is_never_a_login(store):
     with pytest.raises(InputError) as info:
-        store.write_sync(lambda db: auth.add_user(
-            db, SYSTEM, username="team", name="Team Centrum", role="nurse",
-            org_code="87000001", password=PASSWORD, email="centrum@zorg.example",
-            teams=["centrum@zorg.example"], now=T0.isoformat()))
+        store.write_sync(
+            lambda db: auth.add_user(
+                db,
+                SYSTEM,
+                username="team",
+                name="Team Centrum",
+                role="nurse",
+                org_code="87000001",
+                password=PASSWORD,
+                email="centrum@zorg.example",
+                teams=["centrum@zorg.example"],
+                now=T0.isoformat(),
+            )
+        )
     assert info.value.context["field"] == "email"
 
 
@@ -66,8 +77,11 @@ def test_totp_secret_is_sealed_at_rest_and_key_file_is_private(store, tmp_path):
 
 def test_sealed_secret_does_not_open_for_another_user_or_key(store, tmp_path):
     gp = person(store, "gp_a")
-    sealed = store.read_sync(lambda db: db.execute(
-        "SELECT totp_secret FROM user_security WHERE user_id = ?", [gp.user_id]).fetchone()[0])
+    sealed = store.read_sync(
+        lambda db: db.execute(
+            "SELECT totp_secret FROM user_security WHERE user_id = ?", [gp.user_id]
+        ).fetchone()[0]
+    )
     box = SecretBox.load(tmp_path)
     assert box.open(sealed, context=f"totp:{gp.user_id}") == gp.secret
     with pytest.raises(SecretBoxError):
@@ -82,8 +96,9 @@ def test_sealed_secret_does_not_open_for_another_user_or_key(store, tmp_path):
 def test_enrolment_shows_qr_once_and_confirms_with_a_code(store):
     a = actor(store, "nurse_c")
     assert store.read_sync(lambda db: totp.needs_enrolment(db, a.user_id))
-    enrol = store.write_sync(lambda db: totp.begin_enrolment(
-        db, a.user_id, a.username, issuer="securemail", now=T0))
+    enrol = store.write_sync(
+        lambda db: totp.begin_enrolment(db, a.user_id, a.username, issuer="securemail", now=T0)
+    )
     assert enrol.qr_data_uri.startswith("data:image/svg+xml")
     assert enrol.uri.startswith("otpauth://totp/securemail:nurse_c?secret=")
     code = totp.code_at(enrol.secret, totp.step_of(T0))
@@ -93,7 +108,8 @@ def test_enrolment_shows_qr_once_and_confirms_with_a_code(store):
     assert all(len(c) == 19 for c in codes)  # XXXX-XXXX-XXXX-XXXX
     assert not store.read_sync(lambda db: totp.needs_enrolment(db, a.user_id))
     assert [r["outcome_detail"] for r in audit_rows(store, "auth.totp_enrol")] == [
-        "authenticator paired; recovery codes issued"]
+        "authenticator paired; recovery codes issued"
+    ]
     # The code that confirmed enrolment cannot be replayed to log in.
     assert verify(store, "nurse_c", code).reason == "replayed"
     # Recovery codes are stored as hashes only.
@@ -103,16 +119,21 @@ def test_enrolment_shows_qr_once_and_confirms_with_a_code(store):
 
 def test_enrolment_refuses_wrong_code_and_a_stale_qr(store):
     a = actor(store, "gp_a")
-    enrol = store.write_sync(lambda db: totp.begin_enrolment(
-        db, a.user_id, a.username, issuer="securemail", now=T0))
+    enrol = store.write_sync(
+        lambda db: totp.begin_enrolment(db, a.user_id, a.username, issuer="securemail", now=T0)
+    )
     with pytest.raises(totp.SecondFactorError):
         store.write_sync(lambda db: totp.confirm_enrolment(db, a, "000000", now=T0))
     # A newer QR replaces the older one: its codes no longer enrol.
-    store.write_sync(lambda db: totp.begin_enrolment(
-        db, a.user_id, a.username, issuer="securemail", now=T0))
+    store.write_sync(
+        lambda db: totp.begin_enrolment(db, a.user_id, a.username, issuer="securemail", now=T0)
+    )
     with pytest.raises(totp.SecondFactorError):
-        store.write_sync(lambda db: totp.confirm_enrolment(
-            db, a, totp.code_at(enrol.secret, totp.step_of(T0)), now=T0))
+        store.write_sync(
+            lambda db: totp.confirm_enrolment(
+                db, a, totp.code_at(enrol.secret, totp.step_of(T0)), now=T0
+            )
+        )
     late = T0 + timedelta(minutes=totp.ENROL_MINUTES + 1)
     with pytest.raises(totp.EnrolmentExpiredError):
         store.write_sync(lambda db: totp.confirm_enrolment(db, a, "123456", now=late))
@@ -132,15 +153,21 @@ def test_totp_accepts_one_step_either_side_and_each_step_once(store):
     assert verify(store, "gp_a", gp.code(now, 0), now).reason == "replayed"
     assert verify(store, "gp_a", gp.code(now, +2), now).reason == "bad_code"
     assert [r["outcome_detail"] for r in audit_rows(store, "auth.login")] == [
-        "password + totp", "password + totp"]
+        "password + totp",
+        "password + totp",
+    ]
 
 
 def test_recovery_code_works_once_then_fails(store):
     a = actor(store, "privacy_a")
-    enrol = store.write_sync(lambda db: totp.begin_enrolment(
-        db, a.user_id, a.username, issuer="x", now=T0))
-    codes = store.write_sync(lambda db: totp.confirm_enrolment(
-        db, a, totp.code_at(enrol.secret, totp.step_of(T0)), now=T0))
+    enrol = store.write_sync(
+        lambda db: totp.begin_enrolment(db, a.user_id, a.username, issuer="x", now=T0)
+    )
+    codes = store.write_sync(
+        lambda db: totp.confirm_enrolment(
+            db, a, totp.code_at(enrol.secret, totp.step_of(T0)), now=T0
+        )
+    )
     v = verify(store, "privacy_a", codes[3].lower().replace("-", " "))
     assert (v.ok, v.method, v.recovery_left) == (True, "recovery_code", 9)
     assert verify(store, "privacy_a", codes[3]).reason == "bad_recovery_code"
@@ -158,7 +185,8 @@ def test_lockout_after_max_failures_is_audited_and_blocks_right_codes(store):
     assert v.locked_until == T0 + timedelta(seconds=10, minutes=15)
     assert len(audit_rows(store, "auth.fail")) == POLICY.max_failures
     assert {r["outcome_detail"] for r in audit_rows(store, "auth.fail")} == {
-        "second factor: wrong code"}
+        "second factor: wrong code"
+    }
     (lock,) = audit_rows(store, "auth.lockout")
     assert lock["object_id"] == "gp_a"
     assert lock["outcome"] == "refused"
@@ -173,8 +201,9 @@ def test_lockout_after_max_failures_is_audited_and_blocks_right_codes(store):
 def test_password_failures_count_towards_the_same_lock(store):
     a = actor(store, "nurse_o")
     for _ in range(POLICY.max_failures):
-        v = store.write_sync(lambda db: totp.register_failure(
-            db, a, "bad_password", now=T0, policy=POLICY))
+        v = store.write_sync(
+            lambda db: totp.register_failure(db, a, "bad_password", now=T0, policy=POLICY)
+        )
     assert v.reason == "locked"
     assert store.read_sync(lambda db: totp.locked_until(db, a.user_id, T0)) is not None
 
@@ -192,7 +221,8 @@ def test_admin_password_reset_forces_reenrolment_and_ends_sessions(store):
     store.write_sync(lambda db: session.create(db, gp.user_id, now=T0))
     admin = actor(store, "admin")
     ended = store.write_sync(
-        lambda db: auth.reset_password(db, admin, "gp_a", "a new long password"))
+        lambda db: auth.reset_password(db, admin, "gp_a", "a new long password")
+    )
     assert ended == 2
     found = store.read_sync(lambda db: auth.find_user(db, "gp_a"))
     assert found is not None
@@ -218,8 +248,9 @@ def test_only_an_admin_resets_passwords_or_unlocks(store):
 def test_admin_unlock_lifts_the_lock(store):
     a = actor(store, "gp_b")
     for _ in range(POLICY.max_failures):
-        store.write_sync(lambda db: totp.register_failure(db, a, "bad_password", now=T0,
-                                                          policy=POLICY))
+        store.write_sync(
+            lambda db: totp.register_failure(db, a, "bad_password", now=T0, policy=POLICY)
+        )
     store.write_sync(lambda db: auth.unlock(db, actor(store, "admin"), "gp_b"))
     assert store.read_sync(lambda db: totp.locked_until(db, a.user_id, T0)) is None
 
@@ -229,8 +260,9 @@ def test_admin_unlock_lifts_the_lock(store):
 
 def test_api_token_is_shown_once_stored_hashed_and_audited(store):
     gp = actor(store, "gp_a")
-    token, row = store.write_sync(lambda db: apitoken.create(
-        db, gp, name="HIS", scopes="request:send request:read", now=T0))
+    token, row = store.write_sync(
+        lambda db: apitoken.create(db, gp, name="HIS", scopes="request:send request:read", now=T0)
+    )
     assert token.startswith("smk_")
     assert row.scopes == ("request:read", "request:send")
     stored = store.read_sync(lambda db: list(db["api_tokens"].rows))
@@ -243,8 +275,9 @@ def test_api_token_is_shown_once_stored_hashed_and_audited(store):
 
 def test_api_token_refused_when_revoked_expired_or_unknown(store):
     gp = actor(store, "gp_a")
-    token, row = store.write_sync(lambda db: apitoken.create(
-        db, gp, name="HIS", scopes=["request:read"], now=T0, days=1))
+    token, row = store.write_sync(
+        lambda db: apitoken.create(db, gp, name="HIS", scopes=["request:read"], now=T0, days=1)
+    )
     with pytest.raises(apitoken.TokenInvalidError):
         store.write_sync(lambda db: apitoken.authenticate(db, token, now=T0 + timedelta(days=2)))
     with pytest.raises(apitoken.TokenInvalidError):
@@ -255,27 +288,43 @@ def test_api_token_refused_when_revoked_expired_or_unknown(store):
 
 
 def test_api_tokens_are_a_gp_practice_matter(store):
-    token_row = store.write_sync(lambda db: apitoken.create(
-        db, actor(store, "gp_a"), name="HIS", scopes="request:send", now=T0))[1]
+    token_row = store.write_sync(
+        lambda db: apitoken.create(
+            db, actor(store, "gp_a"), name="HIS", scopes="request:send", now=T0
+        )
+    )[1]
     # Another GP of the same practice may revoke it; a GP of another practice sees nothing.
     with pytest.raises(NotFoundError):
         store.write_sync(lambda db: apitoken.revoke(db, actor(store, "gp_b"), token_row.id, now=T0))
     for name in ("nurse_c", "privacy_a", "admin"):
         with pytest.raises(AccessDeniedError):
-            store.write_sync(lambda db, name=name: apitoken.create(
-                db, actor(store, name), name="x", scopes="request:send", now=T0))
+            store.write_sync(
+                lambda db, name=name: apitoken.create(
+                    db, actor(store, name), name="x", scopes="request:send", now=T0
+                )
+            )
     store.write_sync(lambda db: apitoken.revoke(db, actor(store, "gp_a2"), token_row.id, now=T0))
     with pytest.raises(InputError):
-        store.write_sync(lambda db: apitoken.create(
-            db, actor(store, "gp_a"), name="x", scopes="admin:everything", now=T0))
+        store.write_sync(
+            lambda db: apitoken.create(
+                db, actor(store, "gp_a"), name="x", scopes="admin:everything", now=T0
+            )
+        )
 
 
 # -- the policy ------------------------------------------------------------------------------
 
 
 def _actor(role: str, org: int | None = 1, teams=(), token_actions=None) -> Actor:
-    return Actor(user_id=7, username="u", name="U", role=role, org_id=org,
-                 team_ids=frozenset(teams), token_actions=token_actions)
+    return Actor(
+        user_id=7,
+        username="u",
+        name="U",
+        role=role,
+        org_id=org,
+        team_ids=frozenset(teams),
+        token_actions=token_actions,
+    )
 
 
 REQUEST_OF_ORG1_TO_TEAM5 = Resource("request", org_id=1, team_ids=frozenset({5}))
@@ -300,10 +349,18 @@ REQUEST_OF_ORG1_TO_TEAM5 = Resource("request", org_id=1, team_ids=frozenset({5})
         (_actor("gp", org=None), "request.send", Resource("request"), False),
         (_actor("gp"), "account.self", Resource("account", ref="7"), True),
         (_actor("gp"), "account.self", Resource("account", ref="8"), False),
-        (_actor("gp", token_actions=frozenset({"request.status"})), "request.send",
-         Resource("request", org_id=1), False),
-        (_actor("gp", token_actions=frozenset({"request.send"})), "request.send",
-         Resource("request", org_id=1), True),
+        (
+            _actor("gp", token_actions=frozenset({"request.status"})),
+            "request.send",
+            Resource("request", org_id=1),
+            False,
+        ),
+        (
+            _actor("gp", token_actions=frozenset({"request.send"})),
+            "request.send",
+            Resource("request", org_id=1),
+            True,
+        ),
         (_actor("gp"), "no.such.action", Resource("request", org_id=1), False),
         (SYSTEM, "directory.manage", Resource("directory"), True),
     ],
@@ -314,11 +371,18 @@ def test_policy_table(who, action, resource, allowed):
 
 def test_hidden_refusal_looks_exactly_like_not_found():
     with pytest.raises(NotFoundError) as hidden:
-        access.require(_actor("gp", org=2), "request.view",
-                       Resource("request", org_id=1, ref="UVZ-2025-000001"), hide=True)
+        access.require(
+            _actor("gp", org=2),
+            "request.view",
+            Resource("request", org_id=1, ref="UVZ-2025-000001"),
+            hide=True,
+        )
     genuine = NotFoundError("request not found")
     assert (hidden.value.code, hidden.value.http_status, hidden.value.message_nl()) == (
-        genuine.code, genuine.http_status, genuine.message_nl())
+        genuine.code,
+        genuine.http_status,
+        genuine.message_nl(),
+    )
     assert hidden.value.context == {}
 
 
@@ -338,8 +402,9 @@ def test_session_ids_are_hashed_and_rotate(store):
     idle, absolute = timedelta(minutes=15), timedelta(hours=8)
 
     def load(now):
-        return store.read_sync(lambda db: session.load(db, sid1, now=now, idle=idle,
-                                                       absolute=absolute))
+        return store.read_sync(
+            lambda db: session.load(db, sid1, now=now, idle=idle, absolute=absolute)
+        )
 
     assert load(T0 + timedelta(minutes=14)) is not None
     assert load(T0 + timedelta(minutes=16)) is None

@@ -19,11 +19,20 @@ from tests.auth_fixtures import PASSWORD
 from tests.e2e.conftest import EXAMPLE
 from tests.web_fixtures import Browser, WebApp, another_web
 
-ROLE_OF = {"gp": "gp_a", "nurse": "nurse_c", "privacy_officer": "privacy_a", "admin": "admin",
-           "coordinator": "coord_r"}
+ROLE_OF = {
+    "gp": "gp_a",
+    "nurse": "nurse_c",
+    "privacy_officer": "privacy_a",
+    "admin": "admin",
+    "coordinator": "coord_r",
+}
 #: A sample value for each route parameter (no patient data is ever a parameter).
-SAMPLE_PARAMS = {"reference": "UVZ-2025-000001", "token_id": "999999", "user_id": "999999",
-                 "team_id": "999999"}
+SAMPLE_PARAMS = {
+    "reference": "UVZ-2025-000001",
+    "token_id": "999999",
+    "user_id": "999999",
+    "team_id": "999999",
+}
 SESSION_ENDING = {"logout_all"}
 
 
@@ -49,8 +58,10 @@ def _guarded_routes(app: web.Application) -> list[tuple[str, str, str, str]]:
         if route.method == "HEAD" or name in OPEN_ROUTES or name in SECOND_FACTOR_ROUTES:
             continue
         info = route.resource.get_info()
-        params = {k: SAMPLE_PARAMS[k] for k in re.findall(r"\{(\w+)", info.get(
-            "formatter", info.get("path", "")))}
+        params = {
+            k: SAMPLE_PARAMS[k]
+            for k in re.findall(r"\{(\w+)", info.get("formatter", info.get("path", "")))
+        }
         path = str(route.resource.url_for(**params))
         out.append((route.method, path, name, getattr(route.handler, ACTION_ATTR, None)))
     return out
@@ -106,8 +117,9 @@ async def test_role_by_route_table(webapp):
     routes = sorted(_guarded_routes(webapp.app), key=lambda r: r[2] in SESSION_ENDING)
     for method, path, name, action in routes:
         for role, b in browsers.items():
-            r = await b.request(method, path, data={"csrf_token": b.csrf} if method == "POST"
-                                else None)
+            r = await b.request(
+                method, path, data={"csrf_token": b.csrf} if method == "POST" else None
+            )
             if role in access.POLICY[action]:
                 assert r.status != 403, (name, role, r.status, r.text[:200])
                 assert r.status < 500, (name, role, r.status, r.text[:300])
@@ -142,14 +154,18 @@ async def test_gp_of_another_practice_gets_404_and_an_audit_row(webapp):
     assert r.text == missing.text  # a refusal looks exactly like a missing request
     row = webapp.audit("access.denied")[-1]
     assert (row["user_name"], row["object_id"], row["check_authz"]) == (
-        "gp_b", ref, "deny:request.view")
+        "gp_b",
+        ref,
+        "deny:request.view",
+    )
     assert webapp.audit("request.view") == []
 
 
 async def test_nurse_of_another_team_gets_404_and_an_audit_row(webapp):
     ref = await webapp.send("gp_a", CENTRUM)
-    webapp.secrets["nurse_o"] = webapp.svc.store.write_sync(lambda db: auth.enrol_totp_for_demo(
-        db, auth.user_by_name(db, "nurse_o").id))
+    webapp.secrets["nurse_o"] = webapp.svc.store.write_sync(
+        lambda db: auth.enrol_totp_for_demo(db, auth.user_by_name(db, "nurse_o").id)
+    )
     b = await logged_in(webapp, "nurse_o")
     r = await b.get(f"/requests/{ref}", headers={"Accept": "application/json"})
     assert r.status == 404
@@ -210,14 +226,23 @@ async def test_login_form_has_its_own_csrf_token(webapp):
     r = await b.request("POST", "/login", data={"username": "gp_a", "password": PASSWORD})
     assert r.status == 403
     page = await b.get("/login")
-    r = await b.request("POST", "/login", data={
-        "login_token": page.field("login_token") + "x", "username": "gp_a",
-        "password": PASSWORD})
+    r = await b.request(
+        "POST",
+        "/login",
+        data={
+            "login_token": page.field("login_token") + "x",
+            "username": "gp_a",
+            "password": PASSWORD,
+        },
+    )
     assert r.status == 403
     # A cross-site form post carries no SameSite=Strict login cookie: same refusal.
     fresh = webapp.browser()
-    r = await fresh.request("POST", "/login", data={
-        "login_token": page.field("login_token"), "username": "gp_a", "password": PASSWORD})
+    r = await fresh.request(
+        "POST",
+        "/login",
+        data={"login_token": page.field("login_token"), "username": "gp_a", "password": PASSWORD},
+    )
     assert r.status == 403
 
 
@@ -261,13 +286,15 @@ async def test_session_id_rotates_at_each_step_and_old_ids_are_dead(webapp):
     assert password_sid and full_sid and password_sid != full_sid
     # Someone holding the pre-login id (session fixation) gets nothing.
     thief = webapp.browser()
-    thief.session.cookie_jar.update_cookies({"securemail_session": password_sid},
-                                            webapp.client.make_url("/"))
+    thief.session.cookie_jar.update_cookies(
+        {"securemail_session": password_sid}, webapp.client.make_url("/")
+    )
     assert (await thief.get("/account")).location == "/login"
     # Logging in again from the same browser ends the earlier session.
     await b.password("gp_a")
-    thief.session.cookie_jar.update_cookies({"securemail_session": full_sid},
-                                            webapp.client.make_url("/"))
+    thief.session.cookie_jar.update_cookies(
+        {"securemail_session": full_sid}, webapp.client.make_url("/")
+    )
     assert (await thief.get("/account")).location == "/login"
 
 
@@ -296,8 +323,9 @@ async def test_session_cookie_flags(webapp, web_template, aiohttp_client):
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie
     assert "Secure" not in cookie  # plain HTTP in this test; see the TLS variant below
-    async with another_web(web_template, aiohttp_client,
-                           web_settings={"secure_cookies": True}) as tls:
+    async with another_web(
+        web_template, aiohttp_client, web_settings={"secure_cookies": True}
+    ) as tls:
         b = tls.browser()
         page = await b.get("/login")
         (login_cookie,) = [c for c in page.set_cookies() if c.startswith("securemail_login=")]
@@ -305,9 +333,12 @@ async def test_session_cookie_flags(webapp, web_template, aiohttp_client):
         # Over plain HTTP the client rightly keeps a Secure cookie to itself; hand it over as
         # the browser would over TLS.
         token = page.field("login_token")
-        r = await b.request("POST", "/login", headers={"Cookie": f"securemail_login={token}"},
-                            data={"login_token": token, "username": "gp_a",
-                                  "password": PASSWORD})
+        r = await b.request(
+            "POST",
+            "/login",
+            headers={"Cookie": f"securemail_login={token}"},
+            data={"login_token": token, "username": "gp_a", "password": PASSWORD},
+        )
         (cookie,) = [c for c in r.set_cookies() if c.startswith("securemail_session=")]
         assert "Secure" in cookie
         assert "HttpOnly" in cookie
@@ -426,13 +457,15 @@ async def test_first_login_pairs_an_authenticator_and_shows_recovery_codes_once(
     assert new_secret
     assert new_secret.group(1).replace(" ", "") != secret_value
     stale = pyotp.TOTP(secret_value).at(webapp.clock.now)
-    r = await b.post("/login/enrol", {"csrf_token": again.field("csrf_token"), "code": stale},
-                     csrf=False)
+    r = await b.post(
+        "/login/enrol", {"csrf_token": again.field("csrf_token"), "code": stale}, csrf=False
+    )
     assert r.status == 422
     assert "<img" not in r.text  # the secret is not shown twice
     code = pyotp.TOTP(new_secret.group(1).replace(" ", "")).at(webapp.clock.now)
-    r = await b.post("/login/enrol", {"csrf_token": again.field("csrf_token"), "code": code},
-                     csrf=False)
+    r = await b.post(
+        "/login/enrol", {"csrf_token": again.field("csrf_token"), "code": code}, csrf=False
+    )
     assert r.status == 200
     codes = re.findall(r"<code>([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})</code>", r.text)
     assert len(codes) == 10
@@ -461,8 +494,9 @@ async def test_full_session_is_sent_home_from_the_login_steps(webapp):
 
 async def test_admin_reset_forces_reenrolment_over_http(webapp):
     gp = await logged_in(webapp, "gp_a")
-    webapp.svc.store.write_sync(lambda db: auth.reset_password(
-        db, access.SYSTEM, "gp_a", "a brand new password"))
+    webapp.svc.store.write_sync(
+        lambda db: auth.reset_password(db, access.SYSTEM, "gp_a", "a brand new password")
+    )
     assert (await gp.get("/account")).location == "/login"
     b = webapp.browser()
     r = await b.password("gp_a", "a brand new password")
@@ -499,8 +533,9 @@ async def test_security_headers_on_every_kind_of_response(web_template, aiohttp_
         await b.login("admin")
         for path in ("/account", "/requests", "/requests/UVZ-2025-000001", "/boom"):
             assert_security_headers(await b.get(path), path)
-        assert_security_headers(await b.post("/logout/all", {"csrf_token": "x"}, csrf=False),
-                                "csrf refusal")
+        assert_security_headers(
+            await b.post("/logout/all", {"csrf_token": "x"}, csrf=False), "csrf refusal"
+        )
         r = await b.get("/boom")
         assert r.status == 500
         assert re.search(r"Kenmerk: <code>[0-9a-f]{12}</code>", r.text)
@@ -517,8 +552,7 @@ async def test_no_template_has_inline_script_or_style():
     templates = Path(__file__).resolve().parents[1] / "securemail" / "web" / "templates"
     for path in templates.rglob("*.html"):
         text = path.read_text(encoding="utf-8")
-        assert "<script>" not in text and "<script " not in text.replace(
-            '<script src="', ""), path
+        assert "<script>" not in text and "<script " not in text.replace('<script src="', ""), path
         assert " onclick=" not in text and " onload=" not in text, path
         assert "<style" not in text and ' style="' not in text, path
 
@@ -527,10 +561,12 @@ async def test_no_template_has_inline_script_or_style():
 
 
 async def _token(webapp: WebApp, username: str, scopes: str) -> str:
-    gp = webapp.svc.store.read_sync(lambda db: auth.actor_for(
-        db, auth.user_by_name(db, username), "test"))
-    token, _ = webapp.svc.store.write_sync(lambda db: apitoken.create(
-        db, gp, name="HIS", scopes=scopes, now=webapp.clock.now))
+    gp = webapp.svc.store.read_sync(
+        lambda db: auth.actor_for(db, auth.user_by_name(db, username), "test")
+    )
+    token, _ = webapp.svc.store.write_sync(
+        lambda db: apitoken.create(db, gp, name="HIS", scopes=scopes, now=webapp.clock.now)
+    )
     return token
 
 
@@ -539,8 +575,9 @@ async def test_api_without_or_with_a_bad_token_is_401_and_audited(webapp):
     r = await b.request("GET", "/api/requests/UVZ-2025-000001/status")
     assert r.status == 401
     for header in ("Bearer smk_nope", "Basic Z3BfYTpwdw==", "Bearer "):
-        r = await b.request("GET", "/api/requests/UVZ-2025-000001/status",
-                            headers={"Authorization": header})
+        r = await b.request(
+            "GET", "/api/requests/UVZ-2025-000001/status", headers={"Authorization": header}
+        )
         assert r.status == 401, header
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     assert webapp.audit("auth.fail")[-1]["outcome_detail"].startswith("api token:")
@@ -551,24 +588,34 @@ async def test_api_token_scope_and_organisation(webapp):
     read_only = await _token(webapp, "gp_a", "request:read")
     other_practice = await _token(webapp, "gp_b", "request:read request:send")
     b = webapp.browser()
-    r = await b.request("GET", f"/api/requests/{ref}/status",
-                        headers={"Authorization": f"Bearer {read_only}"})
+    r = await b.request(
+        "GET", f"/api/requests/{ref}/status", headers={"Authorization": f"Bearer {read_only}"}
+    )
     assert r.status == 200
     status = json.loads(r.text)
     assert status["reference"] == ref
     assert BSN not in r.text
     # Out of scope: 403 and an audit row (and no CSRF token asked for: no cookie session).
-    r = await b.request("POST", "/api/requests", json={"request": {}, "passphrase": "x"},
-                        headers={"Authorization": f"Bearer {read_only}"})
+    r = await b.request(
+        "POST",
+        "/api/requests",
+        json={"request": {}, "passphrase": "x"},
+        headers={"Authorization": f"Bearer {read_only}"},
+    )
     assert r.status == 403
     assert webapp.audit("access.denied")[-1]["check_authz"] == "deny:request.send"
     # Another practice's request: 404, like a missing one.
-    r = await b.request("GET", f"/api/requests/{ref}/status",
-                        headers={"Authorization": f"Bearer {other_practice}"})
+    r = await b.request(
+        "GET", f"/api/requests/{ref}/status", headers={"Authorization": f"Bearer {other_practice}"}
+    )
     assert r.status == 404
     # In scope, no CSRF token needed; a bad body is the caller's error, not a refusal.
-    r = await b.request("POST", "/api/requests", json={"request": {}},
-                        headers={"Authorization": f"Bearer {other_practice}"})
+    r = await b.request(
+        "POST",
+        "/api/requests",
+        json={"request": {}},
+        headers={"Authorization": f"Bearer {other_practice}"},
+    )
     assert r.status == 400
     assert json.loads(r.text)["context"]["field"] == "passphrase"
 
@@ -577,12 +624,15 @@ async def test_api_token_stops_when_revoked_or_owner_leaves(webapp):
     token = await _token(webapp, "gp_a", "request:read")
     b = webapp.browser()
     headers = {"Authorization": f"Bearer {token}"}
-    assert (await b.request("GET", "/api/requests/UVZ-2025-000009/status",
-                            headers=headers)).status == 404
-    webapp.svc.store.write_sync(lambda db: db.execute(
-        "UPDATE users SET active = 0 WHERE username = 'gp_a'"))
-    assert (await b.request("GET", "/api/requests/UVZ-2025-000009/status",
-                            headers=headers)).status == 401
+    assert (
+        await b.request("GET", "/api/requests/UVZ-2025-000009/status", headers=headers)
+    ).status == 404
+    webapp.svc.store.write_sync(
+        lambda db: db.execute("UPDATE users SET active = 0 WHERE username = 'gp_a'")
+    )
+    assert (
+        await b.request("GET", "/api/requests/UVZ-2025-000009/status", headers=headers)
+    ).status == 401
 
 
 async def test_gp_creates_and_revokes_a_token_in_the_browser(webapp):
@@ -593,18 +643,22 @@ async def test_gp_creates_and_revokes_a_token_in_the_browser(webapp):
     assert token
     api = webapp.browser()
     headers = {"Authorization": f"Bearer {token.group(1)}"}
-    assert (await api.request("GET", "/api/requests/UVZ-2025-000009/status",
-                              headers=headers)).status == 404
+    assert (
+        await api.request("GET", "/api/requests/UVZ-2025-000009/status", headers=headers)
+    ).status == 404
     page = await gp.get("/account")
     assert token.group(1) not in page.text  # shown once
     (token_id,) = re.findall(r"/account/tokens/(\d+)/revoke", page.text)
     other = await logged_in(webapp, "gp_b")
     assert (await other.post(f"/account/tokens/{token_id}/revoke")).status == 404
     assert (await gp.post(f"/account/tokens/{token_id}/revoke")).location == "/account"
-    assert (await api.request("GET", "/api/requests/UVZ-2025-000009/status",
-                              headers=headers)).status == 401
+    assert (
+        await api.request("GET", "/api/requests/UVZ-2025-000009/status", headers=headers)
+    ).status == 401
     assert [r["outcome_detail"].split(" ")[0] for r in webapp.audit("auth.token")] == [
-        "created", "revoked"]
+        "created",
+        "revoked",
+    ]
 
 
 async def test_admin_resets_a_password_and_unlocks_in_the_browser(webapp):
@@ -613,17 +667,18 @@ async def test_admin_resets_a_password_and_unlocks_in_the_browser(webapp):
     page = await admin.get("/admin")
     assert page.status == 200
     assert "gp_a" in page.text
-    r = await admin.post("/admin/users/reset-password", {"username": "gp_a",
-                                                        "password": "short"})
+    r = await admin.post("/admin/users/reset-password", {"username": "gp_a", "password": "short"})
     assert r.status == 400
-    r = await admin.post("/admin/users/reset-password", {"username": "gp_a",
-                                                        "password": "a brand new password"})
+    r = await admin.post(
+        "/admin/users/reset-password", {"username": "gp_a", "password": "a brand new password"}
+    )
     assert r.status == 200
     assert "1 sessie(s) beëindigd" in r.text
     assert "a brand new password" not in r.text
     assert (await gp.get("/account")).location == "/login"
     assert (await webapp.browser().password("gp_a", "a brand new password")).location == (
-        "/login/enrol")
+        "/login/enrol"
+    )
     # A lock, lifted by the admin before it runs out
     b = webapp.browser()
     for i in range(webapp.settings.web.login_max_failures):

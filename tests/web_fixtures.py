@@ -50,8 +50,11 @@ class Clock:
 
 TEAM_ADDRESSES = ("centrum@zorg.example", "oost@zorg.example")
 #: Which practice's GP may send the example patient to which team (consent on record).
-CONSENTS = (("gp_a", "centrum@zorg.example"), ("gp_a", "oost@zorg.example"),
-            ("gp_b", "centrum@zorg.example"))
+CONSENTS = (
+    ("gp_a", "centrum@zorg.example"),
+    ("gp_a", "oost@zorg.example"),
+    ("gp_b", "centrum@zorg.example"),
+)
 
 
 def short_dir(prefix: str) -> Path:
@@ -60,8 +63,11 @@ def short_dir(prefix: str) -> Path:
 
 
 def kill_agents(home: Path) -> None:
-    subprocess.run(["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "all"],
-                   check=False, capture_output=True)
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "all"],
+        check=False,
+        capture_output=True,
+    )
 
 
 def build_template_home(root: Path) -> dict[str, str]:
@@ -78,7 +84,8 @@ def build_template_home(root: Path) -> dict[str, str]:
                 continue
             uid = store.read_sync(lambda db, u=username: auth.user_by_name(db, u).id)
             secrets[username] = store.write_sync(
-                lambda db, uid=uid: auth.enrol_totp_for_demo(db, uid))
+                lambda db, uid=uid: auth.enrol_totp_for_demo(db, uid)
+            )
     finally:
         store.close()
     kill_agents(home)
@@ -97,16 +104,30 @@ async def _build(home: Path, team_gnupg: Path) -> None:
         now = svc.now_iso()
         for address in TEAM_ADDRESSES:
             email = "member-" + address
-            gpg_cli(team_gnupg, "--passphrase", "", "--quick-gen-key", f"Member <{email}>",
-                    "ed25519", "sign,cert", "2y")
-            fpr = [line.split(":")[9] for line in gpg_cli(
-                team_gnupg, "--with-colons", "--list-keys", email).decode().splitlines()
-                if line.startswith("fpr:")][0]
-            gpg_cli(team_gnupg, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr",
-                    "2y")
+            gpg_cli(
+                team_gnupg,
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                f"Member <{email}>",
+                "ed25519",
+                "sign,cert",
+                "2y",
+            )
+            fpr = [
+                line.split(":")[9]
+                for line in gpg_cli(team_gnupg, "--with-colons", "--list-keys", email)
+                .decode()
+                .splitlines()
+                if line.startswith("fpr:")
+            ][0]
+            gpg_cli(team_gnupg, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
             await svc.keyring.import_keys(gpg_cli(team_gnupg, "--armor", "--export", fpr).decode())
-            svc.store.write_sync(lambda db, a=address, e=email, f=fpr: directory.add_member(
-                db, SYSTEM, team_address=a, name="Member", email=e, fingerprint=f, now=now))
+            svc.store.write_sync(
+                lambda db, a=address, e=email, f=fpr: directory.add_member(
+                    db, SYSTEM, team_address=a, name="Member", email=e, fingerprint=f, now=now
+                )
+            )
         for username in ("gp_a", "gp_b"):
             user = svc.store.read_sync(lambda db, u=username: auth.user_by_name(db, u))
             await enrol_gp_key(svc, user, GP_PASSPHRASE)
@@ -115,13 +136,17 @@ async def _build(home: Path, team_gnupg: Path) -> None:
             grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], address)
     finally:
         svc.close()
-        subprocess.run(["gpgconf", "--homedir", str(team_gnupg), "--kill", "all"],
-                       check=False, capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(team_gnupg), "--kill", "all"],
+            check=False,
+            capture_output=True,
+        )
 
 
 def copy_home(template: Path, target: Path) -> Path:
-    shutil.copytree(template / "home", target,
-                    ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+    shutil.copytree(
+        template / "home", target, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*")
+    )
     return target
 
 
@@ -161,8 +186,9 @@ class Browser:
     async def get(self, path: str, **kw: Any) -> Response:
         return await self.request("GET", path, **kw)
 
-    async def post(self, path: str, data: dict[str, Any] | None = None, *,
-                   csrf: bool = True, **kw: Any) -> Response:
+    async def post(
+        self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True, **kw: Any
+    ) -> Response:
         data = dict(data or {})
         if csrf and "csrf_token" not in data:
             data["csrf_token"] = self.csrf
@@ -170,14 +196,21 @@ class Browser:
 
     async def password(self, username: str, password: str = PASSWORD) -> Response:
         page = await self.get("/login")
-        return await self.request("POST", "/login", data={
-            "login_token": page.field("login_token"), "username": username,
-            "password": password})
+        return await self.request(
+            "POST",
+            "/login",
+            data={
+                "login_token": page.field("login_token"),
+                "username": username,
+                "password": password,
+            },
+        )
 
     async def second_factor(self, code: str) -> Response:
         page = await self.get("/login/totp")
-        return await self.request("POST", "/login/totp", data={
-            "csrf_token": page.field("csrf_token"), "code": code})
+        return await self.request(
+            "POST", "/login/totp", data={"csrf_token": page.field("csrf_token"), "code": code}
+        )
 
     async def login(self, username: str, *, code: str | None = None) -> Response:
         """Password and TOTP; afterwards self.csrf is the full session's CSRF token."""
@@ -226,8 +259,9 @@ class WebApp:
         return self.code(username)
 
     def browser(self) -> Browser:
-        session = aiohttp.ClientSession(base_url=str(self.client.make_url("/")),
-                                        cookie_jar=aiohttp.CookieJar(unsafe=True))
+        session = aiohttp.ClientSession(
+            base_url=str(self.client.make_url("/")), cookie_jar=aiohttp.CookieJar(unsafe=True)
+        )
         b = Browser(self, session)
         self.browsers.append(b)
         return b
@@ -241,19 +275,26 @@ class WebApp:
         from securemail import exchange
         from tests.e2e.conftest import GP_PASSPHRASE, example
 
-        gp = self.svc.store.read_sync(lambda db: auth.actor_for(
-            db, auth.user_by_name(db, username), "test"))
+        gp = self.svc.store.read_sync(
+            lambda db: auth.actor_for(db, auth.user_by_name(db, username), "test")
+        )
         result = await exchange.send(self.svc, gp, example(), GP_PASSPHRASE, to=to)
         return result.reference
 
     def audit(self, code: str) -> list[dict[str, Any]]:
-        return self.svc.store.read_sync(lambda db: list(db["audit_events"].rows_where(
-            "event_code = ?", [code], order_by="seq")))
+        return self.svc.store.read_sync(
+            lambda db: list(db["audit_events"].rows_where("event_code = ?", [code], order_by="seq"))
+        )
 
 
-async def start_web(home: Path, secrets: dict[str, str], aiohttp_client: Any, *,
-                    web_settings: dict[str, Any] | None = None,
-                    prepare: Any = None) -> WebApp:
+async def start_web(
+    home: Path,
+    secrets: dict[str, str],
+    aiohttp_client: Any,
+    *,
+    web_settings: dict[str, Any] | None = None,
+    prepare: Any = None,
+) -> WebApp:
     """The real app (create_app) on the copied home; prepare(app) may add routes first."""
     from securemail.web import create_app
 
@@ -271,8 +312,9 @@ async def start_web(home: Path, secrets: dict[str, str], aiohttp_client: Any, *,
 
 
 @contextlib.asynccontextmanager
-async def another_web(template: tuple[Path, dict[str, str]], aiohttp_client: Any,
-                      **kw: Any) -> AsyncIterator[WebApp]:
+async def another_web(
+    template: tuple[Path, dict[str, str]], aiohttp_client: Any, **kw: Any
+) -> AsyncIterator[WebApp]:
     """A second app on its own copy of the template home (other settings, extra routes)."""
     root, secrets = template
     home = copy_home(root, short_dir("smw-") / "home")

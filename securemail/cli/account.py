@@ -23,10 +23,13 @@ def cmd_account(args: argparse.Namespace) -> int:
         src = svc.settings.gateway.source_id
         if args.action == "reset-password":
             password = read_secret(args.password_file, "new password: ")
-            ended = svc.store.write_sync(lambda db: auth.reset_password(
-                db, SYSTEM, args.username, password, source_id=src))
-            print(f"password of {args.username} reset; {ended} session(s) ended; the next login "
-                  "pairs a new authenticator app and issues new recovery codes")
+            ended = svc.store.write_sync(
+                lambda db: auth.reset_password(db, SYSTEM, args.username, password, source_id=src)
+            )
+            print(
+                f"password of {args.username} reset; {ended} session(s) ended; the next login "
+                "pairs a new authenticator app and issues new recovery codes"
+            )
         else:
             svc.store.write_sync(lambda db: auth.unlock(db, SYSTEM, args.username, source_id=src))
             print(f"{args.username} unlocked")
@@ -34,9 +37,16 @@ def cmd_account(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = command(sub, "account", cmd_account,
-                "reset a password (forces a new second factor) or unlock an account")
+    p = command(
+        sub,
+        "account",
+        cmd_account,
+        "reset a password (forces a new second factor) or unlock an account",
+    )
     p.add_argument("action", choices=["reset-password", "unlock"])
     p.add_argument("--username", required=True)
-    p.add_argument("--password-file", type=Path,
-                   help="read the new password from this file's first line (default: ask)")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help="read the new password from this file's first line (default: ask)",
+    )

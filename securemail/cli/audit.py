@@ -37,7 +37,8 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
     if not settings.db_path.exists():
         raise NotInitialisedError(
             f"{settings.home} has no database; run: securemail init --home {settings.home}",
-            home=str(settings.home))
+            home=str(settings.home),
+        )
     store = Store(settings.db_path)
     try:
         store.migrate()
@@ -56,10 +57,12 @@ def _actor(store: Store, username: str | None) -> Actor:
     return store.read_sync(lambda db: auth.actor_for_cli(db, username))
 
 
-def _period(settings: Settings, args: argparse.Namespace, default_days: int = 30
-            ) -> tuple[str, str]:
-    return audit_report.parse_period(args.date_from, args.date_to,
-                                     tz=settings.deadlines.timezone, default_days=default_days)
+def _period(
+    settings: Settings, args: argparse.Namespace, default_days: int = 30
+) -> tuple[str, str]:
+    return audit_report.parse_period(
+        args.date_from, args.date_to, tz=settings.deadlines.timezone, default_days=default_days
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -72,23 +75,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 require(actor, "audit.verify", Resource("audit", org_id=actor.org_id))
             except AccessDeniedError as exc:
                 denied: Exception = exc
-                store.write_sync(lambda db: audit_report.record_denial(
-                    db, actor, "audit.verify", denied, what="chain", source_id=src))
+                store.write_sync(
+                    lambda db: audit_report.record_denial(
+                        db, actor, "audit.verify", denied, what="chain", source_id=src
+                    )
+                )
                 raise
         keys = audit_integrity.trusted_keys(settings.home)
         for p in args.public_key or []:
             k = audit_integrity.load_public_key(Path(p))
             keys[audit_integrity.key_id(k)] = k
         try:
-            report = store.read_sync(lambda db: audit_integrity.verify(
-                db, keys, workers=args.workers))
+            report = store.read_sync(
+                lambda db: audit_integrity.verify(db, keys, workers=args.workers)
+            )
         except audit.ChainBrokenError as exc:
             broken = exc
-            store.write_sync(lambda db: audit_review.record_verification(
-                db, actor, ok=False, detail=broken.reason, source_id=src))
+            store.write_sync(
+                lambda db: audit_review.record_verification(
+                    db, actor, ok=False, detail=broken.reason, source_id=src
+                )
+            )
             raise
-        store.write_sync(lambda db: audit_review.record_verification(
-            db, actor, ok=True, detail=report.summary(), source_id=src))
+        store.write_sync(
+            lambda db: audit_review.record_verification(
+                db, actor, ok=True, detail=report.summary(), source_id=src
+            )
+        )
     finally:
         store.close()
     print(report.summary())
@@ -99,8 +112,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("no checkpoint yet: run `securemail audit checkpoint`")
     if report.anchor_seq:
         print(f"chain starts after purged row {report.anchor_seq}")
-    print(f"head: row {report.last_seq} {report.head_hash}; {report.unsigned_rows} rows after "
-          "the last checkpoint")
+    print(
+        f"head: row {report.last_seq} {report.head_hash}; {report.unsigned_rows} rows after "
+        "the last checkpoint"
+    )
     return 0
 
 
@@ -110,15 +125,32 @@ def cmd_patient(args: argparse.Namespace) -> int:
     try:
         actor = _actor(store, args.as_user)
         start, end = _period(settings, args, default_days=365)
-        report = audit_report.run_sync(store, actor, "audit.view", lambda db: (
-            audit_report.disclosure_report(db, actor, args.bsn, start, end, source_id=src)),
-            what="disclosure", source_id=src)
+        report = audit_report.run_sync(
+            store,
+            actor,
+            "audit.view",
+            lambda db: audit_report.disclosure_report(
+                db, actor, args.bsn, start, end, source_id=src
+            ),
+            what="disclosure",
+            source_id=src,
+        )
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"bsn": report.bsn, "from": start, "to": end,
-                          "organisation": report.organisation, "events": report.rows},
-                         indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "bsn": report.bsn,
+                    "from": start,
+                    "to": end,
+                    "organisation": report.organisation,
+                    "events": report.rows,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     print(f"{len(report.rows)} events, {start} .. {end}, scope {report.organisation}")
     for cells in audit_export.disclosure_table(report, settings.deadlines.timezone):
@@ -133,9 +165,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         actor = _actor(store, args.as_user)
         start, end = _period(settings, args, default_days=30)
-        scope = audit_report.run_sync(store, actor, "audit.export", lambda db: (
-            audit_export.begin_export(db, actor, args.format, start, end, source_id=src)),
-            what=f"trail.{args.format}", source_id=src)
+        scope = audit_report.run_sync(
+            store,
+            actor,
+            "audit.export",
+            lambda db: audit_export.begin_export(db, actor, args.format, start, end, source_id=src),
+            what=f"trail.{args.format}",
+            source_id=src,
+        )
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
 
         def write(db: Any) -> int:
@@ -163,9 +200,18 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         def sign(db: Any) -> audit_integrity.Checkpoint | None:
             cp = audit_integrity.checkpoint(db, key, kind="manual")
             if cp is not None:
-                audit.record(db, audit.AuditEvent.of(
-                    actor, "audit.checkpoint", object_type="audit", object_id=str(cp.seq),
-                    nature="technical", outcome_detail=f"checkpoint {cp.id}"), source_id=src)
+                audit.record(
+                    db,
+                    audit.AuditEvent.of(
+                        actor,
+                        "audit.checkpoint",
+                        object_type="audit",
+                        object_id=str(cp.seq),
+                        nature="technical",
+                        outcome_detail=f"checkpoint {cp.id}",
+                    ),
+                    source_id=src,
+                )
             return cp
 
         cp = store.write_sync(sign)
@@ -193,16 +239,20 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print(f"{count} rows recorded before {cutoff} are past retention ({years} years)")
             return 0
         key = audit_integrity.load_or_create_checkpoint_key(settings.home)
-        result = store.write_sync(lambda db: audit_retention.purge(
-            db, actor, key, now=now, retention_years=years,
-            source_id=settings.gateway.source_id))
+        result = store.write_sync(
+            lambda db: audit_retention.purge(
+                db, actor, key, now=now, retention_years=years, source_id=settings.gateway.source_id
+            )
+        )
     finally:
         store.close()
     if result is None:
         print(f"nothing recorded before {audit_retention.retention_cutoff(now, years)}")
     else:
-        print(f"purged rows {result.first_seq}..{result.last_seq} ({result.rows}) recorded "
-              f"before {result.cutoff}; anchor signed, audit.purge is row {result.event_seq}")
+        print(
+            f"purged rows {result.first_seq}..{result.last_seq} ({result.rows}) recorded "
+            f"before {result.cutoff}; anchor signed, audit.purge is row {result.event_seq}"
+        )
     return 0
 
 
@@ -216,13 +266,19 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 def render_actions_markdown() -> str:
     """Every event code with its NEN 7513 action and meaning, in docs/audit-actions.md's form."""
-    lines = ["# Audit actions", "",
-             "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
-             "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this "
-             "list", "complete.", "",
-             "| event code | action | meaning |", "|---|---|---|"]
-    lines += [f"| `{code}` | {action} | {meaning} |"
-              for code, (action, meaning) in EVENT_CODES.items()]
+    lines = [
+        "# Audit actions",
+        "",
+        "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
+        "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this list",
+        "complete.",
+        "",
+        "| event code | action | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{code}` | {action} | {meaning} |" for code, (action, meaning) in EVENT_CODES.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -246,11 +302,19 @@ def _period_args(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     p = command(sub, "audit", cmd_verify, "verify, query and export the audit trail")
     asub = p.add_subparsers(dest="audit_command", required=True)
-    v = _sub(asub, "verify", cmd_verify,
-             "recompute the chain and check every checkpoint; non-zero when tampered")
+    v = _sub(
+        asub,
+        "verify",
+        cmd_verify,
+        "recompute the chain and check every checkpoint; non-zero when tampered",
+    )
     v.add_argument("--as", dest="as_user", default=None, help="who runs it (default: system)")
-    v.add_argument("--public-key", action="append", metavar="PEM",
-                   help="also trust this (retired or escrowed) public key")
+    v.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PEM",
+        help="also trust this (retired or escrowed) public key",
+    )
     v.add_argument("--workers", type=int, default=None, help="processes (default: by size)")
     t = _sub(asub, "patient", cmd_patient, "disclosure report for a BSN (audited)")
     t.add_argument("bsn")

@@ -40,26 +40,44 @@ def read_secret(path: Path | None, prompt: str) -> str:
 
 def cmd_org_add(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
-        org = svc.store.write_sync(lambda db: directory.add_org(
-            db, SYSTEM, code=args.code, kind=args.kind, name=args.name,
-            notify_address=args.notify or "", now=svc.now_iso()))
+        org = svc.store.write_sync(
+            lambda db: directory.add_org(
+                db,
+                SYSTEM,
+                code=args.code,
+                kind=args.kind,
+                name=args.name,
+                notify_address=args.notify or "",
+                now=svc.now_iso(),
+            )
+        )
     print(f"organisation {org.code} ({org.kind}) {org.name} added")
     return 0
 
 
 def cmd_team_add(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
-        team = svc.store.write_sync(lambda db: directory.add_team(
-            db, SYSTEM, org_code=args.org, name=args.name, address=args.address,
-            now=svc.now_iso()))
+        team = svc.store.write_sync(
+            lambda db: directory.add_team(
+                db,
+                SYSTEM,
+                org_code=args.org,
+                name=args.name,
+                address=args.address,
+                now=svc.now_iso(),
+            )
+        )
     print(f"team {team.address} ({team.name}) added")
     return 0
 
 
 def cmd_preferred(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
-        svc.store.write_sync(lambda db: directory.set_preferred(
-            db, practice_code=args.practice, team_addresses=args.team))
+        svc.store.write_sync(
+            lambda db: directory.set_preferred(
+                db, practice_code=args.practice, team_addresses=args.team
+            )
+        )
     print(f"preferred providers of {args.practice}: {', '.join(args.team)}")
     return 0
 
@@ -73,10 +91,21 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         password = read_secret(args.password_file, "password: ")
         profile = {k: getattr(args, k) or "" for k in ("big", "agb", "phone", "out_of_hours_phone")}
-        user = svc.store.write_sync(lambda db: auth.add_user(
-            db, SYSTEM, username=args.username, name=args.name, role=args.role,
-            org_code=args.org, password=password, email=args.email or "",
-            teams=args.team or [], profile=profile, now=svc.now_iso()))
+        user = svc.store.write_sync(
+            lambda db: auth.add_user(
+                db,
+                SYSTEM,
+                username=args.username,
+                name=args.name,
+                role=args.role,
+                org_code=args.org,
+                password=password,
+                email=args.email or "",
+                teams=args.team or [],
+                profile=profile,
+                now=svc.now_iso(),
+            )
+        )
         print(f"user {user.username} ({user.role}) added")
         if user.role == "gp":
             passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")

@@ -53,8 +53,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{info['reference']}  {info['state']}  to {info['team_address']}")
     for d in info["delivery"]:
-        print(f"  delivery: {d['status']}  attempts={d['attempts']}  {d.get('last_error') or ''}"
-              f"{d.get('relay_reply') or ''}")
+        print(
+            f"  delivery: {d['status']}  attempts={d['attempts']}  {d.get('last_error') or ''}"
+            f"{d.get('relay_reply') or ''}"
+        )
     if info.get("answer_due"):
         print(f"  answer due: {info['answer_due']}")
     return 0

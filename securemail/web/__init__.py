@@ -40,8 +40,11 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     svc = app[services_key]
     hooks = outbox_hooks(svc)
     worker = delivery.Worker(
-        svc.settings, svc.store, owner_id=f"web-{socket.gethostname()}",
-        on_final=hooks.on_final, before_send=hooks.before_send,
+        svc.settings,
+        svc.store,
+        owner_id=f"web-{socket.gethostname()}",
+        on_final=hooks.on_final,
+        before_send=hooks.before_send,
     )
     stop = asyncio.Event()
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
@@ -92,8 +95,9 @@ def outbox_hooks(svc: Services):
     return Hooks(svc)
 
 
-def create_app(settings: Settings, *, services: Services | None = None,
-               run_worker: bool = True) -> web.Application:
+def create_app(
+    settings: Settings, *, services: Services | None = None, run_worker: bool = True
+) -> web.Application:
     trusted = forwarded.parse_trusted(settings.web.trusted_proxies)
     app = web.Application(middlewares=middleware.stack(trusted), client_max_size=2 * 1024**2)
     app[settings_key] = settings

@@ -34,12 +34,16 @@ async def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
     actor = request[ACTOR]
 
     def read(db: sqlite_utils.Database) -> dict[str, Any]:
-        row = db.execute("SELECT totp_enrolled_at FROM user_security WHERE user_id = ?",
-                         [actor.user_id]).fetchone()
+        row = db.execute(
+            "SELECT totp_enrolled_at FROM user_security WHERE user_id = ?", [actor.user_id]
+        ).fetchone()
         tokens = apitoken.list_tokens(db, actor) if actor.role == "gp" else []
-        return {"enrolled_at": row[0] if row else "",
-                "recovery_left": totp.recovery_codes_left(db, actor.user_id),
-                "tokens": tokens, "scopes": list(apitoken.SCOPES)}
+        return {
+            "enrolled_at": row[0] if row else "",
+            "recovery_left": totp.recovery_codes_left(db, actor.user_id),
+            "tokens": tokens,
+            "scopes": list(apitoken.SCOPES),
+        }
 
     ctx = await svc.store.read(read)
     ctx.update({"error": None, "notice": None})
@@ -50,18 +54,21 @@ async def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
 @requires("account.self")
 async def account_page(request: web.Request) -> web.StreamResponse:
     _own(request)
-    return aiohttp_jinja2.render_template("account/account.html", request,
-                                          await _context(request))
+    return aiohttp_jinja2.render_template("account/account.html", request, await _context(request))
 
 
 @requires("account.self")
 async def renew_codes(request: web.Request) -> web.StreamResponse:
     _own(request)
     svc = request.app[services_key]
-    codes = await svc.store.write(lambda db: totp.renew_recovery_codes(
-        db, request[ACTOR], now=svc.now(), source_id=svc.settings.gateway.source_id))
-    return aiohttp_jinja2.render_template("totp/recovery_codes.html", request,
-                                          recovery_context(codes, first=False))
+    codes = await svc.store.write(
+        lambda db: totp.renew_recovery_codes(
+            db, request[ACTOR], now=svc.now(), source_id=svc.settings.gateway.source_id
+        )
+    )
+    return aiohttp_jinja2.render_template(
+        "totp/recovery_codes.html", request, recovery_context(codes, first=False)
+    )
 
 
 @requires("account.self")
@@ -69,10 +76,16 @@ async def repair_page(request: web.Request) -> web.StreamResponse:
     _own(request)
     svc = request.app[services_key]
     actor = request[ACTOR]
-    enrolment = await svc.store.write(lambda db: totp.begin_enrolment(
-        db, actor.user_id, actor.username, issuer=svc.settings.gateway.name, now=svc.now()))
-    return aiohttp_jinja2.render_template("totp/enrol.html", request, {
-        "enrolment": enrolment, "error": None, "action": "/account/totp"})
+    enrolment = await svc.store.write(
+        lambda db: totp.begin_enrolment(
+            db, actor.user_id, actor.username, issuer=svc.settings.gateway.name, now=svc.now()
+        )
+    )
+    return aiohttp_jinja2.render_template(
+        "totp/enrol.html",
+        request,
+        {"enrolment": enrolment, "error": None, "action": "/account/totp"},
+    )
 
 
 @requires("account.self")
@@ -83,20 +96,31 @@ async def repair_post(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     found = await svc.store.read(lambda db: auth.find_user(db, actor.username))
     password_ok = found is not None and await asyncio.to_thread(
-        auth.check_password, str(form.get("password", "")), found[1])
+        auth.check_password, str(form.get("password", "")), found[1]
+    )
     try:
         if not password_ok:
             raise totp.SecondFactorError("password does not match")
-        codes = await svc.store.write(lambda db: totp.confirm_enrolment(
-            db, actor, str(form.get("code", ""))[:40], now=svc.now(),
-            source_id=svc.settings.gateway.source_id))
+        codes = await svc.store.write(
+            lambda db: totp.confirm_enrolment(
+                db,
+                actor,
+                str(form.get("code", ""))[:40],
+                now=svc.now(),
+                source_id=svc.settings.gateway.source_id,
+            )
+        )
     except (totp.SecondFactorError, totp.EnrolmentExpiredError) as exc:
         message = exc.message_nl() if password_ok else "Uw wachtwoord klopt niet."
-        return aiohttp_jinja2.render_template("totp/enrol.html", request, {
-            "enrolment": None, "error": message, "action": "/account/totp"},
-            status=exc.http_status)
-    return aiohttp_jinja2.render_template("totp/recovery_codes.html", request,
-                                          recovery_context(codes, first=False))
+        return aiohttp_jinja2.render_template(
+            "totp/enrol.html",
+            request,
+            {"enrolment": None, "error": message, "action": "/account/totp"},
+            status=exc.http_status,
+        )
+    return aiohttp_jinja2.render_template(
+        "totp/recovery_codes.html", request, recovery_context(codes, first=False)
+    )
 
 
 @requires("token.manage")
@@ -105,23 +129,37 @@ async def token_create(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     scopes = [str(v) for v in form.getall("scopes", [])]
     try:
-        token, row = await svc.store.write(lambda db: apitoken.create(
-            db, request[ACTOR], name=str(form.get("name", "")), scopes=scopes, now=svc.now(),
-            source_id=svc.settings.gateway.source_id))
+        token, row = await svc.store.write(
+            lambda db: apitoken.create(
+                db,
+                request[ACTOR],
+                name=str(form.get("name", "")),
+                scopes=scopes,
+                now=svc.now(),
+                source_id=svc.settings.gateway.source_id,
+            )
+        )
     except InputError as exc:
-        return aiohttp_jinja2.render_template("account/account.html", request,
-                                              await _context(request, error=exc.message_nl()),
-                                              status=422)
-    return aiohttp_jinja2.render_template("account/token_created.html", request,
-                                          {"token": token, "row": row})
+        return aiohttp_jinja2.render_template(
+            "account/account.html",
+            request,
+            await _context(request, error=exc.message_nl()),
+            status=422,
+        )
+    return aiohttp_jinja2.render_template(
+        "account/token_created.html", request, {"token": token, "row": row}
+    )
 
 
 @requires("token.manage")
 async def token_revoke(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     token_id = int(request.match_info["token_id"])
-    await svc.store.write(lambda db: apitoken.revoke(
-        db, request[ACTOR], token_id, now=svc.now(), source_id=svc.settings.gateway.source_id))
+    await svc.store.write(
+        lambda db: apitoken.revoke(
+            db, request[ACTOR], token_id, now=svc.now(), source_id=svc.settings.gateway.source_id
+        )
+    )
     raise web.HTTPSeeOther("/account")
 
 
@@ -131,5 +169,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/account/totp", repair_page, name="account_totp")
     app.router.add_post("/account/totp", repair_post, name="account_totp_post")
     app.router.add_post("/account/tokens", token_create, name="token_create")
-    app.router.add_post(r"/account/tokens/{token_id:[0-9]{1,12}}/revoke", token_revoke,
-                        name="token_revoke")
+    app.router.add_post(
+        r"/account/tokens/{token_id:[0-9]{1,12}}/revoke", token_revoke, name="token_revoke"
+    )

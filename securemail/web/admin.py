@@ -29,21 +29,32 @@ def people(db: sqlite_utils.Database, now: datetime) -> list[dict[str, Any]]:
     for row in db["users"].rows_where(order_by="username"):
         until = totp.locked_until(db, row["id"], now)
         org = orgs.get(row["org_id"])
-        out.append({"username": row["username"], "name": row["name"], "role": row["role"],
-                    "org": f"{org.name} ({org.code})" if org else "",
-                    "active": bool(row["active"]),
-                    "paired": not totp.needs_enrolment(db, row["id"]),
-                    "locked_until": until.isoformat(timespec="minutes") if until else ""})
+        out.append(
+            {
+                "username": row["username"],
+                "name": row["name"],
+                "role": row["role"],
+                "org": f"{org.name} ({org.code})" if org else "",
+                "active": bool(row["active"]),
+                "paired": not totp.needs_enrolment(db, row["id"]),
+                "locked_until": until.isoformat(timespec="minutes") if until else "",
+            }
+        )
     return out
 
 
-async def _page(request: web.Request, *, notice: str | None = None, error: str | None = None,
-                status: int = 200) -> web.StreamResponse:
+async def _page(
+    request: web.Request, *, notice: str | None = None, error: str | None = None, status: int = 200
+) -> web.StreamResponse:
     svc = request.app[services_key]
     require(request[ACTOR], "user.manage", Resource("user"))
     rows = await svc.store.read(lambda db: people(db, svc.now()))
-    return aiohttp_jinja2.render_template("admin/users.html", request, {
-        "people": rows, "notice": notice, "error": error}, status=status)
+    return aiohttp_jinja2.render_template(
+        "admin/users.html",
+        request,
+        {"people": rows, "notice": notice, "error": error},
+        status=status,
+    )
 
 
 @requires("user.manage")
@@ -58,13 +69,20 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", ""))
     password = str(form.get("password", ""))
     try:
-        ended = await svc.store.write(lambda db: auth.reset_password(
-            db, request[ACTOR], username, password, source_id=svc.settings.gateway.source_id))
+        ended = await svc.store.write(
+            lambda db: auth.reset_password(
+                db, request[ACTOR], username, password, source_id=svc.settings.gateway.source_id
+            )
+        )
     except (InputError, NotFoundError) as exc:
         return await _page(request, error=exc.message_nl(), status=exc.http_status)
-    return await _page(request, notice=(
-        f"Nieuw wachtwoord voor {username} ingesteld; {ended} sessie(s) beëindigd. Bij de "
-        "volgende login koppelt deze persoon opnieuw een authenticator-app."))
+    return await _page(
+        request,
+        notice=(
+            f"Nieuw wachtwoord voor {username} ingesteld; {ended} sessie(s) beëindigd. Bij de "
+            "volgende login koppelt deze persoon opnieuw een authenticator-app."
+        ),
+    )
 
 
 @requires("user.manage")
@@ -72,8 +90,11 @@ async def unlock(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     username = str((await request.post()).get("username", ""))
     try:
-        await svc.store.write(lambda db: auth.unlock(
-            db, request[ACTOR], username, source_id=svc.settings.gateway.source_id))
+        await svc.store.write(
+            lambda db: auth.unlock(
+                db, request[ACTOR], username, source_id=svc.settings.gateway.source_id
+            )
+        )
     except NotFoundError as exc:
         return await _page(request, error=exc.message_nl(), status=exc.http_status)
     return await _page(request, notice=f"{username} is gedeblokkeerd.")
@@ -81,6 +102,5 @@ async def unlock(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/admin", users_page, name="admin")
-    app.router.add_post("/admin/users/reset-password", reset_password,
-                        name="admin_reset_password")
+    app.router.add_post("/admin/users/reset-password", reset_password, name="admin_reset_password")
     app.router.add_post("/admin/users/unlock", unlock, name="admin_unlock")

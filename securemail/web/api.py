@@ -26,7 +26,8 @@ from securemail.web.middleware import access_point, requires
 
 def _unauthorised(error: str) -> web.HTTPUnauthorized:
     return web.HTTPUnauthorized(
-        text=f'{{"error": "{error}"}}', content_type="application/json",
+        text=f'{{"error": "{error}"}}',
+        content_type="application/json",
         headers={"WWW-Authenticate": f'Bearer realm="securemail", error="{error}"'},
     )
 
@@ -39,8 +40,9 @@ async def actor_from_token(request: web.Request) -> Actor:
     ap = access_point(request)
     throttle = request.app[throttle_key]
     if throttle.blocked(ap, now):
-        raise web.HTTPTooManyRequests(text='{"error": "auth.throttled"}',
-                                      content_type="application/json")
+        raise web.HTTPTooManyRequests(
+            text='{"error": "auth.throttled"}', content_type="application/json"
+        )
 
     def check(db: sqlite_utils.Database) -> Actor | str:
         if scheme.lower() != "bearer":
@@ -59,9 +61,18 @@ async def actor_from_token(request: web.Request) -> Actor:
     if isinstance(found, Actor):
         return found
     throttle.fail(ap, now)
-    await svc.store.write(lambda db: audit.record(db, audit.AuditEvent(
-        event_code="auth.fail", access_point=ap, outcome="refused",
-        outcome_detail=f"api token: {found}"), source_id=svc.settings.gateway.source_id))
+    await svc.store.write(
+        lambda db: audit.record(
+            db,
+            audit.AuditEvent(
+                event_code="auth.fail",
+                access_point=ap,
+                outcome="refused",
+                outcome_detail=f"api token: {found}",
+            ),
+            source_id=svc.settings.gateway.source_id,
+        )
+    )
     raise _unauthorised("invalid_token")
 
 
@@ -84,21 +95,27 @@ async def send_request(request: web.Request) -> web.StreamResponse:
     body = await _json_body(request)
     data, passphrase, to = body.get("request"), body.get("passphrase"), body.get("to")
     if not isinstance(data, dict):
-        raise InputError("'request' must be the execution request as a JSON object",
-                         field="request")
+        raise InputError(
+            "'request' must be the execution request as a JSON object", field="request"
+        )
     if not isinstance(passphrase, str) or not passphrase:
-        raise InputError("'passphrase' (the GP's signing passphrase) is required for every send",
-                         field="passphrase")
+        raise InputError(
+            "'passphrase' (the GP's signing passphrase) is required for every send",
+            field="passphrase",
+        )
     if to is not None and not isinstance(to, str):
         raise InputError("'to' must be a team address", field="to")
     result = await exchange.send(svc, request[ACTOR], data, passphrase, to=to)
-    return web.json_response({
-        "reference": result.reference,
-        "team_address": result.team_address,
-        "recipient_fingerprints": list(result.recipient_fingerprints),
-        "skipped_members": list(result.skipped),
-        "status_url": f"/api/requests/{result.reference}/status",
-    }, status=201)
+    return web.json_response(
+        {
+            "reference": result.reference,
+            "team_address": result.team_address,
+            "recipient_fingerprints": list(result.recipient_fingerprints),
+            "skipped_members": list(result.skipped),
+            "status_url": f"/api/requests/{result.reference}/status",
+        },
+        status=201,
+    )
 
 
 @requires("request.status")
@@ -112,9 +129,17 @@ async def request_status(request: web.Request) -> web.StreamResponse:
         row = exchange.request_row(db, reference)
         if row is None:
             raise NotFoundError("request not found")
-        require(actor, "request.status", Resource(
-            "request", org_id=row["practice_org_id"], team_ids=frozenset({row["team_id"]}),
-            ref=reference), hide=True)
+        require(
+            actor,
+            "request.status",
+            Resource(
+                "request",
+                org_id=row["practice_org_id"],
+                team_ids=frozenset({row["team_id"]}),
+                ref=reference,
+            ),
+            hide=True,
+        )
         return exchange.status(db, reference)
 
     return web.json_response(await svc.store.read(read))
@@ -122,5 +147,8 @@ async def request_status(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/requests", send_request, name="api_request_send")
-    app.router.add_get(r"/api/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/status",
-                       request_status, name="api_request_status")
+    app.router.add_get(
+        r"/api/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/status",
+        request_status,
+        name="api_request_status",
+    )

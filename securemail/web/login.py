@@ -83,27 +83,42 @@ def cookie_secure(request: web.Request) -> bool:
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, sid: str) -> None:
     response.set_cookie(
-        session.COOKIE, sid, httponly=True, samesite="Strict",
-        secure=cookie_secure(request), path="/",
+        session.COOKIE,
+        sid,
+        httponly=True,
+        samesite="Strict",
+        secure=cookie_secure(request),
+        path="/",
     )
 
 
 def locked_message(until: datetime) -> str:
     local = until.astimezone().strftime("%H:%M")
-    return (f"Dit account is tijdelijk geblokkeerd na te veel mislukte pogingen. Probeer het na "
-            f"{local} opnieuw, of vraag de beheerder om het te deblokkeren.")
+    return (
+        f"Dit account is tijdelijk geblokkeerd na te veel mislukte pogingen. Probeer het na "
+        f"{local} opnieuw, of vraag de beheerder om het te deblokkeren."
+    )
 
 
-def render_login(request: web.Request, *, error: str | None = None, username: str = "",
-                 status: int = 200) -> web.StreamResponse:
+def render_login(
+    request: web.Request, *, error: str | None = None, username: str = "", status: int = 200
+) -> web.StreamResponse:
     """The login form with a fresh login token, in the form and in a SameSite=Strict cookie."""
     token = secrets.token_urlsafe(32)
     response = aiohttp_jinja2.render_template(
-        "login.html", request, {"error": error, "username": username, "login_token": token},
+        "login.html",
+        request,
+        {"error": error, "username": username, "login_token": token},
         status=status,
     )
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
-                        secure=cookie_secure(request))
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        path="/login",
+        secure=cookie_secure(request),
+    )
     return response
 
 
@@ -118,9 +133,12 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     form_token = str(form.get("login_token", ""))
     if not cookie_token or not hmac.compare_digest(cookie_token, form_token):
         return error_response(
-            request, 403,
+            request,
+            403,
             "Dit inlogformulier is verlopen of niet van deze site afkomstig. Laad de pagina "
-            "opnieuw.", {"error": "csrf.invalid"})
+            "opnieuw.",
+            {"error": "csrf.invalid"},
+        )
     username = str(form.get("username", "")).strip().lower()[:64]
     password = str(form.get("password", ""))
     now = svc.now()
@@ -128,12 +146,28 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     ap = access_point(request)
     throttle = request.app[throttle_key]
     if throttle.blocked(ap, now):
-        await svc.store.write(lambda db: audit.record(db, audit.AuditEvent(
-            event_code="auth.fail", user_name=username, access_point=ap, outcome="refused",
-            outcome_detail="source address throttled"), source_id=src))
-        return render_login(request, username=username, status=429, error=(
-            "Te veel mislukte pogingen vanaf dit adres. Wacht een kwartier en probeer het "
-            "opnieuw."))
+        await svc.store.write(
+            lambda db: audit.record(
+                db,
+                audit.AuditEvent(
+                    event_code="auth.fail",
+                    user_name=username,
+                    access_point=ap,
+                    outcome="refused",
+                    outcome_detail="source address throttled",
+                ),
+                source_id=src,
+            )
+        )
+        return render_login(
+            request,
+            username=username,
+            status=429,
+            error=(
+                "Te veel mislukte pogingen vanaf dit adres. Wacht een kwartier en probeer het "
+                "opnieuw."
+            ),
+        )
     found = await svc.store.read(lambda db: auth.find_user(db, username))
     user = found[0] if found is not None and found[0].active else None
     # scrypt takes ~0.1 s of CPU by design: off the event loop.
@@ -142,17 +176,27 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
     def attempt(db: sqlite_utils.Database) -> tuple[totp.Verdict, tuple[str, bool] | None]:
         if user is None:
-            audit.record(db, audit.AuditEvent(
-                event_code="auth.fail", user_name=username, access_point=ap, outcome="refused",
-                outcome_detail="unknown or inactive user"), source_id=src)
+            audit.record(
+                db,
+                audit.AuditEvent(
+                    event_code="auth.fail",
+                    user_name=username,
+                    access_point=ap,
+                    outcome="refused",
+                    outcome_detail="unknown or inactive user",
+                ),
+                source_id=src,
+            )
             return totp.Verdict(False, "bad_password"), None
         actor = auth.actor_for(db, user, ap)
         if totp.locked_until(db, user.id, now) is not None:
-            return totp.register_failure(db, actor, "locked", now=now, policy=policy,
-                                         source_id=src), None
+            return totp.register_failure(
+                db, actor, "locked", now=now, policy=policy, source_id=src
+            ), None
         if not ok:
-            return totp.register_failure(db, actor, "bad_password", now=now, policy=policy,
-                                         source_id=src), None
+            return totp.register_failure(
+                db, actor, "bad_password", now=now, policy=policy, source_id=src
+            ), None
         old = request.cookies.get(session.COOKIE, "")
         if old:
             # Whatever session this browser had ends here: rotation at login.
@@ -164,10 +208,12 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     if started is None:
         throttle.fail(ap, now)
         if verdict.reason == "locked" and verdict.locked_until is not None:
-            return render_login(request, username=username, status=429,
-                                error=locked_message(verdict.locked_until))
-        return render_login(request, username=username, status=401,
-                            error="Gebruikersnaam of wachtwoord onjuist.")
+            return render_login(
+                request, username=username, status=429, error=locked_message(verdict.locked_until)
+            )
+        return render_login(
+            request, username=username, status=401, error="Gebruikersnaam of wachtwoord onjuist."
+        )
     sid, must_enrol = started
     response = web.HTTPSeeOther("/login/enrol" if must_enrol else "/login/totp")
     set_session_cookie(request, response, sid)
@@ -183,9 +229,17 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
     def end(db: sqlite_utils.Database) -> None:
         session.end(db, sess)
-        audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
-                                             object_id=actor.username,
-                                             outcome_detail="this session"), source_id=src)
+        audit.record(
+            db,
+            audit.AuditEvent.of(
+                actor,
+                "auth.logout",
+                object_type="user",
+                object_id=actor.username,
+                outcome_detail="this session",
+            ),
+            source_id=src,
+        )
 
     await svc.store.write(end)
     response = web.HTTPSeeOther("/login")
@@ -202,10 +256,17 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
 
     def end(db: sqlite_utils.Database) -> None:
         n = session.end_all(db, actor.user_id)
-        audit.record(db, audit.AuditEvent.of(actor, "auth.logout", object_type="user",
-                                             object_id=actor.username,
-                                             outcome_detail=f"all sessions ({n})"),
-                     source_id=src)
+        audit.record(
+            db,
+            audit.AuditEvent.of(
+                actor,
+                "auth.logout",
+                object_type="user",
+                object_id=actor.username,
+                outcome_detail=f"all sessions ({n})",
+            ),
+            source_id=src,
+        )
 
     await svc.store.write(end)
     response = web.HTTPSeeOther("/login")

@@ -38,8 +38,7 @@ OPEN_ROUTES = frozenset({"login", "login_post", "static", "health", "healthz", "
 #: Routes open without a session only while a setting says so (route name -> the test): the
 #: region page, with [region] public_page. With a session they are gated as any other route.
 OPEN_IF_SETTING: dict[str, Callable[[Any], bool]] = {
-    name: (lambda s: bool(s.region.public_page))
-    for name in ("region", "region_json", "region_csv")
+    name: (lambda s: bool(s.region.public_page)) for name in ("region", "region_json", "region_csv")
 }
 #: Routes reachable with a password-only session (second factor pending). They are the
 #: login itself, so they declare no policy action; every other route must (see requires()).
@@ -68,6 +67,7 @@ def requires(action: str) -> Callable[[H], H]:
 
 def route_action(request: web.Request) -> str | None:
     return getattr(request.match_info.handler, ACTION_ATTR, None)
+
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -106,8 +106,11 @@ def forwarded_mw(trusted: tuple[forwarded.Network, ...]) -> Any:
             return await handler(request)
         # First in the stack: remote and scheme are still the transport's own.
         origin = forwarded.resolve(
-            request.remote, request.scheme, request.headers.get("X-Forwarded-For"),
-            request.headers.get("X-Forwarded-Proto"), trusted,
+            request.remote,
+            request.scheme,
+            request.headers.get("X-Forwarded-For"),
+            request.headers.get("X-Forwarded-Proto"),
+            trusted,
         )
         if origin.address != request.remote or origin.scheme != request.scheme:
             request = request.clone(remote=origin.address, scheme=origin.scheme)
@@ -131,16 +134,20 @@ async def audit_refusal(request: web.Request, exc: SecuremailError, status: int)
         ref = str(exc.context.get("object_id") or "")
     ref = ref or request.match_info.get("reference", "")
     event = audit.AuditEvent.of(
-        actor, "access.denied", outcome="refused", object_type=kind, object_id=ref,
+        actor,
+        "access.denied",
+        outcome="refused",
+        object_type=kind,
+        object_id=ref,
         check_authz=f"deny:{action}",
         outcome_detail=f"{action} on {request.match_info.route.name} -> {status}",
     )
     try:
-        await svc.store.write(lambda db: audit.record(db, event,
-                                                      source_id=svc.settings.gateway.source_id))
+        await svc.store.write(
+            lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id)
+        )
     except Exception:
-        log.exception("could not record access.denied for route %s",
-                      request.match_info.route.name)
+        log.exception("could not record access.denied for route %s", request.match_info.route.name)
 
 
 @web.middleware
@@ -160,14 +167,16 @@ def _apply_headers(response: web.StreamResponse) -> None:
         response.headers.setdefault(k, v)
 
 
-def error_response(request: web.Request, status: int, message_nl: str, body: dict[str, Any]
-                   ) -> web.StreamResponse:
+def error_response(
+    request: web.Request, status: int, message_nl: str, body: dict[str, Any]
+) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response(body, status=status)
     # The base context is given here too: a refusal raised in auth_mw never reaches
     # aiohttp-jinja2's context-processor middleware, which sits inside it.
     return aiohttp_jinja2.render_template(
-        "error.html", request,
+        "error.html",
+        request,
         {**base_context(request), "status": status, "message": message_nl, "body": body},
         status=status,
     )
@@ -193,11 +202,16 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         return error_response(request, exc.http_status, exc.message_nl(), exc.as_json())
     except Exception:
         incident = uuid.uuid4().hex[:12]
-        log.exception("unexpected error on %s %s, incident %s",
-                      request.method, request.match_info.route.name, incident,
-                      extra={"incident": incident})
+        log.exception(
+            "unexpected error on %s %s, incident %s",
+            request.method,
+            request.match_info.route.name,
+            incident,
+            extra={"incident": incident},
+        )
         return error_response(
-            request, 500,
+            request,
+            500,
             f"Er ging iets mis aan onze kant. Noem dit kenmerk als u contact opneemt: {incident}",
             {"error": "internal", "incident": incident},
         )
@@ -205,8 +219,12 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
 
 def _not_found(request: web.Request) -> web.StreamResponse:
     # One body for every 404: a hidden refusal and a missing object must look the same.
-    return error_response(request, 404, NotFoundError.nl,
-                          {"error": NotFoundError.code, "message_nl": NotFoundError.nl})
+    return error_response(
+        request,
+        404,
+        NotFoundError.nl,
+        {"error": NotFoundError.code, "message_nl": NotFoundError.nl},
+    )
 
 
 def _gate(request: web.Request, actor: Actor, name: str | None) -> None:
@@ -240,8 +258,13 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     now = svc.now()
 
     def load(db: Any) -> tuple[session.Session, Actor] | None:
-        sess = session.load(db, sid, now=now, idle=timedelta(minutes=s.session_idle_minutes),
-                            absolute=timedelta(hours=s.session_max_hours))
+        sess = session.load(
+            db,
+            sid,
+            now=now,
+            idle=timedelta(minutes=s.session_idle_minutes),
+            absolute=timedelta(hours=s.session_max_hours),
+        )
         if sess is None:
             return None
         if sess.stage != "full" and now - sess.created_at > PASSWORD_STAGE:
@@ -273,7 +296,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         token = request.headers.get("X-CSRF-Token")
         if token is None and request.content_type in (
-            "application/x-www-form-urlencoded", "multipart/form-data"
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
         ):
             form = await request.post()
             value = form.get("csrf_token")
@@ -281,7 +305,8 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not session.csrf_ok(sess, token):
             log.warning("CSRF check failed on %s for user %s", name, actor.user_id)
             return error_response(
-                request, 403,
+                request,
+                403,
                 "Dit formulier is verlopen of niet van deze site afkomstig. "
                 "Laad de pagina opnieuw.",
                 {"error": "csrf.invalid"},
@@ -309,5 +334,6 @@ def base_context(request: web.Request) -> dict[str, Any]:
         # Menus only once both factors are done; the password step shows just "log out".
         "full_session": sess is not None and sess.stage == "full",
         "gateway_name": request.app[services_key].settings.gateway.name
-        if services_key in request.app else "securemail",
+        if services_key in request.app
+        else "securemail",
     }

@@ -28,13 +28,19 @@ from securemail.web.middleware import requires
 
 OVERVIEW_DAYS = 7
 REVIEW_KINDS_NL = {
-    "disclosure": "Inzageoverzicht patiënt", "user": "Activiteit gebruiker",
-    "exceptions": "Uitzonderingen", "delivery_failures": "Bezorgfouten",
-    "volume": "Volumes per organisatiepaar", "integrity": "Integriteit auditlog",
+    "disclosure": "Inzageoverzicht patiënt",
+    "user": "Activiteit gebruiker",
+    "exceptions": "Uitzonderingen",
+    "delivery_failures": "Bezorgfouten",
+    "volume": "Volumes per organisatiepaar",
+    "integrity": "Integriteit auditlog",
     "breach": "Omvang datalek",
 }
-OUTCOMES_NL = {"no_findings": "geen bevindingen", "findings": "bevindingen",
-               "action_required": "actie nodig"}
+OUTCOMES_NL = {
+    "no_findings": "geen bevindingen",
+    "findings": "bevindingen",
+    "action_required": "actie nodig",
+}
 
 
 async def _guard(request: web.Request, action: str, what: str) -> None:
@@ -46,19 +52,25 @@ async def _guard(request: web.Request, action: str, what: str) -> None:
         # decides (privacy officers and admins).
         if actor.role in POLICY[action]:
             return
-    elif is_allowed(actor, action, Resource(action.split(".")[0], org_id=actor.org_id)) \
-            and actor.org_id:
+    elif (
+        is_allowed(actor, action, Resource(action.split(".")[0], org_id=actor.org_id))
+        and actor.org_id
+    ):
         return
     exc = AccessDeniedError(f"{actor.role} {actor.username} may not {action}", action=action)
-    await svc.store.write(lambda db: audit_report.record_denial(
-        db, actor, action, exc, what=what, source_id=svc.settings.gateway.source_id))
+    await svc.store.write(
+        lambda db: audit_report.record_denial(
+            db, actor, action, exc, what=what, source_id=svc.settings.gateway.source_id
+        )
+    )
     raise exc
 
 
 async def _run(request: web.Request, action: str, what: str, fn: Any) -> Any:
     svc = request.app[services_key]
-    return await audit_report.run(svc.store, request[ACTOR], action, fn, what=what,
-                                  source_id=svc.settings.gateway.source_id)
+    return await audit_report.run(
+        svc.store, request[ACTOR], action, fn, what=what, source_id=svc.settings.gateway.source_id
+    )
 
 
 def _period(request: web.Request, values: Any, days: int) -> tuple[str, str, dict[str, str]]:
@@ -66,8 +78,9 @@ def _period(request: web.Request, values: Any, days: int) -> tuple[str, str, dic
     svc = request.app[services_key]
     raw = {"from": str(values.get("from", "") or ""), "to": str(values.get("to", "") or "")}
     tz = svc.settings.deadlines.timezone
-    start, end = audit_report.parse_period(raw["from"] or None, raw["to"] or None, tz=tz,
-                                           now=svc.now(), default_days=days)
+    start, end = audit_report.parse_period(
+        raw["from"] or None, raw["to"] or None, tz=tz, now=svc.now(), default_days=days
+    )
     zone = ZoneInfo(tz)
 
     def local_day(iso: str, back: timedelta = timedelta(0)) -> str:
@@ -75,14 +88,18 @@ def _period(request: web.Request, values: Any, days: int) -> tuple[str, str, dic
         return moment.astimezone(zone).date().isoformat()
 
     # The form shows the period actually used, defaults included (the end is inclusive).
-    return start, end, {"from": local_day(start),
-                        "to": local_day(end, timedelta(milliseconds=1))}
+    return start, end, {"from": local_day(start), "to": local_day(end, timedelta(milliseconds=1))}
 
 
 def _ctx(request: web.Request, **kw: Any) -> dict[str, Any]:
     svc = request.app[services_key]
-    return {"tz": svc.settings.deadlines.timezone, "labels": audit_export.LABELS_NL,
-            "kinds": REVIEW_KINDS_NL, "outcomes": OUTCOMES_NL, **kw}
+    return {
+        "tz": svc.settings.deadlines.timezone,
+        "labels": audit_export.LABELS_NL,
+        "kinds": REVIEW_KINDS_NL,
+        "outcomes": OUTCOMES_NL,
+        **kw,
+    }
 
 
 @requires("audit.view")
@@ -101,16 +118,23 @@ async def overview(request: web.Request) -> web.StreamResponse:
         return {
             "status": audit_review.integrity_status(db, actor, keys, source_id=src),
             "exceptions": audit_report.exceptions(
-                db, actor, start, end, working_hours=svc.settings.audit.working_hours,
-                tz=svc.settings.deadlines.timezone, source_id=src),
+                db,
+                actor,
+                start,
+                end,
+                working_hours=svc.settings.audit.working_hours,
+                tz=svc.settings.deadlines.timezone,
+                source_id=src,
+            ),
             "failures": audit_report.delivery_failures(db, actor, start, end, source_id=src),
             "volumes": audit_report.volume_by_org_pair(db, actor, start, end, source_id=src),
             "names": audit_report.names(db),
         }
 
     data = await _run(request, "audit.view", "overview", read)
-    return aiohttp_jinja2.render_template("privacy/overview.html", request, _ctx(
-        request, dates=dates, start=start, end=end, **data))
+    return aiohttp_jinja2.render_template(
+        "privacy/overview.html", request, _ctx(request, dates=dates, start=start, end=end, **data)
+    )
 
 
 @requires("audit.verify")
@@ -126,16 +150,20 @@ async def verify_now(request: web.Request) -> web.StreamResponse:
         ok, detail = True, report.summary()
     except SecuremailError as exc:
         ok, detail = False, exc.reason
-    await svc.store.write(lambda db: audit_review.record_verification(
-        db, actor, ok=ok, detail=detail, source_id=src))
+    await svc.store.write(
+        lambda db: audit_review.record_verification(db, actor, ok=ok, detail=detail, source_id=src)
+    )
     raise web.HTTPSeeOther("/privacy" if actor.role == "privacy_officer" else "/")
 
 
 @requires("audit.view")
 async def patient_form(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "disclosure")
-    return aiohttp_jinja2.render_template("privacy/patient.html", request, _ctx(
-        request, report=None, dates={"from": "", "to": ""}, error=None, table=[]))
+    return aiohttp_jinja2.render_template(
+        "privacy/patient.html",
+        request,
+        _ctx(request, report=None, dates={"from": "", "to": ""}, error=None, table=[]),
+    )
 
 
 @requires("audit.view")
@@ -154,37 +182,66 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
         start, end, dates = _period(request, post, 365)
         bsn = audit_report.parse_bsn(str(post.get("bsn", "")))
     except InputError as exc:
-        return aiohttp_jinja2.render_template("privacy/patient.html", request, _ctx(
-            request, report=None, dates=dates, error=exc.reason, table=[]), status=422)
-    report = await _run(request, action, "disclosure", lambda db: audit_report.disclosure_report(
-        db, actor, bsn, start, end, export="" if fmt == "page" else fmt,
-        source_id=svc.settings.gateway.source_id))
+        return aiohttp_jinja2.render_template(
+            "privacy/patient.html",
+            request,
+            _ctx(request, report=None, dates=dates, error=exc.reason, table=[]),
+            status=422,
+        )
+    report = await _run(
+        request,
+        action,
+        "disclosure",
+        lambda db: audit_report.disclosure_report(
+            db,
+            actor,
+            bsn,
+            start,
+            end,
+            export="" if fmt == "page" else fmt,
+            source_id=svc.settings.gateway.source_id,
+        ),
+    )
     # A download's name carries the date, never the BSN.
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     if fmt == "csv":
         buf = io.StringIO()
         audit_export.disclosure_csv(report, buf, tz)
-        return web.Response(body=buf.getvalue().encode("utf-8"), headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="inzage-{stamp}.csv"'})
+        return web.Response(
+            body=buf.getvalue().encode("utf-8"),
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="inzage-{stamp}.csv"',
+            },
+        )
     if fmt == "pdf":
         pdf = await asyncio.to_thread(audit_export.disclosure_pdf, report, tz)
-        return web.Response(body=pdf, headers={
-            "Content-Type": "application/pdf",
-            "Content-Disposition": f'attachment; filename="inzage-{stamp}.pdf"'})
-    return aiohttp_jinja2.render_template("privacy/patient.html", request, _ctx(
-        request, report=report, dates=dates, error=None,
-        table=audit_export.disclosure_table(report, tz)))
+        return web.Response(
+            body=pdf,
+            headers={
+                "Content-Type": "application/pdf",
+                "Content-Disposition": f'attachment; filename="inzage-{stamp}.pdf"',
+            },
+        )
+    return aiohttp_jinja2.render_template(
+        "privacy/patient.html",
+        request,
+        _ctx(
+            request,
+            report=report,
+            dates=dates,
+            error=None,
+            table=audit_export.disclosure_table(report, tz),
+        ),
+    )
 
 
 @requires("audit.view")
 async def users(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "users")
     actor = request[ACTOR]
-    rows = await _run(request, "audit.view", "users",
-                      lambda db: audit_report.org_users(db, actor))
-    return aiohttp_jinja2.render_template("privacy/users.html", request, _ctx(
-        request, users=rows))
+    rows = await _run(request, "audit.view", "users", lambda db: audit_report.org_users(db, actor))
+    return aiohttp_jinja2.render_template("privacy/users.html", request, _ctx(request, users=rows))
 
 
 @requires("audit.view")
@@ -194,12 +251,17 @@ async def user_activity(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     user_id = int(request.match_info["user_id"])
     start, end, dates = _period(request, request.query, 30)
-    activity = await _run(request, "audit.view", f"user:{user_id}",
-                          lambda db: audit_report.user_activity(
-                              db, actor, user_id, start, end,
-                              source_id=svc.settings.gateway.source_id))
-    return aiohttp_jinja2.render_template("privacy/user.html", request, _ctx(
-        request, activity=activity, dates=dates))
+    activity = await _run(
+        request,
+        "audit.view",
+        f"user:{user_id}",
+        lambda db: audit_report.user_activity(
+            db, actor, user_id, start, end, source_id=svc.settings.gateway.source_id
+        ),
+    )
+    return aiohttp_jinja2.render_template(
+        "privacy/user.html", request, _ctx(request, activity=activity, dates=dates)
+    )
 
 
 @requires("audit.view")
@@ -209,11 +271,18 @@ async def breach(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     start, end, dates = _period(request, request.query, 7)
     aware = svc.now()
-    scope = await _run(request, "audit.view", "breach", lambda db: audit_review.breach_scope(
-        db, actor, start, end, aware, source_id=svc.settings.gateway.source_id))
+    scope = await _run(
+        request,
+        "audit.view",
+        "breach",
+        lambda db: audit_review.breach_scope(
+            db, actor, start, end, aware, source_id=svc.settings.gateway.source_id
+        ),
+    )
     names = await svc.store.read(audit_report.names)
-    return aiohttp_jinja2.render_template("privacy/breach.html", request, _ctx(
-        request, scope=scope, dates=dates, names=names))
+    return aiohttp_jinja2.render_template(
+        "privacy/breach.html", request, _ctx(request, scope=scope, dates=dates, names=names)
+    )
 
 
 @requires("audit.view")
@@ -221,10 +290,15 @@ async def reviews(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "reviews")
     svc = request.app[services_key]
     actor = request[ACTOR]
-    rows = await _run(request, "audit.view", "reviews", lambda db: audit_review.list_reviews(
-        db, actor, source_id=svc.settings.gateway.source_id))
-    return aiohttp_jinja2.render_template("privacy/reviews.html", request, _ctx(
-        request, reviews=rows, error=None, values={}))
+    rows = await _run(
+        request,
+        "audit.view",
+        "reviews",
+        lambda db: audit_review.list_reviews(db, actor, source_id=svc.settings.gateway.source_id),
+    )
+    return aiohttp_jinja2.render_template(
+        "privacy/reviews.html", request, _ctx(request, reviews=rows, error=None, values={})
+    )
 
 
 @requires("audit.view")
@@ -233,20 +307,45 @@ async def review_post(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    values = {k: str(post.get(k, "")) for k in ("kind", "from", "to", "subject", "bsn",
-                                                "outcome", "findings")}
+    values = {
+        k: str(post.get(k, ""))
+        for k in ("kind", "from", "to", "subject", "bsn", "outcome", "findings")
+    }
     try:
         start, end, _ = _period(request, post, 30)
-        await _run(request, "audit.view", "reviews", lambda db: audit_review.sign_off(
-            db, actor, kind=values["kind"], start=start, end=end, outcome=values["outcome"],
-            findings=values["findings"], subject=values["subject"], bsn=values["bsn"],
-            source_id=svc.settings.gateway.source_id))
+        await _run(
+            request,
+            "audit.view",
+            "reviews",
+            lambda db: audit_review.sign_off(
+                db,
+                actor,
+                kind=values["kind"],
+                start=start,
+                end=end,
+                outcome=values["outcome"],
+                findings=values["findings"],
+                subject=values["subject"],
+                bsn=values["bsn"],
+                source_id=svc.settings.gateway.source_id,
+            ),
+        )
     except InputError as exc:
-        rows = await _run(request, "audit.view", "reviews", lambda db: audit_review.list_reviews(
-            db, actor, source_id=svc.settings.gateway.source_id))
+        rows = await _run(
+            request,
+            "audit.view",
+            "reviews",
+            lambda db: audit_review.list_reviews(
+                db, actor, source_id=svc.settings.gateway.source_id
+            ),
+        )
         values.pop("bsn")  # never echo a BSN back into the page
-        return aiohttp_jinja2.render_template("privacy/reviews.html", request, _ctx(
-            request, reviews=rows, error=exc.reason, values=values), status=422)
+        return aiohttp_jinja2.render_template(
+            "privacy/reviews.html",
+            request,
+            _ctx(request, reviews=rows, error=exc.reason, values=values),
+            status=422,
+        )
     raise web.HTTPSeeOther("/privacy/reviews")
 
 

@@ -38,12 +38,20 @@ def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[Rec
     preferred = {t.id for t in directory.preferred_teams(db, practice_org_id)}
     out: list[ReceiverOption] = []
     for t in directory.allowed_receivers(db, practice_org_id, passing_on):
-        note = ("voorkeursaanbieder" if t.id in preferred else
-                "regionaal doorbemiddelingsadres" if t.address == passing_on else "")
+        note = (
+            "voorkeursaanbieder"
+            if t.id in preferred
+            else "regionaal doorbemiddelingsadres"
+            if t.address == passing_on
+            else ""
+        )
         out.append(ReceiverOption(t.address, t.name, note))
     seen = {o.address for o in out}
-    out += [ReceiverOption(t.address, t.name, "vroeg om een verzoek")
-            for t in asks.asking_teams(db, practice_org_id) if t.address not in seen]
+    out += [
+        ReceiverOption(t.address, t.name, "vroeg om een verzoek")
+        for t in asks.asking_teams(db, practice_org_id)
+        if t.address not in seen
+    ]
     return out
 
 
@@ -56,15 +64,20 @@ def _ask_of(post: Any) -> str:
 NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose")
 
 
-async def _form_context(request: web.Request, values: dict[str, str],
-                        errors: dict[str, list[str]], ask: str = "", *,
-                        specialism: str = "", with_suggestions: bool = False) -> dict[str, Any]:
+async def _form_context(
+    request: web.Request,
+    values: dict[str, str],
+    errors: dict[str, list[str]],
+    ask: str = "",
+    *,
+    specialism: str = "",
+    with_suggestions: bool = False,
+) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     passing_on = svc.settings.gateway.passing_on_address
     pc4 = regionmap.pc4_of(values.get("patient.postcode", ""))
-    part = regionview.part_of_week(svc.now(), svc.settings.region,
-                                   svc.settings.deadlines.timezone)
+    part = regionview.part_of_week(svc.now(), svc.settings.region, svc.settings.deadlines.timezone)
     specialism = specialism if specialism in regionmap.SERVICES else ""
 
     def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
@@ -74,10 +87,16 @@ async def _form_context(request: web.Request, values: dict[str, str],
         # the same ordering as the receiver list: the practice's preferred providers first
         preferred = [t.id for t in directory.preferred_teams(db, actor.org_id or 0)]
         return teams, regionview.suggest(
-            regionmap.entries(db), preferred=preferred, passing_on=passing_on, pc4=pc4,
-            specialism=specialism, part=part, now=svc.now(),
+            regionmap.entries(db),
+            preferred=preferred,
+            passing_on=passing_on,
+            pc4=pc4,
+            specialism=specialism,
+            part=part,
+            now=svc.now(),
             stale_days=svc.settings.region.stale_days,
-            selectable=frozenset(t.address for t in teams))
+            selectable=frozenset(t.address for t in teams),
+        )
 
     teams, suggestions = await svc.store.read(load)
     definition = svc.definition
@@ -99,8 +118,11 @@ async def _form_context(request: web.Request, values: dict[str, str],
 
 
 def _rows_in(values: dict[str, str]) -> int:
-    idx = [int(k.split(".")[1]) for k in values if k.startswith("procedures.") and
-           k.split(".")[1].isdigit()]
+    idx = [
+        int(k.split(".")[1])
+        for k in values
+        if k.startswith("procedures.") and k.split(".")[1].isdigit()
+    ]
     return max(idx) + 1 if idx else 0
 
 
@@ -115,8 +137,11 @@ def _errors_by_field(exc: forms.FormInvalidError) -> dict[str, list[str]]:
 @aiohttp_jinja2.template("requests/form.html")
 async def new_form(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
-    values = {"kind": "nieuw", "urgency": "regulier",
-              "issued_at": svc.now().astimezone().strftime("%Y-%m-%dT%H:%M")}
+    values = {
+        "kind": "nieuw",
+        "urgency": "regulier",
+        "issued_at": svc.now().astimezone().strftime("%Y-%m-%dT%H:%M"),
+    }
     return await _form_context(request, values, {})
 
 
@@ -136,13 +161,17 @@ async def preview(request: web.Request) -> web.StreamResponse:
     except SecuremailError as exc:
         ctx = await _form_context(request, values, {"": [exc.message_nl()]}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
-    return aiohttp_jinja2.render_template("requests/preview.html", request, {
-        "text": prepared.rendered.text,
-        "team": prepared.team,
-        "payload": json.dumps(data, ensure_ascii=False),
-        "error": None,
-        "ask": ask,
-    })
+    return aiohttp_jinja2.render_template(
+        "requests/preview.html",
+        request,
+        {
+            "text": prepared.rendered.text,
+            "team": prepared.team,
+            "payload": json.dumps(data, ensure_ascii=False),
+            "error": None,
+            "ask": ask,
+        },
+    )
 
 
 @requires("request.create")
@@ -152,8 +181,14 @@ async def suggest(request: web.Request) -> web.StreamResponse:
     post = await request.post()
     svc = request.app[services_key]
     values = forms.flatten(forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST))
-    ctx = await _form_context(request, values, {}, _ask_of(post),
-                              specialism=str(post.get("specialism", "")), with_suggestions=True)
+    ctx = await _form_context(
+        request,
+        values,
+        {},
+        _ask_of(post),
+        specialism=str(post.get("specialism", "")),
+        with_suggestions=True,
+    )
     chosen = str(post.get("choose", ""))
     if chosen and any(s.address == chosen and s.selectable for s in ctx["suggestions"] or []):
         ctx["values"] = {**values, "receiver.team_address": chosen}
@@ -184,10 +219,18 @@ async def send(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
         prepared_text = ""
-        return aiohttp_jinja2.render_template("requests/preview.html", request, {
-            "text": prepared_text, "team": None, "ask": ask,
-            "payload": json.dumps(data, ensure_ascii=False), "error": exc.message_nl(),
-        }, status=exc.http_status if exc.http_status != 400 else 422)
+        return aiohttp_jinja2.render_template(
+            "requests/preview.html",
+            request,
+            {
+                "text": prepared_text,
+                "team": None,
+                "ask": ask,
+                "payload": json.dumps(data, ensure_ascii=False),
+                "error": exc.message_nl(),
+            },
+            status=exc.http_status if exc.http_status != 400 else 422,
+        )
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
 
 
@@ -206,24 +249,42 @@ async def detail(request: web.Request) -> dict[str, Any]:
     return await detail_context(request)
 
 
-async def detail_context(request: web.Request, *, answer_values: dict[str, str] | None = None,
-                         answer_errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+async def detail_context(
+    request: web.Request,
+    *,
+    answer_values: dict[str, str] | None = None,
+    answer_errors: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
     """One request's page (audited view); for a nurse of its current team, the answer form."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    view = await svc.store.write(lambda db: exchange.get_request(
-        db, actor, reference, source_id=svc.settings.gateway.source_id))
-    can_answer = (actor.role == "nurse" and view["state"] == "open"
-                  and view["kind"] != "intrekking" and view["team_id"] in actor.team_ids)
-    other_teams = (await svc.store.read(lambda db: answer.answer_teams(db, view))
-                   if can_answer else [])
+    view = await svc.store.write(
+        lambda db: exchange.get_request(
+            db, actor, reference, source_id=svc.settings.gateway.source_id
+        )
+    )
+    can_answer = (
+        actor.role == "nurse"
+        and view["state"] == "open"
+        and view["kind"] != "intrekking"
+        and view["team_id"] in actor.team_ids
+    )
+    other_teams = (
+        await svc.store.read(lambda db: answer.answer_teams(db, view)) if can_answer else []
+    )
     can_answer = can_answer and not view["purged"]
     text = "" if view["purged"] else exchange.render_text(svc, view)
-    return {"r": view, "text": text, "can_answer": can_answer,
-            "content_days": svc.settings.retention.content_days,
-            "answer_spec": svc.definition.answer, "other_teams": other_teams,
-            "answer_values": answer_values or {}, "answer_errors": answer_errors or {}}
+    return {
+        "r": view,
+        "text": text,
+        "can_answer": can_answer,
+        "content_days": svc.settings.retention.content_days,
+        "answer_spec": svc.definition.answer,
+        "other_teams": other_teams,
+        "answer_values": answer_values or {},
+        "answer_errors": answer_errors or {},
+    }
 
 
 def setup(app: web.Application) -> None:
@@ -232,5 +293,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/preview", preview, name="request_preview")
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
-    app.router.add_get(r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail,
-                       name="request_detail")
+    app.router.add_get(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )

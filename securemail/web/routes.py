@@ -7,8 +7,13 @@ from aiohttp import web
 from securemail.web.keys import ACTOR
 from securemail.web.middleware import requires
 
-HOME_BY_ROLE = {"gp": "/requests", "nurse": "/requests", "privacy_officer": "/privacy",
-                "admin": "/admin", "coordinator": "/regio/afspraken"}
+HOME_BY_ROLE = {
+    "gp": "/requests",
+    "nurse": "/requests",
+    "privacy_officer": "/privacy",
+    "admin": "/admin",
+    "coordinator": "/regio/afspraken",
+}
 
 
 @requires("account.self")
@@ -20,9 +25,23 @@ def setup(app: web.Application) -> None:
     from importlib import import_module
 
     app.router.add_get("/", home, name="home")
-    for name in ("login", "requests", "totp", "account", "nurse", "asks", "consents", "privacy",
-                 "admin", "admin_keys", "directory", "region", "api", "adherence",
-                 "monitoring"):
+    for name in (
+        "login",
+        "requests",
+        "totp",
+        "account",
+        "nurse",
+        "asks",
+        "consents",
+        "privacy",
+        "admin",
+        "admin_keys",
+        "directory",
+        "region",
+        "api",
+        "adherence",
+        "monitoring",
+    ):
         try:
             module = import_module(f"securemail.web.{name}")
         except ModuleNotFoundError as exc:

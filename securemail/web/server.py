@@ -29,8 +29,14 @@ def serve(settings: Settings, *, print_fn=print) -> None:
     contentbox.load(settings)
     app = create_app(settings)
     print_fn(f"securemail listening on http://{settings.web.host}:{settings.web.port}")
-    web.run_app(app, host=settings.web.host, port=settings.web.port, print=None,
-                access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=settings.web.host,
+        port=settings.web.port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
 
 
 async def _worker_main(settings: Settings) -> None:
@@ -42,8 +48,13 @@ async def _worker_main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     hooks = Hooks(svc)
-    worker = delivery.Worker(settings, svc.store, owner_id=f"worker-{socket.gethostname()}",
-                           on_final=hooks.on_final, before_send=hooks.before_send)
+    worker = delivery.Worker(
+        settings,
+        svc.store,
+        owner_id=f"worker-{socket.gethostname()}",
+        on_final=hooks.on_final,
+        before_send=hooks.before_send,
+    )
     try:
         await worker.run(stop)
     finally:

@@ -37,8 +37,13 @@ def _step_up(db: sqlite_utils.Database, request: web.Request) -> str:
     rendered next uses the new session's CSRF token."""
     sess = request[SESSION]
     session.end(db, sess)
-    sid, full = session.create(db, sess.user_id, now=request.app[services_key].now(),
-                               stage="full", access_point=access_point(request))
+    sid, full = session.create(
+        db,
+        sess.user_id,
+        now=request.app[services_key].now(),
+        stage="full",
+        access_point=access_point(request),
+    )
     request[SESSION] = full
     return sid
 
@@ -61,8 +66,7 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
     src = svc.settings.gateway.source_id
 
     def check(db: sqlite_utils.Database) -> tuple[totp.Verdict, str | None]:
-        verdict = totp.verify_second_factor(db, actor, code, now=now, policy=policy,
-                                            source_id=src)
+        verdict = totp.verify_second_factor(db, actor, code, now=now, policy=policy, source_id=src)
         if verdict.ok:
             return verdict, _step_up(db, request)
         if verdict.reason == "locked":
@@ -77,12 +81,19 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
         response.del_cookie(session.COOKIE, path="/")
         return response
     if sid is None:
-        return aiohttp_jinja2.render_template("totp/code.html", request, {
-            "error": "Deze code klopt niet of is al gebruikt. Wacht op de volgende code van uw "
-                     "app, of gebruik een herstelcode."}, status=401)
+        return aiohttp_jinja2.render_template(
+            "totp/code.html",
+            request,
+            {
+                "error": "Deze code klopt niet of is al gebruikt. Wacht op de volgende code van uw "
+                "app, of gebruik een herstelcode."
+            },
+            status=401,
+        )
     if verdict.method == "recovery_code":
         response: web.StreamResponse = aiohttp_jinja2.render_template(
-            "totp/recovered.html", request, {"left": verdict.recovery_left})
+            "totp/recovered.html", request, {"left": verdict.recovery_left}
+        )
     else:
         response = web.HTTPSeeOther("/")
     set_session_cookie(request, response, sid)
@@ -103,10 +114,16 @@ async def enrol_page(request: web.Request) -> web.StreamResponse:
     await _may_enrol(request)
     svc = request.app[services_key]
     actor = request[ACTOR]
-    enrolment = await svc.store.write(lambda db: totp.begin_enrolment(
-        db, actor.user_id, actor.username, issuer=svc.settings.gateway.name, now=svc.now()))
-    return aiohttp_jinja2.render_template("totp/enrol.html", request, {
-        "enrolment": enrolment, "error": None, "action": "/login/enrol"})
+    enrolment = await svc.store.write(
+        lambda db: totp.begin_enrolment(
+            db, actor.user_id, actor.username, issuer=svc.settings.gateway.name, now=svc.now()
+        )
+    )
+    return aiohttp_jinja2.render_template(
+        "totp/enrol.html",
+        request,
+        {"enrolment": enrolment, "error": None, "action": "/login/enrol"},
+    )
 
 
 async def enrol_post(request: web.Request) -> web.StreamResponse:
@@ -119,21 +136,32 @@ async def enrol_post(request: web.Request) -> web.StreamResponse:
 
     def confirm(db: sqlite_utils.Database) -> tuple[list[str], str]:
         codes = totp.confirm_enrolment(db, actor, code, now=now, source_id=src)
-        audit.record(db, audit.AuditEvent.of(actor, "auth.login", object_type="user",
-                                             object_id=actor.username,
-                                             outcome_detail="password + new authenticator"),
-                     source_id=src)
+        audit.record(
+            db,
+            audit.AuditEvent.of(
+                actor,
+                "auth.login",
+                object_type="user",
+                object_id=actor.username,
+                outcome_detail="password + new authenticator",
+            ),
+            source_id=src,
+        )
         return codes, _step_up(db, request)
 
     try:
         codes, sid = await svc.store.write(confirm)
     except (totp.SecondFactorError, totp.EnrolmentExpiredError) as exc:
         # The secret is not shown again: retry the code, or ask for a new QR code.
-        return aiohttp_jinja2.render_template("totp/enrol.html", request, {
-            "enrolment": None, "error": exc.message_nl(), "action": "/login/enrol"},
-            status=exc.http_status)
-    response = aiohttp_jinja2.render_template("totp/recovery_codes.html", request,
-                                              recovery_context(codes, first=True))
+        return aiohttp_jinja2.render_template(
+            "totp/enrol.html",
+            request,
+            {"enrolment": None, "error": exc.message_nl(), "action": "/login/enrol"},
+            status=exc.http_status,
+        )
+    response = aiohttp_jinja2.render_template(
+        "totp/recovery_codes.html", request, recovery_context(codes, first=True)
+    )
     set_session_cookie(request, response, sid)
     return response
 

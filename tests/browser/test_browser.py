@@ -49,42 +49,87 @@ def browser_team_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     home = tmp_path_factory.mktemp("browser-team-keys") / "gnupg"
     home.mkdir(mode=0o700)
     for email in ("nurse1@zorg-noord.example", "nurse2@zorg-noord.example"):
-        gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse <{email}>", "ed25519",
-                "sign,cert", "2y")
-        fpr = [line.split(":")[9] for line in gpg_cli(
-            home, "--with-colons", "--list-keys", email).decode().splitlines()
-            if line.startswith("fpr:")][0]
+        gpg_cli(
+            home,
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"Nurse <{email}>",
+            "ed25519",
+            "sign,cert",
+            "2y",
+        )
+        fpr = [
+            line.split(":")[9]
+            for line in gpg_cli(home, "--with-colons", "--list-keys", email).decode().splitlines()
+            if line.startswith("fpr:")
+        ][0]
         gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
     return {
         "public": gpg_cli(home, "--armor", "--export").decode(),
-        "secret": gpg_cli(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
-                          "--export-secret-keys").decode(),
+        "secret": gpg_cli(
+            home,
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--armor",
+            "--export-secret-keys",
+        ).decode(),
     }
 
 
 @pytest.fixture
-async def site(tmp_path: Path, browser_team_keys: dict[str, str], smtp_server: Any,
-               relay_cafile: str, aiohttp_server: Any) -> AsyncIterator[dict[str, Any]]:
+async def site(
+    tmp_path: Path,
+    browser_team_keys: dict[str, str],
+    smtp_server: Any,
+    relay_cafile: str,
+    aiohttp_server: Any,
+) -> AsyncIterator[dict[str, Any]]:
     """The gateway of the e2e tests, served with its delivery worker; everyone paired."""
-    smtp = {"host": "127.0.0.1", "port": smtp_server.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}
+    smtp = {
+        "host": "127.0.0.1",
+        "port": smtp_server.port,
+        "starttls": "required",
+        "cafile": relay_cafile,
+        "timeout_seconds": 5.0,
+    }
     gw = await build_gateway(tmp_path, browser_team_keys, smtp)
     svc = gw.svc
-    svc.store.write_sync(lambda db: auth.add_user(
-        db, SYSTEM, username="privacy", name="P. Rivacy", role="privacy_officer",
-        org_code="01234567", password=PRIVACY_PASSWORD, now=svc.now_iso()))
+    svc.store.write_sync(
+        lambda db: auth.add_user(
+            db,
+            SYSTEM,
+            username="privacy",
+            name="P. Rivacy",
+            role="privacy_officer",
+            org_code="01234567",
+            password=PRIVACY_PASSWORD,
+            now=svc.now_iso(),
+        )
+    )
     secrets = {}
     for username in ("huisarts", "nurse1", "privacy"):
-        secrets[username] = svc.store.write_sync(lambda db, u=username: auth.enrol_totp_for_demo(
-            db, auth.user_by_name(db, u).id))
+        secrets[username] = svc.store.write_sync(
+            lambda db, u=username: auth.enrol_totp_for_demo(db, auth.user_by_name(db, u).id)
+        )
     app = create_app(svc.settings, services=svc, run_worker=True)
     server = await aiohttp_server(app, host="127.0.0.1")
-    yield {"url": str(server.make_url("")).rstrip("/"), "secrets": secrets, "svc": svc,
-           "smtp": smtp_server, "app": app}
+    yield {
+        "url": str(server.make_url("")).rstrip("/"),
+        "secrets": secrets,
+        "svc": svc,
+        "smtp": smtp_server,
+        "app": app,
+    }
     await server.close()
     for gnupg in (gw.home / "gnupg", gw.nurse_home):
-        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
-                       check=False, capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
+            check=False,
+            capture_output=True,
+        )
     shutil.rmtree(gw.home, ignore_errors=True)
 
 
@@ -109,8 +154,9 @@ class Shots:
                 shutil.copy(path, DOCS_SCREENSHOTS / path.name)
 
 
-async def log_in(page: Any, url: str, username: str, password: str, secret: str,
-                 shots: Shots | None = None) -> None:
+async def log_in(
+    page: Any, url: str, username: str, password: str, secret: str, shots: Shots | None = None
+) -> None:
     await page.goto(f"{url}/login")
     if shots:
         await shots.take(page, "login")
@@ -149,8 +195,9 @@ async def fill_request(page: Any, data: dict[str, Any]) -> None:
             await field.fill(str(value))
 
 
-async def test_gp_sends_nurse_sees_privacy_officer_audits(chromium: Any, site: dict[str, Any],
-                                                          tmp_path: Path) -> None:
+async def test_gp_sends_nurse_sees_privacy_officer_audits(
+    chromium: Any, site: dict[str, Any], tmp_path: Path
+) -> None:
     url, secrets = site["url"], site["secrets"]
     shots = Shots(tmp_path)
     urls: list[str] = []
@@ -186,8 +233,9 @@ async def test_gp_sends_nurse_sees_privacy_officer_audits(chromium: Any, site: d
     assert reference in await gp.inner_text("h1")
     to_team: list[bytes] = []
     for _ in range(150):
-        to_team = [r.content for r in site["smtp"].handler.snapshot()
-                   if TEAM in r.rcpt_tos and r.accepted]
+        to_team = [
+            r.content for r in site["smtp"].handler.snapshot() if TEAM in r.rcpt_tos and r.accepted
+        ]
         if to_team:
             break
         await asyncio.sleep(0.1)
@@ -214,8 +262,9 @@ async def test_gp_sends_nurse_sees_privacy_officer_audits(chromium: Any, site: d
     po = await po_ctx.new_page()
     po.on("request", lambda r: urls.append(r.url))
     await log_in(po, url, "privacy", PRIVACY_PASSWORD, secrets["privacy"])
-    has_privacy = any(getattr(r.resource, "canonical", "") == "/privacy"
-                      for r in site["app"].router.routes())
+    has_privacy = any(
+        getattr(r.resource, "canonical", "") == "/privacy" for r in site["app"].router.routes()
+    )
     response = await po.goto(f"{url}/privacy")
     assert response is not None
     if has_privacy:

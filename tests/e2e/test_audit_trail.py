@@ -22,19 +22,35 @@ BSN = EXAMPLE["patient"]["bsn"]
 
 def officers(gw: Gateway) -> dict[str, Any]:
     def add(db: Any) -> dict[str, Any]:
-        for username, org in (("po_praktijk", "01234567"), ("po_zorg", "87654321"),
-                              ("po_ander", "11223344")):
-            auth.add_user(db, SYSTEM, username=username, name=username, role="privacy_officer",
-                          org_code=org, password="privacy officer password", now=gw.svc.now_iso())
+        for username, org in (
+            ("po_praktijk", "01234567"),
+            ("po_zorg", "87654321"),
+            ("po_ander", "11223344"),
+        ):
+            auth.add_user(
+                db,
+                SYSTEM,
+                username=username,
+                name=username,
+                role="privacy_officer",
+                org_code=org,
+                password="privacy officer password",
+                now=gw.svc.now_iso(),
+            )
         return {u: auth.actor_for_cli(db, u) for u in ("po_praktijk", "po_zorg", "po_ander")}
 
     return gw.svc.store.write_sync(add)
 
 
 def securemail(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "securemail", *args, "--home", str(gw.home)],
-                          capture_output=True, text=True, env=env_for_cli(), timeout=120,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "securemail", *args, "--home", str(gw.home)],
+        capture_output=True,
+        text=True,
+        env=env_for_cli(),
+        timeout=120,
+        check=False,
+    )
 
 
 async def test_officers_see_the_exchange_and_the_refusal_with_its_reason(
@@ -51,8 +67,9 @@ async def test_officers_see_the_exchange_and_the_refusal_with_its_reason(
     start, end = "2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z"
 
     def report(officer: str) -> audit_report.DisclosureReport:
-        return gw.svc.store.write_sync(lambda db: audit_report.disclosure_report(
-            db, po[officer], BSN, start, end))
+        return gw.svc.store.write_sync(
+            lambda db: audit_report.disclosure_report(db, po[officer], BSN, start, end)
+        )
 
     practice = {(r["event_code"], r["object_id"]) for r in report("po_praktijk").rows}
     for code in ("request.create", "request.sign", "request.send", "request.deliver"):
@@ -61,10 +78,12 @@ async def test_officers_see_the_exchange_and_the_refusal_with_its_reason(
     receivers = {r["recipient_org"] for r in report("po_zorg").rows}
     assert TEAM in receivers and receivers <= {TEAM, OTHER_TEAM, "87654321"}
     assert report("po_ander").rows == []
-    exc = gw.svc.store.write_sync(lambda db: audit_report.exceptions(
-        db, po["po_praktijk"], start, end))
+    exc = gw.svc.store.write_sync(
+        lambda db: audit_report.exceptions(db, po["po_praktijk"], start, end)
+    )
     assert ("request.send", "seal.key_unusable") in {
-        (r["event_code"], r["outcome_detail"]) for r in exc.refusals}
+        (r["event_code"], r["outcome_detail"]) for r in exc.refusals
+    }
 
 
 async def test_audit_command_verifies_then_names_an_edited_row(gw: Gateway) -> None:
@@ -73,12 +92,16 @@ async def test_audit_command_verifies_then_names_an_edited_row(gw: Gateway) -> N
     ok = securemail(gw, "audit", "verify")
     assert ok.returncode == 0, ok.stderr
     assert "verified" in ok.stdout and "rows/s" in ok.stdout
-    seq = gw.svc.store.read_sync(lambda db: db.execute(
-        "SELECT seq FROM audit_events WHERE event_code = 'request.sign'").fetchone()[0])
+    seq = gw.svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT seq FROM audit_events WHERE event_code = 'request.sign'"
+        ).fetchone()[0]
+    )
     conn = sqlite3.connect(gw.svc.settings.db_path)
     conn.execute("DROP TRIGGER audit_no_update")
-    conn.execute("UPDATE audit_events SET outcome_detail = 'signer=someone else' WHERE seq = ?",
-                 [seq])
+    conn.execute(
+        "UPDATE audit_events SET outcome_detail = 'signer=someone else' WHERE seq = ?", [seq]
+    )
     conn.commit()
     conn.close()
     bad = securemail(gw, "audit", "verify")

@@ -29,17 +29,24 @@ async def login(http: aiohttp.ClientSession, base: str, user: dict[str, Any]) ->
         page = await r.text()
     token = LOGIN_TOKEN_RE.search(page)
     assert token, "login page has no login token"
-    data = {"username": user["username"], "password": user["password"],
-            "login_token": token.group(1)}
+    data = {
+        "username": user["username"],
+        "password": user["password"],
+        "login_token": token.group(1),
+    }
     async with http.post(f"{base}/login", data=data) as r:
         page = await r.text()
         assert r.status == 200, page
         assert str(r.url).endswith("/login/totp"), f"password refused: {r.url}"
     clock = user.get("clock")
-    code = pyotp.TOTP(user["totp_secret"]).at(clock()) if clock else pyotp.TOTP(
-        user["totp_secret"]).now()
-    async with http.post(f"{base}/login/totp",
-                         data={"csrf_token": csrf_of(page), "code": code}) as r:
+    code = (
+        pyotp.TOTP(user["totp_secret"]).at(clock())
+        if clock
+        else pyotp.TOTP(user["totp_secret"]).now()
+    )
+    async with http.post(
+        f"{base}/login/totp", data={"csrf_token": csrf_of(page), "code": code}
+    ) as r:
         assert r.status == 200, await r.text()
         assert "/login" not in str(r.url), "second factor refused"
 
