@@ -553,48 +553,29 @@ def make_backup(settings: Settings, to: Path, actor: Actor) -> BackupResult:
     if not settings.db_path.exists():
         raise NotInitialisedError(f"{home} has no database; nothing to back up", home=str(home))
     store = Store(settings.db_path)
+
+    def record(**fields: Any) -> None:
+        event = audit.AuditEvent.of(
+            actor, "gateway.backup", object_type="backup", nature="technical", **fields
+        )
+        store.write_sync(lambda db: audit.record(db, event, source_id=settings.gateway.source_id))
+
     try:
         audit_integrity.install(store, home, settings.audit.checkpoint_every)
         try:
             result = _make(settings, to)
         except SecuremailError as exc:
-            failed: SecuremailError = exc
-            store.write_sync(
-                lambda db: audit.record(
-                    db,
-                    audit.AuditEvent.of(
-                        actor,
-                        "gateway.backup",
-                        object_type="backup",
-                        nature="technical",
-                        outcome="refused"
-                        if isinstance(failed, InputError | BackupKeyError | BackupKeyMissingError)
-                        else "error",
-                        outcome_detail=failed.code,
-                    ),
-                    source_id=settings.gateway.source_id,
-                )
-            )
+            refused = isinstance(exc, InputError | BackupKeyError | BackupKeyMissingError)
+            record(outcome="refused" if refused else "error", outcome_detail=exc.code)
             raise
-        seq, head = result.audit_head
-        detail = (
-            f"archive sha256 {result.sha256}, {result.files} files, encrypted to "
-            f"{result.key.fingerprint}, audit head row {seq}"
-        )
-        store.write_sync(
-            lambda db: audit.record(
-                db,
-                audit.AuditEvent.of(
-                    actor,
-                    "gateway.backup",
-                    object_type="backup",
-                    object_id=result.sha256[:16],
-                    nature="technical",
-                    data_categories="all",
-                    outcome_detail=detail,
-                ),
-                source_id=settings.gateway.source_id,
-            )
+        seq, _ = result.audit_head
+        record(
+            object_id=result.sha256[:16],
+            data_categories="all",
+            outcome_detail=(
+                f"archive sha256 {result.sha256}, {result.files} files, encrypted to "
+                f"{result.key.fingerprint}, audit head row {seq}"
+            ),
         )
     finally:
         store.close()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
@@ -25,6 +26,8 @@ from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import InputError
 from securemail.regionmap import RegionInputError
+
+T = TypeVar("T")
 
 #: form field -> command-line option, so an error names what the operator typed
 OPTION_OF = {
@@ -39,11 +42,17 @@ OPTION_OF = {
 }
 
 
-def _raise_for_cli(exc: RegionInputError) -> None:
-    named = {OPTION_OF.get(f, f"--part-{f.replace('_', '=', 1)}"): e for f, e in exc.errors.items()}
-    raise InputError(
-        "; ".join(f"{opt}: {en}" for opt, (en, _) in named.items()), field=", ".join(named)
-    ) from None
+def _write(svc: Any, fn: Callable[[Any], T]) -> T:
+    """One write; the map's field errors come back naming the CLI options, in English."""
+    try:
+        return svc.store.write_sync(fn)
+    except RegionInputError as exc:
+        named = {
+            OPTION_OF.get(f, f"--part-{f.replace('_', '=', 1)}"): e for f, e in exc.errors.items()
+        }
+        raise InputError(
+            "; ".join(f"{opt}: {en}" for opt, (en, _) in named.items()), field=", ".join(named)
+        ) from None
 
 
 def _part_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -112,11 +121,7 @@ def cmd_team(args: argparse.Namespace) -> int:
                 values[f"address_{p}"] = addresses.get(p, r.address)
             return regionmap.save_entry(db, SYSTEM, team.id, values, now=svc.now())
 
-        try:
-            e = svc.store.write_sync(write)
-        except RegionInputError as exc:
-            _raise_for_cli(exc)
-            raise
+        e = _write(svc, write)
     print(f"team {e.team.address}: areas {e.areas_text}, capacity {e.capacity}, confirmed")
     return 0
 
@@ -134,39 +139,33 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_practice(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
-        try:
-            svc.store.write_sync(
-                lambda db: regionmap.set_practice_entry(
-                    db,
-                    SYSTEM,
-                    directory.org_by_code(db, args.code).id,
-                    {"role": args.role, "name": args.name, "phone": args.phone},
-                    now=svc.now(),
-                )
-            )
-        except RegionInputError as exc:
-            _raise_for_cli(exc)
-            raise
+        _write(
+            svc,
+            lambda db: regionmap.set_practice_entry(
+                db,
+                SYSTEM,
+                directory.org_by_code(db, args.code).id,
+                {"role": args.role, "name": args.name, "phone": args.phone},
+                now=svc.now(),
+            ),
+        )
     print(f"practice {args.code}: entry {args.role} {args.name}")
     return 0
 
 
 def cmd_contact(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
-        try:
-            svc.store.write_sync(
-                lambda db: regionmap.set_contact_nurse(
-                    db,
-                    SYSTEM,
-                    directory.team_by_address(db, args.team).id,
-                    directory.org_by_code(db, args.practice).id,
-                    {"name": args.name, "phone": args.phone or "", "address": args.address or ""},
-                    now=svc.now(),
-                )
-            )
-        except RegionInputError as exc:
-            _raise_for_cli(exc)
-            raise
+        _write(
+            svc,
+            lambda db: regionmap.set_contact_nurse(
+                db,
+                SYSTEM,
+                directory.team_by_address(db, args.team).id,
+                directory.org_by_code(db, args.practice).id,
+                {"name": args.name, "phone": args.phone or "", "address": args.address or ""},
+                now=svc.now(),
+            ),
+        )
     print(f"team {args.team}: contact nurse for practice {args.practice} is {args.name}")
     return 0
 
