@@ -9,6 +9,7 @@ trusts 127.0.0.1 as its proxy: the audit row must name 127.0.0.2.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -284,6 +285,11 @@ async def test_access_log_keeps_no_query_string(proxied):
         http.get(f"https://127.0.0.1:{n.https_port}/login?naam=Jansen") as r,
     ):
         assert r.status == 200
-    log = (n.prefix / "access.log").read_text()
+    # nginx writes the line when it finalises the request, which may be just after the
+    # client has read the response: wait for it rather than read a moment too early.
+    path = n.prefix / "access.log"
+    deadline = time.monotonic() + 10
+    while "GET /login HTTP" not in (log := path.read_text()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert "GET /login HTTP" in log
     assert "Jansen" not in log and "naam=" not in log
