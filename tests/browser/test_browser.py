@@ -30,7 +30,7 @@ from tests.e2e.conftest import (
     NURSE_PASSWORD,
     TEAM,
     build_gateway,
-    gpg_cli,
+    make_team_member_keys,
 )
 
 pytestmark = pytest.mark.browser
@@ -46,37 +46,7 @@ NOT_TYPED = ("principal.", "reference", "form_id", "form_version", "issued_at")
 @pytest.fixture(scope="session")
 def browser_team_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two nurses' key pairs for the receiving team, made once: {'public', 'secret'} armor."""
-    home = tmp_path_factory.mktemp("browser-team-keys") / "gnupg"
-    home.mkdir(mode=0o700)
-    for email in ("nurse1@zorg-noord.example", "nurse2@zorg-noord.example"):
-        gpg_cli(
-            home,
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            f"Nurse <{email}>",
-            "ed25519",
-            "sign,cert",
-            "2y",
-        )
-        fpr = [
-            line.split(":")[9]
-            for line in gpg_cli(home, "--with-colons", "--list-keys", email).decode().splitlines()
-            if line.startswith("fpr:")
-        ][0]
-        gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
-    return {
-        "public": gpg_cli(home, "--armor", "--export").decode(),
-        "secret": gpg_cli(
-            home,
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--armor",
-            "--export-secret-keys",
-        ).decode(),
-    }
+    return make_team_member_keys(tmp_path_factory.mktemp("browser-team-keys") / "gnupg")
 
 
 @pytest.fixture

@@ -62,10 +62,8 @@ def gpg_cli(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
     return out.stdout
 
 
-@pytest.fixture(scope="session")
-def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Two nurses' key pairs, made once per session: {'public': armor, 'secret': armor}."""
-    home = tmp_path_factory.mktemp("team-keys") / "gnupg"
+def make_team_member_keys(home: Path) -> dict[str, str]:
+    """Two nurses' key pairs in a new keyring at ``home``: {'public': armor, 'secret': armor}."""
     home.mkdir(mode=0o700)
     for email in ("nurse1@zorg-noord.example", "nurse2@zorg-noord.example"):
         gpg_cli(
@@ -96,6 +94,12 @@ def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
             "--export-secret-keys",
         ).decode(),
     }
+
+
+@pytest.fixture(scope="session")
+def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two nurses' key pairs, made once per session: {'public': armor, 'secret': armor}."""
+    return make_team_member_keys(tmp_path_factory.mktemp("team-keys") / "gnupg")
 
 
 async def build_gateway(
