@@ -364,7 +364,7 @@ class Worker:
                             return
                     outcome = await self._send(smtp, row)
                     if outcome.kind != "sent" and not outcome.keep_connection:
-                        smtp.close()
+                        relay.discard(smtp)
                         smtp = None
                 await self._finish(row, outcome, [r.id for r in todo])
         finally:
@@ -373,9 +373,9 @@ class Worker:
                     async with asyncio.timeout(self._timeout):
                         await smtp.quit()
                 except Exception:  # the relay may have gone; we are done with it anyway
-                    smtp.close()
+                    relay.discard(smtp)
                 except BaseException:  # cancelled while saying goodbye: still free the socket
-                    smtp.close()
+                    relay.discard(smtp)
                     raise
 
     async def _release(self, ids: list[int]) -> None:

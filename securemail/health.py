@@ -171,11 +171,11 @@ async def check_relay(settings: Settings) -> CheckResult:
             sslobj = client.get_transport_info("ssl_object")
             version = sslobj.version() if sslobj is not None else None
             if version is None:  # defence in depth, as relay.connect
-                client.close()
+                relay.discard(client)
                 return CheckResult("relay", False, "relay session is not TLS-protected")
             await client.quit()
     except BaseException as exc:
-        client.close()
+        relay.discard(client)
         if isinstance(exc, asyncio.CancelledError):
             raise
         if not isinstance(exc, Exception):

@@ -108,12 +108,26 @@ async def connect(settings: Settings, ctx: ssl.SSLContext) -> aiosmtplib.SMTP:
     except BaseException:
         # A refusal mid-handshake (no STARTTLS, a bad certificate, our timeout) must not leave
         # the socket open until garbage collection.
-        smtp.close()
+        discard(smtp)
         raise
     if smtp.get_transport_info("sslcontext") is None:  # defence in depth
-        smtp.close()
+        discard(smtp)
         raise RelayInsecureError("relay session is not TLS-protected", host=s.host, port=s.port)
     return smtp
+
+
+def discard(smtp: aiosmtplib.SMTP) -> None:
+    """Drop a session at once, socket included.
+
+    ``SMTP.close()`` alone closes a TLS transport gracefully: the socket stays open until the
+    relay answers the TLS close_notify, so an event loop that ends first (a worker stopping, a
+    CLI command returning) leaves it to the garbage collector. Nothing more is said on a
+    session we drop, so abort it.
+    """
+    transport = smtp.transport
+    if transport is not None:
+        transport.abort()
+    smtp.close()
 
 
 def one_line(text: object, limit: int = 160) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import signal
 import sqlite3
@@ -983,3 +984,22 @@ def test_sigterm_finishes_in_flight_releases_the_rest_and_exits_0(
     asyncio.run(finish_rest())
     assert smtp_server.handler.accepted_ids() == collections.Counter(ids)  # no repeats at all
     store.close()
+
+
+def test_a_dropped_tls_session_leaves_no_socket_behind(
+    tmp_path: Path, smtp_server: Relay, relay_cafile: str
+) -> None:
+    # A graceful close of a TLS transport waits for the relay's close_notify; when the event
+    # loop ends first (a worker stopping, a CLI command returning) the socket used to be left
+    # to the garbage collector, which pytest (filterwarnings=error) reports as a
+    # ResourceWarning. relay.discard aborts the session instead.
+    from securemail import config, relay
+
+    settings = config.load(_home(tmp_path, smtp_server, relay_cafile), env={})
+
+    async def open_and_drop() -> None:
+        relay.discard(await relay.connect(settings, relay.tls_context(settings)))
+
+    for _ in range(5):
+        asyncio.run(open_and_drop())
+    gc.collect()  # any socket left open warns here, inside this test
