@@ -55,9 +55,21 @@ async def _worker_main(settings: Settings) -> None:
         on_final=hooks.on_final,
         before_send=hooks.before_send,
     )
+    # A host that runs only the worker still purges what is past its retention and records
+    # its health checks for the availability figures, as `serve` does.
+    from securemail import health, retention
+
+    background = [
+        asyncio.create_task(
+            retention.run(svc.store, settings, svc.now, stop), name="retention-purge"
+        ),
+        asyncio.create_task(health.run(health.Monitor(svc), stop), name="health-recorder"),
+    ]
     try:
         await worker.run(stop)
     finally:
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
         svc.close()
 
 

@@ -3,15 +3,20 @@ STARTTLS relay on 127.0.0.1 (or none, or one without STARTTLS)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
 from securemail import exchange
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, example
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, env_for_cli, example
 from tests.e2e.test_send_path import deliver_all
 from tests.smtp_fixtures import free_port
 
@@ -228,3 +233,35 @@ async def test_the_server_records_its_health_checks_for_availability(
         await asyncio.sleep(0.1)
     assert len(rows) >= 3
     assert all(tuple(r) == (1, "") for r in rows)
+
+
+async def test_the_worker_alone_records_its_health_checks_and_stops_gracefully(
+    gw: Gateway, smtp_server: Any
+) -> None:
+    # A host that runs `securemail worker` without the web app still feeds the availability
+    # figures (and runs the retention purge, the same loop `serve` runs).
+    def recorded() -> int:
+        return gw.svc.store.read_sync(
+            lambda db: db.execute("SELECT count(*) FROM health_checks").fetchone()[0]
+        )
+
+    before = recorded()
+    with subprocess.Popen(
+        [sys.executable, "-m", "securemail", "worker", "--home", str(gw.home)],
+        env=env_for_cli(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while recorded() == before:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the worker recorded no health check"
+                await asyncio.sleep(0.1)
+            last_ok = gw.svc.store.read_sync(
+                lambda db: db.execute("SELECT ok FROM health_checks ORDER BY id DESC").fetchone()[0]
+            )
+            assert last_ok == 1
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
