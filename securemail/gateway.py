@@ -120,6 +120,8 @@ def gateway_fingerprint(store: Store) -> Fingerprint:
 class CheckReport:
     problems: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    #: Worth an operator's look, but sending may go on (exit 0).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -172,4 +174,12 @@ def check(settings: Settings, store: Store) -> CheckReport:
         report.problems.append(f"audit chain broken: {exc.reason}")
     except SecuremailError as exc:  # the checkpoint key is unreadable or has a loose mode
         report.problems.append(f"audit key: {exc.reason}")
+    if (settings.keys_path / "directory.toml").exists():
+        from securemail import keydir, keymanifest
+
+        try:
+            manifest = keymanifest.load_manifest(settings.keys_path)
+            report.warnings.extend(store.read_sync(lambda db: keydir.drift(db, manifest)))
+        except SecuremailError as exc:  # `keys sync` refuses it too, with the same reason
+            report.warnings.append(f"key directory: {exc.reason}")
     return report

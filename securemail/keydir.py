@@ -393,3 +393,32 @@ async def import_and_pin(
         )
         results.append((str(fpr), email, outcome))
     return results
+
+
+def drift(db: sqlite_utils.Database, manifest: Manifest) -> list[str]:
+    """Where the gateway's pinned team keys and the reviewed directory disagree (English).
+
+    The directory is the reviewed truth; a difference means a sync is due, a changed key waits
+    for its phone code, or a key was pinned outside the review (the demo does, on purpose).
+    """
+    listed = {(t.address, m.fingerprint) for t in manifest.teams for m in t.members}
+    rows = db.execute(
+        "SELECT t.address, m.fingerprint, m.status FROM team_members m "
+        "JOIN teams t ON t.id = m.team_id WHERE m.status != 'removed'"
+    ).fetchall()
+    active = {(a, f) for a, f, status in rows if status == "active"}
+    waiting = {(a, f) for a, f, status in rows if status == "quarantined"}
+    out = []
+    for address, fpr in sorted(listed - active):
+        why = (
+            "quarantined until `securemail keys confirm` with its phone code"
+            if (address, fpr) in waiting
+            else "not synced: run `securemail keys sync`"
+        )
+        out.append(f"{address}: {fpr} is in {manifest.folder} but not in use ({why})")
+    for address, fpr in sorted(active - listed):
+        out.append(
+            f"{address}: encrypts to {fpr}, which {manifest.folder} does not list "
+            "(pinned outside the reviewed directory)"
+        )
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from securemail import directory, exchange, keydir
+from securemail import directory, exchange, gateway, keydir
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
 from securemail.keyinfo import phone_code, phone_code_matches
@@ -226,3 +226,30 @@ def test_the_committed_key_directory_is_valid_and_holds_no_secret_keys() -> None
     folder = Path(__file__).resolve().parent.parent / "keys"
     manifest = load_manifest(folder)  # also checks every file for secret key material
     assert manifest.region
+
+
+async def test_check_names_where_the_gateway_and_the_reviewed_directory_disagree(
+    svc: Services, tmp_path: Path, keys: dict[str, GpgTestKey]
+) -> None:
+    een, twee = keys["een"], keys["twee"]
+    folder = tmp_path / "keys"
+    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
+    await keydir.sync(svc, folder, SYSTEM)
+
+    def drift() -> list[str]:
+        return svc.store.read_sync(lambda db: keydir.drift(db, load_manifest(folder)))
+
+    assert drift() == []  # in step after a sync
+    # A reviewed change not yet synced: een leaves, twee's replacement is listed
+    write_manifest(folder, {TEAM: [member(twee, "Twee")]}, [twee])
+    [extra] = drift()
+    assert een.fingerprint in extra and "does not list" in extra
+    # and `securemail check` says so as a warning, not a reason to stop sending
+    report = gateway.check(svc.settings.replace(gateway={"keys_dir": str(folder)}), svc.store)
+    assert any(een.fingerprint in w for w in report.warnings)
+    assert not any(een.fingerprint in p for p in report.problems)
+    await keydir.sync(svc, folder, SYSTEM)
+    assert drift() == []
+    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
+    [missing] = drift()
+    assert een.fingerprint in missing and "not synced" in missing

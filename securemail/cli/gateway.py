@@ -32,6 +32,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         store.close()
     for fact in report.facts:
         print(f"ok: {fact}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for problem in report.problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 0 if report.ok else 1
