@@ -8,7 +8,6 @@ per team; the secret halves live only in each team's 'mail client' homedir.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -20,9 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from securemail import auth, delivery, directory, gateway, outbox
+from securemail import auth, directory, gateway
 from securemail.access import SYSTEM, Actor
-from securemail.exchange import Hooks
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSWORD,
@@ -159,36 +157,6 @@ async def loop(
             capture_output=True,
         )
     shutil.rmtree(gw.home, ignore_errors=True)
-
-
-async def deliver_all(svc: Any, timeout: float = 30.0) -> None:
-    """Run a real delivery worker (with the exchange's hooks) until nothing is due."""
-    hooks = Hooks(svc)
-    worker = delivery.Worker(
-        svc.settings,
-        svc.store,
-        owner_id="test-worker",
-        on_final=hooks.on_final,
-        before_send=hooks.before_send,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    loop_ = asyncio.get_running_loop()
-    deadline = loop_.time() + timeout
-    done = ("sent", "failed", "stopped", "cancelled")
-    while loop_.time() < deadline:
-        rows = await svc.store.read(lambda db: outbox.list_rows(db))
-        handled = await svc.store.read(
-            lambda db: db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE final_at IS NOT NULL "
-                "AND final_handled_at IS NULL"
-            ).fetchone()[0]
-        )
-        if rows and all(r["status"] in done for r in rows) and not handled:
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await task
 
 
 def notices(svc: Any, kind: str) -> list[bytes]:

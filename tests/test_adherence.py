@@ -10,7 +10,6 @@ passing on through answer.record_answer, asks through asks.create and exchange.s
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import html as html_lib
 import io
@@ -33,19 +32,16 @@ from securemail import (
     answer,
     asks,
     auth,
-    delivery,
     directory,
     exchange,
-    outbox,
 )
 from securemail.access import SYSTEM, Actor, Resource
 from securemail.adherence import AskItem, Figures, Turn
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
-from securemail.exchange import Hooks
 from securemail.web import create_app
 from tests.auth_fixtures import make_store
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, env_for_cli, example
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.e2e.webflow import login
 from tests.loop_fixtures import TEAM_B, Loop
 from tests.test_asks import ASK, browser
@@ -85,45 +81,19 @@ def test_kings_day_is_skipped_monday_1400_regular_is_due_wednesday_1400() -> Non
 # -- the hand count over a month built through the real functions --------------------------
 
 
-async def _deliver(svc: Any, clock: Any, timeout: float = 30.0) -> None:
-    """A real delivery worker whose clock is the test's: the 250 is stamped at clock()."""
-    hooks = Hooks(svc)
-    worker = delivery.Worker(
-        svc.settings, svc.store, owner_id="adherence-test", on_final=hooks.on_final,
-        before_send=hooks.before_send, clock=lambda: clock().timestamp(),
-    )  # fmt: skip
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    loop_ = asyncio.get_running_loop()
-    deadline = loop_.time() + timeout
-    final = ("sent", "failed", "stopped", "cancelled")
-    while loop_.time() < deadline:
-        rows = await svc.store.read(lambda db: outbox.list_rows(db))
-        pending = await svc.store.read(
-            lambda db: db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE final_at IS NULL OR final_handled_at IS NULL"
-            ).fetchone()[0]
-        )
-        if rows and all(r["status"] in final for r in rows) and not pending:
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await task
-
-
 async def _send(loop: Loop, when: datetime, urgency: str, ask: str | None = None) -> str:
     loop.clock.now = when
     data = example()
     data["urgency"] = urgency
     sent = await exchange.send(loop.gw.svc, loop.gw.gp, data, GP_PASSPHRASE, ask=ask)
-    await _deliver(loop.gw.svc, loop.clock)
+    await deliver_all(loop.gw.svc, clock=loop.clock)
     return sent.reference
 
 
 async def _answer(loop: Loop, nurse: Actor, when: datetime, ref: str, data: dict) -> None:
     loop.clock.now = when
     await answer.record_answer(loop.gw.svc, nurse, ref, data)
-    await _deliver(loop.gw.svc, loop.clock)
+    await deliver_all(loop.gw.svc, clock=loop.clock)
 
 
 @pytest.fixture
@@ -596,7 +566,7 @@ async def test_withdrawn_request_is_not_judged_and_the_withdrawal_is_not_a_turn(
     withdrawal = example()
     withdrawal.update(kind="intrekking", supersedes=first)
     await exchange.send(loop.gw.svc, loop.gw.gp, withdrawal, GP_PASSPHRASE)
-    await _deliver(loop.gw.svc, loop.clock)
+    await deliver_all(loop.gw.svc, clock=loop.clock)
     # Then the team received one turn, withdrawn before an answer: not late, not judged;
     # the withdrawal message itself is no request to answer
     report = _report(loop)

@@ -43,11 +43,12 @@ from tests.e2e.conftest import (
     GP_PASSPHRASE,
     Gateway,
     build_gateway,
+    deliver_all,
     env_for_cli,
     example,
     team_member_keys,  # noqa: F401  (the fixture, for this module)
 )
-from tests.e2e.test_send_path import assert_opens_as_nurse, deliver_all
+from tests.e2e.test_send_path import assert_opens_as_nurse
 
 PLAINTEXT = [
     EXAMPLE["patient"]["bsn"].encode(),
@@ -205,7 +206,7 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
     try:
         # Given: one request delivered (and its notice), consent on record (build_gateway)
         first = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        await deliver_all(gw)
+        await deliver_all(gw.svc)
         assert outbox_states(gw.svc)[first.reference] == "sent"
         # ... then the relay goes down: one request is held by a worker that died mid-send
         # (its lease runs for an hour), another was tried once and waits for a retry.
@@ -291,7 +292,7 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
         relay.start()
         restored_svc = open_services(new_settings)
         new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
-        await deliver_all(new_gw)
+        await deliver_all(new_gw.svc)
 
         # Then: both queued requests arrived exactly once, readable only with the team's key
         states = outbox_states(restored_svc)

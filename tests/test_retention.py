@@ -32,8 +32,8 @@ from securemail.access import SYSTEM
 from securemail.cli import main as cli_main
 from securemail.errors import NotFoundError
 from securemail.secretbox import SecretBox
-from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example
-from tests.loop_fixtures import Loop, deliver_all
+from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example
+from tests.loop_fixtures import Loop
 
 NAME = "Ottoline Vreeswijk-Zandbergen"
 INDICATION = "Ulcus cruris links na val in badkamer, dagelijkse wondzorg Vreeswijkprotocol"

@@ -5,21 +5,24 @@ STARTTLS relay on 127.0.0.1 that records every byte."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from securemail import auth, config, demo, directory, gateway, keydir
+from securemail import auth, config, delivery, demo, directory, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
+from securemail.exchange import Hooks
 from securemail.services import Services, open_services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,3 +243,35 @@ def env_for_cli() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+async def deliver_all(
+    svc: Services, timeout: float = 30.0, clock: Callable[[], datetime] | None = None
+) -> None:
+    """Run a real delivery worker (with the exchange's hooks) until nothing is due any more;
+    with ``clock`` the worker stamps its outcomes (the relay's 250) at the test's time."""
+    hooks = Hooks(svc)
+    worker = delivery.Worker(
+        svc.settings,
+        svc.store,
+        owner_id="test-worker",
+        on_final=hooks.on_final,
+        before_send=hooks.before_send,
+        **({"clock": lambda: clock().timestamp()} if clock else {}),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        pending = await svc.store.read(
+            lambda db: db.execute(
+                "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
+                "'cancelled') OR final_handled_at IS NULL"
+            ).fetchone()[0]
+        )
+        if not pending:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task

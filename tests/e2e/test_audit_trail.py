@@ -13,9 +13,16 @@ import pytest
 from securemail import audit_report, auth, exchange
 from securemail.access import SYSTEM
 from securemail.openpgp import RecipientKeyError
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, OTHER_TEAM, TEAM, Gateway, env_for_cli
+from tests.e2e.conftest import (
+    EXAMPLE,
+    GP_PASSPHRASE,
+    OTHER_TEAM,
+    TEAM,
+    Gateway,
+    deliver_all,
+    env_for_cli,
+)
 from tests.e2e.conftest import example as example_request
-from tests.e2e.test_send_path import deliver_all
 
 BSN = EXAMPLE["patient"]["bsn"]
 
@@ -60,7 +67,7 @@ async def test_officers_see_the_exchange_and_the_refusal_with_its_reason(
 
     po = officers(gw)
     sent = await exchange.send(gw.svc, gw.gp, example_request(), GP_PASSPHRASE)
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     grant_consent(gw.svc, gw.gp, BSN, OTHER_TEAM)
     with pytest.raises(RecipientKeyError):
         await exchange.send(gw.svc, gw.gp, example_request(), GP_PASSPHRASE, to=OTHER_TEAM)

@@ -21,9 +21,9 @@ from tests.e2e.conftest import (
     GP_PASSPHRASE,
     TEAM,
     build_gateway,
+    deliver_all,
     example,
 )
-from tests.e2e.test_send_path import deliver_all
 
 MARKERS = [
     EXAMPLE["patient"]["bsn"].encode(),
@@ -53,7 +53,7 @@ async def test_relay_5xx_fails_once_and_tells_the_practice_once(
     gw = await build_gateway(tmp_path, team_member_keys, smtp_settings(relay, relay_cafile))
     try:
         result = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        await deliver_all(gw)
+        await deliver_all(gw.svc)
         info = gw.svc.store.read_sync(lambda db: exchange.status(db, result.reference))
         [delivery] = [d for d in info["delivery"] if d["kind"] == "request"]
         assert delivery["status"] == "failed"
@@ -114,7 +114,7 @@ async def test_withdrawal_stops_a_queued_request_before_it_leaves(
     gw = await build_gateway(tmp_path, team_member_keys, smtp_settings(relay, relay_cafile))
     try:
         result = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        await deliver_all(gw, timeout=1.5)  # attempts fail: connection refused, retry later
+        await deliver_all(gw.svc, timeout=1.5)  # attempts fail: connection refused, retry later
         # When the patient withdraws consent for the team
         now = gw.svc.now()
 
@@ -136,7 +136,7 @@ async def test_withdrawal_stops_a_queued_request_before_it_leaves(
         assert outcome.stopped == (result.reference,)
         # Then, with the relay back, the request never leaves; the practice is told why
         relay.start()
-        await deliver_all(gw)
+        await deliver_all(gw.svc)
         info = gw.svc.store.read_sync(lambda db: exchange.status(db, result.reference))
         assert info["delivery"][0]["status"] == "stopped"
         assert info["delivery"][0]["stop_reason"] == consent.STOP_REASON

@@ -21,10 +21,10 @@ from tests.e2e.conftest import (
     GP_PASSPHRASE,
     OTHER_TEAM,
     Gateway,
+    deliver_all,
     example,
     grant_consent,
 )
-from tests.e2e.test_send_path import deliver_all
 from tests.smtp_fixtures import free_port
 
 PATIENT = EXAMPLE["patient"]
@@ -77,7 +77,7 @@ async def test_json_logs_of_send_and_failures_are_json_and_patient_free(
 ) -> None:
     # a request sealed, queued, delivered; the practice's notice too
     await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     # refused: a team without a usable key, and a wrong signing passphrase
     grant_consent(gw.svc, gw.gp, PATIENT["bsn"], OTHER_TEAM)
     other = example()

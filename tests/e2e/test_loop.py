@@ -11,8 +11,8 @@ from datetime import datetime
 
 from securemail import answer, escalation, exchange, gateway, mime, requestview
 from securemail.errors import NotFoundError
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, env_for_cli, example
-from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, deliver_all, notices
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
+from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, notices
 
 PATIENT = [EXAMPLE["patient"]["bsn"].encode(), EXAMPLE["patient"]["name"].encode()]
 

@@ -16,8 +16,7 @@ import pytest
 
 from securemail import exchange
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, env_for_cli, example
-from tests.e2e.test_send_path import deliver_all
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 from tests.smtp_fixtures import free_port
 
 TOKEN = "metrics-token-made-in-the-test"
@@ -203,7 +202,7 @@ async def test_metrics_match_a_known_state(
     assert queued["securemail_audit_head_seq"] > before["securemail_audit_head_seq"]
     assert_nothing_revealing(text, gw)
     # When the worker delivers them (and the practice's notices)
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     text, after = await scrape(client)
     assert after['securemail_outbox_messages{status="queued"}'] == 0
     assert after['securemail_deliveries_total{outcome="sent",kind="request"}'] == 2

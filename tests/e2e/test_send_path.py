@@ -7,7 +7,6 @@ command and checks the GP's good signature and the parts inside.
 
 from __future__ import annotations
 
-import asyncio
 import email
 import json
 import subprocess
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from securemail import delivery, exchange
-from securemail.exchange import Hooks
+from securemail import exchange
 from securemail.openpgp import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,
@@ -27,6 +25,7 @@ from tests.e2e.conftest import (
     OTHER_TEAM,
     TEAM,
     Gateway,
+    deliver_all,
     env_for_cli,
     example,
 )
@@ -38,34 +37,6 @@ PATIENT_MARKERS = [
     "-".join(reversed(EXAMPLE["patient"]["birth_date"].split("-"))).encode(),
     EXAMPLE["patient"]["postcode"].encode(),
 ]
-
-
-async def deliver_all(gw: Gateway, timeout: float = 30.0) -> None:
-    """Run a real delivery worker until nothing is due any more."""
-    hooks = Hooks(gw.svc)
-    worker = delivery.Worker(
-        gw.svc.settings,
-        gw.svc.store,
-        owner_id="test-worker",
-        on_final=hooks.on_final,
-        before_send=hooks.before_send,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        pending = await gw.svc.store.read(
-            lambda db: db.execute(
-                "SELECT count(*) FROM outbox WHERE status NOT IN ('sent', 'failed', 'stopped', "
-                "'cancelled') OR final_handled_at IS NULL"
-            ).fetchone()[0]
-        )
-        if not pending:
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await task
 
 
 def assert_opens_as_nurse(gw: Gateway, raw: bytes) -> email.message.EmailMessage:
@@ -132,7 +103,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     from securemail.services import open_services
 
     gw.svc = open_services(config.load(gw.home))
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     # And the team's mail client opens it
     [raw] = [m for m in smtp_server.handler.mailbox().values() if b"multipart/encrypted" in m]
     inner = assert_opens_as_nurse(gw, raw)
@@ -177,7 +148,7 @@ async def test_send_with_api_function_records_audit_rows(gw: Gateway, smtp_serve
     )
     assert "consent.check" in codes
     assert codes[-1] == "request.send"
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     assert len(smtp_server.handler.mailbox()) == 2  # the request and the practice's notice
     codes = gw.svc.store.read_sync(
         lambda db: [

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, Gateway, example
-from tests.e2e.test_send_path import deliver_all
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, Gateway, deliver_all, example
 from tests.e2e.webflow import csrf_of, form_fields, login, send_via_form
 
 GP = {"username": "huisarts", "password": GP_PASSWORD}
@@ -53,7 +52,7 @@ async def test_gp_sends_from_the_web_and_sees_it_delivered_on_the_request_page(
 ) -> None:
     await login(client, "", gp_login(gw))
     reference = await send_via_form(client, "", example(), GP_PASSPHRASE)
-    await deliver_all(gw)
+    await deliver_all(gw.svc)
     async with client.get(f"/requests/{reference}") as r:
         page = await r.text()
     assert r.status == 200
@@ -97,7 +96,7 @@ async def test_relay_without_starttls_sends_nothing_and_the_page_says_why(
         )
         await login(client, "", gp_login(gw))
         reference = await send_via_form(client, "", example(), GP_PASSPHRASE)
-        hooks_worker = asyncio.create_task(deliver_all(gw, timeout=3))
+        hooks_worker = asyncio.create_task(deliver_all(gw.svc, timeout=3))
         await hooks_worker
         async with client.get(f"/requests/{reference}") as r:
             page = await r.text()
