@@ -200,6 +200,10 @@ class KeyStore:
         self._cache: dict[Fingerprint, tuple[float, KeyInfo]] = {}
         self._exports: dict[Fingerprint, str] = {}  # armored public keys (the GP's, per send)
         self._ring_state: tuple[int, int, int] | None = None
+        # Secret keys this keyring has unlocked at least once, and the locks that keep the
+        # first unlock of each one alone (see _call_with_secret).
+        self._unlocked: set[Fingerprint] = set()
+        self._first_unlock: dict[Fingerprint, asyncio.Lock] = {}
 
     @classmethod
     def create(
@@ -267,6 +271,25 @@ class KeyStore:
     async def _call(self, operation: str, fn: Callable[[WatchedGPG], T]) -> T:
         async with self._semaphore:
             return await asyncio.to_thread(self._watched, operation, fn)
+
+    async def _call_with_secret(
+        self, operation: str, fpr: Fingerprint, fn: Callable[[WatchedGPG], T]
+    ) -> T:
+        """``_call`` for an operation that unlocks the secret key ``fpr``.
+
+        gpg-agent keeps an imported secret key in its OpenPGP transfer format and rewrites
+        the key file, in place, the first time the key is unlocked; a second unlock reading
+        that file meanwhile fails as a bad passphrase or a broken S-expression (gpg 2.2).
+        So the first unlock of each key in this keyring runs alone; once one has
+        succeeded, unlocks run side by side (the semaphore still caps them).
+        """
+        if fpr not in self._unlocked:
+            async with self._first_unlock.setdefault(fpr, asyncio.Lock()):
+                if fpr not in self._unlocked:
+                    result = await self._call(operation, fn)
+                    self._unlocked.add(fpr)
+                    return result
+        return await self._call(operation, fn)
 
     @staticmethod
     def _fail(

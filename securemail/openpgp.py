@@ -195,7 +195,7 @@ class Keyring(KeyStore):
                 self._seal_failure("sign+encrypt", r, signer_fpr)
             return bytes(r.data)
 
-        ciphertext = await self._call("sign+encrypt", sign_encrypt)
+        ciphertext = await self._call_with_secret("sign+encrypt", signer_fpr, sign_encrypt)
         expected = sorted(s.key_id for s in subkeys)
         try:
             actual = sorted(armor.encrypted_to(ciphertext))
@@ -282,7 +282,7 @@ class Keyring(KeyStore):
                 self._fail("revoke", r, fingerprint=f)
             return r.data.decode("ascii")
 
-        certificate = await self._call("revoke", work)
+        certificate = await self._call_with_secret("revoke", f, work)
         await self.import_keys(certificate)
         if not (await self.key_info(f)).revoked:
             raise SealError("the revocation did not take effect", operation="revoke")

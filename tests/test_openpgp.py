@@ -377,6 +377,29 @@ async def test_seal_concurrent_calls_all_succeed(
     assert all(mime.is_pgp_mime(s.mime) for s in sealed)
 
 
+async def test_the_first_unlock_of_a_secret_key_runs_alone_then_seals_all_succeed(
+    gnupg_home: Path, tmp_path: Path, gp_key: GpgTestKey, team_keypair: GpgTestKey
+) -> None:
+    # gpg-agent rewrites an imported secret key's file, in place, on its first unlock; a
+    # concurrent unlock reading it half-written failed as "bad passphrase" (seen in CI). Real
+    # gpg, wrapped to log when each signing run starts and ends; room for four at once.
+    log = tmp_path / "sign.log"
+    binary = fake_gpg(
+        tmp_path,
+        f'case "$*" in *--sign*) echo start >> {log}; gpg "$@"; rc=$?; echo end >> {log}; '
+        'exit $rc;; esac\nexec gpg "$@"\n',
+    )
+    ring = Keyring.create(gnupg_home, binary=binary, max_concurrency=4)
+    await ring.import_keys(gp_key.secret, allow_secret=True)
+    await ring.import_keys(team_keypair.public)
+    sealed = await asyncio.gather(
+        *(seal(ring, gp_key, [team_keypair.fingerprint]) for _ in range(4))
+    )
+    assert len({s.message_id for s in sealed}) == 4
+    runs = log.read_text().split()
+    assert runs[:2] == ["start", "end"] and runs.count("start") == 4
+
+
 # -- refusals: signer and passphrase ---------------------------------------------------------
 
 
