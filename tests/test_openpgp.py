@@ -587,6 +587,31 @@ async def test_generate_key_kind_gives_ed25519_with_expected_capabilities(
     await ring.close()
 
 
+@pytest.mark.parametrize(("error", "made"), [("67108970", True), ("67108875", False)])
+async def test_generate_key_tries_again_only_after_the_agents_corrupted_protection(
+    gnupg_home: Path, tmp_path: Path, error: str, made: bool
+) -> None:
+    # The first --quick-gen-key fails as gpg-agent 2.2 now and then does ("Corrupted
+    # protection", 4<<24|106); a second try is real gpg. A bad passphrase (11) is not retried.
+    flag = tmp_path / "failed-once"
+    binary = fake_gpg(
+        tmp_path,
+        f'case "$*" in *--quick-gen-key*) [ -e {flag} ] || {{ touch {flag}; '
+        f'echo "[GNUPG:] ERROR key_generate {error}" >&2; echo "[GNUPG:] KEY_NOT_CREATED" >&2; '
+        'exit 2; };; esac\nexec gpg "$@"\n',
+    )
+    ring = Keyring.create(gnupg_home, binary=binary)
+    try:
+        if made:
+            fpr = await ring.generate_key("Huisarts Test", "gp@gp.example", GP_PASSPHRASE)
+            assert (await ring.key_info(fpr)).can_sign
+        else:
+            with pytest.raises(SealError, match="bad passphrase"):
+                await ring.generate_key("Huisarts Test", "gp@gp.example", GP_PASSPHRASE)
+    finally:
+        await ring.close()
+
+
 async def test_generate_key_refuses_uid_injection(gnupg_home: Path) -> None:
     ring = Keyring.create(gnupg_home)
     with pytest.raises(InputError):
