@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -369,14 +370,10 @@ class Worker:
                 await self._finish(row, outcome, [r.id for r in todo])
         finally:
             if smtp is not None:
-                try:
+                # the relay may have gone; goodbye frees the socket whatever happens
+                with contextlib.suppress(Exception):
                     async with asyncio.timeout(self._timeout):
-                        await smtp.quit()
-                except Exception:  # the relay may have gone; we are done with it anyway
-                    relay.discard(smtp)
-                except BaseException:  # cancelled while saying goodbye: still free the socket
-                    relay.discard(smtp)
-                    raise
+                        await relay.goodbye(smtp)
 
     async def _release(self, ids: list[int]) -> None:
         now = self.clock()

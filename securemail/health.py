@@ -173,7 +173,7 @@ async def check_relay(settings: Settings) -> CheckResult:
             if version is None:  # defence in depth, as relay.connect
                 relay.discard(client)
                 return CheckResult("relay", False, "relay session is not TLS-protected")
-            await client.quit()
+            await relay.goodbye(client)
     except BaseException as exc:
         relay.discard(client)
         if isinstance(exc, asyncio.CancelledError):

@@ -130,6 +130,21 @@ def discard(smtp: aiosmtplib.SMTP) -> None:
     smtp.close()
 
 
+async def goodbye(smtp: aiosmtplib.SMTP) -> None:
+    """End a session well: QUIT, then drop the socket at once, as ``discard`` does.
+
+    After the relay's 221 nothing more is said; aiosmtplib's graceful close would again
+    leave the socket waiting for the relay's TLS close_notify. Timeouts are the caller's.
+    """
+    transport = smtp.transport
+    try:
+        await smtp.quit()
+    finally:
+        if transport is not None:
+            transport.abort()
+        smtp.close()
+
+
 def one_line(text: object, limit: int = 160) -> str:
     return " ".join(str(text).split())[:limit]
 

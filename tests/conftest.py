@@ -8,6 +8,7 @@ its own homedir (mode 0700).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -68,6 +69,26 @@ def kill_gpg_agent(home: Path) -> None:
         check=False,
         timeout=30,
     )
+
+
+# Gateway homes made outside tmp_path (gpg-agent's socket path is short): removed, their
+# gpg-agents stopped, by their test or at the latest when this worker's session ends, even
+# when the test that made one failed halfway.
+SCRATCH_HOMES: list[Path] = []
+
+
+def remove_scratch_home(home: Path) -> None:
+    for gnupg in (home / "gnupg", home / "nurse-gnupg"):
+        if gnupg.is_dir():
+            kill_gpg_agent(gnupg)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_scratch_homes() -> Iterator[None]:
+    yield
+    for home in SCRATCH_HOMES:
+        remove_scratch_home(home)
 
 
 def new_gpg_home(factory: pytest.TempPathFactory, name: str) -> Path:

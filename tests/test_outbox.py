@@ -1000,6 +1000,10 @@ def test_a_dropped_tls_session_leaves_no_socket_behind(
     async def open_and_drop() -> None:
         relay.discard(await relay.connect(settings, relay.tls_context(settings)))
 
+    async def open_and_quit() -> None:  # a session that ends well: QUIT, then the socket
+        await relay.goodbye(await relay.connect(settings, relay.tls_context(settings)))
+
     for _ in range(5):
         asyncio.run(open_and_drop())
+        asyncio.run(open_and_quit())
     gc.collect()  # any socket left open warns here, inside this test

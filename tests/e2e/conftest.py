@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.exchange import Hooks
 from securemail.services import Services, open_services
+from tests.conftest import SCRATCH_HOMES, remove_scratch_home
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "examples" / "uitvoeringsverzoek.json").read_text(encoding="utf-8"))
@@ -110,6 +110,7 @@ async def build_gateway(
 ) -> Gateway:
     # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
     home = Path(tempfile.mkdtemp(prefix="sm-"))
+    SCRATCH_HOMES.append(home)
     await gateway.init_home(
         home,
         overrides={
@@ -230,9 +231,7 @@ async def gw(
     g = await build_gateway(tmp_path, team_member_keys, smtp)
     yield g
     g.svc.close()
-    for gnupg in (g.home / "gnupg", g.nurse_home):
-        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
-    shutil.rmtree(g.home, ignore_errors=True)
+    remove_scratch_home(g.home)
 
 
 def example() -> dict[str, Any]:
