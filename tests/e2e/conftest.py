@@ -23,7 +23,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.exchange import Hooks
 from securemail.services import Services, open_services
-from tests.conftest import SCRATCH_HOMES, remove_scratch_home
+from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "examples" / "uitvoeringsverzoek.json").read_text(encoding="utf-8"))
@@ -85,7 +85,7 @@ def make_team_member_keys(home: Path) -> dict[str, str]:
             if line.startswith("fpr:")
         ][0]
         gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
-    return {
+    keys = {
         "public": gpg_cli(home, "--armor", "--export").decode(),
         "secret": gpg_cli(
             home,
@@ -97,6 +97,8 @@ def make_team_member_keys(home: Path) -> dict[str, str]:
             "--export-secret-keys",
         ).decode(),
     }
+    kill_gpg_agent(home)  # a key-making home: nothing more runs in it
+    return keys
 
 
 @pytest.fixture(scope="session")
