@@ -7,7 +7,8 @@ Invariants:
   and durations;
 - small counts are suppressed in one place (``publish``): a count of 1 to 4, and any
   percentage, median or 90th percentile computed from fewer than 5 items, becomes "<5" in
-  the page, the CSV and the JSON alike;
+  the page, the CSV and the JSON alike; and a cell from which, with the shown ones, a
+  suppressed count could be worked out becomes "x" (``protect``);
 - one calendar: "within the deadline" is ``deadlines.due`` (the same function the deadline
   watch uses), never a second set of working-day rules.
 
@@ -39,6 +40,8 @@ from securemail.errors import InputError
 #: Below this, a count (1..MIN_COUNT-1) or a figure derived from so few items is suppressed.
 MIN_COUNT = 5
 SUPPRESSED = "<5"
+#: A cell hidden so that a suppressed one cannot be worked out from the cells shown.
+HIDDEN = "x"
 ACCEPTED, DECLINED, PASSED_ON = "geaccepteerd", "afgewezen", "doorbemiddeld"
 OUTCOMES = (ACCEPTED, DECLINED, PASSED_ON)
 T = TypeVar("T")
@@ -354,20 +357,77 @@ def publish_figures(f: Figures, *, asks: bool = False) -> dict[str, int | str]:
     return {k: v for k, v in cells.items() if COLUMNS[k][2 if asks else 1]}
 
 
+#: A row's parts that add up to its total.
+ROW_SUMS: dict[str, tuple[str, ...]] = {"answered": ("accepted", "declined", "passed_on")}
+#: Counts that add up down a column: the teams' received add up to what the practices
+#: received (every turn counts for its team and its practice), and so on.
+COLUMN_SUMS = (
+    "received", "answered", "within", "accepted", "declined", "passed_on", "open_overdue",
+    "withdrawn",
+)  # fmt: skip
+
+
+def protect(rows: list[dict[str, int | str]], figures: Sequence[Figures]) -> None:
+    """Secondary suppression, in place, of one table's published rows (``figures`` their
+    raw figures, in the same order).
+
+    A suppressed cell must not be the only hidden cell of a sum whose other terms are shown:
+    a row's answered = accepted + declined + passed on, and a column's total, which the
+    other table shows (the teams' column adds up to the practices'). So where a sum has
+    exactly one hidden cell, its smallest non-zero shown term is hidden too (``HIDDEN``),
+    until no sum has exactly one; and a percentage within the deadline goes with a hidden
+    count within the deadline (the count is the percentage times its base, which is shown).
+    Zeros stay shown: they single out no one.
+    """
+
+    def hidden(i: int, key: str) -> bool:
+        return rows[i][key] in (SUPPRESSED, HIDDEN)
+
+    def hide_one_more(cells: list[tuple[int, str]]) -> bool:
+        if sum(hidden(i, k) for i, k in cells) != 1:
+            return False
+        shown = [(getattr(figures[i], k), i, k) for i, k in cells if not hidden(i, k)]
+        candidates = [c for c in shown if c[0] > 0]
+        if not candidates:
+            return False
+        _, i, k = min(candidates)
+        rows[i][k] = HIDDEN
+        return True
+
+    changed = bool(rows)
+    while changed:
+        changed = False
+        for i, row in enumerate(rows):
+            if "within_pct" in row and hidden(i, "within") and row["within_pct"] not in (
+                "", SUPPRESSED, HIDDEN
+            ):  # fmt: skip
+                row["within_pct"] = HIDDEN
+                changed = True
+            for total, parts in ROW_SUMS.items():
+                if all(k in row for k in (total, *parts)):
+                    changed |= hide_one_more([(i, k) for k in (total, *parts)])
+        for key in COLUMN_SUMS:
+            if key in rows[0]:
+                changed |= hide_one_more([(i, key) for i in range(len(rows))])
+
+
 def publish(report: Report) -> dict[str, Any]:
     """The report as people may see it (page, CSV, JSON): suppressed, no patient data."""
     tables: dict[str, list[dict[str, int | str]]] = {}
     for table in TABLES:
         groups: dict[tuple[str, str], Figures] = getattr(report, table)
         asks = table.startswith("ask_")
-        tables[table] = [
+        rows = [
             {"code": code, "name": name, **publish_figures(f, asks=asks)}
             for (code, name), f in groups.items()
         ]
+        protect(rows, list(groups.values()))
+        tables[table] = rows
     return {
         "month": report.month,
         "generated_at": report.generated_at.astimezone(UTC).isoformat(timespec="seconds"),
         "min_count": MIN_COUNT,
+        "hidden": HIDDEN,
         "tables": tables,
     }
 

@@ -31,7 +31,8 @@ def _actor(svc: Any, username: str | None) -> Actor:
 
 def _text(published: dict[str, Any]) -> str:
     lines = [f"adherence {published['month']} (counts 1-4 and figures from fewer than "
-             f"{published['min_count']} items shown as <5)"]  # fmt: skip
+             f"{published['min_count']} items shown as <5; {published['hidden']}: hidden so "
+             "that a suppressed count cannot be worked out)"]  # fmt: skip
     for table, rows in published["tables"].items():
         lines.append("")
         lines.append(f"{table}:")
@@ -79,7 +80,8 @@ def register(sub: Any) -> None:
         "report",
         help="one month's figures per team and per practice (small counts suppressed)",
         description="One month's answer and ask figures per team and per practice; counts "
-        "of 1-4 and figures from fewer than 5 items are shown as <5 (docs/adherence.md).",
+        "of 1-4 and figures from fewer than 5 items are shown as <5, and x hides a cell "
+        "from which one could be worked out (docs/adherence.md).",
     )
     r.add_argument("--home", type=Path, default=argparse.SUPPRESS)
     r.add_argument("--month", required=True, help="calendar month YYYY-MM (Europe/Amsterdam)")
