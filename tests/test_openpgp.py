@@ -120,6 +120,11 @@ def fake_gpg(directory: Path, body: str) -> str:
     return str(script)
 
 
+def wrap_gpg(directory: Path, pattern: str, shell: str) -> str:
+    """Real gpg, except that a run whose arguments contain ``pattern`` runs ``shell``."""
+    return fake_gpg(directory, f'case "$*" in *{pattern}*) {shell};; esac\nexec gpg "$@"\n')
+
+
 # -- sealing, read back as the nurse --------------------------------------------------------
 
 
@@ -384,10 +389,8 @@ async def test_the_first_unlock_of_a_secret_key_runs_alone_then_seals_all_succee
     # concurrent unlock reading it half-written failed as "bad passphrase" (seen in CI). Real
     # gpg, wrapped to log when each signing run starts and ends; room for four at once.
     log = tmp_path / "sign.log"
-    binary = fake_gpg(
-        tmp_path,
-        f'case "$*" in *--sign*) echo start >> {log}; gpg "$@"; rc=$?; echo end >> {log}; '
-        'exit $rc;; esac\nexec gpg "$@"\n',
+    binary = wrap_gpg(
+        tmp_path, "--sign", f'echo start >> {log}; gpg "$@"; rc=$?; echo end >> {log}; exit $rc'
     )
     ring = Keyring.create(gnupg_home, binary=binary, max_concurrency=4)
     await ring.import_keys(gp_key.secret, allow_secret=True)
@@ -594,11 +597,11 @@ async def test_generate_key_tries_again_only_after_the_agents_corrupted_protecti
     # The first --quick-gen-key fails as gpg-agent 2.2 now and then does ("Corrupted
     # protection", 4<<24|106); a second try is real gpg. A bad passphrase (11) is not retried.
     flag = tmp_path / "failed-once"
-    binary = fake_gpg(
+    binary = wrap_gpg(
         tmp_path,
-        f'case "$*" in *--quick-gen-key*) [ -e {flag} ] || {{ touch {flag}; '
-        f'echo "[GNUPG:] ERROR key_generate {error}" >&2; echo "[GNUPG:] KEY_NOT_CREATED" >&2; '
-        'exit 2; };; esac\nexec gpg "$@"\n',
+        "--quick-gen-key",
+        f'[ -e {flag} ] || {{ touch {flag}; echo "[GNUPG:] ERROR key_generate {error}" >&2; '
+        'echo "[GNUPG:] KEY_NOT_CREATED" >&2; exit 2; }',
     )
     ring = Keyring.create(gnupg_home, binary=binary)
     try:
