@@ -51,6 +51,17 @@ def team_members(svc: Services) -> dict[str, str]:
     return svc.store.read_sync(load)
 
 
+async def synced_with_een_and_twee(
+    svc: Services, tmp_path: Path, keys: dict[str, GpgTestKey]
+) -> tuple[Path, GpgTestKey, GpgTestKey]:
+    """A reviewed key folder with team members Een and Twee, synced into the gateway."""
+    een, twee = keys["een"], keys["twee"]
+    folder = tmp_path / "keys"
+    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
+    await keydir.sync(svc, folder, SYSTEM)
+    return folder, een, twee
+
+
 @pytest.mark.parametrize(
     ("change", "entry"),
     [
@@ -137,10 +148,7 @@ async def test_sync_refuses_a_pin_that_is_not_in_its_key_file(
 async def test_member_no_longer_in_the_manifest_is_removed_and_never_used(
     svc: Services, tmp_path: Path, keys: dict[str, GpgTestKey]
 ) -> None:
-    een, twee = keys["een"], keys["twee"]
-    folder = tmp_path / "keys"
-    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
-    await keydir.sync(svc, folder, SYSTEM)
+    folder, een, twee = await synced_with_een_and_twee(svc, tmp_path, keys)
     write_manifest(folder, {TEAM: [member(twee, "Twee")]}, [twee])
     report = await keydir.sync(svc, folder, SYSTEM)
     assert [c[3] for c in report.of(keydir.REMOVED)] == [een.fingerprint]
@@ -171,10 +179,8 @@ async def test_key_in_the_keyring_but_not_pinned_is_never_a_recipient(
 async def test_changed_key_is_quarantined_until_the_phone_code_confirms_it(
     svc: Services, tmp_path: Path, keys: dict[str, GpgTestKey]
 ) -> None:
-    een, een_new, twee = keys["een"], keys["een_new"], keys["twee"]
-    folder = tmp_path / "keys"
-    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
-    await keydir.sync(svc, folder, SYSTEM)
+    folder, een, twee = await synced_with_een_and_twee(svc, tmp_path, keys)
+    een_new = keys["een_new"]
     # When the manifest gives Een a new key
     write_manifest(folder, {TEAM: [member(een_new, "Een"), member(twee, "Twee")]}, [een_new, twee])
     report = await keydir.sync(svc, folder, SYSTEM)
@@ -231,10 +237,7 @@ def test_the_committed_key_directory_is_valid_and_holds_no_secret_keys() -> None
 async def test_check_names_where_the_gateway_and_the_reviewed_directory_disagree(
     svc: Services, tmp_path: Path, keys: dict[str, GpgTestKey]
 ) -> None:
-    een, twee = keys["een"], keys["twee"]
-    folder = tmp_path / "keys"
-    write_manifest(folder, {TEAM: [member(een, "Een"), member(twee, "Twee")]}, [een, twee])
-    await keydir.sync(svc, folder, SYSTEM)
+    folder, een, twee = await synced_with_een_and_twee(svc, tmp_path, keys)
 
     def drift() -> list[str]:
         return svc.store.read_sync(lambda db: keydir.drift(db, load_manifest(folder)))
