@@ -1001,7 +1001,11 @@ def test_a_dropped_tls_session_leaves_no_socket_behind(
         relay.discard(await relay.connect(settings, relay.tls_context(settings)))
 
     async def open_and_quit() -> None:  # a session that ends well: QUIT, then the socket
-        await relay.goodbye(await relay.connect(settings, relay.tls_context(settings)))
+        smtp = await relay.connect(settings, relay.tls_context(settings))
+        sock = smtp.transport.get_extra_info("socket")
+        await relay.goodbye(smtp)
+        await asyncio.sleep(0)  # one turn of the loop: the socket is closed, not waiting
+        assert sock.fileno() == -1
 
     for _ in range(5):
         asyncio.run(open_and_drop())
