@@ -22,7 +22,7 @@ from securemail import auth, config, delivery, demo, directory, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.exchange import Hooks
-from securemail.services import Services, open_services
+from securemail.services import Services, open_services, utcnow
 from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,8 +108,13 @@ def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 
 async def build_gateway(
-    tmp_path: Path, team_member_keys: dict[str, str], smtp: dict[str, Any]
+    tmp_path: Path,
+    team_member_keys: dict[str, str],
+    smtp: dict[str, Any],
+    clock: Callable[[], datetime] | None = None,
 ) -> Gateway:
+    """A gateway home with its directory, people and consent. With a `clock` (tests/clock.py),
+    everything it records is dated by that clock from the first row on."""
     # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
     home = Path(tempfile.mkdtemp(prefix="sm-"))
     SCRATCH_HOMES.append(home)
@@ -128,7 +133,7 @@ async def build_gateway(
             },
         },
     )
-    svc = open_services(config.load(home))
+    svc = open_services(config.load(home), clock=clock or utcnow)
     now = svc.now_iso()
 
     def dir_data(db: Any) -> None:
