@@ -10,7 +10,7 @@ HOME_DIR ?= var
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-dates lint fmt bench bench-quick system-deps browser-deps deploy-deps \
-	faketime-deps clean
+	datefudge-deps clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -36,10 +36,10 @@ deploy-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx; \
 	  [ -d /run/systemd/system ] && $(SUDO) systemctl disable --now nginx || true; }
 
-# Debian's faketime (libfaketime) for make test-dates.
-faketime-deps:
-	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { echo "installing faketime"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq faketime; }
+# Debian's datefudge for make test-dates (why not libfaketime: see test-dates below).
+datefudge-deps:
+	@ls /usr/lib/*/datefudge/datefudge.so >/dev/null 2>&1 || { \
+	  echo "installing datefudge"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq datefudge; }
 
 demo: $(STAMP)
 	$(VENV)/bin/securemail demo --home $(HOME_DIR)
@@ -47,19 +47,24 @@ demo: $(STAMP)
 test: $(STAMP) browser-deps deploy-deps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
-# The whole suite with the system clock moved by libfaketime, once per moment (python -m
-# tests.moments --list names them; each is found relative to today, so the list stays
-# meaningful). An offset, not an absolute start: gpg, gpg-agent, chromium and nginx are
-# children of pytest and must share its timeline. Nothing is left out: the whole suite,
-# browser and nginx tests included, runs at every moment. One moment: make test-dates
-# DATES=dst-spring.
+# The whole suite with the system's wall clock moved, once per moment (python -m tests.moments
+# --list names them; each is found relative to today, so the list stays meaningful). An offset,
+# not an absolute start, so gpg, gpg-agent, chromium and nginx (children of pytest) share its
+# timeline. Nothing is left out: the whole suite, browser and nginx tests included, runs at
+# every moment. One moment: make test-dates DATES=dst-spring.
+# Why datefudge and not libfaketime (Debian's faketime 0.9.10): datefudge moves only the wall
+# clock (time, gettimeofday, CLOCK_REALTIME), which is what a date is. libfaketime also moves
+# CLOCK_MONOTONIC, and then every timed wait in Python (threading.Timer, Event.wait: a
+# sem_clockwait on the kernel's real monotonic clock) waits for the whole offset, so gpg's
+# watchdog never fires; with FAKETIME_DONT_FAKE_MONOTONIC=1 it answers time.sleep (an absolute
+# clock_nanosleep) with EINVAL instead. Both measured; see the issue 16 note.
 DATES ?= year-on dst-spring dst-autumn new-years-eve kings-day
-test-dates: $(STAMP) browser-deps deploy-deps faketime-deps
-	@lib=$$(ls /usr/lib/*/faketime/libfaketime.so.1 | head -n 1); \
+test-dates: $(STAMP) browser-deps deploy-deps datefudge-deps
+	@lib=$$(ls /usr/lib/*/datefudge/datefudge.so | head -n 1); \
 	for m in $(DATES); do \
-	  off=$$($(PY) -m tests.moments $$m) || exit 2; \
-	  echo "== make test-dates: $$($(PY) -m tests.moments --list | grep "^$$m ") (FAKETIME=$$off)"; \
-	  FAKETIME="$$off" FAKETIME_DONT_FAKE_MONOTONIC=1 LD_PRELOAD="$$lib" \
+	  ahead=$$($(PY) -m tests.moments $$m) || exit 2; \
+	  echo "== make test-dates: $$($(PY) -m tests.moments --list | grep "^$$m ") ($$ahead s ahead)"; \
+	  DATEFUDGE=$$((-ahead)) LD_PRELOAD="$$lib" \
 	    $(PY) -m pytest -q -n 2 --dist loadgroup || exit 1; \
 	done
 

@@ -1,13 +1,14 @@
 """The moments `make test-dates` runs the suite at, as libfaketime offsets from the real now.
 
-    python -m tests.moments NAME      prints the FAKETIME value (e.g. "+34560000") for NAME
+    python -m tests.moments NAME      prints how many seconds NAME lies ahead of now
     python -m tests.moments --list    prints every name with the moment it stands for
 
 Every moment is found relative to the real date, so the list means the same next year:
 the next DST nights in Europe/Amsterdam, the next New Year's Eve, the next King's Day.
-An offset (not an absolute "@..." start) keeps gpg, gpg-agent and every other child
-process on one timeline: a child restarting at an absolute time would see keys its parent
-made "in the future".
+The Makefile moves the wall clock by that offset with datefudge (DATEFUDGE is the seconds
+to subtract, so it passes the negative). An offset, not an absolute start, keeps gpg,
+gpg-agent and every other child process on one timeline: a child restarting at an absolute
+time would see keys its parent made "in the future".
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ MOMENTS: dict[str, tuple[str, Callable[[datetime], datetime]]] = {
 }
 
 
-def offset(name: str, now: datetime | None = None) -> str:
-    """The FAKETIME relative offset, in whole seconds, that moves `now` to the moment."""
+def offset(name: str, now: datetime | None = None) -> int:
+    """How many whole seconds the moment lies ahead of `now`."""
     now = now or datetime.now(UTC)
     _, find = MOMENTS[name]
-    return f"+{int((find(now) - now).total_seconds())}"
+    return int((find(now) - now).total_seconds())
 
 
 def main(argv: list[str]) -> int:
