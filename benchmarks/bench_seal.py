@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks import _gateway
-from securemail import forms, mime, render
+from securemail import mime
+from securemail.form import render
+from securemail.form import request as forms
 from securemail.keyinfo import encryption_subkey
 from securemail.mime import Envelope, SealInput
 

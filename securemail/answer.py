@@ -37,16 +37,16 @@ from securemail import (
     contentbox,
     directory,
     exchange,
-    forms,
     gateway,
     notify,
     outbox,
-    render,
     requestview,
 )
 from securemail.access import Actor, require
 from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
+from securemail.form import render
+from securemail.form import request as forms
 from securemail.openpgp import Envelope, Fingerprint, SealError, SealInput
 from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services

@@ -26,7 +26,7 @@ from securemail import audit
 from securemail.access import Actor, Resource, require
 from securemail.audit import AuditEvent
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
-from securemail.formfields import is_valid_bsn
+from securemail.form.fields import is_valid_bsn
 from securemail.store import Store, migrations
 
 T = TypeVar("T")

@@ -19,8 +19,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, forms
+from securemail import audit
 from securemail.access import Actor
+from securemail.form import request as forms
 
 LIVE_STATES = ("open", "answered")
 

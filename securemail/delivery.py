@@ -52,7 +52,7 @@ from securemail.relay import Outcome
 from securemail.sealcheck import NotSealedError, require_sendable
 from securemail.store import Store, open_store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("securemail.delivery")  # the name it had as a flat module
 
 Hook = Callable[[OutboxRow], Awaitable[Any]]
 

@@ -26,16 +26,16 @@ from securemail import (
     contentbox,
     deadlines,
     directory,
-    forms,
     keydir,
     notify,
     outbox,
-    render,
 )
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
 from securemail.errors import SecuremailError
+from securemail.form import render
+from securemail.form import request as forms
 from securemail.keyinfo import parse_fingerprint
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services

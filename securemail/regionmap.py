@@ -23,7 +23,7 @@ from securemail import audit, directory
 from securemail.access import Actor, Resource, require
 from securemail.directory import Team
 from securemail.errors import InputError, NotFoundError
-from securemail.formfields import CHECKS
+from securemail.form.fields import CHECKS
 from securemail.store import migrations
 
 MIGRATIONS = migrations("securemail.regionmap")

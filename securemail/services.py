@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from securemail import audit_integrity, contentbox, forms
+from securemail import audit_integrity, contentbox
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
+from securemail.form import request as forms
 from securemail.keystore import kill_agent
 from securemail.openpgp import Keyring
 from securemail.store import Store

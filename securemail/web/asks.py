@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import asks, directory, forms
+from securemail import asks, directory
+from securemail.form import request as forms
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 from securemail.web.requests import _errors_by_field, _form_context

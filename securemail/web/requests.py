@@ -14,8 +14,9 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, directory, exchange, forms, regionmap, regionview
+from securemail import answer, asks, directory, exchange, regionmap, regionview
 from securemail.errors import SecuremailError
+from securemail.form import request as forms
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

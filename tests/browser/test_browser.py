@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, forms, totp
+from securemail import auth, totp
 from securemail.access import SYSTEM
+from securemail.form import request as forms
 from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,

@@ -234,7 +234,7 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
 
 
 async def test_team_address_unknown_is_a_field_error(gw: Gateway) -> None:
-    from securemail.forms import FormInvalidError
+    from securemail.form.request import FormInvalidError
 
     with pytest.raises(FormInvalidError) as info:
         await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE, to="niemand@nergens.example")

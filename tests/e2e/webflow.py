@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from securemail import forms
+from securemail.form import request as forms
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 LOGIN_TOKEN_RE = re.compile(r'name="login_token" value="([^"]+)"')

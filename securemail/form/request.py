@@ -21,8 +21,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Self
 
 from securemail.errors import SecuremailError
-from securemail.formdef import FieldSpec, FormDefinition, load_definition
-from securemail.formfields import (
+from securemail.form.definition import FieldSpec, FormDefinition, load_definition
+from securemail.form.fields import (
     INVALID,
     FieldError,
     Report,
@@ -30,7 +30,7 @@ from securemail.formfields import (
     is_valid_bsn,
     validate,
 )
-from securemail.formrules import check_answer, check_request
+from securemail.form.rules import check_answer, check_request
 
 __all__ = [
     "Consent", "DocumentInvalidError", "ExecutionRequest", "FieldError", "FormDefinition",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from securemail.formfields import FIELD_CODES, INVALID, Report
+from securemail.form.fields import FIELD_CODES, INVALID, Report
 
 #: Every code the form code can emit; the definition must carry a message for each.
 ERROR_CODES = FIELD_CODES | frozenset(

@@ -24,8 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from securemail.errors import ConfigError
-from securemail.formfields import CHECKS, NORMALISERS
-from securemail.formrules import ERROR_CODES
+from securemail.form.fields import CHECKS, NORMALISERS
+from securemail.form.rules import ERROR_CODES
 
 FIELD_TYPES = frozenset(
     {"str", "text", "enum", "bool", "date", "datetime", "number", "object", "list"}

@@ -22,8 +22,8 @@ from typing import Any
 
 import jinja2
 
-from securemail.formdef import FieldSpec, FormDefinition
-from securemail.forms import ExecutionRequest
+from securemail.form.definition import FieldSpec, FormDefinition
+from securemail.form.request import ExecutionRequest
 
 TEXT_TEMPLATE = "request.txt.j2"
 HTML_TEMPLATE = "request.html.j2"
