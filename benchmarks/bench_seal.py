@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks import _gateway
-from securemail import mime
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.keyinfo import encryption_subkey
-from securemail.mime import Envelope, SealInput
+from securemail.message import mime
+from securemail.message.mime import Envelope, SealInput
 
 TITLE = "Sealing: gateway seal() vs raw gpg sign+encrypt (3 recipient keys)"
 

@@ -31,22 +31,13 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import (
-    audit,
-    consent,
-    contentbox,
-    directory,
-    exchange,
-    gateway,
-    notify,
-    outbox,
-    requestview,
-)
+from securemail import audit, consent, contentbox, directory, exchange, gateway, outbox, requestview
 from securemail.access import Actor, require
 from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
+from securemail.message import notify
 from securemail.openpgp import Envelope, Fingerprint, SealError, SealInput
 from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services

@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from securemail import audit, contentbox, deadlines, directory, notify, outbox
+from securemail import audit, contentbox, deadlines, directory, outbox
 from securemail.access import Actor, Resource, require
 from securemail.errors import ConflictError, NotFoundError
 from securemail.form import request as forms
+from securemail.message import notify
 from securemail.services import Services
 from securemail.store import migrations
 

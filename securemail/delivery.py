@@ -41,6 +41,7 @@ from securemail import audit, config, relay
 from securemail.access import SYSTEM
 from securemail.config import DeliverySettings, Settings
 from securemail.errors import ConfigError, SecuremailError
+from securemail.message.sealcheck import NotSealedError, require_sendable
 from securemail.outbox import (
     EVENTS,
     FINAL,
@@ -49,7 +50,6 @@ from securemail.outbox import (
     rows_of,
 )
 from securemail.relay import Outcome
-from securemail.sealcheck import NotSealedError, require_sendable
 from securemail.store import Store, open_store
 
 log = logging.getLogger("securemail.delivery")  # the name it had as a flat module

@@ -27,7 +27,6 @@ from securemail import (
     deadlines,
     directory,
     keydir,
-    notify,
     outbox,
 )
 from securemail.access import SYSTEM, Actor, Resource, require
@@ -37,6 +36,7 @@ from securemail.errors import SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.keyinfo import parse_fingerprint
+from securemail.message import notify
 from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations

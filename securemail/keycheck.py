@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, auth, directory, notify, outbox
+from securemail import audit, auth, directory, outbox
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
 from securemail.keyinfo import (
@@ -26,6 +26,7 @@ from securemail.keyinfo import (
     unusable_reason,
     unusable_signer_reason,
 )
+from securemail.message import notify
 from securemail.services import Services
 
 BUCKETS = (1, 7, 30)  # days: "expires within 1 day", "within 7", "within 30"

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securemail import armor
 from securemail.directory import EMAIL_RE
 from securemail.errors import InputError
 from securemail.keyinfo import Fingerprint, parse_fingerprint
+from securemail.message import armor
 
 MANIFEST_NAME = "directory.toml"
 VERSION = 1

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 
-from securemail import armor, gpgproc, mime
+from securemail import gpgproc
 from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError, NotFoundError, SecuremailError
 from securemail.gpgproc import WatchedGPG, wire
@@ -40,6 +40,7 @@ from securemail.keyinfo import (
     parse_listing,
     unusable_reason,
 )
+from securemail.message import armor, mime
 
 T = TypeVar("T")
 

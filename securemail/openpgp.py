@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from securemail import armor, gpgproc, mime, sealcheck
+from securemail import gpgproc
 from securemail.errors import InputError
 from securemail.gpgproc import WatchedGPG, wire
 from securemail.keyinfo import (
@@ -44,7 +44,8 @@ from securemail.keystore import (
     check_passphrase,
     fingerprint_arg,
 )
-from securemail.mime import Envelope, SealInput
+from securemail.message import armor, mime, sealcheck
+from securemail.message.mime import Envelope, SealInput
 
 __all__ = [
     "Decrypted",

@@ -3,7 +3,7 @@
 Invariants:
 
 1. Only a ``SealedMessage`` (made by ``openpgp.seal``) or a ``notify.Notice`` is ever
-   queued. A sealed message must also *be* PGP/MIME (``securemail.sealcheck``: RFC 3156
+   queued. A sealed message must also *be* PGP/MIME (``securemail.message.sealcheck``: RFC 3156
    envelope around ASCII-armored OpenPGP encrypted-data packets and nothing else); the
    worker runs the same check again just before the bytes go to the relay.
 2. ``enqueue`` runs inside the caller's write, next to the caller's audit row, so
@@ -34,14 +34,15 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, notify
+from securemail import audit
 from securemail.access import Actor, Resource, require
 from securemail.audit import AuditEvent
 from securemail.config import Settings
 from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.message import notify
+from securemail.message.sealcheck import NotSealedError
+from securemail.message.sealcheck import require_pgp_mime as _require_pgp_mime
 from securemail.openpgp import _SEAL_TOKEN, SealedMessage
-from securemail.sealcheck import NotSealedError
-from securemail.sealcheck import require_pgp_mime as _require_pgp_mime
 from securemail.store import migrations
 
 STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled", "stopped")

@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import answer, exchange, gateway, notify, requestview
+from securemail import answer, exchange, gateway, requestview
 from securemail.errors import NotFoundError
 from securemail.form import request as forms
+from securemail.message import notify
 from securemail.openpgp import Envelope, SealInput, VerificationError
 from securemail.web import create_app
 from tests.e2e.conftest import (

@@ -19,11 +19,12 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import auth, directory, exchange, gpkeys, keycheck, keydir, notify, wkd
+from securemail import auth, directory, exchange, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM
 from securemail.cli import main
 from securemail.errors import NotFoundError
 from securemail.keyinfo import phone_code
+from securemail.message import notify
 from securemail.openpgp import RecipientKeyError, SigningError
 from securemail.services import Services
 from tests.conftest import GpgTestKey, run_gpg

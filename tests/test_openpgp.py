@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from securemail import armor, mime
 from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError
+from securemail.message import armor, mime
 from securemail.openpgp import (
     DecryptionError,
     Envelope,

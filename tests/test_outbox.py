@@ -43,7 +43,7 @@ from securemail.errors import (
     NotFoundError,
     SecuremailError,
 )
-from securemail.notify import Notice, make_notice, notice_delivered, notice_failed
+from securemail.message.notify import Notice, make_notice, notice_delivered, notice_failed
 from securemail.openpgp import SealedMessage
 from securemail.outbox import NotSealedError, rows_of
 from securemail.store import Store, open_store

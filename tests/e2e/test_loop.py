@@ -9,8 +9,9 @@ import subprocess
 import sys
 from datetime import datetime
 
-from securemail import answer, escalation, exchange, gateway, mime, requestview
+from securemail import answer, escalation, exchange, gateway, requestview
 from securemail.errors import NotFoundError
+from securemail.message import mime
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, notices
 

@@ -4,7 +4,7 @@ Invariant: ``require_sendable`` passes only (a) RFC 3156 PGP/MIME whose payload 
 ASCII-armored block of OpenPGP session-key packets followed by one encrypted-data
 packet, with no readable text anywhere (no preamble beyond the customary sentence, no
 armor Comment, no extra part or part header), or (b) a notice built by
-``securemail.notify``. It runs when a message is queued and again right before its
+``securemail.message.notify``. It runs when a message is queued and again right before its
 bytes go to the relay (defence in depth, SecureDrop's ``NotEncrypted``). Refusals name
 the rule that failed and never quote the content. Bytes that passed are remembered in
 this process by their SHA-256, so the same bytes checked again (at enqueue, then at the
@@ -24,9 +24,9 @@ from collections import OrderedDict
 from email import policy
 from email.parser import BytesParser
 
-from securemail import notify
 from securemail.config import Settings
 from securemail.errors import InputError, SecuremailError
+from securemail.message import notify
 
 
 class NotSealedError(SecuremailError):
@@ -63,7 +63,7 @@ def require_pgp_mime(raw: bytes) -> None:
     OpenPGP encrypted data (session-key packets + one encrypted-data packet), with no
     readable text around it. Raises NotSealedError naming the rule, never quoting content.
 
-    (To be folded into ``securemail.mime.is_pgp_mime``; outbox imports it as
+    (To be folded into ``securemail.message.mime.is_pgp_mime``; outbox imports it as
     ``_require_pgp_mime``.)
     """
     if not isinstance(raw, bytes):
@@ -197,7 +197,7 @@ def _packet_tags(data: bytes) -> list[int]:
 
 def require_sendable(kind: str, raw: bytes, settings: Settings) -> None:
     """The check at the SMTP edge: sealed PGP/MIME for a request; for a notice, exactly the
-    text ``securemail.notify`` builds under these settings."""
+    text ``securemail.message.notify`` builds under these settings."""
     if kind == "request":
         require_pgp_mime(raw)
     elif kind == "notice":

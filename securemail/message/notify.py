@@ -107,7 +107,7 @@ class Notice:
 
     def __post_init__(self) -> None:
         if self._token is not _NOTICE_TOKEN:
-            raise TypeError("Notice can only be made by securemail.notify functions")
+            raise TypeError("Notice can only be made by securemail.message.notify functions")
 
 
 def is_notice(obj: object) -> bool:

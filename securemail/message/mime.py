@@ -27,8 +27,8 @@ from email.parser import BytesParser
 from email.policy import SMTP, default
 from email.utils import format_datetime
 
-from securemail import armor
 from securemail.errors import InputError
+from securemail.message import armor
 
 JSON_NAME = "request.json"
 #: Only in requests forwarded from before one signature per message (see openpgp.seal).
