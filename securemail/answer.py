@@ -38,7 +38,7 @@ from securemail.errors import ConflictError, SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
-from securemail.openpgp import Envelope, Fingerprint, SealError, SealInput
+from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInput
 from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services
 

@@ -42,11 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from securemail import __version__, audit, audit_integrity, gpgproc
+from securemail import __version__, audit, audit_integrity
 from securemail.access import Actor
 from securemail.config import CONFIG_NAME, DB_NAME, Settings
 from securemail.errors import InputError, NotInitialisedError, SecuremailError
-from securemail.keyinfo import (
+from securemail.openpgp import gpgproc
+from securemail.openpgp.keyinfo import (
     KeyInfo,
     encryption_subkey,
     expires_for_encryption,

@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from securemail import auth, config, consent, directory, gateway, regionmap
 from securemail.access import SYSTEM, Actor
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyring import Keyring
 from securemail.services import Services, open_services
 
 PRACTICE = {

@@ -16,7 +16,7 @@ import sqlite_utils
 from securemail import audit
 from securemail.access import Actor
 from securemail.errors import ConflictError, InputError, NotFoundError
-from securemail.openpgp import Fingerprint
+from securemail.openpgp.keyring import Fingerprint
 from securemail.store import migrations
 
 ORG_KINDS = ("practice", "nursing", "operator", "region")  # region: its coordinators

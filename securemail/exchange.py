@@ -35,9 +35,9 @@ from securemail.directory import Team
 from securemail.errors import SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
-from securemail.keyinfo import parse_fingerprint
 from securemail.message import notify
-from securemail.openpgp import Envelope, Fingerprint, RecipientKeyError, SealInput
+from securemail.openpgp.keyinfo import parse_fingerprint
+from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput
 from securemail.services import Services
 from securemail.store import migrations
 

@@ -19,7 +19,7 @@ from securemail import audit, config
 from securemail.access import SYSTEM
 from securemail.config import Settings
 from securemail.errors import SecuremailError
-from securemail.openpgp import Fingerprint, Keyring
+from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.store import Store, migrations
 
 MIGRATIONS = migrations("securemail.gateway")

@@ -17,8 +17,8 @@ import sqlite_utils
 from securemail import audit, auth
 from securemail.access import Actor, Resource, require
 from securemail.errors import InputError, NotFoundError
-from securemail.keyinfo import Fingerprint, parse_fingerprint
-from securemail.openpgp import REVOCATION_REASONS
+from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
+from securemail.openpgp.keyring import REVOCATION_REASONS
 from securemail.services import Services
 from securemail.store import migrations
 

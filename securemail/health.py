@@ -32,7 +32,7 @@ import sqlite_utils
 from securemail import gateway
 from securemail.config import Settings
 from securemail.errors import SecuremailError
-from securemail.keyinfo import unusable_signer_reason
+from securemail.openpgp.keyinfo import unusable_signer_reason
 from securemail.store import migrations
 
 if TYPE_CHECKING:  # the store imports this module for its migrations: keep that light

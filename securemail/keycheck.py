@@ -20,13 +20,13 @@ import sqlite_utils
 from securemail import audit, auth, directory, outbox
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
-from securemail.keyinfo import (
+from securemail.message import notify
+from securemail.openpgp.keyinfo import (
     KeyInfo,
     expires_for_encryption,
     unusable_reason,
     unusable_signer_reason,
 )
-from securemail.message import notify
 from securemail.services import Services
 
 BUCKETS = (1, 7, 30)  # days: "expires within 1 day", "within 7", "within 30"

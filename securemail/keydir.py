@@ -27,10 +27,10 @@ from securemail import audit, directory
 from securemail.access import Actor, Resource, require
 from securemail.directory import Member, Team
 from securemail.errors import InputError, NotFoundError
-from securemail.keyinfo import Fingerprint, KeyInfo, phone_code_matches, unusable_reason
 from securemail.keymanifest import Manifest, ManifestError, TeamEntry, load_manifest
-from securemail.keystore import KeyStore, RecipientKeyError
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyinfo import Fingerprint, KeyInfo, phone_code_matches, unusable_reason
+from securemail.openpgp.keyring import Keyring
+from securemail.openpgp.keystore import KeyStore, RecipientKeyError
 from securemail.services import Services
 
 ADDED, QUARANTINED, UNCHANGED, REMOVED = "added", "quarantined", "unchanged", "removed"

@@ -19,8 +19,8 @@ from typing import Any
 
 from securemail.directory import EMAIL_RE
 from securemail.errors import InputError
-from securemail.keyinfo import Fingerprint, parse_fingerprint
 from securemail.message import armor
+from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
 
 MANIFEST_NAME = "directory.toml"
 VERSION = 1

@@ -24,7 +24,7 @@ import sqlite_utils
 from securemail import directory, gateway, health, keycheck, outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.health import HealthReport
-from securemail.keyinfo import unusable_signer_reason
+from securemail.openpgp.keyinfo import unusable_signer_reason
 from securemail.services import Services
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -31,7 +31,7 @@ from securemail import (
 )
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError, SecuremailError
-from securemail.keyinfo import encryption_subkey
+from securemail.openpgp.keyinfo import encryption_subkey
 from securemail.services import Services
 
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"

@@ -42,7 +42,7 @@ from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.message import notify
 from securemail.message.sealcheck import NotSealedError
 from securemail.message.sealcheck import require_pgp_mime as _require_pgp_mime
-from securemail.openpgp import _SEAL_TOKEN, SealedMessage
+from securemail.openpgp.keyring import _SEAL_TOKEN, SealedMessage
 from securemail.store import migrations
 
 STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled", "stopped")

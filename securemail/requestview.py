@@ -18,7 +18,7 @@ import sqlite_utils
 from securemail import audit, changes, contentbox, directory, outbox
 from securemail.access import Actor, Resource, require
 from securemail.errors import NotFoundError, SecuremailError
-from securemail.keystore import reason_nl
+from securemail.openpgp.keystore import reason_nl
 
 DATA_CATEGORIES = "execution_request"
 

@@ -36,7 +36,7 @@ from typing import IO, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from securemail import audit, audit_integrity, config, contentbox, gpgproc
+from securemail import audit, audit_integrity, config, contentbox
 from securemail.access import Actor
 from securemail.backup import (
     _CHUNK,
@@ -51,6 +51,7 @@ from securemail.backup import (
 )
 from securemail.config import DB_NAME, GNUPG_DIR
 from securemail.errors import SecuremailError
+from securemail.openpgp import gpgproc
 from securemail.store import MIGRATION_SETS, Store
 
 #: A manifest larger than this is not one of ours.

@@ -19,8 +19,8 @@ from securemail import audit_integrity, contentbox
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
 from securemail.form import request as forms
-from securemail.keystore import kill_agent
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyring import Keyring
+from securemail.openpgp.keystore import kill_agent
 from securemail.store import Store
 
 AGENT_LOCK = ".gpg-agent.lock"

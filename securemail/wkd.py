@@ -25,10 +25,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from securemail.errors import InputError, SecuremailError
-from securemail.keyinfo import Fingerprint, phone_code
-from securemail.keystore import KeyStore
 from securemail.message import armor
 from securemail.message.mime import ADDRESS_RE
+from securemail.openpgp.keyinfo import Fingerprint, phone_code
+from securemail.openpgp.keystore import KeyStore
 
 ZBASE32 = "ybndrfg8ejkmcpqxot1uwisza345h769"
 MAX_KEY_BYTES = 256 * 1024  # a certificate with a few user ids and subkeys is a few KiB

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from securemail import config
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyring import Keyring
 from securemail.services import Services, open_services
 from securemail.store import Store
 from tests.conftest import GpgTestKey

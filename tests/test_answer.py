@@ -18,7 +18,7 @@ from securemail import answer, exchange, gateway, requestview
 from securemail.errors import NotFoundError
 from securemail.form import request as forms
 from securemail.message import notify
-from securemail.openpgp import Envelope, SealInput, VerificationError
+from securemail.openpgp.keyring import Envelope, SealInput, VerificationError
 from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,

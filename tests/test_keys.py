@@ -23,9 +23,9 @@ from securemail import auth, directory, exchange, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM
 from securemail.cli import main
 from securemail.errors import NotFoundError
-from securemail.keyinfo import phone_code
 from securemail.message import notify
-from securemail.openpgp import RecipientKeyError, SigningError
+from securemail.openpgp.keyinfo import phone_code
+from securemail.openpgp.keyring import RecipientKeyError, SigningError
 from securemail.services import Services
 from tests.conftest import GpgTestKey, run_gpg
 from tests.keyhelpers import TEAM, TEAM2, drop_home, make_home, member, write_manifest

@@ -11,7 +11,7 @@ import pytest
 
 from securemail import auth, directory, gpkeys, keydir, session
 from securemail.access import SYSTEM
-from securemail.keyinfo import phone_code
+from securemail.openpgp.keyinfo import phone_code
 from securemail.services import Services
 from securemail.web import create_app
 from tests.conftest import GpgTestKey

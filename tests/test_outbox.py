@@ -44,7 +44,7 @@ from securemail.errors import (
     SecuremailError,
 )
 from securemail.message.notify import Notice, make_notice, notice_delivered, notice_failed
-from securemail.openpgp import SealedMessage
+from securemail.openpgp.keyring import SealedMessage
 from securemail.outbox import NotSealedError, rows_of
 from securemail.store import Store, open_store
 from tests.smtp_fixtures import (

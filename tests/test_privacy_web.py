@@ -13,7 +13,7 @@ import pytest
 from securemail import audit, auth, config, consent, directory, session
 from securemail.access import SYSTEM
 from securemail.audit import AuditEvent
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyring import Keyring
 from securemail.services import open_services
 from securemail.store import Store
 from securemail.web import create_app

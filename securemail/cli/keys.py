@@ -16,8 +16,8 @@ from securemail import auth, config, directory, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM, Actor
 from securemail.cli import command, home_of
 from securemail.cli.directory import open_home, read_secret
-from securemail.keyinfo import phone_code
 from securemail.keymanifest import public_key_data
+from securemail.openpgp.keyinfo import phone_code
 from securemail.services import Services
 
 

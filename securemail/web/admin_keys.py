@@ -14,7 +14,7 @@ from aiohttp import web
 
 from securemail import directory, gpkeys, keycheck, keydir
 from securemail.access import Resource, require
-from securemail.keystore import reason_nl
+from securemail.openpgp.keystore import reason_nl
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

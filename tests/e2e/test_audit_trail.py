@@ -12,7 +12,7 @@ import pytest
 
 from securemail import audit_report, auth, exchange
 from securemail.access import SYSTEM
-from securemail.openpgp import RecipientKeyError
+from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

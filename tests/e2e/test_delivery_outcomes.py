@@ -15,7 +15,7 @@ import pytest
 
 from securemail import consent, directory, exchange
 from securemail.errors import SecuremailError
-from securemail.openpgp import Keyring
+from securemail.openpgp.keyring import Keyring
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from securemail import exchange
-from securemail.openpgp import RecipientKeyError
+from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

@@ -29,18 +29,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 
-from securemail import gpgproc
 from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError, NotFoundError, SecuremailError
-from securemail.gpgproc import WatchedGPG, wire
-from securemail.keyinfo import (
+from securemail.message import armor, mime
+from securemail.openpgp import gpgproc
+from securemail.openpgp.gpgproc import WatchedGPG, wire
+from securemail.openpgp.keyinfo import (
     Fingerprint,
     KeyInfo,
     parse_fingerprint,
     parse_listing,
     unusable_reason,
 )
-from securemail.message import armor, mime
 
 T = TypeVar("T")
 

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from securemail import gpgproc
 from securemail.errors import InputError
-from securemail.gpgproc import WatchedGPG, wire
-from securemail.keyinfo import (
+from securemail.message import armor, mime, sealcheck
+from securemail.message.mime import Envelope, SealInput
+from securemail.openpgp import gpgproc
+from securemail.openpgp.gpgproc import WatchedGPG, wire
+from securemail.openpgp.keyinfo import (
     Fingerprint,
     KeyInfo,
     SubkeyInfo,
@@ -31,7 +33,7 @@ from securemail.keyinfo import (
     unusable_reason,
     unusable_signer_reason,
 )
-from securemail.keystore import (
+from securemail.openpgp.keystore import (
     INV_RECP_WHY,
     DecryptionError,
     KeyStore,
@@ -44,8 +46,6 @@ from securemail.keystore import (
     check_passphrase,
     fingerprint_arg,
 )
-from securemail.message import armor, mime, sealcheck
-from securemail.message.mime import Envelope, SealInput
 
 __all__ = [
     "Decrypted",
