@@ -35,9 +35,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail import audit, audit_integrity, audit_report
 from securemail.access import Actor
-from securemail.audit import AuditEvent
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.store import Store
 
 OUT = Path(__file__).resolve().parent / "out" / "audit.json"

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from securemail import audit, backup, config, gateway, restore
+from securemail import backup, config, gateway, restore
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
 from securemail.store import Store
 
 TITLE = "backup and restore"

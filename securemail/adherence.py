@@ -32,8 +32,9 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from securemail import audit, deadlines
+from securemail import deadlines
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.config import DeadlineSettings
 from securemail.errors import InputError
 

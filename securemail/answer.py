@@ -31,8 +31,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, consent, contentbox, directory, exchange, gateway, outbox, requestview
+from securemail import consent, contentbox, directory, exchange, gateway, outbox, requestview
 from securemail.access import Actor, require
+from securemail.audit import trail as audit
 from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
 from securemail.form import render

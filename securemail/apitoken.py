@@ -25,8 +25,8 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError, SecuremailError
 from securemail.store import migrations
 

@@ -20,8 +20,9 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from securemail import audit, session, totp
+from securemail import session, totp
 from securemail.access import ROLES, Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.directory import (
     find_team,
     org_by_code,

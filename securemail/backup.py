@@ -42,8 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from securemail import __version__, audit, audit_integrity
+from securemail import __version__
 from securemail.access import Actor
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
 from securemail.config import CONFIG_NAME, DB_NAME, Settings
 from securemail.errors import InputError, NotInitialisedError, SecuremailError
 from securemail.openpgp import gpgproc

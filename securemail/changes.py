@@ -19,8 +19,8 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor
+from securemail.audit import trail as audit
 from securemail.form import request as forms
 
 LIVE_STATES = ("open", "answered")

@@ -37,8 +37,9 @@ from typing import Any
 import aiosmtplib
 import sqlite_utils
 
-from securemail import audit, config, relay
+from securemail import config, relay
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
 from securemail.config import DeliverySettings, Settings
 from securemail.errors import ConfigError, SecuremailError
 from securemail.message.sealcheck import NotSealedError, require_sendable

@@ -13,8 +13,8 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor
+from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.openpgp.keyring import Fingerprint
 from securemail.store import migrations

@@ -26,8 +26,9 @@ from datetime import datetime
 
 import sqlite_utils
 
-from securemail import audit, directory, outbox
+from securemail import directory, outbox
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
 from securemail.message import notify
 from securemail.services import Services
 

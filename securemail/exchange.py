@@ -18,18 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import (
-    asks,
-    audit,
-    changes,
-    consent,
-    contentbox,
-    deadlines,
-    directory,
-    keydir,
-    outbox,
-)
+from securemail import asks, changes, consent, contentbox, deadlines, directory, keydir, outbox
 from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.auth import principal_profile, user_by_id
 from securemail.directory import Team
 from securemail.errors import SecuremailError

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import audit, config
+from securemail import config
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.errors import SecuremailError
 from securemail.openpgp.keyring import Fingerprint, Keyring
@@ -165,7 +166,7 @@ def check(settings: Settings, store: Store) -> CheckReport:
     except SecuremailError as exc:
         report.problems.append(f"content key: {exc.reason}")
     try:
-        from securemail import audit_integrity
+        from securemail.audit import integrity as audit_integrity
 
         keys = audit_integrity.trusted_keys(settings.home)
         chain = store.read_sync(lambda db: audit_integrity.verify(db, keys))

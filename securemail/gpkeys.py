@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from securemail import audit, auth
+from securemail import auth
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
 from securemail.openpgp.keyring import REVOCATION_REASONS

@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, auth, directory, outbox
+from securemail import auth, directory, outbox
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
 from securemail.errors import NotFoundError
 from securemail.message import notify
 from securemail.openpgp.keyinfo import (

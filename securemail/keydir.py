@@ -23,8 +23,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import audit, directory
+from securemail import directory
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.directory import Member, Team
 from securemail.errors import InputError, NotFoundError
 from securemail.keymanifest import Manifest, ManifestError, TeamEntry, load_manifest

@@ -21,15 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from securemail import (
-    audit_integrity,
-    audit_review,
-    directory,
-    gateway,
-    health,
-    keycheck,
-)
+from securemail import directory, gateway, health, keycheck
 from securemail.access import SYSTEM
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import review as audit_review
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.openpgp.keyinfo import encryption_subkey
 from securemail.services import Services

@@ -34,9 +34,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor, Resource, require
-from securemail.audit import AuditEvent
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.config import Settings
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.message import notify

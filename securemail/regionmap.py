@@ -19,8 +19,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, directory
+from securemail import directory
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.directory import Team
 from securemail.errors import InputError, NotFoundError
 from securemail.form.fields import CHECKS

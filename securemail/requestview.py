@@ -15,8 +15,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, changes, contentbox, directory, outbox
+from securemail import changes, contentbox, directory, outbox
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.openpgp.keystore import reason_nl
 

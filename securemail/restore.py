@@ -36,8 +36,10 @@ from typing import IO, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from securemail import audit, audit_integrity, config, contentbox
+from securemail import config, contentbox
 from securemail.access import Actor
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
 from securemail.backup import (
     _CHUNK,
     FORMAT,

@@ -35,8 +35,11 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit, audit_integrity, audit_retention, contentbox
+from securemail import contentbox
 from securemail.access import SYSTEM, Actor
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import retention as audit_retention
+from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.store import Store, migrations
 

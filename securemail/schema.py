@@ -7,23 +7,11 @@ CREATE TABLE; asks uses exchange's counters table only at run time.) retention's
 content columns of the tables listed before it.
 """
 
-from securemail import (  # noqa: F401
-    apitoken,
-    asks,
-    audit,
-    audit_integrity,
-    audit_report,
-    audit_review,
-    auth,
-    consent,
-    directory,
-    exchange,
-    gateway,
-    gpkeys,
-    health,
-    outbox,
-    regionmap,
-    retention,  # after every table whose content it seals (requests, hops, asks, outbox)
+from securemail import apitoken, asks, auth, consent, directory, exchange, gateway, gpkeys, health, outbox, regionmap, retention
+from securemail.audit import trail as audit
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import review as audit_review
     session,
     totp,
 )

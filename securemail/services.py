@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from securemail import audit_integrity, contentbox
+from securemail import contentbox
+from securemail.audit import integrity as audit_integrity
 from securemail.config import Settings
 from securemail.errors import NotInitialisedError
 from securemail.form import request as forms

@@ -30,8 +30,8 @@ import pyotp
 import segno
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import SYSTEM, Actor
+from securemail.audit import trail as audit
 from securemail.errors import SecuremailError
 from securemail.secretbox import SecretBox
 from securemail.store import migrations

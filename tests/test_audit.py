@@ -21,18 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import (
-    audit,
-    audit_export,
-    audit_integrity,
-    audit_report,
-    audit_retention,
-    audit_review,
-    auth,
-    directory,
-)
+from securemail import auth, directory
 from securemail.access import SYSTEM
-from securemail.audit import AuditEvent, ChainBrokenError
+from securemail.audit import export as audit_export
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import retention as audit_retention
+from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent, ChainBrokenError
 from securemail.errors import AccessDeniedError, InputError
 from securemail.store import Store
 

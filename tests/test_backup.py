@@ -32,8 +32,10 @@ from typing import Any
 
 import pytest
 
-from securemail import audit, audit_integrity, backup, config, delivery, exchange, gateway, restore
+from securemail import backup, config, delivery, exchange, gateway, restore
 from securemail.access import SYSTEM
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
 from securemail.exchange import Hooks
 from securemail.services import open_services
 from securemail.store import Store
@@ -615,7 +617,7 @@ def test_restore_of_an_older_backup_runs_the_newer_migrations(
     # Given: a backup made before the report indexes existed (an older release)
     to = _backup_after(small_home, offline, [
         "DROP INDEX audit_sender", "DROP INDEX audit_recipient", "DROP INDEX audit_code",
-        "DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.audit_report'",
+        "DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.audit.report'",
     ])  # fmt: skip
     # When restored with this release, Then the missing migration is applied
     result = restore.restore(to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home)

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securemail import audit
 from securemail import consent as c
 from securemail.access import Actor
+from securemail.audit import trail as audit
 from securemail.cli import main as cli_main
 from securemail.consent import fhir
 from securemail.errors import AccessDeniedError

@@ -30,9 +30,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from securemail import audit, outbox
+from securemail import outbox
 from securemail.access import Actor
-from securemail.audit import AuditEvent
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.config import DeliverySettings, Settings
 from securemail.delivery import Worker, backoff
 from securemail.errors import (

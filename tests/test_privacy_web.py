@@ -10,9 +10,10 @@ import re
 
 import pytest
 
-from securemail import audit, auth, config, consent, directory, session
+from securemail import auth, config, consent, directory, session
 from securemail.access import SYSTEM
-from securemail.audit import AuditEvent
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.openpgp.keyring import Keyring
 from securemail.services import open_services
 from securemail.store import Store

@@ -18,17 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import (
-    answer,
-    audit_integrity,
-    config,
-    contentbox,
-    exchange,
-    outbox,
-    retention,
-    services,
-)
+from securemail import answer, config, contentbox, exchange, outbox, retention, services
 from securemail.access import SYSTEM
+from securemail.audit import integrity as audit_integrity
 from securemail.cli import main as cli_main
 from securemail.errors import NotFoundError
 from securemail.secretbox import SecretBox

@@ -16,16 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from securemail import (
-    audit,
-    audit_export,
-    audit_integrity,
-    audit_report,
-    audit_retention,
-    audit_review,
-)
 from securemail.access import SYSTEM, Actor, Resource, require
-from securemail.audit import EVENT_CODES
+from securemail.audit import export as audit_export
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import retention as audit_retention
+from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
+from securemail.audit.trail import EVENT_CODES
 from securemail.cli import command, home_of
 from securemail.config import Settings, load
 from securemail.errors import AccessDeniedError, InputError, NotInitialisedError
@@ -269,7 +267,7 @@ def render_actions_markdown() -> str:
     lines = [
         "# Audit actions",
         "",
-        "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
+        "Every event code the gateway writes (`securemail/audit/trail.py` `EVENT_CODES`), with its",
         "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this list",
         "complete.",
         "",

@@ -16,8 +16,9 @@ from typing import Any
 import sqlite_utils
 from aiohttp import web
 
-from securemail import apitoken, audit, auth, exchange
+from securemail import apitoken, auth, exchange
 from securemail.access import Actor, Resource, require
+from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.login import throttle_key

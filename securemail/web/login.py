@@ -21,7 +21,8 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import audit, auth, session, totp
+from securemail import auth, session, totp
+from securemail.audit import trail as audit
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.middleware import access_point, error_response, requires
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from securemail import audit_report, auth, exchange
+from securemail import auth, exchange
 from securemail.access import SYSTEM
+from securemail.audit import report as audit_report
 from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,

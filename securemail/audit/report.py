@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor, Resource, require
-from securemail.audit import AuditEvent
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
 from securemail.form.fields import is_valid_bsn
 from securemail.store import Store, migrations

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securemail import audit, audit_integrity
 from securemail.access import Actor
-from securemail.audit import AuditEvent
-from securemail.audit_integrity import Checkpoint
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
+from securemail.audit.integrity import Checkpoint
+from securemail.audit.trail import AuditEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from securemail.access import Actor
 from securemail.errors import SecuremailError
 from securemail.store import migrations
 
-DOMAIN = b"securemail.audit.row.v1\x00"
+DOMAIN = b"securemail.audit.trail.row.v1\x00"
 GENESIS = "0" * 64
 
 #: event_code -> (action C/R/U/D/E, meaning). docs/audit-actions.md lists these; a test checks.
@@ -281,7 +281,7 @@ def head(db: sqlite_utils.Database) -> tuple[int, str]:
 def anchor(conn: sqlite3.Connection) -> tuple[int, str]:
     """Where the chain starts: (0, GENESIS), or after a retention purge (last purged seq, its hash).
 
-    The purge (securemail.audit_integrity) keeps the purged head in audit_anchor, signed by
+    The purge (securemail.audit.integrity) keeps the purged head in audit_anchor, signed by
     a checkpoint, so that the remaining rows still verify from there.
     """
     try:

@@ -3,7 +3,7 @@
 Invariants: a sign-off is an append-only row in audit_reviews written together with its
 ``audit.review`` event; it stores a hash of the report's parameters (never a BSN in clear)
 so that a later reader can tell which report was reviewed; every read here is audited
-like the queries in securemail.audit_report.
+like the queries in securemail.audit.report.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import sqlite_utils
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from securemail import audit, audit_integrity
 from securemail.access import Actor
-from securemail.audit import AuditEvent
-from securemail.audit_integrity import Checkpoint
-from securemail.audit_report import _rows, _view, authorize, parse_bsn, utc_iso
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
+from securemail.audit.integrity import Checkpoint
+from securemail.audit.report import _rows, _view, authorize, parse_bsn, utc_iso
+from securemail.audit.trail import AuditEvent
 from securemail.errors import InputError
 from securemail.store import migrations
 
@@ -243,7 +244,7 @@ def params_hash(kind: str, start: str, end: str, subject: str = "", bsn: str = "
         sort_keys=True,
         separators=(",", ":"),
     )
-    return hashlib.sha256(b"securemail.audit.review.v1\x00" + body.encode()).hexdigest()
+    return hashlib.sha256(b"securemail.audit.trail.review.v1\x00" + body.encode()).hexdigest()
 
 
 def sign_off(

@@ -19,7 +19,7 @@ import sqlite_utils
 from fpdf import FPDF
 
 from securemail.access import Actor
-from securemail.audit_report import COLUMNS, DisclosureReport, Scope, _view, authorize
+from securemail.audit.report import COLUMNS, DisclosureReport, Scope, _view, authorize
 
 FORMATS = ("csv", "fhir")
 BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"

@@ -6,7 +6,7 @@ Invariants:
 - ``verify`` trusts only the public keys its caller passes in (from the key file in the
   home, or an exported public key), never a key read from the database it checks; a
   rewritten chain, a truncated tail or a forged purge fails at a named row;
-- a purge (securemail.audit_retention) leaves an anchor that only a signed ``purge``
+- a purge (securemail.audit.retention) leaves an anchor that only a signed ``purge``
   checkpoint and an ``audit.purge`` row make valid.
 """
 
@@ -28,14 +28,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securemail import audit
-from securemail.audit import ChainBrokenError, ChainReport
+from securemail.audit import trail as audit
+from securemail.audit.trail import ChainBrokenError, ChainReport
 from securemail.errors import SecuremailError
 from securemail.store import Store, migrations
 
 KEY_FILE = Path("keys") / "audit-ed25519.pem"
 RETIRED_GLOB = "audit-ed25519-*.pub"
-CHECKPOINT_DOMAIN = b"securemail.audit.checkpoint.v1\x00"
+CHECKPOINT_DOMAIN = b"securemail.audit.trail.checkpoint.v1\x00"
 KINDS = ("periodic", "manual", "purge")
 #: Below this many rows one process verifies; above, the range is split over processes.
 PARALLEL_FROM = 400_000
@@ -378,7 +378,7 @@ def chunk_worker() -> None:
 # Plain subprocesses rather than multiprocessing: a spawned pool re-imports the caller's
 # main module, which breaks any program that embeds verify() without a __main__ guard,
 # and fork() is unsafe in a process whose other threads hold sqlite or logging locks.
-_WORKER = "from securemail.audit_integrity import chunk_worker; chunk_worker()"
+_WORKER = "from securemail.audit.integrity import chunk_worker; chunk_worker()"
 
 
 def _scan_parallel(
