@@ -18,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail import adherence, auth, directory
+from securemail import auth
 from securemail.access import SYSTEM
 from securemail.config import DeadlineSettings
+from securemail.region import adherence, directory
 from securemail.store import open_store
 
 MONTHS = 12

@@ -31,15 +31,16 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import consent, contentbox, directory, exchange, gateway, outbox, requestview
+from securemail import consent, contentbox, exchange, gateway, outbox, requestview
 from securemail.access import Actor, require
 from securemail.audit import trail as audit
-from securemail.directory import Team
 from securemail.errors import ConflictError, SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInput
+from securemail.region import directory
+from securemail.region.directory import Team
 from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services
 

@@ -24,12 +24,13 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from securemail import contentbox, deadlines, directory, outbox
+from securemail import contentbox, deadlines, outbox
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, NotFoundError
 from securemail.form import request as forms
 from securemail.message import notify
+from securemail.region import directory
 from securemail.services import Services
 from securemail.store import migrations
 

@@ -23,14 +23,14 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from securemail import session, totp
 from securemail.access import ROLES, Actor, Resource, require
 from securemail.audit import trail as audit
-from securemail.directory import (
+from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.region.directory import (
     find_team,
     org_by_code,
     org_by_id,
     require_email,
     team_by_address,
 )
-from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.store import migrations
 
 MIGRATIONS = migrations("securemail.auth")

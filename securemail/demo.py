@@ -29,9 +29,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from securemail import auth, config, consent, directory, gateway, regionmap
+from securemail import auth, config, consent, gateway
 from securemail.access import SYSTEM, Actor
 from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
+from securemail.region import map as regionmap
 from securemail.services import Services, open_services
 
 PRACTICE = {

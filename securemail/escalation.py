@@ -26,10 +26,11 @@ from datetime import datetime
 
 import sqlite_utils
 
-from securemail import directory, outbox
+from securemail import outbox
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.message import notify
+from securemail.region import directory
 from securemail.services import Services
 
 log = logging.getLogger("securemail.escalation")

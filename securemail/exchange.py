@@ -18,17 +18,18 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import asks, changes, consent, contentbox, deadlines, directory, keydir, outbox
+from securemail import asks, changes, consent, contentbox, deadlines, keydir, outbox
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.auth import principal_profile, user_by_id
-from securemail.directory import Team
 from securemail.errors import SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.openpgp.keyinfo import parse_fingerprint
 from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput
+from securemail.region import directory
+from securemail.region.directory import Team
 from securemail.services import Services
 from securemail.store import migrations
 

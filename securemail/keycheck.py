@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import auth, directory, outbox
+from securemail import auth, outbox
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.errors import NotFoundError
@@ -28,6 +28,7 @@ from securemail.openpgp.keyinfo import (
     unusable_reason,
     unusable_signer_reason,
 )
+from securemail.region import directory
 from securemail.services import Services
 
 BUCKETS = (1, 7, 30)  # days: "expires within 1 day", "within 7", "within 30"

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import directory
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
-from securemail.directory import Member, Team
 from securemail.errors import InputError, NotFoundError
 from securemail.keymanifest import Manifest, ManifestError, TeamEntry, load_manifest
 from securemail.openpgp.keyinfo import Fingerprint, KeyInfo, phone_code_matches, unusable_reason
 from securemail.openpgp.keyring import Keyring
 from securemail.openpgp.keystore import KeyStore, RecipientKeyError
+from securemail.region import directory
+from securemail.region.directory import Member, Team
 from securemail.services import Services
 
 ADDED, QUARANTINED, UNCHANGED, REMOVED = "added", "quarantined", "unchanged", "removed"

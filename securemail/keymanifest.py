@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securemail.directory import EMAIL_RE
 from securemail.errors import InputError
 from securemail.message import armor
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
+from securemail.region.directory import EMAIL_RE
 
 MANIFEST_NAME = "directory.toml"
 VERSION = 1

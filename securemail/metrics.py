@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from securemail import directory, gateway, health, keycheck, outbox
+from securemail import gateway, health, keycheck, outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.health import HealthReport
 from securemail.openpgp.keyinfo import unusable_signer_reason
+from securemail.region import directory
 from securemail.services import Services
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

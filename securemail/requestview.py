@@ -15,11 +15,12 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import changes, contentbox, directory, outbox
+from securemail import changes, contentbox, outbox
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.openpgp.keystore import reason_nl
+from securemail.region import directory
 
 DATA_CATEGORIES = "execution_request"
 

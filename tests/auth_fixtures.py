@@ -14,8 +14,9 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import auth, directory, totp
+from securemail import auth, totp
 from securemail.access import SYSTEM, Actor
+from securemail.region import directory
 from securemail.store import Store, open_store
 
 PASSWORD = "correct horse battery staple"

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from securemail import auth, directory, gateway
+from securemail import auth, gateway
 from securemail.access import SYSTEM, Actor
+from securemail.region import directory
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSWORD,

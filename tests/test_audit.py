@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import auth, directory
+from securemail import auth
 from securemail.access import SYSTEM
 from securemail.audit import export as audit_export
 from securemail.audit import integrity as audit_integrity
@@ -31,6 +31,7 @@ from securemail.audit import review as audit_review
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent, ChainBrokenError
 from securemail.errors import AccessDeniedError, InputError
+from securemail.region import directory
 from securemail.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

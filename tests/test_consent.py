@@ -684,9 +684,9 @@ def cli_home(tmp_path):
     import asyncio
 
     from securemail import auth as real_auth
-    from securemail import directory as real_directory
     from securemail.access import SYSTEM
     from securemail.gateway import init_home
+    from securemail.region import directory as real_directory
 
     home = Path(tempfile.mkdtemp(prefix="smc-"))  # short: gpg-agent socket path limit
     asyncio.run(init_home(home))

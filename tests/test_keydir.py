@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from securemail import directory, exchange, gateway, keydir
+from securemail import exchange, gateway, keydir
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
 from securemail.keymanifest import ManifestError, load_manifest
 from securemail.openpgp.keyinfo import phone_code, phone_code_matches
 from securemail.openpgp.keyring import RecipientKeyError
+from securemail.region import directory
 from securemail.services import Services
 from tests.conftest import GpgTestKey
 from tests.keyhelpers import TEAM, drop_home, make_home, member, write_manifest

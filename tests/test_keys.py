@@ -19,13 +19,14 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import auth, directory, exchange, gpkeys, keycheck, keydir, wkd
+from securemail import auth, exchange, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM
 from securemail.cli import main
 from securemail.errors import NotFoundError
 from securemail.message import notify
 from securemail.openpgp.keyinfo import phone_code
 from securemail.openpgp.keyring import RecipientKeyError, SigningError
+from securemail.region import directory
 from securemail.services import Services
 from tests.conftest import GpgTestKey, run_gpg
 from tests.keyhelpers import TEAM, TEAM2, drop_home, make_home, member, write_manifest

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, directory, gpkeys, keydir, session
+from securemail import auth, gpkeys, keydir, session
 from securemail.access import SYSTEM
 from securemail.openpgp.keyinfo import phone_code
+from securemail.region import directory
 from securemail.services import Services
 from securemail.web import create_app
 from tests.conftest import GpgTestKey

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import securemail.schema  # noqa: F401  (registers every migration set)
-from securemail import changes, directory, exchange, requestview
+from securemail import changes, exchange, requestview
 from securemail.access import SYSTEM, Actor
+from securemail.region import directory
 from securemail.store import MIGRATION_SETS, Store
 
 LATER = {

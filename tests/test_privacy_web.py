@@ -10,11 +10,12 @@ import re
 
 import pytest
 
-from securemail import auth, config, consent, directory, session
+from securemail import auth, config, consent, session
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
 from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
 from securemail.services import open_services
 from securemail.store import Store
 from securemail.web import create_app

@@ -439,7 +439,8 @@ async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
 
 def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
     import securemail.schema  # noqa: F401  (registers every migration set)
-    from securemail import asks, directory, requestview
+    from securemail import asks, requestview
+    from securemail.region import directory
     from securemail.store import MIGRATION_SETS, Store
 
     document = json.dumps({"patient": {"name": NAME}, "indication": INDICATION}).encode()

@@ -23,9 +23,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import auth, config, directory, gateway
+from securemail import auth, config, gateway
 from securemail.access import SYSTEM
 from securemail.config import Settings
+from securemail.region import directory
 from securemail.services import Services, open_services
 from securemail.store import Store
 from tests.auth_fixtures import PASSWORD, PEOPLE, Person, populate

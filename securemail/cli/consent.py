@@ -104,7 +104,9 @@ def _run(
 
 
 def _recipient(db: sqlite_utils.Database, text: str) -> register_.Recipient:
-    from securemail import directory  # the lead's module; late import keeps this CLI loadable
+    from securemail.region import (
+        directory,  # the lead's module; late import keeps this CLI loadable
+    )
 
     return register_.Recipient.of(directory.resolve_recipient(db, text))
 

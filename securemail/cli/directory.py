@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, directory, gpkeys
+from securemail import auth, config, gpkeys
 from securemail.access import SYSTEM
 from securemail.cli import command, home_of
 from securemail.errors import InputError
+from securemail.region import directory
 from securemail.services import Services, open_services
 
 

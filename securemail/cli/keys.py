@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, directory, gpkeys, keycheck, keydir, wkd
+from securemail import auth, config, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM, Actor
 from securemail.cli import command, home_of
 from securemail.cli.directory import open_home, read_secret
 from securemail.keymanifest import public_key_data
 from securemail.openpgp.keyinfo import phone_code
+from securemail.region import directory
 from securemail.services import Services
 
 

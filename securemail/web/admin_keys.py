@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import directory, gpkeys, keycheck, keydir
+from securemail import gpkeys, keycheck, keydir
 from securemail.access import Resource, require
 from securemail.openpgp.keystore import reason_nl
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -40,8 +40,9 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import auth, consent, directory, exchange
+from securemail import auth, consent, exchange
 from securemail.consent import ConsentInputError, ConsentRecord, Recipient
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -14,9 +14,12 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, directory, exchange, regionmap, regionview
+from securemail import answer, asks, exchange
 from securemail.errors import SecuremailError
 from securemail.form import request as forms
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, delivery, demo, directory, gateway, keydir
+from securemail import auth, config, delivery, demo, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
 from securemail.exchange import Hooks
+from securemail.region import directory
 from securemail.services import Services, open_services
 from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from securemail import consent, directory, exchange
+from securemail import consent, exchange
 from securemail.errors import SecuremailError
 from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

@@ -10,9 +10,10 @@ from email import policy
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, directory, session
+from securemail import auth, session
 from securemail.access import SYSTEM
 from securemail.message import armor
+from securemail.region import directory
 from securemail.web import create_app
 from tests.conftest import GpgTestKey
 from tests.e2e.conftest import TEAM, Gateway, example

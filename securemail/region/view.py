@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from securemail import deadlines
 from securemail.config import RegionSettings
-from securemail.regionmap import PARTS, TeamEntry
+from securemail.region.map import PARTS, TeamEntry
 
 # -- the part of the week --------------------------------------------------------------------
 

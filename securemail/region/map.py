@@ -19,12 +19,12 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import directory
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
-from securemail.directory import Team
 from securemail.errors import InputError, NotFoundError
 from securemail.form.fields import CHECKS
+from securemail.region import directory
+from securemail.region.directory import Team
 from securemail.store import migrations
 
 MIGRATIONS = migrations("securemail.regionmap")
