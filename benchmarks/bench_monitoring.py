@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._gateway import percentile
-from securemail import config, gateway, health, metrics, nta, outbox
+from securemail import config, gateway, health, metrics, nta
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.services import open_services
 
 TITLE = "Monitoring: /healthz, /metrics, availability, NTA declaration"

@@ -31,9 +31,10 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import consent, contentbox, exchange, gateway, outbox, requestview
+from securemail import consent, contentbox, exchange, gateway, requestview
 from securemail.access import Actor, require
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.errors import ConflictError, SecuremailError
 from securemail.form import render
 from securemail.form import request as forms

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from securemail import contentbox, deadlines, outbox
+from securemail import contentbox, deadlines
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
 from securemail.form import request as forms
 from securemail.message import notify

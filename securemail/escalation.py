@@ -26,9 +26,9 @@ from datetime import datetime
 
 import sqlite_utils
 
-from securemail import outbox
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services

@@ -18,10 +18,11 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import asks, changes, consent, contentbox, deadlines, keydir, outbox
+from securemail import asks, changes, consent, contentbox, deadlines, keydir
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.auth import principal_profile, user_by_id
+from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.form import render
 from securemail.form import request as forms

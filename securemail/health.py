@@ -153,7 +153,7 @@ async def check_relay(settings: Settings) -> CheckResult:
     """TCP connect, EHLO, STARTTLS offered and a verified TLS session; then QUIT."""
     import aiosmtplib
 
-    from securemail import relay
+    from securemail.delivery import relay
 
     s = settings.smtp
     implicit = s.starttls == "implicit"
@@ -371,7 +371,7 @@ def availability(db: sqlite_utils.Database, now: float, days: int) -> Availabili
 
 async def run(monitor: Monitor, stop: asyncio.Event) -> None:
     """The periodic check of the web app: check, record, purge old rows; until ``stop``."""
-    from securemail.relay import sleep_or_stop
+    from securemail.delivery.relay import sleep_or_stop
 
     svc = monitor.svc
     m = svc.settings.monitoring

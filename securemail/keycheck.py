@@ -17,9 +17,10 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import auth, outbox
+from securemail import auth
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.errors import NotFoundError
 from securemail.message import notify
 from securemail.openpgp.keyinfo import (

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from securemail import gateway, health, keycheck, outbox
+from securemail import gateway, health, keycheck
+from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.health import HealthReport
 from securemail.openpgp.keyinfo import unusable_signer_reason

@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import changes, contentbox, outbox
+from securemail import changes, contentbox
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
+from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.openpgp.keystore import reason_nl
 from securemail.region import directory

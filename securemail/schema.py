@@ -7,7 +7,8 @@ CREATE TABLE; asks uses exchange's counters table only at run time.) retention's
 content columns of the tables listed before it.
 """
 
-from securemail import apitoken, asks, auth, consent, exchange, gateway, gpkeys, health, outbox, retention
+from securemail import apitoken, asks, auth, consent, exchange, gateway, gpkeys, health, retention
+from securemail.delivery import outbox
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.audit import trail as audit

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import answer, config, contentbox, exchange, outbox, retention, services
+from securemail import answer, config, contentbox, exchange, retention, services
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.cli import main as cli_main
+from securemail.delivery import outbox
 from securemail.errors import NotFoundError
 from securemail.secretbox import SecretBox
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, outbox
+from securemail import auth, config
 from securemail.cli import command, home_of
+from securemail.delivery import outbox
 from securemail.store import open_store
 
 

@@ -16,8 +16,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from securemail import delivery, forwarded
+from securemail import forwarded
 from securemail.config import Settings
+from securemail.delivery import worker as delivery
 from securemail.services import Services, open_services
 from securemail.web import middleware
 from securemail.web.keys import run_worker_key, services_key, settings_key

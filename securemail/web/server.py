@@ -13,8 +13,8 @@ import socket
 
 from aiohttp import web
 
-from securemail import delivery
 from securemail.config import Settings
+from securemail.delivery import worker as delivery
 from securemail.services import open_services
 
 log = logging.getLogger("securemail.server")

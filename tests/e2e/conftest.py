@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, delivery, demo, gateway, keydir
+from securemail import auth, config, demo, gateway, keydir
 from securemail.access import SYSTEM, Actor
 from securemail.cli.directory import enrol_gp_key
+from securemail.delivery import worker as delivery
 from securemail.exchange import Hooks
 from securemail.region import directory
 from securemail.services import Services, open_services

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from securemail import delivery, exchange, logsetup
+from securemail import exchange, logsetup
+from securemail.delivery import worker as delivery
 from securemail.errors import SecuremailError
 from securemail.exchange import Hooks
 from securemail.web import create_app

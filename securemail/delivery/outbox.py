@@ -17,7 +17,7 @@ Invariants:
 
 States: queued -> sending (leased) -> sent | retrying | failed | stopped;
 retrying -> sending; queued/retrying -> cancelled (admin); failed/stopped -> queued
-(admin retry). The worker lives in ``securemail.delivery``; docs/delivery.md explains it.
+(admin retry). The worker lives in ``securemail.delivery.worker``; docs/delivery.md explains it.
 """
 
 from __future__ import annotations

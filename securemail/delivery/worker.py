@@ -37,20 +37,21 @@ from typing import Any
 import aiosmtplib
 import sqlite_utils
 
-from securemail import config, relay
+from securemail import config
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.config import DeliverySettings, Settings
-from securemail.errors import ConfigError, SecuremailError
-from securemail.message.sealcheck import NotSealedError, require_sendable
-from securemail.outbox import (
+from securemail.delivery import relay
+from securemail.delivery.outbox import (
     EVENTS,
     FINAL,
     OutboxRow,
     audit_event,
     rows_of,
 )
-from securemail.relay import Outcome
+from securemail.delivery.relay import Outcome
+from securemail.errors import ConfigError, SecuremailError
+from securemail.message.sealcheck import NotSealedError, require_sendable
 from securemail.store import Store, open_store
 
 log = logging.getLogger("securemail.delivery")  # the name it had as a flat module
