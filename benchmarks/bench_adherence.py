@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail import auth
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.config import DeadlineSettings
 from securemail.region import adherence, directory
 from securemail.store import open_store

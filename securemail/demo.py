@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from securemail import auth, config, consent, gateway
+from securemail import config, consent, gateway
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
 from securemail.region import map as regionmap

@@ -20,8 +20,8 @@ import sqlite_utils
 
 from securemail import asks, changes, consent, contentbox, deadlines, keydir
 from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
-from securemail.auth import principal_profile, user_by_id
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.form import render

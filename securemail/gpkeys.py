@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from securemail import auth
 from securemail.access import Actor, Resource, require
+from securemail.accounts import auth
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint

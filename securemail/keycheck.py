@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import auth
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError

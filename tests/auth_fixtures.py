@@ -14,8 +14,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import auth, totp
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth, totp
 from securemail.region import directory
 from securemail.store import Store, open_store
 

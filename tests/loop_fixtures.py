@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from securemail import auth, gateway
+from securemail import gateway
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.region import directory
 from tests.e2e.conftest import (
     EXAMPLE,

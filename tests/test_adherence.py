@@ -26,8 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import access, answer, asks, auth, exchange
+from securemail import access, answer, asks, exchange
 from securemail.access import SYSTEM, Actor, Resource
+from securemail.accounts import auth
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
 from securemail.region import adherence, directory

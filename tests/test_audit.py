@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import auth
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.audit import export as audit_export
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import report as audit_report

@@ -19,8 +19,9 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import auth, exchange, gpkeys, keycheck, keydir, wkd
+from securemail import exchange, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.cli import main
 from securemail.errors import NotFoundError
 from securemail.message import notify

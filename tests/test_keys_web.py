@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, gpkeys, keydir, session
+from securemail import gpkeys, keydir
 from securemail.access import SYSTEM
+from securemail.accounts import auth, session
 from securemail.openpgp.keyinfo import phone_code
 from securemail.region import directory
 from securemail.services import Services

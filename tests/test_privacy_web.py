@@ -10,8 +10,9 @@ import re
 
 import pytest
 
-from securemail import auth, config, consent, session
+from securemail import config, consent
 from securemail.access import SYSTEM
+from securemail.accounts import auth, session
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
 from securemail.openpgp.keyring import Keyring

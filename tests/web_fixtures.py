@@ -23,8 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import auth, config, gateway
+from securemail import config, gateway
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.config import Settings
 from securemail.region import directory
 from securemail.services import Services, open_services
@@ -243,14 +244,14 @@ class WebApp:
 
     def code(self, username: str, offset: int = 0) -> str:
         """The TOTP code an authenticator app would show now (offset: steps later)."""
-        from securemail import totp
+        from securemail.accounts import totp
 
         return totp.code_at(self.secrets[username], totp.step_of(self.clock.now) + offset)
 
     def fresh_code(self, username: str) -> str:
         """A code whose time step this person has not used yet: the clock moves on a step when
         needed, as a person would wait for the app's next code (each step works once)."""
-        from securemail import totp
+        from securemail.accounts import totp
 
         step = totp.step_of(self.clock.now)
         if self.used_steps.get(username, -1) >= step:

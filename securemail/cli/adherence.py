@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from securemail import auth
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import AccessDeniedError

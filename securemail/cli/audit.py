@@ -50,7 +50,7 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
 def _actor(store: Store, username: str | None) -> Actor:
     if not username:
         return dataclasses.replace(SYSTEM, access_point=f"cli@{os.uname().nodename}")
-    from securemail import auth
+    from securemail.accounts import auth
 
     return store.read_sync(lambda db: auth.actor_for_cli(db, username))
 

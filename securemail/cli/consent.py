@@ -94,7 +94,9 @@ def _run(
             raise NotInitialisedError("the consent register is not set up; run the migrations")
 
         def tx(db: sqlite_utils.Database) -> T:
-            from securemail import auth  # the lead's module; late import keeps this CLI loadable
+            from securemail.accounts import (
+                auth,  # the lead's module; late import keeps this CLI loadable
+            )
 
             return fn(db, auth.actor_for_cli(db, username))
 

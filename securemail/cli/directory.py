@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, gpkeys
+from securemail import config, gpkeys
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.errors import InputError
 from securemail.region import directory

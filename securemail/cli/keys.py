@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, gpkeys, keycheck, keydir, wkd
+from securemail import config, gpkeys, keycheck, keydir, wkd
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.cli.directory import open_home, read_secret
 from securemail.keymanifest import public_key_data

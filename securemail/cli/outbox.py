@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config
+from securemail import config
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.delivery import outbox
 from securemail.store import open_store

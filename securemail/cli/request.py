@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, exchange
+from securemail import config, exchange
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.cli.directory import read_secret
 from securemail.errors import InputError

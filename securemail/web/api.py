@@ -16,8 +16,9 @@ from typing import Any
 import sqlite_utils
 from aiohttp import web
 
-from securemail import apitoken, auth, exchange
+from securemail import exchange
 from securemail.access import Actor, Resource, require
+from securemail.accounts import apitoken, auth
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
 from securemail.web.keys import ACTOR, services_key

@@ -40,7 +40,8 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import auth, consent, exchange
+from securemail import consent, exchange
+from securemail.accounts import auth
 from securemail.consent import ConsentInputError, ConsentRecord, Recipient
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key

@@ -2,7 +2,7 @@
 
 Invariants: a session id is new at every step up (password -> second factor -> full), so
 an id seen before login is worthless after it; the failure count and lock live in
-``securemail.totp`` and are audited there; a source address that fails too often is
+``securemail.accounts.totp`` and are audited there; a source address that fails too often is
 throttled in memory (``LoginThrottle``) before any password is checked, which covers
 unknown usernames and spraying one password over many accounts; the login form carries
 its own CSRF token (a SameSite=Strict cookie and a form field must match), so another
@@ -21,7 +21,7 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import auth, session, totp
+from securemail.accounts import auth, session, totp
 from securemail.audit import trail as audit
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.middleware import access_point, error_response, requires

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import access, auth, forwarded, session
+from securemail import access, forwarded
 from securemail.access import Actor, HiddenDeniedError
+from securemail.accounts import auth, session
 from securemail.audit import trail as audit
 from securemail.errors import AccessDeniedError, NotFoundError, SecuremailError
 from securemail.web.keys import ACTOR, SESSION, services_key

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, demo, gateway, keydir
+from securemail import config, demo, gateway, keydir
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
 from securemail.exchange import Hooks

@@ -10,8 +10,8 @@ from email import policy
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, session
 from securemail.access import SYSTEM
+from securemail.accounts import auth, session
 from securemail.message import armor
 from securemail.region import directory
 from securemail.web import create_app

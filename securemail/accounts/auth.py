@@ -4,7 +4,7 @@ Invariant: passwords are stored only as scrypt hashes (memory-hard, from
 ``cryptography``); a GP's signing passphrase is never stored anywhere: only gpg's
 protected secret key holds it. An admin's password reset always forces a new
 second-factor enrolment and ends every session of that person (``reset_password``);
-the second factor itself lives in ``securemail.totp``.
+the second factor itself lives in ``securemail.accounts.totp``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from securemail import session, totp
 from securemail.access import ROLES, Actor, Resource, require
+from securemail.accounts import session, totp
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.region.directory import (
