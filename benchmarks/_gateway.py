@@ -25,10 +25,11 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 
-from securemail import config, consent, gateway, keydir
+from securemail import config, consent, gateway
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
+from securemail.keys import pinning as keydir
 from securemail.region import directory
 from securemail.services import Services, open_services
 

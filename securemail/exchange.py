@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import asks, changes, consent, contentbox, deadlines, keydir
+from securemail import asks, changes, consent, contentbox, deadlines
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
@@ -26,6 +26,7 @@ from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.form import render
 from securemail.form import request as forms
+from securemail.keys import pinning as keydir
 from securemail.message import notify
 from securemail.openpgp.keyinfo import parse_fingerprint
 from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput

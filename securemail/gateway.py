@@ -176,7 +176,8 @@ def check(settings: Settings, store: Store) -> CheckReport:
     except SecuremailError as exc:  # the checkpoint key is unreadable or has a loose mode
         report.problems.append(f"audit key: {exc.reason}")
     if (settings.keys_path / "directory.toml").exists():
-        from securemail import keydir, keymanifest
+        from securemail.keys import manifest as keymanifest
+        from securemail.keys import pinning as keydir
 
         try:
             manifest = keymanifest.load_manifest(settings.keys_path)

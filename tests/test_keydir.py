@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from securemail import exchange, gateway, keydir
+from securemail import exchange, gateway
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
-from securemail.keymanifest import ManifestError, load_manifest
+from securemail.keys import pinning as keydir
+from securemail.keys.manifest import ManifestError, load_manifest
 from securemail.openpgp.keyinfo import phone_code, phone_code_matches
 from securemail.openpgp.keyring import RecipientKeyError
 from securemail.region import directory

@@ -19,11 +19,15 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import exchange, gpkeys, keycheck, keydir, wkd
+from securemail import exchange
 from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.cli import main
 from securemail.errors import NotFoundError
+from securemail.keys import foresight as keycheck
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
+from securemail.keys import wkd
 from securemail.message import notify
 from securemail.openpgp.keyinfo import phone_code
 from securemail.openpgp.keyring import RecipientKeyError, SigningError

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from securemail import gpkeys, keydir
 from securemail.access import SYSTEM
 from securemail.accounts import auth, session
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
 from securemail.openpgp.keyinfo import phone_code
 from securemail.region import directory
 from securemail.services import Services

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from securemail import config, demo, gateway, keydir
+from securemail import config, demo, gateway
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
 from securemail.exchange import Hooks
+from securemail.keys import pinning as keydir
 from securemail.region import directory
 from securemail.services import Services, open_services
 from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home

@@ -26,7 +26,7 @@ import sqlite_utils
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
-from securemail.keymanifest import Manifest, ManifestError, TeamEntry, load_manifest
+from securemail.keys.manifest import Manifest, ManifestError, TeamEntry, load_manifest
 from securemail.openpgp.keyinfo import Fingerprint, KeyInfo, phone_code_matches, unusable_reason
 from securemail.openpgp.keyring import Keyring
 from securemail.openpgp.keystore import KeyStore, RecipientKeyError
