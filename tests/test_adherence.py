@@ -26,11 +26,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import access, answer, asks, exchange
+from securemail import access
 from securemail.access import SYSTEM, Actor, Resource
 from securemail.accounts import auth
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
+from securemail.exchange import answer, asks
+from securemail.exchange import send as exchange
 from securemail.region import adherence, directory
 from securemail.region.adherence import AskItem, Figures, Turn
 from securemail.web import create_app

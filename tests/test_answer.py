@@ -14,8 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import answer, exchange, gateway, requestview
+from securemail import gateway
 from securemail.errors import NotFoundError
+from securemail.exchange import answer
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.openpgp.keyring import Envelope, SealInput, VerificationError

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from securemail import exchange, gateway
+from securemail import gateway
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
+from securemail.exchange import send as exchange
 from securemail.keys import pinning as keydir
 from securemail.keys.manifest import ManifestError, load_manifest
 from securemail.openpgp.keyinfo import phone_code, phone_code_matches

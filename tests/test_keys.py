@@ -19,11 +19,11 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import exchange
 from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.cli import main
 from securemail.errors import NotFoundError
+from securemail.exchange import send as exchange
 from securemail.keys import foresight as keycheck
 from securemail.keys import gp as gpkeys
 from securemail.keys import pinning as keydir

@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 
 import securemail.schema  # noqa: F401  (registers every migration set)
-from securemail import changes, exchange, requestview
 from securemail.access import SYSTEM, Actor
+from securemail.exchange import changes
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
 from securemail.region import directory
 from securemail.store import MIGRATION_SETS, Store
 
 LATER = {
-    "securemail.exchange": "0002_loop",
-    "securemail.asks": "0001_asks",
+    "securemail.exchange.send": "0002_loop",
+    "securemail.exchange.asks": "0001_asks",
     "securemail.retention": "0001_content_sealed",
 }
 

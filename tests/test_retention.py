@@ -18,12 +18,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import answer, config, contentbox, exchange, retention, services
+from securemail import config, contentbox, retention, services
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.cli import main as cli_main
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError
+from securemail.exchange import answer
+from securemail.exchange import send as exchange
 from securemail.secretbox import SecretBox
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import Loop
@@ -375,7 +377,7 @@ async def test_purge_cli_prints_counts_only(loop: Loop, capsys: pytest.CaptureFi
 
 
 async def test_asks_are_sealed_and_purged_after_fulfilment(loop: Loop) -> None:
-    from securemail import asks
+    from securemail.exchange import asks
 
     svc = loop.gw.svc
     made = await asks.create(svc, loop.nurse_a, {
@@ -440,7 +442,8 @@ async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
 
 def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
     import securemail.schema  # noqa: F401  (registers every migration set)
-    from securemail import asks, requestview
+    from securemail.exchange import asks
+    from securemail.exchange import view as requestview
     from securemail.region import directory
     from securemail.store import MIGRATION_SETS, Store
 

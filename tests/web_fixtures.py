@@ -274,7 +274,7 @@ class WebApp:
 
     async def send(self, username: str, to: str) -> str:
         """A real send of the example request by a GP (form, consent, sign, seal, queue)."""
-        from securemail import exchange
+        from securemail.exchange import send as exchange
         from tests.e2e.conftest import GP_PASSPHRASE, example
 
         gp = self.svc.store.read_sync(

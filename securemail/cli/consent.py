@@ -136,7 +136,7 @@ def _day(text: str | None, field: str, tz: ZoneInfo, *, end: bool = False) -> da
 def _stop_pending(
     db: sqlite_utils.Database, bsn: str, rcpt: register_.Recipient, /, **kw: Any
 ) -> list[str]:
-    from securemail import exchange
+    from securemail.exchange import send as exchange
 
     return exchange.stop_for_consent(db, bsn, rcpt, **kw)
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import config, exchange
+from securemail import config
 from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.cli.directory import read_secret
 from securemail.errors import InputError
+from securemail.exchange import send as exchange
 from securemail.services import open_services
 
 

@@ -57,11 +57,11 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The deadline watch (securemail.escalation) next to the delivery worker."""
+    """The deadline watch (securemail.exchange.escalation) next to the delivery worker."""
     if not app.get("run_worker", True):
         yield
         return
-    from securemail import escalation
+    from securemail.exchange import escalation
 
     svc = app[services_key]
     stop = asyncio.Event()
@@ -91,7 +91,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def outbox_hooks(svc: Services):
-    from securemail.exchange import Hooks
+    from securemail.exchange.send import Hooks
 
     return Hooks(svc)
 

@@ -16,11 +16,11 @@ from typing import Any
 import sqlite_utils
 from aiohttp import web
 
-from securemail import exchange
 from securemail.access import Actor, Resource, require
 from securemail.accounts import apitoken, auth
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
+from securemail.exchange import send as exchange
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.login import throttle_key
 from securemail.web.middleware import access_point, requires

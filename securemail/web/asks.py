@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import asks
+from securemail.exchange import asks
 from securemail.form import request as forms
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key

@@ -40,9 +40,10 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import consent, exchange
+from securemail import consent
 from securemail.accounts import auth
 from securemail.consent import ConsentInputError, ConsentRecord, Recipient
+from securemail.exchange import send as exchange
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires

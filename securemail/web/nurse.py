@@ -11,8 +11,8 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer
 from securemail.errors import SecuremailError
+from securemail.exchange import answer
 from securemail.form import request as forms
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires

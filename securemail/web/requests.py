@@ -14,8 +14,9 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, exchange
 from securemail.errors import SecuremailError
+from securemail.exchange import answer, asks
+from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.region import directory
 from securemail.region import map as regionmap

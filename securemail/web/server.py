@@ -40,7 +40,7 @@ def serve(settings: Settings, *, print_fn=print) -> None:
 
 
 async def _worker_main(settings: Settings) -> None:
-    from securemail.exchange import Hooks
+    from securemail.exchange.send import Hooks
 
     svc = open_services(settings)
     stop = asyncio.Event()

@@ -23,7 +23,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
-from securemail.exchange import Hooks
+from securemail.exchange.send import Hooks
 from securemail.keys import pinning as keydir
 from securemail.region import directory
 from securemail.services import Services, open_services

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange
 from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.audit import report as audit_report
+from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,

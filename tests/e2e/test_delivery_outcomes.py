@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from securemail import consent, exchange
+from securemail import consent
 from securemail.errors import SecuremailError
+from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
 from tests.e2e.conftest import (

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from datetime import datetime
 
-from securemail import answer, escalation, exchange, gateway, requestview
+from securemail import gateway
 from securemail.errors import NotFoundError
+from securemail.exchange import answer, escalation
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
 from securemail.message import mime
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, notices

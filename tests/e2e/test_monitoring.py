@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange
+from securemail.exchange import send as exchange
 from securemail.web import create_app
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 from tests.smtp_fixtures import free_port

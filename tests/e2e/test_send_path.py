@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange
+from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,

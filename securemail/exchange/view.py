@@ -15,11 +15,12 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import changes, contentbox
+from securemail import contentbox
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
+from securemail.exchange import changes
 from securemail.openpgp.keystore import reason_nl
 from securemail.region import directory
 

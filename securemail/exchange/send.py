@@ -18,12 +18,13 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import asks, changes, consent, contentbox, deadlines
+from securemail import consent, contentbox, deadlines
 from securemail.access import SYSTEM, Actor, Resource, require
 from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
+from securemail.exchange import asks, changes
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.keys import pinning as keydir
@@ -457,9 +458,9 @@ async def _seal_and_queue(
     return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
 
 
-# -- reading (securemail.requestview; re-exported for callers of the exchange) --------------
+# -- reading (securemail.exchange.view; re-exported for callers of the exchange) --------------
 
-from securemail.requestview import (  # noqa: E402  (after the migrations it reads)
+from securemail.exchange.view import (  # noqa: E402  (after the migrations it reads)
     get_request,
     list_requests,
     request_row,

@@ -31,18 +31,20 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import consent, contentbox, exchange, gateway, requestview
+from securemail import consent, contentbox, gateway
 from securemail.access import Actor, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, SecuremailError
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
+from securemail.exchange.view import DATA_CATEGORIES, record_refusal, resource
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInput
 from securemail.region import directory
 from securemail.region.directory import Team
-from securemail.requestview import DATA_CATEGORIES, record_refusal, resource
 from securemail.services import Services
 
 log = logging.getLogger("securemail.answer")
