@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from securemail import backup, config, gateway, restore
+from securemail import config, gateway
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
+from securemail.ops import backup, restore
 from securemail.store import Store
 
 TITLE = "backup and restore"

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._gateway import percentile
-from securemail import config, gateway, health, metrics, nta
+from securemail import config, gateway
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
+from securemail.ops import health, metrics, nta
 from securemail.services import open_services
 
 TITLE = "Monitoring: /healthz, /metrics, availability, NTA declaration"

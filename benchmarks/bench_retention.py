@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import securemail.schema  # noqa: F401  (registers every migration set)
-from securemail import config, contentbox, retention
+from securemail import config, contentbox
 from securemail.access import SYSTEM
+from securemail.ops import retention
 from securemail.region import directory
 from securemail.store import Store
 

@@ -32,13 +32,14 @@ from typing import Any
 
 import pytest
 
-from securemail import backup, config, gateway, restore
+from securemail import config, gateway
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
 from securemail.delivery import worker as delivery
 from securemail.exchange import send as exchange
 from securemail.exchange.send import Hooks
+from securemail.ops import backup, restore
 from securemail.services import open_services
 from securemail.store import Store
 from tests.conftest import GpgTestKey, run_gpg

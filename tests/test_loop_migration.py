@@ -17,7 +17,7 @@ from securemail.store import MIGRATION_SETS, Store
 LATER = {
     "securemail.exchange.send": "0002_loop",
     "securemail.exchange.asks": "0001_asks",
-    "securemail.retention": "0001_content_sealed",
+    "securemail.ops.retention": "0001_content_sealed",
 }
 
 

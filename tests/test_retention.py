@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import config, contentbox, retention, services
+from securemail import config, contentbox, services
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.cli import main as cli_main
@@ -26,6 +26,7 @@ from securemail.delivery import outbox
 from securemail.errors import NotFoundError
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
+from securemail.ops import retention
 from securemail.secretbox import SecretBox
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import Loop

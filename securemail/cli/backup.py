@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import backup, restore
 from securemail.access import SYSTEM, Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.cli import command, home_of
 from securemail.config import load
 from securemail.errors import InputError
+from securemail.ops import backup, restore
 
 
 def _system() -> Actor:

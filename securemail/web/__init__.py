@@ -74,11 +74,11 @@ async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The daily retention purge (securemail.retention), next to the deadline watch."""
+    """The daily retention purge (securemail.ops.retention), next to the deadline watch."""
     if not app[run_worker_key]:
         yield
         return
-    from securemail import retention
+    from securemail.ops import retention
 
     svc = app[services_key]
     stop = asyncio.Event()

@@ -57,7 +57,7 @@ async def _worker_main(settings: Settings) -> None:
     )
     # A host that runs only the worker still purges what is past its retention and records
     # its health checks for the availability figures, as `serve` does.
-    from securemail import health, retention
+    from securemail.ops import health, retention
 
     background = [
         asyncio.create_task(

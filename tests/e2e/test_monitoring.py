@@ -116,7 +116,7 @@ async def test_healthz_is_503_when_the_schema_is_not_current(
 ) -> None:
     # A home left behind by an upgrade: one migration the code knows was never applied.
     with sqlite3.connect(gw.svc.settings.db_path) as conn:
-        conn.execute("DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.health'")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.ops.health'")
     client = await client_for(gw, aiohttp_client)
     r = await client.get("/healthz")
     body = await r.json()

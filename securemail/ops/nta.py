@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from securemail import gateway, health
+from securemail import gateway
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import review as audit_review
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keys import foresight as keycheck
 from securemail.openpgp.keyinfo import encryption_subkey
+from securemail.ops import health
 from securemail.region import directory
 from securemail.services import Services
 

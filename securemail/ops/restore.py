@@ -1,4 +1,4 @@
-"""Restore: bring a new gateway home up from a backup archive (securemail.backup).
+"""Restore: bring a new gateway home up from a backup archive (securemail.ops.backup).
 
 Invariants:
 - all or nothing: the archive is decrypted (with the operator's offline keyring) and
@@ -40,7 +40,10 @@ from securemail import config, contentbox
 from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
-from securemail.backup import (
+from securemail.config import DB_NAME, GNUPG_DIR
+from securemail.errors import SecuremailError
+from securemail.openpgp import gpgproc
+from securemail.ops.backup import (
     _CHUNK,
     FORMAT,
     FORMAT_VERSION,
@@ -51,9 +54,6 @@ from securemail.backup import (
     _kill,
     gpg_env,
 )
-from securemail.config import DB_NAME, GNUPG_DIR
-from securemail.errors import SecuremailError
-from securemail.openpgp import gpgproc
 from securemail.store import MIGRATION_SETS, Store
 
 #: A manifest larger than this is not one of ours.

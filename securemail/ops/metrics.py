@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from securemail import gateway, health
+from securemail import gateway
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
-from securemail.health import HealthReport
 from securemail.keys import foresight as keycheck
 from securemail.openpgp.keyinfo import unusable_signer_reason
+from securemail.ops import health
+from securemail.ops.health import HealthReport
 from securemail.region import directory
 from securemail.services import Services
 

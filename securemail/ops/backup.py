@@ -16,7 +16,7 @@ Invariants:
 The archive is a tar with ``manifest.json`` first (format version, gateway version, time,
 migrations applied, audit chain head, sha256 and size of every member), ``manifest.sig``
 (the manifest signed with the home's Ed25519 audit key), then the home's files under
-``home/``. ``securemail.restore`` reads it back.
+``home/``. ``securemail.ops.restore`` reads it back.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: The manifest's Ed25519 signature by the home's audit key (docs/backup.md section 5).
 SIGNATURE = "manifest.sig"
-SIGNATURE_DOMAIN = b"securemail.backup.manifest.v1\x00"
+SIGNATURE_DOMAIN = b"securemail.ops.backup.manifest.v1\x00"
 PREFIX = "home/"
 #: Folders of the home that are not the gateway's state (see docs/backup.md).
 EXCLUDED_DIRS = ("demo",)
