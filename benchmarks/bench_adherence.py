@@ -21,8 +21,8 @@ from typing import Any
 from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.config import DeadlineSettings
+from securemail.home import open_store
 from securemail.region import adherence, directory
-from securemail.store import open_store
 
 MONTHS = 12
 TEAMS, PRACTICES = 40, 300

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from securemail import gateway
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
+from securemail.home import gateway_fingerprint
 from securemail.region import directory
 from tests.e2e.conftest import (
     EXAMPLE,
@@ -143,7 +143,7 @@ async def loop(
     gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
     gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
     # ... and the gateway's key, which seals what it forwards (from the regional directory too)
-    gw_fpr = gateway.gateway_fingerprint(svc.store)
+    gw_fpr = gateway_fingerprint(svc.store)
     gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gw_fpr)).encode())
     # Consent was recorded at the real time; the clock starts after it, on a working day.
     clock = Clock(datetime(2026, 12, 2, 10, 0, tzinfo=AMS))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from securemail import gateway
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
 from securemail.exchange import send as exchange
+from securemail.home import check_home
 from securemail.keys import pinning as keydir
 from securemail.keys.manifest import ManifestError, load_manifest
 from securemail.openpgp.keyinfo import phone_code, phone_code_matches
@@ -251,7 +251,7 @@ async def test_check_names_where_the_gateway_and_the_reviewed_directory_disagree
     [extra] = drift()
     assert een.fingerprint in extra and "does not list" in extra
     # and `securemail check` says so as a warning, not a reason to stop sending
-    report = gateway.check(svc.settings.replace(gateway={"keys_dir": str(folder)}), svc.store)
+    report = check_home(svc.settings.replace(gateway={"keys_dir": str(folder)}), svc.store)
     assert any(een.fingerprint in w for w in report.warnings)
     assert not any(een.fingerprint in p for p in report.problems)
     await keydir.sync(svc, folder, SYSTEM)

@@ -45,9 +45,10 @@ from securemail.errors import (
     NotFoundError,
     SecuremailError,
 )
+from securemail.home import open_store
 from securemail.message.notify import Notice, make_notice, notice_delivered, notice_failed
 from securemail.openpgp.keyring import SealedMessage
-from securemail.store import Store, open_store
+from securemail.store import Store
 from tests.smtp_fixtures import (
     GATEWAY_ADDRESS,
     MARKER,

@@ -23,12 +23,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import config, gateway
+from securemail import config
 from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.config import Settings
+from securemail.home import init_home, open_services
 from securemail.region import directory
-from securemail.services import Services, open_services
+from securemail.services import Services
 from securemail.store import Store
 from tests.auth_fixtures import PASSWORD, PEOPLE, Person, populate
 
@@ -98,7 +99,7 @@ async def _build(home: Path, team_gnupg: Path) -> None:
     from securemail.cli.directory import enrol_gp_key
     from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, gpg_cli, grant_consent
 
-    await gateway.init_home(home)
+    await init_home(home)
     svc = open_services(config.load(home))
     try:
         svc.store.write_sync(populate)

@@ -24,13 +24,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError, SecuremailError
-from securemail.store import migrations
 
-MIGRATIONS = migrations("securemail.apitoken")
+MIGRATIONS = Migrations("securemail.apitoken")
 
 PREFIX = "smk_"
 DOMAIN = b"securemail.api-token.v1\x00"

@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from sqlite_utils import Migrations
 
 from securemail.access import ROLES, Actor, Resource, require
 from securemail.accounts import session, totp
@@ -31,9 +32,8 @@ from securemail.region.directory import (
     require_email,
     team_by_address,
 )
-from securemail.store import migrations
 
-MIGRATIONS = migrations("securemail.auth")
+MIGRATIONS = Migrations("securemail.auth")
 
 # scrypt cost: n=2**15, r=8 is 32 MiB per hash, OWASP's current minimum recommendation.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
-from securemail.store import migrations
-
-MIGRATIONS = migrations("securemail.session")
+MIGRATIONS = Migrations("securemail.session")
 COOKIE = "securemail_session"
 
 

@@ -29,14 +29,14 @@ from datetime import datetime, timedelta
 import pyotp
 import segno
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import SYSTEM, Actor
 from securemail.audit import trail as audit
 from securemail.errors import SecuremailError
 from securemail.secretbox import SecretBox
-from securemail.store import migrations
 
-MIGRATIONS = migrations("securemail.totp")
+MIGRATIONS = Migrations("securemail.totp")
 
 STEP_SECONDS = 30
 DIGITS = 6

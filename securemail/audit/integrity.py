@@ -27,11 +27,12 @@ import sqlite_utils
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlite_utils import Migrations
 
 from securemail.audit import trail as audit
 from securemail.audit.trail import ChainBrokenError, ChainReport
 from securemail.errors import SecuremailError
-from securemail.store import Store, migrations
+from securemail.store import Store
 
 KEY_FILE = Path("keys") / "audit-ed25519.pem"
 RETIRED_GLOB = "audit-ed25519-*.pub"
@@ -40,7 +41,7 @@ KINDS = ("periodic", "manual", "purge")
 #: Below this many rows one process verifies; above, the range is split over processes.
 PARALLEL_FROM = 400_000
 
-MIGRATIONS = migrations("securemail.audit_integrity")
+MIGRATIONS = Migrations("securemail.audit_integrity")
 
 
 def _append_only(db: sqlite_utils.Database, table: str) -> None:

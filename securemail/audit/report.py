@@ -21,17 +21,18 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
 from securemail.form.fields import is_valid_bsn
-from securemail.store import Store, migrations
+from securemail.store import Store
 
 T = TypeVar("T")
 
-MIGRATIONS = migrations("securemail.audit_report")
+MIGRATIONS = Migrations("securemail.audit_report")
 
 
 @MIGRATIONS(name="0001_report_indexes")

@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlite_utils import Migrations
 
 from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
@@ -26,7 +27,6 @@ from securemail.audit.integrity import Checkpoint
 from securemail.audit.report import _rows, _view, authorize, parse_bsn, utc_iso
 from securemail.audit.trail import AuditEvent
 from securemail.errors import InputError
-from securemail.store import migrations
 
 REPORT_KINDS = (
     "disclosure",
@@ -40,7 +40,7 @@ REPORT_KINDS = (
 REVIEW_OUTCOMES = ("no_findings", "findings", "action_required")
 BREACH_HOURS = 72  # AVG art. 33: notify the Autoriteit Persoonsgegevens within 72 hours
 
-MIGRATIONS = migrations("securemail.audit_review")
+MIGRATIONS = Migrations("securemail.audit_review")
 
 
 @MIGRATIONS(name="0001_reviews")

@@ -22,10 +22,10 @@ from json.encoder import encode_basestring as _json_str  # type: ignore[attr-def
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor
 from securemail.errors import SecuremailError
-from securemail.store import migrations
 
 DOMAIN = b"securemail.audit.trail.row.v1\x00"
 GENESIS = "0" * 64
@@ -217,7 +217,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = migrations("securemail.audit")
+MIGRATIONS = Migrations("securemail.audit")
 MIGRATIONS(name="0001_audit_events")(_migrate)
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))

@@ -27,6 +27,7 @@ from securemail.audit.trail import EVENT_CODES
 from securemail.cli import command, home_of
 from securemail.config import Settings, load
 from securemail.errors import AccessDeniedError, InputError, NotInitialisedError
+from securemail.home import MIGRATIONS
 from securemail.store import Store
 
 
@@ -39,7 +40,7 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
         )
     store = Store(settings.db_path)
     try:
-        store.migrate()
+        store.migrate(MIGRATIONS)
         audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
     except BaseException:
         store.close()

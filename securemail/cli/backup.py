@@ -18,6 +18,7 @@ from securemail.audit import integrity as audit_integrity
 from securemail.cli import command, home_of
 from securemail.config import load
 from securemail.errors import InputError
+from securemail.home import MIGRATIONS
 from securemail.ops import backup, restore
 
 
@@ -56,6 +57,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if args.audit_public_key
             else None
         ),
+        migrations=MIGRATIONS,
     )
     seq, head = result.audit_head
     print(

@@ -25,7 +25,7 @@ from securemail.access import Actor
 from securemail.cli import command, home_of
 from securemail.consent import fhir
 from securemail.errors import InputError, NotInitialisedError
-from securemail.store import open_store
+from securemail.home import open_store
 
 T = TypeVar("T")
 

@@ -15,9 +15,10 @@ from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.errors import InputError
+from securemail.home import open_services
 from securemail.keys import gp as gpkeys
 from securemail.region import directory
-from securemail.services import Services, open_services
+from securemail.services import Services
 
 
 @contextmanager

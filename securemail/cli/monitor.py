@@ -13,8 +13,8 @@ from typing import Any
 from securemail import config
 from securemail.cli import command, home_of
 from securemail.errors import InputError
+from securemail.home import open_services
 from securemail.ops import health
-from securemail.services import open_services
 
 
 def cmd_health(args: argparse.Namespace) -> int:

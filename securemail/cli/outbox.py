@@ -11,7 +11,7 @@ from securemail import config
 from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.delivery import outbox
-from securemail.store import open_store
+from securemail.home import open_store
 
 
 def _run(args: argparse.Namespace, fn: Any) -> Any:

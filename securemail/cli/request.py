@@ -14,7 +14,7 @@ from securemail.cli import command, home_of
 from securemail.cli.directory import read_secret
 from securemail.errors import InputError
 from securemail.exchange import send as exchange
-from securemail.services import open_services
+from securemail.home import open_services
 
 
 def _load_json(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from email.parser import BytesParser
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
@@ -43,7 +44,6 @@ from securemail.message import notify
 from securemail.message.sealcheck import NotSealedError
 from securemail.message.sealcheck import require_pgp_mime as _require_pgp_mime
 from securemail.openpgp.keyring import _SEAL_TOKEN, SealedMessage
-from securemail.store import migrations
 
 STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled", "stopped")
 FINAL = ("sent", "failed", "stopped")
@@ -116,7 +116,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = migrations("securemail.outbox")
+MIGRATIONS = Migrations("securemail.outbox")
 MIGRATIONS(name="0001_outbox")(_migrate)
 
 

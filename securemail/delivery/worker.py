@@ -36,6 +36,7 @@ from typing import Any
 
 import aiosmtplib
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail import config
 from securemail.access import SYSTEM
@@ -456,11 +457,18 @@ class Worker:
 
 
 def run_worker_process(
-    home: str | Path, *, on_final: Hook | None = None, before_send: Hook | None = None
+    home: str | Path,
+    *,
+    on_final: Hook | None = None,
+    before_send: Hook | None = None,
+    migrations: Sequence[Migrations] = (),
 ) -> int:
-    """Run a worker for the gateway at home until SIGTERM or SIGINT; 0 after a graceful stop."""
+    """Run a worker for the gateway at home until SIGTERM or SIGINT; 0 after a graceful stop.
+
+    ``migrations``: the sets to apply first (``securemail.home.MIGRATIONS``); none by
+    default, for a home that ``securemail init`` or the server has migrated."""
     settings = config.load(home)
-    store = open_store(settings.db_path)
+    store = open_store(settings.db_path, migrations)
 
     async def main() -> None:
         stop = asyncio.Event()

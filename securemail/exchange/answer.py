@@ -31,7 +31,7 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import consent, contentbox, gateway
+from securemail import consent, contentbox
 from securemail.access import Actor, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
@@ -46,6 +46,7 @@ from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInp
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
+from securemail.store import get_meta
 
 log = logging.getLogger("securemail.answer")
 
@@ -280,7 +281,7 @@ async def _pass_on(
     # cannot open. Those travel under the gateway's signature alone (the page and the
     # audit trail name the GP who signed). Older requests still carry the GP's own.
     signature = bytes(row["json_signature"] or b"") or None
-    gateway_fpr = await svc.store.read(lambda db: gateway.get_meta(db, "gateway_fingerprint"))
+    gateway_fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     if not gateway_fpr:
         raise SealError("the gateway has no key; run securemail init")
     old_team = await svc.store.read(lambda db: directory.team_by_id(db, row["team_id"]))

@@ -23,6 +23,7 @@ from datetime import date
 from typing import Any, Protocol
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail import contentbox, deadlines
 from securemail.access import Actor, Resource, require
@@ -33,9 +34,8 @@ from securemail.form import request as forms
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services
-from securemail.store import migrations
 
-MIGRATIONS = migrations("securemail.asks")
+MIGRATIONS = Migrations("securemail.asks")
 DATA_CATEGORIES = "execution_request_ask"
 URGENCIES = ("regulier", "spoed")
 REFERENCE_RE = re.compile(r"^ASK-[0-9]{4}-[0-9]{6}$")

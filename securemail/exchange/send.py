@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail import consent, contentbox, deadlines
 from securemail.access import SYSTEM, Actor, Resource, require
@@ -34,11 +35,10 @@ from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError,
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
-from securemail.store import migrations
 
 log = logging.getLogger("securemail.exchange")
 
-MIGRATIONS = migrations("securemail.exchange")
+MIGRATIONS = Migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
 REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
 

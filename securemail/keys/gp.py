@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.accounts import auth
@@ -21,10 +22,9 @@ from securemail.errors import InputError, NotFoundError
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
 from securemail.openpgp.keyring import REVOCATION_REASONS
 from securemail.services import Services
-from securemail.store import migrations
 
 MIN_PASSPHRASE = 8
-MIGRATIONS = migrations("securemail.gpkeys")
+MIGRATIONS = Migrations("securemail.gpkeys")
 
 
 @MIGRATIONS(name="0001_gp_keys")

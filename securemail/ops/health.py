@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
-from securemail import gateway
 from securemail.config import Settings
 from securemail.errors import SecuremailError
 from securemail.openpgp.keyinfo import unusable_signer_reason
-from securemail.store import migrations
+from securemail.store import get_meta
 
 if TYPE_CHECKING:  # the store imports this module for its migrations: keep that light
     from securemail.services import Services
@@ -48,7 +48,7 @@ DATABASE_TIMEOUT_SECONDS = 5.0
 COVER_INTERVALS = 2.0
 WINDOWS_DAYS = (30, 90, 365)
 
-MIGRATIONS = migrations("securemail.health")
+MIGRATIONS = Migrations("securemail.health")
 
 
 @MIGRATIONS(name="0001_health_checks")
@@ -111,9 +111,7 @@ async def check_database(svc: Services) -> CheckResult:
 
     def probe(db: sqlite_utils.Database) -> list[str]:
         db.execute("SELECT count(*) FROM meta").fetchone()
-        from securemail.store import MIGRATION_SETS
-
-        return [p.name for m in MIGRATION_SETS for p in m.pending(db)]
+        return [p.name for m in svc.store.migration_sets for p in m.pending(db)]
 
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_SECONDS):
@@ -132,7 +130,7 @@ async def check_database(svc: Services) -> CheckResult:
 async def check_gpg(svc: Services) -> CheckResult:
     """gpg answers a fresh listing of the gateway's secret key, and that key may sign."""
     try:
-        fpr = await svc.store.read(lambda db: gateway.get_meta(db, "gateway_fingerprint"))
+        fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     except sqlite3.Error:
         return CheckResult("gpg", False, "gateway key unknown (database cannot be read)")
     if not fpr:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from securemail import gateway
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keys import foresight as keycheck
@@ -30,6 +29,7 @@ from securemail.ops import health
 from securemail.ops.health import HealthReport
 from securemail.region import directory
 from securemail.services import Services
+from securemail.store import get_meta
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PENDING = ("queued", "sending", "retrying")
@@ -196,7 +196,7 @@ async def _key_metrics(svc: Services, now: datetime) -> list[Metric]:
         "usable (+Inf: no end; 0: none usable).",
     )
     horizon.add(round(team_days, 3), kind="team")
-    fpr = await svc.store.read(lambda db: gateway.get_meta(db, "gateway_fingerprint"))
+    fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     gw_days = 0.0
     if fpr:
         try:

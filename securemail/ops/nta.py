@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from securemail import gateway
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import review as audit_review
@@ -31,6 +30,7 @@ from securemail.openpgp.keyinfo import encryption_subkey
 from securemail.ops import health
 from securemail.region import directory
 from securemail.services import Services
+from securemail.store import get_meta
 
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 REPORTED, NOT_OFFERED, NOT_ASSESSED = "reported", "not offered", "not assessed"
@@ -120,7 +120,7 @@ def _hours(seconds: float) -> str:
 
 async def _measure(svc: Services, now: datetime) -> _State:
     st = _State(svc.settings, await health.check_relay(svc.settings))
-    fpr = await svc.store.read(lambda db: gateway.get_meta(db, "gateway_fingerprint"))
+    fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     if fpr:
         try:
             info = await svc.keyring.key_info(fpr)

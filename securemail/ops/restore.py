@@ -29,12 +29,14 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlite_utils import Migrations
 
 from securemail import config, contentbox
 from securemail.access import Actor
@@ -54,7 +56,7 @@ from securemail.ops.backup import (
     _kill,
     gpg_env,
 )
-from securemail.store import MIGRATION_SETS, Store
+from securemail.store import Store
 
 #: A manifest larger than this is not one of ours.
 MAX_MANIFEST = 16 << 20
@@ -340,10 +342,8 @@ def check_signature(
     return kid
 
 
-def _known_migrations() -> set[str]:
-    import securemail.schema  # noqa: F401  (registers every module's migrations)
-
-    return {f"{m.name}:{n.name}" for m in MIGRATION_SETS for n in m._migrations}
+def _known_migrations(sets: Sequence[Migrations]) -> set[str]:
+    return {f"{m.name}:{n.name}" for m in sets for n in m._migrations}
 
 
 def _fix_modes(root: Path) -> None:
@@ -356,10 +356,14 @@ def _fix_modes(root: Path) -> None:
 
 
 def _finish(
-    root: Path, manifest: dict[str, Any], actor: Actor, settings: config.Settings
+    root: Path,
+    manifest: dict[str, Any],
+    actor: Actor,
+    settings: config.Settings,
+    migrations: Sequence[Migrations],
 ) -> RestoreResult:
     """Verify, migrate, release leases and record the restore, in the unpacked folder."""
-    newer = sorted(set(manifest.get("migrations", [])) - _known_migrations())
+    newer = sorted(set(manifest.get("migrations", [])) - _known_migrations(migrations))
     if newer:
         raise RestoreNewerError(
             f"the backup's database has migrations this securemail does "
@@ -389,7 +393,7 @@ def _finish(
                 f"the audit head is row {report.last_seq}, the manifest says {head.get('seq')}",
                 member=DB_NAME,
             )
-        applied = store.migrate()
+        applied = store.migrate(migrations)
         key = audit_integrity.load_or_create_checkpoint_key(root)
         audit_integrity.install(store, root, settings.audit.checkpoint_every)
 
@@ -453,11 +457,14 @@ def restore(
     binary: str = "gpg",
     timeout: float = 3600.0,
     audit_public_key: Ed25519PublicKey | None = None,
+    migrations: Sequence[Migrations],
 ) -> RestoreResult:
     """Restore ``archive`` into the new home ``target``; see the module docstring.
 
     ``audit_public_key``: the gateway's audit key as ``securemail audit key`` printed it,
-    kept apart; the archive must be signed by it (otherwise its origin is not checked)."""
+    kept apart; the archive must be signed by it (otherwise its origin is not checked).
+    ``migrations``: the home's migration sets (``securemail.home.MIGRATIONS``), applied to
+    the restored database; a backup with a migration none of them knows is refused."""
     archive, target = Path(archive), Path(target).absolute()
     if not archive.is_file():
         raise RestoreError(f"{archive} is not a file", why="no archive")
@@ -478,7 +485,7 @@ def restore(
         _fix_modes(work)
         signed_by = check_signature(work, raw, signature, audit_public_key)
         settings = config.load(work)  # the restored securemail.toml (and SECUREMAIL_* env)
-        result = _finish(work, manifest, actor, settings)
+        result = _finish(work, manifest, actor, settings, migrations)
         for leftover in (f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(work / leftover, 0o600)

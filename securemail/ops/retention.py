@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail import contentbox
 from securemail.access import SYSTEM, Actor
@@ -41,11 +42,11 @@ from securemail.audit import integrity as audit_integrity
 from securemail.audit import retention as audit_retention
 from securemail.audit import trail as audit
 from securemail.config import Settings
-from securemail.store import Store, migrations
+from securemail.store import Store
 
 log = logging.getLogger("securemail.retention")
 
-MIGRATIONS = migrations("securemail.retention")
+MIGRATIONS = Migrations("securemail.retention")
 
 #: Attempts to truncate the WAL after a purge while readers finish their snapshots.
 CHECKPOINT_TRIES = 10

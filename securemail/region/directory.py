@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.openpgp.keyring import Fingerprint
-from securemail.store import migrations
 
 ORG_KINDS = ("practice", "nursing", "operator", "region")  # region: its coordinators
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 FPR_RE = re.compile(r"^[0-9A-F]{40}$")
 
-MIGRATIONS = migrations("securemail.directory")
+MIGRATIONS = Migrations("securemail.directory")
 
 
 @MIGRATIONS(name="0001_directory")

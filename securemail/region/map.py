@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
@@ -25,9 +26,8 @@ from securemail.errors import InputError, NotFoundError
 from securemail.form.fields import CHECKS
 from securemail.region import directory
 from securemail.region.directory import Team
-from securemail.store import migrations
 
-MIGRATIONS = migrations("securemail.regionmap")
+MIGRATIONS = Migrations("securemail.regionmap")
 
 #: Parts of the week, in display order, with their Dutch labels.
 PARTS: dict[str, str] = {

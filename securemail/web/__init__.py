@@ -19,7 +19,8 @@ from aiohttp import web
 from securemail import forwarded
 from securemail.config import Settings
 from securemail.delivery import worker as delivery
-from securemail.services import Services, open_services
+from securemail.home import open_services
+from securemail.services import Services
 from securemail.web import middleware
 from securemail.web.keys import run_worker_key, services_key, settings_key
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from securemail.config import Settings
 from securemail.delivery import worker as delivery
-from securemail.services import open_services
+from securemail.home import open_services
 
 log = logging.getLogger("securemail.server")
 

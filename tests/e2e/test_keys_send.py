@@ -52,7 +52,7 @@ async def test_team_with_an_expired_member_key_receives_encrypted_to_the_others_
     reference = proc.stdout.splitlines()[0]
     assert f"warning: member Verlopen Lid left out (expired, key {expired})" in proc.stdout
     from securemail import config
-    from securemail.services import open_services
+    from securemail.home import open_services
 
     gw.svc = open_services(config.load(gw.home))
     raw = gw.svc.store.read_sync(

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from datetime import datetime
 
-from securemail import gateway
 from securemail.errors import NotFoundError
 from securemail.exchange import answer, escalation
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
+from securemail.home import gateway_fingerprint
 from securemail.message import mime
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, notices
@@ -123,7 +123,7 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
     assert opened.returncode == 0, opened.stderr.decode()
     assert b"[GNUPG:] DECRYPTION_OKAY" in opened.stderr
-    sealer = gateway.gateway_fingerprint(svc.store)
+    sealer = gateway_fingerprint(svc.store)
     assert f"[GNUPG:] VALIDSIG {sealer}".encode() in opened.stderr
     parts = mime.parse_inner(opened.stdout)
     stored = svc.store.read_sync(

@@ -100,7 +100,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     reference = proc.stdout.strip().splitlines()[0]
     assert reference.startswith("UVZ-")
     from securemail import config
-    from securemail.services import open_services
+    from securemail.home import open_services
 
     gw.svc = open_services(config.load(gw.home))
     await deliver_all(gw.svc)
@@ -228,7 +228,7 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
         assert store.read_sync(lambda db: db["outbox"].count) == 0
     finally:
         store.close()
-    gw.svc = __import__("securemail.services", fromlist=["x"]).open_services(
+    gw.svc = __import__("securemail.home", fromlist=["x"]).open_services(
         __import__("securemail.config", fromlist=["x"]).load(gw.home)
     )
 

@@ -1,47 +1,81 @@
-"""A gateway home: create it (init) and check it (startup checks that keep sending off).
+"""A gateway home, composed: its migrations, and creating (init), checking and opening it.
 
-Invariant: ``init`` is idempotent: on an existing home it changes nothing and says so;
+This is the composition root: it sits above every room and below web, cli and demo.
+``MIGRATIONS`` lists every migration set once, in the order the sets apply; later tables
+reference earlier ones (users -> organisations, requests -> teams and users). (asks' set
+may apply before auth's: SQLite checks a REFERENCES clause on insert, not on CREATE TABLE;
+asks uses the counters table only at run time.) retention's migration seals the content
+columns of the tables listed before it, so it comes last.
+
+Invariant: ``init_home`` is idempotent: on an existing home it changes nothing and says so;
 ``check`` lists every problem that must switch sending off (gpg, homedir mode, database
-integrity, audit chain), the way SecureDrop refuses to serve with a bad journalist key.
+integrity, audit chain), the way SecureDrop refuses to serve with a bad journalist key;
+``open_services`` opens an initialised home (content key first, then the migrated store).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Migrations
 
-from securemail import config
+from securemail import config, contentbox
 from securemail.access import SYSTEM
+from securemail.accounts import apitoken, auth, session, totp
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import review as audit_review
 from securemail.audit import trail as audit
 from securemail.config import Settings
-from securemail.errors import SecuremailError
+from securemail.consent import table as consent_table
+from securemail.delivery import outbox
+from securemail.errors import NotInitialisedError, SecuremailError
+from securemail.exchange import asks
+from securemail.exchange import send as exchange
+from securemail.form import request as forms
+from securemail.keys import gp as gpkeys
 from securemail.openpgp.keyring import Fingerprint, Keyring
-from securemail.store import Store, migrations
+from securemail.ops import health, retention
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.services import AGENT_LOCK, Services, utcnow
+from securemail.store import MIGRATIONS as STORE_MIGRATIONS
+from securemail.store import Store, get_meta, set_meta
+from securemail.store import open_store as open_migrated
 
-MIGRATIONS = migrations("securemail.gateway")
+#: Every migration set, listed once, in the order it applies (see the module docstring).
+MIGRATIONS: tuple[Migrations, ...] = (
+    STORE_MIGRATIONS,  # meta (the set keeps its old name, "securemail.gateway")
+    audit.MIGRATIONS,
+    apitoken.MIGRATIONS,
+    directory.MIGRATIONS,
+    outbox.MIGRATIONS,
+    audit_integrity.MIGRATIONS,
+    asks.MIGRATIONS,
+    audit_report.MIGRATIONS,
+    audit_review.MIGRATIONS,
+    session.MIGRATIONS,
+    totp.MIGRATIONS,
+    auth.MIGRATIONS,
+    consent_table.MIGRATIONS,
+    exchange.MIGRATIONS,
+    gpkeys.MIGRATIONS,
+    health.MIGRATIONS,
+    regionmap.MIGRATIONS,
+    retention.MIGRATIONS,  # last: it seals the content of tables listed before it
+)
 
 
-@MIGRATIONS(name="0001_meta")
-def _m1(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
-    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-    return str(row[0]) if row else None
-
-
-def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )
+def open_store(path: Path | str, *, migrate: bool = True) -> Store:
+    """A Store on ``path``, every set of ``MIGRATIONS`` applied (unless ``migrate=False``)."""
+    return open_migrated(path, MIGRATIONS if migrate else ())
 
 
 @dataclass
@@ -68,14 +102,12 @@ async def init_home(
     settings = config.load(home)
     new_db = not settings.db_path.exists()
     new_key = not settings.content_key_path.exists()
-    from securemail import contentbox  # (imports config only; kept local like audit_integrity)
-
     contentbox.load(settings)  # made here, or refused when sealed content lost its key
     if new_key:
         report.created.append(f"{settings.content_key_path} (content key, mode 0600)")
-    store = Store(settings.db_path)
+    db = Store(settings.db_path)
     try:
-        applied = store.migrate()
+        applied = db.migrate(MIGRATIONS)
         if new_db or applied:
             report.created.append(f"{settings.db_path} ({len(applied)} migrations)")
         gnupg = settings.gnupg_home
@@ -83,7 +115,7 @@ async def init_home(
             Keyring.create(gnupg, s2k_calibration_ms=settings.gpg.s2k_calibration_ms)
             report.created.append(f"{gnupg}/ (mode 0700)")
         keyring = Keyring.from_settings(gnupg, settings.gpg)
-        fpr = store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
+        fpr = db.read_sync(lambda d: get_meta(d, "gateway_fingerprint"))
         if not fpr:
             domain = settings.gateway.from_address.split("@")[-1]
             fpr = await keyring.generate_key(
@@ -92,11 +124,11 @@ async def init_home(
                 None,
                 kind="both",
             )
-            store.write_sync(
-                lambda db: (
-                    set_meta(db, "gateway_fingerprint", fpr),
+            db.write_sync(
+                lambda d: (
+                    set_meta(d, "gateway_fingerprint", fpr),
                     audit.record(
-                        db,
+                        d,
                         audit.AuditEvent.of(
                             SYSTEM, "gateway.init", object_type="key", object_id=fpr
                         ),
@@ -106,12 +138,12 @@ async def init_home(
             )
             report.created.append(f"gateway key {fpr}")
     finally:
-        store.close()
+        db.close()
     return report
 
 
-def gateway_fingerprint(store: Store) -> Fingerprint:
-    fpr = store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
+def gateway_fingerprint(db: Store) -> Fingerprint:
+    fpr = db.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
     if not fpr:
         raise SecuremailError("the gateway has no key; run securemail init")
     return Fingerprint(fpr)
@@ -129,7 +161,7 @@ class CheckReport:
         return not self.problems
 
 
-def check(settings: Settings, store: Store) -> CheckReport:
+def check_home(settings: Settings, store: Store) -> CheckReport:
     """Everything that must hold before the gateway may send."""
     report = CheckReport()
     gpg = shutil.which(settings.gpg.binary) or (
@@ -149,12 +181,10 @@ def check(settings: Settings, store: Store) -> CheckReport:
     integrity = store.integrity_check()
     if integrity != "ok":
         report.problems.append(f"sqlite integrity_check: {integrity}")
-    pending = store.pending_migrations()
+    pending = store.pending_migrations(MIGRATIONS)
     if pending:
         report.problems.append(f"pending migrations: {', '.join(pending)}")
     try:
-        from securemail import contentbox
-
         contentbox.load(settings)
         mode = stat.S_IMODE(settings.content_key_path.stat().st_mode)
         if mode & 0o077:
@@ -185,3 +215,29 @@ def check(settings: Settings, store: Store) -> CheckReport:
         except SecuremailError as exc:  # `keys sync` refuses it too, with the same reason
             report.warnings.append(f"key directory: {exc.reason}")
     return report
+
+
+def _agent_lock(settings: Settings) -> int:
+    fd = os.open(settings.home / AGENT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Services:
+    """Open an initialised home: store (migrated), keyring, form definition."""
+    if not settings.db_path.exists() or not settings.gnupg_home.exists():
+        raise NotInitialisedError(
+            f"{settings.home} is not an initialised gateway home; run: securemail init "
+            f"--home {settings.home}",
+            home=str(settings.home),
+        )
+    # The content key first: it must open what is sealed (or refuse) before anything runs,
+    # and the migration that seals older plaintext rows uses it.
+    contentbox.load(settings)
+    store = Store(settings.db_path)
+    store.migrate(MIGRATIONS)
+    # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.
+    audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
+    keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
+    definition = forms.load_definition(settings.forms_path)
+    return Services(settings, store, keyring, definition, clock, _agent_lock(settings))
