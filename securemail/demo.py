@@ -33,6 +33,7 @@ from securemail import config, consent
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.home import init_home, open_services
+from securemail.keys import gp as gpkeys
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
 from securemail.region import map as regionmap
@@ -389,10 +390,9 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid)
         )
         if user.role == "gp":
-            from securemail.cli.directory import enrol_gp_key
-
             entry["signing_passphrase"] = secrets.token_urlsafe(12)
-            fpr = await enrol_gp_key(svc, user, entry["signing_passphrase"])
+            # The keys room makes the GP's signing key (the domain never calls up into cli).
+            fpr = await gpkeys.enrol(svc, SYSTEM, user, entry["signing_passphrase"])
             # Nurses verify the GP's signature with the key from the directory.
             with paths.public_keys.open("a", encoding="utf-8") as out:
                 out.write(await svc.keyring.export_public(fpr))
