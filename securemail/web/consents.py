@@ -396,10 +396,7 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    from securemail.web import consent_register
-
     app.router.add_get("/consents", search_form, name="consents")
     app.router.add_post("/consents/patient", patient, name="consents_patient")
     app.router.add_post("/consents/record", record, name="consents_record")
     app.router.add_post("/consents/withdraw", withdraw, name="consents_withdraw")
-    consent_register.setup(app)
