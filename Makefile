@@ -44,6 +44,7 @@ test: $(STAMP) browser-deps deploy-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check securemail tests benchmarks
 	$(VENV)/bin/ruff check securemail tests benchmarks
+	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format securemail tests benchmarks
