@@ -34,6 +34,7 @@ from securemail.form import request as forms
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services
+from securemail.store import next_value
 
 MIGRATIONS = Migrations("securemail.asks")
 DATA_CATEGORIES = "execution_request_ask"
@@ -133,13 +134,7 @@ def parse_ask(definition: forms.FormDefinition, data: dict[str, Any], *, today: 
 
 def _allocate(db: sqlite_utils.Database, year: int) -> str:
     name = f"ASK-{year}"
-    db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, 1) "
-        "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-        [name],
-    )
-    value = db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0]
-    return f"{name}-{int(value):06d}"
+    return f"{name}-{next_value(db, name):06d}"
 
 
 def practices(db: sqlite_utils.Database, actor: Actor) -> list[directory.Organisation]:

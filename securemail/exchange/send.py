@@ -35,6 +35,7 @@ from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError,
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
+from securemail.store import next_value
 
 log = logging.getLogger("securemail.exchange")
 
@@ -107,13 +108,7 @@ def _m2(db: sqlite_utils.Database) -> None:
 def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
     """UVZ-<year>-<6 digits>, gapless per year; a refused send burns its number (audited)."""
     name = f"UVZ-{year}"
-    db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, 1) "
-        "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-        [name],
-    )
-    value = db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0]
-    return f"{name}-{int(value):06d}"
+    return f"{name}-{next_value(db, name):06d}"
 
 
 @dataclass(frozen=True, slots=True)
