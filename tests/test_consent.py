@@ -684,10 +684,9 @@ def test_evaluate_is_independent_of_insertion_order(specs, data):
 def cli_home(tmp_path):
     import asyncio
 
-    from securemail.gateway import init_home
-
     from securemail.access import SYSTEM
     from securemail.accounts import auth as real_auth
+    from securemail.home import init_home
     from securemail.region import directory as real_directory
 
     home = Path(tempfile.mkdtemp(prefix="smc-"))  # short: gpg-agent socket path limit

@@ -491,7 +491,7 @@ def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
             })  # fmt: skip
 
         store.write_sync(before)
-        assert "securemail.retention:0001_content_sealed" in store.pending_migrations()
+        assert "securemail.retention:0001_content_sealed" in store.pending_migrations(MIGRATIONS)
         # When the migration runs
         store.migrate(MIGRATIONS)
         # Then no plaintext is left in the database file or its WAL ...
