@@ -10,7 +10,7 @@ Ascension, Christmas).
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,14 @@ URGENCIES = ("regulier", "spoed")
 @lru_cache(maxsize=64)
 def _holidays(year: int) -> frozenset[date]:
     return frozenset(holidays.country_holidays("NL", years=[year]).keys())
+
+
+def local(moment: datetime, s: DeadlineSettings) -> datetime:
+    """`moment` on the region's calendar: the clock is UTC, but a year, a day or a month
+    (reference numbers, "today", adherence months) is the one in ``timezone``."""
+    if moment.tzinfo is None:
+        raise InputError("a moment must carry a time zone", field="moment")
+    return moment.astimezone(ZoneInfo(s.timezone))
 
 
 def is_working_day(d: date) -> bool:
@@ -72,7 +80,9 @@ def due(start: datetime, urgency: str, kind: str, s: DeadlineSettings) -> dateti
     ).total_seconds() / 3600
     if urgency == "spoed":
         hours = s.answer_urgent_hours if kind == "answer" else s.ask_urgent_hours
-        return (start + timedelta(hours=hours)).astimezone(ZoneInfo(s.timezone))
+        # Elapsed time, not wall-clock time: aware arithmetic in one zone would add wall hours,
+        # so a 2-hour deadline across the spring DST change would give the team one hour.
+        return (start.astimezone(UTC) + timedelta(hours=hours)).astimezone(ZoneInfo(s.timezone))
     days = s.answer_regular_working_days if kind == "answer" else s.ask_regular_working_days
     return _add_working_hours(start, days * hours_per_day, s)
 

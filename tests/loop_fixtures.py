@@ -12,10 +12,8 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -23,6 +21,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.home import gateway_fingerprint
 from securemail.region import directory
+from tests.clock import Clock, working_wednesday
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSWORD,
@@ -34,22 +33,8 @@ from tests.e2e.conftest import (
     grant_consent,
 )
 
-AMS = ZoneInfo("Europe/Amsterdam")
 TEAM_B = "wijkteam-west@zorg-zuid.example"
 NURSE_B_PASSWORD = "nurse b password 12345"
-
-
-class Clock:
-    """The gateway's clock in tests (Services.clock): it moves only when told."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
 
 
 @dataclass
@@ -111,7 +96,10 @@ async def loop(
         "cafile": relay_cafile,
         "timeout_seconds": 5.0,
     }
-    gw = await build_gateway(tmp_path, loop_keys["a"], smtp)
+    # The clock is frozen first, on a Wednesday morning after today with three working days
+    # ahead: everything the gateway records (users, consent, sessions) is dated by it.
+    clock = Clock(working_wednesday())
+    gw = await build_gateway(tmp_path, loop_keys["a"], smtp, clock=clock)
     svc = gw.svc
     now = svc.now_iso()
 
@@ -145,9 +133,6 @@ async def loop(
     # ... and the gateway's key, which seals what it forwards (from the regional directory too)
     gw_fpr = gateway_fingerprint(svc.store)
     gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gw_fpr)).encode())
-    # Consent was recorded at the real time; the clock starts after it, on a working day.
-    clock = Clock(datetime(2026, 12, 2, 10, 0, tzinfo=AMS))
-    svc.clock = clock
     nurse_a = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse1"))
     nurse_b = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse_b"))
     yield Loop(gw, clock, nurse_a, nurse_b, team_b_home)

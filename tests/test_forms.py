@@ -45,9 +45,17 @@ def definition() -> forms.FormDefinition:
     return load_definition(FORMS)
 
 
+#: The example's relative dates ("now", "today", "today+6m") as they read at NOW; the rule
+#: tests below change them around these absolute values.
+PINNED = {"issued_at": "2026-11-20T10:15:00+01:00", "start": "2026-11-23", "eval": "2027-05-21"}
+
+
 @pytest.fixture
 def example() -> dict[str, Any]:
-    return json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    data = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    data["issued_at"] = PINNED["issued_at"]
+    data["period"].update(start_date=PINNED["start"], evaluation_date=PINNED["eval"])
+    return data
 
 
 def errors_of(definition: forms.FormDefinition, data: Any, **kw: Any) -> list[forms.FieldError]:
@@ -924,3 +932,69 @@ def test_bsn_adjacent_swap_fails_elfproef(first8: int, position: int) -> None:
     digits = list(bsn)
     digits[position], digits[position + 1] = digits[position + 1], digits[position]
     assert not is_valid_bsn("".join(digits))
+
+
+# -- relative dates: the example and the demo stay valid on any day ---------------------------
+
+
+@given(days=st.integers(min_value=-3650, max_value=36500))
+@settings(max_examples=60, deadline=None)
+def test_example_file_parses_on_any_day_with_its_dates_relative_to_that_day(days: int) -> None:
+    # Given the example exactly as shipped, validated at any moment from ten years ago on
+    definition = load_definition(FORMS)
+    now = datetime.now(UTC) + timedelta(days=days)
+    req = parse_request(definition, copy.deepcopy(EXAMPLE_DATA), now=now)
+    # Then its dates are absolute, and relative to the moment of validation
+    today = now.astimezone(definition.timezone).date()
+    assert req.period.start_date == today
+    assert req.issued_at == now.astimezone(definition.timezone).replace(microsecond=0)
+    assert req.period.evaluation_date is not None
+    assert 180 <= (req.period.evaluation_date - today).days <= 184  # six months on
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("today", date(2026, 1, 31)),
+        ("today+1d", date(2026, 2, 1)),
+        ("today-31d", date(2025, 12, 31)),
+        ("today+2w", date(2026, 2, 14)),
+        ("today+1m", date(2026, 2, 28)),  # the month's end where the day does not exist
+        ("today+13m", date(2027, 2, 28)),
+        ("today-2m", date(2025, 11, 30)),
+        ("today+12m", date(2027, 1, 31)),
+    ],
+)
+def test_relative_date_resolves_against_the_validation_clock_in_amsterdam(
+    definition: forms.FormDefinition, example: dict, written: str, expected: date
+) -> None:
+    # 31 January 23:30 in Amsterdam is still the 31st there, though already past 22:00 UTC
+    now = datetime(2026, 1, 31, 22, 30, tzinfo=UTC)
+    example["issued_at"] = "now"
+    example["period"] = {"start_date": "today-40d", "end_date": written}
+    if expected <= date(2025, 12, 22):
+        example["period"]["start_date"] = "today-100d"
+    req = parse_request(definition, example, now=now)
+    assert req.period.end_date == expected
+    assert req.to_document()["period"]["end_date"] == expected.isoformat()  # signed: absolute
+
+
+@pytest.mark.parametrize(
+    "written", ["today+99999d", "today+10000m", "tomorrow", "today+", "today+1y", " today +1d"]
+)
+def test_relative_date_out_of_range_or_misspelt_is_a_clear_date_error(
+    definition: forms.FormDefinition, example: dict, written: str
+) -> None:
+    example["period"]["end_date"] = written
+    example["period"].pop("until_further_notice", None)
+    example["period"].pop("evaluation_date", None)
+    assert ("period.end_date", "date.invalid") in codes_of(definition, example)
+
+
+def test_issued_now_is_the_validation_moment_and_never_in_the_future(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    example["issued_at"] = "now"
+    req = parse_request(definition, example, now=NOW)
+    assert req.issued_at == NOW.replace(microsecond=0)
+    assert req.to_document()["issued_at"].startswith("2026-11-24T13:00:00+01:00")

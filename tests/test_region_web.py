@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from securemail.access import SYSTEM
 from securemail.region import directory
@@ -239,3 +239,13 @@ async def test_practice_entry_preferred_providers_and_contact_nurse(webapp):
     page = await gp.get("/regio/praktijk")
     assert "S. Contact" in page.text
     assert page.text.index(OOST) < page.text.index(CENTRUM)  # in the practice's order
+
+
+async def test_new_form_dates_the_request_on_the_amsterdam_clock_not_the_servers(webapp):
+    # Given the gateway's clock (UTC, as on a server) at 23:30 on a winter evening
+    webapp.clock.now = datetime(webapp.clock.now.year + 1, 1, 15, 22, 30, tzinfo=UTC)
+    b = webapp.browser()
+    await b.login("gp_a")
+    page = await b.get("/requests/new")
+    # Then "Datum verzoek" is prefilled as the GP's wall clock shows it: 23:30, not 22:30
+    assert page.field("issued_at") == f"{webapp.clock.now.year}-01-15T23:30"

@@ -58,7 +58,7 @@ def test_render_text_contains_every_label_and_the_patient(
 def test_render_text_shows_dutch_dates_and_labels_for_codes(rendered: RenderedDocument) -> None:
     text = rendered.text
     assert "17-05-1941" in text  # birth date
-    assert "20-11-2026 10:15" in text  # issued_at, on the Amsterdam clock
+    assert "24-11-2026 13:00" in text  # issued_at "now" = NOW, on the Amsterdam clock
     assert "Subcutane injectie (INJ_SC)" in text
     assert "subcutaan" in text  # route label, not "sc"
     assert "Catheterisaties" in text  # the category from the vocabulary

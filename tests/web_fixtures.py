@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +31,11 @@ from securemail.region import directory
 from securemail.services import Services
 from securemail.store import Store
 from tests.auth_fixtures import PASSWORD, PEOPLE, Person, populate
+from tests.clock import Clock, real_now
 
 #: People left without an authenticator, to walk through first-time pairing.
 UNENROLLED = ("nurse_o",)
 _FIELD_RE = r'name="{name}" value="([^"]+)"'
-
-
-class Clock:
-    """The app's clock (Services.clock); tests move it to expire sessions and locks."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 TEAM_ADDRESSES = ("centrum@zorg.example", "oost@zorg.example")
@@ -304,7 +291,7 @@ async def start_web(
     settings = config.load(home)
     if web_settings:
         settings = settings.replace(web=web_settings)
-    clock = Clock(datetime.now(UTC))
+    clock = Clock(real_now())  # the template home was made at the real time
     svc = open_services(settings, clock=clock)
     app = create_app(settings, services=svc, run_worker=False)
     if prepare is not None:

@@ -155,7 +155,8 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
     """A nurse's ask: validated, scoped to her team, stored, audited, and the practice told
     (a notice with the reference only). Durable when this returns."""
     now = svc.now()
-    clean = parse_ask(svc.definition, data, today=now.date())
+    local_now = deadlines.local(now, svc.settings.deadlines)  # the Dutch day and year
+    clean = parse_ask(svc.definition, data, today=local_now.date())
 
     def tx(db: sqlite_utils.Database) -> AskResult:
         team = directory.find_team(db, clean["team_address"])
@@ -173,7 +174,7 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
         require(
             actor, "ask.create", Resource("ask", org_id=practice.id, team_ids=frozenset({team.id}))
         )
-        reference = _allocate(db, now.year)
+        reference = _allocate(db, local_now.year)
         due_at = deadlines.due(now, clean["urgency"], "ask", svc.settings.deadlines)
         due_text = due_at.isoformat(timespec="minutes")
         db["asks"].insert(

@@ -283,7 +283,7 @@ async def send(
     """Validate, check consent, sign, seal and queue one request; durable when this returns.
     ``ask`` names a nurse's ask (ASK-...) this request answers; it is fulfilled in the same
     transaction (same practice, patient and team, or a field error)."""
-    year = svc.now().year
+    year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
     patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
     try:

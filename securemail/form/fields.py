@@ -63,6 +63,10 @@ _BAD_LINE = re.compile(f"[{_FORBIDDEN}\n\t]")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _DATE_ISO = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 _DATE_NL = re.compile(r"^([0-9]{2})-([0-9]{2})-([0-9]{4})$")
+# Templates and practice systems (examples/, the demo) write dates relative to the day they are
+# used: "today", "today+6m", "today-2d". Resolved here against the validation's own clock,
+# so what is signed is always an absolute date. At most four digits: O(1) work whatever is sent.
+_DATE_RELATIVE = re.compile(r"^today(?:([+-])([0-9]{1,4})([dwm]))?$")
 _DATETIME = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
     r"(Z|[+-][0-9]{2}:[0-9]{2})?$"
@@ -271,17 +275,46 @@ def _bool(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     return value
 
 
+def _add_months(day: date, months: int) -> date:
+    """The same day of the month `months` later (or earlier), at the month's end if shorter."""
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    first_of_next = date(year + (month == 11), (month + 1) % 12 + 1, 1)
+    return date(year, month + 1, min(day.day, (first_of_next - timedelta(days=1)).day))
+
+
+def relative_date(text: str, today: date) -> date | None:
+    """What a relative date ("today", "today+6m", "today-2d") means on `today`; None for any
+    other text. Raises ValueError or OverflowError where the result is no date."""
+    match = _DATE_RELATIVE.fullmatch(text)
+    return None if match is None else _relative_day(match, today, "")
+
+
+def _relative_day(match: re.Match[str], today: date | None, path: str) -> date:
+    if today is None:  # validated without a clock: nothing to be relative to
+        raise ValueError(path)
+    if match[1] is None:
+        return today
+    amount = int(match[2]) * (1 if match[1] == "+" else -1)
+    if match[3] == "m":
+        return _add_months(today, amount)
+    return today + timedelta(days=amount * (7 if match[3] == "w" else 1))
+
+
 def _date(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     text = value.strip() if isinstance(value, str) else ""
     iso, nl = _DATE_ISO.fullmatch(text), _DATE_NL.fullmatch(text)
+    relative = _DATE_RELATIVE.fullmatch(text)
     try:
         if iso:
             day = date(int(iso[1]), int(iso[2]), int(iso[3]))
         elif nl:
             day = date(int(nl[3]), int(nl[2]), int(nl[1]))
+        elif relative:
+            day = _relative_day(relative, report.today, path)
         else:
             raise ValueError(path)
-    except ValueError:
+    except (ValueError, OverflowError):
         report.add(path, "date.invalid")
         return INVALID
     if spec.min_date is not None and day < spec.min_date:
@@ -296,6 +329,8 @@ def _date(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
 def _datetime(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     text = value.strip() if isinstance(value, str) else ""
     try:
+        if text == "now" and report.now is not None:  # a template's "at the moment of use"
+            return report.now.astimezone(report.definition.timezone).replace(microsecond=0)
         if not _DATETIME.fullmatch(text):
             raise ValueError(path)
         moment = datetime.fromisoformat(text)

@@ -18,7 +18,7 @@ from securemail.form import request as forms
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
-from securemail.web.requests import _errors_by_field, _form_context
+from securemail.web.requests import _errors_by_field, _form_context, local_minute
 
 
 async def _new_context(
@@ -98,7 +98,7 @@ async def draft_from_ask(request: web.Request) -> web.StreamResponse:
         lambda db: asks.get_ask(db, actor, reference, source_id=svc.settings.gateway.source_id)
     )
     values = forms.flatten(asks.prefill(ask))
-    values["issued_at"] = svc.now().astimezone().strftime("%Y-%m-%dT%H:%M")
+    values["issued_at"] = local_minute(svc)
     ctx = await _form_context(request, values, {}, reference if ask["state"] == "open" else "")
     return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
 

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from securemail import deadlines
 from securemail.errors import SecuremailError
 from securemail.exchange import answer, asks
 from securemail.exchange import send as exchange
@@ -21,6 +22,7 @@ from securemail.form import request as forms
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
+from securemail.services import Services
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -138,6 +140,12 @@ def _errors_by_field(exc: forms.FormInvalidError) -> dict[str, list[str]]:
     return out
 
 
+def local_minute(svc: Services) -> str:
+    """Now on the region's wall clock, as a datetime-local input shows it (the server's own
+    zone, often UTC, would date a request an hour or two early)."""
+    return deadlines.local(svc.now(), svc.settings.deadlines).strftime("%Y-%m-%dT%H:%M")
+
+
 @requires("request.create")
 @aiohttp_jinja2.template("requests/form.html")
 async def new_form(request: web.Request) -> dict[str, Any]:
@@ -145,7 +153,7 @@ async def new_form(request: web.Request) -> dict[str, Any]:
     values = {
         "kind": "nieuw",
         "urgency": "regulier",
-        "issued_at": svc.now().astimezone().strftime("%Y-%m-%dT%H:%M"),
+        "issued_at": local_minute(svc),
     }
     return await _form_context(request, values, {})
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.e2e.conftest import (
     build_gateway,
     make_team_member_keys,
 )
+from tests.e2e.webflow import typed_dates
 
 pytestmark = pytest.mark.browser
 
@@ -126,8 +128,15 @@ class Shots:
 
 
 async def log_in(
-    page: Any, url: str, username: str, password: str, secret: str, shots: Shots | None = None
+    page: Any,
+    url: str,
+    username: str,
+    password: str,
+    secret: str,
+    shots: Shots | None = None,
+    now: datetime | None = None,
 ) -> None:
+    """Password, then the code the authenticator shows at `now` (the gateway's clock)."""
     await page.goto(f"{url}/login")
     if shots:
         await shots.take(page, "login")
@@ -137,7 +146,7 @@ async def log_in(
     await page.wait_for_url(f"{url}/login/totp")
     if shots:
         await shots.take(page, "totp")
-    await page.fill("#code", totp.code_at(secret, totp.step_of(_now())))
+    await page.fill("#code", totp.code_at(secret, totp.step_of(now or _now())))
     await page.click("form[action='/login/totp'] button[type=submit]")
     await page.wait_for_load_state()
     assert "/login" not in page.url, await page.content()
@@ -149,9 +158,11 @@ def _now() -> Any:
     return datetime.now(UTC)
 
 
-async def fill_request(page: Any, data: dict[str, Any]) -> None:
-    """Type the request into the form as a GP would: every field by its name."""
-    for name, value in forms.flatten(data).items():
+async def fill_request(page: Any, data: dict[str, Any], now: datetime | None = None) -> None:
+    """Type the request into the form as a GP would: every field by its name, the example's
+    relative dates ("now", "today+6m") as the GP's calendar shows them on `now`'s day (the
+    gateway's clock; the real one by default)."""
+    for name, value in typed_dates(forms.flatten(data), now or _now()).items():
         if name.startswith(NOT_TYPED):
             continue
         field = page.locator(f'[name="{name}"]')

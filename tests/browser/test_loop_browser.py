@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from securemail.services import utcnow
 from securemail.web import create_app
 from tests.browser.test_browser import fill_request, log_in  # as the GP and nurse do it
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
@@ -24,7 +23,6 @@ NURSE_IN_CHARGE = "M. Zwaan-de Boer"
 
 @pytest.fixture
 async def site(loop: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
-    loop.gw.svc.clock = utcnow  # the authenticator codes follow the real clock here
     app = create_app(loop.gw.svc.settings, services=loop.gw.svc, run_worker=True)
     server = await aiohttp_server(app, host="127.0.0.1")
     yield str(server.make_url("")).rstrip("/")
@@ -40,11 +38,11 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     gp = await gp_ctx.new_page()
     gp.on("request", lambda r: urls.append(r.url))
     secrets = loop.gw.extra["totp_secrets"]
-    await log_in(gp, site, "huisarts", GP_PASSWORD, secrets["huisarts"])
+    await log_in(gp, site, "huisarts", GP_PASSWORD, secrets["huisarts"], now=loop.clock.now)
     await gp.goto(f"{site}/requests/new")
     team_option = gp.locator(f'[name="receiver.team_address"] option[value="{TEAM}"]')
     assert "voorkeursaanbieder" in await team_option.inner_text()
-    await fill_request(gp, EXAMPLE)
+    await fill_request(gp, EXAMPLE, loop.clock.now)  # the dates of the gateway's day
     await gp.click("form[action='/requests/preview'] button[type=submit]")
     await gp.wait_for_selector("pre.document")
     await gp.fill("#passphrase", GP_PASSPHRASE)
@@ -59,7 +57,7 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     nurse_ctx = await chromium.new_context()
     nurse = await nurse_ctx.new_page()
     nurse.on("request", lambda r: urls.append(r.url))
-    await log_in(nurse, site, "nurse1", NURSE_PASSWORD, secrets["nurse1"])
+    await log_in(nurse, site, "nurse1", NURSE_PASSWORD, secrets["nurse1"], now=loop.clock.now)
     await nurse.goto(f"{site}/requests")
     await nurse.click(f"text={reference}")
     await nurse.wait_for_url(f"{site}/requests/{reference}")

@@ -27,7 +27,7 @@ from securemail.exchange.send import Hooks
 from securemail.home import init_home, open_services
 from securemail.keys import pinning as keydir
 from securemail.region import directory
-from securemail.services import Services
+from securemail.services import Services, utcnow
 from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,8 +113,13 @@ def team_member_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 
 async def build_gateway(
-    tmp_path: Path, team_member_keys: dict[str, str], smtp: dict[str, Any]
+    tmp_path: Path,
+    team_member_keys: dict[str, str],
+    smtp: dict[str, Any],
+    clock: Callable[[], datetime] | None = None,
 ) -> Gateway:
+    """A gateway home with its directory, people and consent. With a `clock` (tests/clock.py),
+    everything it records is dated by that clock from the first row on."""
     # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
     home = Path(tempfile.mkdtemp(prefix="sm-"))
     SCRATCH_HOMES.append(home)
@@ -133,7 +138,7 @@ async def build_gateway(
             },
         },
     )
-    svc = open_services(config.load(home))
+    svc = open_services(config.load(home), clock=clock or utcnow)
     now = svc.now_iso()
 
     def dir_data(db: Any) -> None:

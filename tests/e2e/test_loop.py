@@ -7,18 +7,29 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 
 from securemail.errors import NotFoundError
-from securemail.exchange import answer, escalation
+from securemail.exchange import answer, asks, escalation
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.home import gateway_fingerprint
 from securemail.message import mime
+from tests.clock import AMS, next_date, next_good_friday
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
-from tests.loop_fixtures import AMS, TEAM_B, Loop, audit_codes, notices
+from tests.loop_fixtures import TEAM_B, Loop, audit_codes, notices
 
 PATIENT = [EXAMPLE["patient"]["bsn"].encode(), EXAMPLE["patient"]["name"].encode()]
+ASK_DATA = {
+    "team_address": TEAM,
+    "practice_code": "01234567",
+    "patient.bsn": EXAMPLE["patient"]["bsn"],
+    "patient.name": EXAMPLE["patient"]["name"],
+    "patient.birth_date": EXAMPLE["patient"]["birth_date"],
+    "procedure_code": "INJ_SC",
+    "reason": "Insuline",
+    "urgency": "regulier",
+}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,12 +48,13 @@ async def test_urgent_request_unanswered_after_two_hours_is_overdue_and_escalate
 ) -> None:
     svc = loop.gw.svc
     # Given an urgent request, sent and taken by the relay on a Wednesday at 10:00
+    wednesday = loop.clock.now
     data = example()
     data["urgency"] = "spoed"
     sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
     await deliver_all(svc)
     status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
-    assert status["answer_due"] == "2026-12-02T12:00:00+01:00"
+    assert status["answer_due"] == (wednesday + timedelta(hours=2)).astimezone(AMS).isoformat()
     # When 1 h 59 min pass, nothing is late
     loop.clock.advance(hours=1, minutes=59)
     assert (await escalation.check(svc)).requests == ()
@@ -77,8 +89,9 @@ async def test_regular_request_sent_on_friday_before_easter_is_due_tuesday_after
     loop: Loop,
 ) -> None:
     svc = loop.gw.svc
-    # Given Good Friday 2027 (26 March), 10:00 in Amsterdam; Easter Monday is a holiday too
-    loop.clock.now = datetime(2027, 3, 26, 10, 0, tzinfo=AMS)
+    # Given the next Good Friday, 10:00 in Amsterdam; Easter Monday is a holiday too
+    good_friday = next_good_friday(loop.clock.now)
+    loop.clock.now = good_friday
     sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
     await deliver_all(svc)
     svc.close()
@@ -86,7 +99,9 @@ async def test_regular_request_sent_on_friday_before_easter_is_due_tuesday_after
     out = cli("request", "status", "--home", str(loop.gw.home), sent.reference, "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert info["answer_due"] == "2027-03-30T16:00:00+02:00"
+    # (Easter Monday falls in summer time every year, hence +02:00)
+    tuesday = (good_friday + timedelta(days=4)).date()
+    assert info["answer_due"] == f"{tuesday.isoformat()}T16:00:00+02:00"
     assert datetime.fromisoformat(info["answer_due"]).utcoffset() is not None
     assert EXAMPLE["patient"]["bsn"] not in out.stdout
 
@@ -164,3 +179,29 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
     assert view["answer"]["team_address"] == TEAM_B
     assert view["answer"]["nurse_in_charge"] == "W. West"
+
+
+async def test_reference_year_is_the_dutch_year_across_new_years_eve(loop: Loop) -> None:
+    svc = loop.gw.svc
+    new_year = next_date(loop.clock.now, 1, 1)
+    # Given 31 December 23:59 in Amsterdam, on a UTC clock as in production
+    loop.clock.now = datetime.combine(
+        new_year - timedelta(days=1), time(23, 59), tzinfo=AMS
+    ).astimezone(UTC)
+    last = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    ask_last = await asks.create(svc, loop.nurse_a, ASK_DATA)
+    # When two minutes later it is 1 January in Amsterdam (still 31 December in UTC)
+    loop.clock.advance(minutes=2)
+    assert loop.clock.now.astimezone(UTC).year == new_year.year - 1
+    first = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    ask_first = await asks.create(svc, loop.nurse_a, ASK_DATA)
+    # Then the old year's numbering ends and the new year's starts at 1, for both kinds
+    assert last.reference.startswith(f"UVZ-{new_year.year - 1}-")
+    assert first.reference == f"UVZ-{new_year.year}-000001"
+    assert ask_last.reference.startswith(f"ASK-{new_year.year - 1}-")
+    assert ask_first.reference == f"ASK-{new_year.year}-000001"
+    # and the signed request is dated on the Dutch calendar: 1 January, not 31 December
+    doc = svc.store.read_sync(
+        lambda db: requestview.document(db, requestview.require_row(db, first.reference))
+    )
+    assert doc["issued_at"].startswith(f"{new_year.isoformat()}T00:01")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
 from securemail.form import request as forms
+from securemail.form.fields import relative_date
+from tests.clock import AMS
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 LOGIN_TOKEN_RE = re.compile(r'name="login_token" value="([^"]+)"')
@@ -59,6 +62,19 @@ def form_fields(data: dict[str, Any]) -> dict[str, str]:
         for k, v in flat.items()
         if not k.startswith("principal.") and k not in ("reference", "form_id", "form_version")
     }
+
+
+def typed_dates(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Relative dates in a template (examples/) as a person types them on `now`'s day in
+    Amsterdam: a date input takes no "today+6m", a datetime-local input no "now"."""
+    local = now.astimezone(AMS)
+    out = dict(fields)
+    for name, value in fields.items():
+        if value == "now":
+            out[name] = local.strftime("%Y-%m-%dT%H:%M")
+        elif isinstance(value, str) and (day := relative_date(value, local.date())):
+            out[name] = day.isoformat()
+    return out
 
 
 async def send_via_form(
