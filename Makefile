@@ -71,6 +71,7 @@ test-dates: $(STAMP) browser-deps deploy-deps datefudge-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check securemail tests benchmarks
 	$(VENV)/bin/ruff check securemail tests benchmarks
+	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format securemail tests benchmarks

@@ -25,10 +25,14 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 
-from securemail import apitoken, auth, config, consent, directory, gateway, keydir
+from securemail import config, consent
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
-from securemail.services import Services, open_services
+from securemail.home import init_home, open_services
+from securemail.keys import pinning as keydir
+from securemail.region import directory
+from securemail.services import Services
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = json.loads((ROOT / "examples" / "uitvoeringsverzoek.json").read_text(encoding="utf-8"))
@@ -177,7 +181,7 @@ async def build(
     }
     if gpg:
         overrides["gpg"] = dict(gpg)
-    await gateway.init_home(home, overrides=overrides)
+    await init_home(home, overrides=overrides)
     svc = open_services(config.load(home))
     now = svc.now_iso()
 

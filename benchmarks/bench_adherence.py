@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail import adherence, auth, directory
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.config import DeadlineSettings
-from securemail.store import open_store
+from securemail.home import open_store
+from securemail.region import adherence, directory
 
 MONTHS = 12
 TEAMS, PRACTICES = 40, 300

@@ -35,9 +35,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail import audit, audit_integrity, audit_report
 from securemail.access import Actor
-from securemail.audit import AuditEvent
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
+from securemail.home import MIGRATIONS
 from securemail.store import Store
 
 OUT = Path(__file__).resolve().parent / "out" / "audit.json"
@@ -305,7 +308,7 @@ def run(quick: bool = False, rows: int | None = None, keep: str | None = None) -
     w = World(rng, patients=max(10_000, rows // 10))
     store = Store(workdir / "securemail.db")
     try:
-        store.migrate()
+        store.migrate(MIGRATIONS)
         # A 1 GiB page cache instead of sqlite's 2 MiB default: seven indexes take random
         # inserts; production should set it too (see docs/audit.md).
         store._writer_conn.execute("PRAGMA cache_size = -1048576")

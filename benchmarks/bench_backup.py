@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from securemail import audit, backup, config, gateway, restore
+from securemail import config
 from securemail.access import SYSTEM
+from securemail.audit import trail as audit
+from securemail.home import MIGRATIONS, init_home
+from securemail.ops import backup, restore
 from securemail.store import Store
 
 TITLE = "backup and restore"
@@ -75,7 +78,7 @@ def run(quick: bool) -> dict[str, Any]:
             if line.startswith("fpr:")
         )
         _gpg(offline, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "1y")
-        asyncio.run(gateway.init_home(home))
+        asyncio.run(init_home(home))
         _gpg(home / "gnupg", "--import", data=_gpg(offline, "--armor", "--export", fpr))
         _fill(home / config.DB_NAME, rows)
         db_bytes = (home / config.DB_NAME).stat().st_size
@@ -101,7 +104,9 @@ def run(quick: bool) -> dict[str, Any]:
         thread.join()
         writer.close()
         t = time.perf_counter()
-        restored = restore.restore(base / "b.gpg", base / "new", SYSTEM, gnupg_home=offline)
+        restored = restore.restore(
+            base / "b.gpg", base / "new", SYSTEM, gnupg_home=offline, migrations=MIGRATIONS
+        )
         restore_s = time.perf_counter() - t
     finally:
         for g in (home / "gnupg", offline, base / "new" / "gnupg"):

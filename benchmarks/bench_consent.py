@@ -22,7 +22,7 @@ from benchmarks import consent_evaluate as ce
 from benchmarks._gateway import percentile
 from securemail import consent
 from securemail.access import SYSTEM
-from securemail.store import open_store
+from securemail.home import open_store
 
 TITLE = "Consent check over a large register"
 

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._gateway import percentile
-from securemail import audit, config, gateway, health, metrics, nta, outbox
+from securemail import config
 from securemail.access import SYSTEM
-from securemail.services import open_services
+from securemail.audit import trail as audit
+from securemail.delivery import outbox
+from securemail.home import init_home, open_services
+from securemail.ops import health, metrics, nta
 
 TITLE = "Monitoring: /healthz, /metrics, availability, NTA declaration"
 
@@ -136,7 +139,7 @@ def run(quick: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="smb-"))
     home = tmp / "h"
     try:
-        asyncio.run(gateway.init_home(home, overrides={"smtp": {"port": 9, "timeout_seconds": 2}}))
+        asyncio.run(init_home(home, overrides={"smtp": {"port": 9, "timeout_seconds": 2}}))
         return asyncio.run(_measure(home, quick))
     finally:
         subprocess.run(

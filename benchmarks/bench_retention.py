@@ -16,9 +16,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import securemail.schema  # noqa: F401  (registers every migration set)
-from securemail import config, contentbox, directory, retention
+from securemail import config, contentbox
 from securemail.access import SYSTEM
+from securemail.home import MIGRATIONS
+from securemail.ops import retention
+from securemail.region import directory
 from securemail.store import Store
 
 DOCUMENT = json.dumps({"patient": {"name": "Benchmark Patiënt"}, "text": "x" * 4000})
@@ -74,7 +76,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         seal_open_us = (time.perf_counter() - t0) / rounds * 1e6
         store = Store(settings.db_path)
         try:
-            store.migrate()
+            store.migrate(MIGRATIONS)
             answered = datetime(2026, 1, 5, 10, tzinfo=UTC)
             _fill(store, n, answered)
             t0 = time.perf_counter()

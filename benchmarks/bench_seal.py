@@ -25,9 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks import _gateway
-from securemail import forms, mime, render
-from securemail.keyinfo import encryption_subkey
-from securemail.mime import Envelope, SealInput
+from securemail.form import render
+from securemail.form import request as forms
+from securemail.message import mime
+from securemail.message.mime import Envelope, SealInput
+from securemail.openpgp.keyinfo import encryption_subkey
 
 TITLE = "Sealing: gateway seal() vs raw gpg sign+encrypt (3 recipient keys)"
 

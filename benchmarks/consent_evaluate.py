@@ -19,7 +19,7 @@ from pathlib import Path
 
 from securemail import consent
 from securemail.consent.model import ts
-from securemail.store import open_store
+from securemail.home import open_store
 
 NOW = datetime(2025, 3, 3, tzinfo=UTC)
 

@@ -29,10 +29,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from securemail import auth, config, consent, directory, gateway, regionmap
+from securemail import config, consent
 from securemail.access import SYSTEM, Actor
-from securemail.openpgp import Keyring
-from securemail.services import Services, open_services
+from securemail.accounts import auth
+from securemail.home import init_home, open_services
+from securemail.keys import gp as gpkeys
+from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.services import Services
+from securemail.store import get_meta, set_meta
 
 PRACTICE = {
     "code": "01234567",
@@ -269,7 +275,7 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
 
 async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     """Create the demo data once; return the credentials document."""
-    if svc.store.read_sync(lambda db: gateway.get_meta(db, "demo_setup")):
+    if svc.store.read_sync(lambda db: get_meta(db, "demo_setup")):
         return json.loads(paths.credentials.read_text(encoding="utf-8"))
     now = svc.now_iso()
     users: list[dict[str, str]] = []
@@ -384,10 +390,9 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
             lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid)
         )
         if user.role == "gp":
-            from securemail.cli.directory import enrol_gp_key
-
             entry["signing_passphrase"] = secrets.token_urlsafe(12)
-            fpr = await enrol_gp_key(svc, user, entry["signing_passphrase"])
+            # The keys room makes the GP's signing key (the domain never calls up into cli).
+            fpr = await gpkeys.enrol(svc, SYSTEM, user, entry["signing_passphrase"])
             # Nurses verify the GP's signature with the key from the directory.
             with paths.public_keys.open("a", encoding="utf-8") as out:
                 out.write(await svc.keyring.export_public(fpr))
@@ -402,7 +407,7 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     }
     paths.credentials.write_text(json.dumps(creds, indent=2), encoding="utf-8")
     os.chmod(paths.credentials, 0o600)
-    svc.store.write_sync(lambda db: gateway.set_meta(db, "demo_setup", now))
+    svc.store.write_sync(lambda db: set_meta(db, "demo_setup", now))
     return creds
 
 
@@ -528,7 +533,7 @@ def run_demo(
 ) -> None:
     paths = DemoPaths(home / "demo")
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    asyncio.run(gateway.init_home(home, overrides=demo_overrides(paths, port, smtp_port)))
+    asyncio.run(init_home(home, overrides=demo_overrides(paths, port, smtp_port)))
     settings = config.load(home).replace(
         web={"port": port}, smtp={"port": smtp_port, "cafile": str(paths.ca)}
     )

@@ -1,5 +1,7 @@
 """The long-lived services of one gateway home, built once and passed in (no singletons).
 
+``securemail.home.open_services`` builds them; the rooms that need them take a Services.
+
 Several processes may use one home at once (``serve`` and ``request send`` from a
 practice system): they share its gpg-agent. Each open Services holds a shared lock on
 the home's agent lock file; closing stops the agent only when no other process holds
@@ -13,13 +15,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-from securemail import audit_integrity, contentbox, forms
 from securemail.config import Settings
-from securemail.errors import NotInitialisedError
-from securemail.keystore import kill_agent
-from securemail.openpgp import Keyring
+from securemail.form import request as forms
+from securemail.openpgp.keyring import Keyring
+from securemail.openpgp.keystore import kill_agent
 from securemail.store import Store
 
 AGENT_LOCK = ".gpg-agent.lock"
@@ -66,29 +66,3 @@ class Services:
             kill_agent(self.keyring.homedir, self.keyring.binary)
         finally:
             os.close(fd)
-
-
-def _agent_lock(settings: Settings) -> int:
-    fd = os.open(settings.home / AGENT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
-
-
-def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Services:
-    """Open an initialised home: store (migrated), keyring, form definition."""
-    if not settings.db_path.exists() or not settings.gnupg_home.exists():
-        raise NotInitialisedError(
-            f"{settings.home} is not an initialised gateway home; run: securemail init "
-            f"--home {settings.home}",
-            home=str(settings.home),
-        )
-    # The content key first: it must open what is sealed (or refuse) before anything runs,
-    # and the migration that seals older plaintext rows uses it.
-    contentbox.load(settings)
-    store = Store(settings.db_path)
-    store.migrate()
-    # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.
-    audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
-    keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
-    definition = forms.load_definition(settings.forms_path)
-    return Services(settings, store, keyring, definition, clock, _agent_lock(settings))

@@ -6,9 +6,11 @@ busy run one after another in one transaction, each in its own savepoint (a writ
 that raises is rolled back alone and its caller gets the exception), and all of them
 return only after that transaction's one COMMIT, so one fsync serves many callers.
 Each write sees exactly the writes queued before it, as when they ran one by one.
-Domain modules own their tables and register their migrations in their own
-``sqlite_utils.Migrations`` set; ``Store.migrate`` applies every registered set in a
-fixed order.
+Domain modules own their tables and keep their migrations in their own
+``sqlite_utils.Migrations`` set; ``Store.migrate(sets)`` applies the sets it is given, in
+the order given (``securemail.home.MIGRATIONS`` lists them once). The store imports
+nothing of ours. It owns two small tables every room may use: ``meta`` (``get_meta``,
+``set_meta``) and ``counters`` (``next_value``; created by the exchange's first migration).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -30,18 +32,37 @@ T = TypeVar("T")
 #: Most writes one COMMIT serves (group commit); bounds how long one transaction runs.
 MAX_GROUP = 64
 
-#: Every migration set, in the order it is applied. Modules append theirs at import.
-MIGRATION_SETS: list[Migrations] = []
+#: The store's own tables. The set keeps the name it had when gateway.py owned it: a
+#: database records applied migrations by set name.
+MIGRATIONS = Migrations("securemail.gateway")
 
 
-def migrations(name: str) -> Migrations:
-    """Create and register a module's migration set (call once per module, at import)."""
-    for existing in MIGRATION_SETS:
-        if existing.name == name:
-            return existing
-    m = Migrations(name)
-    MIGRATION_SETS.append(m)
-    return m
+@MIGRATIONS(name="0001_meta")
+def _m1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return str(row[0]) if row else None
+
+
+def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
+
+
+def next_value(db: sqlite_utils.Database, name: str) -> int:
+    """The next value of counter ``name`` (1, 2, ...), gapless, inside the caller's write."""
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, 1) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        [name],
+    )
+    return int(db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -73,15 +94,16 @@ class Store:
         self._reader_conns: list[sqlite3.Connection] = []
         self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
         self._before_commit: list[Callable[[sqlite_utils.Database], object]] = []
+        #: The migration sets last given to migrate(); pending_migrations() checks these.
+        self.migration_sets: tuple[Migrations, ...] = ()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def migrate(self) -> list[str]:
-        """Apply pending migrations of every registered set; return the names applied."""
-        import securemail.schema  # noqa: F401  (registers every module's migrations)
-
+    def migrate(self, sets: Sequence[Migrations]) -> list[str]:
+        """Apply the pending migrations of ``sets``, in order; return the names applied."""
+        self.migration_sets = tuple(sets)
         applied: list[str] = []
         with self._lock:
-            for m in MIGRATION_SETS:
+            for m in self.migration_sets:
                 pending = [p.name for p in m.pending(self._writer)]
                 m.apply(self._writer)
                 applied += [f"{m.name}:{n}" for n in pending]
@@ -89,10 +111,10 @@ class Store:
             self.checkpoint()
         return applied
 
-    def pending_migrations(self) -> list[str]:
-        import securemail.schema  # noqa: F401
-
-        return [f"{m.name}:{p.name}" for m in MIGRATION_SETS for p in m.pending(self._writer)]
+    def pending_migrations(self, sets: Sequence[Migrations] | None = None) -> list[str]:
+        """Migrations of ``sets`` (default: those last given to migrate) not yet applied."""
+        sets = self.migration_sets if sets is None else sets
+        return [f"{m.name}:{p.name}" for m in sets for p in m.pending(self._writer)]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -224,8 +246,9 @@ class Store:
         return str(row[0])
 
 
-def open_store(path: Path | str, *, migrate: bool = True) -> Store:
+def open_store(path: Path | str, sets: Sequence[Migrations] = ()) -> Store:
+    """A Store on ``path``, with ``sets`` migrated (none by default)."""
     store = Store(path)
-    if migrate:
-        store.migrate()
+    if sets:
+        store.migrate(sets)
     return store

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import sqlite_utils
 
-from securemail import auth, directory, totp
 from securemail.access import SYSTEM, Actor
-from securemail.store import Store, open_store
+from securemail.accounts import auth, totp
+from securemail.home import open_store
+from securemail.region import directory
+from securemail.store import Store
 
 PASSWORD = "correct horse battery staple"
 T0 = datetime(2025, 3, 3, 9, 0, 0, tzinfo=UTC)  # a Monday morning

@@ -189,7 +189,7 @@ async def keyring(
     gnupg_home: Path, gp_key: GpgTestKey, team_keypairs: tuple[GpgTestKey, GpgTestKey]
 ) -> AsyncIterator[object]:
     """The gateway's Keyring: the GP's secret key and the team's public keys imported."""
-    from securemail.openpgp import Keyring
+    from securemail.openpgp.keyring import Keyring
 
     ring = Keyring.create(gnupg_home)
     await ring.import_keys(gp_key.secret, allow_secret=True)

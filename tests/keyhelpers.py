@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from securemail import config
-from securemail.openpgp import Keyring
-from securemail.services import Services, open_services
+from securemail.home import MIGRATIONS, open_services
+from securemail.openpgp.keyring import Keyring
+from securemail.services import Services
 from securemail.store import Store
 from tests.conftest import GpgTestKey
 
@@ -27,7 +28,7 @@ def make_home(**gateway: Any) -> Services:
     if gateway:
         settings = settings.replace(gateway=gateway)
     store = Store(settings.db_path)
-    store.migrate()
+    store.migrate(MIGRATIONS)
     store.close()
     Keyring.create(settings.gnupg_home)
     # Tests only: gpg-agent calibrates its passphrase hashing (S2K) to its own clock, which

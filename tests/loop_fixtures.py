@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, directory, gateway
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
+from securemail.home import gateway_fingerprint
+from securemail.region import directory
 from tests.clock import Clock, working_wednesday
 from tests.e2e.conftest import (
     EXAMPLE,
@@ -129,7 +131,7 @@ async def loop(
     gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
     gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
     # ... and the gateway's key, which seals what it forwards (from the regional directory too)
-    gw_fpr = gateway.gateway_fingerprint(svc.store)
+    gw_fpr = gateway_fingerprint(svc.store)
     gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gw_fpr)).encode())
     nurse_a = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse1"))
     nurse_b = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse_b"))

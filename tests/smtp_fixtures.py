@@ -42,7 +42,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from securemail.openpgp import _SEAL_TOKEN, Fingerprint, SealedMessage
+from securemail.openpgp.keyring import _SEAL_TOKEN, Fingerprint, SealedMessage
 
 #: Stands in for patient data: a name, a (test) BSN and a date of birth.
 MARKER = "Jansen 123456782 1950-01-01"

@@ -26,19 +26,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import (
-    access,
-    adherence,
-    answer,
-    asks,
-    auth,
-    directory,
-    exchange,
-)
+from securemail import access
 from securemail.access import SYSTEM, Actor, Resource
-from securemail.adherence import AskItem, Figures, Turn
+from securemail.accounts import auth
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
+from securemail.exchange import answer, asks
+from securemail.exchange import send as exchange
+from securemail.region import adherence, directory
+from securemail.region.adherence import AskItem, Figures, Turn
 from securemail.web import create_app
 from tests.auth_fixtures import make_store
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example

@@ -14,9 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import answer, exchange, forms, gateway, notify, requestview
 from securemail.errors import NotFoundError
-from securemail.openpgp import Envelope, SealInput, VerificationError
+from securemail.exchange import answer
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
+from securemail.form import request as forms
+from securemail.home import gateway_fingerprint
+from securemail.message import notify
+from securemail.openpgp.keyring import Envelope, SealInput, VerificationError
 from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,
@@ -208,7 +213,7 @@ async def test_forwarding_refuses_a_signature_that_is_not_the_gps(loop: Loop) ->
     # ... but one sealed before keeps the GP's: given such a signature over the JSON,
     signed = svc.store.read_sync(lambda db: requestview.document_bytes(db, row))
     signature = legacy_json_signature(svc, row["signer_fingerprint"], signed)
-    fpr = gateway.gateway_fingerprint(svc.store)
+    fpr = gateway_fingerprint(svc.store)
     document = SealInput(
         reference=sent.reference,
         text="x",

@@ -15,7 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import asks, config, escalation, notify
+from securemail import config
+from securemail.exchange import asks, escalation
+from securemail.message import notify
 from securemail.web import create_app
 from tests.clock import AMS
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example

@@ -21,19 +21,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import (
-    audit,
-    audit_export,
-    audit_integrity,
-    audit_report,
-    audit_retention,
-    audit_review,
-    auth,
-    directory,
-)
 from securemail.access import SYSTEM
-from securemail.audit import AuditEvent, ChainBrokenError
+from securemail.accounts import auth
+from securemail.audit import export as audit_export
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import retention as audit_retention
+from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent, ChainBrokenError
 from securemail.errors import AccessDeniedError, InputError
+from securemail.home import MIGRATIONS
+from securemail.region import directory
 from securemail.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +49,7 @@ BSN, BSN_2 = "111222333", "123456782"
 def store(tmp_path, monkeypatch):
     monkeypatch.setattr(auth, "SCRYPT_N", 2**4)  # test accounts: scrypt cost is not under test
     s = Store(tmp_path / "securemail.db")
-    s.migrate()
+    s.migrate(MIGRATIONS)
     yield s
     s.close()
 
@@ -219,7 +218,7 @@ def test_canonical_is_sorted_compact_json(values):
 def test_verify_accepts_any_text_through_sqlite_json(tmp_path_factory, detail):
     # SQLite builds the canonical bytes on the fast path; odd text must never be called altered.
     s = Store(tmp_path_factory.mktemp("h") / "db")
-    s.migrate()
+    s.migrate(MIGRATIONS)
     try:
         s.write_sync(
             lambda db: audit.record(

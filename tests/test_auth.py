@@ -9,8 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from securemail import access, apitoken, auth, session, totp
+from securemail import access
 from securemail.access import SYSTEM, Actor, Resource
+from securemail.accounts import apitoken, auth, session, totp
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
 from securemail.secretbox import KEY_FILE, SecretBox, SecretBoxError
 from securemail.store import Store

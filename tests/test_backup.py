@@ -32,11 +32,16 @@ from typing import Any
 
 import pytest
 
-from securemail import audit, audit_integrity, backup, config, delivery, exchange, gateway, restore
+from securemail import config
 from securemail.access import SYSTEM
-from securemail.exchange import Hooks
-from securemail.services import open_services
-from securemail.store import Store
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import trail as audit
+from securemail.delivery import worker as delivery
+from securemail.exchange import send as exchange
+from securemail.exchange.send import Hooks
+from securemail.home import MIGRATIONS, init_home, open_services
+from securemail.ops import backup, restore
+from securemail.store import Store, get_meta
 from tests.conftest import GpgTestKey, run_gpg
 from tests.e2e.conftest import (
     EXAMPLE,
@@ -122,7 +127,7 @@ async def small_home() -> Any:
     """An initialised home (gateway key, audit row) with the backup key's public half in it."""
     base = _short_home("sm-")
     home = base / "gw"
-    await gateway.init_home(home)
+    await init_home(home)
     yield home
     _drop(home / "gnupg")
     for d in base.glob("*/gnupg"):
@@ -251,7 +256,9 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
         assert row["outcome"] == "success" and result.sha256 in row["outcome_detail"]
 
         # When: restored into a new home with the offline keyring
-        restored = restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home)
+        restored = restore.restore(
+            to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS
+        )
 
         # Then: every file back with private modes, the chain verifies, the snapshot is
         # consistent (its head lies between what was written before and after the copy)
@@ -391,7 +398,9 @@ def test_backup_to_a_public_key_file_restores_and_a_file_with_a_secret_key_is_re
     to = small_home.parent / "b.gpg"
     result = backup.make_backup(settings, to, SYSTEM)
     assert result.key.fingerprint == offline.fingerprint
-    restore.restore(to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home)
+    restore.restore(
+        to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS
+    )
     assert (small_home.parent / "new" / "securemail.db").exists()
     secret = run_gpg(offline.home, "--armor", "--export-secret-keys", offline.fingerprint)
     key_file.write_text(offline.public + secret.stdout.decode())
@@ -421,7 +430,9 @@ def test_restore_with_the_wrong_key_is_refused_and_writes_nothing(
 ) -> None:
     target = archive.parent / "new"
     with pytest.raises(restore.RestoreDecryptError) as info:
-        restore.restore(archive, target, SYSTEM, gnupg_home=other_offline.home)
+        restore.restore(
+            archive, target, SYSTEM, gnupg_home=other_offline.home, migrations=MIGRATIONS
+        )
     assert "not encrypted to a secret key in this keyring" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
 
@@ -441,11 +452,25 @@ def test_restore_with_a_passphrase_protected_key_needs_the_right_passphrase(
         target = small_home.parent / "new"
         # When the passphrase is wrong: refused, saying so, nothing written
         with pytest.raises(restore.RestoreDecryptError) as info:
-            restore.restore(to, target, SYSTEM, gnupg_home=offline.home, passphrase_file=wrong)
+            restore.restore(
+                to,
+                target,
+                SYSTEM,
+                gnupg_home=offline.home,
+                passphrase_file=wrong,
+                migrations=MIGRATIONS,
+            )
         assert "passphrase" in info.value.reason
         assert not target.exists() and not nothing_beside(target)
         # When it is right: restored
-        restore.restore(to, target, SYSTEM, gnupg_home=offline.home, passphrase_file=right)
+        restore.restore(
+            to,
+            target,
+            SYSTEM,
+            gnupg_home=offline.home,
+            passphrase_file=right,
+            migrations=MIGRATIONS,
+        )
         assert (target / "securemail.db").exists()
     finally:
         _drop(offline.home)
@@ -460,7 +485,7 @@ def test_restore_of_an_archive_with_a_flipped_byte_is_refused(
     archive.write_bytes(bytes(data))
     target = archive.parent / "new"
     with pytest.raises(restore.RestoreError) as info:
-        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert info.value.code in ("restore.decrypt_failed", "restore.archive_invalid")
     assert not target.exists() and not nothing_beside(target)
 
@@ -498,7 +523,7 @@ def test_restore_refuses_a_member_whose_checksum_does_not_match_the_manifest(
     _reencrypt(archive, offline, change)
     target = archive.parent / "new"
     with pytest.raises(restore.ArchiveInvalidError) as info:
-        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert info.value.context["member"] == "securemail.toml"
     assert "does not match the manifest" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
@@ -513,7 +538,7 @@ def test_restore_refuses_a_manifest_entry_missing_from_the_archive(
     _reencrypt(archive, offline, change)
     target = archive.parent / "new"
     with pytest.raises(restore.ArchiveInvalidError) as info:
-        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert info.value.context["member"] == "keys/escrow.pem"
     assert not target.exists() and not nothing_beside(target)
 
@@ -548,7 +573,7 @@ def test_restore_refuses_a_backup_whose_audit_trail_was_altered(
     backup.make_backup(with_key(config.load(small_home), offline), to, SYSTEM)
     target = small_home.parent / "new"
     with pytest.raises(restore.RestoreChainError) as info:
-        restore.restore(to, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(to, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert info.value.context["seq"] == 1
     assert not target.exists() and not nothing_beside(target)
 
@@ -586,7 +611,7 @@ def test_cli_backup_and_restore_round_trip_into_an_empty_folder(
     try:
         keys = audit_integrity.trusted_keys(target)
         report = store.read_sync(lambda db: audit_integrity.verify(db, keys))
-        fpr = store.read_sync(lambda db: gateway.get_meta(db, "gateway_fingerprint"))
+        fpr = store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
         codes = store.read_sync(lambda db: [r[0] for r in db.execute(
             "SELECT event_code FROM audit_events ORDER BY seq")])  # fmt: skip
     finally:
@@ -618,7 +643,9 @@ def test_restore_of_an_older_backup_runs_the_newer_migrations(
         "DELETE FROM _sqlite_migrations WHERE migration_set = 'securemail.audit_report'",
     ])  # fmt: skip
     # When restored with this release, Then the missing migration is applied
-    result = restore.restore(to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home)
+    result = restore.restore(
+        to, small_home.parent / "new", SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS
+    )
     assert result.migrations_applied == ("securemail.audit_report:0001_report_indexes",)
     conn = sqlite3.connect(small_home.parent / "new" / "securemail.db")
     try:
@@ -635,7 +662,7 @@ def test_restore_refuses_a_backup_from_a_newer_release(small_home: Path, offline
     ])  # fmt: skip
     target = small_home.parent / "new"
     with pytest.raises(restore.RestoreNewerError) as info:
-        restore.restore(to, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(to, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert "securemail.future:0001_hovercraft" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
 
@@ -654,7 +681,7 @@ def test_restore_refuses_a_consistent_forgery_the_manifest_signature_does_not_co
     _reencrypt(archive, offline, change, {"home/securemail.toml": evil})
     target = archive.parent / "new"
     with pytest.raises(restore.ArchiveInvalidError) as info:
-        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home)
+        restore.restore(archive, target, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
     assert info.value.context["member"] == backup.SIGNATURE
     assert not target.exists() and not nothing_beside(target)
 
@@ -666,7 +693,7 @@ async def test_restore_checks_the_origin_against_the_gateways_audit_key(
     ours = audit_integrity.load_or_create_checkpoint_key(home).public_key()
     # Given: another gateway (its own audit key) whose backup is encrypted to the same key
     other = archive.parent / "other"
-    await gateway.init_home(other)
+    await init_home(other)
     import_public(other, offline.public)
     foreign = archive.parent / "foreign.gpg"
     backup.make_backup(with_key(config.load(other), offline), foreign, SYSTEM)
@@ -674,12 +701,19 @@ async def test_restore_checks_the_origin_against_the_gateways_audit_key(
     # When restoring it with our audit key as the expected origin: refused
     target = archive.parent / "new"
     with pytest.raises(restore.RestoreOriginError) as info:
-        restore.restore(foreign, target, SYSTEM, gnupg_home=offline.home, audit_public_key=ours)
+        restore.restore(
+            foreign,
+            target,
+            SYSTEM,
+            gnupg_home=offline.home,
+            audit_public_key=ours,
+            migrations=MIGRATIONS,
+        )
     assert "not made by this gateway" in info.value.reason
     assert not target.exists() and not nothing_beside(target)
     # ... and our own archive passes the same check
     result = restore.restore(archive, target, SYSTEM, gnupg_home=offline.home,
-                             audit_public_key=ours)  # fmt: skip
+                             audit_public_key=ours, migrations=MIGRATIONS)  # fmt: skip
     assert result.origin_checked and result.signed_by == audit_integrity.key_id(ours)
 
 
@@ -690,7 +724,7 @@ async def test_a_content_key_outside_the_home_is_named_but_not_in_the_backup(
     base = _short_home("sm-")
     outside = base / "credentials" / "content.key"
     home = base / "gw"
-    await gateway.init_home(home, overrides={"retention": {"content_key_file": str(outside)}})
+    await init_home(home, overrides={"retention": {"content_key_file": str(outside)}})
     try:
         assert outside.exists() and not (home / "keys" / "content.key").exists()
         import_public(home, offline.public)
@@ -705,7 +739,7 @@ async def test_a_content_key_outside_the_home_is_named_but_not_in_the_backup(
         facts = manifest["content_key"]
         assert (facts["path"], facts["in_backup"]) == (str(outside), False) and facts["id"]
         # Then a restore on this machine (the key in its place) opens the home
-        restore.restore(to, base / "new", SYSTEM, gnupg_home=offline.home)
+        restore.restore(to, base / "new", SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
         assert not (base / "new" / "keys" / "content.key").exists()
     finally:
         _drop(home / "gnupg")

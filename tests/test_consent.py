@@ -20,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securemail import audit
 from securemail import consent as c
 from securemail.access import Actor
+from securemail.audit import trail as audit
 from securemail.cli import main as cli_main
 from securemail.consent import fhir
 from securemail.errors import AccessDeniedError
-from securemail.store import Store, open_store
+from securemail.home import open_store
+from securemail.store import Store
 
 NOW = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 BSN = "111222333"  # passes the 11-test
@@ -683,10 +684,10 @@ def test_evaluate_is_independent_of_insertion_order(specs, data):
 def cli_home(tmp_path):
     import asyncio
 
-    from securemail import auth as real_auth
-    from securemail import directory as real_directory
     from securemail.access import SYSTEM
-    from securemail.gateway import init_home
+    from securemail.accounts import auth as real_auth
+    from securemail.home import init_home
+    from securemail.region import directory as real_directory
 
     home = Path(tempfile.mkdtemp(prefix="smc-"))  # short: gpg-agent socket path limit
     asyncio.run(init_home(home))

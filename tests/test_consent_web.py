@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from securemail import auth, consent, directory
+from securemail import consent
+from securemail.accounts import auth
+from securemail.region import directory
 from tests.e2e.conftest import EXAMPLE
 from tests.test_web_security import logged_in
 from tests.web_fixtures import Browser, Response, WebApp

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from securemail import config, relay
+from securemail import config
+from securemail.delivery import relay
 from tests.smtp_fixtures import RecordingHandler, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 
 import securemail
 from securemail import config
-from securemail.audit import EVENT_CODES
+from securemail.audit.trail import EVENT_CODES
 from securemail.errors import SecuremailError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

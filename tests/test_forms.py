@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from securemail import forms
 from securemail.config import PROJECT_ROOT
-from securemail.formdef import FormDefinitionError
-from securemail.forms import (
+from securemail.form import request as forms
+from securemail.form.definition import FormDefinitionError
+from securemail.form.request import (
     DocumentInvalidError,
     ExecutionRequest,
     FormInvalidError,

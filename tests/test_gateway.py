@@ -16,6 +16,7 @@ import pytest
 
 from securemail import config
 from securemail.errors import ConfigError
+from securemail.home import gateway_fingerprint, init_home
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,13 +133,12 @@ def _agent_answers(gnupg: Path) -> bool:
 
 async def test_closing_services_keeps_agent_another_process_uses(home: Path) -> None:
     # Given a home opened twice (a server and a CLI call share one gpg-agent)
-    from securemail import gateway
-    from securemail.services import open_services
+    from securemail.home import open_services
 
-    await gateway.init_home(home)
+    await init_home(home)
     settings = config.load(home)
     server, cli_call = open_services(settings), open_services(settings)
-    await server.keyring.key_info(gateway.gateway_fingerprint(server.store))  # agent up
+    await server.keyring.key_info(gateway_fingerprint(server.store))  # agent up
     gnupg = settings.gnupg_home
     assert _agent_answers(gnupg)
     # When the CLI call ends, the agent stays for the server; when the server ends, it goes

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import health, logsetup
-from securemail.health import CheckResult, HealthReport
-from securemail.store import open_store
+from securemail import logsetup
+from securemail.home import open_store
+from securemail.ops import health
+from securemail.ops.health import CheckResult, HealthReport
 
 T0 = 1_800_000_000.0  # a fixed epoch; the clock is a parameter (style.md section 4)
 

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from securemail import directory, exchange, gateway, keydir
 from securemail.access import SYSTEM
 from securemail.errors import NotFoundError
-from securemail.keyinfo import phone_code, phone_code_matches
-from securemail.keymanifest import ManifestError, load_manifest
-from securemail.openpgp import RecipientKeyError
+from securemail.exchange import send as exchange
+from securemail.home import check_home
+from securemail.keys import pinning as keydir
+from securemail.keys.manifest import ManifestError, load_manifest
+from securemail.openpgp.keyinfo import phone_code, phone_code_matches
+from securemail.openpgp.keyring import RecipientKeyError
+from securemail.region import directory
 from securemail.services import Services
 from tests.conftest import GpgTestKey
 from tests.keyhelpers import TEAM, drop_home, make_home, member, write_manifest
@@ -248,7 +251,7 @@ async def test_check_names_where_the_gateway_and_the_reviewed_directory_disagree
     [extra] = drift()
     assert een.fingerprint in extra and "does not list" in extra
     # and `securemail check` says so as a warning, not a reason to stop sending
-    report = gateway.check(svc.settings.replace(gateway={"keys_dir": str(folder)}), svc.store)
+    report = check_home(svc.settings.replace(gateway={"keys_dir": str(folder)}), svc.store)
     assert any(een.fingerprint in w for w in report.warnings)
     assert not any(een.fingerprint in p for p in report.problems)
     await keydir.sync(svc, folder, SYSTEM)

@@ -19,12 +19,19 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from securemail import auth, directory, exchange, gpkeys, keycheck, keydir, notify, wkd
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.cli import main
 from securemail.errors import NotFoundError
-from securemail.keyinfo import phone_code
-from securemail.openpgp import RecipientKeyError, SigningError
+from securemail.exchange import send as exchange
+from securemail.keys import foresight as keycheck
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
+from securemail.keys import wkd
+from securemail.message import notify
+from securemail.openpgp.keyinfo import phone_code
+from securemail.openpgp.keyring import RecipientKeyError, SigningError
+from securemail.region import directory
 from securemail.services import Services
 from tests.conftest import GpgTestKey, run_gpg
 from tests.keyhelpers import TEAM, TEAM2, drop_home, make_home, member, write_manifest

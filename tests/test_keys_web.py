@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, directory, gpkeys, keydir, session
 from securemail.access import SYSTEM
-from securemail.keyinfo import phone_code
+from securemail.accounts import auth, session
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
+from securemail.openpgp.keyinfo import phone_code
+from securemail.region import directory
 from securemail.services import Services
 from securemail.web import create_app
 from tests.conftest import GpgTestKey

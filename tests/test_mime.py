@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail import armor, mime
 from securemail.errors import InputError
-from securemail.mime import Envelope, SealInput
+from securemail.message import armor, mime
+from securemail.message.mime import Envelope, SealInput
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n"
 ENVELOPE = Envelope(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from securemail import armor, mime
 from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError
-from securemail.openpgp import (
+from securemail.message import armor, mime
+from securemail.openpgp.keyring import (
     DecryptionError,
     Envelope,
     Keyring,
@@ -430,7 +430,7 @@ async def test_seal_signer_without_secret_key_refused(
     keyring: Keyring, gp_key: GpgTestKey, team_keypairs: tuple[GpgTestKey, GpgTestKey]
 ) -> None:
     # The second team key is public only here: it cannot sign for the gateway
-    from securemail.openpgp import SignerKeyError
+    from securemail.openpgp.keyring import SignerKeyError
 
     with pytest.raises(SignerKeyError) as info:
         await keyring.seal(

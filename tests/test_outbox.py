@@ -30,11 +30,13 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from securemail import audit, outbox
 from securemail.access import Actor
-from securemail.audit import AuditEvent
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
 from securemail.config import DeliverySettings, Settings
-from securemail.delivery import Worker, backoff
+from securemail.delivery import outbox
+from securemail.delivery.outbox import NotSealedError, rows_of
+from securemail.delivery.worker import Worker, backoff
 from securemail.errors import (
     AccessDeniedError,
     ConfigError,
@@ -43,10 +45,10 @@ from securemail.errors import (
     NotFoundError,
     SecuremailError,
 )
-from securemail.notify import Notice, make_notice, notice_delivered, notice_failed
-from securemail.openpgp import SealedMessage
-from securemail.outbox import NotSealedError, rows_of
-from securemail.store import Store, open_store
+from securemail.home import open_store
+from securemail.message.notify import Notice, make_notice, notice_delivered, notice_failed
+from securemail.openpgp.keyring import SealedMessage
+from securemail.store import Store
 from tests.smtp_fixtures import (
     GATEWAY_ADDRESS,
     MARKER,
@@ -891,7 +893,7 @@ def _home(tmp_path: Path, relay: Relay, cafile: str) -> Path:
 
 def _spawn(home: Path) -> subprocess.Popen[bytes]:
     code = (
-        "import sys; from securemail.delivery import run_worker_process;"
+        "import sys; from securemail.delivery.worker import run_worker_process;"
         " sys.exit(run_worker_process(sys.argv[1]))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECUREMAIL_")}
@@ -993,7 +995,8 @@ def test_a_dropped_tls_session_leaves_no_socket_behind(
     # loop ends first (a worker stopping, a CLI command returning) the socket used to be left
     # to the garbage collector, which pytest (filterwarnings=error) reports as a
     # ResourceWarning. relay.discard aborts the session instead.
-    from securemail import config, relay
+    from securemail import config
+    from securemail.delivery import relay
 
     settings = config.load(_home(tmp_path, smtp_server, relay_cafile), env={})
 

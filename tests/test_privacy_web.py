@@ -10,11 +10,14 @@ import re
 
 import pytest
 
-from securemail import audit, auth, config, consent, directory, session
+from securemail import config, consent
 from securemail.access import SYSTEM
-from securemail.audit import AuditEvent
-from securemail.openpgp import Keyring
-from securemail.services import open_services
+from securemail.accounts import auth, session
+from securemail.audit import trail as audit
+from securemail.audit.trail import AuditEvent
+from securemail.home import open_services
+from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
 from securemail.store import Store
 from securemail.web import create_app
 from tests.test_audit import NOW, PRACTICE_A, PRACTICE_C, TEAM_B, add_orgs

@@ -10,8 +10,10 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 
-from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
 from tests.e2e.conftest import EXAMPLE
 from tests.web_fixtures import WebApp
 

@@ -9,13 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
 from securemail.config import RegionSettings
-from securemail.directory import Team
 from securemail.errors import AccessDeniedError
-from securemail.regionmap import Reach, RegionInputError, TeamEntry
-from securemail.regionview import suggest
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
+from securemail.region.directory import Team
+from securemail.region.map import Reach, RegionInputError, TeamEntry
+from securemail.region.view import suggest
 from tests.auth_fixtures import T0, actor, audit_rows, make_store
 
 S = RegionSettings()

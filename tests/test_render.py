@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from securemail import render
 from securemail.config import PROJECT_ROOT
-from securemail.formdef import FieldSpec, FormDefinition
-from securemail.forms import ExecutionRequest, load_definition, parse_request
-from securemail.render import RenderedDocument, render_request
+from securemail.form import render
+from securemail.form.definition import FieldSpec, FormDefinition
+from securemail.form.render import RenderedDocument, render_request
+from securemail.form.request import ExecutionRequest, load_definition, parse_request
 
 FORMS = PROJECT_ROOT / "forms"
 EXAMPLE = PROJECT_ROOT / "examples" / "uitvoeringsverzoek.json"

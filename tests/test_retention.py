@@ -18,19 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail import (
-    answer,
-    audit_integrity,
-    config,
-    contentbox,
-    exchange,
-    outbox,
-    retention,
-    services,
-)
+from securemail import config, contentbox
 from securemail.access import SYSTEM
+from securemail.audit import integrity as audit_integrity
 from securemail.cli import main as cli_main
+from securemail.delivery import outbox
 from securemail.errors import NotFoundError
+from securemail.exchange import answer
+from securemail.exchange import send as exchange
+from securemail.home import open_services
+from securemail.ops import retention
 from securemail.secretbox import SecretBox
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import Loop
@@ -162,7 +159,7 @@ async def test_missing_content_key_refuses_to_open_and_is_never_made_anew(
     contentbox.forget(settings)
     try:
         with pytest.raises(contentbox.ContentKeyMissingError) as info:
-            services.open_services(settings)
+            open_services(settings)
         assert info.value.code == "retention.content_key_missing"
         assert "restore the key file" in info.value.reason
         assert not key.exists()  # never regenerated over sealed data
@@ -177,7 +174,7 @@ async def test_missing_content_key_refuses_to_open_and_is_never_made_anew(
         key.write_bytes(os.urandom(32))
         key.chmod(0o600)
         with pytest.raises(contentbox.ContentUnreadableError):
-            services.open_services(settings)
+            open_services(settings)
     finally:
         key.write_bytes(saved)
         contentbox.forget(settings)
@@ -382,7 +379,7 @@ async def test_purge_cli_prints_counts_only(loop: Loop, capsys: pytest.CaptureFi
 
 
 async def test_asks_are_sealed_and_purged_after_fulfilment(loop: Loop) -> None:
-    from securemail import asks
+    from securemail.exchange import asks
 
     svc = loop.gw.svc
     made = await asks.create(svc, loop.nurse_a, {
@@ -446,9 +443,11 @@ async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
 
 
 def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
-    import securemail.schema  # noqa: F401  (registers every migration set)
-    from securemail import asks, directory, requestview
-    from securemail.store import MIGRATION_SETS, Store
+    from securemail.exchange import asks
+    from securemail.exchange import view as requestview
+    from securemail.home import MIGRATIONS
+    from securemail.region import directory
+    from securemail.store import Store
 
     document = json.dumps({"patient": {"name": NAME}, "indication": INDICATION}).encode()
     answered = json.dumps({"status": "afgewezen", "reason": f"Geen plek voor {NAME}"})
@@ -457,7 +456,7 @@ def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
     try:
 
         def before(db: Any) -> None:
-            for m in MIGRATION_SETS:
+            for m in MIGRATIONS:
                 m.apply(db, stop_before="0001_content_sealed")
             now = "2026-11-01T10:00:00.000Z"
             practice = directory.add_org(
@@ -492,9 +491,9 @@ def test_migration_seals_existing_plaintext_in_one_go(tmp_path: Path) -> None:
             })  # fmt: skip
 
         store.write_sync(before)
-        assert "securemail.retention:0001_content_sealed" in store.pending_migrations()
+        assert "securemail.retention:0001_content_sealed" in store.pending_migrations(MIGRATIONS)
         # When the migration runs
-        store.migrate()
+        store.migrate(MIGRATIONS)
         # Then no plaintext is left in the database file or its WAL ...
         for path in (tmp_path / "securemail.db", tmp_path / "securemail.db-wal"):
             if path.exists():

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from securemail import access, apitoken, auth
+from securemail import access
+from securemail.accounts import apitoken, auth
 from securemail.web.login import LoginThrottle, throttle_key
 from securemail.web.middleware import ACTION_ATTR, OPEN_ROUTES, SECOND_FACTOR_ROUTES, requires
 from tests.auth_fixtures import PASSWORD

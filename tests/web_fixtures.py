@@ -22,10 +22,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import auth, config, directory, gateway
+from securemail import config
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.config import Settings
-from securemail.services import Services, open_services
+from securemail.home import init_home, open_services
+from securemail.region import directory
+from securemail.services import Services
 from securemail.store import Store
 from tests.auth_fixtures import PASSWORD, PEOPLE, Person, populate
 from tests.clock import Clock, real_now
@@ -83,7 +86,7 @@ async def _build(home: Path, team_gnupg: Path) -> None:
     from securemail.cli.directory import enrol_gp_key
     from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, gpg_cli, grant_consent
 
-    await gateway.init_home(home)
+    await init_home(home)
     svc = open_services(config.load(home))
     try:
         svc.store.write_sync(populate)
@@ -229,14 +232,14 @@ class WebApp:
 
     def code(self, username: str, offset: int = 0) -> str:
         """The TOTP code an authenticator app would show now (offset: steps later)."""
-        from securemail import totp
+        from securemail.accounts import totp
 
         return totp.code_at(self.secrets[username], totp.step_of(self.clock.now) + offset)
 
     def fresh_code(self, username: str) -> str:
         """A code whose time step this person has not used yet: the clock moves on a step when
         needed, as a person would wait for the app's next code (each step works once)."""
-        from securemail import totp
+        from securemail.accounts import totp
 
         step = totp.step_of(self.clock.now)
         if self.used_steps.get(username, -1) >= step:
@@ -259,7 +262,7 @@ class WebApp:
 
     async def send(self, username: str, to: str) -> str:
         """A real send of the example request by a GP (form, consent, sign, seal, queue)."""
-        from securemail import exchange
+        from securemail.exchange import send as exchange
         from tests.e2e.conftest import GP_PASSPHRASE, example
 
         gp = self.svc.store.read_sync(

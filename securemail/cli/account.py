@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from securemail import auth
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.cli import command
 from securemail.cli.directory import open_home, read_secret
 

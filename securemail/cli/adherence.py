@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from securemail import adherence, auth
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import AccessDeniedError
+from securemail.region import adherence
 
 
 def _actor(svc: Any, username: str | None) -> Actor:

@@ -16,19 +16,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from securemail import (
-    audit,
-    audit_export,
-    audit_integrity,
-    audit_report,
-    audit_retention,
-    audit_review,
-)
 from securemail.access import SYSTEM, Actor, Resource, require
-from securemail.audit import EVENT_CODES
+from securemail.audit import export as audit_export
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import retention as audit_retention
+from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
+from securemail.audit.trail import EVENT_CODES
 from securemail.cli import command, home_of
 from securemail.config import Settings, load
 from securemail.errors import AccessDeniedError, InputError, NotInitialisedError
+from securemail.home import MIGRATIONS
 from securemail.store import Store
 
 
@@ -41,7 +40,7 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
         )
     store = Store(settings.db_path)
     try:
-        store.migrate()
+        store.migrate(MIGRATIONS)
         audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
     except BaseException:
         store.close()
@@ -52,7 +51,7 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
 def _actor(store: Store, username: str | None) -> Actor:
     if not username:
         return dataclasses.replace(SYSTEM, access_point=f"cli@{os.uname().nodename}")
-    from securemail import auth
+    from securemail.accounts import auth
 
     return store.read_sync(lambda db: auth.actor_for_cli(db, username))
 
@@ -269,7 +268,7 @@ def render_actions_markdown() -> str:
     lines = [
         "# Audit actions",
         "",
-        "Every event code the gateway writes (`securemail/audit.py` `EVENT_CODES`), with its",
+        "Every event code the gateway writes (`securemail/audit/trail.py` `EVENT_CODES`), with its",
         "NEN 7513 action (C create, R read, U update, D delete, E execute). A test keeps this list",
         "complete.",
         "",

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import audit_integrity, backup, restore
 from securemail.access import SYSTEM, Actor
+from securemail.audit import integrity as audit_integrity
 from securemail.cli import command, home_of
 from securemail.config import load
 from securemail.errors import InputError
+from securemail.home import MIGRATIONS
+from securemail.ops import backup, restore
 
 
 def _system() -> Actor:
@@ -55,6 +57,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if args.audit_public_key
             else None
         ),
+        migrations=MIGRATIONS,
     )
     seq, head = result.audit_head
     print(

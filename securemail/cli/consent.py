@@ -25,7 +25,7 @@ from securemail.access import Actor
 from securemail.cli import command, home_of
 from securemail.consent import fhir
 from securemail.errors import InputError, NotInitialisedError
-from securemail.store import open_store
+from securemail.home import open_store
 
 T = TypeVar("T")
 
@@ -94,7 +94,9 @@ def _run(
             raise NotInitialisedError("the consent register is not set up; run the migrations")
 
         def tx(db: sqlite_utils.Database) -> T:
-            from securemail import auth  # the lead's module; late import keeps this CLI loadable
+            from securemail.accounts import (
+                auth,  # the lead's module; late import keeps this CLI loadable
+            )
 
             return fn(db, auth.actor_for_cli(db, username))
 
@@ -104,7 +106,9 @@ def _run(
 
 
 def _recipient(db: sqlite_utils.Database, text: str) -> register_.Recipient:
-    from securemail import directory  # the lead's module; late import keeps this CLI loadable
+    from securemail.region import (
+        directory,  # the lead's module; late import keeps this CLI loadable
+    )
 
     return register_.Recipient.of(directory.resolve_recipient(db, text))
 
@@ -132,7 +136,7 @@ def _day(text: str | None, field: str, tz: ZoneInfo, *, end: bool = False) -> da
 def _stop_pending(
     db: sqlite_utils.Database, bsn: str, rcpt: register_.Recipient, /, **kw: Any
 ) -> list[str]:
-    from securemail import exchange
+    from securemail.exchange import send as exchange
 
     return exchange.stop_for_consent(db, bsn, rcpt, **kw)
 

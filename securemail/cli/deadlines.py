@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import escalation
 from securemail.cli import command
 from securemail.cli.directory import open_home
+from securemail.exchange import escalation
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -10,11 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, directory, gpkeys
+from securemail import config
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.errors import InputError
-from securemail.services import Services, open_services
+from securemail.home import open_services
+from securemail.keys import gp as gpkeys
+from securemail.region import directory
+from securemail.services import Services
 
 
 @contextmanager

@@ -7,13 +7,14 @@ import asyncio
 import sys
 from typing import Any
 
-from securemail import config, gateway, logsetup
+from securemail import config, logsetup
 from securemail.cli import command, home_of
+from securemail.home import check_home, init_home
 from securemail.store import Store
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    report = asyncio.run(gateway.init_home(home_of(args)))
+    report = asyncio.run(init_home(home_of(args)))
     if report.changed:
         print(f"initialised {report.home}:")
         for item in report.created:
@@ -27,7 +28,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = config.load(home_of(args))
     store = Store(settings.db_path)
     try:
-        report = gateway.check(settings, store)
+        report = check_home(settings, store)
     finally:
         store.close()
     for fact in report.facts:

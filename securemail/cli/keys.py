@@ -12,12 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, directory, gpkeys, keycheck, keydir, wkd
+from securemail import config
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.cli.directory import open_home, read_secret
-from securemail.keyinfo import phone_code
-from securemail.keymanifest import public_key_data
+from securemail.keys import foresight as keycheck
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
+from securemail.keys import wkd
+from securemail.keys.manifest import public_key_data
+from securemail.openpgp.keyinfo import phone_code
+from securemail.region import directory
 from securemail.services import Services
 
 

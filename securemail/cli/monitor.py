@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from securemail import config, health
+from securemail import config
 from securemail.cli import command, home_of
 from securemail.errors import InputError
-from securemail.services import open_services
+from securemail.home import open_services
+from securemail.ops import health
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -53,7 +54,7 @@ def cmd_availability(args: argparse.Namespace) -> int:
 
 
 def cmd_nta_declaration(args: argparse.Namespace) -> int:
-    from securemail import nta
+    from securemail.ops import nta
 
     if args.format == "pdf" and args.out is None and sys.stdout.isatty():
         raise InputError("a PDF needs --out FILE (or redirect stdout)", field="--out")

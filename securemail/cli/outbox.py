@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, outbox
+from securemail import config
+from securemail.accounts import auth
 from securemail.cli import command, home_of
-from securemail.store import open_store
+from securemail.delivery import outbox
+from securemail.home import open_store
 
 
 def _run(args: argparse.Namespace, fn: Any) -> Any:

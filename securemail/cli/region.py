@@ -20,12 +20,14 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from securemail import directory, regionmap, regionview
 from securemail.access import SYSTEM
 from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import InputError
-from securemail.regionmap import RegionInputError
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
+from securemail.region.map import RegionInputError
 
 T = TypeVar("T")
 

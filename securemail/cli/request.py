@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from securemail import auth, config, exchange
+from securemail import config
+from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.cli.directory import read_secret
 from securemail.errors import InputError
-from securemail.services import open_services
+from securemail.exchange import send as exchange
+from securemail.home import open_services
 
 
 def _load_json(path: Path) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from securemail import retention
 from securemail.cli import command
 from securemail.cli.directory import open_home
+from securemail.ops import retention
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

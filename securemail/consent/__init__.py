@@ -1,6 +1,8 @@
 """The consent register: may this practice share this kind of data about this patient with
 this recipient, for this purpose, now? Record, withdraw, evaluate, require.
 
+May import: the frame, the form room (BSN checks) and the audit room.
+
 Invariants (``model``: values, errors, input checks; ``table``: schema and rows;
 ``register``: record, withdraw, correct; ``evaluate``: evaluate, check, require;
 ``queries``: lists and counts for the screens; ``fhir``: FHIR R4 export):

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import audit
 from securemail.access import Actor
+from securemail.audit import trail as audit
 from securemail.consent.model import (
     DATA_CATEGORIES,
     PURPOSES,

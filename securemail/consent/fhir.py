@@ -20,8 +20,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import access, audit
+from securemail import access
 from securemail.access import Actor, Resource
+from securemail.audit import trail as audit
 from securemail.consent.model import ConsentRecord, Recipient, parse_id, ts
 from securemail.consent.queries import list_records
 

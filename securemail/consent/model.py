@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from securemail.errors import InputError, SecuremailError
-from securemail.formfields import is_valid_bsn
+from securemail.form.fields import is_valid_bsn
 
 DECISIONS = ("permit", "deny")
 BASES = ("explicit", "implied_referral", "objection")

@@ -12,8 +12,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import access, audit
+from securemail import access
 from securemail.access import Actor, Resource
+from securemail.audit import trail as audit
 from securemail.consent.model import STATUSES, ConsentRecord, parse_bsn, parse_choice, parse_id, ts
 from securemail.consent.table import CURRENT, query
 

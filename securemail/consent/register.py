@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlite_utils
 
-from securemail import access, audit
+from securemail import access
 from securemail.access import Actor, Resource
+from securemail.audit import trail as audit
 from securemail.consent.evaluate import evaluate
 from securemail.consent.model import (
     BASES,

@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
 from securemail.consent.model import ConsentRecord, Recipient, ts
-from securemail.store import migrations
 
 
 def _dt(text: str | None) -> datetime | None:
@@ -92,7 +92,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
         )
 
 
-MIGRATIONS = migrations("securemail.consent")
+MIGRATIONS = Migrations("securemail.consent")
 MIGRATIONS(name="0001_consents")(_migrate)
 
 #: The current version of a consent is the row no other row supersedes.

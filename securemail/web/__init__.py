@@ -16,9 +16,11 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from securemail import delivery, forwarded
+from securemail import forwarded
 from securemail.config import Settings
-from securemail.services import Services, open_services
+from securemail.delivery import worker as delivery
+from securemail.home import open_services
+from securemail.services import Services
 from securemail.web import middleware
 from securemail.web.keys import run_worker_key, services_key, settings_key
 
@@ -56,11 +58,11 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The deadline watch (securemail.escalation) next to the delivery worker."""
+    """The deadline watch (securemail.exchange.escalation) next to the delivery worker."""
     if not app.get("run_worker", True):
         yield
         return
-    from securemail import escalation
+    from securemail.exchange import escalation
 
     svc = app[services_key]
     stop = asyncio.Event()
@@ -73,11 +75,11 @@ async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The daily retention purge (securemail.retention), next to the deadline watch."""
+    """The daily retention purge (securemail.ops.retention), next to the deadline watch."""
     if not app[run_worker_key]:
         yield
         return
-    from securemail import retention
+    from securemail.ops import retention
 
     svc = app[services_key]
     stop = asyncio.Event()
@@ -90,7 +92,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def outbox_hooks(svc: Services):
-    from securemail.exchange import Hooks
+    from securemail.exchange.send import Hooks
 
     return Hooks(svc)
 

@@ -16,8 +16,8 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import apitoken, auth, totp
 from securemail.access import Resource, require
+from securemail.accounts import apitoken, auth, totp
 from securemail.errors import InputError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires

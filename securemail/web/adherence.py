@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import adherence
 from securemail.errors import InputError
+from securemail.region import adherence
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -15,9 +15,10 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import auth, directory, totp
 from securemail.access import Resource, require
+from securemail.accounts import auth, totp
 from securemail.errors import InputError, NotFoundError
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

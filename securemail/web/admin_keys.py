@@ -12,9 +12,12 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import directory, gpkeys, keycheck, keydir
 from securemail.access import Resource, require
-from securemail.keystore import reason_nl
+from securemail.keys import foresight as keycheck
+from securemail.keys import gp as gpkeys
+from securemail.keys import pinning as keydir
+from securemail.openpgp.keystore import reason_nl
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -10,70 +10,16 @@ no patient content, and another practice's request answers 404 exactly like a mi
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import sqlite_utils
 from aiohttp import web
 
-from securemail import apitoken, audit, auth, exchange
-from securemail.access import Actor, Resource, require
+from securemail.access import Resource, require
 from securemail.errors import InputError, NotFoundError
+from securemail.exchange import send as exchange
 from securemail.web.keys import ACTOR, services_key
-from securemail.web.login import throttle_key
-from securemail.web.middleware import access_point, requires
-
-
-def _unauthorised(error: str) -> web.HTTPUnauthorized:
-    return web.HTTPUnauthorized(
-        text=f'{{"error": "{error}"}}',
-        content_type="application/json",
-        headers={"WWW-Authenticate": f'Bearer realm="securemail", error="{error}"'},
-    )
-
-
-async def actor_from_token(request: web.Request) -> Actor:
-    """The Actor a bearer token acts as (its GP, its scopes), or raise 401."""
-    svc = request.app[services_key]
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    now = svc.now()
-    ap = access_point(request)
-    throttle = request.app[throttle_key]
-    if throttle.blocked(ap, now):
-        raise web.HTTPTooManyRequests(
-            text='{"error": "auth.throttled"}', content_type="application/json"
-        )
-
-    def check(db: sqlite_utils.Database) -> Actor | str:
-        if scheme.lower() != "bearer":
-            return "unsupported authorization scheme"
-        try:
-            token = apitoken.authenticate(db, value.strip(), now=now)
-        except apitoken.TokenInvalidError as exc:
-            return exc.reason
-        user = auth.user_by_id(db, token.user_id)
-        if not user.active or user.role != "gp" or user.org_id != token.org_id:
-            return "token owner no longer a GP of the practice"
-        actor = auth.actor_for(db, user, f"api:{token.prefix}@{ap}")
-        return dataclasses.replace(actor, token_actions=apitoken.scoped_actions(token.scopes))
-
-    found = await svc.store.write(check)
-    if isinstance(found, Actor):
-        return found
-    throttle.fail(ap, now)
-    await svc.store.write(
-        lambda db: audit.record(
-            db,
-            audit.AuditEvent(
-                event_code="auth.fail",
-                access_point=ap,
-                outcome="refused",
-                outcome_detail=f"api token: {found}",
-            ),
-            source_id=svc.settings.gateway.source_id,
-        )
-    )
-    raise _unauthorised("invalid_token")
+from securemail.web.middleware import requires
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

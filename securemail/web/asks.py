@@ -13,7 +13,9 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import asks, directory, forms
+from securemail.exchange import asks
+from securemail.form import request as forms
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 from securemail.web.requests import _errors_by_field, _form_context, local_minute

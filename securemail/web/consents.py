@@ -40,8 +40,11 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import auth, consent, directory, exchange
+from securemail import consent
+from securemail.accounts import auth
 from securemail.consent import ConsentInputError, ConsentRecord, Recipient
+from securemail.exchange import send as exchange
+from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -393,10 +396,7 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    from securemail.web import consent_register
-
     app.router.add_get("/consents", search_form, name="consents")
     app.router.add_post("/consents/patient", patient, name="consents_patient")
     app.router.add_post("/consents/record", record, name="consents_record")
     app.router.add_post("/consents/withdraw", withdraw, name="consents_withdraw")
-    consent_register.setup(app)

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import gpkeys
 from securemail.access import Resource, require
+from securemail.keys import gp as gpkeys
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

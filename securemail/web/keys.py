@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from securemail.access import Actor
+from securemail.accounts.session import Session
 from securemail.config import Settings
 from securemail.services import Services
-from securemail.session import Session
 
 settings_key = web.AppKey("settings", Settings)
 services_key = web.AppKey("services", Services)

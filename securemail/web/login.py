@@ -2,7 +2,7 @@
 
 Invariants: a session id is new at every step up (password -> second factor -> full), so
 an id seen before login is worthless after it; the failure count and lock live in
-``securemail.totp`` and are audited there; a source address that fails too often is
+``securemail.accounts.totp`` and are audited there; a source address that fails too often is
 throttled in memory (``LoginThrottle``) before any password is checked, which covers
 unknown usernames and spraying one password over many accounts; the login form carries
 its own CSRF token (a SameSite=Strict cookie and a form field must match), so another
@@ -14,47 +14,21 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
-from collections import deque
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import audit, auth, session, totp
+from securemail.accounts import auth, session, totp
+from securemail.audit import trail as audit
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.middleware import access_point, error_response, requires
+from securemail.web.throttle import LoginThrottle, throttle_key
 
 LOGIN_COOKIE = "securemail_login"
 
 
-class LoginThrottle:
-    """At most ``limit`` failed logins per source address in a sliding ``window``.
-
-    In memory, per process: a restart forgets it, which is acceptable because the per-account
-    lock (in the database) is what protects each account."""
-
-    def __init__(self, limit: int = 30, window: timedelta = timedelta(minutes=15)) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[datetime]] = {}
-
-    def _recent(self, address: str, now: datetime) -> deque[datetime]:
-        q = self._failures.setdefault(address, deque())
-        while q and now - q[0] > self.window:
-            q.popleft()
-        return q
-
-    def blocked(self, address: str, now: datetime) -> bool:
-        return len(self._recent(address, now)) >= self.limit
-
-    def fail(self, address: str, now: datetime) -> None:
-        self._recent(address, now).append(now)
-        if len(self._failures) > 10_000:  # bound memory under a wide spray
-            self._failures = {a: q for a, q in self._failures.items() if q}
-
-
-throttle_key = web.AppKey("login_throttle", LoginThrottle)
 _dummy_hash: list[str] = []
 
 

@@ -13,6 +13,7 @@ incident reference, never a traceback, and the log line carries no patient data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,16 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import aiohttp_jinja2
+import sqlite_utils
 from aiohttp import web
 
-from securemail import access, audit, auth, forwarded, session
+from securemail import access, forwarded
 from securemail.access import Actor, HiddenDeniedError
+from securemail.accounts import apitoken, auth, session
+from securemail.audit import trail as audit
 from securemail.errors import AccessDeniedError, NotFoundError, SecuremailError
 from securemail.web.keys import ACTOR, SESSION, services_key
+from securemail.web.throttle import throttle_key
 
 log = logging.getLogger("securemail.web")
 
@@ -247,11 +252,9 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     svc = request.app[services_key]
     s = svc.settings.web
     if request.path.startswith("/api/") and "Authorization" in request.headers:
-        from securemail.web import api
-
         # A bearer token is the whole credential: no cookie session, so no CSRF to check
         # (a browser never attaches an Authorization header to a cross-site request).
-        request[ACTOR] = await api.actor_from_token(request)
+        request[ACTOR] = await actor_from_token(request)
         _gate(request, request[ACTOR], name)
         return await handler(request)
     sid = request.cookies.get(session.COOKIE, "")
@@ -337,3 +340,58 @@ def base_context(request: web.Request) -> dict[str, Any]:
         if services_key in request.app
         else "securemail",
     }
+
+
+# -- API bearer tokens (used by auth_mw; securemail.web.api serves the routes) ------------
+
+
+def _unauthorised(error: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text=f'{{"error": "{error}"}}',
+        content_type="application/json",
+        headers={"WWW-Authenticate": f'Bearer realm="securemail", error="{error}"'},
+    )
+
+
+async def actor_from_token(request: web.Request) -> Actor:
+    """The Actor a bearer token acts as (its GP, its scopes), or raise 401."""
+    svc = request.app[services_key]
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    now = svc.now()
+    ap = access_point(request)
+    throttle = request.app[throttle_key]
+    if throttle.blocked(ap, now):
+        raise web.HTTPTooManyRequests(
+            text='{"error": "auth.throttled"}', content_type="application/json"
+        )
+
+    def check(db: sqlite_utils.Database) -> Actor | str:
+        if scheme.lower() != "bearer":
+            return "unsupported authorization scheme"
+        try:
+            token = apitoken.authenticate(db, value.strip(), now=now)
+        except apitoken.TokenInvalidError as exc:
+            return exc.reason
+        user = auth.user_by_id(db, token.user_id)
+        if not user.active or user.role != "gp" or user.org_id != token.org_id:
+            return "token owner no longer a GP of the practice"
+        actor = auth.actor_for(db, user, f"api:{token.prefix}@{ap}")
+        return dataclasses.replace(actor, token_actions=apitoken.scoped_actions(token.scopes))
+
+    found = await svc.store.write(check)
+    if isinstance(found, Actor):
+        return found
+    throttle.fail(ap, now)
+    await svc.store.write(
+        lambda db: audit.record(
+            db,
+            audit.AuditEvent(
+                event_code="auth.fail",
+                access_point=ap,
+                outcome="refused",
+                outcome_detail=f"api token: {found}",
+            ),
+            source_id=svc.settings.gateway.source_id,
+        )
+    )
+    raise _unauthorised("invalid_token")

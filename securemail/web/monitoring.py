@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from securemail import health, logsetup, metrics
+from securemail import logsetup
+from securemail.ops import health, metrics
 from securemail.web.keys import run_worker_key, services_key
 
 monitor_key = web.AppKey("health_monitor", health.Monitor)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, forms
 from securemail.errors import SecuremailError
+from securemail.exchange import answer
+from securemail.form import request as forms
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 from securemail.web.requests import _errors_by_field, detail_context

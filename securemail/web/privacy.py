@@ -20,8 +20,11 @@ from zoneinfo import ZoneInfo
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import audit_export, audit_integrity, audit_report, audit_review
 from securemail.access import POLICY, Resource, is_allowed
+from securemail.audit import export as audit_export
+from securemail.audit import integrity as audit_integrity
+from securemail.audit import report as audit_report
+from securemail.audit import review as audit_review
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
 from securemail.web.keys import ACTOR, services_key, settings_key
 from securemail.web.middleware import requires

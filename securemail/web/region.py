@@ -16,9 +16,11 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import directory, regionmap, regionview
 from securemail.access import Actor, HiddenDeniedError
-from securemail.regionmap import RegionInputError
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
+from securemail.region.map import RegionInputError
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 

@@ -14,8 +14,14 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import answer, asks, deadlines, directory, exchange, forms, regionmap, regionview
+from securemail import deadlines
 from securemail.errors import SecuremailError
+from securemail.exchange import answer, asks
+from securemail.exchange import send as exchange
+from securemail.form import request as forms
+from securemail.region import directory
+from securemail.region import map as regionmap
+from securemail.region import view as regionview
 from securemail.services import Services
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires

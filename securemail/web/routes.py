@@ -33,6 +33,7 @@ def setup(app: web.Application) -> None:
         "nurse",
         "asks",
         "consents",
+        "consent_register",
         "privacy",
         "admin",
         "admin_keys",

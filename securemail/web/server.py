@@ -13,9 +13,9 @@ import socket
 
 from aiohttp import web
 
-from securemail import delivery
 from securemail.config import Settings
-from securemail.services import open_services
+from securemail.delivery import worker as delivery
+from securemail.home import open_services
 
 log = logging.getLogger("securemail.server")
 
@@ -40,7 +40,7 @@ def serve(settings: Settings, *, print_fn=print) -> None:
 
 
 async def _worker_main(settings: Settings) -> None:
-    from securemail.exchange import Hooks
+    from securemail.exchange.send import Hooks
 
     svc = open_services(settings)
     stop = asyncio.Event()
@@ -57,7 +57,7 @@ async def _worker_main(settings: Settings) -> None:
     )
     # A host that runs only the worker still purges what is past its retention and records
     # its health checks for the availability figures, as `serve` does.
-    from securemail import health, retention
+    from securemail.ops import health, retention
 
     background = [
         asyncio.create_task(

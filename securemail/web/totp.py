@@ -16,7 +16,8 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import audit, session, totp
+from securemail.accounts import session, totp
+from securemail.audit import trail as audit
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.login import (
     locked_message,

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, forms, totp
 from securemail.access import SYSTEM
+from securemail.accounts import auth, totp
+from securemail.form import request as forms
 from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from securemail import directory, regionmap
 from securemail.access import SYSTEM
+from securemail.region import directory
+from securemail.region import map as regionmap
 from tests.browser.test_browser import (  # noqa: F401  (fixtures)
     Shots,
     browser_team_keys,

@@ -18,11 +18,16 @@ from typing import Any
 
 import pytest
 
-from securemail import auth, config, delivery, demo, directory, gateway, keydir
+from securemail import config, demo
 from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
-from securemail.exchange import Hooks
-from securemail.services import Services, open_services, utcnow
+from securemail.delivery import worker as delivery
+from securemail.exchange.send import Hooks
+from securemail.home import init_home, open_services
+from securemail.keys import pinning as keydir
+from securemail.region import directory
+from securemail.services import Services, utcnow
 from tests.conftest import SCRATCH_HOMES, kill_gpg_agent, remove_scratch_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +123,7 @@ async def build_gateway(
     # gpg-agent's socket path must stay under ~100 bytes: pytest's tmp_path can be longer.
     home = Path(tempfile.mkdtemp(prefix="sm-"))
     SCRATCH_HOMES.append(home)
-    await gateway.init_home(
+    await init_home(
         home,
         overrides={
             "smtp": smtp,

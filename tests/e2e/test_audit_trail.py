@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from securemail import audit_report, auth, exchange
 from securemail.access import SYSTEM
-from securemail.openpgp import RecipientKeyError
+from securemail.accounts import auth
+from securemail.audit import report as audit_report
+from securemail.exchange import send as exchange
+from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from securemail import consent, directory, exchange
+from securemail import consent
 from securemail.errors import SecuremailError
-from securemail.openpgp import Keyring
+from securemail.exchange import send as exchange
+from securemail.openpgp.keyring import Keyring
+from securemail.region import directory
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,

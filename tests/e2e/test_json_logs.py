@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from securemail import delivery, exchange, logsetup
+from securemail import logsetup
+from securemail.delivery import worker as delivery
 from securemail.errors import SecuremailError
-from securemail.exchange import Hooks
+from securemail.exchange import send as exchange
+from securemail.exchange.send import Hooks
 from securemail.web import create_app
 from tests.e2e.conftest import (
     EXAMPLE,

@@ -10,8 +10,10 @@ from email import policy
 from pathlib import Path
 from typing import Any
 
-from securemail import armor, auth, directory, session
 from securemail.access import SYSTEM
+from securemail.accounts import auth, session
+from securemail.message import armor
+from securemail.region import directory
 from securemail.web import create_app
 from tests.conftest import GpgTestKey
 from tests.e2e.conftest import TEAM, Gateway, example
@@ -50,7 +52,7 @@ async def test_team_with_an_expired_member_key_receives_encrypted_to_the_others_
     reference = proc.stdout.splitlines()[0]
     assert f"warning: member Verlopen Lid left out (expired, key {expired})" in proc.stdout
     from securemail import config
-    from securemail.services import open_services
+    from securemail.home import open_services
 
     gw.svc = open_services(config.load(gw.home))
     raw = gw.svc.store.read_sync(

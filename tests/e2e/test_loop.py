@@ -9,8 +9,12 @@ import subprocess
 import sys
 from datetime import UTC, datetime, time, timedelta
 
-from securemail import answer, asks, escalation, exchange, gateway, mime, requestview
 from securemail.errors import NotFoundError
+from securemail.exchange import answer, asks, escalation
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
+from securemail.home import gateway_fingerprint
+from securemail.message import mime
 from tests.clock import AMS, next_date, next_good_friday
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import TEAM_B, Loop, audit_codes, notices
@@ -134,7 +138,7 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
     assert opened.returncode == 0, opened.stderr.decode()
     assert b"[GNUPG:] DECRYPTION_OKAY" in opened.stderr
-    sealer = gateway.gateway_fingerprint(svc.store)
+    sealer = gateway_fingerprint(svc.store)
     assert f"[GNUPG:] VALIDSIG {sealer}".encode() in opened.stderr
     parts = mime.parse_inner(opened.stdout)
     stored = svc.store.read_sync(

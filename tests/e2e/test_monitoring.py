@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange
+from securemail.exchange import send as exchange
+from securemail.home import gateway_fingerprint
 from securemail.web import create_app
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 from tests.smtp_fixtures import free_port
@@ -131,9 +132,8 @@ async def test_healthz_is_503_when_the_schema_is_not_current(
 async def test_healthz_is_503_when_the_gateway_key_is_gone(
     gw: Gateway, smtp_server: Any, aiohttp_client: Any
 ) -> None:
-    from securemail import gateway
 
-    fpr = gateway.gateway_fingerprint(gw.svc.store)
+    fpr = gateway_fingerprint(gw.svc.store)
     await gw.svc.keyring.delete(fpr)
     client = await client_for(gw, aiohttp_client)
     r = await client.get("/healthz")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from securemail import health, nta
-from securemail.health import CheckResult, HealthReport
+from securemail.ops import health, nta
+from securemail.ops.health import CheckResult, HealthReport
 from tests.e2e.conftest import EXAMPLE, OTHER_TEAM, Gateway, env_for_cli
 
 
@@ -224,8 +224,8 @@ async def test_declaration_follows_the_retention_settings(gw: Gateway, smtp_serv
 
 
 async def test_data_loss_criterion_needs_a_real_backup(gw: Gateway, smtp_server: Any) -> None:
-    from securemail import backup, health, metrics
     from securemail.access import SYSTEM
+    from securemail.ops import backup, health, metrics
     from tests.test_backup import _drop, _make_offline
 
     d = await nta.build(gw.svc)

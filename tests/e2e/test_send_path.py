@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from securemail import exchange
-from securemail.openpgp import RecipientKeyError
+from securemail.exchange import send as exchange
+from securemail.openpgp.keyring import RecipientKeyError
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -100,7 +100,7 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     reference = proc.stdout.strip().splitlines()[0]
     assert reference.startswith("UVZ-")
     from securemail import config
-    from securemail.services import open_services
+    from securemail.home import open_services
 
     gw.svc = open_services(config.load(gw.home))
     await deliver_all(gw.svc)
@@ -228,13 +228,13 @@ def test_cli_send_invalid_field_gets_its_own_error_and_queues_nothing(
         assert store.read_sync(lambda db: db["outbox"].count) == 0
     finally:
         store.close()
-    gw.svc = __import__("securemail.services", fromlist=["x"]).open_services(
+    gw.svc = __import__("securemail.home", fromlist=["x"]).open_services(
         __import__("securemail.config", fromlist=["x"]).load(gw.home)
     )
 
 
 async def test_team_address_unknown_is_a_field_error(gw: Gateway) -> None:
-    from securemail.forms import FormInvalidError
+    from securemail.form.request import FormInvalidError
 
     with pytest.raises(FormInvalidError) as info:
         await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE, to="niemand@nergens.example")

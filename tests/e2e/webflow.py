@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from securemail import forms
-from securemail.formfields import relative_date
+from securemail.form import request as forms
+from securemail.form.fields import relative_date
 from tests.clock import AMS
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

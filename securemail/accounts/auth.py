@@ -1,0 +1,359 @@
+"""Users, password hashing and who an authenticated person is (their Actor).
+
+Invariant: passwords are stored only as scrypt hashes (memory-hard, from
+``cryptography``); a GP's signing passphrase is never stored anywhere: only gpg's
+protected secret key holds it. An admin's password reset always forces a new
+second-factor enrolment and ends every session of that person (``reset_password``);
+the second factor itself lives in ``securemail.accounts.totp``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from sqlite_utils import Migrations
+
+from securemail.access import ROLES, Actor, Resource, require
+from securemail.accounts import session, totp
+from securemail.audit import trail as audit
+from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.region.directory import (
+    find_team,
+    org_by_code,
+    org_by_id,
+    require_email,
+    team_by_address,
+)
+
+MIGRATIONS = Migrations("securemail.auth")
+
+# scrypt cost: n=2**15, r=8 is 32 MiB per hash, OWASP's current minimum recommendation.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+MIN_PASSWORD = 12
+
+
+@MIGRATIONS(name="0001_users")
+def _m1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            email TEXT NOT NULL DEFAULT '',
+            role TEXT NOT NULL,
+            org_id INTEGER REFERENCES organisations(id),
+            password_hash TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            -- GP profile: the principal section of the form is filled from these
+            big TEXT NOT NULL DEFAULT '',
+            agb TEXT NOT NULL DEFAULT '',
+            function TEXT NOT NULL DEFAULT '',
+            phone TEXT NOT NULL DEFAULT '',
+            out_of_hours_phone TEXT NOT NULL DEFAULT '',
+            signing_fingerprint TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE user_teams (
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            team_id INTEGER NOT NULL REFERENCES teams(id),
+            PRIMARY KEY (user_id, team_id))"""
+    )
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    key = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(
+        password.encode("utf-8")
+    )
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(key).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    computed = Scrypt(salt=base64.b64decode(salt), length=32, n=int(n), r=int(r), p=int(p)).derive(
+        password.encode("utf-8")
+    )
+    return hmac.compare_digest(computed, base64.b64decode(key))
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    name: str
+    email: str
+    role: str
+    org_id: int | None
+    active: bool
+    big: str
+    agb: str
+    function: str
+    phone: str
+    out_of_hours_phone: str
+    signing_fingerprint: str
+
+
+def _user(row: dict[str, Any]) -> User:
+    return User(
+        row["id"],
+        row["username"],
+        row["name"],
+        row["email"],
+        row["role"],
+        row["org_id"],
+        bool(row["active"]),
+        row["big"],
+        row["agb"],
+        row["function"],
+        row["phone"],
+        row["out_of_hours_phone"],
+        row["signing_fingerprint"],
+    )
+
+
+def validate_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InputError(f"password must be at least {MIN_PASSWORD} characters", field="password")
+
+
+def add_user(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    *,
+    username: str,
+    name: str,
+    role: str,
+    org_code: str | None,
+    password: str,
+    email: str = "",
+    teams: list[str] | None = None,
+    profile: dict[str, str] | None = None,
+    now: str,
+) -> User:
+    """Create a personal account. Nurses name their teams; GPs carry their BIG profile."""
+    username = username.strip().lower()
+    if not USERNAME_RE.match(username):
+        raise InputError("username: 2-63 of a-z 0-9 . _ -", field="username")
+    if role not in ROLES:
+        raise InputError(f"role must be one of {', '.join(ROLES)}", field="role")
+    validate_password(password)
+    if db.execute("SELECT 1 FROM users WHERE username = ?", [username]).fetchone():
+        raise ConflictError(f"user {username} already exists", username=username)
+    org_id = None
+    if role != "admin" or org_code:
+        if not org_code:
+            raise InputError(f"a {role} belongs to an organisation (--org)", field="org")
+        org = org_by_code(db, org_code)
+        if role == "gp" and org.kind != "practice":
+            raise InputError("a GP belongs to a GP practice", field="org")
+        if role == "nurse" and org.kind != "nursing":
+            raise InputError("a nurse belongs to a nursing organisation", field="org")
+        if role == "coordinator" and org.kind != "region":
+            raise InputError("a coordinator belongs to a region (--org REGIONCODE)", field="org")
+        org_id = org.id
+    if email:
+        email = require_email(email, "email")
+        if find_team(db, email) is not None:
+            # Personal accounts only: a team's entry address is a mailbox, never a login.
+            raise InputError(
+                "a team mailbox is never a login; give the person's own address", field="email"
+            )
+    profile = dict(profile or {})
+    big = profile.get("big", "").strip()
+    if role == "gp" and not re.fullmatch(r"[0-9]{11}", big):
+        raise InputError("a GP needs an 11-digit BIG number (--big)", field="big")
+    team_rows = [team_by_address(db, a) for a in (teams or [])]
+    if role == "nurse":
+        if not team_rows:
+            raise InputError("a nurse is a member of at least one team (--team)", field="team")
+        if any(t.org_id != org_id for t in team_rows):
+            raise InputError("a nurse's teams belong to her organisation", field="team")
+    uid = (
+        db["users"]
+        .insert(
+            {
+                "username": username,
+                "name": name.strip(),
+                "email": email,
+                "role": role,
+                "org_id": org_id,
+                "password_hash": hash_password(password),
+                "active": 1,
+                "big": big,
+                "agb": profile.get("agb", "").strip(),
+                "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
+                "phone": profile.get("phone", "").strip(),
+                "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
+                "signing_fingerprint": "",
+                "created_at": now,
+            }
+        )
+        .last_pk
+    )
+    for t in team_rows:
+        db["user_teams"].insert({"user_id": uid, "team_id": t.id})
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.create",
+            object_type="user",
+            object_id=username,
+            outcome_detail=f"role={role}",
+            nature="technical",
+        ),
+    )
+    return user_by_id(db, int(uid))
+
+
+def set_signing_key(db: sqlite_utils.Database, actor: Actor, user_id: int, fpr: str) -> None:
+    db["users"].update(user_id, {"signing_fingerprint": fpr})
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor, "key.generate", object_type="key", object_id=fpr, nature="technical"
+        ),
+    )
+
+
+def user_by_id(db: sqlite_utils.Database, user_id: int) -> User:
+    rows = list(db["users"].rows_where("id = ?", [user_id]))
+    if not rows:
+        raise NotFoundError(f"unknown user id {user_id}")
+    return _user(rows[0])
+
+
+def user_by_name(db: sqlite_utils.Database, username: str) -> User:
+    rows = list(db["users"].rows_where("username = ?", [username.strip().lower()]))
+    if not rows:
+        raise NotFoundError(f"unknown user {username}", username=username)
+    return _user(rows[0])
+
+
+def find_user(db: sqlite_utils.Database, username: str) -> tuple[User, str] | None:
+    """(user, password hash) or None; for the login check."""
+    rows = list(db["users"].rows_where("username = ?", [username.strip().lower()]))
+    return (_user(rows[0]), rows[0]["password_hash"]) if rows else None
+
+
+def team_ids(db: sqlite_utils.Database, user_id: int) -> frozenset[int]:
+    return frozenset(
+        r[0] for r in db.execute("SELECT team_id FROM user_teams WHERE user_id = ?", [user_id])
+    )
+
+
+def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Actor:
+    org_code = org_by_id(db, user.org_id).code if user.org_id is not None else ""
+    return Actor(
+        user_id=user.id,
+        username=user.username,
+        name=user.name,
+        role=user.role,
+        org_id=user.org_id,
+        org_code=org_code,
+        team_ids=team_ids(db, user.id),
+        access_point=access_point,
+    )
+
+
+def actor_for_cli(db: sqlite_utils.Database, username: str) -> Actor:
+    """The Actor for `--as USER` on the command line (the operator vouches for the person)."""
+    user = user_by_name(db, username)
+    if not user.active:
+        raise InputError(f"user {username} is not active", field="as")
+    return actor_for(db, user, access_point=f"cli@{os.uname().nodename}")
+
+
+def principal_profile(db: sqlite_utils.Database, user: User) -> dict[str, str]:
+    """The form's principal section, from the GP's own profile (what the GP may not alter)."""
+    org = org_by_id(db, user.org_id) if user.org_id is not None else None
+    profile = {
+        "name": user.name,
+        "role": user.function or "huisarts",
+        "big": user.big,
+        "agb": user.agb,
+        "practice_name": org.name if org else "",
+        "practice_agb": org.code if org else "",
+        "phone": user.phone,
+        "out_of_hours_phone": user.out_of_hours_phone,
+    }
+    return {k: v for k, v in profile.items() if v}
+
+
+def reset_password(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    username: str,
+    password: str,
+    *,
+    source_id: str = "gateway-1",
+) -> int:
+    """An admin sets a new password: the person must enrol a new authenticator at the next
+    login, their recovery codes stop working, any lock is lifted, and every session of
+    theirs ends (audited user.update). Returns the number of sessions ended."""
+    require(actor, "user.manage", Resource("user", ref=username))
+    user = user_by_name(db, username)
+    validate_password(password)
+    db["users"].update(user.id, {"password_hash": hash_password(password)})
+    totp.require_reenrolment(db, user.id)
+    totp.clear_lock(db, user.id)
+    ended = session.end_all(db, user.id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            nature="technical",
+            outcome_detail=f"password reset; second factor to enrol again; {ended} sessions ended",
+        ),
+        source_id=source_id,
+    )
+    return ended
+
+
+def unlock(
+    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str = "gateway-1"
+) -> None:
+    """An admin lifts a temporary lock before it runs out (audited user.update)."""
+    require(actor, "user.manage", Resource("user", ref=username))
+    user = user_by_name(db, username)
+    totp.clear_lock(db, user.id)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            nature="technical",
+            outcome_detail="unlocked",
+        ),
+        source_id=source_id,
+    )
+
+
+def enrol_totp_for_demo(
+    db: sqlite_utils.Database, user_id: int, now: datetime | None = None
+) -> str:
+    """Pair a demo user with a fresh TOTP secret and return it (for the demo credentials file,
+    so a newcomer can make codes with pyotp or an authenticator app). Demo only."""
+    user = user_by_id(db, user_id)
+    return totp.enrol_for_demo(db, user.id, user.username, now=now or datetime.now(UTC))

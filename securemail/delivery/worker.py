@@ -1,0 +1,487 @@
+"""The delivery worker: takes due outbox rows under a lease and hands them to the relay.
+
+Invariants:
+
+1. A row is sent only while this worker holds its lease (``status = 'sending'``,
+   ``lease_owner = owner_id``), only after ``before_send`` allowed it and only after
+   ``sealcheck.require_sendable`` passed on the exact bytes about to go out.
+2. Every outcome commits with its audit row in one write, conditional on the lease
+   still being ours; a worker that lost its lease changes nothing.
+3. A final outcome (sent, failed, stopped) is reached once per delivery cycle.
+   ``on_final`` runs after that commit; until it returns, the row stays unhandled and
+   any worker calls ``on_final`` again once the lease lapses (at least once, so the
+   hook must be idempotent; in normal operation: exactly once).
+4. Per relay (host, port) at most ``smtp.max_connections`` sessions are open in this
+   process (Exchange answers 432 4.3.2 to a sender that opens more).
+5. Graceful stop: the message in flight finishes (every step is bounded by
+   ``smtp.timeout_seconds``), claimed rows not yet started are released. After a
+   crash, rows left in 'sending' are claimed again when their lease lapses; the
+   repeat carries the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from securemail import config
+from securemail.access import SYSTEM
+from securemail.audit import trail as audit
+from securemail.config import DeliverySettings, Settings
+from securemail.delivery import relay
+from securemail.delivery.outbox import (
+    EVENTS,
+    FINAL,
+    OutboxRow,
+    audit_event,
+    rows_of,
+)
+from securemail.delivery.relay import Outcome
+from securemail.errors import ConfigError, SecuremailError
+from securemail.message.sealcheck import NotSealedError, require_sendable
+from securemail.store import Store, open_store
+
+log = logging.getLogger("securemail.delivery")  # the name it had as a flat module
+
+Hook = Callable[[OutboxRow], Awaitable[Any]]
+
+_CLAIM = """
+SELECT * FROM outbox
+WHERE (status IN ('queued', 'retrying') AND next_attempt_at <= :now
+       AND (lease_until IS NULL OR lease_until < :now))
+   OR (status = 'sending' AND lease_until < :now)
+ORDER BY next_attempt_at, id LIMIT :limit
+"""
+_AUDIT_OUTCOME = {"sent": "success", "retrying": "error", "failed": "error", "stopped": "refused"}
+
+
+def backoff(attempts: int, d: DeliverySettings, rng: Callable[[], float]) -> float:
+    """Delay after the attempts-th failed attempt: exponential, capped, "equal jitter".
+
+    base = min(retry_max, initial * 2**(attempts-1)); delay in [base/2, base]. Half the
+    base is kept so delays still grow while jitter spreads a burst of retries.
+    """
+    base = min(d.retry_max_seconds, d.retry_initial_seconds * 2 ** min(attempts - 1, 60))
+    return base / 2 + rng() * base / 2
+
+
+def claim(
+    db: sqlite_utils.Database,
+    *,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    limit: int,
+    source_id: str,
+) -> list[OutboxRow]:
+    """Lease up to limit due rows to owner; rows whose earlier lease lapsed (a crashed
+    worker) are taken too, counted as an attempt and audited as a repeat."""
+    claimed = []
+    for r in rows_of(db.execute(_CLAIM, {"now": now, "limit": limit})):
+        lapsed = r["status"] == "sending"
+        db.execute(
+            "UPDATE outbox SET status = 'sending', lease_owner = ?, lease_until = ?,"
+            " updated_at = ?, attempts = attempts + ? WHERE id = ?",
+            [owner, now + lease_seconds, now, int(lapsed), r["id"]],
+        )
+        r.update(status="sending", attempts=r["attempts"] + int(lapsed))
+        row = OutboxRow.from_db(r)
+        if lapsed:
+            detail = (
+                f"lease of {r['lease_owner']} lapsed; attempt may be repeated with the"
+                f" same Message-ID {r['message_id']}"
+            )
+            event = audit_event(
+                SYSTEM, EVENTS[(row.kind, "retrying")], row, outcome="error", detail=detail
+            )
+            audit.record(db, event, source_id=source_id)
+        claimed.append(row)
+    return claimed
+
+
+def renew(db: sqlite_utils.Database, ids: Sequence[int], *, owner: str, until: float) -> None:
+    """Extend our lease on rows claimed but not yet attempted."""
+    for row_id in ids:
+        db.execute(
+            "UPDATE outbox SET lease_until = ?"
+            " WHERE id = ? AND status = 'sending' AND lease_owner = ?",
+            [until, row_id, owner],
+        )
+
+
+def release(db: sqlite_utils.Database, ids: Sequence[int], *, owner: str, now: float) -> None:
+    """Give back rows claimed but not attempted (graceful stop); due again at once."""
+    for row_id in ids:
+        db.execute(
+            "UPDATE outbox SET status = CASE WHEN attempts = 0 THEN 'queued' ELSE 'retrying' END,"
+            " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+            " WHERE id = ? AND status = 'sending' AND lease_owner = ?",
+            [now, row_id, owner],
+        )
+
+
+def finish(
+    db: sqlite_utils.Database,
+    row_id: int,
+    outcome: Outcome,
+    *,
+    owner: str,
+    now: float,
+    settings: Settings,
+    rng: Callable[[], float],
+    hook_pending: bool,
+) -> OutboxRow | None:
+    """Record outcome for a row we hold, with its audit row; None if the lease is no longer
+    ours (another worker took over: it will record the outcome, not us)."""
+    found = rows_of(
+        db.execute(
+            "SELECT * FROM outbox WHERE id = ? AND status = 'sending' AND lease_owner = ?",
+            [row_id, owner],
+        )
+    )
+    if not found:
+        return None
+    r = found[0]
+    d = settings.delivery
+    attempts = r["attempts"] + (outcome.kind != "stopped")
+    sets: dict[str, Any] = {
+        "attempts": attempts,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "stop_reason": outcome.why,
+    }
+    if outcome.kind == "sent":
+        new, sets["relay_reply"], sets["last_error"] = "sent", outcome.detail, ""
+    elif outcome.kind == "permanent":
+        new, sets["last_error"] = "failed", outcome.detail
+    elif outcome.kind == "stopped":
+        new = "stopped"
+    elif now >= r["queued_at"] + d.give_up_after_seconds:
+        new, sets["stop_reason"] = "failed", "smtp.gave_up"
+        sets["last_error"] = (
+            f"gave up after {attempts} attempts in {now - r['queued_at']:.0f} s;"
+            f" last: {outcome.detail}"
+        )
+    else:
+        deadline = r["queued_at"] + d.give_up_after_seconds
+        new, sets["last_error"] = "retrying", outcome.detail
+        sets["next_attempt_at"] = min(now + backoff(attempts, d, rng), deadline)
+    if new in FINAL:
+        sets["final_at"] = now
+        if hook_pending:  # keep the lease while on_final runs; see invariant 3
+            sets["lease_owner"], sets["lease_until"] = owner, now + d.lease_seconds
+        else:
+            sets["final_handled_at"] = now
+    sets["status"] = new
+    cols = ", ".join(f"{k} = ?" for k in sets)  # our own column names, values bound
+    db.execute(
+        f"UPDATE outbox SET {cols} WHERE id = ? AND status = 'sending' AND lease_owner = ?",  # noqa: S608
+        [*sets.values(), row_id, owner],
+    )
+    r.update(sets)
+    row = OutboxRow.from_db(r)
+    detail = f"{sets.get('relay_reply') or sets.get('last_error') or outcome.detail}"
+    detail += f"; message_id={row.message_id}; attempt={attempts}"
+    event = audit_event(
+        SYSTEM, EVENTS[(row.kind, new)], row, outcome=_AUDIT_OUTCOME[new], detail=detail
+    )
+    audit.record(db, event, source_id=settings.gateway.source_id)
+    return row
+
+
+def claim_finals(
+    db: sqlite_utils.Database, *, owner: str, now: float, lease_seconds: float, limit: int = 20
+) -> list[OutboxRow]:
+    """Lease final rows whose on_final never completed (a worker died or the hook failed)."""
+    rows = rows_of(
+        db.execute(
+            "SELECT * FROM outbox WHERE final_at IS NOT NULL AND final_handled_at IS NULL"
+            " AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?",
+            [now, limit],
+        )
+    )
+    for r in rows:
+        db.execute(
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
+            [owner, now + lease_seconds, r["id"]],
+        )
+    return [OutboxRow.from_db(r) for r in rows]
+
+
+def mark_handled(db: sqlite_utils.Database, row_id: int, *, owner: str, now: float) -> None:
+    db.execute(
+        "UPDATE outbox SET final_handled_at = ?, lease_owner = NULL, lease_until = NULL"
+        " WHERE id = ? AND lease_owner = ? AND final_handled_at IS NULL",
+        [now, row_id, owner],
+    )
+
+
+class Worker:
+    """Delivers due outbox rows; see the module docstring for what it guarantees."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        owner_id: str | None = None,
+        on_final: Hook | None = None,
+        before_send: Hook | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        batch_size: int = 10,
+    ) -> None:
+        self._timeout = settings.smtp.timeout_seconds
+        if settings.delivery.lease_seconds < 3 * self._timeout:
+            # hook + connect + send, each bounded by the timeout, must fit in one lease.
+            raise ConfigError(
+                "[delivery] lease_seconds must be at least 3 x [smtp] timeout_seconds",
+                setting="[delivery] lease_seconds",
+            )
+        self.settings, self.store = settings, store
+        self.owner_id = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_final, self.before_send = on_final, before_send
+        self.clock, self.rng, self.batch_size = clock, rng, batch_size
+        self._tls = relay.tls_context(settings)  # a bad cafile fails here, at startup
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was queued in this process: idle slots look now, not after poll_seconds.
+        (Call on the worker's event loop; other processes' rows are found by polling.)"""
+        self._wake.set()
+
+    # -- loop ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until stop is set; then let in-flight sends finish and release the rest."""
+        slots = [
+            asyncio.create_task(self._slot(stop), name=f"outbox-{i}")
+            for i in range(self.settings.smtp.max_connections)
+        ]
+        try:
+            await stop.wait()
+            _, late = await asyncio.wait(slots, timeout=4 * self._timeout + 1)
+            if late:  # cancelled mid-send: those rows are taken again when the lease lapses
+                log.warning(
+                    "outbox worker %s: %d slot(s) cancelled at stop", self.owner_id, len(late)
+                )
+        finally:
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+
+    async def _slot(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if await self.run_once(stop):
+                    continue
+            except Exception:  # boundary: the worker loop logs, waits and carries on
+                log.error("outbox worker %s: round failed", self.owner_id, exc_info=True)
+            await self._idle(stop)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait poll_seconds, or less when stopped or woken."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self.settings.delivery.poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> int:
+        """One round: claim a batch of due rows and deliver it over one session; when
+        nothing was due, run on_final for rows that still need it. Returns rows claimed."""
+        stop = stop or asyncio.Event()
+        async with relay.destination_semaphore(self.settings):
+            if stop.is_set():
+                return 0
+            now = self.clock()
+            batch = await self.store.write(
+                lambda db: claim(
+                    db,
+                    owner=self.owner_id,
+                    now=now,
+                    lease_seconds=self.settings.delivery.lease_seconds,
+                    limit=self.batch_size,
+                    source_id=self.settings.gateway.source_id,
+                )
+            )
+            if batch:
+                await self._deliver(batch, stop)
+        if not batch and self.on_final is not None:
+            now = self.clock()
+            finals = await self.store.write(
+                lambda db: claim_finals(
+                    db,
+                    owner=self.owner_id,
+                    now=now,
+                    lease_seconds=self.settings.delivery.lease_seconds,
+                )
+            )
+            for row in finals:
+                await self._call_on_final(row, ())
+        return len(batch)
+
+    # -- one batch over one session --------------------------------------------------------
+    async def _deliver(self, batch: list[OutboxRow], stop: asyncio.Event) -> None:
+        smtp: aiosmtplib.SMTP | None = None
+        todo = list(batch)
+        try:
+            while todo:
+                if stop.is_set():
+                    await self._release([r.id for r in todo])
+                    return
+                row = todo.pop(0)
+                outcome = await self._check(row)
+                if outcome is None:
+                    if smtp is None:
+                        try:
+                            async with asyncio.timeout(self._timeout):
+                                smtp = await relay.connect(self.settings, self._tls)
+                        except Exception as exc:  # every row of the batch meets the same relay
+                            failed = relay.classify(exc, "session")
+                            rest = [row, *todo]
+                            for i, r in enumerate(rest):
+                                await self._finish(r, failed, [x.id for x in rest[i + 1 :]])
+                            return
+                    outcome = await self._send(smtp, row)
+                    if outcome.kind != "sent" and not outcome.keep_connection:
+                        relay.discard(smtp)
+                        smtp = None
+                await self._finish(row, outcome, [r.id for r in todo])
+        finally:
+            if smtp is not None:
+                # the relay may have gone; goodbye frees the socket whatever happens
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._timeout):
+                        await relay.goodbye(smtp)
+
+    async def _release(self, ids: list[int]) -> None:
+        now = self.clock()
+        await self.store.write(lambda db: release(db, ids, owner=self.owner_id, now=now))
+
+    async def _check(self, row: OutboxRow) -> Outcome | None:
+        """None when row may go now; else the outcome that stops this attempt."""
+        if self.before_send is not None:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self.before_send(row)
+            except SecuremailError as err:
+                return Outcome("stopped", None, f"stopped before sending: {err.code}", why=err.code)
+            except Exception as exc:  # a check that cannot decide never lets a message go
+                log.error("outbox %d: before_send raised %s", row.id, type(exc).__name__)
+                return Outcome("transient", None, f"before_send failed: {type(exc).__name__}")
+        try:
+            # defence in depth: check again the exact bytes about to go
+            require_sendable(row.kind, row.mime, self.settings)
+        except NotSealedError as err:
+            log.error(
+                "outbox %d (%s): refused at the SMTP edge: %s", row.id, row.reference, err.reason
+            )
+            return Outcome("permanent", None, err.reason, why=err.code)
+        return None
+
+    async def _send(self, smtp: aiosmtplib.SMTP, row: OutboxRow) -> Outcome:
+        try:
+            async with asyncio.timeout(self._timeout):
+                _refused, reply = await smtp.sendmail(row.sender, [row.recipient], row.mime)
+        except Exception as exc:  # classified by type: 4xx/5xx/TLS/timeout/connection
+            return relay.classify(exc, "message")
+        return Outcome("sent", 250, relay.one_line(reply))
+
+    async def _finish(self, row: OutboxRow, outcome: Outcome, todo: Sequence[int]) -> None:
+        now, lease = self.clock(), self.settings.delivery.lease_seconds
+
+        def tx(db: sqlite_utils.Database) -> OutboxRow | None:
+            done = finish(
+                db,
+                row.id,
+                outcome,
+                owner=self.owner_id,
+                now=now,
+                settings=self.settings,
+                rng=self.rng,
+                hook_pending=self.on_final is not None,
+            )
+            renew(db, todo, owner=self.owner_id, until=now + lease)
+            return done
+
+        done = await self.store.write(tx)
+        if done is None:
+            log.warning("outbox %d: lease lost before recording %s", row.id, outcome.kind)
+            return
+        log.info("outbox %d (%s) %s: %s", done.id, done.reference, done.status, outcome.detail)
+        if done.status in FINAL and self.on_final is not None:
+            await self._call_on_final(done, todo)
+
+    async def _call_on_final(self, row: OutboxRow, todo: Sequence[int]) -> None:
+        if self.on_final is None:
+            return
+        ok = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.on_final(row)
+            ok = True
+        except Exception as exc:  # retried when the lease lapses (invariant 3)
+            log.error("outbox %d: on_final raised %s; will retry", row.id, type(exc).__name__)
+        now, lease = self.clock(), self.settings.delivery.lease_seconds
+
+        def tx(db: sqlite_utils.Database) -> None:
+            if ok:
+                mark_handled(db, row.id, owner=self.owner_id, now=now)
+            renew(db, todo, owner=self.owner_id, until=now + lease)
+
+        await self.store.write(tx)
+
+
+def run_worker_process(
+    home: str | Path,
+    *,
+    on_final: Hook | None = None,
+    before_send: Hook | None = None,
+    migrations: Sequence[Migrations] = (),
+) -> int:
+    """Run a worker for the gateway at home until SIGTERM or SIGINT; 0 after a graceful stop.
+
+    ``migrations``: the sets to apply first (``securemail.home.MIGRATIONS``); none by
+    default, for a home that ``securemail init`` or the server has migrated."""
+    settings = config.load(home)
+    store = open_store(settings.db_path, migrations)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = Worker(settings, store, on_final=on_final, before_send=before_send)
+        log.info("outbox worker %s started", worker.owner_id)
+        await worker.run(stop)
+        log.info("outbox worker %s stopped", worker.owner_id)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,393 @@
+"""The team's answer to a request: accepted, declined, or passed on to another team.
+
+A nurse of the team the request is with answers on the request's page. Invariants:
+
+- the answer is validated by ``forms.parse_answer`` against the request it answers
+  (a VIG may accept only where every line has supervision arranged; accepting needs the
+  nurse in charge, the performer's level and the confirmation of competence);
+- only a nurse of the team the request is with *now* may answer (``request.answer``),
+  only while the request is open, and only once: the answer is written with a check that
+  the state and the team are still what the nurse saw (two answers cannot both land);
+- accepted / declined: the answer, the hop's outcome, a ``request.answer`` audit row and
+  one notice to the practice ('answered': the reference only; the nurse's name is on the
+  page after login) commit together;
+- passed on: the stored canonical JSON travels to the new team sealed (signed +
+  encrypted) by the gateway's own key for the new team's pinned member keys only; a
+  request sealed before one signature per message also carries the GP's original
+  detached signature (verified before it leaves). Since then the GP's one signature
+  covers the first team's message only (see docs/performance.md, "Passing on"). The consent register
+  is asked for the new team (audited) before sealing and again inside the transaction that
+  moves the request to the new team, adds a hop, audits ``request.pass_on``, queues the
+  sealed message and one 'passed_on' notice to the practice. The first team can no longer
+  answer it; the reference stays the same, and the hops keep the history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from securemail import consent, contentbox
+from securemail.access import Actor, require
+from securemail.audit import trail as audit
+from securemail.delivery import outbox
+from securemail.errors import ConflictError, SecuremailError
+from securemail.exchange import send as exchange
+from securemail.exchange import view as requestview
+from securemail.exchange.view import DATA_CATEGORIES, record_refusal, resource
+from securemail.form import render
+from securemail.form import request as forms
+from securemail.message import notify
+from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInput
+from securemail.region import directory
+from securemail.region.directory import Team
+from securemail.services import Services
+from securemail.store import get_meta
+
+log = logging.getLogger("securemail.answer")
+
+PASS_ON = "doorbemiddeld"  # noqa: S105 (an answer status, not a secret)
+
+
+class AnswerClosedError(ConflictError):
+    """The request is not (or no longer) open for an answer from this team."""
+
+    code = "answer.closed"
+    nl = (
+        "Op dit verzoek kan niet (meer) worden gereageerd: het is al beantwoord, "
+        "doorbemiddeld, vervangen of ingetrokken."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerResult:
+    reference: str
+    status: str  # geaccepteerd | afgewezen | doorbemiddeld
+    team_address: str  # where the request is now
+
+
+def _field_error(field: str, code: str, nl: str) -> forms.FormInvalidError:
+    return forms.FormInvalidError([forms.FieldError(field, code, nl, code)])
+
+
+async def _require_answerable(svc: Services, actor: Actor, reference: str) -> dict[str, Any]:
+    """The open request row, if actor may answer it; a refusal is audited (access.denied)."""
+
+    def check(db: sqlite_utils.Database) -> tuple[dict[str, Any] | None, SecuremailError | None]:
+        try:
+            row = exchange.require_row(db, reference)
+            require(actor, "request.answer", resource(row), hide=True)
+        except SecuremailError as exc:
+            record_refusal(
+                db,
+                actor,
+                reference,
+                f"request.answer: {exc.code}",
+                source_id=svc.settings.gateway.source_id,
+            )
+            return None, exc
+        return row, None
+
+    row, refused = await svc.store.write(check)
+    if refused is not None or row is None:
+        raise refused or AnswerClosedError("request not found", reference=reference)
+    if row["state"] != "open" or row["kind"] == "intrekking":
+        raise AnswerClosedError("request is not open for an answer", reference=reference)
+    return row
+
+
+def _audit_answer(
+    db: sqlite_utils.Database,
+    svc: Services,
+    actor: Actor,
+    reference: str,
+    current: dict[str, Any],
+    event_code: str,
+    **columns: str,
+) -> None:
+    """The audit row of a nurse's answer: permitted only as a nurse of the request's team,
+    and it discloses the request's data categories for its patient."""
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            event_code,
+            patient_id=current["patient_bsn"],
+            object_type="request",
+            object_id=reference,
+            data_categories=DATA_CATEGORIES,
+            sender_org=actor.org_code,
+            check_authz="permit:nurse-of-team",
+            **columns,
+        ),
+        source_id=svc.settings.gateway.source_id,
+    )
+
+
+async def _document(svc: Services, row: dict[str, Any]) -> forms.ExecutionRequest:
+    doc = await svc.store.read(lambda db: requestview.document(db, row))
+    return forms.ExecutionRequest.from_document(doc)
+
+
+async def record_answer(
+    svc: Services, actor: Actor, reference: str, data: dict[str, Any]
+) -> AnswerResult:
+    """Validate and record a team's answer (or pass the request on). Raises FormInvalidError
+    with every field problem, AnswerClosedError, NotFoundError (also when hidden)."""
+    row = await _require_answerable(svc, actor, reference)
+    contentbox.require_content(row)  # a failed request past retention: nothing to answer
+    req = await _document(svc, row)
+    answer = forms.parse_answer(svc.definition, data, supervision_arranged=req.supervision_arranged)
+    if answer.status == PASS_ON:
+        return await _pass_on(svc, actor, row, req, answer)
+    now = svc.now_iso()
+
+    def commit(db: sqlite_utils.Database) -> Team:
+        current = _still(db, row)
+        team = directory.team_by_id(db, current["team_id"])
+        stored = {
+            **answer.to_document(),
+            "answered_by": actor.name,
+            "answered_by_user": actor.user_id,
+            "team_address": team.address,
+            "team_name": team.name,
+            "answered_at": now,
+        }
+        db["requests"].update(
+            current["id"],
+            {
+                "state": "answered",
+                "answer": contentbox.seal(
+                    db,
+                    "requests",
+                    "answer",
+                    reference,
+                    json.dumps(stored, ensure_ascii=False, sort_keys=True),
+                ),
+                "answer_status": answer.status,
+                "answered_at": now,
+                "updated_at": now,
+            },
+        )
+        _close_hop(db, reference, current["team_id"], answer, actor, now)
+        practice = directory.org_by_id(db, current["practice_org_id"])
+        _audit_answer(
+            db,
+            svc,
+            actor,
+            reference,
+            current,
+            "request.answer",
+            recipient_org=practice.code,
+            outcome_detail=f"status={answer.status}",
+        )
+        outbox.enqueue_notice(
+            db,
+            notify.notice_answered,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+        )
+        return team
+
+    team = await svc.store.write(commit)
+    log.info("request %s answered (%s) by user %s", reference, answer.status, actor.user_id)
+    return AnswerResult(reference, answer.status, team.address)
+
+
+def _still(db: sqlite_utils.Database, seen: dict[str, Any]) -> dict[str, Any]:
+    """The row again, inside the write: still open and with the same team, or a conflict."""
+    current = exchange.require_row(db, seen["reference"])
+    if current["state"] != "open" or current["team_id"] != seen["team_id"]:
+        raise AnswerClosedError(
+            "request changed while it was being answered", reference=seen["reference"]
+        )
+    return current
+
+
+def _close_hop(
+    db: sqlite_utils.Database,
+    reference: str,
+    team_id: int,
+    answer: forms.TeamAnswer,
+    actor: Actor,
+    now: str,
+) -> None:
+    hop = db.execute(
+        "SELECT MAX(id) FROM request_hops WHERE reference = ? AND team_id = ?",
+        [reference, team_id],
+    ).fetchone()[0]
+    if hop is None:
+        return
+    reason = contentbox.seal(db, "request_hops", "reason", hop, answer.reason or "")
+    db.execute(
+        "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ? "
+        "WHERE id = ?",
+        [answer.status, reason, actor.user_id, now, hop],
+    )
+
+
+def _pass_on_target(db: sqlite_utils.Database, row: dict[str, Any], address: str) -> Team:
+    team = directory.find_team(db, address)
+    if team is None or not team.active:
+        raise _field_error(
+            "passed_to", "team.unknown", "Dit wijkteam is niet bekend bij de gateway."
+        )
+    if team.id == row["team_id"]:
+        raise _field_error(
+            "passed_to",
+            "answer.passed_to_same",
+            "Kies een ander team dan het team waar het verzoek nu ligt.",
+        )
+    return team
+
+
+def _consent(
+    svc: Services, db: sqlite_utils.Database, actor: Actor, row: dict[str, Any], team: Team
+) -> consent.ConsentDecision:
+    practice = directory.org_by_id(db, row["practice_org_id"])
+    return consent.check(
+        db,
+        actor,
+        patient_bsn=row["patient_bsn"],
+        source_org_id=row["practice_org_id"],
+        target=exchange._target(db, team),
+        now=svc.now(),
+        audit_object=("request", row["reference"]),
+        sender_org=practice.code,
+    )
+
+
+async def _pass_on(
+    svc: Services,
+    actor: Actor,
+    row: dict[str, Any],
+    req: forms.ExecutionRequest,
+    answer: forms.TeamAnswer,
+) -> AnswerResult:
+    reference = row["reference"]
+    new_team = await svc.store.read(lambda db: _pass_on_target(db, row, answer.passed_to or ""))
+    # The register first (its audit row commits even when it says no), then the keys.
+    decision = await svc.store.write(lambda db: _consent(svc, db, actor, row, new_team))
+    decision.raise_if_refused()
+    recipients, skipped = await exchange.usable_recipients(svc, new_team)
+    # Requests sealed since one signature per message keep no detached GP signature: the
+    # GP signed the whole inner entity inside the first team's encryption, which the gateway
+    # cannot open. Those travel under the gateway's signature alone (the page and the
+    # audit trail name the GP who signed). Older requests still carry the GP's own.
+    signature = bytes(row["json_signature"] or b"") or None
+    gateway_fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
+    if not gateway_fpr:
+        raise SealError("the gateway has no key; run securemail init")
+    old_team = await svc.store.read(lambda db: directory.team_by_id(db, row["team_id"]))
+    note = (
+        f"{old_team.name} ({old_team.address}) heeft dit verzoek doorbemiddeld naar "
+        f"{new_team.name} ({new_team.address}). Reden: {answer.reason}"
+    )
+    rendered = render.render_request(
+        svc.definition, req, link=exchange.page_link(svc, req), forwarded=note
+    )
+    gp_fpr = Fingerprint(row["signer_fingerprint"])
+    sealed = await svc.keyring.seal(
+        SealInput(
+            reference=reference,
+            text=rendered.text,
+            html=rendered.html,
+            json=await svc.store.read(lambda db: requestview.document_bytes(db, row)),
+            signer_public_key=await svc.keyring.export_public(gp_fpr),
+        ),
+        signer=Fingerprint(gateway_fpr),
+        passphrase=None,  # the gateway's key has none; its homedir is the protection
+        recipients=recipients,
+        envelope=Envelope(
+            sender=svc.settings.gateway.from_address,
+            recipient=new_team.address,
+            subject=f"Uitvoeringsverzoek {reference}",
+            extra_headers=(("X-Securemail-Reference", reference),),
+        ),
+        json_signature=signature,
+        json_signer=gp_fpr if signature else None,
+    )
+    now = svc.now_iso()
+
+    def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
+        current = _still(db, row)
+        decision = _consent(svc, db, actor, current, new_team)
+        if not decision.permitted:
+            return decision
+        _close_hop(db, reference, current["team_id"], answer, actor, now)
+        db["requests"].update(
+            current["id"],
+            {
+                "team_id": new_team.id,
+                "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
+                "skipped_members": json.dumps(skipped),
+                "message_id": sealed.message_id,
+                "answer_due": "",  # the new team's clock starts when its relay takes it
+                "notified": "",
+                "overdue_at": "",
+                "updated_at": now,
+            },
+        )
+        db["request_hops"].insert(
+            {
+                "reference": reference,
+                "team_id": new_team.id,
+                "message_id": sealed.message_id,
+                "sent_at": now,
+                "sent_by": actor.user_id,
+            }
+        )
+        practice = directory.org_by_id(db, current["practice_org_id"])
+        consent_id = decision.record.consent_id if decision.record else ""
+        _audit_answer(
+            db,
+            svc,
+            actor,
+            reference,
+            current,
+            "request.pass_on",
+            recipient_org=new_team.address,
+            consent_id=consent_id,
+            check_consent=decision.audit_value,
+            outcome_detail=(
+                f"from={old_team.address}; sealed_by={gateway_fpr[-16:]}; to="
+                + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
+            ),
+        )
+        outbox.enqueue(
+            db,
+            sealed,
+            actor=actor,
+            patient_id=current["patient_bsn"],
+            sender_org=practice.code,
+            recipient_org=new_team.address,
+            consent_id=consent_id,
+            data_categories=DATA_CATEGORIES,
+        )
+        outbox.enqueue_notice(
+            db,
+            notify.notice_passed_on,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+        )
+        return decision
+
+    (await svc.store.write(commit)).raise_if_refused()
+    log.info("request %s passed on to %s", reference, new_team.address)
+    return AnswerResult(reference, PASS_ON, new_team.address)
+
+
+def answer_teams(db: sqlite_utils.Database, row: dict[str, Any]) -> list[Team]:
+    """Teams a request may be passed on to (for the nurse's form): every other active team."""
+    return [t for t in directory.list_teams(db) if t.id != row["team_id"]]
+
+
+__all__ = ["AnswerClosedError", "AnswerResult", "answer_teams", "record_answer"]

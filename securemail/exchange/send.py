@@ -1,0 +1,588 @@
+"""The exchange of execution requests: validate, check consent, sign, seal, queue; then track.
+
+Invariant: a request row, its sealed message in the outbox and its audit rows commit in
+one transaction, after the consent register said yes inside that same transaction; a
+refusal at any step writes only an audit row that names the reason. Patient content is
+read only through ``get_request``, which checks access and audits the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from securemail import consent, contentbox, deadlines
+from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.accounts.auth import principal_profile, user_by_id
+from securemail.audit import trail as audit
+from securemail.delivery import outbox
+from securemail.errors import SecuremailError
+from securemail.exchange import asks, changes
+from securemail.form import render
+from securemail.form import request as forms
+from securemail.keys import pinning as keydir
+from securemail.message import notify
+from securemail.openpgp.keyinfo import parse_fingerprint
+from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput
+from securemail.region import directory
+from securemail.region.directory import Team
+from securemail.services import Services
+from securemail.store import next_value
+
+log = logging.getLogger("securemail.exchange")
+
+MIGRATIONS = Migrations("securemail.exchange")
+DATA_CATEGORIES = "execution_request"
+REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
+
+
+@MIGRATIONS(name="0001_requests")
+def _m1(db: sqlite_utils.Database) -> None:
+    db.execute("""CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)""")
+    db.execute(
+        """CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            supersedes TEXT NOT NULL DEFAULT '',
+            urgency TEXT NOT NULL,
+            practice_org_id INTEGER NOT NULL REFERENCES organisations(id),
+            team_id INTEGER NOT NULL REFERENCES teams(id),
+            patient_bsn TEXT NOT NULL,
+            created_by INTEGER NOT NULL REFERENCES users(id),
+            signer_fingerprint TEXT NOT NULL,
+            recipient_fingerprints TEXT NOT NULL,   -- JSON list
+            skipped_members TEXT NOT NULL DEFAULT '[]', -- JSON: [{name, fingerprint, why}]
+            document BLOB NOT NULL,                 -- the signed canonical JSON
+            message_id TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open',     -- open | answered | withdrawn | superseded
+            answer TEXT NOT NULL DEFAULT '',        -- JSON of the team's answer
+            answer_due TEXT NOT NULL DEFAULT '',
+            notified TEXT NOT NULL DEFAULT '',      -- final delivery state the practice was told of
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX requests_practice ON requests (practice_org_id, created_at)")
+    db.execute("CREATE INDEX requests_team ON requests (team_id, created_at)")
+    db.execute("CREATE INDEX requests_patient ON requests (patient_bsn)")
+
+
+@MIGRATIONS(name="0002_loop")
+def _m2(db: sqlite_utils.Database) -> None:
+    """Closing the loop: the GP's detached JSON signature (kept so that a passed-on request
+    can travel with it), the supersedes chain, overdue marks, and each team a request went
+    to (request_hops)."""
+    for column in (
+        "json_signature BLOB NOT NULL DEFAULT x''",
+        "superseded_by TEXT NOT NULL DEFAULT ''",
+        "overdue_at TEXT NOT NULL DEFAULT ''",  # set once by the deadline check
+        "answered_at TEXT NOT NULL DEFAULT ''",
+        "ask_reference TEXT NOT NULL DEFAULT ''",
+    ):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+    db.execute("CREATE INDEX requests_open ON requests (state, overdue_at)")
+    db.execute(
+        """CREATE TABLE request_hops (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL REFERENCES requests(reference),
+            team_id INTEGER NOT NULL REFERENCES teams(id),
+            message_id TEXT NOT NULL,
+            sent_at TEXT NOT NULL,
+            sent_by INTEGER REFERENCES users(id),   -- the GP, or the nurse who passed it on
+            outcome TEXT NOT NULL DEFAULT '',       -- '' | geaccepteerd | afgewezen | doorbemiddeld
+            reason TEXT NOT NULL DEFAULT '',
+            outcome_by INTEGER REFERENCES users(id),
+            outcome_at TEXT NOT NULL DEFAULT '')"""
+    )
+    db.execute("CREATE INDEX request_hops_reference ON request_hops (reference, id)")
+
+
+def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
+    """UVZ-<year>-<6 digits>, gapless per year; a refused send burns its number (audited)."""
+    name = f"UVZ-{year}"
+    return f"{name}-{next_value(db, name):06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated request, its receiving team and its renderings: what the preview shows."""
+
+    request: forms.ExecutionRequest
+    team: Team
+    rendered: render.RenderedDocument
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    reference: str
+    team_address: str
+    recipient_fingerprints: tuple[str, ...]
+    skipped: tuple[dict[str, str], ...] = field(default_factory=tuple)
+
+
+def _field_error(path: str, code: str, nl: str, en: str) -> forms.FormInvalidError:
+    return forms.FormInvalidError([forms.FieldError(path, code, nl, en)])
+
+
+def _with_principal(
+    db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The principal section comes from the signed-in GP's profile; the form cannot alter it."""
+    data = dict(data)
+    if actor.user_id is not None:
+        profile = principal_profile(db, user_by_id(db, actor.user_id))
+        data["principal"] = {**(data.get("principal") or {}), **profile}
+    return data
+
+
+def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
+    org = directory.org_by_id(db, team.org_id)
+    return consent.Target(
+        team_id=team.id,
+        org_id=team.org_id,
+        category=team.category,
+        label=team.address,
+        org_code=org.code,
+    )
+
+
+def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
+    team = directory.find_team(db, address)
+    if team is None or not team.active:
+        raise _field_error(
+            "receiver.team_address",
+            "team.unknown",
+            "Dit wijkteam is niet bekend bij de gateway.",
+            "unknown team address",
+        )
+    allowed = directory.allowed_receivers(
+        db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+    )
+    allowed += asks.asking_teams(db, actor.org_id or 0)  # a team that asked may be answered
+    if team.id not in {t.id for t in allowed}:
+        raise _field_error(
+            "receiver.team_address",
+            "team.not_preferred",
+            "Dit wijkteam is geen voorkeursaanbieder van uw praktijk.",
+            "team is not one of the practice's preferred providers",
+        )
+    return team
+
+
+async def prepare(
+    svc: Services, actor: Actor, data: dict[str, Any], *, reference: str, to: str | None = None
+) -> Prepared:
+    """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
+    require(actor, "request.create", Resource("request", org_id=actor.org_id))
+    data = await svc.store.read(lambda db: _with_principal(db, actor, data))
+    if to:
+        data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
+    req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
+
+    def receiver(db: sqlite_utils.Database) -> Team:
+        team = _check_receiver(svc, db, actor, req.team_address)
+        changes.require_supersedable(db, actor.org_id or 0, req, team.id)
+        return team
+
+    team = await svc.store.read(receiver)
+    now = svc.now()
+
+    def check(db: sqlite_utils.Database) -> consent.ConsentDecision:
+        return consent.check(
+            db,
+            actor,
+            patient_bsn=req.patient_bsn,
+            source_org_id=actor.org_id or 0,
+            target=_target(db, team),
+            now=now,
+            audit_object=("request", reference),
+        )
+
+    # The check's audit row commits first; a refusal is raised only after that.
+    (await svc.store.write(check)).raise_if_refused()
+    # jinja2 renders in a thread: milliseconds per request that other requests' I/O need not
+    # wait for (the environment is built once and rendering is thread-safe)
+    rendered = await asyncio.to_thread(
+        render.render_request, svc.definition, req, link=page_link(svc, req)
+    )
+    return Prepared(req, team, rendered)
+
+
+def page_link(svc: Services, req: forms.ExecutionRequest) -> str | None:
+    """The request's page in the web app: the reference only, never patient data (None for
+    a preview, which has no reference yet)."""
+    if not REFERENCE_RE.fullmatch(req.reference or ""):
+        return None
+    return f"{svc.settings.gateway.base_url.rstrip('/')}/requests/{req.reference}"
+
+
+async def usable_recipients(
+    svc: Services, team: Team
+) -> tuple[list[Fingerprint], list[dict[str, str]]]:
+    """The team's pinned member keys that pass every check (keydir.check_member_key), and the
+    members left out with why: a bad key or one still quarantined. Removed keys are gone."""
+    members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
+    pinned = []
+    for m in members:
+        if m.status != "active":
+            continue
+        try:
+            pinned.append(parse_fingerprint(m.fingerprint))
+        except ValueError:
+            continue  # check_recipient below reports it
+    await svc.keyring.load_keys(pinned)  # one gpg listing for the team, not one per member
+    good: list[Fingerprint] = []
+    skipped: list[dict[str, str]] = []
+    now = svc.now()
+    for m in members:
+        if m.status == "removed":
+            continue
+        try:
+            await keydir.check_member_key(svc.keyring, m, now)
+        except RecipientKeyError as exc:
+            skipped.append(
+                {
+                    "name": m.name,
+                    "fingerprint": m.fingerprint,
+                    "why": str(exc.context.get("why", exc.code)),
+                }
+            )
+            continue
+        good.append(m.fingerprint)
+    if not good:
+        raise RecipientKeyError(
+            f"team {team.address} has no usable key"
+            + (
+                f" ({'; '.join(s['fingerprint'][-16:] + ': ' + s['why'] for s in skipped)})"
+                if skipped
+                else " (no member keys pinned)"
+            ),
+            address=team.address,
+            why="no_usable_key",
+        )
+    return good, skipped
+
+
+async def send(
+    svc: Services,
+    actor: Actor,
+    data: dict[str, Any],
+    passphrase: str,
+    *,
+    to: str | None = None,
+    ask: str | None = None,
+) -> SendResult:
+    """Validate, check consent, sign, seal and queue one request; durable when this returns.
+    ``ask`` names a nurse's ask (ASK-...) this request answers; it is fulfilled in the same
+    transaction (same practice, patient and team, or a field error)."""
+    year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
+    reference = await svc.store.write(lambda db: allocate_reference(db, year))
+    patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
+    try:
+        prepared = await prepare(svc, actor, data, reference=reference, to=to)
+        if ask:
+            await svc.store.read(lambda db: asks.require_fulfillable(db, actor, ask, prepared))
+        return await _seal_and_queue(svc, actor, prepared, passphrase, ask)
+    except SecuremailError as exc:
+        await _audit_refusal(svc, actor, reference, patient, exc)
+        raise
+
+
+async def _audit_refusal(
+    svc: Services, actor: Actor, reference: str, patient: str, exc: SecuremailError
+) -> None:
+    bsn = patient if forms.is_valid_bsn(patient) else ""
+    event = audit.AuditEvent.of(
+        actor,
+        "request.send",
+        outcome="refused",
+        outcome_detail=exc.code,
+        patient_id=bsn,
+        object_type="request",
+        object_id=reference,
+        data_categories=DATA_CATEGORIES,
+        sender_org=actor.org_code,
+        recipient_org=str(exc.context.get("address", "")),
+    )
+    await svc.store.write(
+        lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id)
+    )
+    log.info("request %s refused: %s", reference, exc.code)
+
+
+async def _seal_and_queue(
+    svc: Services, actor: Actor, prepared: Prepared, passphrase: str, ask: str | None
+) -> SendResult:
+    req, team = prepared.request, prepared.team
+    reference = req.reference
+    recipients, skipped = await usable_recipients(svc, team)
+    gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
+    signer = Fingerprint(gp.signing_fingerprint)
+    envelope = Envelope(
+        sender=svc.settings.gateway.from_address,
+        recipient=team.address,
+        subject=f"Uitvoeringsverzoek {reference}",
+        extra_headers=(("X-Securemail-Reference", reference),),
+    )
+    doc = prepared.rendered
+    sealed = await svc.keyring.seal(
+        SealInput(
+            reference=reference,
+            text=doc.text,
+            html=doc.html,
+            json=doc.json,
+            signer_public_key=await svc.keyring.export_public(signer),
+        ),
+        signer=signer,
+        passphrase=passphrase,
+        recipients=recipients,
+        envelope=envelope,
+    )
+    now = svc.now_iso()
+    answer_due = ""  # set by deadlines once the relay accepted it
+
+    def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
+        # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
+        decision = consent.check(
+            db,
+            actor,
+            patient_bsn=req.patient_bsn,
+            source_org_id=actor.org_id or 0,
+            target=_target(db, team),
+            now=svc.now(),
+            audit_object=("request", reference),
+        )
+        if not decision.permitted:
+            return decision
+        changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
+        if ask:
+            asks.require_fulfillable(db, actor, ask, prepared)
+        db["requests"].insert(
+            {
+                "reference": reference,
+                "kind": req.kind,
+                "supersedes": req.supersedes or "",
+                "urgency": req.urgency,
+                "practice_org_id": actor.org_id,
+                "team_id": team.id,
+                "patient_bsn": req.patient_bsn,
+                "created_by": actor.user_id,
+                "signer_fingerprint": sealed.signer_fingerprint,
+                "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
+                "skipped_members": json.dumps(skipped),
+                "document": contentbox.seal(
+                    db, "requests", "document", reference, doc.json.decode("utf-8")
+                ),
+                "message_id": sealed.message_id,
+                "answer_due": answer_due,
+                "json_signature": sealed.json_signature,
+                "ask_reference": ask or "",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        db["request_hops"].insert(
+            {
+                "reference": reference,
+                "team_id": team.id,
+                "message_id": sealed.message_id,
+                "sent_at": now,
+                "sent_by": actor.user_id,
+            }
+        )
+        common: dict[str, Any] = {
+            "patient_id": req.patient_bsn,
+            "object_type": "request",
+            "object_id": reference,
+            "data_categories": DATA_CATEGORIES,
+            "sender_org": actor.org_code,
+            "recipient_org": team.address,
+            "consent_id": decision.record.consent_id if decision.record else "",
+            "check_consent": decision.audit_value,
+            "check_authz": "permit:gp-own-practice",
+        }
+        src = svc.settings.gateway.source_id
+        created = f"supersedes={req.supersedes}" if req.supersedes else ""
+        created += f"{'; ' if created else ''}ask={ask}" if ask else ""
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.create", **common, outcome_detail=created),
+            source_id=src,
+        )
+        changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
+        if ask:
+            asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),
+            source_id=src,
+        )
+        outbox.enqueue(
+            db,
+            sealed,
+            actor=actor,
+            patient_id=req.patient_bsn,
+            sender_org=actor.org_code,
+            recipient_org=team.address,
+            consent_id=common["consent_id"],
+            data_categories=DATA_CATEGORIES,
+        )
+        detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
+        if skipped:
+            detail += "; left out=" + ",".join(
+                s["fingerprint"][-16:] + ":" + s["why"] for s in skipped
+            )
+        audit.record(
+            db,
+            audit.AuditEvent.of(actor, "request.send", **common, outcome_detail=detail),
+            source_id=src,
+        )
+        return decision
+
+    (await svc.store.write(commit)).raise_if_refused()
+    svc.queued()
+    log.info("request %s sealed and queued for %s", reference, team.address)
+    return SendResult(reference, team.address, tuple(sealed.recipient_fingerprints), tuple(skipped))
+
+
+# -- reading (securemail.exchange.view; re-exported for callers of the exchange) --------------
+
+from securemail.exchange.view import (  # noqa: E402  (after the migrations it reads)
+    get_request,
+    list_requests,
+    request_row,
+    require_row,
+    status,
+)
+
+__all__ = [
+    "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for", "get_request",
+    "list_requests", "prepare", "render_text", "request_row", "require_row", "send", "status",
+    "stop_for_consent", "usable_recipients",
+]  # fmt: skip
+
+
+# -- hooks for the delivery worker and the consent register ------------------------------------
+
+
+def stop_for_consent(
+    db: sqlite_utils.Database,
+    patient_bsn: str,
+    recipient: consent.Recipient,
+    /,
+    *,
+    source_org_id: int,
+    still_permitted: Callable[..., bool],
+) -> list[str]:
+    """Stop this practice's requests for the patient that have not left and that the register,
+    after a withdrawal, no longer permits; each stop is audited by outbox.stop."""
+    del recipient  # still_permitted decides per request, whatever level was withdrawn
+    stopped = []
+    rows = db.execute(
+        "SELECT r.reference, r.team_id FROM requests r WHERE r.patient_bsn = ? "
+        "AND r.practice_org_id = ?",
+        [patient_bsn, source_org_id],
+    ).fetchall()
+    for reference, team_id in rows:
+        team = directory.team_by_id(db, team_id)
+        if still_permitted(_target(db, team)):
+            continue
+        if outbox.stop(db, reference, reason=consent.STOP_REASON, actor=SYSTEM):
+            stopped.append(reference)
+    return stopped
+
+
+def consent_target_for(
+    db: sqlite_utils.Database, reference: str
+) -> tuple[str, int, consent.Target]:
+    row = require_row(db, reference)
+    team = directory.team_by_id(db, row["team_id"])
+    return row["patient_bsn"], row["practice_org_id"], _target(db, team)
+
+
+def render_text(svc: Services, view: dict[str, Any]) -> str:
+    """The Dutch text rendering of a stored request (for its page)."""
+    req = forms.ExecutionRequest.from_document(view["document"])
+    return render.render_request(svc.definition, req, link=page_link(svc, req)).text
+
+
+class Hooks:
+    """The delivery worker's hooks for request rows: consent again just before the relay, and
+    after a final outcome the answer deadline and one notice to the practice (idempotent)."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    async def before_send(self, row: outbox.OutboxRow) -> None:
+        if row.kind != "request":
+            return
+        svc = self.svc
+        now = svc.now()
+
+        def check(db: sqlite_utils.Database) -> consent.ConsentDecision | None:
+            found = request_row(db, row.reference)
+            if found is None:
+                return None
+            bsn, practice, target = consent_target_for(db, row.reference)
+            return consent.check(
+                db,
+                SYSTEM,
+                patient_bsn=bsn,
+                source_org_id=practice,
+                target=target,
+                now=now,
+                audit_object=("request", row.reference),
+                sender_org=directory.org_by_id(db, practice).code,
+            )
+
+        decision = await svc.store.write(check)
+        if decision is not None:
+            decision.raise_if_refused()
+
+    async def on_final(self, row: outbox.OutboxRow) -> None:
+        if row.kind != "request":
+            return
+        svc = self.svc
+        now = svc.now()
+
+        def finish(db: sqlite_utils.Database) -> None:
+            req = request_row(db, row.reference)
+            if req is None or req["notified"] == row.status:
+                return
+            if row.message_id != req["message_id"]:
+                return  # an earlier hop's message: the request has moved on to another team
+            changes: dict[str, Any] = {"notified": row.status, "updated_at": svc.now_iso()}
+            if row.status == "sent" and not req["answer_due"]:
+                due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)
+                changes["answer_due"] = due_at.isoformat(timespec="minutes")
+            db["requests"].update(req["id"], changes)
+            practice = directory.org_by_id(db, req["practice_org_id"])
+            if not practice.notify_address:
+                return
+            if row.status == "sent":
+                notice = notify.notice_delivered(
+                    row.reference, practice.notify_address, svc.settings
+                )
+            elif row.status == "stopped":
+                notice = notify.notice_stopped(
+                    row.reference, practice.notify_address, row.stop_reason, svc.settings
+                )
+            else:
+                notice = notify.notice_failed(
+                    row.reference,
+                    practice.notify_address,
+                    row.stop_reason or "smtp.rejected",
+                    svc.settings,
+                )
+            outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+
+        await svc.store.write(finish)
+        svc.queued()  # the practice's notice

@@ -1,0 +1,166 @@
+"""Render an execution request for people and machines: Dutch text/plain, HTML and canonical JSON.
+
+Owns the jinja2 environment of each forms folder and the view the templates see:
+sections and rows whose labels, option labels and procedure names all come from the
+form definition, with dates shown Dutch style (dd-mm-jjjj).
+
+Invariant: one Environment per template folder, built once (autoescape on for
+``*.html.j2``, StrictUndefined, no auto-reload), so a free-text field can never
+inject markup and a missing variable fails loudly instead of rendering blank;
+``RenderedDocument.json`` is exactly ``ExecutionRequest.canonical_json()``, the
+bytes that are signed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from securemail.form.definition import FieldSpec, FormDefinition
+from securemail.form.request import ExecutionRequest
+
+TEXT_TEMPLATE = "request.txt.j2"
+HTML_TEMPLATE = "request.html.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedDocument:
+    """The three forms of one request that travel together inside the encryption."""
+
+    text: str
+    html: str
+    json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One field as shown: ``value`` is display text, a bool (the template words it) or None."""
+
+    id: str
+    label: str
+    value: str | bool | None
+    multiline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A section, a list, or one line of a list; blocks nest (a line's medication)."""
+
+    id: str
+    label: str
+    rows: tuple[Row, ...] = ()
+    blocks: tuple[Block, ...] = ()
+
+
+@functools.cache
+def _environment(template_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        # Templates are part of the versioned form; a deploy restarts the process.
+        auto_reload=False,
+    )
+
+
+def render_request(
+    definition: FormDefinition,
+    req: ExecutionRequest,
+    *,
+    link: str | None = None,
+    forwarded: str | None = None,
+) -> RenderedDocument:
+    """The Dutch text and HTML renderings and the canonical JSON of a validated request.
+
+    ``link`` is the request's page in the web app, where the team answers (the reference
+    only, never patient data); ``forwarded`` a note that another team passed it on (who, and
+    their reason), shown above the request. Neither is part of the signed JSON.
+    """
+    env = _environment(definition.template_dir)
+    view = request_view(definition, req)
+    view["link"] = link
+    view["forwarded"] = forwarded
+    return RenderedDocument(
+        text=env.get_template(TEXT_TEMPLATE).render(view),
+        html=env.get_template(HTML_TEMPLATE).render(view),
+        json=req.canonical_json(),
+    )
+
+
+def request_view(definition: FormDefinition, req: ExecutionRequest) -> dict[str, Any]:
+    """What the templates see: the request as labelled blocks, plus a few header values."""
+    root = _block(definition, definition.request, req.to_document(), "", definition.request.label)
+    return {
+        "title": definition.title,
+        "description": definition.description,
+        "form_id": req.form_id,
+        "form_version": req.form_version,
+        "reference": req.reference,
+        "kind": req.kind,
+        "supersedes": req.supersedes,
+        "urgent": req.urgency == "spoed",
+        "link": None,
+        "forwarded": None,
+        "header": root.rows,
+        "sections": root.blocks,
+    }
+
+
+def _block(
+    definition: FormDefinition, spec: FieldSpec, values: Mapping[str, Any], path: str, label: str
+) -> Block:
+    rows: list[Row] = []
+    blocks: list[Block] = []
+    for field in spec.fields:
+        value = values.get(field.id)
+        where = f"{path}.{field.id}" if path else field.id
+        if field.type == "object":
+            if value is not None:
+                blocks.append(_block(definition, field, value, where, field.label))
+        elif field.type == "list":
+            lines = [
+                _block(
+                    definition, field, item, f"{where}.{i}", _line_label(definition, field, i, item)
+                )
+                for i, item in enumerate(value or ())
+            ]
+            blocks.append(Block(where, field.label, blocks=tuple(lines)))
+        else:
+            rows.append(
+                Row(where, field.label, _display(definition, field, value), field.type == "text")
+            )
+    return Block(path, label, tuple(rows), tuple(blocks))
+
+
+def _line_label(
+    definition: FormDefinition, spec: FieldSpec, index: int, item: Mapping[str, Any]
+) -> str:
+    label = f"{spec.item_label or spec.label} {index + 1}"
+    code = item.get("code")
+    return f"{label}: {definition.procedure_label(code)}" if isinstance(code, str) else label
+
+
+def _display(definition: FormDefinition, spec: FieldSpec, value: Any) -> str | bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if spec.type == "enum" and spec.options_from == "procedures":
+        return f"{definition.procedure_label(value)} ({value})"
+    if spec.type == "enum":
+        return spec.option_label(value)
+    if spec.type == "date":
+        return date.fromisoformat(value).strftime("%d-%m-%Y")
+    if spec.type == "datetime":
+        local = datetime.fromisoformat(value).astimezone(definition.timezone)
+        return local.strftime("%d-%m-%Y %H:%M")
+    if spec.type == "number":
+        return str(value).replace(".", ",")  # Dutch decimal comma
+    return str(value)

@@ -1,0 +1,278 @@
+"""Status notices: plain mails that tell a practice or team what happened to a request.
+
+Invariant: a Notice carries a reference, a fixed Dutch text per kind, a link to the
+request page and nothing else. It is made only by the functions below, which take no
+patient data (no names, BSN, dates of birth, free text) - only a reference in the
+gateway's own format, an address, an error *code* and the settings. ``Notice`` cannot
+be constructed elsewhere (private token, as ``openpgp.SealedMessage``), so the outbox
+can tell a notice from any other plain mail and refuse the latter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+
+from securemail.config import Settings
+from securemail.errors import InputError
+
+_NOTICE_TOKEN = object()
+
+#: A reference is a letter prefix and groups of capitals/digits ("UVZ-2026-000123").
+#: A bare number (a BSN) or anything with lower-case letters or spaces cannot pass.
+REFERENCE_RE = re.compile(r"^[A-Z]{2,8}(-[A-Z0-9]{1,12}){1,4}$")
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,4}$")
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+#: kind -> (subject status word, Dutch body line). Fixed texts: nothing is interpolated
+#: into them but the reference, the link, the gateway name and (failed/stopped) a code.
+KINDS: dict[str, tuple[str, str]] = {
+    "delivered": (
+        "afgeleverd",
+        "Uw verzoek {reference} is versleuteld afgeleverd bij de mailserver van het team.",
+    ),
+    "failed": (
+        "niet afgeleverd",
+        "Uw verzoek {reference} kon niet worden afgeleverd. Neem contact op met het team "
+        "of met de beheerder van de gateway.",
+    ),
+    "stopped": (
+        "gestopt",
+        "Uw verzoek {reference} is niet verzonden: het is vóór verzending gestopt.",
+    ),
+    "overdue": (
+        "termijn verstreken",
+        "Op verzoek {reference} is binnen de afgesproken termijn geen antwoord gekomen.",
+    ),
+    "answered": (
+        "beantwoord",
+        "Het wijkteam heeft gereageerd op uw verzoek {reference}. De reactie staat op de "
+        "pagina van het verzoek.",
+    ),
+    "passed_on": (
+        "doorbemiddeld",
+        "Uw verzoek {reference} is doorbemiddeld naar een ander team. Op de pagina van het "
+        "verzoek ziet u waar het nu ligt.",
+    ),
+    "ask": (
+        "gevraagd",
+        "Een wijkteam vraagt uw praktijk om een uitvoeringsverzoek ({reference}). Het staat "
+        "in uw werklijst met de termijn waarbinnen het verwacht wordt.",
+    ),
+    "ask_overdue": (
+        "termijn verstreken",
+        "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
+        "door de praktijk opgesteld.",
+    ),
+    # To the operator (admin_address); the reference is the check's (KEYS-20260112).
+    "key_expiring": (
+        "sleutels verlopen",
+        "Sleutelcontrole {reference}: sleutels in de regionale sleutelmap verlopen binnenkort, "
+        "of een wijkteam dreigt zijn laatste bruikbare sleutel te verliezen. Welke sleutels "
+        "het zijn staat op de beheerpagina en in `securemail keys check`.",
+    ),
+}
+
+#: kind -> the page a notice links to (default: the page of the reference, see PAGES).
+LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
+#: reference prefix -> the pages that show it (after login); default "requests"
+PAGES = {"ASK": "asks"}
+
+#: why-codes with a Dutch explanation; other (well-formed) codes are shown as the code.
+WHY_NL: dict[str, str] = {
+    "smtp.rejected": "de ontvangende mailserver weigerde het bericht",
+    "smtp.gave_up": "de ontvangende mailserver was te lang niet bereikbaar",
+    "outbox.not_sealed": "het bericht was niet versleuteld en is daarom tegengehouden",
+    "consent.withdrawn": "de toestemming van de patiënt is ingetrokken",
+    "consent.missing": "er is geen toestemming van de patiënt geregistreerd",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A plain status mail with no patient data; made only by this module's functions."""
+
+    kind: str
+    reference: str
+    sender: str
+    recipient: str
+    message_id: str
+    mime: bytes
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _NOTICE_TOKEN:
+            raise TypeError("Notice can only be made by securemail.message.notify functions")
+
+
+def is_notice(obj: object) -> bool:
+    """True for a Notice made by this module (the token check survives object.__new__)."""
+    return isinstance(obj, Notice) and getattr(obj, "_token", None) is _NOTICE_TOKEN
+
+
+def _require_reference(reference: str) -> str:
+    if not isinstance(reference, str) or not REFERENCE_RE.match(reference):
+        raise InputError("a notice needs a reference like UVZ-2026-000123", field="reference")
+    return reference
+
+
+def require_address(address: str, what: str) -> str:
+    if not isinstance(address, str) or not _ADDRESS_RE.match(address):
+        raise InputError(f"a notice needs a plain e-mail address as {what}", field=what)
+    return address
+
+
+def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
+    """The fixed Dutch text: the only place a notice's words come from."""
+    page = PAGES.get(reference.split("-", 1)[0], "requests")
+    path = LINKS.get(kind, f"/{page}/{reference}")
+    link = f"{settings.gateway.base_url.rstrip('/')}{path}"
+    body = [
+        "Dit is een automatisch bericht van " + settings.gateway.name + ".",
+        "",
+        KINDS[kind][1].format(reference=reference),
+    ]
+    if why_code:
+        body.append("Reden: " + WHY_NL.get(why_code, why_code) + f" ({why_code}).")
+    body += [
+        "",
+        "Bekijk de status (na inloggen):",
+        link,
+        "",
+        "Dit bericht bevat bewust geen patiëntgegevens. Beantwoord het niet.",
+        "",
+    ]
+    return "\n".join(body)
+
+
+def make_notice(
+    kind: str, reference: str, to: str, settings: Settings, *, why_code: str = ""
+) -> Notice:
+    """Build the notice of ``kind`` for ``reference`` to address ``to``.
+
+    why_code is a stable dotted error code (``smtp.rejected``), never free text.
+    """
+    if kind not in KINDS:
+        raise InputError(f"unknown notice kind {kind!r}", field="kind")
+    _require_reference(reference)
+    require_address(to, "to")
+    sender = require_address(settings.gateway.from_address, "from_address")
+    if why_code and not _CODE_RE.match(why_code):
+        raise InputError("why_code must be a dotted error code", field="why_code")
+    msg = EmailMessage(policy=SMTP)
+    message_id = make_msgid(idstring="notice", domain=sender.rsplit("@", 1)[1])
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = f"securemail: {reference} {KINDS[kind][0]}"
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = message_id
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+    msg["X-Securemail-Notice"] = kind
+    if why_code:
+        msg["X-Securemail-Reason"] = why_code
+    body = _body(kind, reference, why_code, settings)
+    msg.set_content(body, subtype="plain", charset="utf-8", cte="quoted-printable")
+    return Notice(
+        kind=kind,
+        reference=reference,
+        sender=sender,
+        recipient=to,
+        message_id=message_id,
+        # one header per line (Message-ID unfolded, for receivers that match on it)
+        mime=msg.as_bytes(policy=SMTP.clone(max_line_length=998)),
+        _token=_NOTICE_TOKEN,
+    )
+
+
+def notice_delivered(reference: str, to: str, settings: Settings) -> Notice:
+    """The relay took the sealed request (2xx)."""
+    return make_notice("delivered", reference, to, settings)
+
+
+def notice_failed(reference: str, to: str, why_code: str, settings: Settings) -> Notice:
+    """The request failed for good; why_code says why (``smtp.rejected``, ``smtp.gave_up``)."""
+    return make_notice("failed", reference, to, settings, why_code=why_code)
+
+
+def notice_stopped(reference: str, to: str, why_code: str, settings: Settings) -> Notice:
+    """The request was stopped before it left (``consent.withdrawn``)."""
+    return make_notice("stopped", reference, to, settings, why_code=why_code)
+
+
+def notice_overdue(reference: str, to: str, settings: Settings) -> Notice:
+    """No answer within the agreed time."""
+    return make_notice("overdue", reference, to, settings)
+
+
+def notice_answered(reference: str, to: str, settings: Settings) -> Notice:
+    """The team answered (accepted or declined); who and how is on the page, not here."""
+    return make_notice("answered", reference, to, settings)
+
+
+def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:
+    """The team passed the request on to another team."""
+    return make_notice("passed_on", reference, to, settings)
+
+
+def notice_ask(reference: str, to: str, settings: Settings) -> Notice:
+    """A nurse asked the practice for an execution request (ASK-...)."""
+    return make_notice("ask", reference, to, settings)
+
+
+def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:
+    """The practice did not deliver an asked-for request in time (to the asking team)."""
+    return make_notice("ask_overdue", reference, to, settings)
+
+
+def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:
+    """To the operator: keys expire soon or a team is about to lose its last usable key."""
+    return make_notice("key_expiring", reference, to, settings)
+
+
+_HEADERS = {
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "auto-submitted",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "x-securemail-notice",
+    "x-securemail-reason",
+}
+
+
+def require_notice_mime(raw: bytes, settings: Settings) -> None:
+    """Refuse bytes that are not exactly a notice this module would build (the SMTP-edge
+    check): our headers only, a neutral subject, and a body equal, word for word, to the
+    fixed text for its kind, reference and reason under these settings. Raises InputError.
+    """
+    msg = BytesParser(policy=SMTP).parsebytes(raw)
+    kind = str(msg.get("X-Securemail-Notice", ""))
+    why = str(msg.get("X-Securemail-Reason", ""))
+    parts = str(msg.get("Subject", "")).split(" ", 2)
+    ok = (
+        kind in KINDS
+        and not msg.defects
+        and not msg.is_multipart()
+        and msg.get_content_type() == "text/plain"
+        and not {k.lower() for k in msg} - _HEADERS
+        and len(parts) == 3
+        and parts[0] == "securemail:"
+        and bool(REFERENCE_RE.match(parts[1]))
+        and parts[2] == KINDS[kind][0]
+        and (not why or bool(_CODE_RE.match(why)))
+        and str(msg.get("From", "")) == settings.gateway.from_address
+    )
+    if ok:
+        body = msg.get_content().replace("\r\n", "\n")
+        ok = body == _body(kind, parts[1], why, settings)
+    if not ok:
+        raise InputError("not a securemail status notice", field="mime")
