@@ -260,6 +260,7 @@ def _consent(
         now=svc.now(),
         audit_object=("request", row["reference"]),
         sender_org=practice.code,
+        policy=svc.settings.consent.policy,
     )
 
 
@@ -344,7 +345,7 @@ async def _pass_on(
             }
         )
         practice = directory.org_by_id(db, current["practice_org_id"])
-        consent_id = decision.record.consent_id if decision.record else ""
+        consent_id = decision.consent_ref
         _audit_answer(
             db,
             svc,
