@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from securemail import consent
+from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
+from securemail.form import request as forms
 from securemail.message import mime
 from securemail.region import directory
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, example
+from tests.e2e.conftest import (
+    EXAMPLE,
+    GP_PASSPHRASE,
+    OTHER_TEAM,
+    TEAM,
+    deliver_all,
+    example,
+)
 from tests.loop_fixtures import TEAM_B, Loop
 
 BSN = EXAMPLE["patient"]["bsn"]
@@ -225,3 +236,89 @@ async def test_objection_to_an_organisation_stops_a_pass_on_to_any_of_its_teams(
     assert info.value.nl  # Dutch, and it says what to do next
     status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
     assert status["team_address"] == TEAM
+
+
+DESK = "doorbemiddeling@regio.example"
+OOST = "wijkteam-oost@zorg-oost.example"
+
+
+def _desk_and_oost(loop: Loop) -> Actor:
+    """The region's passing-on desk and a third team (Wijkteam Oost), each with team B's
+    member key pinned (so team B's mail client opens what they get), and a desk nurse."""
+    svc = loop.gw.svc
+    now = svc.now_iso()
+    svc.settings = svc.settings.replace(gateway={"passing_on_address": DESK})
+
+    def write(db: Any) -> Actor:
+        [fpr] = [
+            m.fingerprint for m in directory.members(db, directory.team_by_address(db, TEAM_B).id)
+        ]
+        directory.add_org(db, SYSTEM, code="55555555", kind="nursing", name="Regio", now=now)
+        directory.add_org(db, SYSTEM, code="66666666", kind="nursing", name="Zorg Oost", now=now)
+        for org, name, address in (
+            ("55555555", "Doorbemiddeling", DESK),
+            ("66666666", "Wijkteam Oost", OOST),
+        ):
+            directory.add_team(db, SYSTEM, org_code=org, name=name, address=address, now=now)
+            directory.add_member(
+                db,
+                SYSTEM,
+                team_address=address,
+                name="West",
+                email="west@zorg-zuid.example",
+                fingerprint=fpr,
+                now=now,
+            )
+        auth.add_user(
+            db,
+            SYSTEM,
+            username="desk",
+            name="Desk Nurse",
+            role="nurse",
+            org_code="55555555",
+            password="desk nurse password 12345",
+            teams=[DESK],
+            now=now,
+        )
+        return auth.actor_for_cli(db, "desk")
+
+    return svc.store.write_sync(write)
+
+
+async def test_pass_on_to_the_desk_and_on_to_a_third_team_without_consent_records(
+    loop: Loop, smtp_server: object
+) -> None:
+    desk_nurse = _desk_and_oost(loop)
+    _forget_consents(loop)  # direct care: no record for any team
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    # The nurse's list: the desk first, a team without a usable key greyed with the reason
+    row = svc.store.read_sync(lambda db: exchange.require_row(db, sent.reference))
+    choices = await answer.pass_on_choices(svc, row)
+    assert choices[0].team.address == DESK and choices[0].passing_on_desk
+    no_key = [c for c in choices if c.team.address == OTHER_TEAM]
+    assert no_key and not no_key[0].can_receive and "sleutel" in no_key[0].reason_nl
+    # ... and choosing it anyway is refused with the next step, in Dutch
+    with pytest.raises(forms.FormInvalidError) as info:
+        await answer.record_answer(
+            svc, loop.nurse_a, sent.reference,
+            {"status": "doorbemiddeld", "reason": "Vol", "passed_to": OTHER_TEAM},
+        )  # fmt: skip
+    assert "Kies een ander team" in info.value.errors[0].message_nl
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "doorbemiddeld", "reason": "Geen capaciteit", "passed_to": DESK},
+    )  # fmt: skip
+    await deliver_all(svc)
+    await answer.record_answer(
+        svc, desk_nurse, sent.reference,
+        {"status": "doorbemiddeld", "reason": "Oost heeft plek", "passed_to": OOST},
+    )  # fmt: skip
+    await deliver_all(svc)
+    for address in (DESK, OOST):
+        [raw] = _delivered_to(smtp_server, address)
+        opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
+        assert opened.returncode == 0, opened.stderr.decode()
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert [h["team_address"] for h in status["hops"]] == [TEAM, DESK, OOST]
