@@ -146,6 +146,22 @@ class AuditSettings:
     working_hours: str = _s("07:00-19:00", "Access outside these hours is listed as an exception.")
 
 
+#: The consent policies ([consent] policy); securemail.consent.evaluate applies them.
+CONSENT_POLICIES = ("direct_care", "explicit")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentSettings:
+    policy: str = _s(
+        "direct_care",
+        "'direct_care': within the treatment relationship consent is presumed (WGBO 7:457; AVG"
+        " 9(2)(h) with UAVG 30(3)) and recorded from the signed request; an objection always"
+        " stops a send. 'explicit': every send needs a recorded permit (a covenant that asks"
+        " for it). Withdrawals, stop notices and answers to a nurse's ask are never gated"
+        " (docs/consent.md).",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     content_days: int = _s(
@@ -231,6 +247,7 @@ class Settings:
     gpg: GpgSettings = field(default_factory=GpgSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     region: RegionSettings = field(default_factory=RegionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
@@ -363,6 +380,10 @@ def _validate(s: Settings) -> None:
     if s.gateway.log_format not in {"text", "json"}:
         raise ConfigError(
             "[gateway] log_format must be 'text' or 'json'", setting="[gateway] log_format"
+        )
+    if s.consent.policy not in CONSENT_POLICIES:
+        raise ConfigError(
+            "[consent] policy must be 'direct_care' or 'explicit'", setting="[consent] policy"
         )
     positive = [
         ("monitoring", "health_check_seconds"),

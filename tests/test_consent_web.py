@@ -156,6 +156,10 @@ async def test_an_objection_refuses_a_send_naming_the_objection(webapp):
 
 
 async def test_withdraw_is_one_action_and_stops_the_queued_request(webapp):
+    # A region with explicit consent: withdrawing the permit leaves no basis (under direct
+    # care the presumed consent would remain, and only an objection stops the send).
+    svc = webapp.svc
+    svc.settings = svc.settings.replace(consent={"policy": "explicit"})
     ref = await webapp.send("gp_a", CENTRUM)  # the worker does not run: it stays queued
     b = await logged_in(webapp, "gp_a")
     page = await b.post("/consents/patient", {"bsn": BSN})

@@ -183,6 +183,7 @@ def _grant(args: argparse.Namespace) -> int:
 
 def _withdraw(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
+    settings = config.load(home_of(args))
 
     def fn(db: sqlite_utils.Database, actor: Actor) -> register_.WithdrawResult:
         return register_.withdraw(
@@ -195,9 +196,10 @@ def _withdraw(args: argparse.Namespace) -> int:
             reason=args.reason,
             now=now,
             stop_pending=_stop_pending,
+            policy=settings.consent.policy,
         )
 
-    result = _run(config.load(home_of(args)), args.as_user, fn)
+    result = _run(settings, args.as_user, fn)
     for rec in result.records:
         print(f"withdrawn {rec.ref} for {rec.recipient.label}")
     print(f"stopped requests: {', '.join(result.stopped) or 'none'}")

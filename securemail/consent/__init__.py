@@ -17,8 +17,11 @@ Invariants (``model``: values, errors, input checks; ``table``: schema and rows;
   finds it through the UNIQUE index on ``supersedes``.
 - **'expired' is computed, never stored:** an active record whose ``valid_until`` has
   passed stops counting that instant, without a sweeper job (``status_at(now)``).
-- **No record means no.** ``evaluate`` takes the most specific matching record (team over
-  organisation over category); at equal specificity a deny beats a permit.
+- **One policy, applied in ``evaluate``** ([consent] policy): under ``direct_care`` (the
+  default) no record means consent presumed within the treatment relationship, the signed
+  request its evidence; under ``explicit`` no record means no. Either way the most specific
+  matching record decides (team over organisation over category) and at equal specificity
+  a deny beats a permit. Risk-reducing sends (NEVER_GATED) are never gated: ``exempt``.
 - **Every check is on record:** ``check``/``require`` write a ``consent.check`` audit row
   naming the record used, in the caller's transaction; ``record`` and ``withdraw`` write
   ``consent.record``/``consent.withdraw`` in theirs. Bad input raises ConsentInputError
@@ -29,14 +32,16 @@ Invariants (``model``: values, errors, input checks; ``table``: schema and rows;
 
 from __future__ import annotations
 
-from securemail.consent.evaluate import check, evaluate, require
+from securemail.consent.evaluate import check, evaluate, exempt, require
 from securemail.consent.fhir import export_fhir, to_fhir
 from securemail.consent.model import (
     BASES,
     CHANNELS,
     DATA_CATEGORIES,
     DECISIONS,
+    NEVER_GATED,
     PERFORMERS,
+    POLICIES,
     PURPOSES,
     STATUSES,
     STOP_LABEL_NL,
@@ -59,11 +64,12 @@ from securemail.consent.register import RecipientKnown, mark_entered_in_error, r
 from securemail.consent.table import MIGRATIONS
 
 __all__ = [
-    "BASES", "CHANNELS", "DATA_CATEGORIES", "DECISIONS", "MIGRATIONS", "PERFORMERS", "PURPOSES",
+    "BASES", "CHANNELS", "DATA_CATEGORIES", "DECISIONS", "MIGRATIONS", "NEVER_GATED",
+    "PERFORMERS", "POLICIES", "PURPOSES",
     "STATUSES", "STOP_LABEL_NL", "STOP_REASON", "ConsentDecision", "ConsentDeniedError",
     "ConsentInputError", "ConsentMissingError", "ConsentRecord", "ConsentRefusedError",
     "NothingToWithdrawError", "RecipientKnown", "Recipient", "Specificity", "StopPending",
-    "Target", "WithdrawResult", "check", "evaluate", "export_fhir", "list_records",
+    "Target", "WithdrawResult", "check", "evaluate", "exempt", "export_fhir", "list_records",
     "mark_entered_in_error", "record", "register_overview", "require", "to_fhir", "view_records",
     "withdraw",
 ]  # fmt: skip

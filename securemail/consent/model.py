@@ -25,6 +25,17 @@ STATUSES = ("active", "withdrawn", "expired", "entered-in-error")
 CHANNELS = ("in_person", "phone", "paper", "portal")
 PERFORMERS = ("patient", "representative")
 PURPOSES = ("TREAT",)
+#: [consent] policy values (securemail.config.CONSENT_POLICIES mirrors them): what "no
+#: record" means for a direct-care send.
+POLICIES = ("direct_care", "explicit")
+#: Sends that reduce risk and that the register never gates, whatever the policy and
+#: whatever was recorded (docs/consent.md): a withdrawal (intrekking) of an order, a team's
+#: stop notice, a GP's answer to a nurse's ask. They carry only what the team needs to stop
+#: or act; stopping them would leave a team acting on an order it should not.
+NEVER_GATED = ("withdrawal", "stop_notice", "ask_answer")
+#: The basis of a direct-care send no record decided: consent presumed within the treatment
+#: relationship (WGBO 7:457), the signed request itself the evidence.
+PRESUMED_BASIS = "implied_referral"
 DATA_CATEGORIES = ("execution_request", "medication")
 #: What the outbox/request screens show for a request a withdrawal stopped.
 STOP_REASON = "consent.withdrawn"
@@ -233,11 +244,40 @@ class ConsentDecision:
     target: Target
     purpose: str
     data_category: str
+    policy: str = "explicit"
+    #: the evidence of a presumed consent (the request reference): '' when a record decided
+    evidence: str = ""
+    #: one of NEVER_GATED when the register was not asked at all (a risk-reducing send)
+    exempt: str = ""
+
+    @property
+    def basis(self) -> str:
+        """The legal basis the send used: the record's basis, 'implied_referral' when
+        presumed under the direct-care policy, '' for a refusal without a record."""
+        if self.record is not None:
+            return self.record.basis
+        return PRESUMED_BASIS if self.permitted else ""
 
     @property
     def audit_value(self) -> str:
-        """The audit row's check_consent: 'permit:<id>@v<n>', 'deny:<id>@v<n>' or 'none'."""
-        return "none" if self.record is None else f"{self.record.decision}:{self.record.ref}"
+        """The audit row's check_consent (its NEN 7513 consent profile): 'permit:<id>@v<n>',
+        'deny:<id>@v<n>', 'implied_referral:<evidence>' (presumed, direct care) or 'none'."""
+        if self.exempt:
+            return f"exempt:{self.exempt}"
+        if self.record is not None:
+            return f"{self.record.decision}:{self.record.ref}"
+        if self.permitted:
+            return f"{PRESUMED_BASIS}:{self.evidence or 'request'}"
+        return "none"
+
+    @property
+    def consent_ref(self) -> str:
+        """The audit row's consent_id: the record's id, or the presumed basis' evidence."""
+        if self.exempt:
+            return ""
+        if self.record is not None:
+            return self.record.consent_id
+        return f"{PRESUMED_BASIS}:{self.evidence or 'request'}" if self.permitted else ""
 
     def raise_if_refused(self) -> None:
         if self.permitted:

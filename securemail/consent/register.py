@@ -201,10 +201,13 @@ def withdraw(
     reason: str | None = None,
     now: datetime,
     stop_pending: StopPending,
+    policy: str = "explicit",
 ) -> WithdrawResult:
     """Withdraw every current, unexpired record (permit or objection) of the patient at this
     holder for exactly this recipient, effective at once; then let ``stop_pending`` stop the
-    requests that have not left and are no longer permitted. Audited ``consent.withdraw``
+    requests that have not left and are no longer permitted under ``policy`` (under
+    direct care, withdrawing a permit leaves the presumed consent: nothing stops unless an
+    objection now decides). Audited ``consent.withdraw``
     per record, naming the stopped requests. Nothing to withdraw: NothingToWithdrawError.
     """
     org = parse_id("source_org_id", source_org_id)
@@ -257,6 +260,7 @@ def withdraw(
             purpose=purpose,
             data_category=data_category,
             now=now,
+            policy=policy,
         ).permitted
 
     stopped = tuple(stop_pending(db, bsn, rcpt, source_org_id=org, still_permitted=still_permitted))

@@ -42,7 +42,13 @@ from securemail.exchange.view import DATA_CATEGORIES, record_refusal, resource
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
-from securemail.openpgp.keyring import Envelope, Fingerprint, SealError, SealInput
+from securemail.openpgp.keyring import (
+    Envelope,
+    Fingerprint,
+    RecipientKeyError,
+    SealError,
+    SealInput,
+)
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
@@ -61,6 +67,45 @@ class AnswerClosedError(ConflictError):
         "Op dit verzoek kan niet (meer) worden gereageerd: het is al beantwoord, "
         "doorbemiddeld, vervangen of ingetrokken."
     )
+
+
+class PassOnDeniedError(consent.ConsentDeniedError):
+    """The patient objected to the team (or its organisation) a nurse chose: say what next."""
+
+    nl = (
+        "De cliënt heeft bezwaar gemaakt tegen het delen met {recipient}. Kies een ander team "
+        "of het doorbemiddelingspunt, of wijs het verzoek af met de reden: dan zoekt de "
+        "huisarts samen met de cliënt verder."
+    )
+
+
+class PassOnMissingError(consent.ConsentMissingError):
+    """Explicit-consent region: no permit recorded for the team chosen; say what to record."""
+
+    nl = (
+        "Deze regio vraagt vastgelegde toestemming van de cliënt, en die ontbreekt voor "
+        "{recipient}. Vraag de huisarts de toestemming van de cliënt voor dit team of deze "
+        "organisatie vast te leggen, of kies een team waarvoor die er wel is."
+    )
+
+
+def _raise_pass_on_refusal(decision: consent.ConsentDecision) -> None:
+    if decision.permitted:
+        return
+    if decision.record is None:
+        raise PassOnMissingError(decision)
+    raise PassOnDeniedError(decision)
+
+
+@dataclass(frozen=True, slots=True)
+class PassOnChoice:
+    """A team on the nurse's pass-on list: chosen only when it can receive (a usable pinned
+    key); otherwise shown greyed with ``reason_nl``."""
+
+    team: Team
+    can_receive: bool
+    reason_nl: str = ""
+    passing_on_desk: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +305,7 @@ def _consent(
         now=svc.now(),
         audit_object=("request", row["reference"]),
         sender_org=practice.code,
+        policy=svc.settings.consent.policy,
     )
 
 
@@ -274,8 +320,17 @@ async def _pass_on(
     new_team = await svc.store.read(lambda db: _pass_on_target(db, row, answer.passed_to or ""))
     # The register first (its audit row commits even when it says no), then the keys.
     decision = await svc.store.write(lambda db: _consent(svc, db, actor, row, new_team))
-    decision.raise_if_refused()
-    recipients, skipped = await exchange.usable_recipients(svc, new_team)
+    _raise_pass_on_refusal(decision)
+    try:
+        recipients, skipped = await exchange.usable_recipients(svc, new_team)
+    except RecipientKeyError:
+        raise _field_error(
+            "passed_to",
+            "answer.team_cannot_receive",
+            f"{new_team.name} kan nu geen versleutelde berichten ontvangen (geen bruikbare "
+            "sleutel). Kies een ander team of het doorbemiddelingspunt; het verzoek blijft "
+            "bij uw team tot u een keuze maakt.",
+        ) from None
     # Requests sealed since one signature per message keep no detached GP signature: the
     # GP signed the whole inner entity inside the first team's encryption, which the gateway
     # cannot open. Those travel under the gateway's signature alone (the page and the
@@ -344,7 +399,7 @@ async def _pass_on(
             }
         )
         practice = directory.org_by_id(db, current["practice_org_id"])
-        consent_id = decision.record.consent_id if decision.record else ""
+        consent_id = decision.consent_ref
         _audit_answer(
             db,
             svc,
@@ -380,14 +435,38 @@ async def _pass_on(
         )
         return decision
 
-    (await svc.store.write(commit)).raise_if_refused()
+    _raise_pass_on_refusal(await svc.store.write(commit))
     log.info("request %s passed on to %s", reference, new_team.address)
     return AnswerResult(reference, PASS_ON, new_team.address)
 
 
 def answer_teams(db: sqlite_utils.Database, row: dict[str, Any]) -> list[Team]:
-    """Teams a request may be passed on to (for the nurse's form): every other active team."""
-    return [t for t in directory.list_teams(db) if t.id != row["team_id"]]
+    """Teams a request may be passed on to: every other active team (pass_on_choices says
+    which of them can receive)."""
+    return [t for t in directory.list_teams(db) if t.id != row["team_id"] and t.active]
 
 
-__all__ = ["AnswerClosedError", "AnswerResult", "answer_teams", "record_answer"]
+async def pass_on_choices(svc: Services, row: dict[str, Any]) -> list[PassOnChoice]:
+    """The nurse's pass-on list: the region's passing-on desk first, then every other
+    active team; a team without a usable pinned key is listed greyed with the reason (one
+    gpg listing per team: the directory's size, never a number from the request)."""
+    teams = await svc.store.read(lambda db: answer_teams(db, row))
+    desk = svc.settings.gateway.passing_on_address.lower()
+    choices: list[PassOnChoice] = []
+    for team in teams:
+        is_desk = bool(desk) and team.address.lower() == desk
+        try:
+            await exchange.usable_recipients(svc, team)
+        except RecipientKeyError:
+            reason = "kan nu geen versleutelde berichten ontvangen: geen bruikbare sleutel"
+            choices.append(PassOnChoice(team, False, reason, is_desk))
+            continue
+        choices.append(PassOnChoice(team, True, "", is_desk))
+    choices.sort(key=lambda c: (not c.passing_on_desk, not c.can_receive, c.team.name))
+    return choices
+
+
+__all__ = [
+    "AnswerClosedError", "AnswerResult", "PassOnChoice", "PassOnDeniedError",
+    "PassOnMissingError", "answer_teams", "pass_on_choices", "record_answer",
+]  # fmt: skip

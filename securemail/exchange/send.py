@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
@@ -177,8 +178,52 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
     return team
 
 
+def never_gated(req: forms.ExecutionRequest, ask: str | None) -> str:
+    """Which risk-reducing kind this send is (consent.NEVER_GATED), or '': a withdrawal
+    (intrekking) of an earlier order, or the GP's answer to a nurse's ask."""
+    if req.kind == "intrekking":
+        return "withdrawal"
+    if ask:
+        return "ask_answer"
+    return ""
+
+
+def consent_for_send(
+    svc: Services,
+    db: sqlite_utils.Database,
+    actor: Actor,
+    req: forms.ExecutionRequest,
+    team: Team,
+    *,
+    now: datetime,
+    ask: str | None,
+) -> consent.ConsentDecision:
+    """The register's answer for a GP's send under the configured policy (audited), or the
+    exemption of a risk-reducing send, which the register never stops."""
+    target = _target(db, team)
+    why = never_gated(req, ask)
+    if why:
+        return consent.exempt(target, why)
+    return consent.check(
+        db,
+        actor,
+        patient_bsn=req.patient_bsn,
+        source_org_id=actor.org_id or 0,
+        target=target,
+        now=now,
+        audit_object=("request", req.reference or ""),
+        policy=svc.settings.consent.policy,
+    )
+
+
 async def prepare(
-    svc: Services, actor: Actor, data: dict[str, Any], *, reference: str, to: str | None = None
+    svc: Services,
+    actor: Actor,
+    data: dict[str, Any],
+    *,
+    reference: str,
+    to: str | None = None,
+    ask: str | None = None,
 ) -> Prepared:
     """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
@@ -196,15 +241,7 @@ async def prepare(
     now = svc.now()
 
     def check(db: sqlite_utils.Database) -> consent.ConsentDecision:
-        return consent.check(
-            db,
-            actor,
-            patient_bsn=req.patient_bsn,
-            source_org_id=actor.org_id or 0,
-            target=_target(db, team),
-            now=now,
-            audit_object=("request", reference),
-        )
+        return consent_for_send(svc, db, actor, req, team, now=now, ask=ask)
 
     # The check's audit row commits first; a refusal is raised only after that.
     (await svc.store.write(check)).raise_if_refused()
@@ -287,7 +324,7 @@ async def send(
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
     patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
     try:
-        prepared = await prepare(svc, actor, data, reference=reference, to=to)
+        prepared = await prepare(svc, actor, data, reference=reference, to=to, ask=ask)
         if ask:
             await svc.store.read(lambda db: asks.require_fulfillable(db, actor, ask, prepared))
         return await _seal_and_queue(svc, actor, prepared, passphrase, ask)
@@ -351,15 +388,7 @@ async def _seal_and_queue(
 
     def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
         # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
-        decision = consent.check(
-            db,
-            actor,
-            patient_bsn=req.patient_bsn,
-            source_org_id=actor.org_id or 0,
-            target=_target(db, team),
-            now=svc.now(),
-            audit_object=("request", reference),
-        )
+        decision = consent_for_send(svc, db, actor, req, team, now=svc.now(), ask=ask)
         if not decision.permitted:
             return decision
         changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
@@ -405,7 +434,7 @@ async def _seal_and_queue(
             "data_categories": DATA_CATEGORIES,
             "sender_org": actor.org_code,
             "recipient_org": team.address,
-            "consent_id": decision.record.consent_id if decision.record else "",
+            "consent_id": decision.consent_ref,
             "check_consent": decision.audit_value,
             "check_authz": "permit:gp-own-practice",
         }
@@ -483,12 +512,13 @@ def stop_for_consent(
     still_permitted: Callable[..., bool],
 ) -> list[str]:
     """Stop this practice's requests for the patient that have not left and that the register,
-    after a withdrawal, no longer permits; each stop is audited by outbox.stop."""
+    after a withdrawal, no longer permits; each stop is audited by outbox.stop. A
+    risk-reducing send (a withdrawal of an order, an answer to an ask) is never stopped."""
     del recipient  # still_permitted decides per request, whatever level was withdrawn
     stopped = []
     rows = db.execute(
         "SELECT r.reference, r.team_id FROM requests r WHERE r.patient_bsn = ? "
-        "AND r.practice_org_id = ?",
+        "AND r.practice_org_id = ? AND r.kind != 'intrekking' AND r.ask_reference = ''",
         [patient_bsn, source_org_id],
     ).fetchall()
     for reference, team_id in rows:
@@ -531,6 +561,8 @@ class Hooks:
             found = request_row(db, row.reference)
             if found is None:
                 return None
+            if found["kind"] == "intrekking" or found["ask_reference"]:
+                return None  # risk-reducing: never gated (consent.NEVER_GATED)
             bsn, practice, target = consent_target_for(db, row.reference)
             return consent.check(
                 db,
@@ -541,6 +573,7 @@ class Hooks:
                 now=now,
                 audit_object=("request", row.reference),
                 sender_org=directory.org_by_id(db, practice).code,
+                policy=svc.settings.consent.policy,
             )
 
         decision = await svc.store.write(check)

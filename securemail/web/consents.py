@@ -384,6 +384,7 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
                 reason=reason,
                 now=now,
                 stop_pending=exchange.stop_for_consent,
+                policy=svc.settings.consent.policy,
             )
         )
     except ConsentInputError as exc:

@@ -283,9 +283,7 @@ async def detail_context(
         and view["kind"] != "intrekking"
         and view["team_id"] in actor.team_ids
     )
-    other_teams = (
-        await svc.store.read(lambda db: answer.answer_teams(db, view)) if can_answer else []
-    )
+    other_teams = await answer.pass_on_choices(svc, view) if can_answer else []
     can_answer = can_answer and not view["purged"]
     text = "" if view["purged"] else exchange.render_text(svc, view)
     return {
