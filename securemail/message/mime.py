@@ -168,9 +168,8 @@ def _multipart(
         if not any(delimiter in p for p in parts):
             break
     lines = "".join(f"{line}\r\n" for line in head)
-    out = [
-        f'{lines}Content-Type: multipart/{subtype};{params}\r\n boundary="{boundary}"\r\n\r\n'.encode()
-    ]
+    content_type = f'Content-Type: multipart/{subtype};{params}\r\n boundary="{boundary}"'
+    out = [f"{lines}{content_type}\r\n\r\n".encode()]
     for p in parts:
         out += [delimiter, b"\r\n", p, b"\r\n"]
     out += [delimiter, b"--\r\n"]
