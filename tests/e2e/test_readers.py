@@ -24,6 +24,7 @@ import pytest
 from securemail.accounts import auth
 from securemail.exchange import send as exchange
 from securemail.message import mime
+from securemail.store import get_meta
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -198,3 +199,22 @@ async def test_sq_decrypts_and_verifies_the_gp_as_signer(
     assert "Good signature" in report
     assert gp_fingerprint(gw)[-16:].upper() in report.upper()
     assert json.loads(mime.parse_inner(out.stdout).json)["patient"] == EXAMPLE["patient"]
+
+
+async def test_notice_from_is_on_the_gateways_key_and_says_only_what_the_gateway_knows(
+    gw: Gateway, smtp_server: Any
+) -> None:
+    await send_and_fetch(gw, smtp_server, example())
+    [notice] = [
+        email.message_from_bytes(raw, policy=policy.default)
+        for raw in smtp_server.handler.mailbox().values()
+        if b"X-Securemail-Notice: delivered" in raw
+    ]
+    gateway = gw.svc.store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
+    addresses = uid_addresses(gw.svc.settings.gnupg_home, gateway)
+    assert notice["From"].addresses[0].addr_spec.lower() in addresses
+    # the reply address is on the gateway's key too: a client can encrypt a reply to it
+    assert gw.svc.settings.gateway.reply_to() in addresses
+    body = notice.get_body().get_content()
+    assert "afgegeven aan de mailserver" in body
+    assert "van het team" not in body  # the relay took it; whether the team has it, we do not know
