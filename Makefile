@@ -1,6 +1,6 @@
 # Two commands on a fresh Debian machine: `make demo` and `make test`.
 # They create .venv/, install the package with its test extras, and install
-# Debian's gnupg (and chromium for the browser tests) when missing.
+# Debian's gnupg, rnp and sq (and chromium for the browser tests) when missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# rnp (the OpenPGP engine inside Thunderbird) and Sequoia's sq: tests/e2e/test_readers.py
+# opens every request with them next to gpg, as independent readers.
 system-deps:
 	@command -v gpg >/dev/null 2>&1 || { echo "installing gnupg"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg; }
+	@{ command -v rnp && command -v sq; } >/dev/null 2>&1 || { echo "installing rnp and sq"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq rnp sq; }
 
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium"; \

@@ -40,6 +40,12 @@ class GatewaySettings:
     from_address: str = _s(
         "gateway@securemail.invalid", "Envelope and From address of mails the gateway sends."
     )
+    reply_address: str = _s(
+        "",
+        "Where nurses' replies go (Reply-To of every mail, a user id on the gateway's key,"
+        " published with it in the Autocrypt header); empty means antwoord@ the domain of"
+        " from_address.",
+    )
     passing_on_address: str = _s(
         "", "Regional passing-on (doorbemiddeling) team address; empty when the region has none."
     )
@@ -57,6 +63,17 @@ class GatewaySettings:
         "'text' (one readable line per event) or 'json' (one JSON object per line: time, level,"
         " logger, message, incident and request id) for a log collector (docs/monitoring.md).",
     )
+
+    def reply_to(self) -> str:
+        """The reply address: reply_address, or antwoord@ the domain of from_address."""
+        return self.reply_address or "antwoord@" + self.from_address.rpartition("@")[2]
+
+    def gp_address(self, username: str) -> str:
+        """A GP's own address at the gateway's domain: a user id on the GP's signing key
+        (added at enrolment) and the From of what the GP signs, so that signer and sender
+        agree and the gateway's domain (SPF/DKIM) stays aligned with From."""
+        local = "".join(c for c in username.lower() if c.isalnum() or c in "._-").strip(".")
+        return f"{local or 'huisarts'}@{self.from_address.rpartition('@')[2]}"
 
 
 @dataclass(frozen=True, slots=True)

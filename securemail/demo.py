@@ -255,6 +255,9 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
         public = "".join([await ring.export_public(f) for f in fprs])
     paths.team_secret.write_text(secret, encoding="utf-8")
     os.chmod(paths.team_secret, 0o600)
+    # The gateway's own key too: nurses' replies are encrypted to it (its reply address).
+    gateway = svc.store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
+    public += await svc.keyring.export_public(gateway)
     paths.public_keys.write_text(public, encoding="utf-8")
     await svc.keyring.import_keys(public)
     now = svc.now_iso()

@@ -116,14 +116,9 @@ async def init_home(
             report.created.append(f"{gnupg}/ (mode 0700)")
         keyring = Keyring.from_settings(gnupg, settings.gpg)
         fpr = db.read_sync(lambda d: get_meta(d, "gateway_fingerprint"))
+        name = f"securemail gateway {settings.gateway.source_id}"
         if not fpr:
-            domain = settings.gateway.from_address.split("@")[-1]
-            fpr = await keyring.generate_key(
-                f"securemail gateway {settings.gateway.source_id}",
-                f"gateway@{domain}",
-                None,
-                kind="both",
-            )
+            fpr = await keyring.generate_key(name, settings.gateway.from_address, None, kind="both")
             db.write_sync(
                 lambda d: (
                     set_meta(d, "gateway_fingerprint", fpr),
@@ -137,6 +132,10 @@ async def init_home(
                 )
             )
             report.created.append(f"gateway key {fpr}")
+        # What the gateway signs is From from_address, and replies are encrypted to its key
+        # for the reply address: both must be user ids on it (also after a settings change).
+        for address in (settings.gateway.from_address, settings.gateway.reply_to()):
+            await keyring.add_uid(fpr, name, address, None)
     finally:
         db.close()
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import json
 import logging
@@ -26,6 +27,7 @@ from securemail.openpgp.keyring import (
     SealError,
     SealInput,
     SealTimeoutError,
+    SignerKeyError,
     SigningError,
     VerificationError,
 )
@@ -40,6 +42,7 @@ BIRTH_DATE_ISO = "1948-03-07"
 PATIENT_DATA = (PATIENT_NAME, BSN, BIRTH_DATE, BIRTH_DATE_ISO)
 ENVELOPE = Envelope(
     sender="gateway@gw.example",
+    author="huisarts@praktijk.example",  # on the GP's key (gp_key), as seal() demands
     recipient="noord@team.example",
     subject=f"Uitvoeringsverzoek {REFERENCE}",
     extra_headers=(("X-Securemail-Reference", REFERENCE),),
@@ -174,6 +177,7 @@ async def test_seal_headers_are_neutral_and_complete(
     msg = email.message_from_bytes(sealed.mime, policy=default)
     assert [name.lower() for name in msg] == [
         "from",
+        "sender",
         "to",
         "subject",
         "date",
@@ -192,6 +196,78 @@ async def test_seal_headers_are_neutral_and_complete(
     assert sealed.reference == REFERENCE
     assert sealed.signer_fingerprint == gp_key.fingerprint
     assert (sealed.sender, sealed.recipient) == (ENVELOPE.sender, ENVELOPE.recipient)
+
+
+def signer_uid_addresses(home: Path, fingerprint: str) -> set[str]:
+    """The e-mail addresses of a key's user ids, read the way Thunderbird/RNP match a From:
+    from the user id records of ``gpg --with-colons`` (field 10, the part in <>)."""
+    out = run_gpg(home, "--with-colons", "--list-keys", fingerprint).stdout.decode()
+    uids = [line.split(":")[9] for line in out.splitlines() if line.startswith("uid:")]
+    return {uid.rpartition("<")[2].rstrip(">").lower() for uid in uids if "<" in uid}
+
+
+async def test_seal_from_is_an_address_on_the_signers_key_and_gateway_is_sender(
+    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey, nurse_home: Path
+) -> None:
+    sealed = await seal(keyring, gp_key, [team_keypair.fingerprint])
+    msg = email.message_from_bytes(sealed.mime, policy=default)
+    out = run_gpg(nurse_home, "--decrypt", input=ciphertext_of(sealed.mime))
+    signer = [
+        line.split()[-1]
+        for line in out.stderr.decode().splitlines()
+        if line.startswith("[GNUPG:] VALIDSIG ")
+    ][0]
+    assert msg["From"].addresses[0].addr_spec in signer_uid_addresses(nurse_home, signer)
+    assert msg["Sender"].addresses[0].addr_spec == ENVELOPE.sender
+
+
+async def test_seal_refuses_a_from_that_is_not_on_the_signers_key(
+    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey
+) -> None:
+    for envelope in (
+        dataclasses.replace(ENVELOPE, author=""),  # From would be the gateway's address
+        dataclasses.replace(ENVELOPE, author="andere@praktijk.example"),
+    ):
+        with pytest.raises(SignerKeyError) as err:
+            await keyring.seal(
+                make_document(gp_key),
+                signer=gp_key.fingerprint,
+                passphrase=GP_PASSPHRASE,
+                recipients=[team_keypair.fingerprint],
+                envelope=envelope,
+            )
+        assert err.value.context["why"] == "from_not_on_key"
+
+
+async def test_seal_protects_the_real_headers_inside_the_encryption(
+    keyring: Keyring, gp_key: GpgTestKey, team_keypair: GpgTestKey, nurse_home: Path
+) -> None:
+    envelope = dataclasses.replace(
+        ENVELOPE,
+        protected_subject=f"SPOED WIJZIGING Uitvoeringsverzoek {REFERENCE}",
+        in_reply_to="<earlier@gw.example>",
+    )
+    sealed = await keyring.seal(
+        make_document(gp_key),
+        signer=gp_key.fingerprint,
+        passphrase=GP_PASSPHRASE,
+        recipients=[team_keypair.fingerprint],
+        envelope=envelope,
+    )
+    assert b"SPOED" not in sealed.mime and b"WIJZIGING" not in sealed.mime
+    outer = email.message_from_bytes(sealed.mime, policy=default)
+    assert outer["References"] == outer["In-Reply-To"] == "<earlier@gw.example>"
+    out = run_gpg(nurse_home, "--decrypt", input=ciphertext_of(sealed.mime))
+    assert f"[GNUPG:] VALIDSIG {gp_key.fingerprint}" in out.stderr.decode()
+    inner = email.message_from_bytes(out.stdout, policy=default)
+    assert inner.get_param("hp") == "cipher"
+    assert inner["Subject"] == f"SPOED WIJZIGING Uitvoeringsverzoek {REFERENCE}"
+    for name in ("From", "Sender", "To", "Date", "Message-ID", "In-Reply-To", "References"):
+        assert inner[name] == outer[name], name
+    assert f"Subject: Uitvoeringsverzoek {REFERENCE}" in inner.get_all("HP-Outer")
+    assert "X-Securemail-Reference" not in inner
+    # the parts a nurse's client and the gateway read are unchanged by the headers
+    assert json.loads(mime.parse_inner(out.stdout).json)["patient"]["bsn"] == BSN
 
 
 async def test_seal_encrypts_to_exactly_the_pinned_subkeys(
@@ -438,7 +514,7 @@ async def test_seal_signer_without_secret_key_refused(
             signer=team_keypairs[1].fingerprint,
             passphrase="x",
             recipients=[team_keypairs[0].fingerprint],
-            envelope=ENVELOPE,
+            envelope=dataclasses.replace(ENVELOPE, author=team_keypairs[1].email),
         )
     assert info.value.context["why"] == "missing"
 

@@ -355,6 +355,31 @@ async def _audit_refusal(
     log.info("request %s refused: %s", reference, exc.code)
 
 
+#: words in the protected Subject (inside the encryption only): what kind of request it is
+_KIND_WORDS = {"wijziging": "WIJZIGING", "verlenging": "VERLENGING", "intrekking": "INTREKKING"}
+
+
+def protected_subject(req: forms.ExecutionRequest) -> str:
+    """The real Subject, inside the encryption (RFC 9788): urgency, kind and reference, and
+    the reference replaced; never patient data. "SPOED WIJZIGING Uitvoeringsverzoek
+    UVZ-2026-000124 (vervangt UVZ-2026-000123)"."""
+    words = ["SPOED"] if req.urgency == "spoed" else []
+    words += [_KIND_WORDS[req.kind]] if req.kind in _KIND_WORDS else []
+    words.append(f"Uitvoeringsverzoek {req.reference}")
+    if req.supersedes and REFERENCE_RE.fullmatch(req.supersedes):
+        words.append(f"(vervangt {req.supersedes})")
+    return " ".join(words)
+
+
+async def signer_address(svc: Services, signer: Fingerprint, username: str) -> str:
+    """The From of what ``signer`` signs: the GP's address at the gateway's domain when it
+    is on the key (enrolment adds it), else the key's first user id address; seal() checks
+    that it is on the key, so a signer and its From always agree."""
+    uids = (await svc.keyring.key_info(signer)).uids
+    own = svc.settings.gateway.gp_address(username)
+    return own if own in uids else (uids[0] if uids else svc.settings.gateway.from_address)
+
+
 async def _seal_and_queue(
     svc: Services, actor: Actor, prepared: Prepared, passphrase: str, ask: str | None
 ) -> SendResult:
@@ -363,10 +388,18 @@ async def _seal_and_queue(
     recipients, skipped = await usable_recipients(svc, team)
     gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
     signer = Fingerprint(gp.signing_fingerprint)
+    replaces = ""
+    if req.supersedes:
+        earlier = await svc.store.read(lambda db: request_row(db, req.supersedes or ""))
+        replaces = str(earlier["message_id"]) if earlier else ""
     envelope = Envelope(
         sender=svc.settings.gateway.from_address,
+        author=await signer_address(svc, signer, gp.username),
         recipient=team.address,
         subject=f"Uitvoeringsverzoek {reference}",
+        protected_subject=protected_subject(req),
+        in_reply_to=replaces,
+        reply_to=svc.settings.gateway.reply_to(),
         extra_headers=(("X-Securemail-Reference", reference),),
     )
     doc = prepared.rendered

@@ -95,6 +95,10 @@ async def enrol(svc: Services, actor: Actor, user: auth.User, passphrase: str) -
     fpr = await svc.keyring.generate_key(
         user.name, email, _require_passphrase(passphrase), kind="signing"
     )
+    # The From of what the GP signs: an address at the gateway's domain, on this key.
+    await svc.keyring.add_uid(
+        fpr, user.name, svc.settings.gateway.gp_address(user.username), passphrase
+    )
     now = svc.now_iso()
 
     def write(db: sqlite_utils.Database) -> None:

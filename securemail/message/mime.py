@@ -7,8 +7,15 @@ Invariants:
 - the inner entity carries no signature of its own: the GP's one signature is the
   combined sign+encrypt of RFC 3156 section 6.2, made by openpgp.seal() over this whole
   entity (text, HTML, request.json and the GP's public key alike);
-- the outer message carries only From, To, Subject, Date, Message-ID, MIME-Version, the
-  caller's extra headers and the two RFC 3156 parts; the only body is ciphertext;
+- the outer message carries only From (and Sender when the author is not the gateway), To,
+  a neutral Subject, Date, Message-ID, threading (In-Reply-To, References), Reply-To,
+  MIME-Version, the caller's extra headers and the two RFC 3156 parts; the only body is
+  ciphertext;
+- header protection (RFC 9788): with an envelope, the inner entity's root part carries the
+  real headers (From, To, the protected Subject, Date, Message-ID, threading, Reply-To) and
+  one ``HP-Outer`` line per outer header, with ``hp="cipher"`` on its Content-Type, so they
+  are signed and encrypted with the body: a re-sent old ciphertext shows its own Date and
+  Message-ID, not the envelope's. Protected values are ASCII and never patient data;
 - ``is_pgp_mime()`` accepts exactly that shape, with a payload that parses as public-key
   encrypted OpenPGP data (the outbox's second guard at the SMTP edge).
 """
@@ -52,6 +59,10 @@ _RESERVED = {
     "sender",
     "reply-to",
     "return-path",
+    "in-reply-to",
+    "references",
+    "autocrypt",
+    "hp-outer",
 }
 
 
@@ -68,19 +79,31 @@ class SealInput:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """The outer, readable part of a sealed mail. Every field must be neutral."""
+    """The headers of a sealed mail. The outer ones must be neutral; ``protected_subject``
+    travels only inside the encryption (RFC 9788) and may say SPOED, WIJZIGING, INTREKKING
+    and the reference, never patient data."""
 
-    sender: str
+    sender: str  # the gateway: envelope MAIL FROM, and Sender when an author is given
     recipient: str
     subject: str  # neutral: "Uitvoeringsverzoek UVZ-2026-000123"
     message_id: str | None = None  # "<id@domain>"; generated from the sender's domain if None
     extra_headers: tuple[tuple[str, str], ...] = ()  # e.g. ("X-Securemail-Reference", ref)
     date: datetime | None = None  # None: now
+    #: From: an address on the signer's key (openpgp.seal refuses any other); "" = sender
+    author: str = ""
+    protected_subject: str = ""  # the real Subject, inside the encryption; "" = subject
+    in_reply_to: str = ""  # "<id@domain>" of the message this one replaces (threading)
+    reply_to: str = ""  # where replies go: a gateway reply address whose key is published
 
     def resolved(self) -> Envelope:
         """This envelope with a Message-ID and a Date, generated where absent."""
         message_id = self.message_id or f"<{uuid.uuid4().hex}@{self.sender.rpartition('@')[2]}>"
         return replace(self, message_id=message_id, date=self.date or datetime.now(UTC))
+
+    @property
+    def from_address(self) -> str:
+        """The From address: the author's when given, else the sender's."""
+        return self.author or self.sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +157,9 @@ def _base64_crlf(data: bytes) -> bytes:
     return base64.encodebytes(data).replace(b"\n", b"\r\n")  # 76-character lines
 
 
-def _multipart(subtype: str, parts: list[bytes]) -> bytes:
+def _multipart(
+    subtype: str, parts: list[bytes], *, head: tuple[str, ...] = (), params: str = ""
+) -> bytes:
     # The boundary cannot occur in a part: base64 has neither "-" nor "_", and armor lines
     # that start with "--" continue with "---"; still checked, as the email package does.
     while True:
@@ -142,14 +167,18 @@ def _multipart(subtype: str, parts: list[bytes]) -> bytes:
         delimiter = b"--" + boundary.encode("ascii")
         if not any(delimiter in p for p in parts):
             break
-    out = [f'Content-Type: multipart/{subtype};\r\n boundary="{boundary}"\r\n\r\n'.encode()]
+    lines = "".join(f"{line}\r\n" for line in head)
+    content_type = f'Content-Type: multipart/{subtype};{params}\r\n boundary="{boundary}"'
+    out = [f"{lines}{content_type}\r\n\r\n".encode()]
     for p in parts:
         out += [delimiter, b"\r\n", p, b"\r\n"]
     out += [delimiter, b"--\r\n"]
     return b"".join(out)
 
 
-def build_inner(document: SealInput, json_signature: bytes | None = None) -> bytes:
+def build_inner(
+    document: SealInput, json_signature: bytes | None = None, envelope: Envelope | None = None
+) -> bytes:
     """The multipart/mixed entity to sign and encrypt, in canonical CRLF form.
 
     Its parts: text/plain and text/html (alternatives), request.json, and the GP's public
@@ -157,6 +186,7 @@ def build_inner(document: SealInput, json_signature: bytes | None = None) -> byt
     sign+encrypt (RFC 3156 section 6.2), so gpg reports "Good signature" on decryption.
     ``json_signature``: a forwarded request sealed before one signature per message keeps
     the GP's detached signature over request.json (request.json.asc), before the key.
+    ``envelope`` (resolved): its headers are protected (RFC 9788, see protected_headers).
 
     Written directly rather than with the email package's generator (ten times slower
     for this fixed shape, on the path of every send); ``parse_inner`` reads it back with
@@ -193,9 +223,16 @@ def build_inner(document: SealInput, json_signature: bytes | None = None) -> byt
                 ),
             )
         )
+    head: tuple[str, ...] = ()
+    params = ""
+    if envelope is not None:
+        head = tuple(f"{name}: {value}" for name, value in protected_headers(envelope))
+        params = ' hp="cipher";'
     raw = _multipart(
         "mixed",
-        [
+        head=head,
+        params=params,
+        parts=[
             alternative,
             _inner_part(
                 (
@@ -227,24 +264,32 @@ def _check_header(field: str, value: str) -> str:
     return value
 
 
-def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
-    """The RFC 3156 multipart/encrypted message around ``ciphertext_armor``."""
-    env = envelope.resolved()
-    for field, address in (("sender", env.sender), ("recipient", env.recipient)):
+def outer_headers(envelope: Envelope) -> list[tuple[str, str]]:
+    """The outer (readable, neutral) headers of a resolved envelope, checked, in order."""
+    env = envelope
+    addresses = [("sender", env.sender), ("recipient", env.recipient)]
+    addresses += [(f, a) for f, a in (("author", env.author), ("reply_to", env.reply_to)) if a]
+    for field, address in addresses:
         if not ADDRESS_RE.fullmatch(address):
             raise InputError(f"{field} is not a bare e-mail address", field=field)
-    if not _MESSAGE_ID_RE.fullmatch(env.message_id or ""):
-        raise InputError("message_id is not <id@domain>", field="message_id")
-    body = _ascii_armor(ciphertext_armor, armor.BEGIN_MESSAGE)
-    armor.encrypted_to(body)  # ValueError unless public-key encrypted OpenPGP data
-    headers = [
-        ("From", env.sender),
+    for field, mid in (("message_id", env.message_id or ""), ("in_reply_to", env.in_reply_to)):
+        if (mid or field == "message_id") and not _MESSAGE_ID_RE.fullmatch(mid):
+            raise InputError(f"{field} is not <id@domain>", field=field)
+    if env.date is None:
+        raise InputError("the envelope has no date; resolve it first", field="date")
+    headers = [("From", env.from_address)]
+    if env.author and env.author.lower() != env.sender.lower():
+        headers.append(("Sender", env.sender))  # RFC 5322 3.6.2: the gateway transmits
+    headers += [
         ("To", env.recipient),
         ("Subject", _check_header("subject", env.subject)),
-        ("Date", format_datetime(env.date.astimezone(UTC))),  # type: ignore[union-attr]
+        ("Date", format_datetime(env.date.astimezone(UTC))),
         ("Message-ID", env.message_id or ""),
-        ("MIME-Version", "1.0"),
     ]
+    if env.in_reply_to:
+        headers += [("In-Reply-To", env.in_reply_to), ("References", env.in_reply_to)]
+    if env.reply_to:
+        headers.append(("Reply-To", env.reply_to))
     for name, value in env.extra_headers:
         lowered = name.lower()
         if (
@@ -254,6 +299,30 @@ def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
         ):
             raise InputError(f"header {name!r} may not be set as an extra header", field=name)
         headers.append((name, _check_header(name, value)))
+    return headers
+
+
+def protected_headers(envelope: Envelope) -> list[tuple[str, str]]:
+    """The headers inside the encryption (RFC 9788 section 2): the real ones, with the
+    protected Subject, then one ``HP-Outer`` per outer header so that a reader can tell
+    what the envelope showed. ASCII only (the inner entity is 7-bit clean)."""
+    outer = outer_headers(envelope)
+    subject = _check_header("protected_subject", envelope.protected_subject or envelope.subject)
+    inner = [(n, subject if n == "Subject" else v) for n, v in outer if not n.startswith("X-")]
+    inner += [("HP-Outer", f"{name}: {value}") for name, value in outer]
+    for name, value in inner:
+        if not (value.isascii() and value.isprintable()):
+            raise InputError(f"protected header {name} is not printable ASCII", field=name)
+    return inner
+
+
+def build_outer(ciphertext_armor: bytes, envelope: Envelope) -> bytes:
+    """The RFC 3156 multipart/encrypted message around ``ciphertext_armor``."""
+    env = envelope.resolved()
+    headers = outer_headers(env)
+    body = _ascii_armor(ciphertext_armor, armor.BEGIN_MESSAGE)
+    armor.encrypted_to(body)  # ValueError unless public-key encrypted OpenPGP data
+    headers.insert(len(headers) - len(env.extra_headers), ("MIME-Version", "1.0"))
     if all(_plain_header(name, value) for name, value in headers):
         return _outer(headers, body)
     return _outer_with_email(headers, body)  # RFC 2047 encoding or folding needed

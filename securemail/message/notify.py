@@ -34,7 +34,8 @@ _ADDRESS_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 KINDS: dict[str, tuple[str, str]] = {
     "delivered": (
         "afgeleverd",
-        "Uw verzoek {reference} is versleuteld afgeleverd bij de mailserver van het team.",
+        "Uw verzoek {reference} is versleuteld afgegeven aan de mailserver. Of het team het "
+        "al heeft, ziet u aan zijn antwoord op de pagina van het verzoek.",
     ),
     "failed": (
         "niet afgeleverd",

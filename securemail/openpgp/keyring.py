@@ -6,6 +6,8 @@ Invariants (beyond those of keystore.KeyStore, which this Keyring extends):
   exactly one pinned subkey of each recipient key (RFC 3156 section 6.2); it then reads
   the ciphertext's packets back (armor.encrypted_to) and refuses on any difference, and
   checks the result with the SMTP edge's check (sealcheck) before making a SealedMessage;
+- the From address (envelope.from_address) is a user id of the signer's key, and the
+  headers are protected inside the signature and encryption (mime.protected_headers);
 - a refusal at any step raises and leaves nothing behind: no SealedMessage, no file.
 """
 
@@ -159,6 +161,14 @@ class Keyring(KeyStore):
             if why:
                 raise RecipientKeyError(f"recipient key unusable: {why}", fingerprint=f, why=why)
             subkeys.append(encryption_subkey(infos[f], now))
+        if envelope.from_address.lower() not in signer_info.uids:
+            # Mail clients (Thunderbird, RNP) call a signature "uncertain" unless From is an
+            # address on the signer's key: the signer and the sender must agree.
+            raise SignerKeyError(
+                "From is not an address on the signer's key",
+                fingerprint=signer_fpr,
+                why="from_not_on_key",
+            )
         makers = signing_fingerprints(signer_info)
 
         # One signature per message (RFC 3156 section 6.2, combined sign+encrypt): it covers
@@ -172,7 +182,7 @@ class Keyring(KeyStore):
                     expected=str(json_signer),
                     actual=str(made_by),
                 )
-        inner = mime.build_inner(document, json_signature)
+        inner = mime.build_inner(document, json_signature, envelope)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
             # --trust-model always (always_trust): trust comes from the reviewed directory

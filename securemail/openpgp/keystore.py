@@ -385,6 +385,28 @@ class KeyStore:
         finally:
             self._forget()
 
+    async def add_uid(self, fpr: str, name: str, email: str, passphrase: str | None) -> None:
+        """Add the user id ``name <email>`` to our key ``fpr`` (a no-op when an unrevoked
+        user id already has that address): the From of what the key signs must be on it."""
+        f = fingerprint_arg(fpr)
+        if not name.strip() or name.strip() != name or any(c in name for c in "\r\n\0<>"):
+            raise InputError("name may not be empty or contain line breaks or <>", field="name")
+        if not mime.ADDRESS_RE.fullmatch(email):
+            raise InputError("email is not a bare e-mail address", field="email")
+        if email.lower() in (await self.key_info(f)).uids:
+            return
+        secret = "" if passphrase is None else check_passphrase(passphrase, SealError)
+
+        def work(g: WatchedGPG) -> None:
+            r = g.run(["--quick-add-uid", f, f"{name} <{email}>"], passphrase=wire(secret))
+            if r.returncode != 0:
+                self._fail("add-uid", r, passphrase_error=SealError)
+
+        try:
+            await self._call_with_secret("add-uid", Fingerprint(f), work)
+        finally:
+            self._forget()
+
     async def import_keys(
         self, armored: str | bytes, *, allow_secret: bool = False
     ) -> list[Fingerprint]:

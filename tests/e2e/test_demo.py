@@ -125,6 +125,25 @@ def open_as_team(home: Path, raw: bytes, tmp: Path) -> subprocess.CompletedProce
     )
 
 
+def run_readme_step_4(home: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """The shell block of the README's tour step 4, run by bash from a folder whose var/ is
+    the demo's home (its gpg-agent is stopped after)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    step = readme[readme.index("4. The local relay") :]
+    script = step[step.index("```sh") + len("```sh") : step.index("```", step.index("```sh") + 5)]
+    cwd = tmp / "readme"
+    cwd.mkdir()
+    (cwd / "var").symlink_to(home)
+    return subprocess.run(
+        ["bash", "-euc", script + "\ngpgconf --kill gpg-agent\n"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str, Any]) -> None:
     home, creds = demo["home"], demo["creds"]
     base = f"http://127.0.0.1:{demo['port']}"
@@ -203,6 +222,11 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
             inner = email.message_from_bytes(result.stdout, policy=policy.default)
             types = {p.get_content_type() for p in inner.walk()}
             assert {"text/plain", "application/json"} <= types
+        # And the README's tour step 4 works as written, notices in the maildir and all
+        readme = run_readme_step_4(home, tmp)
+        assert readme.returncode == 0, readme.stderr
+        assert "Good signature from" in readme.stderr
+        assert "application/json" in readme.stdout
     finally:
         subprocess.run(
             ["gpgconf", "--homedir", str(tmp / "client"), "--kill", "gpg-agent"], check=False
