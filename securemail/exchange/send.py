@@ -106,7 +106,8 @@ def _m2(db: sqlite_utils.Database) -> None:
 
 
 def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
-    """UVZ-<year>-<6 digits>, gapless per year; a refused send burns its number (audited)."""
+    """UVZ-<year>-<6 digits>, increasing per year and never reused; a refused send burns its
+    number (audited), a restore skips ahead (docs/backup.md)."""
     name = f"UVZ-{year}"
     return f"{name}-{next_value(db, name):06d}"
 
