@@ -36,7 +36,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 @requires("request.send")
 async def send_request(request: web.Request) -> web.StreamResponse:
-    """POST /api/requests {"request": {...}, "passphrase": "...", "to": "team@..."?}."""
+    """POST /api/requests {"request": {...}, "passphrase": "...", "to": "team@..."?}, with an
+    optional ``Idempotency-Key`` header (docs/api.md)."""
     svc = request.app[services_key]
     body = await _json_body(request)
     data, passphrase, to = body.get("request"), body.get("passphrase"), body.get("to")
@@ -51,7 +52,9 @@ async def send_request(request: web.Request) -> web.StreamResponse:
         )
     if to is not None and not isinstance(to, str):
         raise InputError("'to' must be a team address", field="to")
-    result = await exchange.send(svc, request[ACTOR], data, passphrase, to=to)
+    # A repeat under the same key (a client that timed out and retried) gets the first answer.
+    key = request.headers.get("Idempotency-Key")
+    result = await exchange.send(svc, request[ACTOR], data, passphrase, to=to, idempotency_key=key)
     return web.json_response(
         {
             "reference": result.reference,
