@@ -27,8 +27,10 @@ async def _token(webapp: WebApp) -> str:
 
 
 def _requests(webapp: WebApp) -> list[str]:
-    return [r[0] for r in webapp.svc.store.read_sync(
-        lambda db: db.execute("SELECT reference FROM requests ORDER BY id").fetchall())]  # fmt: skip
+    rows = webapp.svc.store.read_sync(
+        lambda db: db.execute("SELECT reference FROM requests ORDER BY id").fetchall()
+    )
+    return [r[0] for r in rows]
 
 
 def _outbox(webapp: WebApp) -> int:
