@@ -91,6 +91,28 @@ def move_counters_past(db: sqlite_utils.Database, gap: int) -> list[tuple[str, i
     return moved
 
 
+class StoreFullError(sqlite3.OperationalError):
+    """The database cannot grow: the disk (or the database's page limit) is full. Nothing of
+    the write was committed; it works again once there is room, without a restart."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and ("full" in text or "disk i/o" in text)
+        or (isinstance(exc, OSError) and exc.errno == 28)
+    )  # ENOSPC
+
+
+def _translated(exc: BaseException) -> BaseException:
+    if _is_full(exc) and not isinstance(exc, StoreFullError):
+        full = StoreFullError(f"database cannot be written: {exc}")
+        full.__cause__ = exc
+        return full
+    return exc
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
         # Patient data lives here: create the file private (sqlite gives -wal/-shm its mode).
@@ -165,11 +187,18 @@ class Store:
                 result = fn(db)
                 for hook in self._before_commit:
                     hook(db)
-            except BaseException:
+            except BaseException as exc:
                 if self._writer_conn.in_transaction:
                     self._writer_conn.execute("ROLLBACK")
+                if _is_full(exc):
+                    raise _translated(exc) from exc
                 raise
-            self._writer_conn.execute("COMMIT")
+            try:
+                self._writer_conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._writer_conn.in_transaction:
+                    self._writer_conn.execute("ROLLBACK")
+                raise _translated(exc) from exc
             return result
 
     async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
@@ -219,7 +248,7 @@ class Store:
                             raise
                         conn.execute("ROLLBACK TO SAVEPOINT store_write")
                         conn.execute("RELEASE SAVEPOINT store_write")
-                        done.append((future, None, exc))
+                        done.append((future, None, _translated(exc)))
                     else:
                         conn.execute("RELEASE SAVEPOINT store_write")
                         done.append((future, result, None))
@@ -228,7 +257,7 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 for _, future in group:
-                    future.set_exception(exc)
+                    future.set_exception(_translated(exc))
                 return
         for future, result, error in done:  # only now, after the COMMIT
             if error is None:

@@ -48,6 +48,7 @@ class IdempotencyConflictError(ConflictError):
 class IdempotencyBusyError(ConflictError):
     code = "idempotency.in_progress"
     nl = "Dit verzoek wordt nog verzonden; probeer het over enkele seconden opnieuw."
+    retry_after = 5
 
 
 @dataclass(frozen=True, slots=True)

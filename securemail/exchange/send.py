@@ -9,6 +9,7 @@ read only through ``get_request``, which checks access and audits the view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -318,7 +319,8 @@ async def send(
         return await _send_once(svc, actor, data, passphrase, to=to, ask=ask, key=key)
     except BaseException:
         # Nothing was stored (the key gets its reference in the request's transaction).
-        await asyncio.shield(svc.store.write(lambda db: idem.release(db, user, key)))
+        with contextlib.suppress(Exception):  # a full disk: the key is taken over when stale
+            await asyncio.shield(svc.store.write(lambda db: idem.release(db, user, key)))
         raise
 
 
