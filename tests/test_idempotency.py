@@ -101,3 +101,16 @@ async def test_the_forms_double_submit_shows_the_first_requests_page(webapp: Web
     assert first.status == second.status == 303, (first.text[:300], second.text[:300])
     assert first.location == second.location and first.location.startswith("/requests/UVZ-")
     assert len(_requests(webapp)) == 1
+
+
+async def test_json_nested_too_deeply_is_a_400(webapp: WebApp) -> None:
+    token = await _token(webapp)
+    deep = "[" * 200_000 + "]" * 200_000
+    r = await webapp.browser().request(
+        "POST",
+        "/api/requests",
+        data=deep,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert r.status == 400, r.text[:200]
+    assert json.loads(r.text)["context"]["field"] == "body"

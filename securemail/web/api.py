@@ -27,6 +27,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise InputError("send application/json", field="content-type")
     try:
         body = await request.json()
+    except RecursionError:  # nested deeper than the parser can follow: not a request
+        raise InputError("the body is nested too deeply", field="body") from None
     except ValueError:
         raise InputError("the body is not valid JSON", field="body") from None
     if not isinstance(body, dict):
