@@ -230,6 +230,12 @@ class BackupSettings:
     timeout_seconds: float = _s(
         3600.0, "A backup or restore still running after this long is stopped and removed."
     )
+    restore_reference_gap: int = _s(
+        10000,
+        "A restore moves every reference counter (UVZ-, ASK-) this far past the backup's value "
+        "(rounded up to a thousand): numbers the lost gateway may have used after the backup "
+        "are never handed out again. Must exceed the references taken between two backups.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

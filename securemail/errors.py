@@ -17,6 +17,8 @@ class SecuremailError(Exception):
     code: ClassVar[str] = "error"
     nl: ClassVar[str] = "Er ging iets mis. Probeer het opnieuw of neem contact op met de beheerder."
     http_status: ClassVar[int] = 400
+    #: Seconds for a Retry-After header (0: none); for refusals that pass by themselves.
+    retry_after: ClassVar[int] = 0
 
     def __init__(self, reason: str, /, **context: Any) -> None:
         super().__init__(reason)
@@ -85,3 +87,16 @@ class ServiceUnavailableError(SecuremailError):
     code = "service.unavailable"
     nl = "Verzenden is tijdelijk uitgeschakeld: {why}. De beheerder is op de hoogte."
     http_status = 503
+
+
+class StorageFullError(SecuremailError):
+    """The database cannot be written (disk full): nothing was stored; try again later."""
+
+    code = "storage.full"
+    nl = (
+        "De gateway kan op dit moment niets opslaan (de schijf is vol); uw verzoek is niet "
+        "verstuurd en niet bewaard. Probeer het over enkele minuten opnieuw. De beheerder is "
+        "gewaarschuwd."
+    )
+    http_status = 503
+    retry_after = 120

@@ -55,14 +55,62 @@ def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
     )
 
 
+#: meta key: where a counter that does not exist yet starts (raised by a restore, so that a
+#: counter the lost copy began after the backup, a new year's, is not restarted at 1).
+COUNTER_FLOOR = "counter_floor"
+
+
 def next_value(db: sqlite_utils.Database, name: str) -> int:
-    """The next value of counter ``name`` (1, 2, ...), gapless, inside the caller's write."""
+    """The next value of counter ``name`` (1, 2, ...), inside the caller's write; increasing,
+    never repeated, and without gaps except those a restore leaves (move_counters_past)."""
+    floor = int(get_meta(db, COUNTER_FLOOR) or 0)
     db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, 1) "
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-        [name],
+        [name, floor + 1],
     )
     return int(db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
+
+
+#: Highest value a counter may reach: references show it in six digits (UVZ-YYYY-NNNNNN).
+COUNTER_MAX = 999_999
+
+
+def move_counters_past(db: sqlite_utils.Database, gap: int) -> list[tuple[str, int, int]]:
+    """Move every counter at least ``gap`` forward, to a multiple of 1000 (after a restore:
+    no value the lost copy may have handed out comes again); [(name, old, new)]."""
+    moved: list[tuple[str, int, int]] = []
+    floor = int(get_meta(db, COUNTER_FLOOR) or 0)
+    set_meta(db, COUNTER_FLOOR, str(-(-(floor + gap) // 1000) * 1000))
+    for name, value in db.execute("SELECT name, value FROM counters ORDER BY name").fetchall():
+        new = -(-(int(value) + gap) // 1000) * 1000
+        if new >= COUNTER_MAX:
+            raise ValueError(f"counter {name} would pass {COUNTER_MAX} (at {value})")
+        db.execute("UPDATE counters SET value = ? WHERE name = ?", [new, name])
+        moved.append((str(name), int(value), new))
+    return moved
+
+
+class StoreFullError(sqlite3.OperationalError):
+    """The database cannot grow: the disk (or the database's page limit) is full. Nothing of
+    the write was committed; it works again once there is room, without a restart."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and ("full" in text or "disk i/o" in text)
+        or (isinstance(exc, OSError) and exc.errno == 28)
+    )  # ENOSPC
+
+
+def _translated(exc: BaseException) -> BaseException:
+    if _is_full(exc) and not isinstance(exc, StoreFullError):
+        full = StoreFullError(f"database cannot be written: {exc}")
+        full.__cause__ = exc
+        return full
+    return exc
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -139,11 +187,18 @@ class Store:
                 result = fn(db)
                 for hook in self._before_commit:
                     hook(db)
-            except BaseException:
+            except BaseException as exc:
                 if self._writer_conn.in_transaction:
                     self._writer_conn.execute("ROLLBACK")
+                if _is_full(exc):
+                    raise _translated(exc) from exc
                 raise
-            self._writer_conn.execute("COMMIT")
+            try:
+                self._writer_conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._writer_conn.in_transaction:
+                    self._writer_conn.execute("ROLLBACK")
+                raise _translated(exc) from exc
             return result
 
     async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
@@ -193,7 +248,7 @@ class Store:
                             raise
                         conn.execute("ROLLBACK TO SAVEPOINT store_write")
                         conn.execute("RELEASE SAVEPOINT store_write")
-                        done.append((future, None, exc))
+                        done.append((future, None, _translated(exc)))
                     else:
                         conn.execute("RELEASE SAVEPOINT store_write")
                         done.append((future, result, None))
@@ -202,7 +257,7 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 for _, future in group:
-                    future.set_exception(exc)
+                    future.set_exception(_translated(exc))
                 return
         for future, result, error in done:  # only now, after the COMMIT
             if error is None:

@@ -13,6 +13,7 @@ The offline backup key lives in its own GNUPGHOME made here, as the operator's w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -745,3 +746,82 @@ async def test_a_content_key_outside_the_home_is_named_but_not_in_the_backup(
         _drop(home / "gnupg")
         _drop(base / "new" / "gnupg")
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- references after a restore ------------------------------------------------------------
+
+
+def _references_in(box: dict[str, bytes]) -> list[str]:
+    """The reference of every execution request in the relay's mailbox (outer header only)."""
+    import email
+
+    refs = []
+    for raw in box.values():
+        msg = email.message_from_bytes(raw)
+        if str(msg.get("Subject", "")).startswith("Uitvoeringsverzoek"):
+            refs.append(str(msg["X-Securemail-Reference"]))
+    return refs
+
+
+async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
+    tmp_path: Path,
+    team_member_keys: dict[str, str],  # noqa: F811
+    relay_factory: Any,
+    relay_cafile: str,
+    offline: Offline,
+) -> None:
+    relay = relay_factory("starttls")
+    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
+    gw = await build_gateway(tmp_path, team_member_keys, smtp)
+    restored_svc = None
+    new_home = gw.home.parent / (gw.home.name + "-restored")
+    try:
+        # Given: a request sent, then a backup, then two more sent and delivered to the team
+        before = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+        import_public(gw.home, offline.public)
+        settings = with_key(gw.svc.settings, offline)
+        to = tmp_path / "gateway-backup.gpg"
+        await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
+        lost = [await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE) for _ in range(2)]
+        await deliver_all(gw.svc)
+        # When: the gateway is lost ("crash") and its backup restored into a new home
+        gw.svc.close()
+        restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
+        restored_svc = open_services(config.load(new_home))
+        after = [await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
+                 for _ in range(2)]  # fmt: skip
+        await deliver_all(restored_svc)
+        # Then: no reference twice in the team's mailbox, and every one the form's pattern
+        refs = _references_in(relay.handler.mailbox())
+        assert len(refs) == 5 and len(set(refs)) == 5, refs
+        for r in refs:
+            assert exchange.REFERENCE_RE.fullmatch(r), r
+        assert {x.reference for x in after}.isdisjoint({x.reference for x in lost + [before]})
+        assert after[0].reference.endswith("-011001")  # 1 + gap 10000, rounded up to 1000
+        [row] = audit_rows(new_home / "securemail.db", "gateway.restore")
+        assert "counters moved: UVZ-" in row["outcome_detail"]
+    finally:
+        if restored_svc is not None:
+            restored_svc.close()
+        with contextlib.suppress(Exception):
+            gw.svc.close()
+        _drop(new_home / "gnupg")
+        _drop(gw.nurse_home)
+        _drop(gw.home / "gnupg")
+        shutil.rmtree(new_home, ignore_errors=True)
+        shutil.rmtree(gw.home, ignore_errors=True)
+
+
+def test_a_counter_the_restored_home_starts_later_begins_past_the_floor(tmp_path: Path) -> None:
+    """A new year's counter (begun by the lost gateway after the backup) does not restart at 1."""
+    from securemail.store import move_counters_past, next_value, open_store
+
+    store = open_store(tmp_path / "c.db", [*MIGRATIONS])
+    try:
+        assert store.write_sync(lambda db: next_value(db, "UVZ-2026")) == 1
+        store.write_sync(lambda db: move_counters_past(db, 10000))
+        assert store.write_sync(lambda db: next_value(db, "UVZ-2026")) == 11001
+        assert store.write_sync(lambda db: next_value(db, "UVZ-2027")) == 10001
+    finally:
+        store.close()

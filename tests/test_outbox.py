@@ -36,7 +36,7 @@ from securemail.audit.trail import AuditEvent
 from securemail.config import DeliverySettings, Settings
 from securemail.delivery import outbox
 from securemail.delivery.outbox import NotSealedError, rows_of
-from securemail.delivery.worker import Worker, backoff
+from securemail.delivery.worker import Worker, backoff, claim
 from securemail.errors import (
     AccessDeniedError,
     ConfigError,
@@ -1014,3 +1014,60 @@ def test_a_dropped_tls_session_leaves_no_socket_behind(
         asyncio.run(open_and_drop())
         asyncio.run(open_and_quit())
     gc.collect()  # any socket left open warns here, inside this test
+
+
+# -- a clock that cannot jump -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [3600.0, -3600.0, 25 * 3600.0])
+async def test_a_stepped_worker_clock_changes_nothing_that_is_due(
+    tmp_path: Path,
+    smtp_server: Relay,
+    relay_cafile: str,
+    outbox_pgp: PgpForTests,
+    store: Store,
+    step: float,
+) -> None:
+    """The wall clock steps (+1 h, -1 h, +25 h) while no time passes: no row held by another
+    slot is taken again (no duplicate), no retry comes early or stalls, none is given up."""
+    wall, elapsed = FakeClock(), FakeClock()
+    smtp_server.handler.reply = "451 4.3.0 Try again later"
+    queue_many(store, outbox_pgp, 2, now=wall.now)
+    settings = settings_for(tmp_path, smtp_server, relay_cafile, give_up_after_seconds=86400.0)
+    worker = Worker(settings, store, clock=wall, monotonic=elapsed, rng=lambda: 1.0, batch_size=1)
+    # Given: one row held by this worker (claimed, its lease running), one tried once
+    held = store.write_sync(lambda db: claim(db, owner=worker.owner_id, now=worker.clock(),
+                            lease_seconds=3.0, limit=1, source_id="gw"))  # fmt: skip
+    assert await worker.run_once() == 1  # the other row: 451, retry in 10 s
+    (retry,) = [r for r in all_rows(store) if r["status"] == "retrying"]
+    # When: the wall clock steps, and no real time passes
+    wall.now += step
+    # Then: nothing is due: the held row is not taken again, the retry not early
+    assert await worker.run_once() == 0
+    rows = {r["id"]: r for r in all_rows(store)}
+    assert rows[held[0].id]["status"] == "sending" and rows[held[0].id]["attempts"] == 0
+    assert rows[retry["id"]]["status"] == "retrying"
+    # When: the back-off really elapses (monotonic time), the retry goes, and is not given up
+    elapsed.now += 10.0
+    smtp_server.handler.reply = "250 2.0.0 Ok: queued"
+    while await worker.run_once():
+        pass
+    rows = {r["id"]: r for r in all_rows(store)}
+    assert rows[retry["id"]]["status"] == "sent", rows[retry["id"]]
+    assert "request.fail" not in codes(store)
+    assert len(smtp_server.handler.accepted_ids()) == 2  # each once (the lapsed one too)
+
+
+async def test_a_clock_step_alone_never_gives_up(
+    tmp_path: Path, smtp_server: Relay, relay_cafile: str, outbox_pgp: PgpForTests, store: Store
+) -> None:
+    """Even a queued_at far in the past (stamped by a process whose clock was wrong) fails a
+    message only after MIN_ATTEMPTS_TO_GIVE_UP attempts."""
+    clock = FakeClock()
+    smtp_server.handler.reply = "451 4.3.0 Try again later"
+    queue_many(store, outbox_pgp, 1, now=clock.now - 25 * 3600)
+    settings = settings_for(tmp_path, smtp_server, relay_cafile, give_up_after_seconds=86400.0)
+    worker = Worker(settings, store, clock=clock, rng=lambda: 1.0)
+    assert await worker.run_once() == 1
+    (row,) = all_rows(store)
+    assert row["status"] == "retrying" and row["next_attempt_at"] > clock.now

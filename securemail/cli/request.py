@@ -35,7 +35,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         data = _load_json(Path(args.file))
         actor = svc.store.read_sync(lambda db: auth.actor_for_cli(db, args.as_user))
         passphrase = read_secret(args.passphrase_file, "signing passphrase: ")
-        result = asyncio.run(exchange.send(svc, actor, data, passphrase, to=args.to))
+        result = asyncio.run(
+            exchange.send(
+                svc, actor, data, passphrase, to=args.to, idempotency_key=args.idempotency_key
+            )
+        )
     finally:
         svc.close()
     print(result.reference)
@@ -73,6 +77,12 @@ def register(sub: Any) -> None:
     s.add_argument("--file", required=True, help="the request as JSON (see examples/)")
     s.add_argument("--to", default=None, help="team address (overrides receiver.team_address)")
     s.add_argument("--passphrase-file", type=Path, default=None)
+    s.add_argument(
+        "--idempotency-key",
+        default=None,
+        help="a key you choose per request: run again with it (after a timeout, say), the "
+        "same send gives the first one's reference instead of a second request",
+    )
     s.set_defaults(handler=cmd_send)
     t = rsub.add_parser("status", help="delivery state and history of a request")
     t.add_argument("reference")

@@ -69,6 +69,42 @@ ORDER BY next_attempt_at, id LIMIT :limit
 _AUDIT_OUTCOME = {"sent": "success", "retrying": "error", "failed": "error", "stopped": "refused"}
 
 
+#: A message is given up only after this many attempts, however much time seems to have
+#: passed: a clock step alone never fails a request.
+MIN_ATTEMPTS_TO_GIVE_UP = 2
+#: A wall clock that moves this much more or less than the monotonic clock between two
+#: readings has been stepped (NTP slewing is far slower).
+STEP_TOLERANCE_SECONDS = 2.0
+
+
+class SteadyClock:
+    """Wall-clock seconds (for stamps other processes read) that never step: between two
+    readings the time advances exactly as the monotonic clock did; a step of the wall clock
+    (an admin, a VM resume, a bad NTP source) is logged and absorbed into an offset, so
+    leases, back-off and give-up in this process are measured in elapsed time."""
+
+    def __init__(self, wall: Callable[[], float], monotonic: Callable[[], float]) -> None:
+        self._wall, self._monotonic = wall, monotonic
+        self._offset = 0.0
+        self._last, self._last_mono = wall(), monotonic()
+
+    def __call__(self) -> float:
+        mono = self._monotonic()
+        now = self._wall() + self._offset
+        expected = self._last + (mono - self._last_mono)
+        if abs(now - expected) > STEP_TOLERANCE_SECONDS:
+            log.warning("wall clock stepped %+.0f s; delivery keeps elapsed time", now - expected)
+            self._offset += expected - now
+            now = expected
+        self._last, self._last_mono = now, mono
+        return now
+
+
+def process_owner(role: str) -> str:
+    """A lease owner naming this process (host:pid), so the trail says which one held it."""
+    return f"{role}-{socket.gethostname()}:{os.getpid()}"
+
+
 def backoff(attempts: int, d: DeliverySettings, rng: Callable[[], float]) -> float:
     """Delay after the attempts-th failed attempt: exponential, capped, "equal jitter".
 
@@ -171,7 +207,7 @@ def finish(
         new, sets["last_error"] = "failed", outcome.detail
     elif outcome.kind == "stopped":
         new = "stopped"
-    elif now >= r["queued_at"] + d.give_up_after_seconds:
+    elif now >= r["queued_at"] + d.give_up_after_seconds and attempts >= MIN_ATTEMPTS_TO_GIVE_UP:
         new, sets["stop_reason"] = "failed", "smtp.gave_up"
         sets["last_error"] = (
             f"gave up after {attempts} attempts in {now - r['queued_at']:.0f} s;"
@@ -180,7 +216,8 @@ def finish(
     else:
         deadline = r["queued_at"] + d.give_up_after_seconds
         new, sets["last_error"] = "retrying", outcome.detail
-        sets["next_attempt_at"] = min(now + backoff(attempts, d, rng), deadline)
+        delay = now + backoff(attempts, d, rng)
+        sets["next_attempt_at"] = min(delay, deadline) if now < deadline else delay
     if new in FINAL:
         sets["final_at"] = now
         if hook_pending:  # keep the lease while on_final runs; see invariant 3
@@ -243,9 +280,13 @@ class Worker:
         on_final: Hook | None = None,
         before_send: Hook | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         rng: Callable[[], float] = random.random,
         batch_size: int = 10,
     ) -> None:
+        """``clock``: wall seconds; ``monotonic``: elapsed seconds that guard it against steps
+        (SteadyClock). By default time.monotonic with the real clock, and the given clock
+        itself when a test gives one (its jumps are then the time that passed)."""
         self._timeout = settings.smtp.timeout_seconds
         if settings.delivery.lease_seconds < 3 * self._timeout:
             # hook + connect + send, each bounded by the timeout, must fit in one lease.
@@ -254,9 +295,12 @@ class Worker:
                 setting="[delivery] lease_seconds",
             )
         self.settings, self.store = settings, store
-        self.owner_id = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner_id = owner_id or f"{process_owner('worker')}:{uuid.uuid4().hex[:8]}"
         self.on_final, self.before_send = on_final, before_send
-        self.clock, self.rng, self.batch_size = clock, rng, batch_size
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
+        self.clock: Callable[[], float] = SteadyClock(clock, monotonic)
+        self.rng, self.batch_size = rng, batch_size
         self._tls = relay.tls_context(settings)  # a bad cafile fails here, at startup
         self._wake = asyncio.Event()
 

@@ -9,6 +9,7 @@ read only through ``get_request``, which checks access and audits the view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.exchange import asks, changes
+from securemail.exchange import idempotency as idem
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.keys import pinning as keydir
@@ -106,8 +108,23 @@ def _m2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX request_hops_reference ON request_hops (reference, id)")
 
 
+@MIGRATIONS(name="0003_idempotency")
+def _m3(db: sqlite_utils.Database) -> None:
+    """Client-chosen keys of sends (securemail.exchange.idempotency)."""
+    db.execute(
+        """CREATE TABLE idempotency (
+            user_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            body_sha256 TEXT NOT NULL,
+            reference TEXT NOT NULL DEFAULT '',     -- set in the request's own transaction
+            created_at REAL NOT NULL,
+            PRIMARY KEY (user_id, key))"""
+    )
+
+
 def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
-    """UVZ-<year>-<6 digits>, gapless per year; a refused send burns its number (audited)."""
+    """UVZ-<year>-<6 digits>, increasing per year and never reused; a refused send burns its
+    number (audited), a restore skips ahead (docs/backup.md)."""
     name = f"UVZ-{year}"
     return f"{name}-{next_value(db, name):06d}"
 
@@ -308,6 +325,10 @@ async def usable_recipients(
     return good, skipped
 
 
+#: How long a repeat waits for the first send under its key before answering "in progress".
+BUSY_WAIT_SECONDS = 60.0
+
+
 async def send(
     svc: Services,
     actor: Actor,
@@ -316,10 +337,72 @@ async def send(
     *,
     to: str | None = None,
     ask: str | None = None,
+    idempotency_key: str | None = None,
 ) -> SendResult:
     """Validate, check consent, sign, seal and queue one request; durable when this returns.
     ``ask`` names a nurse's ask (ASK-...) this request answers; it is fulfilled in the same
-    transaction (same practice, patient and team, or a field error)."""
+    transaction (same practice, patient and team, or a field error). With
+    ``idempotency_key``, a repeat of the same send returns the first one's result
+    (securemail.exchange.idempotency)."""
+    if not idempotency_key:
+        return await _send_once(svc, actor, data, passphrase, to=to, ask=ask, key=None)
+    user = actor.user_id or 0
+    key = idem.check_key(idempotency_key)
+    digest = idem.body_hash({"request": data, "to": to or "", "ask": ask or ""})
+    first = await _claim_key(svc, user, key, digest)
+    if first:
+        return await svc.store.read(lambda db: _result_of(db, first))
+    try:
+        return await _send_once(svc, actor, data, passphrase, to=to, ask=ask, key=key)
+    except BaseException:
+        # Nothing was stored (the key gets its reference in the request's transaction).
+        with contextlib.suppress(Exception):  # a full disk: the key is taken over when stale
+            await asyncio.shield(svc.store.write(lambda db: idem.release(db, user, key)))
+        raise
+
+
+async def _claim_key(svc: Services, user: int, key: str, digest: str) -> str:
+    """Take ``key`` (""), or the reference of the first send under it, waiting for it while
+    it is still sealing; IdempotencyBusyError after BUSY_WAIT_SECONDS."""
+    waited = 0.0
+    while True:
+        now = svc.now().timestamp()
+        claim = await svc.store.write(
+            lambda db, now=now: idem.claim(db, user, key, digest, now)  # type: ignore[misc]
+        )
+        if claim.state != "busy":
+            return claim.reference
+        if waited >= BUSY_WAIT_SECONDS:
+            raise idem.IdempotencyBusyError("a send under this key is still running", key=key)
+        await asyncio.sleep(0.2)  # the first send is sealing: its answer is ours too
+        waited += 0.2
+
+
+def _result_of(db: sqlite_utils.Database, reference: str) -> SendResult:
+    """The answer the first send under a key gave, from its stored request."""
+    row = db.execute(
+        "SELECT team_id, recipient_fingerprints, skipped_members FROM requests WHERE reference = ?",
+        [reference],
+    ).fetchone()
+    team = directory.team_by_id(db, int(row[0]))
+    return SendResult(
+        reference,
+        team.address,
+        tuple(json.loads(row[1])),
+        tuple(json.loads(row[2])),
+    )
+
+
+async def _send_once(
+    svc: Services,
+    actor: Actor,
+    data: dict[str, Any],
+    passphrase: str,
+    *,
+    to: str | None,
+    ask: str | None,
+    key: str | None,
+) -> SendResult:
     year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
     patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
@@ -327,7 +410,7 @@ async def send(
         prepared = await prepare(svc, actor, data, reference=reference, to=to, ask=ask)
         if ask:
             await svc.store.read(lambda db: asks.require_fulfillable(db, actor, ask, prepared))
-        return await _seal_and_queue(svc, actor, prepared, passphrase, ask)
+        return await _seal_and_queue(svc, actor, prepared, passphrase, ask, key)
     except SecuremailError as exc:
         await _audit_refusal(svc, actor, reference, patient, exc)
         raise
@@ -381,7 +464,12 @@ async def signer_address(svc: Services, signer: Fingerprint, username: str) -> s
 
 
 async def _seal_and_queue(
-    svc: Services, actor: Actor, prepared: Prepared, passphrase: str, ask: str | None
+    svc: Services,
+    actor: Actor,
+    prepared: Prepared,
+    passphrase: str,
+    ask: str | None,
+    key: str | None = None,
 ) -> SendResult:
     req, team = prepared.request, prepared.team
     reference = req.reference
@@ -482,6 +570,8 @@ async def _seal_and_queue(
         changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
         if ask:
             asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
+        if key:  # the key names its request in the same commit
+            idem.finish(db, actor.user_id or 0, key, reference)
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),

@@ -124,7 +124,39 @@ async def check_database(svc: Services) -> CheckResult:
         return CheckResult(
             "database", False, f"database schema is not current ({len(pending)} pending)"
         )
-    return CheckResult("database", True, "database readable, schema current")
+    if not await database_writable(svc):
+        return CheckResult("database", False, "database unwritable (disk full?)")
+    return CheckResult("database", True, "database readable and writable, schema current")
+
+
+class _ProbeWritten(Exception):
+    """Raised inside the probe's write so that it is rolled back: nothing stays."""
+
+
+#: The write probe's size: more than a page, so a full disk (or page limit) cannot hide it
+#: in a free page.
+PROBE_BYTES = 16 * 1024
+
+
+async def database_writable(svc: Services) -> bool:
+    """A small write that is rolled back: False when the database cannot grow (disk full)."""
+
+    def probe(db: sqlite_utils.Database) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('health.write_probe', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            ["x" * PROBE_BYTES],
+        )
+        raise _ProbeWritten
+
+    try:
+        async with asyncio.timeout(DATABASE_TIMEOUT_SECONDS):
+            await svc.store.write(probe)
+    except _ProbeWritten:
+        return True
+    except (TimeoutError, sqlite3.Error):
+        return False
+    return False
 
 
 async def check_gpg(svc: Services) -> CheckResult:

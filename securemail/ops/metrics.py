@@ -247,4 +247,9 @@ async def collect(svc: Services, monitor: health.Monitor) -> list[Metric]:
         keys = await _key_metrics(svc, datetime.fromtimestamp(now, UTC))
     except SecuremailError:  # gpg is down: the gpg health check says so; the rest still counts
         keys = []
-    return db_metrics + keys + _health_metrics(report, avail)
+    writable = Metric(
+        "securemail_database_writable",
+        "gauge",
+        "1 when a small write probe succeeds; 0: the disk is full, sends are refused (503).",
+    ).add(1 if await health.database_writable(svc) else 0)
+    return db_metrics + keys + _health_metrics(report, avail) + [writable]

@@ -12,8 +12,10 @@ Invariants:
   gateway's exported audit public key, by that key (origin, not only consistency);
 - the restored audit chain verifies (``audit_integrity.verify`` with the keys restored in
   the home) before anything is written to it; then migrations run (the code may be newer),
-  leases of the old process are released, and ``gateway.restore`` is recorded in the
-  restored trail;
+  leases of the old process are released, every counter (references UVZ-, ASK-) moves
+  ``backup.restore_reference_gap`` past its backed-up value (no reference the lost gateway
+  may have used after the backup is handed out again), and ``gateway.restore`` is recorded
+  in the restored trail;
 - folders 0700, files 0600.
 """
 
@@ -56,7 +58,7 @@ from securemail.ops.backup import (
     _kill,
     gpg_env,
 )
-from securemail.store import Store
+from securemail.store import Store, move_counters_past
 
 #: A manifest larger than this is not one of ours.
 MAX_MANIFEST = 16 << 20
@@ -403,6 +405,12 @@ def _finish(
             released = db.execute(
                 "UPDATE outbox SET lease_until = 0 WHERE status = 'sending'"
             ).rowcount
+            # The lost gateway may have handed out references after the backup: every
+            # counter moves past them, so no number is used twice (docs/backup.md).
+            try:
+                moved = move_counters_past(db, settings.backup.restore_reference_gap)
+            except ValueError as exc:
+                raise RestoreError(str(exc), why="reference numbers exhausted") from None
             queued = db.execute(
                 "SELECT count(*) FROM outbox WHERE status IN ('queued', 'retrying', 'sending')"
             ).fetchone()[0]
@@ -411,7 +419,8 @@ def _finish(
                 f"{manifest.get('created_at')} (securemail "
                 f"{manifest.get('gateway_version')}), audit head row {report.last_seq}; "
                 f"{len(applied)} migrations applied, {released} leases released, "
-                f"{queued} messages to deliver"
+                f"{queued} messages to deliver; counters moved: "
+                + (", ".join(f"{n} {a}->{b}" for n, a, b in moved) or "none")
             )
             audit.record(
                 db,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,7 +43,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = delivery.Worker(
         svc.settings,
         svc.store,
-        owner_id=f"web-{socket.gethostname()}",
+        owner_id=delivery.process_owner("web"),
         on_final=hooks.on_final,
         before_send=hooks.before_send,
     )

@@ -27,6 +27,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise InputError("send application/json", field="content-type")
     try:
         body = await request.json()
+    except RecursionError:  # nested deeper than the parser can follow: not a request
+        raise InputError("the body is nested too deeply", field="body") from None
     except ValueError:
         raise InputError("the body is not valid JSON", field="body") from None
     if not isinstance(body, dict):
@@ -36,7 +38,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 @requires("request.send")
 async def send_request(request: web.Request) -> web.StreamResponse:
-    """POST /api/requests {"request": {...}, "passphrase": "...", "to": "team@..."?}."""
+    """POST /api/requests {"request": {...}, "passphrase": "...", "to": "team@..."?}, with an
+    optional ``Idempotency-Key`` header (docs/api.md)."""
     svc = request.app[services_key]
     body = await _json_body(request)
     data, passphrase, to = body.get("request"), body.get("passphrase"), body.get("to")
@@ -51,7 +54,9 @@ async def send_request(request: web.Request) -> web.StreamResponse:
         )
     if to is not None and not isinstance(to, str):
         raise InputError("'to' must be a team address", field="to")
-    result = await exchange.send(svc, request[ACTOR], data, passphrase, to=to)
+    # A repeat under the same key (a client that timed out and retried) gets the first answer.
+    key = request.headers.get("Idempotency-Key")
+    result = await exchange.send(svc, request[ACTOR], data, passphrase, to=to, idempotency_key=key)
     return web.json_response(
         {
             "reference": result.reference,

@@ -28,7 +28,13 @@ from securemail import access, forwarded
 from securemail.access import Actor, HiddenDeniedError
 from securemail.accounts import apitoken, auth, session
 from securemail.audit import trail as audit
-from securemail.errors import AccessDeniedError, NotFoundError, SecuremailError
+from securemail.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    SecuremailError,
+    StorageFullError,
+)
+from securemail.store import StoreFullError
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.throttle import throttle_key
 
@@ -204,7 +210,15 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     except NotFoundError:
         return _not_found(request)
     except SecuremailError as exc:
-        return error_response(request, exc.http_status, exc.message_nl(), exc.as_json())
+        return _with_retry_after(
+            error_response(request, exc.http_status, exc.message_nl(), exc.as_json()), exc
+        )
+    except StoreFullError as exc:  # the disk is full: a clear 503, not an incident
+        full = StorageFullError(str(exc))
+        log.error("refused %s: %s", request.match_info.route.name, exc)
+        return _with_retry_after(
+            error_response(request, full.http_status, full.message_nl(), full.as_json()), full
+        )
     except Exception:
         incident = uuid.uuid4().hex[:12]
         log.exception(
@@ -220,6 +234,12 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
             f"Er ging iets mis aan onze kant. Noem dit kenmerk als u contact opneemt: {incident}",
             {"error": "internal", "incident": incident},
         )
+
+
+def _with_retry_after(response: web.StreamResponse, exc: SecuremailError) -> web.StreamResponse:
+    if exc.retry_after:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _not_found(request: web.Request) -> web.StreamResponse:

@@ -8,6 +8,7 @@ reference (never its content) through the form, the preview and the send.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +184,8 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "payload": json.dumps(data, ensure_ascii=False),
             "error": None,
             "ask": ask,
+            # one send per preview: a double click or a resubmit gets the first request's page
+            "send_token": secrets.token_urlsafe(18),
         },
     )
 
@@ -225,8 +228,16 @@ async def send(request: web.Request) -> web.StreamResponse:
         ctx = await _form_context(request, values, {}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
+    token = str(post.get("send_token", ""))
     try:
-        result = await exchange.send(svc, actor, data, passphrase, ask=ask or None)
+        result = await exchange.send(
+            svc,
+            actor,
+            data,
+            passphrase,
+            ask=ask or None,
+            idempotency_key=f"form:{token}" if token else None,
+        )
     except forms.FormInvalidError as exc:
         ctx = await _form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
@@ -240,6 +251,7 @@ async def send(request: web.Request) -> web.StreamResponse:
                 "team": None,
                 "ask": ask,
                 "payload": json.dumps(data, ensure_ascii=False),
+                "send_token": token,  # refused, nothing stored: the same send may be retried
                 "error": exc.message_nl(),
             },
             status=exc.http_status if exc.http_status != 400 else 422,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 
 from aiohttp import web
 
@@ -51,7 +50,7 @@ async def _worker_main(settings: Settings) -> None:
     worker = delivery.Worker(
         settings,
         svc.store,
-        owner_id=f"worker-{socket.gethostname()}",
+        owner_id=delivery.process_owner("worker"),
         on_final=hooks.on_final,
         before_send=hooks.before_send,
     )

@@ -1,0 +1,116 @@
+"""Idempotent sending over real HTTP: the API's Idempotency-Key (two concurrent posts, a
+retry, a different body) and the web form's one-time send token (a double submit)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from securemail.accounts import apitoken, auth
+from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.web_fixtures import WebApp
+
+CENTRUM = "centrum@zorg.example"
+
+
+async def _token(webapp: WebApp) -> str:
+    gp = webapp.svc.store.read_sync(
+        lambda db: auth.actor_for(db, auth.user_by_name(db, "gp_a"), "test")
+    )
+    token, _ = webapp.svc.store.write_sync(
+        lambda db: apitoken.create(
+            db, gp, name="HIS", scopes="request:send request:read", now=webapp.clock.now
+        )
+    )
+    return str(token)
+
+
+def _requests(webapp: WebApp) -> list[str]:
+    rows = webapp.svc.store.read_sync(
+        lambda db: db.execute("SELECT reference FROM requests ORDER BY id").fetchall()
+    )
+    return [r[0] for r in rows]
+
+
+def _outbox(webapp: WebApp) -> int:
+    return int(webapp.svc.store.read_sync(lambda db: db.execute(
+        "SELECT count(*) FROM outbox WHERE kind = 'request'").fetchone()[0]))  # fmt: skip
+
+
+async def _post(webapp: WebApp, token: str, key: str | None, body: dict[str, Any]) -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return await webapp.browser().request("POST", "/api/requests", json=body, headers=headers)
+
+
+async def test_two_concurrent_posts_with_one_key_give_one_request(webapp: WebApp) -> None:
+    token = await _token(webapp)
+    body = {"request": example(), "passphrase": GP_PASSPHRASE, "to": CENTRUM}
+    a, b = await asyncio.gather(*(_post(webapp, token, "his-83121", body) for _ in range(2)))
+    assert (a.status, b.status) == (201, 201), (a.text, b.text)
+    assert json.loads(a.text) == json.loads(b.text)
+    assert _requests(webapp) == [json.loads(a.text)["reference"]]
+    assert _outbox(webapp) == 1
+    # a retry later (the client timed out) gets the first answer too, and sends nothing
+    c = await _post(webapp, token, "his-83121", body)
+    assert (c.status, json.loads(c.text)) == (201, json.loads(a.text))
+    assert _outbox(webapp) == 1
+
+
+async def test_a_different_body_under_the_same_key_is_409(webapp: WebApp) -> None:
+    token = await _token(webapp)
+    body = {"request": example(), "passphrase": GP_PASSPHRASE, "to": CENTRUM}
+    assert (await _post(webapp, token, "k-1", body)).status == 201
+    other = example()
+    other["patient"]["phone"] = "0201234567"
+    r = await _post(webapp, token, "k-1", {**body, "request": other})
+    assert r.status == 409 and json.loads(r.text)["error"] == "idempotency.conflict"
+    assert len(_requests(webapp)) == 1
+    bad = await _post(webapp, token, "bad key with spaces", body)
+    assert bad.status == 400 and len(_requests(webapp)) == 1
+
+
+async def test_without_a_key_two_posts_are_two_requests(webapp: WebApp) -> None:
+    """What the key prevents: the same post twice without one is two requests."""
+    token = await _token(webapp)
+    body = {"request": example(), "passphrase": GP_PASSPHRASE, "to": CENTRUM}
+    for _ in range(2):
+        assert (await _post(webapp, token, None, body)).status == 201
+    assert len(set(_requests(webapp))) == 2
+
+
+async def test_a_refused_send_frees_its_key(webapp: WebApp) -> None:
+    token = await _token(webapp)
+    body = {"request": example(), "passphrase": "wrong passphrase", "to": CENTRUM}
+    assert (await _post(webapp, token, "k-2", body)).status != 201
+    ok = await _post(webapp, token, "k-2", {**body, "passphrase": GP_PASSPHRASE})
+    assert ok.status == 201, ok.text
+
+
+async def test_the_forms_double_submit_shows_the_first_requests_page(webapp: WebApp) -> None:
+    b = webapp.browser()
+    await b.login("gp_a")
+    data = example()
+    data["receiver"]["team_address"] = CENTRUM
+    post = {"payload": json.dumps(data), "passphrase": GP_PASSPHRASE, "send_token": "t-abc"}
+    first, second = await asyncio.gather(
+        b.post("/requests/send", post), b.post("/requests/send", post)
+    )
+    assert first.status == second.status == 303, (first.text[:300], second.text[:300])
+    assert first.location == second.location and first.location.startswith("/requests/UVZ-")
+    assert len(_requests(webapp)) == 1
+
+
+async def test_json_nested_too_deeply_is_a_400(webapp: WebApp) -> None:
+    token = await _token(webapp)
+    deep = "[" * 200_000 + "]" * 200_000
+    r = await webapp.browser().request(
+        "POST",
+        "/api/requests",
+        data=deep,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert r.status == 400, r.text[:200]
+    assert json.loads(r.text)["context"]["field"] == "body"
