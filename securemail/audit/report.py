@@ -73,6 +73,12 @@ COLUMNS = (
     "sender_org",
     "recipient_org",
     "source_id",
+    # Migration 0002 of the trail (empty on older rows): the authorisation protocol, the
+    # coded role, the access point's type.
+    "policy_id",
+    "policy_version",
+    "role_code",
+    "access_point_type",
 )
 _SELECT = ", ".join(f"e.{c}" for c in COLUMNS)
 DISCLOSURE_CODES = (
