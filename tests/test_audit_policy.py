@@ -1,6 +1,6 @@
 """NEN 7513 coding of the trail: the authorisation protocol's id and version, the coded
 role and the typed access point on every row and in both exports; old rows without them
-keep verifying."""
+keep verifying. And whose working time is when, for the exception report."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ import dataclasses
 import io
 import json
 import sqlite3
+from datetime import time
 from pathlib import Path
 
 import pytest
 import sqlite_utils
 
-from securemail import access
+from securemail import access, config
 from securemail.access import SYSTEM
+from securemail.accounts import auth
 from securemail.audit import export as audit_export
 from securemail.audit import report as audit_report
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
+from securemail.errors import ConfigError
+from securemail.region import directory
 from tests import test_audit as base
 from tests.test_audit import BSN, at
 
@@ -118,9 +122,7 @@ def test_exports_carry_policy_coded_role_and_type(world):
     s, a = world
     gp = dataclasses.replace(a["gp_a"], access_point="192.0.2.7")
     s.write_sync(lambda db: audit.record(db, AuditEvent.of(gp, "request.view", occurred_at=at(2))))
-    scope = s.write_sync(
-        lambda db: audit_export.begin_export(db, a["po_a"], "csv", at(1), at(20))
-    )
+    scope = s.write_sync(lambda db: audit_export.begin_export(db, a["po_a"], "csv", at(1), at(20)))
     buf = io.StringIO()
     s.read_sync(
         lambda db: audit_export.write_csv(audit_export.export_rows(db, scope, at(1), at(20)), buf)
@@ -201,3 +203,82 @@ def test_rows_from_before_the_new_columns_keep_verifying(tmp_path: Path):
 
 def test_report_columns_include_the_new_columns():
     assert set(audit.V2_COLUMNS) <= set(audit_report.COLUMNS)
+
+
+# -- working hours per role and per team ---------------------------------------------------
+
+NIGHT_TEAM = "nacht@beek.example"
+
+
+def test_a_night_team_nurses_night_is_no_exception_while_a_day_nurses_is(world):
+    s, a = world
+
+    def setup(db):
+        directory.add_team(
+            db, SYSTEM, org_code=base.NURSING_B, name="Nachtteam", address=NIGHT_TEAM, now=base.NOW
+        )
+        auth.add_user(
+            db,
+            SYSTEM,
+            username="nurse_night",
+            name="NACHT",
+            role="nurse",
+            org_code=base.NURSING_B,
+            password="correct horse battery",
+            now=base.NOW,
+            teams=[NIGHT_TEAM],
+        )
+        night = auth.actor_for_cli(db, "nurse_night")
+        for nurse in (a["nurse_b"], night):  # 00:00 UTC = 02:00 in Amsterdam (summer)
+            audit.record(
+                db, AuditEvent.of(nurse, "request.view", patient_id=BSN, occurred_at=at(10, 0))
+            )
+        # The night nurse at 14:00 is outside her team's working time.
+        audit.record(
+            db, AuditEvent.of(night, "request.view", patient_id=BSN, occurred_at=at(10, 12))
+        )
+
+    s.write_sync(setup)
+
+    def outside(**hours):
+        exc = s.write_sync(
+            lambda db: audit_report.exceptions(db, a["po_b"], at(9, 12), at(11, 0), **hours)
+        )
+        return [(r["user_name"], r["occurred_at"]) for r in exc.outside_hours]
+
+    assert outside(working_hours_by_team=f"{NIGHT_TEAM}=22:00-08:00") == [
+        ("nurse_b", at(10, 0)),
+        ("nurse_night", at(10, 12)),
+    ]
+    # Without the team's hours, everyone has the day's (the old behaviour).
+    assert outside() == [("nurse_b", at(10, 0)), ("nurse_night", at(10, 0))]
+    # Per role: nurses work until 03:00; the team's own hours still win for its members.
+    assert outside(
+        working_hours_by_role="nurse=07:00-03:00",
+        working_hours_by_team=f"{NIGHT_TEAM}=22:00-08:00",
+    ) == [("nurse_night", at(10, 12))]
+
+
+@pytest.mark.parametrize(
+    ("window", "inside", "outside"),
+    [(("07:00", "19:00"), "07:00", "19:00"), (("22:00", "08:00"), "02:00", "08:00")],
+)
+def test_windows_include_their_start_and_may_run_past_midnight(window, inside, outside):
+    w = (time.fromisoformat(window[0]), time.fromisoformat(window[1]))
+    assert audit_report.in_window(time.fromisoformat(inside), w)
+    assert not audit_report.in_window(time.fromisoformat(outside), w)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("working_hours_by_team", "nacht@beek.example=22:00"),
+        ("working_hours_by_role", "nurse"),
+        ("working_hours", "08:00-08:00"),
+    ],
+)
+def test_bad_working_hours_settings_are_refused_naming_the_setting(tmp_path, key, value):
+    (tmp_path / "securemail.toml").write_text(f'[audit]\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path, env={})
+    assert f"[audit] {key}" in str(info.value)
