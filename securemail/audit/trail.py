@@ -60,6 +60,7 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "consent.check": ("E", "the consent register was consulted for a send"),
     "consent.view": ("R", "consent records were shown"),
     "consent.export": ("R", "consent records were exported"),
+    "consent.purge": ("D", "a consent's history past its retention was deleted (no BSN)"),
     "adherence.view": ("R", "aggregate adherence figures (no patient data) were shown"),
     "adherence.export": ("R", "aggregate adherence figures were exported (CSV, JSON)"),
     "audit.view": ("R", "the audit trail was read"),
@@ -237,6 +238,10 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     # ADD COLUMN rewrites no row (and fires no update trigger): old rows read NULL.
     for column in V2_COLUMNS:
         db.execute(f"ALTER TABLE audit_events ADD COLUMN {column} TEXT")
+    # The consent retention asks "does a row still name this consent?" per candidate.
+    db.execute(
+        "CREATE INDEX audit_consent ON audit_events (consent_id, seq) WHERE consent_id != ''"
+    )
 
 
 MIGRATIONS = Migrations("securemail.audit")
