@@ -353,7 +353,7 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
         # The protocol that decided this access: the one in force as the row is written.
         policy_id=access.POLICY_ID,
         policy_version=access.POLICY_VERSION,
-        role_code=event.role_code or access.role_code(event.user_role or "system"),
+        role_code=event.role_code or access.role_code(event.user_role),
         access_point_type=ap_type,
     )
     row["prev_hash"] = prev

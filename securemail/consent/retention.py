@@ -58,7 +58,9 @@ def due(db: sqlite_utils.Database, cutoff: datetime, audit_upto: int) -> list[st
         if end is None or end > cutoff:
             continue
         named = db.execute(
-            "SELECT 1 FROM audit_events WHERE consent_id = ? AND seq > ? LIMIT 1",
+            # consent_id != '' lets SQLite use the partial index audit_consent.
+            "SELECT 1 FROM audit_events WHERE consent_id = ? AND consent_id != '' AND seq > ? "
+            "LIMIT 1",
             [consent_id, audit_upto],
         ).fetchone()
         if named is None:
