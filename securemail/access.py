@@ -14,11 +14,39 @@ teams (may this person do it to *this* object?). Both read ``POLICY``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
 ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator")
+
+#: Code systems for roles (NEN 7513 asks for the user's role coded, not only named). Care
+#: professions carry their UZI role code (the UZI register's "rolcode", as the Dutch FHIR
+#: profiles name it); roles without one (gateway functions) use the local system, whose
+#: codes are the role names themselves (docs/audit.md lists both).
+UZI_ROLE_SYSTEM = "http://fhir.nl/fhir/NamingSystem/uzi-rolcode"
+LOCAL_ROLE_SYSTEM = "urn:securemail:role"
+ROLE_CODES: dict[str, tuple[str, str, str]] = {
+    "gp": (UZI_ROLE_SYSTEM, "01.015", "Huisarts"),
+    "nurse": (UZI_ROLE_SYSTEM, "30.000", "Verpleegkundige"),
+    "privacy_officer": (LOCAL_ROLE_SYSTEM, "privacy_officer", "Privacyfunctionaris"),
+    "admin": (LOCAL_ROLE_SYSTEM, "admin", "Beheerder gateway"),
+    "coordinator": (LOCAL_ROLE_SYSTEM, "coordinator", "Regiocoördinator"),
+    "system": (LOCAL_ROLE_SYSTEM, "system", "Gateway (systeem)"),
+}
+
+
+def role_code(role: str) -> str:
+    """The coded role as one token ``system|code`` (FHIR token notation); "" if unknown."""
+    coded = ROLE_CODES.get(role)
+    return f"{coded[0]}|{coded[1]}" if coded else ""
+
+
+#: How an actor reached the gateway (NEN 7513 "toegangspunt", typed): the browser portal,
+#: the API with a token, the command line on the server, or the gateway's own processes.
+ACCESS_POINT_TYPES = ("web", "api", "cli", "worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +69,28 @@ class Actor:
         return self.user_id is None
 
 
-SYSTEM = Actor(user_id=None, username="system", name="securemail", role="system", org_id=None)
+#: The gateway acting on its own (delivery worker, deadline loop, system consequences of a
+#: person's action); the CLI replaces access_point with ``cli@host``.
+SYSTEM = Actor(
+    user_id=None,
+    username="system",
+    name="securemail",
+    role="system",
+    org_id=None,
+    access_point="worker",
+)
+
+
+def access_point_type(access_point: str, *, token: bool = False) -> str:
+    """The type of an access point as recorded: ``api`` for a token, ``cli`` for
+    ``cli@host``, ``worker`` for the gateway itself, else ``web`` (a client address)."""
+    if token:
+        return "api"
+    if access_point == "cli" or access_point.startswith("cli@"):
+        return "cli"
+    if access_point in ("", "worker"):
+        return "worker"
+    return "web"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +153,36 @@ POLICY: dict[str, frozenset[str]] = {
     "account.self": frozenset(ROLES),
 }
 
+#: The authorisation protocol's identity (NEN 7513: which protocol allowed the access),
+#: recorded on every audit row. Whenever POLICY or ADMIN_KINDS changes, add a version
+#: here with the new digest (tests/test_audit_policy.py refuses a change without one); a
+#: version once published never changes its digest.
+POLICY_ID = "securemail.access.policy"
+POLICY_HISTORY: dict[str, str] = {
+    "1": "7c86ed2780dc34000329210aedbb427b44bcf687345e4615e159d7bb09b8ab0b",
+}
+POLICY_VERSION = "1"
+
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})
+
+
+def policy_digest(
+    policy: dict[str, frozenset[str]] | None = None, admin_kinds: frozenset[str] | None = None
+) -> str:
+    """SHA-256 over the canonical JSON of the role table and the operator-only kinds."""
+    table = POLICY if policy is None else policy
+    kinds = ADMIN_KINDS if admin_kinds is None else admin_kinds
+    body = {
+        "policy": {action: sorted(roles) for action, roles in sorted(table.items())},
+        "admin_kinds": sorted(kinds),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def policy_is_versioned() -> bool:
+    """True when the policy in force is the one its version's digest names."""
+    return POLICY_HISTORY.get(POLICY_VERSION) == policy_digest()
 
 
 def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,16 @@ class AuditSettings:
     retention_years: int = _s(5, "Audit rows are kept at least this many years from writing.")
     checkpoint_every: int = _s(1000, "Sign the chain head after this many new rows.")
     working_hours: str = _s("07:00-19:00", "Access outside these hours is listed as an exception.")
+    working_hours_by_role: str = _s(
+        "",
+        "Per role, instead of working_hours: 'role=HH:MM-HH:MM, ...' (a window may run past"
+        " midnight, e.g. nurse=07:00-23:30).",
+    )
+    working_hours_by_team: str = _s(
+        "",
+        "Per team (its address), instead of the role's hours for its members:"
+        " 'nacht@zorg.example=22:00-08:00, ...'; a night team's night is its working time.",
+    )
 
 
 #: The consent policies ([consent] policy); securemail.consent.evaluate applies them.
@@ -394,6 +405,42 @@ def load(home: Path | str | None = None, env: dict[str, str] | None = None) -> S
     return settings
 
 
+def parse_hours(spec: str) -> tuple[time, time]:
+    """'07:00-19:00' -> (start, end); start > end means the window runs past midnight."""
+    a, sep, b = spec.partition("-")
+    try:
+        if not sep:
+            raise ValueError(spec)
+        start, end = time.fromisoformat(a.strip()), time.fromisoformat(b.strip())
+    except ValueError:
+        raise ValueError(f"{spec!r} must look like 07:00-19:00") from None
+    if start == end:
+        raise ValueError(f"{spec!r} is an empty window")
+    return start, end
+
+
+def parse_hours_map(spec: str) -> dict[str, tuple[time, time]]:
+    """'key=HH:MM-HH:MM, key=...' -> {key: window}; '' -> {}; ValueError names a bad entry."""
+    out: dict[str, tuple[time, time]] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        key, sep, hours = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{part.strip()!r} must look like key=07:00-19:00")
+        out[key.strip()] = parse_hours(hours)
+    return out
+
+
+def _validate_working_hours(a: AuditSettings) -> None:
+    for key in ("working_hours", "working_hours_by_role", "working_hours_by_team"):
+        value = getattr(a, key)
+        try:
+            parse_hours(value) if key == "working_hours" else parse_hours_map(value)
+        except ValueError as exc:
+            raise ConfigError(f"[audit] {key}: {exc}", setting=f"[audit] {key}") from None
+
+
 def _validate(s: Settings) -> None:
     if s.smtp.starttls not in {"required", "implicit"}:
         raise ConfigError(
@@ -446,6 +493,7 @@ def _validate(s: Settings) -> None:
             f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",
             setting="[gpg] s2k_calibration_ms",
         )
+    _validate_working_hours(s.audit)
     for key in ("office_start", "office_end", "night_start", "night_end"):
         value = getattr(s.region, key)
         hh, _, mm = value.partition(":")

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 from fpdf import FPDF
 
-from securemail.access import Actor
+from securemail.access import ROLE_CODES, Actor
 from securemail.audit.report import COLUMNS, DisclosureReport, Scope, _view, authorize
 
 FORMATS = ("csv", "fhir")
@@ -27,6 +27,7 @@ AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 URA_SYSTEM = "http://fhir.nl/fhir/NamingSystem/ura"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SUBTYPE_SYSTEM = "urn:securemail:audit-event-code"
+ACCESS_POINT_TYPE_URL = "urn:securemail:access-point-type"
 OUTCOME_CODES = {"success": "0", "refused": "4", "error": "8"}
 EXPORT_COLUMNS = (*COLUMNS, "prev_hash", "row_hash")
 _EXPORT_SELECT = ", ".join(f"e.{c}" for c in EXPORT_COLUMNS)
@@ -97,6 +98,24 @@ def _org_identifier(code: str, kinds: dict[str, str]) -> dict[str, str]:
     return {"system": system, "value": code}
 
 
+def policy_uri(row: dict[str, Any]) -> str:
+    """The authorisation protocol of a row as a URI (AuditEvent.agent.policy); "" before 0002."""
+    if not row.get("policy_id"):
+        return ""
+    return f"urn:securemail:policy:{row['policy_id']}:{row['policy_version']}"
+
+
+def _role(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """agent.role: the coded role (UZI role code or the local system) plus the local name."""
+    name = row["user_role"] or "system"
+    concept: dict[str, Any] = {"text": name}
+    system, _, code = str(row.get("role_code") or "").partition("|")
+    if code:
+        display = next((d for s, c, d in ROLE_CODES.values() if (s, c) == (system, code)), name)
+        concept["coding"] = [{"system": system, "code": code, "display": display}]
+    return [concept]
+
+
 def to_fhir(row: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, Any]:
     """One audit row as a FHIR R4 AuditEvent resource."""
     kinds = kinds or {}
@@ -110,7 +129,7 @@ def to_fhir(row: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[st
                     }
                 ]
             },
-            "role": [{"text": row["user_role"] or "system"}],
+            "role": _role(row),
             "who": {
                 "identifier": {
                     "system": "urn:securemail:user",
@@ -121,6 +140,12 @@ def to_fhir(row: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[st
             "requestor": True,
         }
     ]
+    if policy_uri(row):
+        agent[0]["policy"] = [policy_uri(row)]
+    if row.get("access_point_type"):
+        agent[0]["extension"] = [
+            {"url": ACCESS_POINT_TYPE_URL, "valueCode": row["access_point_type"]}
+        ]
     if row["access_point"]:
         agent[0]["network"] = {
             "address": row["access_point"],

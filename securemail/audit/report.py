@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from securemail import config
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
@@ -73,6 +74,12 @@ COLUMNS = (
     "sender_org",
     "recipient_org",
     "source_id",
+    # Migration 0002 of the trail (empty on older rows): the authorisation protocol, the
+    # coded role, the access point's type.
+    "policy_id",
+    "policy_version",
+    "role_code",
+    "access_point_type",
 )
 _SELECT = ", ".join(f"e.{c}" for c in COLUMNS)
 DISCLOSURE_CODES = (
@@ -467,19 +474,65 @@ class Exceptions:
         )
 
 
-def _hours(spec: str) -> tuple[time, time]:
+Window = tuple[time, time]
+
+
+def _hours(spec: str) -> Window:
     try:
-        a, b = spec.split("-")
-        return time.fromisoformat(a.strip()), time.fromisoformat(b.strip())
+        return config.parse_hours(spec)
     except ValueError:
         raise InputError(
             "working_hours must look like 07:00-19:00", field="working_hours"
         ) from None
 
 
-def is_outside_hours(occurred_at: str, hours: tuple[time, time], zone: ZoneInfo) -> bool:
+def _hours_map(spec: str, name: str) -> dict[str, Window]:
+    try:
+        return config.parse_hours_map(spec)
+    except ValueError as exc:
+        raise InputError(f"{name}: {exc}", field=name) from None
+
+
+def in_window(moment: time, window: Window) -> bool:
+    """Inside [start, end); a window whose start lies after its end runs past midnight."""
+    start, end = window
+    if start < end:
+        return start <= moment < end
+    return moment >= start or moment < end
+
+
+def is_outside_hours(occurred_at: str, hours: Window | list[Window], zone: ZoneInfo) -> bool:
+    """True when the local time of occurred_at lies in none of the windows."""
     moment = datetime.fromisoformat(occurred_at.replace("Z", "+00:00")).astimezone(zone)
-    return not (hours[0] <= moment.time() < hours[1])
+    windows = hours if isinstance(hours, list) else [hours]
+    return not any(in_window(moment.time(), w) for w in windows)
+
+
+class WorkingHours:
+    """Whose working time is when: a user's teams' hours (``[audit] working_hours_by_team``,
+    so a night team's night is its working time), else the role's
+    (``working_hours_by_role``), else ``working_hours``. A user in several teams works in
+    any of their windows; a team without its own hours counts with the role's."""
+
+    def __init__(
+        self, db: sqlite_utils.Database, default: str, by_role: str = "", by_team: str = ""
+    ) -> None:
+        self.default = _hours(default)
+        self.by_role = _hours_map(by_role, "working_hours_by_role")
+        self.by_team = _hours_map(by_team, "working_hours_by_team")
+        self.teams: dict[int, list[str]] = defaultdict(list)
+        if self.by_team and {"user_teams", "teams"} <= set(db.table_names()):
+            for user_id, address in db.execute(
+                "SELECT ut.user_id, t.address FROM user_teams ut JOIN teams t ON t.id = ut.team_id"
+            ):
+                self.teams[int(user_id)].append(str(address))
+
+    def windows(self, user_id: int | None, role: str) -> list[Window]:
+        own = self.by_role.get(role, self.default)
+        addresses = self.teams.get(user_id, []) if user_id is not None else []
+        if not addresses:
+            return [own]
+        return [self.by_team.get(a, own) for a in addresses]
 
 
 def exceptions(
@@ -489,6 +542,8 @@ def exceptions(
     end: str,
     *,
     working_hours: str = "07:00-19:00",
+    working_hours_by_role: str = "",
+    working_hours_by_team: str = "",
     tz: str = "Europe/Amsterdam",
     anomaly_factor: float = 3.0,
     anomaly_min: int = 20,
@@ -514,7 +569,8 @@ def exceptions(
             out.refusals.append(r)
         if r["nature"] == "emergency":
             out.emergencies.append(r)
-    hours, zone = _hours(working_hours), ZoneInfo(tz)
+    hours = WorkingHours(db, working_hours, working_hours_by_role, working_hours_by_team)
+    zone = ZoneInfo(tz)
     for r in _rows(
         db,
         f"SELECT {_SELECT} FROM audit_events e WHERE {where} AND "  # noqa: S608
@@ -522,7 +578,7 @@ def exceptions(
         "ORDER BY e.seq",
         params,
     ):
-        if is_outside_hours(r["occurred_at"], hours, zone):
+        if is_outside_hours(r["occurred_at"], hours.windows(r["user_id"], r["user_role"]), zone):
             out.outside_hours_total += 1
             if len(out.outside_hours) < LIMIT:
                 out.outside_hours.append(r)

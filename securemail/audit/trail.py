@@ -5,6 +5,11 @@ the change it records commit together or not at all; rows are never updated or
 deleted (triggers refuse it); each row's hash covers its canonical JSON, its
 sequence number and the previous row's hash, so an edit, deletion, insertion or
 reordering breaks the chain at a row that ``verify_chain`` names.
+
+Columns added later (migration 0002: the authorisation policy's id and version, the
+coded role, the access point's type) are NULL on rows written before them and always
+set on rows written after; the canonical form covers them exactly when they are set, so
+old rows keep their hashes and nobody can strip or add them on a row unnoticed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from securemail import access
 from securemail.access import Actor
 from securemail.errors import SecuremailError
 
@@ -54,6 +60,7 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "consent.check": ("E", "the consent register was consulted for a send"),
     "consent.view": ("R", "consent records were shown"),
     "consent.export": ("R", "consent records were exported"),
+    "consent.purge": ("D", "a consent's history past its retention was deleted (no BSN)"),
     "adherence.view": ("R", "aggregate adherence figures (no patient data) were shown"),
     "adherence.export": ("R", "aggregate adherence figures were exported (CSV, JSON)"),
     "audit.view": ("R", "the audit trail was read"),
@@ -150,6 +157,9 @@ class AuditEvent:
     sender_org: str = ""
     recipient_org: str = ""
     occurred_at: str = field(default_factory=now_ms)
+    #: Coded role (``system|code``) and access point type; record() fills them when empty.
+    role_code: str = ""
+    access_point_type: str = ""
 
     @classmethod
     def of(cls, actor: Actor, event_code: str, **kw: Any) -> AuditEvent:
@@ -160,6 +170,9 @@ class AuditEvent:
             "user_role": actor.role,
             "org_id": actor.org_code,
             "access_point": actor.access_point,
+            "access_point_type": access.access_point_type(
+                actor.access_point, token=actor.token_actions is not None
+            ),
         }
         if actor.is_system:
             base["nature"] = "technical"
@@ -217,17 +230,34 @@ def _migrate(db: sqlite_utils.Database) -> None:
     )
 
 
+#: Columns of migration 0002: NULL on older rows (see the module docstring).
+V2_COLUMNS = ("policy_id", "policy_version", "role_code", "access_point_type")
+
+
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    # ADD COLUMN rewrites no row (and fires no update trigger): old rows read NULL.
+    for column in V2_COLUMNS:
+        db.execute(f"ALTER TABLE audit_events ADD COLUMN {column} TEXT")
+    # The consent retention asks "does a row still name this consent?" per candidate.
+    db.execute(
+        "CREATE INDEX audit_consent ON audit_events (consent_id, seq) WHERE consent_id != ''"
+    )
+
+
 MIGRATIONS = Migrations("securemail.audit")
 MIGRATIONS(name="0001_audit_events")(_migrate)
+MIGRATIONS(name="0002_policy_role_access_point")(_migrate_v2)
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
-_HASHED = _FIELDS + (
+_HASHED_V1 = tuple(f for f in _FIELDS if f not in V2_COLUMNS) + (
     "seq",
     "event_id",
     "action",
     "recorded_at",
     "source_id",
 )
+_HASHED = _HASHED_V1 + V2_COLUMNS
+_SORTED_V1 = tuple(sorted(_HASHED_V1))
 _SORTED = tuple(sorted(_HASHED))
 _COLUMNS = (*_HASHED, "prev_hash", "row_hash")
 _INSERT = (
@@ -238,6 +268,7 @@ _INSERT = (
 # json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), without
 # json's per-call machinery (record() and the verifier's fallback run it per row).
 _TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in _SORTED) + "}"
+_TEMPLATE_V1 = "{" + ",".join(f'"{k}":%s' for k in _SORTED_V1) + "}"
 
 
 def _json_value(v: Any) -> str:
@@ -254,7 +285,12 @@ def _json_value(v: Any) -> str:
 
 
 def canonical(row: dict[str, Any]) -> bytes:
-    """Sorted-key compact JSON of the hashed columns: the bytes the chain commits to."""
+    """Sorted-key compact JSON of the hashed columns: the bytes the chain commits to.
+
+    A row from before migration 0002 (policy_id NULL) commits to the original columns only.
+    """
+    if row.get("policy_id") is None:
+        return (_TEMPLATE_V1 % tuple(_json_value(row[k]) for k in _SORTED_V1)).encode("utf-8")
     return (_TEMPLATE % tuple(_json_value(row[k]) for k in _SORTED)).encode("utf-8")
 
 
@@ -303,6 +339,9 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
         raise AuditError(f"unknown audit event code {event.event_code!r}")
     if event.outcome not in OUTCOMES or event.nature not in NATURES:
         raise AuditError(f"bad outcome/nature for {event.event_code}")
+    ap_type = event.access_point_type or access.access_point_type(event.access_point)
+    if ap_type not in access.ACCESS_POINT_TYPES:
+        raise AuditError(f"bad access point type for {event.event_code}")
     seq, prev = head(db)
     row: dict[str, Any] = {name: getattr(event, name) for name in _FIELDS}
     row.update(
@@ -311,6 +350,11 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
         action=EVENT_CODES[event.event_code][0],
         recorded_at=now_ms(),
         source_id=source_id,
+        # The protocol that decided this access: the one in force as the row is written.
+        policy_id=access.POLICY_ID,
+        policy_version=access.POLICY_VERSION,
+        role_code=event.role_code or access.role_code(event.user_role),
+        access_point_type=ap_type,
     )
     row["prev_hash"] = prev
     row["row_hash"] = row_hash(prev, row)
@@ -339,9 +383,12 @@ class ChainReport:
 # canonical() before it is called altered, so an encoder difference can never hide or
 # invent a change: both are exact JSON encoders, equal bytes mean equal rows.
 _SCAN = (
-    "SELECT seq, prev_hash, row_hash, CAST(json_object("  # noqa: S608 (column names are ours)
+    "SELECT seq, prev_hash, row_hash, CASE WHEN policy_id IS NULL "  # noqa: S608 (ours)
+    + "THEN CAST(json_object("
+    + ", ".join(f"'{k}', {k}" for k in _SORTED_V1)
+    + ") AS BLOB) ELSE CAST(json_object("
     + ", ".join(f"'{k}', {k}" for k in _SORTED)
-    + ") AS BLOB) FROM audit_events WHERE seq >= ? AND seq <= ? ORDER BY seq"
+    + ") AS BLOB) END FROM audit_events WHERE seq >= ? AND seq <= ? ORDER BY seq"
 )
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger("securemail.cli")
 #: Modules under securemail.cli that register subcommands, in help order.
 COMMAND_MODULES = (
     "gateway", "directory", "account", "keys", "request", "consent", "audit", "outbox",
-    "deadlines", "retention", "region", "adherence", "backup", "monitor",
+    "deadlines", "retention", "region", "adherence", "backup", "monitor", "privacy",
 )  # fmt: skip
 
 #: Commands a practice system runs once per request, mapped to the one module that registers

@@ -9,13 +9,18 @@ The new password is read from a file or the terminal, never from the command lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
-from securemail.access import SYSTEM
+from securemail.access import SYSTEM as _SYSTEM
 from securemail.accounts import auth
 from securemail.cli import command
 from securemail.cli.directory import open_home, read_secret
+
+#: The operator at this server's command line (typed 'cli' in the audit trail).
+SYSTEM = dataclasses.replace(_SYSTEM, access_point=f"cli@{os.uname().nodename}")
 
 
 def cmd_account(args: argparse.Namespace) -> int:

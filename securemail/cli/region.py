@@ -16,11 +16,13 @@ English errors naming the option; changes are audited as the operator (system) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from securemail.access import SYSTEM
+from securemail.access import SYSTEM as _SYSTEM
 from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import InputError
@@ -28,6 +30,9 @@ from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.region.map import RegionInputError
+
+#: The operator at this server's command line (typed 'cli' in the audit trail).
+SYSTEM = dataclasses.replace(_SYSTEM, access_point=f"cli@{os.uname().nodename}")
 
 T = TypeVar("T")
 

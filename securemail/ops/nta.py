@@ -24,6 +24,7 @@ from typing import Any
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keys import foresight as keycheck
 from securemail.openpgp.keyinfo import encryption_subkey
@@ -65,6 +66,40 @@ class Criterion:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingDuty:
+    """One logging duty a communication service provider has, and the audit events that
+    meet it, with how many this installation holds (clause numbers not reproduced)."""
+
+    duty: str
+    events: tuple[str, ...]
+    counts: tuple[int, ...]
+    status: str
+    note: str = ""
+
+
+#: duty -> (the audit events that meet it, what the gateway cannot see). Every event named
+#: here is an audit event code (tests/e2e/test_nta_declaration.py checks).
+LOGGING_DUTIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("Sending: a message was offered for sending (who, to whom, when, outcome)",
+     ("request.send", "notice.send", "consent.check"), ""),
+    ("Delivery: the message was handed to the receiving side's mail server",
+     ("request.deliver", "notice.deliver"), ""),
+    ("Failed delivery and retries, with the reason",
+     ("request.retry", "request.fail", "notice.retry", "notice.fail"), ""),
+    ("Opening: the recipient took note of the message",
+     ("request.view", "request.answer", "ask.view"),
+     "opening in the team's own mail client (PGP/MIME) is outside the gateway and not logged; "
+     "views in the portal and the team's answer are"),
+    ("Withdrawal and stopping of a message",
+     ("request.withdraw", "request.stop", "notice.stop", "outbox.cancel"), ""),
+    ("Authentication and refused access of users",
+     ("auth.login", "auth.fail", "auth.lockout", "access.denied"), ""),
+    ("Integrity and review of the log itself",
+     ("audit.verify", "audit.checkpoint", "audit.review", "audit.export"), ""),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class Declaration:
     gateway_name: str
     source_id: str
@@ -73,6 +108,7 @@ class Declaration:
     facts: tuple[Criterion, ...]
     instructions: tuple[str, ...]
     sources: tuple[tuple[str, str], ...] = SOURCES
+    logging: tuple[LoggingDuty, ...] = ()
 
     def by_clause(self, clause: str) -> Criterion:
         return next(c for c in self.criteria if c.clause == clause)
@@ -102,6 +138,7 @@ class _State:
     last_checkpoint: str = ""
     last_backup: str = ""  # when the last successful backup finished (audit trail)
     availability: dict[int, health.Availability] = field(default_factory=dict)
+    event_counts: Counter[str] = field(default_factory=Counter)
 
 
 def _pct(a: health.Availability) -> str:
@@ -175,6 +212,10 @@ async def _measure(svc: Services, now: datetime) -> _State:
         st.availability = {
             d: health.availability(db, now.timestamp(), d) for d in health.WINDOWS_DAYS
         }
+        for code, n in db.execute(
+            "SELECT event_code, count(*) FROM audit_events GROUP BY event_code"
+        ):
+            st.event_counts[str(code)] = int(n)
 
     await svc.store.read(people)
     st.last_backup = await svc.store.read(
@@ -418,6 +459,23 @@ INSTRUCTIONS = (
 )
 
 
+def _logging(st: _State) -> list[LoggingDuty]:
+    """Per duty, its events and counts: met when every event is one the trail records."""
+    out = []
+    for duty, events, gap in LOGGING_DUTIES:
+        known = all(e in audit.EVENT_CODES for e in events)
+        out.append(
+            LoggingDuty(
+                duty,
+                events,
+                tuple(st.event_counts.get(e, 0) for e in events),
+                (MET if not gap else REPORTED) if known else NOT_MET,
+                gap,
+            )
+        )
+    return out
+
+
 async def build(svc: Services, *, now: datetime | None = None) -> Declaration:
     """Measure and declare, as of ``now`` (default: the services' clock)."""
     now = now or svc.now()
@@ -429,6 +487,7 @@ async def build(svc: Services, *, now: datetime | None = None) -> Declaration:
         tuple(_criteria(st)),
         tuple(_facts(st, now)),
         INSTRUCTIONS,
+        logging=tuple(_logging(st)),
     )
 
 
@@ -470,6 +529,19 @@ def markdown(d: Declaration) -> str:
     ]
     for c in d.facts:
         out.append(f"| {_cell(c.name)} | {_cell(c.achieved)} | **{c.status}** | {_cell(c.basis)} |")
+    out += [
+        "",
+        "## Logging duties and the audit events that meet them",
+        "",
+        "Each row names the audit events (docs/audit-actions.md) recorded for the duty and how "
+        "many this installation holds now.",
+        "",
+        "| duty | audit events (rows now) | status | note |",
+        "|---|---|---|---|",
+    ]
+    for duty in d.logging:
+        events = ", ".join(f"`{e}` ({n})" for e, n in zip(duty.events, duty.counts, strict=True))
+        out.append(f"| {_cell(duty.duty)} | {events} | **{duty.status}** | {_cell(duty.note)} |")
     out += ["", "## Instructions for the care organisation", ""]
     out += [f"{i}. {text}" for i, text in enumerate(d.instructions, 1)]
     out += ["", "## Sources", ""]
@@ -530,6 +602,16 @@ def pdf(d: Declaration) -> bytes:
                     for v in (c.clause or "-", c.name, c.group, c.achieved, c.status, c.basis)
                 ]
             )
+    doc.ln(3)
+    doc.set_font("Helvetica", "B", 10)
+    doc.cell(0, 6, "Logging duties and the audit events that meet them", new_x="LMARGIN",
+             new_y="NEXT")  # fmt: skip
+    doc.set_font("Helvetica", "", 7)
+    with doc.table(col_widths=(90, 110, 18, 59), text_align="LEFT", line_height=3.6) as table:
+        table.row([_latin1(h) for h in ("duty", "audit events (rows now)", "status", "note")])
+        for duty in d.logging:
+            events = ", ".join(f"{e} ({n})" for e, n in zip(duty.events, duty.counts, strict=True))
+            table.row([_latin1(v) for v in (duty.duty, events, duty.status, duty.note or "-")])
     doc.ln(3)
     doc.set_font("Helvetica", "B", 10)
     doc.cell(0, 6, "Instructions for the care organisation", new_x="LMARGIN", new_y="NEXT")

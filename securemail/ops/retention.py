@@ -14,6 +14,8 @@ What is kept how long (docs/retention.md):
   BSN as patient reference) is deleted ``[retention] metadata_days`` after the final
   outcome; notices and ended sessions likewise by their own end time.
 - *audit rows* after ``[audit] retention_years`` (``audit_retention``, unchanged).
+- *consent records* once nothing relies on them: ``[audit] retention_years`` after their
+  end and no surviving audit row naming them (``securemail.consent.retention``).
 
 Invariants: ``purge`` changes nothing that is not due; everything it empties or deletes,
 the ``retention.purge`` audit row with the counts (no patient data) and the audit purge
@@ -42,6 +44,7 @@ from securemail.audit import integrity as audit_integrity
 from securemail.audit import retention as audit_retention
 from securemail.audit import trail as audit
 from securemail.config import Settings
+from securemail.consent import retention as consent_retention
 from securemail.store import Store
 
 log = logging.getLogger("securemail.retention")
@@ -115,6 +118,7 @@ class Counts:
     ask_rows: int = 0
     sessions: int = 0
     audit_rows: int = 0
+    consents: int = 0
 
     @property
     def total(self) -> int:
@@ -139,6 +143,7 @@ class Plan:
     old_hops: int = 0
     audit_first: int = 0
     audit_upto: int = -1
+    old_consents: list[str] = field(default_factory=list)  # consent ids
 
 
 def _parse(text: str | float | None) -> datetime | None:
@@ -244,6 +249,7 @@ def plan(db: sqlite_utils.Database, settings: Settings, now: datetime) -> Plan:
             p.old_sessions.append(id_hash)
     cutoff = audit_retention.retention_cutoff(now, settings.audit.retention_years)
     p.audit_first, p.audit_upto = audit_retention.purgeable(db, cutoff)
+    p.old_consents = consent_retention.due(db, _parse(cutoff) or now, p.audit_upto)
     return p
 
 
@@ -258,6 +264,7 @@ def counts_of(p: Plan) -> Counts:
         ask_rows=len(p.old_asks),
         sessions=len(p.old_sessions),
         audit_rows=max(0, p.audit_upto - p.audit_first + 1),
+        consents=len(p.old_consents),
     )
 
 
@@ -308,6 +315,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                 db, actor, key, now=p.now, retention_years=settings.audit.retention_years,
                 source_id=settings.gateway.source_id,
             )  # fmt: skip
+        consent_retention.purge(db, actor, p.old_consents, source_id=settings.gateway.source_id)
         audit.record(
             db,
             audit.AuditEvent.of(

@@ -126,6 +126,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
                 start,
                 end,
                 working_hours=svc.settings.audit.working_hours,
+                working_hours_by_role=svc.settings.audit.working_hours_by_role,
+                working_hours_by_team=svc.settings.audit.working_hours_by_team,
                 tz=svc.settings.deadlines.timezone,
                 source_id=src,
             ),

@@ -247,3 +247,31 @@ async def test_data_loss_criterion_needs_a_real_backup(gw: Gateway, smtp_server:
     finally:
         _drop(offline.home)
         (gw.home.parent / f"{gw.home.name}.gpg").unlink(missing_ok=True)
+
+
+async def test_each_logging_duty_names_the_audit_events_that_meet_it(
+    gw: Gateway, smtp_server: Any
+) -> None:
+    from securemail.audit import trail as audit
+    from securemail.exchange import send as exchange
+    from tests.e2e.conftest import GP_PASSPHRASE, deliver_all, example
+
+    before = {d.duty: d for d in (await nta.build(gw.svc)).logging}
+    await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(gw.svc)
+    d = await nta.build(gw.svc)
+    duties = {duty.duty.split(":")[0]: duty for duty in d.logging}
+    assert {"Sending", "Delivery", "Opening"} <= set(duties)
+    for duty in d.logging:
+        assert duty.events and all(e in audit.EVENT_CODES for e in duty.events)
+    delivery = duties["Delivery"]
+    counts = dict(zip(delivery.events, delivery.counts, strict=True))
+    old = dict(zip(delivery.events, before[delivery.duty].counts, strict=True))
+    assert counts["request.deliver"] == old["request.deliver"] + 1
+    assert delivery.status == nta.MET
+    # Opening in the team's own mail client is outside the gateway: said, not claimed.
+    assert duties["Opening"].status == nta.REPORTED and "mail client" in duties["Opening"].note
+    text = nta.markdown(d)
+    assert "## Logging duties and the audit events that meet them" in text
+    assert "`request.deliver` (" in text
+    assert nta.pdf(d).startswith(b"%PDF")
