@@ -139,7 +139,8 @@ def _with_principal(
     data = dict(data)
     if actor.user_id is not None:
         profile = principal_profile(db, user_by_id(db, actor.user_id))
-        data["principal"] = {**(data.get("principal") or {}), **profile}
+        given = data.get("principal")
+        data["principal"] = {**(given if isinstance(given, dict) else {}), **profile}
     return data
 
 
@@ -184,7 +185,8 @@ async def prepare(
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
-        data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
+        given = data.get("receiver")
+        data["receiver"] = {**(given if isinstance(given, dict) else {}), "team_address": to}
     req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
 
     def receiver(db: sqlite_utils.Database) -> Team:
@@ -285,7 +287,9 @@ async def send(
     transaction (same practice, patient and team, or a field error)."""
     year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
-    patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
+    # Untrusted input: "patient" may be anything; only a string BSN in an object is used.
+    given = data.get("patient") if isinstance(data, dict) else None
+    patient = str(given.get("bsn", "")) if isinstance(given, dict) else ""
     try:
         prepared = await prepare(svc, actor, data, reference=reference, to=to)
         if ask:

@@ -118,7 +118,9 @@ async def _form_context(
         "values": values,
         "errors": errors,
         "teams": teams,
-        "procedure_rows": _rows_in(values, forms.list_limit(definition.request.child("procedures"))),
+        "procedure_rows": _rows_in(
+            values, forms.list_limit(definition.request.child("procedures"))
+        ),
         "general_errors": errors.get("", []),
         "ask": ask,
     }
