@@ -34,7 +34,8 @@ from securemail.form.fields import (
 from securemail.form.rules import check_answer, check_request
 
 __all__ = [
-    "Consent", "DocumentInvalidError", "FormShapeError", "check_bounds", "ExecutionRequest", "FieldError", "FormDefinition",
+    "Consent", "DocumentInvalidError", "ExecutionRequest", "FieldError", "FormDefinition",
+    "FormShapeError", "check_bounds", "list_limit",
     "FormInvalidError", "Instructions", "Medication", "Patient", "Period", "Principal",
     "Procedure", "Receiver", "TeamAnswer", "flatten", "is_valid_bsn", "load_definition",
     "parse_answer", "parse_form_post", "parse_request",
