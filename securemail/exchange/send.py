@@ -31,13 +31,31 @@ from securemail.form import request as forms
 from securemail.keys import pinning as keydir
 from securemail.message import notify
 from securemail.openpgp.keyinfo import parse_fingerprint
-from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput
+from securemail.openpgp.keyring import (
+    Envelope,
+    Fingerprint,
+    RecipientKeyError,
+    SealInput,
+    SigningError,
+)
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
 from securemail.store import next_value
 
 log = logging.getLogger("securemail.exchange")
+
+
+class PassphraseThrottledError(SecuremailError):
+    """Too many wrong signing passphrases in a row: refused before gpg is asked."""
+
+    code = "seal.passphrase_throttled"
+    nl = (
+        "Te vaak een onjuiste ondertekeningswachtzin. Er is niets verzonden; probeer het na "
+        "{until} opnieuw."
+    )
+    http_status = 429
+
 
 MIGRATIONS = Migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
@@ -337,19 +355,29 @@ async def _seal_and_queue(
         extra_headers=(("X-Securemail-Reference", reference),),
     )
     doc = prepared.rendered
-    sealed = await svc.keyring.seal(
-        SealInput(
-            reference=reference,
-            text=doc.text,
-            html=doc.html,
-            json=doc.json,
-            signer_public_key=await svc.keyring.export_public(signer),
-        ),
-        signer=signer,
-        passphrase=passphrase,
-        recipients=recipients,
-        envelope=envelope,
-    )
+    guard = str(signer)  # one key per GP: the guesses against that key
+    blocked = svc.passphrase_guesses.blocked_until(guard, svc.now())
+    if blocked is not None:
+        until = deadlines.local(blocked, svc.settings.deadlines).strftime("%H:%M:%S")
+        raise PassphraseThrottledError("signing passphrase throttled", until=until)
+    try:
+        sealed = await svc.keyring.seal(
+            SealInput(
+                reference=reference,
+                text=doc.text,
+                html=doc.html,
+                json=doc.json,
+                signer_public_key=await svc.keyring.export_public(signer),
+            ),
+            signer=signer,
+            passphrase=passphrase,
+            recipients=recipients,
+            envelope=envelope,
+        )
+    except SigningError:
+        svc.passphrase_guesses.fail(guard, svc.now())
+        raise
+    svc.passphrase_guesses.succeed(guard)
     now = svc.now_iso()
     answer_due = ""  # set by deadlines once the relay accepted it
 

@@ -1,0 +1,74 @@
+"""Guessing stopped wherever a secret is checked: the GP's signing passphrase (the tenth
+wrong one within a minute is refused without asking gpg), the source-address throttle
+(bounded, expiring, a delay that grows but never keeps anyone out for good)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from securemail.accounts import auth
+from securemail.exchange import send as exchange
+from securemail.guesses import Guesses
+from securemail.openpgp.keyring import SigningError
+from tests.clock import Clock, working_wednesday
+from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.web_fixtures import WebApp
+
+
+async def test_the_tenth_wrong_passphrase_in_a_minute_is_refused_without_gpg(
+    webapp: WebApp,
+) -> None:
+    gp = webapp.svc.store.read_sync(
+        lambda db: auth.actor_for(db, auth.user_by_name(db, "gp_a"), "test")
+    )
+    to = "centrum@zorg.example"
+    for _ in range(9):
+        with pytest.raises(SigningError):
+            await exchange.send(webapp.svc, gp, example(), "wrong-passphrase", to=to)
+    # The right passphrase now: refused all the same, so gpg was not asked.
+    with pytest.raises(exchange.PassphraseThrottledError) as caught:
+        await exchange.send(webapp.svc, gp, example(), GP_PASSPHRASE, to=to)
+    assert caught.value.http_status == 429
+    refusals = webapp.audit("request.send")
+    assert refusals[-1]["outcome_detail"] == "seal.passphrase_throttled"
+    webapp.clock.advance(seconds=61)
+    result = await exchange.send(webapp.svc, gp, example(), GP_PASSPHRASE, to=to)
+    assert result.reference
+
+
+def test_guesses_delay_grows_and_expires() -> None:
+    clock = Clock(working_wednesday())
+    g = Guesses(
+        3, timedelta(minutes=1), base_delay=timedelta(minutes=1), max_delay=timedelta(minutes=8)
+    )
+    for _ in range(3):
+        g.fail("a", clock.now)
+    assert g.blocked("a", clock.now)
+    clock.advance(seconds=61)
+    assert not g.blocked("a", clock.now)
+    for _ in range(3):
+        g.fail("a", clock.now)
+    assert g.blocked_until("a", clock.now) == clock.now + timedelta(minutes=2)  # grew
+    for _ in range(30):  # keeps guessing: the refusal never exceeds max_delay
+        for _ in range(3):
+            g.fail("a", clock.now)
+    until = g.blocked_until("a", clock.now)
+    assert until is not None and until - clock.now <= timedelta(minutes=8)
+    clock.advance(minutes=17)  # quiet for longer than max_delay: forgotten entirely
+    assert not g.blocked("a", clock.now) and len(g) == 0
+
+
+def test_guesses_table_is_bounded() -> None:
+    clock = Clock(working_wednesday())
+    g = Guesses(
+        3,
+        timedelta(minutes=1),
+        base_delay=timedelta(minutes=1),
+        max_delay=timedelta(hours=1),
+        max_keys=100,
+    )
+    for i in range(10_000):
+        g.fail(f"10.0.{i // 256}.{i % 256}", clock.now)
+    assert len(g) == 100
