@@ -72,3 +72,41 @@ def test_guesses_table_is_bounded() -> None:
     for i in range(10_000):
         g.fail(f"10.0.{i // 256}.{i % 256}", clock.now)
     assert len(g) == 100
+
+
+async def _logged_in(webapp: WebApp, username: str):  # type: ignore[no-untyped-def]
+    b = webapp.browser()
+    r = await b.login(username)
+    assert (r.status, r.location) == (303, "/")
+    return b
+
+
+async def test_repairing_the_authenticator_is_no_password_oracle(webapp: WebApp) -> None:
+    b = await _logged_in(webapp, "nurse_c")
+    for _ in range(webapp.settings.web.login_max_failures):
+        await b.get("/account/totp")
+        r = await b.post("/account/totp", {"password": "guess", "code": "000000"})
+        assert r.status >= 400
+    fails = [e for e in webapp.audit("auth.fail") if e["object_id"] == "nurse_c"]
+    assert len(fails) >= webapp.settings.web.login_max_failures
+    assert webapp.audit("auth.lockout")
+    # Locked now: even the right password is not checked from this session.
+    from tests.auth_fixtures import PASSWORD
+
+    await b.get("/account/totp")
+    r = await b.post("/account/totp", {"password": PASSWORD, "code": "000000"})
+    assert "geblokkeerd" in r.text
+
+
+async def test_new_recovery_codes_need_the_password_and_a_code(webapp: WebApp) -> None:
+    from tests.auth_fixtures import PASSWORD
+
+    b = await _logged_in(webapp, "gp_a")
+    r = await b.post("/account/recovery-codes", {})
+    assert r.status == 422
+    r = await b.post("/account/recovery-codes", {"password": PASSWORD, "code": "000000"})
+    assert r.status == 422 and "code klopt niet" in r.text
+    r = await b.post(
+        "/account/recovery-codes", {"password": PASSWORD, "code": webapp.fresh_code("gp_a")}
+    )
+    assert r.status == 200
