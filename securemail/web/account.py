@@ -23,8 +23,8 @@ from securemail.access import Resource, require
 from securemail.accounts import apitoken, auth, totp
 from securemail.errors import InputError
 from securemail.web.keys import ACTOR, services_key
-from securemail.web.middleware import requires
 from securemail.web.login import locked_message, lockout_policy
+from securemail.web.middleware import requires
 from securemail.web.totp import recovery_context
 
 
