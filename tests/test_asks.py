@@ -19,7 +19,7 @@ from securemail import config
 from securemail.exchange import asks, escalation
 from securemail.message import notify
 from securemail.web import create_app
-from tests.clock import AMS
+from tests.clock import AMS, working_wednesday
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.e2e.webflow import csrf_of, form_fields, login
 from tests.loop_fixtures import Loop, audit_codes, notices
@@ -187,3 +187,28 @@ def test_new_notice_kinds_carry_only_the_reference(tmp_path: Path, kind: str) ->
     notify.require_notice_mime(notice.mime, settings)
     page = "asks" if kind.startswith("ask") else "requests"
     assert f"https://gateway.example/{page}/{reference}".encode() in notice.mime
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patient.name", "Jan\x00 Jansen"),
+        ("patient.name", "Jan \u202eneznaJ"),
+        ("patient.name", "Jan\nJansen"),
+        ("reason", "Insuline\u2066 stop\u2069"),
+        ("reason", "x" * 2001),
+    ],
+)
+def test_an_ask_follows_the_forms_text_policy(field: str, value: str) -> None:
+    from securemail.config import PROJECT_ROOT
+    from securemail.form.definition import load_definition
+    from securemail.form.request import FormInvalidError
+
+    definition = load_definition(PROJECT_ROOT / "forms")
+    with pytest.raises(FormInvalidError) as caught:
+        asks.parse_ask(definition, {**ASK, field: value}, today=working_wednesday().date())
+    assert [e.field for e in caught.value.errors] == [field]
+    clean = asks.parse_ask(
+        definition, {**ASK, "patient.name": "Ame\u0301lie"}, today=working_wednesday().date()
+    )
+    assert clean["patient.name"] == "Amélie"  # NFC

@@ -31,6 +31,7 @@ from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
 from securemail.form import request as forms
+from securemail.form.fields import clean_text
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services
@@ -97,10 +98,24 @@ def _err(field: str, code: str, nl: str) -> forms.FieldError:
     return forms.FieldError(field, code, nl, code)
 
 
+#: Longest text per field of the ask form (others: 200).
+TEXT_LIMITS = {"reason": 2000}
+
+
 def parse_ask(definition: forms.FormDefinition, data: dict[str, Any], *, today: date) -> dict:
     """Validate the nurse's form (flat names); FormInvalidError lists every problem."""
     get = {k: str(data.get(k, "") or "").strip() for k in LABELS}
     errors: list[forms.FieldError] = []
+    # The form's own text policy (securemail.form.fields.clean_text) for every text typed here.
+    for key in LABELS:
+        limit = TEXT_LIMITS.get(key, 200)
+        get[key], problem = clean_text(get[key], multiline=key == "reason", max_length=limit)
+        if problem == "text.invalid_characters":
+            errors.append(_err(key, problem, "Bevat tekens die hier niet zijn toegestaan."))
+        elif problem == "text.too_long":
+            errors.append(_err(key, "too_long", f"Hoogstens {limit} tekens."))
+    if errors:
+        raise forms.FormInvalidError(errors)
     for key in ("team_address", "practice_code", "patient.bsn", "patient.name", "reason"):
         if not get[key]:
             errors.append(_err(key, "required", f"{LABELS[key]} is verplicht."))
