@@ -110,3 +110,36 @@ async def test_new_recovery_codes_need_the_password_and_a_code(webapp: WebApp) -
         "/account/recovery-codes", {"password": PASSWORD, "code": webapp.fresh_code("gp_a")}
     )
     assert r.status == 200
+
+
+async def test_an_outsider_cannot_keep_a_person_locked_out(web_template, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.web_fixtures import another_web
+
+    outsider = {"X-Forwarded-For": "203.0.113.9"}
+    person = {"X-Forwarded-For": "198.51.100.7"}
+    async with another_web(
+        web_template, aiohttp_client, web_settings={"trusted_proxies": "127.0.0.1/32"}
+    ) as w:
+        attacker = w.browser()
+        attacker.session.headers.update(outsider)
+        for i in range(w.settings.web.login_max_failures):
+            r = await attacker.password("nurse_c", f"guess-{i}")
+        assert r.status == 429 and w.audit("auth.lockout")
+        from tests.auth_fixtures import PASSWORD
+
+        # The attacker's address stays locked out, even with the right password...
+        assert (await attacker.password("nurse_c", PASSWORD)).status == 429
+        # ...but the person, from their own address, logs in (password and code) at once,
+        # which lifts the lock: no administrator needed.
+        b = w.browser()
+        b.session.headers.update(person)
+        r = await b.login("nurse_c")
+        assert (r.status, r.location) == (303, "/")
+        assert (
+            w.svc.store.read_sync(
+                lambda db: __import__("securemail.accounts.totp", fromlist=["x"]).locked_until(
+                    db, auth.user_by_name(db, "nurse_c").id, w.clock.now
+                )
+            )
+            is None
+        )

@@ -33,4 +33,23 @@ class LoginThrottle(Guesses):
         super().__init__(limit, window, base_delay=window, max_delay=max_delay, max_keys=max_keys)
 
 
+class AccountSources(Guesses):
+    """Which source failed for which account (key ``"{user_id}@{address}"``) lately.
+
+    A locked account stays locked for the sources that failed for it, and only for them:
+    whoever guesses from elsewhere cannot keep the person out, who logs in from their own
+    address with password and code, which lifts the lock (no administrator needed). One
+    failure marks a source for ``base_delay``, doubling per further one up to four hours."""
+
+    def __init__(self, base_delay: timedelta = timedelta(minutes=15)) -> None:
+        super().__init__(
+            1, base_delay, base_delay=base_delay, max_delay=timedelta(hours=4), max_keys=10_000
+        )
+
+    @staticmethod
+    def key(user_id: int | None, address: str) -> str:
+        return f"{user_id}@{address}"
+
+
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
+sources_key = web.AppKey("account_sources", AccountSources)
