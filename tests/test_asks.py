@@ -75,6 +75,16 @@ async def test_nurse_ask_becomes_prefilled_form_for_gp_and_its_deadline_is_track
             assert r.status == 200, await r.text()
             reference = str(r.url).rsplit("/", 1)[-1]
         assert asks.REFERENCE_RE.fullmatch(reference)
+        # The asking team is a receiver for the request that answers this ask, not for others
+        org, team = svc.store.read_sync(
+            lambda db: db.execute(
+                "SELECT practice_org_id, team_id FROM asks WHERE reference = ?", [reference]
+            ).fetchone()
+        )
+        assert svc.store.read_sync(lambda db: asks.asking_teams(db, org)) == []
+        assert [
+            t.id for t in svc.store.read_sync(lambda db: asks.asking_teams(db, org, reference))
+        ] == [team]
         # Then the deadline is 2 hours on, and the practice gets a notice without patient data
         due = svc.store.read_sync(
             lambda db: db.execute("SELECT due_at FROM asks WHERE reference = ?", [reference])

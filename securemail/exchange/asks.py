@@ -403,13 +403,20 @@ def fulfil(
     )
 
 
-def asking_teams(db: sqlite_utils.Database, practice_org_id: int) -> list[directory.Team]:
-    """Teams with an open ask to this practice: the practice may address them too."""
+def asking_teams(
+    db: sqlite_utils.Database, practice_org_id: int, ask: str | None = None
+) -> list[directory.Team]:
+    """The team of the open ask ``ask`` to this practice: the practice may address it for the
+    request that answers that ask. Without an ask, none: an ask must not put a team on a
+    practice's receiver list for every other patient."""
+    if not ask:
+        return []
     ids = [
         r[0]
         for r in db.execute(
-            "SELECT DISTINCT team_id FROM asks WHERE practice_org_id = ? AND state = 'open'",
-            [practice_org_id],
+            "SELECT team_id FROM asks WHERE practice_org_id = ? AND state = 'open' "
+            "AND reference = ?",
+            [practice_org_id, ask],
         )
     ]
     return [directory.team_by_id(db, i) for i in ids]

@@ -173,7 +173,9 @@ def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
     )
 
 
-def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
+def _check_receiver(
+    svc: Services, db: sqlite_utils.Database, actor: Actor, address: str, ask: str | None = None
+) -> Team:
     team = directory.find_team(db, address)
     if team is None or not team.active:
         raise _field_error(
@@ -185,7 +187,7 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
     allowed = directory.allowed_receivers(
         db, actor.org_id or 0, svc.settings.gateway.passing_on_address
     )
-    allowed += asks.asking_teams(db, actor.org_id or 0)  # a team that asked may be answered
+    allowed += asks.asking_teams(db, actor.org_id or 0, ask)  # the team that asked, answered
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
             "receiver.team_address",
@@ -197,7 +199,13 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
 
 
 async def prepare(
-    svc: Services, actor: Actor, data: dict[str, Any], *, reference: str, to: str | None = None
+    svc: Services,
+    actor: Actor,
+    data: dict[str, Any],
+    *,
+    reference: str,
+    to: str | None = None,
+    ask: str | None = None,
 ) -> Prepared:
     """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
@@ -208,7 +216,7 @@ async def prepare(
     req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
 
     def receiver(db: sqlite_utils.Database) -> Team:
-        team = _check_receiver(svc, db, actor, req.team_address)
+        team = _check_receiver(svc, db, actor, req.team_address, ask)
         changes.require_supersedable(db, actor.org_id or 0, req, team.id)
         return team
 
@@ -309,7 +317,7 @@ async def send(
     given = data.get("patient") if isinstance(data, dict) else None
     patient = str(given.get("bsn", "")) if isinstance(given, dict) else ""
     try:
-        prepared = await prepare(svc, actor, data, reference=reference, to=to)
+        prepared = await prepare(svc, actor, data, reference=reference, to=to, ask=ask)
         if ask:
             await svc.store.read(lambda db: asks.require_fulfillable(db, actor, ask, prepared))
         return await _seal_and_queue(svc, actor, prepared, passphrase, ask)

@@ -39,9 +39,11 @@ class ReceiverOption:
     note: str  # "voorkeursaanbieder", "regionaal doorbemiddelingsadres", "vroeg om een verzoek"
 
 
-def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[ReceiverOption]:
+def receiver_options(
+    db: Any, practice_org_id: int, passing_on: str, ask: str = ""
+) -> list[ReceiverOption]:
     """The practice's preferred providers in their order, then the regional passing-on
-    address, then teams that asked this practice for a request."""
+    address, then, for the request that answers an ask, the team that asked."""
     preferred = {t.id for t in directory.preferred_teams(db, practice_org_id)}
     out: list[ReceiverOption] = []
     for t in directory.allowed_receivers(db, practice_org_id, passing_on):
@@ -56,7 +58,7 @@ def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[Rec
     seen = {o.address for o in out}
     out += [
         ReceiverOption(t.address, t.name, "vroeg om een verzoek")
-        for t in asks.asking_teams(db, practice_org_id)
+        for t in asks.asking_teams(db, practice_org_id, ask or None)
         if t.address not in seen
     ]
     return out
@@ -88,7 +90,7 @@ async def _form_context(
     specialism = specialism if specialism in regionmap.SERVICES else ""
 
     def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
-        teams = receiver_options(db, actor.org_id or 0, passing_on)
+        teams = receiver_options(db, actor.org_id or 0, passing_on, ask)
         if not with_suggestions:
             return teams, None
         # the same ordering as the receiver list: the practice's preferred providers first
@@ -187,7 +189,9 @@ async def preview(request: web.Request) -> web.StreamResponse:
         return data
     values = forms.flatten(data)
     try:
-        prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
+        prepared = await exchange.prepare(
+            svc, actor, data, reference=PREVIEW_REFERENCE, ask=ask or None
+        )
     except forms.FormInvalidError as exc:
         ctx = await _form_context(request, values, _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
