@@ -64,3 +64,32 @@ async def test_the_operator_lists_and_revokes_any_token(webapp: WebApp) -> None:
         lambda db: apitoken.revoke(db, SYSTEM, tokens[-1].id, now=webapp.clock.now)
     )
     assert await _status(webapp, token) == 401
+
+
+async def test_the_cli_deactivates_and_lists_and_revokes_tokens(webapp: WebApp) -> None:
+    import subprocess
+    import sys
+
+    token = _token(webapp, "gp_b")
+    home = str(webapp.settings.home)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "securemail", "account", *args, "--home", home],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        return done.stdout
+
+    listed = cli("tokens")
+    assert "live" in listed
+    token_id = next(
+        line.split("\t")[0] for line in listed.splitlines() if token.startswith(line.split("\t")[1])
+    )
+    assert "revoked" in cli("revoke-token", "--token-id", token_id)
+    assert await _status(webapp, token) == 401
+    assert "deactivated" in cli("deactivate", "--username", "gp_a")
+    assert webapp.svc.store.read_sync(lambda db: auth.user_by_name(db, "gp_a").active) is False
