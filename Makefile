@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 HOME_DIR ?= var
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-dates lint fmt bench bench-quick system-deps browser-deps deploy-deps \
+.PHONY: demo test fuzz test-dates lint fmt bench bench-quick system-deps browser-deps deploy-deps \
 	datefudge-deps clean
 
 $(STAMP): pyproject.toml
@@ -50,6 +50,12 @@ demo: $(STAMP)
 
 test: $(STAMP) browser-deps deploy-deps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+# The route fuzz test (tests/test_fuzz_routes.py) with many more examples than `make test`
+# gives it: random bodies, charsets and nestings at every route as each role.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	SECUREMAIL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz_routes.py
 
 # The whole suite with the system's wall clock moved, once per moment (python -m tests.moments
 # --list names them; each is found relative to today, so the list stays meaningful). An offset,

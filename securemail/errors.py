@@ -75,6 +75,17 @@ class InputError(SecuremailError):
     nl = "Ongeldige invoer: {field}."
 
 
+class UnreadableInputError(InputError):
+    """A request body the gateway will not read: wrong charset, broken encoding, too many
+    fields, JSON nested too deep (securemail.web.inputs)."""
+
+    code = "input.unreadable"
+    nl = (
+        "De verzonden gegevens konden niet worden gelezen (tekenset, vorm of omvang). "
+        "Laad de pagina opnieuw en probeer het nog eens."
+    )
+
+
 class ConflictError(SecuremailError):
     code = "conflict"
     nl = "Dit bestaat al of is intussen gewijzigd."

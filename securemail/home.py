@@ -94,6 +94,9 @@ async def init_home(
     """Create securemail.toml, securemail.db (WAL, migrated) and gnupg/ with the gateway key."""
     report = InitReport(home)
     home.mkdir(parents=True, exist_ok=True)
+    # The home holds the database, the content key and the gateway's keys: its owner only,
+    # whatever the umask, also when the folder was made beforehand (docs/threat-model.md).
+    os.chmod(home, 0o700)
     cfg = home / config.CONFIG_NAME
     if not cfg.exists():
         cfg.write_text(config.render_toml(overrides), encoding="utf-8")

@@ -14,10 +14,11 @@ import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from securemail.config import Settings
 from securemail.form import request as forms
+from securemail.guesses import Guesses
 from securemail.openpgp.keyring import Keyring
 from securemail.openpgp.keystore import kill_agent
 from securemail.store import Store
@@ -27,6 +28,14 @@ AGENT_LOCK = ".gpg-agent.lock"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def passphrase_guesses() -> Guesses:
+    """Nine wrong signing passphrases within a minute and the tenth attempt is refused
+    without asking gpg, for a minute, doubling per further round up to an hour."""
+    return Guesses(
+        9, timedelta(minutes=1), base_delay=timedelta(minutes=1), max_delay=timedelta(hours=1)
+    )
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Services:
     agent_lock: int | None = field(default=None, repr=False)  # fd holding a shared flock
     #: called after a commit that queued mail (the in-process delivery worker's wake)
     on_queued: Callable[[], None] | None = field(default=None, repr=False)
+    #: wrong signing passphrases per GP key (securemail.exchange.send), in memory
+    passphrase_guesses: Guesses = field(default_factory=lambda: passphrase_guesses(), repr=False)
 
     def queued(self) -> None:
         if self.on_queued is not None:

@@ -19,7 +19,7 @@ from securemail import config
 from securemail.exchange import asks, escalation
 from securemail.message import notify
 from securemail.web import create_app
-from tests.clock import AMS
+from tests.clock import AMS, working_wednesday
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.e2e.webflow import csrf_of, form_fields, login
 from tests.loop_fixtures import Loop, audit_codes, notices
@@ -75,6 +75,16 @@ async def test_nurse_ask_becomes_prefilled_form_for_gp_and_its_deadline_is_track
             assert r.status == 200, await r.text()
             reference = str(r.url).rsplit("/", 1)[-1]
         assert asks.REFERENCE_RE.fullmatch(reference)
+        # The asking team is a receiver for the request that answers this ask, not for others
+        org, team = svc.store.read_sync(
+            lambda db: db.execute(
+                "SELECT practice_org_id, team_id FROM asks WHERE reference = ?", [reference]
+            ).fetchone()
+        )
+        assert svc.store.read_sync(lambda db: asks.asking_teams(db, org)) == []
+        assert [
+            t.id for t in svc.store.read_sync(lambda db: asks.asking_teams(db, org, reference))
+        ] == [team]
         # Then the deadline is 2 hours on, and the practice gets a notice without patient data
         due = svc.store.read_sync(
             lambda db: db.execute("SELECT due_at FROM asks WHERE reference = ?", [reference])
@@ -187,3 +197,28 @@ def test_new_notice_kinds_carry_only_the_reference(tmp_path: Path, kind: str) ->
     notify.require_notice_mime(notice.mime, settings)
     page = "asks" if kind.startswith("ask") else "requests"
     assert f"https://gateway.example/{page}/{reference}".encode() in notice.mime
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patient.name", "Jan\x00 Jansen"),
+        ("patient.name", "Jan \u202eneznaJ"),
+        ("patient.name", "Jan\nJansen"),
+        ("reason", "Insuline\u2066 stop\u2069"),
+        ("reason", "x" * 2001),
+    ],
+)
+def test_an_ask_follows_the_forms_text_policy(field: str, value: str) -> None:
+    from securemail.config import PROJECT_ROOT
+    from securemail.form.definition import load_definition
+    from securemail.form.request import FormInvalidError
+
+    definition = load_definition(PROJECT_ROOT / "forms")
+    with pytest.raises(FormInvalidError) as caught:
+        asks.parse_ask(definition, {**ASK, field: value}, today=working_wednesday().date())
+    assert [e.field for e in caught.value.errors] == [field]
+    clean = asks.parse_ask(
+        definition, {**ASK, "patient.name": "Ame\u0301lie"}, today=working_wednesday().date()
+    )
+    assert clean["patient.name"] == "Amélie"  # NFC

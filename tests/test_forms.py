@@ -670,12 +670,48 @@ def test_parse_form_post_odd_names_give_field_errors(
     post = MultiDict(flatten(example))
     post.add("patient.bsn", "123")  # the same name twice is ambiguous
     post.add("period.start_date.day", "1")  # both a value and a group
-    post.add("procedures.x.code", "INJ_SC")
     data = parse_form_post(definition, post)
     codes = codes_of(definition, data)
     assert ("patient.bsn", "type.string") in codes
     assert ("period.start_date", "type.object") not in codes
-    assert ("procedures", "type.list") in codes
+    post.add("procedures.x.code", "INJ_SC")
+    with pytest.raises(forms.FormShapeError) as caught:
+        parse_form_post(definition, post)
+    assert [(e.field, e.code) for e in caught.value.errors] == [("procedures", "type.list")]
+    assert "procedures" not in caught.value.data and "patient" in caught.value.data
+
+
+@pytest.mark.parametrize(
+    "name", ["procedures.1000000.code", "procedures.10.code", "procedures.².code"]
+)
+def test_parse_form_post_refuses_rows_beyond_the_forms_maximum(
+    definition: forms.FormDefinition, example: dict, name: str
+) -> None:
+    post = MultiDict(flatten(example))
+    post.add(name, "INJ_SC")
+    with pytest.raises(forms.FormShapeError) as caught:
+        parse_form_post(definition, post)
+    assert caught.value.errors[0].field == "procedures"
+    assert caught.value.errors[0].code in {"list.too_long", "type.list"}
+
+
+def test_parse_form_post_refuses_more_rows_than_the_maximum(
+    definition: forms.FormDefinition,
+) -> None:
+    ten = {f"procedures.{i}.code": "INJ_SC" for i in range(10)}
+    assert len(parse_form_post(definition, ten)["procedures"]) == 10
+    with pytest.raises(forms.FormShapeError):
+        parse_form_post(definition, ten | {"procedures.09.code": "INJ_SC"})
+
+
+def test_check_bounds_refuses_a_payload_with_too_many_rows(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    data = {**example, "procedures": example["procedures"] * 6}
+    with pytest.raises(forms.FormShapeError) as caught:
+        forms.check_bounds(definition, data)
+    assert caught.value.errors[0].code == "list.too_long"
+    assert forms.check_bounds(definition, example) == example
 
 
 def test_flatten_leaves_out_none_and_false() -> None:
@@ -811,9 +847,9 @@ def test_parse_request_example_with_one_field_replaced_raises_only_form_invalid(
                             max_size=30))  # fmt: skip
 def test_parse_form_post_arbitrary_names_raises_only_form_invalid(post: dict) -> None:
     definition = load_definition(FORMS)
-    data = parse_form_post(definition, post)
-    flatten(data)
     with pytest.raises(FormInvalidError):
+        data = parse_form_post(definition, post)
+        flatten(data)
         parse_request(definition, data, now=NOW)
 
 

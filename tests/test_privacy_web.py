@@ -247,7 +247,11 @@ async def test_verify_now_records_the_outcome(console):
     assert (code, outcome) == ("audit.verify", "success")
     assert re.match(r"verified \d+ rows", detail)
     html = await (await client.get("/privacy", headers=headers)).text()
-    assert "in orde" in html
+    assert "in orde" in html and "door po_a" in html
+    # Another organisation's officer sees that a check ran, not who ran it
+    other, _ = login("po_c")
+    html = await (await client.get("/privacy", headers=other)).text()
+    assert "in orde" in html and "po_a" not in html and "andere organisatie" in html
 
 
 async def test_user_activity_shows_only_the_officers_scope(console):

@@ -121,3 +121,15 @@ def test_render_environment_built_once_per_template_folder(
     assert env.autoescape("request.html.j2") is True
     assert env.autoescape("request.txt.j2") is False
     assert env.auto_reload is False
+
+
+def test_a_pass_on_reason_is_quoted_and_attributed_to_the_nurse() -> None:
+    from securemail.form.render import pass_on_note
+
+    reason = "Vol.\n== AANVULLING VAN DE OPDRACHTGEVER ==\n" + "lang " * 40 + "\x1b[2J"
+    note = pass_on_note(from_team="Team A", to_team="Team B", nurse="Zr. Noor", reason=reason)
+    head, attribution, *quote = note.splitlines()
+    assert "doorbemiddeld naar Team B" in head
+    assert "Zr. Noor" in attribution and "niet door de huisarts" in attribution
+    assert quote and all(line.startswith(">") and len(line) <= 76 for line in quote)
+    assert "\x1b" not in note

@@ -179,6 +179,22 @@ def list_tokens(db: sqlite_utils.Database, actor: Actor) -> list[ApiToken]:
     ]
 
 
+def end_all(db: sqlite_utils.Database, user_id: int, *, now: datetime) -> int:
+    """Revoke every live token of one person (password reset, deactivation): the caller
+    checked the policy and writes the audit row. Returns the number revoked."""
+    live = [
+        r["id"] for r in db["api_tokens"].rows_where("user_id = ? AND revoked_at = ''", [user_id])
+    ]
+    for token_id in live:
+        db["api_tokens"].update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
+    return len(live)
+
+
+def list_every(db: sqlite_utils.Database) -> list[ApiToken]:
+    """Every token of every practice, for the operator's CLI (no patient data in a token)."""
+    return [_token(r) for r in db["api_tokens"].rows_where(order_by="id")]
+
+
 def revoke(
     db: sqlite_utils.Database,
     actor: Actor,

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlite_utils import Migrations
 
 from securemail.access import ROLES, Actor, Resource, require
-from securemail.accounts import session, totp
+from securemail.accounts import apitoken, session, totp
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.region.directory import (
@@ -303,10 +303,11 @@ def reset_password(
     password: str,
     *,
     source_id: str = "gateway-1",
+    now: datetime | None = None,
 ) -> int:
     """An admin sets a new password: the person must enrol a new authenticator at the next
-    login, their recovery codes stop working, any lock is lifted, and every session of
-    theirs ends (audited user.update). Returns the number of sessions ended."""
+    login, their recovery codes stop working, any lock is lifted, and every session and API
+    token of theirs ends (audited user.update). Returns the number of sessions ended."""
     require(actor, "user.manage", Resource("user", ref=username))
     user = user_by_name(db, username)
     validate_password(password)
@@ -314,6 +315,8 @@ def reset_password(
     totp.require_reenrolment(db, user.id)
     totp.clear_lock(db, user.id)
     ended = session.end_all(db, user.id)
+    # Whoever knew the old password may have made a token with it: tokens end too.
+    tokens = apitoken.end_all(db, user.id, now=now or datetime.now(UTC))
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -322,11 +325,44 @@ def reset_password(
             object_type="user",
             object_id=user.username,
             nature="technical",
-            outcome_detail=f"password reset; second factor to enrol again; {ended} sessions ended",
+            outcome_detail=(
+                f"password reset; second factor to enrol again; {ended} sessions ended; "
+                f"{tokens} api tokens revoked"
+            ),
         ),
         source_id=source_id,
     )
     return ended
+
+
+def deactivate(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    username: str,
+    *,
+    now: datetime,
+    source_id: str = "gateway-1",
+) -> tuple[int, int]:
+    """An admin ends an account: it can no longer log in, and its sessions and API tokens
+    end at once (audited user.update). Returns (sessions ended, tokens revoked)."""
+    require(actor, "user.manage", Resource("user", ref=username))
+    user = user_by_name(db, username)
+    db["users"].update(user.id, {"active": 0})
+    ended = session.end_all(db, user.id)
+    tokens = apitoken.end_all(db, user.id, now=now)
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            nature="technical",
+            outcome_detail=f"deactivated; {ended} sessions ended; {tokens} api tokens revoked",
+        ),
+        source_id=source_id,
+    )
+    return ended, tokens
 
 
 def unlock(

@@ -453,14 +453,18 @@ def verify_second_factor(
     now: datetime,
     policy: Lockout,
     source_id: str = "gateway-1",
+    lock_applies: bool = True,
 ) -> Verdict:
     """Check a TOTP code (±1 step, each step once) or an unused recovery code.
 
-    On success the failure count is cleared and ``auth.login`` recorded; on failure the
-    failure is counted (and may lock the account). Never raises for a wrong code."""
+    On success the failure count is cleared (and any lock lifted) and ``auth.login``
+    recorded; on failure the failure is counted (and may lock the account). Never raises
+    for a wrong code. ``lock_applies=False``: the caller found that this attempt comes from
+    a source that did not fail for this account, so someone else's guesses do not keep the
+    person out (securemail.web.throttle.AccountSources)."""
     user_id = _user_id(actor)
     until = locked_until(db, user_id, now)
-    if until is not None:
+    if until is not None and lock_applies:
         return register_failure(db, actor, "locked", now=now, policy=policy, source_id=source_id)
     row = _row(db, user_id)
     if needs_enrolment(db, user_id):

@@ -8,7 +8,6 @@ follows R4 AuditEvent (IHE BALP) with the BSN under the Dutch naming system.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 from fpdf import FPDF
 
+from securemail import csvsafe
 from securemail.access import ROLE_CODES, Actor
 from securemail.audit.report import COLUMNS, DisclosureReport, Scope, _view, authorize
 
@@ -66,7 +66,7 @@ def write_csv(
     rows: Iterable[dict[str, Any]], out: TextIO, columns: tuple[str, ...] = EXPORT_COLUMNS
 ) -> int:
     """RFC 4180 CSV with a header; returns the number of rows written."""
-    w = csv.writer(out, lineterminator="\r\n")
+    w = csvsafe.writer(out)
     w.writerow(columns)
     n = 0
     for r in rows:
@@ -353,7 +353,7 @@ def disclosure_table(report: DisclosureReport, tz: str = "Europe/Amsterdam") -> 
 
 
 def disclosure_csv(report: DisclosureReport, out: TextIO, tz: str = "Europe/Amsterdam") -> int:
-    w = csv.writer(out, lineterminator="\r\n")
+    w = csvsafe.writer(out)
     w.writerow(DISCLOSURE_HEADINGS)
     rows = disclosure_table(report, tz)
     w.writerows(rows)

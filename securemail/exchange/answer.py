@@ -340,9 +340,12 @@ async def _pass_on(
     if not gateway_fpr:
         raise SealError("the gateway has no key; run securemail init")
     old_team = await svc.store.read(lambda db: directory.team_by_id(db, row["team_id"]))
-    note = (
-        f"{old_team.name} ({old_team.address}) heeft dit verzoek doorbemiddeld naar "
-        f"{new_team.name} ({new_team.address}). Reden: {answer.reason}"
+    # The reason is the nurse's own text: quoted and attributed, never part of the order.
+    note = render.pass_on_note(
+        from_team=f"{old_team.name} ({old_team.address})",
+        to_team=f"{new_team.name} ({new_team.address})",
+        nurse=actor.name or actor.username,
+        reason=answer.reason or "",
     )
     rendered = render.render_request(
         svc.definition, req, link=exchange.page_link(svc, req), forwarded=note

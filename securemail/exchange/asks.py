@@ -31,6 +31,7 @@ from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
 from securemail.form import request as forms
+from securemail.form.fields import clean_text
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services
@@ -97,10 +98,24 @@ def _err(field: str, code: str, nl: str) -> forms.FieldError:
     return forms.FieldError(field, code, nl, code)
 
 
+#: Longest text per field of the ask form (others: 200).
+TEXT_LIMITS = {"reason": 2000}
+
+
 def parse_ask(definition: forms.FormDefinition, data: dict[str, Any], *, today: date) -> dict:
     """Validate the nurse's form (flat names); FormInvalidError lists every problem."""
     get = {k: str(data.get(k, "") or "").strip() for k in LABELS}
     errors: list[forms.FieldError] = []
+    # The form's own text policy (securemail.form.fields.clean_text) for every text typed here.
+    for key in LABELS:
+        limit = TEXT_LIMITS.get(key, 200)
+        get[key], problem = clean_text(get[key], multiline=key == "reason", max_length=limit)
+        if problem == "text.invalid_characters":
+            errors.append(_err(key, problem, "Bevat tekens die hier niet zijn toegestaan."))
+        elif problem == "text.too_long":
+            errors.append(_err(key, "too_long", f"Hoogstens {limit} tekens."))
+    if errors:
+        raise forms.FormInvalidError(errors)
     for key in ("team_address", "practice_code", "patient.bsn", "patient.name", "reason"):
         if not get[key]:
             errors.append(_err(key, "required", f"{LABELS[key]} is verplicht."))
@@ -388,13 +403,20 @@ def fulfil(
     )
 
 
-def asking_teams(db: sqlite_utils.Database, practice_org_id: int) -> list[directory.Team]:
-    """Teams with an open ask to this practice: the practice may address them too."""
+def asking_teams(
+    db: sqlite_utils.Database, practice_org_id: int, ask: str | None = None
+) -> list[directory.Team]:
+    """The team of the open ask ``ask`` to this practice: the practice may address it for the
+    request that answers that ask. Without an ask, none: an ask must not put a team on a
+    practice's receiver list for every other patient."""
+    if not ask:
+        return []
     ids = [
         r[0]
         for r in db.execute(
-            "SELECT DISTINCT team_id FROM asks WHERE practice_org_id = ? AND state = 'open'",
-            [practice_org_id],
+            "SELECT team_id FROM asks WHERE practice_org_id = ? AND state = 'open' "
+            "AND reference = ?",
+            [practice_org_id, ask],
         )
     ]
     return [directory.team_by_id(db, i) for i in ids]

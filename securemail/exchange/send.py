@@ -34,13 +34,31 @@ from securemail.form import request as forms
 from securemail.keys import pinning as keydir
 from securemail.message import notify
 from securemail.openpgp.keyinfo import parse_fingerprint
-from securemail.openpgp.keyring import Envelope, Fingerprint, RecipientKeyError, SealInput
+from securemail.openpgp.keyring import (
+    Envelope,
+    Fingerprint,
+    RecipientKeyError,
+    SealInput,
+    SigningError,
+)
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
 from securemail.store import next_value
 
 log = logging.getLogger("securemail.exchange")
+
+
+class PassphraseThrottledError(SecuremailError):
+    """Too many wrong signing passphrases in a row: refused before gpg is asked."""
+
+    code = "seal.passphrase_throttled"
+    nl = (
+        "Te vaak een onjuiste ondertekeningswachtzin. Er is niets verzonden; probeer het na "
+        "{until} opnieuw."
+    )
+    http_status = 429
+
 
 MIGRATIONS = Migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
@@ -157,7 +175,8 @@ def _with_principal(
     data = dict(data)
     if actor.user_id is not None:
         profile = principal_profile(db, user_by_id(db, actor.user_id))
-        data["principal"] = {**(data.get("principal") or {}), **profile}
+        given = data.get("principal")
+        data["principal"] = {**(given if isinstance(given, dict) else {}), **profile}
     return data
 
 
@@ -172,7 +191,9 @@ def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
     )
 
 
-def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, address: str) -> Team:
+def _check_receiver(
+    svc: Services, db: sqlite_utils.Database, actor: Actor, address: str, ask: str | None = None
+) -> Team:
     team = directory.find_team(db, address)
     if team is None or not team.active:
         raise _field_error(
@@ -184,7 +205,7 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
     allowed = directory.allowed_receivers(
         db, actor.org_id or 0, svc.settings.gateway.passing_on_address
     )
-    allowed += asks.asking_teams(db, actor.org_id or 0)  # a team that asked may be answered
+    allowed += asks.asking_teams(db, actor.org_id or 0, ask)  # the team that asked, answered
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
             "receiver.team_address",
@@ -246,11 +267,12 @@ async def prepare(
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
-        data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
+        given = data.get("receiver")
+        data["receiver"] = {**(given if isinstance(given, dict) else {}), "team_address": to}
     req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
 
     def receiver(db: sqlite_utils.Database) -> Team:
-        team = _check_receiver(svc, db, actor, req.team_address)
+        team = _check_receiver(svc, db, actor, req.team_address, ask)
         changes.require_supersedable(db, actor.org_id or 0, req, team.id)
         return team
 
@@ -405,7 +427,9 @@ async def _send_once(
 ) -> SendResult:
     year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
     reference = await svc.store.write(lambda db: allocate_reference(db, year))
-    patient = str((data.get("patient") or {}).get("bsn", "")) if isinstance(data, dict) else ""
+    # Untrusted input: "patient" may be anything; only a string BSN in an object is used.
+    given = data.get("patient") if isinstance(data, dict) else None
+    patient = str(given.get("bsn", "")) if isinstance(given, dict) else ""
     try:
         prepared = await prepare(svc, actor, data, reference=reference, to=to, ask=ask)
         if ask:
@@ -491,19 +515,29 @@ async def _seal_and_queue(
         extra_headers=(("X-Securemail-Reference", reference),),
     )
     doc = prepared.rendered
-    sealed = await svc.keyring.seal(
-        SealInput(
-            reference=reference,
-            text=doc.text,
-            html=doc.html,
-            json=doc.json,
-            signer_public_key=await svc.keyring.export_public(signer),
-        ),
-        signer=signer,
-        passphrase=passphrase,
-        recipients=recipients,
-        envelope=envelope,
-    )
+    guard = str(signer)  # one key per GP: the guesses against that key
+    blocked = svc.passphrase_guesses.blocked_until(guard, svc.now())
+    if blocked is not None:
+        until = deadlines.local(blocked, svc.settings.deadlines).strftime("%H:%M:%S")
+        raise PassphraseThrottledError("signing passphrase throttled", until=until)
+    try:
+        sealed = await svc.keyring.seal(
+            SealInput(
+                reference=reference,
+                text=doc.text,
+                html=doc.html,
+                json=doc.json,
+                signer_public_key=await svc.keyring.export_public(signer),
+            ),
+            signer=signer,
+            passphrase=passphrase,
+            recipients=recipients,
+            envelope=envelope,
+        )
+    except SigningError:
+        svc.passphrase_guesses.fail(guard, svc.now())
+        raise
+    svc.passphrase_guesses.succeed(guard)
     now = svc.now_iso()
     answer_due = ""  # set by deadlines once the relay accepted it
 

@@ -221,6 +221,25 @@ def _list(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     return items
 
 
+def clean_text(value: str, *, multiline: bool, max_length: int) -> tuple[str, str | None]:
+    """The one text policy for free text a person types, in the form, an answer or an ask:
+    NFC, line ends as "\\n" (multi-line text only), trimmed; no control, bidi-override or
+    separator characters (a tab or newline only where ``multiline``); at most
+    ``max_length`` characters. Returns the clean text and None, or the text and an error
+    code (``text.too_long``, ``text.invalid_characters``). O(len(value)), bounded first."""
+    if len(value) > 4 * max_length + 64:  # no point normalising megabytes that cannot fit
+        return value, "text.too_long"
+    text = unicodedata.normalize("NFC", value)
+    if multiline:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.strip()
+    if (_BAD_TEXT if multiline else _BAD_LINE).search(text):
+        return text, "text.invalid_characters"
+    if len(text) > max_length:
+        return text, "text.too_long"
+    return text, None
+
+
 def _text(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     if not isinstance(value, str):
         report.add(path, "type.string")

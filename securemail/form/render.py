@@ -14,6 +14,7 @@ bytes that are signed.
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -93,6 +94,32 @@ def render_request(
         text=env.get_template(TEXT_TEMPLATE).render(view),
         html=env.get_template(HTML_TEMPLATE).render(view),
         json=req.canonical_json(),
+    )
+
+
+#: Width of a quoted line: the text template wraps at 76, a "> " line of 72 stays whole.
+QUOTE_WIDTH = 70
+
+
+def quoted(text: str) -> str:
+    """Someone else's free text as a quotation: wrapped here, then every line "> ", so no line
+    of it can pass for a heading or a section of the GP's order (a "== ... ==" line, say).
+    Control characters other than the newline are dropped (the form refused them already;
+    this holds for stored text too)."""
+    clean = "".join(c for c in text if c == "\n" or c.isprintable())
+    lines: list[str] = []
+    for paragraph in clean.splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, QUOTE_WIDTH, break_on_hyphens=False) or [""]
+    return "\n".join(f"> {line}".rstrip() for line in lines)
+
+
+def pass_on_note(*, from_team: str, to_team: str, nurse: str, reason: str) -> str:
+    """What the next team reads above a passed-on request: who passed it on, and the reason
+    as a quotation attributed to the nurse who wrote it, never as text of the GP's."""
+    return (
+        f"{from_team} heeft dit verzoek doorbemiddeld naar {to_team}.\n"
+        f"Reden, geschreven door {nurse} ({from_team}), niet door de huisarts:\n"
+        f"{quoted(reason)}"
     )
 
 

@@ -28,12 +28,14 @@ from securemail.form.fields import (
     Report,
     is_blank,
     is_valid_bsn,
+    join,
     validate,
 )
 from securemail.form.rules import check_answer, check_request
 
 __all__ = [
     "Consent", "DocumentInvalidError", "ExecutionRequest", "FieldError", "FormDefinition",
+    "FormShapeError", "check_bounds", "list_limit",
     "FormInvalidError", "Instructions", "Medication", "Patient", "Period", "Principal",
     "Procedure", "Receiver", "TeamAnswer", "flatten", "is_valid_bsn", "load_definition",
     "parse_answer", "parse_form_post", "parse_request",
@@ -60,6 +62,55 @@ class FormInvalidError(SecuremailError):
         out = super().as_json()
         out["errors"] = [e.as_dict() for e in self.errors]
         return out
+
+
+class FormShapeError(FormInvalidError):
+    """A submission with a shape no page of ours makes: more rows than the form allows, a
+    row index that is no number. Refused before any work that grows with the attacker's
+    numbers; ``data`` is the rest of the submission (the offending lists dropped), so a
+    page can show it again with the errors."""
+
+    def __init__(self, errors: Sequence[FieldError], data: dict[str, Any]) -> None:
+        super().__init__(errors)
+        self.data = data
+
+
+#: Rows of a list field without its own max_items: no form of ours comes near it.
+LIST_CAP = 100
+
+
+def list_limit(spec: FieldSpec) -> int:
+    """The most rows a list field may have: its definition's maximum, else LIST_CAP."""
+    return spec.max_items if spec.max_items is not None else LIST_CAP
+
+
+def check_bounds(
+    definition: FormDefinition, data: Any, *, root: Literal["request", "answer"] = "request"
+) -> dict[str, Any]:
+    """``data`` (nested, untrusted: a page's hidden payload) with every list within its
+    form's maximum, or FormShapeError. O(size of the form), whatever the lists hold."""
+    if not isinstance(data, Mapping):
+        raise FormShapeError([], {})
+    report = Report(definition)
+    spec = definition.answer if root == "answer" else definition.request
+    clean = _bounded(spec, dict(data), "", report)
+    if report.errors:
+        raise FormShapeError(report.errors, clean)
+    return clean
+
+
+def _bounded(spec: FieldSpec, node: dict[str, Any], path: str, report: Report) -> dict[str, Any]:
+    out = dict(node)
+    for child in spec.fields:
+        value = out.get(child.id)
+        where = f"{path}.{child.id}" if path else child.id
+        if child.type == "list" and isinstance(value, list | tuple):
+            if len(value) > list_limit(child):
+                report.add(where, "list.too_long", max_items=list_limit(child))
+                out.pop(child.id)
+        elif child.type == "object" and isinstance(value, Mapping):
+            out[child.id] = _bounded(child, dict(value), where, report)
+    return out
 
 
 class DocumentInvalidError(SecuremailError):
@@ -370,6 +421,7 @@ def parse_form_post(
     renumbered in order with blank rows dropped; anything odd (a repeated name, a name
     that is both a value and a group) is kept in a shape the validator then refuses."""
     spec = definition.answer if root == "answer" else definition.request
+    report = Report(definition)
     getall = getattr(form, "getall", None)
     tree: dict[str, Any] = {}
     for name in dict.fromkeys(form.keys()):
@@ -379,7 +431,10 @@ def parse_form_post(
         values = list(raw) if getall is not None or isinstance(raw, list) else [raw]
         parts = str(name).split(".")
         _insert(tree, parts, _leaf(definition.spec(str(name), root), values))
-    return _shape(spec, tree)
+    shaped = _shape(spec, tree, report)
+    if report.errors:
+        raise FormShapeError(report.errors, shaped)
+    return shaped
 
 
 def _leaf(spec: FieldSpec | None, values: list[Any]) -> Any:
@@ -405,17 +460,38 @@ def _insert(tree: dict[str, Any], parts: list[str], value: Any) -> None:
         node[parts[-1]] = value
 
 
-def _shape(spec: FieldSpec | None, node: Any, item: bool = False) -> Any:
+def _shape(spec: FieldSpec | None, node: Any, report: Report, path: str = "") -> Any:
+    """Number the rows of list fields, in order, blank ones dropped. A list whose keys are
+    not small row numbers, or that holds more rows than its form allows, is reported and
+    dropped: no page of ours posts it, and rendering a row per index would hand an
+    attacker the size of our work (the checks cost O(keys posted), never O(index))."""
     if spec is None or not isinstance(node, dict):
         return node
-    if spec.type == "list" and not item:
-        if not node or not all(k.isascii() and k.isdigit() and len(k) <= 6 for k in node):
-            return node
-        rows = [_shape(spec, node[k], item=True) for k in sorted(node, key=int)]
+    if spec.type == "list":
+        limit = list_limit(spec)
+        numbered = all(k.isascii() and k.isdigit() and len(k) <= 6 for k in node)
+        if not numbered:
+            report.add(path, "type.list")
+            return None
+        if len(node) > limit or any(int(k) >= limit for k in node):
+            report.add(path, "list.too_long", max_items=limit)
+            return None
+        rows = [_shape_row(spec, node[k], report, join(path, k)) for k in sorted(node, key=int)]
         return [row for row in rows if not is_blank(row)]
-    if spec.type in {"object", "list"}:
-        return {k: _shape(spec.child(k), v) for k, v in node.items()}
+    if spec.type == "object":
+        return _shape_row(spec, node, report, path)
     return node
+
+
+def _shape_row(spec: FieldSpec, node: Any, report: Report, path: str) -> Any:
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        shaped = _shape(spec.child(k), v, report, join(path, k))
+        if shaped is not None or v is None:
+            out[k] = shaped
+    return out
 
 
 def flatten(data: Mapping[str, Any]) -> dict[str, str]:

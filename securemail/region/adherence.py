@@ -21,7 +21,6 @@ first team and a new received turn for the next team.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from securemail import deadlines
+from securemail import csvsafe, deadlines
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.config import DeadlineSettings
@@ -437,7 +436,7 @@ def to_csv(published: dict[str, Any]) -> str:
     """One CSV for the month: a row per group and table, the published (suppressed) cells;
     cells that do not apply to a table stay empty."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
+    writer = csvsafe.writer(buf)
     writer.writerow(["maand", "tabel", "code", "naam", *(h for h, _, _ in COLUMNS.values())])
     for table, rows in published["tables"].items():
         for row in rows:

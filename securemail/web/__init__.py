@@ -101,6 +101,7 @@ def create_app(
 ) -> web.Application:
     trusted = forwarded.parse_trusted(settings.web.trusted_proxies)
     app = web.Application(middlewares=middleware.stack(trusted), client_max_size=2 * 1024**2)
+    app.on_response_prepare.append(middleware.hide_server)
     app[settings_key] = settings
     if services is not None:
         app[services_key] = services

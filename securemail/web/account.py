@@ -2,9 +2,12 @@
 
 Invariants: each page acts only on the signed-in person's own account (policy action
 ``account.self``) or, for tokens, on their own practice's tokens (``token.manage``);
-re-pairing an authenticator needs the current password as well as the session (a hijacked
-session alone cannot make itself permanent); new recovery codes and a new API token are
-shown on one response only and stored only hashed.
+re-pairing an authenticator needs the current password, and new recovery codes the password
+and a current code, as well as the session (a hijacked session alone cannot make itself
+permanent); each wrong password or code there counts toward the account's lock like a
+failed login (audited ``auth.fail``), and while locked nothing is checked, so a session is
+no password oracle; new recovery codes and a new API token are shown on one response only
+and stored only hashed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from securemail.access import Resource, require
 from securemail.accounts import apitoken, auth, totp
 from securemail.errors import InputError
 from securemail.web.keys import ACTOR, services_key
+from securemail.web.login import locked_message, lockout_policy
 from securemail.web.middleware import requires
 from securemail.web.totp import recovery_context
 
@@ -57,10 +61,55 @@ async def account_page(request: web.Request) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("account/account.html", request, await _context(request))
 
 
+async def _reauthenticate(request: web.Request, password: str, code: str | None) -> str | None:
+    """None when the signed-in person's password (and, when ``code`` is given, a current
+    second-factor code) is right; otherwise the Dutch refusal. Wrong ones count toward the
+    account's lock, as at login; while it is locked nothing is checked."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    now, src, policy = svc.now(), svc.settings.gateway.source_id, lockout_policy(request)
+    locked = await svc.store.read(lambda db: totp.locked_until(db, actor.user_id, now))
+    if locked is not None:
+        return locked_message(locked)
+    found = await svc.store.read(lambda db: auth.find_user(db, actor.username))
+    password_ok = found is not None and await asyncio.to_thread(
+        auth.check_password, password, found[1]
+    )
+    if not password_ok:
+        verdict = await svc.store.write(
+            lambda db: totp.register_failure(
+                db, actor, "bad_password", now=now, policy=policy, source_id=src
+            )
+        )
+        if verdict.locked_until is not None:
+            return locked_message(verdict.locked_until)
+        return "Uw wachtwoord klopt niet."
+    if code is None:
+        return None
+    verdict = await svc.store.write(
+        lambda db: totp.verify_second_factor(
+            db, actor, code[:40], now=now, policy=policy, source_id=src
+        )
+    )
+    if verdict.ok:
+        return None
+    if verdict.locked_until is not None:
+        return locked_message(verdict.locked_until)
+    return "De code klopt niet."
+
+
 @requires("account.self")
 async def renew_codes(request: web.Request) -> web.StreamResponse:
     _own(request)
     svc = request.app[services_key]
+    form = await request.post()
+    refusal = await _reauthenticate(
+        request, str(form.get("password", "")), str(form.get("code", ""))
+    )
+    if refusal is not None:
+        return aiohttp_jinja2.render_template(
+            "account/account.html", request, await _context(request, error=refusal), status=422
+        )
     codes = await svc.store.write(
         lambda db: totp.renew_recovery_codes(
             db, request[ACTOR], now=svc.now(), source_id=svc.settings.gateway.source_id
@@ -94,12 +143,9 @@ async def repair_post(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     form = await request.post()
-    found = await svc.store.read(lambda db: auth.find_user(db, actor.username))
-    password_ok = found is not None and await asyncio.to_thread(
-        auth.check_password, str(form.get("password", "")), found[1]
-    )
+    refusal = await _reauthenticate(request, str(form.get("password", "")), None)
     try:
-        if not password_ok:
+        if refusal is not None:
             raise totp.SecondFactorError("password does not match")
         codes = await svc.store.write(
             lambda db: totp.confirm_enrolment(
@@ -111,7 +157,7 @@ async def repair_post(request: web.Request) -> web.StreamResponse:
             )
         )
     except (totp.SecondFactorError, totp.EnrolmentExpiredError) as exc:
-        message = exc.message_nl() if password_ok else "Uw wachtwoord klopt niet."
+        message = refusal or exc.message_nl()
         return aiohttp_jinja2.render_template(
             "totp/enrol.html",
             request,

@@ -24,7 +24,7 @@ from securemail.accounts import auth, session, totp
 from securemail.audit import trail as audit
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.middleware import access_point, error_response, requires
-from securemail.web.throttle import LoginThrottle, throttle_key
+from securemail.web.throttle import AccountSources, LoginThrottle, sources_key, throttle_key
 
 LOGIN_COOKIE = "securemail_login"
 
@@ -147,6 +147,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     # scrypt takes ~0.1 s of CPU by design: off the event loop.
     ok = await asyncio.to_thread(_check_password, password, found[1] if user else None)
     policy = lockout_policy(request)
+    sources = request.app[sources_key]
 
     def attempt(db: sqlite_utils.Database) -> tuple[totp.Verdict, tuple[str, bool] | None]:
         if user is None:
@@ -163,7 +164,9 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             )
             return totp.Verdict(False, "bad_password"), None
         actor = auth.actor_for(db, user, ap)
-        if totp.locked_until(db, user.id, now) is not None:
+        # The lock holds for sources that failed for this account, not for the person's own.
+        failed_here = sources.blocked(AccountSources.key(user.id, ap), now)
+        if totp.locked_until(db, user.id, now) is not None and failed_here:
             return totp.register_failure(
                 db, actor, "locked", now=now, policy=policy, source_id=src
             ), None
@@ -181,6 +184,8 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     verdict, started = await svc.store.write(attempt)
     if started is None:
         throttle.fail(ap, now)
+        if user is not None:
+            sources.fail(AccountSources.key(user.id, ap), now)
         if verdict.reason == "locked" and verdict.locked_until is not None:
             return render_login(
                 request, username=username, status=429, error=locked_message(verdict.locked_until)
@@ -250,6 +255,7 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app[throttle_key] = LoginThrottle()
+    app[sources_key] = AccountSources()
     app.router.add_get("/login", login_page, name="login")
     app.router.add_post("/login", login_post, name="login_post")
     app.router.add_post("/logout", logout, name="logout")

@@ -339,9 +339,19 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def stack(trusted_proxies: tuple[forwarded.Network, ...] = ()) -> list[Any]:
+    from securemail.web.inputs import input_mw
     from securemail.web.monitoring import request_id_mw
 
-    return [request_id_mw, forwarded_mw(trusted_proxies), headers_mw, errors_mw, auth_mw]
+    return [request_id_mw, forwarded_mw(trusted_proxies), headers_mw, errors_mw, input_mw, auth_mw]
+
+
+#: What the Server header says: not aiohttp's "Python/3.x aiohttp/3.x" (no version hints).
+SERVER_NAME = "securemail"
+
+
+async def hide_server(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, error pages and aiohttp's own included."""
+    response.headers["Server"] = SERVER_NAME
 
 
 async def template_context(request: web.Request) -> dict[str, Any]:

@@ -25,7 +25,13 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     reference = request.match_info["reference"]
     post = await request.post()
-    data = forms.parse_form_post(svc.definition, post, root="answer", ignore=("csrf_token",))
+    try:
+        data = forms.parse_form_post(svc.definition, post, root="answer", ignore=("csrf_token",))
+    except forms.FormShapeError as exc:
+        ctx = await detail_context(
+            request, answer_values=forms.flatten(exc.data), answer_errors=_errors_by_field(exc)
+        )
+        return aiohttp_jinja2.render_template("requests/detail.html", request, ctx, status=422)
     values = forms.flatten(data)
     try:
         result = await answer.record_answer(svc, actor, reference, data)

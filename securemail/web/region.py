@@ -9,13 +9,13 @@ scope (which team, which practice) is decided in access.py through the domain fu
 
 from __future__ import annotations
 
-import csv
 import io
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 
+from securemail import csvsafe
 from securemail.access import Actor, HiddenDeniedError
 from securemail.region import directory
 from securemail.region import map as regionmap
@@ -60,7 +60,7 @@ async def region_json(request: web.Request) -> web.StreamResponse:
 async def region_csv(request: web.Request) -> web.StreamResponse:
     teams, passing_on, now, stale_days = await _region(request)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = csvsafe.writer(out)
     writer.writerow(regionview.CSV_HEADER)
     writer.writerows(regionview.region_csv_rows(teams, passing_on, now, stale_days))
     return web.Response(

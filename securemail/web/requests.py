@@ -40,9 +40,11 @@ class ReceiverOption:
     note: str  # "voorkeursaanbieder", "regionaal doorbemiddelingsadres", "vroeg om een verzoek"
 
 
-def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[ReceiverOption]:
+def receiver_options(
+    db: Any, practice_org_id: int, passing_on: str, ask: str = ""
+) -> list[ReceiverOption]:
     """The practice's preferred providers in their order, then the regional passing-on
-    address, then teams that asked this practice for a request."""
+    address, then, for the request that answers an ask, the team that asked."""
     preferred = {t.id for t in directory.preferred_teams(db, practice_org_id)}
     out: list[ReceiverOption] = []
     for t in directory.allowed_receivers(db, practice_org_id, passing_on):
@@ -57,7 +59,7 @@ def receiver_options(db: Any, practice_org_id: int, passing_on: str) -> list[Rec
     seen = {o.address for o in out}
     out += [
         ReceiverOption(t.address, t.name, "vroeg om een verzoek")
-        for t in asks.asking_teams(db, practice_org_id)
+        for t in asks.asking_teams(db, practice_org_id, ask or None)
         if t.address not in seen
     ]
     return out
@@ -89,7 +91,7 @@ async def _form_context(
     specialism = specialism if specialism in regionmap.SERVICES else ""
 
     def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
-        teams = receiver_options(db, actor.org_id or 0, passing_on)
+        teams = receiver_options(db, actor.org_id or 0, passing_on, ask)
         if not with_suggestions:
             return teams, None
         # the same ordering as the receiver list: the practice's preferred providers first
@@ -119,19 +121,37 @@ async def _form_context(
         "values": values,
         "errors": errors,
         "teams": teams,
-        "procedure_rows": max(PROCEDURE_ROWS, _rows_in(values)),
+        "procedure_rows": _rows_in(
+            values, forms.list_limit(definition.request.child("procedures"))
+        ),
         "general_errors": errors.get("", []),
         "ask": ask,
     }
 
 
-def _rows_in(values: dict[str, str]) -> int:
+def _rows_in(values: dict[str, str], limit: int) -> int:
+    """Procedure rows to render: the rows filled in (at least PROCEDURE_ROWS), never more
+    than the form allows, whatever index a post names (parse_form_post refuses those)."""
     idx = [
-        int(k.split(".")[1])
+        int(part)
         for k in values
-        if k.startswith("procedures.") and k.split(".")[1].isdigit()
+        if k.startswith("procedures.")
+        and (part := k.split(".")[1]).isascii()
+        and part.isdigit()
+        and len(part) <= 6
     ]
-    return max(idx) + 1 if idx else 0
+    return min(limit, max(PROCEDURE_ROWS, max(idx) + 1 if idx else 0))
+
+
+async def _parsed_post(request: web.Request, post: Any) -> dict[str, Any] | web.StreamResponse:
+    """The posted form as nested data, or the form again (422) with the shape errors."""
+    svc = request.app[services_key]
+    try:
+        return forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
+    except forms.FormShapeError as exc:
+        values = forms.flatten(exc.data)
+        ctx = await _form_context(request, values, _errors_by_field(exc), _ask_of(post))
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
 
 
 def _errors_by_field(exc: forms.FormInvalidError) -> dict[str, list[str]]:
@@ -165,10 +185,14 @@ async def preview(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     post = await request.post()
     ask = _ask_of(post)
-    data = forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
+    data = await _parsed_post(request, post)
+    if isinstance(data, web.StreamResponse):
+        return data
     values = forms.flatten(data)
     try:
-        prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
+        prepared = await exchange.prepare(
+            svc, actor, data, reference=PREVIEW_REFERENCE, ask=ask or None
+        )
     except forms.FormInvalidError as exc:
         ctx = await _form_context(request, values, _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
@@ -195,8 +219,10 @@ async def suggest(request: web.Request) -> web.StreamResponse:
     """The form again, with the regional map's suggestions for the patient's postcode area;
     "Kies dit team" fills the receiver. The postcode travels in this POST body only."""
     post = await request.post()
-    svc = request.app[services_key]
-    values = forms.flatten(forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST))
+    parsed = await _parsed_post(request, post)
+    if isinstance(parsed, web.StreamResponse):
+        return parsed
+    values = forms.flatten(parsed)
     ctx = await _form_context(
         request,
         values,
@@ -223,6 +249,11 @@ async def send(request: web.Request) -> web.StreamResponse:
     if not isinstance(data, dict):
         raise web.HTTPSeeOther("/requests/new")
     ask = _ask_of(post)
+    try:
+        data = forms.check_bounds(svc.definition, data)
+    except forms.FormShapeError as exc:
+        ctx = await _form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     if "back" in post:
         values = forms.flatten(data)
         ctx = await _form_context(request, values, {}, ask)

@@ -26,6 +26,7 @@ from securemail.web.login import (
     set_session_cookie,
 )
 from securemail.web.middleware import access_point
+from securemail.web.throttle import AccountSources, sources_key
 
 
 def _password_stage(request: web.Request) -> None:
@@ -66,8 +67,14 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
     policy = lockout_policy(request)
     src = svc.settings.gateway.source_id
 
+    sources = request.app[sources_key]
+    here = AccountSources.key(actor.user_id, access_point(request))
+    lock_applies = sources.blocked(here, now)
+
     def check(db: sqlite_utils.Database) -> tuple[totp.Verdict, str | None]:
-        verdict = totp.verify_second_factor(db, actor, code, now=now, policy=policy, source_id=src)
+        verdict = totp.verify_second_factor(
+            db, actor, code, now=now, policy=policy, source_id=src, lock_applies=lock_applies
+        )
         if verdict.ok:
             return verdict, _step_up(db, request)
         if verdict.reason == "locked":
@@ -75,6 +82,8 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
         return verdict, None
 
     verdict, sid = await svc.store.write(check)
+    if not verdict.ok and verdict.reason != "not_enrolled":
+        sources.fail(here, now)
     if verdict.reason == "not_enrolled":
         raise web.HTTPSeeOther("/login/enrol")
     if verdict.reason == "locked" and verdict.locked_until is not None:

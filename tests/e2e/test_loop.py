@@ -126,7 +126,9 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     # When a nurse of team A passes it on to team B
     result = await answer.record_answer(
         svc, loop.nurse_a, sent.reference,
-        {"status": "doorbemiddeld", "reason": "Geen capaciteit in de wijk", "passed_to": TEAM_B},
+        {"status": "doorbemiddeld", "passed_to": TEAM_B,
+         "reason": "Geen capaciteit in de wijk\n\n== AANVULLING VAN DE OPDRACHTGEVER ==\n"
+                   "Dosis verdubbelen."},
     )  # fmt: skip
     assert result.team_address == TEAM_B
     await deliver_all(svc)
@@ -145,7 +147,12 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
         lambda db: requestview.document_bytes(db, exchange.require_row(db, sent.reference))
     )
     assert parts.json == stored
-    assert "doorbemiddeld" in parts.text and "Geen capaciteit in de wijk" in parts.text
+    assert "doorbemiddeld" in parts.text and "> Geen capaciteit in de wijk" in parts.text
+    # The nurse's reason reaches team B as her quotation, never as a section of the order
+    assert "geschreven door" in parts.text and "niet door de huisarts" in parts.text
+    for line in parts.text.splitlines():
+        if "AANVULLING" in line or "verdubbelen" in line:
+            assert line.startswith("> "), line
     # and it carries no second, detachable signature: the GP's one signature covered
     # team A's message (docs/performance.md, "Passing on"); team B's is the gateway's seal
     assert parts.json_signature == b""
