@@ -212,9 +212,7 @@ class Keyring(KeyStore):
                 clearsign=False,
                 extra_args=["--armor"],
             )
-            created = [
-                v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()
-            ]
+            created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
             if (
                 r.returncode != 0
                 or len(created) != 1

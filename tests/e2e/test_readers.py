@@ -25,7 +25,6 @@ from securemail.accounts import auth
 from securemail.exchange import send as exchange
 from securemail.message import mime
 from securemail.store import get_meta
-from tests.loop_fixtures import verify_order
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -34,6 +33,7 @@ from tests.e2e.conftest import (
     example,
     gpg_cli,
 )
+from tests.loop_fixtures import verify_order
 
 pytestmark = pytest.mark.xdist_group("readers")
 

@@ -19,7 +19,6 @@ import pytest
 
 from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import RecipientKeyError
-from tests.loop_fixtures import verify_order
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -30,6 +29,7 @@ from tests.e2e.conftest import (
     env_for_cli,
     example,
 )
+from tests.loop_fixtures import verify_order
 
 PATIENT_MARKERS = [
     EXAMPLE["patient"]["bsn"].encode(),
