@@ -39,6 +39,7 @@ from securemail.secretbox import SecretBox, read_or_create_key
 SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("requests", "document"): "reference",
     ("requests", "answer"): "reference",
+    ("requests", "signed_order"): "reference",  # the GP's multipart/signed order
     ("asks", "patient_name"): "reference",
     ("asks", "patient_birth_date"): "reference",
     ("asks", "reason"): "reference",

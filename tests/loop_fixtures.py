@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +165,24 @@ def audit_codes(svc: Any, object_id: str) -> list[str]:
             )
         ]
     )
+
+
+def verify_order(home: Path, decrypted: bytes) -> tuple[str, bytes]:
+    """What a team's mail client does with the GP's order (RFC 3156 6.1): take the
+    multipart/signed entity out of the decrypted message and have the team's own gpg
+    verify its detached signature. Returns gpg's status lines and the signed bytes."""
+    from securemail.message import mime
+
+    content, signature = mime.signed_parts(decrypted)
+    with tempfile.NamedTemporaryFile(dir=home, suffix=".asc") as sig:
+        sig.write(signature)
+        sig.flush()
+        out = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--verify",
+             sig.name, "-"],
+            input=content,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )  # fmt: skip
+    return out.stderr.decode(), content

@@ -12,10 +12,10 @@ A nurse of the team the request is with answers on the request's page. Invariant
   one notice to the practice ('answered': the reference only; the nurse's name is on the
   page after login) commit together;
 - passed on: the stored canonical JSON travels to the new team sealed (signed +
-  encrypted) by the gateway's own key for the new team's pinned member keys only; a
-  request sealed before one signature per message also carries the GP's original
-  detached signature (verified before it leaves). Since then the GP's one signature
-  covers the first team's message only (see docs/performance.md, "Passing on"). The consent register
+  encrypted) by the gateway's own key for the new team's pinned member keys only, with
+  the GP's own signed order nested unchanged (RFC 3156 6.1 multipart/signed, verified
+  before it leaves), so every team verifies the GP's signature; a request sealed before
+  one signature per message carries the GP's detached JSON signature instead. The consent register
   is asked for the new team (audited) before sealing and again inside the transaction that
   moves the request to the new team, adds a hop, audits ``request.pass_on``, queues the
   sealed message and one 'passed_on' notice to the practice. The first team can no longer
@@ -331,11 +331,17 @@ async def _pass_on(
             "sleutel). Kies een ander team of het doorbemiddelingspunt; het verzoek blijft "
             "bij uw team tot u een keuze maakt.",
         ) from None
-    # Requests sealed since one signature per message keep no detached GP signature: the
-    # GP signed the whole inner entity inside the first team's encryption, which the gateway
-    # cannot open. Those travel under the gateway's signature alone (the page and the
-    # audit trail name the GP who signed). Older requests still carry the GP's own.
-    signature = bytes(row["json_signature"] or b"") or None
+    # The GP's own signed order (RFC 3156 6.1, kept sealed at rest since it was sent)
+    # travels unchanged, nested under the gateway's seal: each team verifies the GP's
+    # signature. A request from the short time of one combined signature has none and
+    # travels under the gateway's seal alone; older ones keep the GP's JSON signature.
+    order = await svc.store.read(
+        lambda db: contentbox.open_value(
+            db, "requests", "signed_order", reference, row.get("signed_order", "")
+        )
+    )
+    forwarded_order = order.encode("ascii") if order else None
+    signature = None if forwarded_order else (bytes(row["json_signature"] or b"") or None)
     gateway_fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     if not gateway_fpr:
         raise SealError("the gateway has no key; run securemail init")
@@ -369,7 +375,8 @@ async def _pass_on(
             extra_headers=(("X-Securemail-Reference", reference),),
         ),
         json_signature=signature,
-        json_signer=gp_fpr if signature else None,
+        json_signer=gp_fpr if signature or forwarded_order else None,
+        forwarded_order=forwarded_order,
     )
     now = svc.now_iso()
 

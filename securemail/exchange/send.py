@@ -140,6 +140,13 @@ def _m3(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0004_signed_order")
+def _m4(db: sqlite_utils.Database) -> None:
+    """The GP's signed order (RFC 3156 6.1 multipart/signed, exactly as encrypted for the
+    first team), sealed at rest like the document, so a pass-on can nest it unchanged."""
+    db.execute("ALTER TABLE requests ADD COLUMN signed_order TEXT NOT NULL DEFAULT ''")
+
+
 def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
     """UVZ-<year>-<6 digits>, increasing per year and never reused; a refused send burns its
     number (audited), a restore skips ahead (docs/backup.md)."""
@@ -533,6 +540,7 @@ async def _seal_and_queue(
             passphrase=passphrase,
             recipients=recipients,
             envelope=envelope,
+            keep_signed_order=True,  # RFC 3156 6.1: the GP's signature survives passing on
         )
     except SigningError:
         svc.passphrase_guesses.fail(guard, svc.now())
@@ -568,6 +576,9 @@ async def _seal_and_queue(
                 "message_id": sealed.message_id,
                 "answer_due": answer_due,
                 "json_signature": sealed.json_signature,
+                "signed_order": contentbox.seal(
+                    db, "requests", "signed_order", reference, sealed.signed_order.decode("ascii")
+                ),
                 "ask_reference": ask or "",
                 "created_at": now,
                 "updated_at": now,

@@ -141,6 +141,7 @@ def get_request(
     )
     view = dict(row)
     view.pop("json_signature", None)
+    view.pop("signed_order", None)
     view["purged"] = bool(row["content_purged_at"])
     view["document"] = None if view["purged"] else document(db, row)
     view["team"] = team

@@ -22,6 +22,7 @@ from securemail.errors import InputError, NotFoundError
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
 from securemail.openpgp.keyring import REVOCATION_REASONS
 from securemail.services import Services
+from securemail.store import get_meta
 
 MIN_PASSPHRASE = 8
 MIGRATIONS = Migrations("securemail.gpkeys")
@@ -199,8 +200,12 @@ def list_gp_keys(db: sqlite_utils.Database) -> list[GpKey]:
 
 
 async def export_gp_keys(svc: Services) -> tuple[str, list[GpKey]]:
-    """The armored public keys of every GP key, revoked ones with their revocation: what a
-    nurse's mail client imports to check GPs' signatures, old and new."""
+    """The armored public keys of every GP key, revoked ones with their revocation, and the
+    gateway's own key (it seals passed-on requests and notices, and is the reply address):
+    what a nurse's mail client imports to check every signature it gets, old and new."""
     keys = await svc.store.read(list_gp_keys)
     armored = [await svc.keyring.export_public(k.fingerprint) for k in keys]
+    gateway = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
+    if gateway:
+        armored.append(await svc.keyring.export_public(Fingerprint(gateway)))
     return "".join(armored), keys

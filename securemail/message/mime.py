@@ -4,9 +4,11 @@ Invariants:
 - the inner entity is 7-bit clean and in canonical form (CRLF line ends, text as UTF-8 in
   base64), so the bytes that are signed and encrypted are exactly the bytes a reader
   decrypts and parses; its attachment names are fixed and neutral, never patient data;
-- the inner entity carries no signature of its own: the GP's one signature is the
-  combined sign+encrypt of RFC 3156 section 6.2, made by openpgp.seal() over this whole
-  entity (text, HTML, request.json and the GP's public key alike);
+- the GP's one signature covers this whole entity (text, HTML, request.json and the GP's
+  public key alike): a GP's order is signed as RFC 3156 section 6.1 (``build_signed``: the
+  entity and a detached signature in multipart/signed, then encrypted), so the gateway can
+  keep the signed entity and re-encrypt it, byte for byte, for a team it is passed on to;
+  nested there (``forwarded_order``) under the gateway's own seal, it is never re-signed;
 - the outer message carries only From (and Sender when the author is not the gateway), To,
   a neutral Subject, Date, Message-ID, threading (In-Reply-To, References), Reply-To,
   MIME-Version, the caller's extra headers and the two RFC 3156 parts; the only body is
@@ -115,6 +117,8 @@ class InnerParts:
     json: bytes
     signer_key: str
     json_signature: bytes = b""  # only in a forwarded request sealed before one signature
+    #: a passed-on request: the GP's own multipart/signed order, exactly as signed
+    forwarded_order: bytes = b""
 
 
 def _canonical_text(text: str) -> bytes:
@@ -177,7 +181,10 @@ def _multipart(
 
 
 def build_inner(
-    document: SealInput, json_signature: bytes | None = None, envelope: Envelope | None = None
+    document: SealInput,
+    json_signature: bytes | None = None,
+    envelope: Envelope | None = None,
+    forwarded_order: bytes | None = None,
 ) -> bytes:
     """The multipart/mixed entity to sign and encrypt, in canonical CRLF form.
 
@@ -187,6 +194,8 @@ def build_inner(
     ``json_signature``: a forwarded request sealed before one signature per message keeps
     the GP's detached signature over request.json (request.json.asc), before the key.
     ``envelope`` (resolved): its headers are protected (RFC 9788, see protected_headers).
+    ``forwarded_order``: a passed-on request's GP-signed multipart/signed entity
+    (``build_signed``), nested unchanged as the last part so each team verifies the GP.
 
     Written directly rather than with the email package's generator (ten times slower
     for this fixed shape, on the path of every send); ``parse_inner`` reads it back with
@@ -251,11 +260,61 @@ def build_inner(
                 ),
                 key_armor.replace(b"\n", b"\r\n"),
             ),
+            *([forwarded_order] if forwarded_order else []),
         ],
     )
     if not raw.isascii():  # pragma: no cover - every part above is base64 or checked ASCII
         raise ValueError("inner entity is not 7-bit clean")
     return raw
+
+
+#: OpenPGP hash algorithm ids (RFC 4880 9.4) -> RFC 3156 micalg values
+MICALG = {2: "pgp-sha1", 8: "pgp-sha256", 9: "pgp-sha384", 10: "pgp-sha512", 11: "pgp-sha224"}
+SIGNATURE_NAME = "signature.asc"
+
+
+def build_signed(content: bytes, signature: bytes, hash_algo: int) -> bytes:
+    """RFC 3156 section 6.1: ``content`` (an inner entity, as signed) and the signer's
+    detached armored ``signature`` over exactly those bytes, as multipart/signed. The
+    result is both what is encrypted for the first team and what a pass-on nests."""
+    if hash_algo not in MICALG:
+        raise ValueError(f"unsupported hash algorithm {hash_algo}")
+    signature_part = _inner_part(
+        (
+            f'Content-Type: application/pgp-signature; name="{SIGNATURE_NAME}"',
+            "Content-Description: OpenPGP digital signature",
+            f'Content-Disposition: attachment; filename="{SIGNATURE_NAME}"',
+            "Content-Transfer-Encoding: 7bit",
+        ),
+        _ascii_armor(signature, "-----BEGIN PGP SIGNATURE-----").replace(b"\n", b"\r\n"),
+    )
+    params = f' protocol="application/pgp-signature"; micalg={MICALG[hash_algo]};'
+    return _multipart("signed", [content, signature_part], params=params)
+
+
+def signed_parts(raw: bytes) -> tuple[bytes, bytes]:
+    """The signed content and the armored signature of the first multipart/signed entity in
+    ``raw`` (the root, or one nested in it), as a reader verifies them: the content is the
+    bytes between the first delimiter line and the CRLF before the next (RFC 3156 5).
+    InputError when there is none or it is malformed."""
+    msg = BytesParser(policy=default).parsebytes(raw)
+    for part in msg.walk():
+        if part.get_content_type() != "multipart/signed":
+            continue
+        boundary = part.get_boundary()
+        children = part.get_payload()
+        if not boundary or not isinstance(children, list) or len(children) != 2:
+            break
+        delimiter = b"--" + boundary.encode("ascii")
+        start = raw.find(delimiter + b"\r\n")
+        end = raw.find(b"\r\n" + delimiter, start + len(delimiter)) if start >= 0 else -1
+        if start < 0 or end < 0:
+            break
+        signature = children[1].get_payload(decode=True) or b""
+        if children[1].get_content_type() != "application/pgp-signature" or not signature:
+            break
+        return raw[start + len(delimiter) + 2 : end], signature.replace(b"\r\n", b"\n")
+    raise InputError("no multipart/signed entity with a signature", field="mime")
 
 
 def _check_header(field: str, value: str) -> str:
@@ -439,9 +498,8 @@ def parse_inner(raw: bytes) -> InnerParts:
     """The parts of a decrypted inner entity; InputError when one is missing or doubled."""
     msg = BytesParser(policy=default).parsebytes(raw)
     found: dict[str, EmailMessage] = {}
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
+    leaves, nested = _leaves(msg)
+    for part in leaves:
         name = part.get_filename()
         kind = part.get_content_type()
         slot = {
@@ -473,4 +531,30 @@ def parse_inner(raw: bytes) -> InnerParts:
         json=binary["json"],
         signer_key=binary["signer_key"].replace(b"\r\n", b"\n").decode("ascii", "replace"),
         json_signature=binary.get("json_signature", b"").replace(b"\r\n", b"\n"),
+        forwarded_order=signed_parts(raw)[0] if nested else b"",
     )
+
+
+def _leaves(msg: EmailMessage) -> tuple[list[EmailMessage], bool]:
+    """The leaf parts of an inner entity, and whether it nests a forwarded signed order.
+
+    A root multipart/signed (a GP's order, RFC 3156 6.1) is read through its signed part;
+    a multipart/signed nested deeper (the GP's order inside a passed-on request) is not
+    read as this message's own parts: it is the forwarded order."""
+    if msg.get_content_type() == "multipart/signed":
+        children = msg.get_payload()
+        msg = children[0] if isinstance(children, list) and children else msg
+    leaves: list[EmailMessage] = []
+    nested = False
+    stack = [msg]
+    while stack:
+        part = stack.pop(0)
+        if not part.is_multipart():
+            leaves.append(part)
+            continue
+        for child in part.iter_parts():
+            if child.get_content_type() == "multipart/signed":
+                nested = True
+                continue
+            stack.append(child)  # type: ignore[arg-type]
+    return leaves, nested

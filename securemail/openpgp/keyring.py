@@ -1,9 +1,11 @@
 """Seal documents for a team. Only seal() makes a SealedMessage; nothing else may.
 
 Invariants (beyond those of keystore.KeyStore, which this Keyring extends):
-- seal() makes one signature per message: one gpg call signs the whole inner MIME entity
-  (text, HTML, request.json, the GP's public key) with the GP's key and encrypts it to
-  exactly one pinned subkey of each recipient key (RFC 3156 section 6.2); it then reads
+- seal() makes one signature per message over the whole inner MIME entity (text, HTML,
+  request.json, the GP's public key) and encrypts to exactly one pinned subkey of each
+  recipient key: a GP's order (``keep_signed_order``) as RFC 3156 section 6.1 (a detached
+  signature in multipart/signed, kept as ``SealedMessage.signed_order`` so that a pass-on
+  can nest it unchanged), anything else as section 6.2 (combined sign+encrypt); it then reads
   the ciphertext's packets back (armor.encrypted_to) and refuses on any difference, and
   checks the result with the SMTP edge's check (sealcheck) before making a SealedMessage;
 - the From address (envelope.from_address) is a user id of the signer's key, and the
@@ -88,6 +90,9 @@ class SealedMessage:
     #: a detached GP signature over the canonical JSON that travels inside (request.json.asc):
     #: only when forwarding a request sealed before one signature per message; else b""
     json_signature: bytes = field(default=b"", repr=False)
+    #: the GP's multipart/signed order (RFC 3156 6.1) exactly as encrypted; b"" for a seal
+    #: that did not keep it. Patient content: stored only sealed at rest (contentbox).
+    signed_order: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self._token is not _SEAL_TOKEN:
@@ -117,6 +122,8 @@ class Keyring(KeyStore):
         now: datetime | None = None,
         json_signature: bytes | None = None,
         json_signer: Fingerprint | None = None,
+        keep_signed_order: bool = False,
+        forwarded_order: bytes | None = None,
     ) -> SealedMessage:
         """Sign and encrypt ``document`` for every recipient key, as RFC 3156 PGP/MIME.
 
@@ -130,6 +137,12 @@ class Keyring(KeyStore):
         pass it as ``json_signature`` with ``json_signer`` (the GP's fingerprint); it is
         verified here (VerificationError unless it is a good signature by exactly that key)
         and travels unchanged as request.json.asc. Nothing is re-signed in the GP's name.
+
+        ``keep_signed_order`` (a GP's order): RFC 3156 section 6.1 instead, one detached
+        signature over the inner entity, then encryption without a second signature (one
+        S2K, as before); the multipart/signed entity is returned as ``signed_order``.
+        ``forwarded_order`` (a pass-on): that GP-signed entity, verified here to be a good
+        signature by ``json_signer`` over its content, nested unchanged in the inner entity.
         """
         now = now or datetime.now(UTC)
         try:
@@ -147,7 +160,8 @@ class Keyring(KeyStore):
         # None, not "": python-gnupg still opens --passphrase-fd for "" but writes nothing,
         # and gpg would take the first line of the document as the passphrase.
         secret = None if passphrase is None else wire(check_passphrase(passphrase))
-        if (json_signature is None) != (json_signer is None):
+        forwarding = json_signature is not None or forwarded_order is not None
+        if forwarding != (json_signer is not None):
             raise SealError("a forwarded signature needs its signer, and only then")
         envelope = envelope.resolved()
         infos = await self._lookup_many([signer_fpr, *pinned])
@@ -182,7 +196,41 @@ class Keyring(KeyStore):
                     expected=str(json_signer),
                     actual=str(made_by),
                 )
-        inner = mime.build_inner(document, json_signature, envelope)
+        if forwarded_order is not None:
+            await self._verify_order(forwarded_order, json_signer)
+        inner = mime.build_inner(document, json_signature, envelope, forwarded_order)
+        signed_order = b""
+
+        def sign_then_encrypt(g: WatchedGPG) -> bytes:
+            # RFC 3156 6.1: one detached signature (the one S2K), then encryption alone.
+            nonlocal signed_order
+            r = g.sign(
+                inner,
+                keyid=signer_fpr,
+                passphrase=secret,
+                detach=True,
+                clearsign=False,
+                extra_args=["--armor"],
+            )
+            created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
+            if (
+                r.returncode != 0
+                or len(created) != 1
+                or created[0][-1] not in makers
+                or not bytes(r.data).startswith(b"-----BEGIN PGP SIGNATURE-----")
+            ):
+                self._seal_failure("sign", r, signer_fpr)
+            signed_order = mime.build_signed(inner, bytes(r.data), int(created[0][2]))
+            e = g.encrypt(
+                signed_order,
+                [s.fingerprint + "!" for s in subkeys],
+                always_trust=True,
+                armor=True,
+                extra_args=["--no-encrypt-to"],
+            )
+            if e.returncode != 0 or not e.ok or not e.data.startswith(armor.BEGIN_MESSAGE.encode()):
+                self._seal_failure("encrypt", e, signer_fpr)
+            return bytes(e.data)
 
         def sign_encrypt(g: WatchedGPG) -> bytes:
             # --trust-model always (always_trust): trust comes from the reviewed directory
@@ -206,7 +254,10 @@ class Keyring(KeyStore):
                 self._seal_failure("sign+encrypt", r, signer_fpr)
             return bytes(r.data)
 
-        ciphertext = await self._call_with_secret("sign+encrypt", signer_fpr, sign_encrypt)
+        if keep_signed_order:
+            ciphertext = await self._call_with_secret("sign", signer_fpr, sign_then_encrypt)
+        else:
+            ciphertext = await self._call_with_secret("sign+encrypt", signer_fpr, sign_encrypt)
         expected = sorted(s.key_id for s in subkeys)
         try:
             actual = sorted(armor.encrypted_to(ciphertext))
@@ -232,7 +283,22 @@ class Keyring(KeyStore):
             signer_fingerprint=signer_fpr,
             _token=_SEAL_TOKEN,
             json_signature=bytes(json_signature or b""),
+            signed_order=signed_order,
         )
+
+    async def _verify_order(self, order: bytes, signer: Fingerprint | None) -> None:
+        """A forwarded multipart/signed order must carry a good signature by ``signer``."""
+        try:
+            content, signature = mime.signed_parts(order)
+        except InputError:
+            raise VerificationError("the forwarded order is not multipart/signed") from None
+        made_by = await self.verify_detached(content, signature)
+        if made_by != signer:
+            raise VerificationError(
+                "the forwarded order is not signed by the original signer",
+                expected=str(signer),
+                actual=str(made_by),
+            )
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:
         for keyword, value in gpgproc.status(result):

@@ -288,6 +288,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
             ).fetchone()[0]
             db.execute(
                 "UPDATE requests SET document = x'', answer = '', json_signature = x'', "
+                "signed_order = '', "
                 "final_at = ?, content_purged_at = ? WHERE id = ?",
                 [final_at, now, request_id],
             )

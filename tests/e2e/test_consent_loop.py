@@ -29,7 +29,7 @@ from tests.e2e.conftest import (
     deliver_all,
     example,
 )
-from tests.loop_fixtures import TEAM_B, Loop
+from tests.loop_fixtures import TEAM_B, Loop, verify_order
 
 BSN = EXAMPLE["patient"]["bsn"]
 POLICIES = ("direct_care", "explicit")
@@ -316,9 +316,21 @@ async def test_pass_on_to_the_desk_and_on_to_a_third_team_without_consent_record
         {"status": "doorbemiddeld", "reason": "Oost heeft plek", "passed_to": OOST},
     )  # fmt: skip
     await deliver_all(svc)
+    gp_fpr = row["signer_fingerprint"]
+    [first_raw] = _delivered_to(smtp_server, TEAM)
+    first = _gpg(loop.gw.nurse_home, "--decrypt", data=first_raw)
+    status_a, order = verify_order(loop.gw.nurse_home, first.stdout)
+    assert f"[GNUPG:] VALIDSIG {gp_fpr}" in status_a, status_a
     for address in (DESK, OOST):
         [raw] = _delivered_to(smtp_server, address)
         opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
         assert opened.returncode == 0, opened.stderr.decode()
+        # each team's own gpg: a good signature by the GP's key over the GP's order, the
+        # very bytes team A got (the gateway re-encrypted it, it did not re-sign it)
+        status_b, forwarded = verify_order(loop.team_b_home, opened.stdout)
+        assert "[GNUPG:] GOODSIG" in status_b and f"[GNUPG:] VALIDSIG {gp_fpr}" in status_b
+        assert forwarded == order
+        parts = mime.parse_inner(opened.stdout)
+        assert parts.forwarded_order == order and b"doorbemiddeld" not in parts.json
     status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
     assert [h["team_address"] for h in status["hops"]] == [TEAM, DESK, OOST]

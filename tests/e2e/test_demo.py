@@ -29,6 +29,7 @@ import pytest
 
 from tests.e2e.conftest import EXAMPLE, env_for_cli, example
 from tests.e2e.webflow import login, send_via_form
+from tests.loop_fixtures import verify_order
 from tests.smtp_fixtures import free_port
 
 
@@ -134,6 +135,7 @@ def run_readme_step_4(home: Path, tmp: Path) -> subprocess.CompletedProcess[str]
     cwd = tmp / "readme"
     cwd.mkdir()
     (cwd / "var").symlink_to(home)
+    (cwd / ".venv").symlink_to(Path(sys.prefix))  # the tour's venv
     return subprocess.run(
         ["bash", "-euc", script + "\ngpgconf --kill gpg-agent\n"],
         cwd=cwd,
@@ -218,7 +220,8 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
                 assert marker.encode() not in raw
             result = open_as_team(home, raw, tmp)
             assert result.returncode == 0, result.stderr.decode()
-            assert b"[GNUPG:] GOODSIG" in result.stderr
+            verified, _ = verify_order(tmp / "client", result.stdout)  # RFC 3156 6.1
+            assert "[GNUPG:] GOODSIG" in verified
             inner = email.message_from_bytes(result.stdout, policy=policy.default)
             types = {p.get_content_type() for p in inner.walk()}
             assert {"text/plain", "application/json"} <= types

@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     example,
     gpg_cli,
 )
+from tests.loop_fixtures import verify_order
 
 pytestmark = pytest.mark.xdist_group("readers")
 
@@ -78,16 +79,15 @@ def uid_addresses(home: Path, fingerprint: str) -> set[str]:
 
 
 def open_with_gpg(gw: Gateway, raw: bytes) -> tuple[str, EmailMessage]:
-    """(the signer's primary fingerprint, the decrypted inner entity)."""
+    """(the signer's primary fingerprint, the decrypted inner entity): the GP's order is
+    RFC 3156 6.1, so the signature is verified over the multipart/signed part."""
     out = gw.decrypt_as_nurse(raw)
     assert out.returncode == 0, out.stderr.decode()
-    valid = [
-        line.split()
-        for line in out.stderr.decode().splitlines()
-        if line.startswith("[GNUPG:] VALIDSIG ")
-    ]
+    status, payload = verify_order(gw.nurse_home, out.stdout)
+    valid = [line.split() for line in status.splitlines() if line.startswith("[GNUPG:] VALIDSIG ")]
     assert len(valid) == 1
-    inner = email.message_from_bytes(out.stdout, policy=policy.default)
+    # the cryptographic payload (RFC 9788): the signed part, which carries the real headers
+    inner = email.message_from_bytes(payload, policy=policy.default)
     assert isinstance(inner, EmailMessage)
     return valid[0][-1], inner
 
@@ -164,8 +164,18 @@ async def test_rnp_decrypts_and_verifies_the_gp_as_signer(
         check=False,
         stdin=subprocess.DEVNULL,
     )
-    report = out.stderr.decode()
-    assert out.returncode == 0, report
+    assert out.returncode == 0, out.stderr.decode()
+    # the GP's order is multipart/signed (RFC 3156 6.1): rnp verifies its detached signature
+    content, signature = mime.signed_parts(out.stdout)
+    (tmp_path / "order.eml").write_bytes(content)
+    (tmp_path / "order.eml.sig").write_bytes(signature)
+    verified = subprocess.run(
+        ["rnp", "--homedir", str(home), "--verify", str(tmp_path / "order.eml.sig"),
+         "--source", str(tmp_path / "order.eml")],
+        capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    report = verified.stderr.decode()
+    assert verified.returncode == 0, report
     assert "Good signature" in report
     assert gp_fingerprint(gw)[-16:].lower() in report.lower()
     assert json.loads(mime.parse_inner(out.stdout).json)["patient"] == EXAMPLE["patient"]
@@ -185,8 +195,6 @@ async def test_sq_decrypts_and_verifies_the_gp_as_signer(
             "decrypt",
             "--recipient-key",
             str(tmp_path / "secret.asc"),
-            "--signer-cert",
-            str(tmp_path / "gp.asc"),
             str(tmp_path / "msg.asc"),
         ],
         capture_output=True,
@@ -194,8 +202,18 @@ async def test_sq_decrypts_and_verifies_the_gp_as_signer(
         check=False,
         stdin=subprocess.DEVNULL,
     )
-    report = out.stderr.decode()
-    assert out.returncode == 0, report
+    assert out.returncode == 0, out.stderr.decode()
+    # the GP's order is multipart/signed (RFC 3156 6.1): sq verifies its detached signature
+    content, signature = mime.signed_parts(out.stdout)
+    (tmp_path / "order.eml").write_bytes(content)
+    (tmp_path / "order.sig").write_bytes(signature)
+    verified = subprocess.run(
+        ["sq", "verify", "--signer-cert", str(tmp_path / "gp.asc"),
+         "--detached", str(tmp_path / "order.sig"), str(tmp_path / "order.eml")],
+        capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    report = verified.stderr.decode()
+    assert verified.returncode == 0, report
     assert "Good signature" in report
     assert gp_fingerprint(gw)[-16:].upper() in report.upper()
     assert json.loads(mime.parse_inner(out.stdout).json)["patient"] == EXAMPLE["patient"]

@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     env_for_cli,
     example,
 )
+from tests.loop_fixtures import verify_order
 
 PATIENT_MARKERS = [
     EXAMPLE["patient"]["bsn"].encode(),
@@ -49,8 +50,10 @@ def assert_opens_as_nurse(gw: Gateway, raw: bytes) -> email.message.EmailMessage
     result = gw.decrypt_as_nurse(raw)
     assert result.returncode == 0, result.stderr.decode()
     status = result.stderr.decode()
-    assert "[GNUPG:] GOODSIG" in status
     assert "[GNUPG:] DECRYPTION_OKAY" in status
+    # the GP's order is RFC 3156 6.1: the team's gpg verifies the multipart/signed part
+    verified, _ = verify_order(gw.nurse_home, result.stdout)
+    assert "[GNUPG:] GOODSIG" in verified
     inner = email.message_from_bytes(result.stdout, policy=policy.default)
     types = [p.get_content_type() for p in inner.walk()]
     assert "text/plain" in types
