@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import sqlite_utils
 from sqlite_utils import Migrations
 
 from securemail import config, contentbox
@@ -129,18 +130,16 @@ async def init_home(
                 None,
                 kind="both",
             )
-            db.write_sync(
-                lambda d: (
-                    set_meta(d, "gateway_fingerprint", fpr),
-                    audit.record(
-                        d,
-                        audit.AuditEvent.of(
-                            SYSTEM, "gateway.init", object_type="key", object_id=fpr
-                        ),
-                        source_id=settings.gateway.source_id,
-                    ),
+
+            def record_key(d: sqlite_utils.Database, fpr: str = fpr) -> None:
+                set_meta(d, "gateway_fingerprint", fpr)
+                audit.record(
+                    d,
+                    audit.AuditEvent.of(SYSTEM, "gateway.init", object_type="key", object_id=fpr),
+                    source_id=settings.gateway.source_id,
                 )
-            )
+
+            db.write_sync(record_key)
             report.created.append(f"gateway key {fpr}")
     finally:
         db.close()

@@ -19,10 +19,10 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -53,6 +53,14 @@ def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [key, value],
     )
+
+
+def insert_row(db: sqlite_utils.Database, table: str, row: Mapping[str, object]) -> int:
+    """Insert ``row`` into ``table`` (a rowid table) inside the caller's write; its rowid."""
+    rowid = db.table(table).insert(dict(row)).last_rowid
+    if rowid is None:  # sqlite gives every insert into a rowid table one; never happens
+        raise RuntimeError(f"insert into {table} returned no rowid")
+    return rowid
 
 
 def next_value(db: sqlite_utils.Database, name: str) -> int:
@@ -87,7 +95,8 @@ class Store:
         self._writer = sqlite_utils.Database(self._writer_conn)
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self._pending: list[tuple[Callable[[sqlite_utils.Database], object], Future[object]]] = []
+        # Any: each queued write has its own result type, restored by write()'s T.
+        self._pending: list[tuple[Callable[[sqlite_utils.Database], Any], Future[Any]]] = []
         self._pending_lock = threading.Lock()
         self._draining = False
         self._readers = threading.local()
@@ -152,14 +161,14 @@ class Store:
         Writes queued while the writer is busy share one transaction (group commit, see
         the module docstring); ``fn`` then runs in a savepoint of its own.
         """
-        future: Future[object] = Future()
+        future: Future[T] = Future()
         with self._pending_lock:
             self._pending.append((fn, future))
             start = not self._draining
             self._draining = True
         if start:
             self._executor.submit(self._drain)
-        return await asyncio.wrap_future(future)  # type: ignore[return-value]
+        return await asyncio.wrap_future(future)
 
     def _drain(self) -> None:
         while True:

@@ -138,7 +138,7 @@ def _iso(t: datetime) -> str:
 
 
 def _row(db: sqlite_utils.Database, user_id: int) -> dict[str, object]:
-    rows = list(db["user_security"].rows_where("user_id = ?", [user_id]))
+    rows = list(db.table("user_security").rows_where("user_id = ?", [user_id]))
     if rows:
         return rows[0]
     return {
@@ -156,7 +156,7 @@ def _row(db: sqlite_utils.Database, user_id: int) -> dict[str, object]:
 
 def _update(db: sqlite_utils.Database, user_id: int, **values: object) -> None:
     db.execute("INSERT OR IGNORE INTO user_security (user_id) VALUES (?)", [user_id])
-    db["user_security"].update(user_id, values)
+    db.table("user_security").update(user_id, values)
 
 
 def needs_enrolment(db: sqlite_utils.Database, user_id: int) -> bool:
@@ -204,7 +204,7 @@ def _matching_step(secret: str, code: str, now: datetime) -> int | None:
 def normalise_code(code: str) -> str:
     """Drop spaces and dashes; upper-case; read O as 0 and I/L as 1 (recovery codes)."""
     cleaned = re.sub(r"[\s-]", "", code).upper()
-    return cleaned.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    return cleaned.translate(str.maketrans("OIL", "011"))
 
 
 def begin_enrolment(
@@ -343,7 +343,7 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
     codes = []
     for _ in range(RECOVERY_CODES):
         raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
-        db["recovery_codes"].insert(
+        db.table("recovery_codes").insert(
             {
                 "user_id": user_id,
                 "code_hash": _recovery_hash(user_id, raw),

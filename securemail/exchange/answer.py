@@ -157,7 +157,7 @@ async def record_answer(
             "team_name": team.name,
             "answered_at": now,
         }
-        db["requests"].update(
+        db.table("requests").update(
             current["id"],
             {
                 "state": "answered",
@@ -321,7 +321,7 @@ async def _pass_on(
         if not decision.permitted:
             return decision
         _close_hop(db, reference, current["team_id"], answer, actor, now)
-        db["requests"].update(
+        db.table("requests").update(
             current["id"],
             {
                 "team_id": new_team.id,
@@ -334,7 +334,7 @@ async def _pass_on(
                 "updated_at": now,
             },
         )
-        db["request_hops"].insert(
+        db.table("request_hops").insert(
             {
                 "reference": reference,
                 "team_id": new_team.id,

@@ -119,6 +119,13 @@ class Prepared:
     team: Team
     rendered: render.RenderedDocument
 
+    @property
+    def reference(self) -> str:
+        """The gateway's reference: ``prepare`` assigns it before it renders."""
+        if self.request.reference is None:
+            raise ValueError("a prepared request always has the gateway's reference")
+        return self.request.reference
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -322,7 +329,7 @@ async def _seal_and_queue(
     svc: Services, actor: Actor, prepared: Prepared, passphrase: str, ask: str | None
 ) -> SendResult:
     req, team = prepared.request, prepared.team
-    reference = req.reference
+    reference = prepared.reference
     recipients, skipped = await usable_recipients(svc, team)
     gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
     signer = Fingerprint(gp.signing_fingerprint)
@@ -365,7 +372,7 @@ async def _seal_and_queue(
         changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
         if ask:
             asks.require_fulfillable(db, actor, ask, prepared)
-        db["requests"].insert(
+        db.table("requests").insert(
             {
                 "reference": reference,
                 "kind": req.kind,
@@ -389,7 +396,7 @@ async def _seal_and_queue(
                 "updated_at": now,
             }
         )
-        db["request_hops"].insert(
+        db.table("request_hops").insert(
             {
                 "reference": reference,
                 "team_id": team.id,
@@ -563,7 +570,7 @@ class Hooks:
             if row.status == "sent" and not req["answer_due"]:
                 due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)
                 changes["answer_due"] = due_at.isoformat(timespec="minutes")
-            db["requests"].update(req["id"], changes)
+            db.table("requests").update(req["id"], changes)
             practice = directory.org_by_id(db, req["practice_org_id"])
             if not practice.notify_address:
                 return

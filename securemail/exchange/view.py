@@ -38,7 +38,7 @@ def resource(row: dict[str, Any]) -> Resource:
 
 
 def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:
-    rows = list(db["requests"].rows_where("reference = ?", [reference]))
+    rows = list(db.table("requests").rows_where("reference = ?", [reference]))
     return rows[0] if rows else None
 
 
@@ -77,7 +77,8 @@ def document(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any]:
     """The stored signed request (its canonical JSON) as a dict; ContentPurgedError after
     the retention purge, ContentUnreadableError when the sealed value does not open."""
     contentbox.require_content(row)
-    return json.loads(document_bytes(db, row))
+    doc: dict[str, Any] = json.loads(document_bytes(db, row))  # canonical JSON: an object
+    return doc
 
 
 def document_bytes(db: sqlite_utils.Database, row: dict[str, Any]) -> bytes:

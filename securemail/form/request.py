@@ -92,7 +92,8 @@ class _Document:
     def from_document(cls, document: Mapping[str, Any]) -> Self:
         """Rebuild from ``to_document()`` output. Checks shape only, not the form's rules:
         run untrusted input through ``parse_request`` / ``parse_answer`` instead."""
-        return _build(cls, document, "")
+        built: Self = _build(cls, document, "")
+        return built
 
 
 def _dump(value: Any) -> Any:
@@ -379,7 +380,8 @@ def parse_form_post(
         values = list(raw) if getall is not None or isinstance(raw, list) else [raw]
         parts = str(name).split(".")
         _insert(tree, parts, _leaf(definition.spec(str(name), root), values))
-    return _shape(spec, tree)
+    shaped: dict[str, Any] = _shape(spec, tree)  # the root is an object: a dict stays a dict
+    return shaped
 
 
 def _leaf(spec: FieldSpec | None, values: list[Any]) -> Any:

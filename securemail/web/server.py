@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from securemail.home import background, open_services
 log = logging.getLogger("securemail.server")
 
 
-def serve(settings: Settings, *, print_fn=print) -> None:
+def serve(settings: Settings, *, print_fn: Callable[[str], object] = print) -> None:
     from securemail import contentbox
     from securemail.web import create_app
 
