@@ -9,8 +9,8 @@ Invariants:
   entity (text, HTML, request.json and the GP's public key alike);
 - the outer message carries only From, To, Subject, Date, Message-ID, MIME-Version, the
   caller's extra headers and the two RFC 3156 parts; the only body is ciphertext;
-- ``is_pgp_mime()`` accepts exactly that shape, with a payload that parses as public-key
-  encrypted OpenPGP data (the outbox's second guard at the SMTP edge).
+- ``securemail.message.sealcheck`` (the one PGP/MIME checker: seal, outbox, SMTP edge)
+  accepts exactly that shape, with a payload that parses as public-key encrypted data.
 """
 
 from __future__ import annotations
@@ -305,59 +305,29 @@ def _outer_with_email(headers: list[tuple[str, str]], body: bytes) -> bytes:
         msg[name] = value
     msg["Content-Type"] = 'multipart/encrypted; protocol="application/pgp-encrypted"'
     msg.preamble = PREAMBLE
-    msg.attach(_leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True))
-    msg.attach(
-        _leaf(
-            f'application/octet-stream; name="{PAYLOAD_NAME}"',
-            body,
-            filename=PAYLOAD_NAME,
-            disposition="inline",
-            seven_bit=True,
-        )
+    control = _leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True)
+    data = _leaf(
+        f'application/octet-stream; name="{PAYLOAD_NAME}"',
+        body,
+        filename=PAYLOAD_NAME,
+        disposition="inline",
+        seven_bit=True,
     )
+    # typeshed's attach() wants an EmailMessage; a MIMEPart is right for a body part (no
+    # MIME-Version header of its own), and the email package takes either.
+    msg.attach(control)  # type: ignore[arg-type]
+    msg.attach(data)  # type: ignore[arg-type]
     return msg.as_bytes(policy=SMTP)
 
 
-def is_pgp_mime(raw: bytes) -> bool:
-    """True only for exactly what build_outer() makes around real public-key ciphertext."""
-    if not isinstance(raw, bytes) or not raw.isascii():
-        return False
-    msg = BytesParser(policy=default).parsebytes(raw)
-    if msg.defects or msg.get_content_type() != "multipart/encrypted":
-        return False
-    if str(msg.get_param("protocol", "")).lower() != "application/pgp-encrypted":
-        return False
-    if (msg.preamble or "").strip() not in ("", PREAMBLE) or (msg.epilogue or "").strip():
-        return False
-    parts = msg.get_payload()
-    if not isinstance(parts, list) or len(parts) != 2:
-        return False
-    version, payload = parts
-    for part in parts:
-        if part.defects or part.is_multipart():
-            return False
-        if str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower() != "7bit":
-            return False
-    if version.get_content_type() != "application/pgp-encrypted":
-        return False
-    if [line.strip() for line in version.get_payload().splitlines() if line.strip()] != [
-        "Version: 1"
-    ]:
-        return False
-    if payload.get_content_type() != "application/octet-stream":
-        return False
-    body = payload.get_payload()
-    if not body.lstrip().startswith(armor.BEGIN_MESSAGE):
-        return False
-    try:
-        armor.encrypted_to(body)
-    except ValueError:
-        return False
-    return True
+def _decoded(part: EmailMessage) -> bytes:
+    """A leaf part's payload, transfer-decoded (empty when there is none)."""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _text(part: EmailMessage) -> str:
-    data = part.get_payload(decode=True) or b""
+    data = _decoded(part)
     charset = part.get_content_charset() or "utf-8"
     try:
         text = data.decode(charset)
@@ -392,9 +362,7 @@ def parse_inner(raw: bytes) -> InnerParts:
         raise InputError(f"inner entity lacks {sorted(missing)}", field="mime")
     try:
         binary = {
-            k: found[k].get_payload(decode=True) or b""
-            for k in ("json", "signer_key", "json_signature")
-            if k in found
+            k: _decoded(found[k]) for k in ("json", "signer_key", "json_signature") if k in found
         }
     except binascii.Error:  # pragma: no cover - the email package decodes leniently
         raise InputError("undecodable part", field="mime") from None
