@@ -15,6 +15,7 @@ teams (may this person do it to *this* object?). Both read ``POLICY``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
@@ -22,26 +23,59 @@ ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator")
 
 
 @dataclass(frozen=True, slots=True)
-class Actor:
-    """The natural person acting, for which organisation, from where."""
+class Person:
+    """A natural person acting, for which organisation, from where."""
 
-    user_id: int | None
+    user_id: int
     username: str
     name: str
     role: str
+    #: None only for the operator (role admin), who belongs to no organisation.
     org_id: int | None
     org_code: str = ""  # AGB/URA of the organisation, for audit rows
     team_ids: frozenset[int] = field(default_factory=frozenset)
     access_point: str = "cli"
     #: Acting through an API token: the only actions its scopes open (None: a person's session).
     token_actions: frozenset[str] | None = None
-
-    @property
-    def is_system(self) -> bool:
-        return self.user_id is None
+    is_system: ClassVar[bool] = False
 
 
-SYSTEM = Actor(user_id=None, username="system", name="securemail", role="system", org_id=None)
+@dataclass(frozen=True, slots=True)
+class System:
+    """The gateway itself (delivery, deadline watch, retention, init): no person, no
+    organisation; it may do everything the code asks of it (is_allowed)."""
+
+    username: str = "system"
+    name: str = "securemail"
+    role: str = "system"
+    access_point: str = "cli"
+    user_id: None = None
+    org_id: None = None
+    org_code: str = ""
+    team_ids: frozenset[int] = field(default_factory=frozenset)
+    token_actions: None = None
+    is_system: ClassVar[bool] = True
+
+
+#: Who acts: a person, or the gateway itself (SYSTEM).
+Actor = Person | System
+
+SYSTEM = System()
+
+
+def person(actor: Actor) -> Person:
+    """``actor`` as the person it must be here; AccessDeniedError for the gateway itself."""
+    if isinstance(actor, Person):
+        return actor
+    raise AccessDeniedError("this needs a person, not the gateway itself")
+
+
+def org_of(actor: Actor) -> int:
+    """The organisation ``actor`` acts for; AccessDeniedError for an actor without one (the
+    operator, the gateway), so an organisation's data is never read under a made-up id."""
+    if actor.org_id is None:
+        raise AccessDeniedError(f"{actor.role} acts for no organisation")
+    return actor.org_id
 
 
 @dataclass(frozen=True, slots=True)

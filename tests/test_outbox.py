@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from securemail.access import Actor
+from securemail.access import Person
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
 from securemail.config import DeliverySettings, Settings
@@ -59,7 +59,7 @@ from tests.smtp_fixtures import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-GP = Actor(
+GP = Person(
     user_id=7,
     username="dr.visser",
     name="Dr. Visser",
@@ -68,7 +68,7 @@ GP = Actor(
     org_code="01-123456",
     access_point="web",
 )
-ADMIN = Actor(user_id=1, username="beheer", name="Beheer", role="admin", org_id=None)
+ADMIN = Person(user_id=1, username="beheer", name="Beheer", role="admin", org_id=None)
 
 
 class FakeClock:

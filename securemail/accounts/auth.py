@@ -21,7 +21,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlite_utils import Migrations
 
-from securemail.access import ROLES, Actor, Resource, require
+from securemail.access import ROLES, Actor, Person, Resource, require
 from securemail.accounts import session, totp
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
@@ -257,9 +257,9 @@ def team_ids(db: sqlite_utils.Database, user_id: int) -> frozenset[int]:
     )
 
 
-def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Actor:
+def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Person:
     org_code = org_by_id(db, user.org_id).code if user.org_id is not None else ""
-    return Actor(
+    return Person(
         user_id=user.id,
         username=user.username,
         name=user.name,
@@ -271,7 +271,7 @@ def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Actor
     )
 
 
-def actor_for_cli(db: sqlite_utils.Database, username: str) -> Actor:
+def actor_for_cli(db: sqlite_utils.Database, username: str) -> Person:
     """The Actor for `--as USER` on the command line (the operator vouches for the person)."""
     user = user_by_name(db, username)
     if not user.active:

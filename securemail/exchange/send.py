@@ -20,7 +20,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from securemail import consent, contentbox, deadlines
-from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.access import SYSTEM, Actor, Resource, org_of, person, require
 from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
@@ -171,9 +171,9 @@ def _check_receiver(svc: Services, db: sqlite_utils.Database, actor: Actor, addr
             "unknown team address",
         )
     allowed = directory.allowed_receivers(
-        db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+        db, org_of(actor), svc.settings.gateway.passing_on_address
     )
-    allowed += asks.asking_teams(db, actor.org_id or 0)  # a team that asked may be answered
+    allowed += asks.asking_teams(db, org_of(actor))  # a team that asked may be answered
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
             "receiver.team_address",
@@ -196,7 +196,7 @@ async def prepare(
 
     def receiver(db: sqlite_utils.Database) -> Team:
         team = _check_receiver(svc, db, actor, req.team_address)
-        changes.require_supersedable(db, actor.org_id or 0, req, team.id)
+        changes.require_supersedable(db, org_of(actor), req, team.id)
         return team
 
     team = await svc.store.read(receiver)
@@ -207,7 +207,7 @@ async def prepare(
             db,
             actor,
             patient_bsn=req.patient_bsn,
-            source_org_id=actor.org_id or 0,
+            source_org_id=org_of(actor),
             target=_target(db, team),
             now=now,
             audit_object=("request", reference),
@@ -331,7 +331,7 @@ async def _seal_and_queue(
     req, team = prepared.request, prepared.team
     reference = prepared.reference
     recipients, skipped = await usable_recipients(svc, team)
-    gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
+    gp = await svc.store.read(lambda db: user_by_id(db, person(actor).user_id))
     signer = Fingerprint(gp.signing_fingerprint)
     envelope = Envelope(
         sender=svc.settings.gateway.from_address,
@@ -362,14 +362,14 @@ async def _seal_and_queue(
             db,
             actor,
             patient_bsn=req.patient_bsn,
-            source_org_id=actor.org_id or 0,
+            source_org_id=org_of(actor),
             target=_target(db, team),
             now=svc.now(),
             audit_object=("request", reference),
         )
         if not decision.permitted:
             return decision
-        changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
+        changes.require_supersedable(db, org_of(actor), req, team.id)  # no race either
         if ask:
             asks.require_fulfillable(db, actor, ask, prepared)
         db.table("requests").insert(

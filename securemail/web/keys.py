@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from securemail.access import Actor
+from securemail.access import Person
 from securemail.accounts.session import Session
 from securemail.config import Settings
 from securemail.ops.health import Monitor
@@ -18,6 +18,6 @@ run_worker_key = web.AppKey("run_worker", bool)
 monitor_key = web.AppKey("health_monitor", Monitor)
 
 #: Set by the auth middleware: who is acting (deny by default: absent on open routes).
-ACTOR = web.RequestKey("actor", Actor)
+ACTOR = web.RequestKey("actor", Person)
 #: Set by the auth middleware for cookie sessions (absent for API tokens).
 SESSION = web.RequestKey("session", Session)
