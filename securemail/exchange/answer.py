@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from securemail.delivery import outbox
 from securemail.errors import ConflictError, SecuremailError
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
-from securemail.exchange.view import DATA_CATEGORIES, record_refusal, resource
+from securemail.exchange.view import DATA_CATEGORIES, RequestRow, record_refusal, resource
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
@@ -74,10 +75,10 @@ def _field_error(field: str, code: str, nl: str) -> forms.FormInvalidError:
     return forms.FormInvalidError([forms.FieldError(field, code, nl, code)])
 
 
-async def _require_answerable(svc: Services, actor: Actor, reference: str) -> dict[str, Any]:
+async def _require_answerable(svc: Services, actor: Actor, reference: str) -> RequestRow:
     """The open request row, if actor may answer it; a refusal is audited (access.denied)."""
 
-    def check(db: sqlite_utils.Database) -> tuple[dict[str, Any] | None, SecuremailError | None]:
+    def check(db: sqlite_utils.Database) -> tuple[RequestRow | None, SecuremailError | None]:
         try:
             row = exchange.require_row(db, reference)
             require(actor, "request.answer", resource(row), hide=True)
@@ -105,7 +106,7 @@ def _audit_answer(
     svc: Services,
     actor: Actor,
     reference: str,
-    current: dict[str, Any],
+    current: RequestRow,
     event_code: str,
     **columns: str,
 ) -> None:
@@ -128,7 +129,7 @@ def _audit_answer(
     )
 
 
-async def _document(svc: Services, row: dict[str, Any]) -> forms.ExecutionRequest:
+async def _document(svc: Services, row: RequestRow) -> forms.ExecutionRequest:
     doc = await svc.store.read(lambda db: requestview.document(db, row))
     return forms.ExecutionRequest.from_document(doc)
 
@@ -200,7 +201,7 @@ async def record_answer(
     return AnswerResult(reference, answer.status, team.address)
 
 
-def _still(db: sqlite_utils.Database, seen: dict[str, Any]) -> dict[str, Any]:
+def _still(db: sqlite_utils.Database, seen: RequestRow) -> RequestRow:
     """The row again, inside the write: still open and with the same team, or a conflict."""
     current = exchange.require_row(db, seen["reference"])
     if current["state"] != "open" or current["team_id"] != seen["team_id"]:
@@ -232,7 +233,7 @@ def _close_hop(
     )
 
 
-def _pass_on_target(db: sqlite_utils.Database, row: dict[str, Any], address: str) -> Team:
+def _pass_on_target(db: sqlite_utils.Database, row: RequestRow, address: str) -> Team:
     team = directory.find_team(db, address)
     if team is None or not team.active:
         raise _field_error(
@@ -248,7 +249,7 @@ def _pass_on_target(db: sqlite_utils.Database, row: dict[str, Any], address: str
 
 
 def _consent(
-    svc: Services, db: sqlite_utils.Database, actor: Actor, row: dict[str, Any], team: Team
+    svc: Services, db: sqlite_utils.Database, actor: Actor, row: RequestRow, team: Team
 ) -> consent.ConsentDecision:
     practice = directory.org_by_id(db, row["practice_org_id"])
     return consent.check(
@@ -266,7 +267,7 @@ def _consent(
 async def _pass_on(
     svc: Services,
     actor: Actor,
-    row: dict[str, Any],
+    row: RequestRow,
     req: forms.ExecutionRequest,
     answer: forms.TeamAnswer,
 ) -> AnswerResult:
@@ -385,7 +386,7 @@ async def _pass_on(
     return AnswerResult(reference, PASS_ON, new_team.address)
 
 
-def answer_teams(db: sqlite_utils.Database, row: dict[str, Any]) -> list[Team]:
+def answer_teams(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[Team]:
     """Teams a request may be passed on to (for the nurse's form): every other active team."""
     return [t for t in directory.list_teams(db) if t.id != row["team_id"]]
 
