@@ -442,3 +442,31 @@ def verify_chain(
             why="anchor",
         )
     return scan(db.conn, first, last, start_prev=start_hash, checkpoints=checkpoints)
+
+
+# -- reads for other rooms (they never touch audit_events themselves) --------------------------
+
+
+def seq_range(db: sqlite_utils.Database) -> tuple[int | None, int | None]:
+    """(lowest, highest) seq present; (None, None) for an empty trail."""
+    lo, hi = db.execute("SELECT min(seq), max(seq) FROM audit_events").fetchone()
+    return (int(lo) if lo is not None else None, int(hi) if hi is not None else None)
+
+
+def last_success_at(db: sqlite_utils.Database, event_code: str) -> str | None:
+    """When ``event_code`` last succeeded (its occurred_at), or None."""
+    at = db.execute(
+        "SELECT max(occurred_at) FROM audit_events WHERE event_code = ? AND outcome = 'success'",
+        [event_code],
+    ).fetchone()[0]
+    return str(at) if at is not None else None
+
+
+def latest(db: sqlite_utils.Database, event_code: str) -> tuple[str, str] | None:
+    """(outcome, occurred_at) of the newest ``event_code`` row, or None."""
+    row = db.execute(
+        "SELECT outcome, occurred_at FROM audit_events WHERE event_code = ? "
+        "ORDER BY occurred_at DESC LIMIT 1",
+        [event_code],
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else None

@@ -217,16 +217,16 @@ def list_requests(
         "r.overdue_at, r.supersedes, r.superseded_by, "
         "r.answer_status, "
         "t.address AS team_address, t.name AS team_name, "
-        "(SELECT COUNT(*) FROM request_hops h WHERE h.reference = r.reference) AS hop_count, "
-        "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
-        " ORDER BY o.id DESC LIMIT 1) AS delivery "
+        "(SELECT COUNT(*) FROM request_hops h WHERE h.reference = r.reference) AS hop_count "
         f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "
         "ORDER BY (r.state = 'open' AND r.overdue_at != '') DESC, r.id DESC LIMIT ?"
     )
     cur = db.execute(sql, [*params, limit])
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, r, strict=True)) for r in cur]
+    delivery = outbox.latest_request_status(db, [r["reference"] for r in rows])
     for r in rows:
+        r["delivery"] = delivery.get(r["reference"])  # the newest request message's status
         r["overdue"] = is_overdue(r)
     return rows
 

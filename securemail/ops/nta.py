@@ -24,6 +24,7 @@ from typing import Any
 from securemail.access import SYSTEM
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import review as audit_review
+from securemail.audit import trail as audit
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keys import foresight as keycheck
 from securemail.openpgp.keyinfo import encryption_subkey
@@ -178,13 +179,7 @@ async def _measure(svc: Services, now: datetime) -> _State:
 
     await svc.store.read(people)
     st.last_backup = await svc.store.read(
-        lambda db: (
-            db.execute(
-                "SELECT max(occurred_at) FROM audit_events WHERE event_code = 'gateway.backup' "
-                "AND outcome = 'success'"
-            ).fetchone()[0]
-            or ""
-        )
+        lambda db: audit.last_success_at(db, "gateway.backup") or ""
     )
     try:
         keys = audit_integrity.trusted_keys(svc.settings.home)
