@@ -34,6 +34,7 @@ from securemail.errors import AccessDeniedError, InputError
 from securemail.home import MIGRATIONS
 from securemail.region import directory
 from securemail.store import Store
+from tests.conftest import chain_alone
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2024-01-01T00:00:00.000Z"
@@ -225,7 +226,7 @@ def test_verify_accepts_any_text_through_sqlite_json(tmp_path_factory, detail):
                 db, AuditEvent("auth.fail", user_name=detail, outcome_detail=detail)
             )
         )
-        assert s.read_sync(audit.verify_chain).rows == 1
+        assert s.read_sync(chain_alone).rows == 1
     finally:
         s.close()
 
@@ -250,7 +251,7 @@ def test_triggers_refuse_update_and_delete(store, key):
     ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             store.write_sync(lambda db, sql=sql: db.execute(sql))
-    assert store.read_sync(audit.verify_chain).rows == 3
+    assert store.read_sync(chain_alone).rows == 3
 
 
 def test_record_refuses_unknown_code(store):
@@ -382,7 +383,7 @@ def test_tamper_truncated_tail_after_checkpoint_is_named(store, key, tmp_path):
     fill(store, 5)
     raw(store).execute("DELETE FROM audit_events WHERE seq >= 8")
     # Without the checkpoint the shortened chain would still hang together:
-    assert store.read_sync(audit.verify_chain).rows == 7
+    assert store.read_sync(chain_alone).rows == 7
     err = broken(store, tmp_path)
     assert (err.context["seq"], err.context["why"]) == (8, "truncated")
     assert "rows 8..10 are missing" in err.reason
@@ -395,7 +396,7 @@ def test_tamper_recomputed_chain_is_caught_by_the_checkpoint(store, key, tmp_pat
     conn = raw(store)
     conn.execute("UPDATE audit_events SET user_name = 'mallory' WHERE seq = 4")
     rehash_from(conn, 4)
-    assert store.read_sync(audit.verify_chain).rows == 13  # the chain alone is fooled
+    assert store.read_sync(chain_alone).rows == 13  # the chain alone is fooled
     err = broken(store, tmp_path)
     assert (err.context["seq"], err.context["why"]) == (10, "checkpoint")
 
@@ -536,7 +537,7 @@ def test_purge_leaves_young_rows_alone(store, key):
         )
         is None
     )
-    assert store.read_sync(audit.verify_chain).rows == 4
+    assert store.read_sync(chain_alone).rows == 4
 
 
 def test_rows_removed_outside_a_purge_with_a_forged_anchor_are_caught(store, key, tmp_path):

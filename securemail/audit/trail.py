@@ -4,7 +4,8 @@ Invariants: ``record()`` runs inside the caller's write transaction, so an event
 the change it records commit together or not at all; rows are never updated or
 deleted (triggers refuse it); each row's hash covers its canonical JSON, its
 sequence number and the previous row's hash, so an edit, deletion, insertion or
-reordering breaks the chain at a row that ``verify_chain`` names.
+reordering breaks the chain at a row that ``scan`` names. The one verifier of the chain
+is ``securemail.audit.integrity.verify`` (anchor, every row by ``scan``, the signed heads).
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
 
 
 class ChainBrokenError(SecuremailError):
-    """verify_chain found a row that does not fit; says which and what was expected."""
+    """The chain check (``scan``) found a row that does not fit; says which and what was
+    expected."""
 
     code = "audit.chain_broken"
     nl = "De audittrail is gewijzigd: regel {seq} klopt niet ({why})."
@@ -428,20 +430,6 @@ def bounds(conn: sqlite3.Connection) -> tuple[int, int, str, int]:
     lowest = int(lo_hi[0]) if lo_hi[0] is not None else start_seq + 1
     last = int(lo_hi[1]) if lo_hi[1] is not None else start_seq
     return start_seq + 1, last, start_hash, lowest
-
-
-def verify_chain(
-    db: sqlite_utils.Database, checkpoints: Mapping[int, str] | None = None
-) -> ChainReport:
-    """Recompute every hash in order; raise ChainBrokenError naming the first bad row."""
-    first, last, start_hash, lowest = bounds(db.conn)
-    if lowest < first:
-        raise ChainBrokenError(
-            f"row {lowest} lies at or before the purge anchor (row {first - 1})",
-            seq=lowest,
-            why="anchor",
-        )
-    return scan(db.conn, first, last, start_prev=start_hash, checkpoints=checkpoints)
 
 
 # -- reads for other rooms (they never touch audit_events themselves) --------------------------
