@@ -111,7 +111,7 @@ async def init_home(
     contentbox.load(settings)  # made here, or refused when sealed content lost its key
     if new_key:
         report.created.append(f"{settings.content_key_path} (content key, mode 0600)")
-    db = Store(settings.db_path)
+    db = Store(settings.db_path, source_id=settings.gateway.source_id)
     try:
         applied = db.migrate(MIGRATIONS)
         if new_db or applied:
@@ -238,7 +238,7 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     # The content key first: it must open what is sealed (or refuse) before anything runs,
     # and the migration that seals older plaintext rows uses it.
     contentbox.load(settings)
-    store = Store(settings.db_path)
+    store = Store(settings.db_path, source_id=settings.gateway.source_id)
     store.migrate(MIGRATIONS)
     # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.
     audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)

@@ -19,6 +19,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -86,13 +87,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """A sqlite file with one serialised writer and one reader connection per thread."""
+#: The gateway's source_id (NEN 7513 "source") of each open store, by its writer Database:
+#: what ``source_id_of`` answers inside a write.
+_SOURCE_IDS: weakref.WeakKeyDictionary[sqlite_utils.Database, str] = weakref.WeakKeyDictionary()
 
-    def __init__(self, path: Path | str) -> None:
+
+def source_id_of(db: sqlite_utils.Database) -> str | None:
+    """The source_id of the gateway whose write ``db`` is; None for a store opened without
+    one (a bare store in a test or a tool)."""
+    return _SOURCE_IDS.get(db)
+
+
+class Store:
+    """A sqlite file with one serialised writer and one reader connection per thread.
+
+    ``source_id``: the gateway's own id ([gateway] source_id); the audit trail takes it from
+    the store (``source_id_of``), so no caller can write another into an audit row."""
+
+    def __init__(self, path: Path | str, *, source_id: str | None = None) -> None:
         self.path = Path(path)
+        self.source_id = source_id
         self._writer_conn = _connect(self.path)
         self._writer = sqlite_utils.Database(self._writer_conn)
+        if source_id is not None:
+            _SOURCE_IDS[self._writer] = source_id
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         # Any: each queued write has its own result type, restored by write()'s T.
@@ -255,9 +273,11 @@ class Store:
         return str(row[0])
 
 
-def open_store(path: Path | str, sets: Sequence[Migrations] = ()) -> Store:
+def open_store(
+    path: Path | str, sets: Sequence[Migrations] = (), *, source_id: str | None = None
+) -> Store:
     """A Store on ``path``, with ``sets`` migrated (none by default)."""
-    store = Store(path)
+    store = Store(path, source_id=source_id)
     if sets:
         store.migrate(sets)
     return store

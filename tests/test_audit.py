@@ -1040,3 +1040,24 @@ def test_cli_purge_dry_run_checkpoint_key_and_codes(world, tmp_path, capsys):
     status, out, _ = cli(capsys, "audit", "codes", "--home", home)
     # A starting point for docs/audit-actions.md (tests/test_docs.py checks the doc itself).
     assert all(f"| `{code}` | {action} |" in out for code, (action, _) in audit.EVENT_CODES.items())
+
+
+def test_the_store_knows_the_gateways_source_id_and_refuses_another(tmp_path: Path) -> None:
+    # The audit row's source_id comes from the store (the gateway's [gateway] source_id): a
+    # caller that passes none gets it, a caller that passes another one is refused.
+    from securemail.home import MIGRATIONS as HOME_MIGRATIONS
+    from securemail.store import open_store as open_with
+
+    s = open_with(tmp_path / "db", HOME_MIGRATIONS, source_id="huisartsenpost-7")
+    try:
+        event = AuditEvent.of(SYSTEM, "gateway.init", object_type="key", object_id="x")
+        s.write_sync(lambda db: audit.record(db, event))
+        s.write_sync(lambda db: audit.record(db, event, source_id="huisartsenpost-7"))
+        with pytest.raises(audit.AuditError, match="not this gateway's"):
+            s.write_sync(lambda db: audit.record(db, event, source_id="gateway-1"))
+        sources = s.read_sync(
+            lambda db: [r[0] for r in db.execute("SELECT source_id FROM audit_events")]
+        )
+        assert sources == ["huisartsenpost-7", "huisartsenpost-7"]
+    finally:
+        s.close()

@@ -125,7 +125,7 @@ def create(
     scopes: list[str] | str,
     now: datetime,
     days: int = DEFAULT_DAYS,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> tuple[str, ApiToken]:
     """A new token acting as actor (a GP) for their practice: (the token, shown once; its row)."""
     require(actor, "token.manage", Resource("token", org_id=actor.org_id))
@@ -186,7 +186,7 @@ def revoke(
     token_id: int,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> ApiToken:
     """Revoke a token of actor's practice; another practice's token looks like 'not found'."""
     rows = list(db.table("api_tokens").rows_where("id = ?", [token_id]))

@@ -301,7 +301,7 @@ def reset_password(
     username: str,
     password: str,
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> int:
     """An admin sets a new password: the person must enrol a new authenticator at the next
     login, their recovery codes stop working, any lock is lifted, and every session of
@@ -329,7 +329,7 @@ def reset_password(
 
 
 def unlock(
-    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str | None = None
 ) -> None:
     """An admin lifts a temporary lock before it runs out (audited user.update)."""
     require(actor, "user.manage", Resource("user", ref=username))

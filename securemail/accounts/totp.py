@@ -235,7 +235,7 @@ def confirm_enrolment(
     code: str,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> list[str]:
     """Make the pending secret the person's second factor once a code from it fits.
 
@@ -284,7 +284,7 @@ def enrol_for_demo(
     username: str,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Pair a demo account with a known secret, returned for the demo's credentials file.
 
@@ -356,7 +356,7 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
 
 
 def renew_recovery_codes(
-    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str | None = None
 ) -> list[str]:
     """New recovery codes for a signed-in person (the old ones stop working); shown once."""
     user_id = _user_id(actor)
@@ -401,7 +401,7 @@ def register_failure(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Verdict:
     """Count one failed password or code (audited auth.fail); lock at the limit (auth.lockout).
 
@@ -452,7 +452,7 @@ def verify_second_factor(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Verdict:
     """Check a TOTP code (±1 step, each step once) or an unused recovery code.
 

@@ -27,6 +27,10 @@ from sqlite_utils import Migrations
 
 from securemail.access import Actor
 from securemail.errors import SecuremailError
+from securemail.store import source_id_of
+
+#: The source_id of a store opened without one ([gateway] source_id's default).
+DEFAULT_SOURCE_ID = "gateway-1"
 
 DOMAIN = b"securemail.audit.trail.row.v1\x00"
 GENESIS = "0" * 64
@@ -298,8 +302,17 @@ def _genesis(db: sqlite_utils.Database) -> str:
     return anchor(db.conn)[1]
 
 
-def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "gateway-1") -> int:
-    """Append event inside the caller's transaction; return its sequence number."""
+def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str | None = None) -> int:
+    """Append event inside the caller's transaction; return its sequence number.
+
+    The row's source_id is the gateway's own, from the store (``store.source_id_of``); a
+    caller's ``source_id`` that differs is refused (AuditError), never written. A store
+    opened without one (a bare store in a test or a tool) takes the caller's, else the
+    default "gateway-1"."""
+    known = source_id_of(db)
+    if known is not None and source_id is not None and source_id != known:
+        raise AuditError(f"source_id {source_id!r} is not this gateway's ({known!r})")
+    source = known or source_id or DEFAULT_SOURCE_ID
     if event.event_code not in EVENT_CODES:
         raise AuditError(f"unknown audit event code {event.event_code!r}")
     if event.outcome not in OUTCOMES or event.nature not in NATURES:
@@ -311,7 +324,7 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
         event_id=new_event_id(),
         action=EVENT_CODES[event.event_code][0],
         recorded_at=now_ms(),
-        source_id=source_id,
+        source_id=source,
     )
     row["prev_hash"] = prev
     row["row_hash"] = row_hash(prev, row)

@@ -251,7 +251,7 @@ def _row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
 
 
 def get_ask(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
 ) -> dict[str, Any]:
     """One ask with its patient data, for the asked practice or the asking team; audited
     ask.view (a refusal as access.denied). Must run in a write."""

@@ -133,7 +133,7 @@ def answer_of(db: sqlite_utils.Database, row: RequestRow) -> dict[str, Any] | No
 
 
 def record_refusal(
-    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str
+    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str | None
 ) -> None:
     """The access.denied row for a refused look at (or action on) a request; the refusal
     itself is raised by the caller, often hidden as not-found, so this row is its only trace."""
@@ -152,7 +152,7 @@ def record_refusal(
 
 
 def get_request(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
 ) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""

@@ -110,7 +110,7 @@ def pin(
     verified_how: str,
     verified_at: str,
     now: str,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Pin a member key for team by the change-of-key rule; return ADDED, QUARANTINED or
     UNCHANGED. The keyring import is the caller's step."""
@@ -148,7 +148,7 @@ def remove_unlisted(
     team: Team,
     keep: set[Fingerprint],
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> list[Member]:
     """Mark the team's member keys not in ``keep`` as removed (audited ``key.remove``)."""
     gone = [
@@ -187,7 +187,7 @@ def confirm(
     fingerprint: str,
     code: str,
     now: str,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> ConfirmOutcome:
     """Release a quarantined key when ``code`` is its phone code (keyinfo.phone_code).
     Must run in a write: the attempt is audited (``key.confirm``), refused or not."""

@@ -580,7 +580,7 @@ def record_read(
     month: str,
     *,
     export: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Check that actor may read the month's figures and write the audit row of the read
     (``adherence.view``, or ``adherence.export`` with the format): a non-patient read, so
@@ -621,7 +621,7 @@ def load_month(db: sqlite_utils.Database, month: str, calendar: DeadlineSettings
 
 
 def record_denial(
-    db: sqlite_utils.Database, actor: Actor, month: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, month: str, *, source_id: str | None = None
 ) -> None:
     """The access.denied row of a refused read (written in its own transaction, since the
     refused read's transaction rolls back)."""
