@@ -82,6 +82,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check securemail tests benchmarks
 	$(VENV)/bin/ruff check securemail tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy securemail
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format securemail tests benchmarks

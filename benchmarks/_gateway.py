@@ -26,7 +26,7 @@ import trustme
 from aiosmtpd.controller import Controller
 
 from securemail import config, consent
-from securemail.access import SYSTEM, Actor
+from securemail.access import SYSTEM, Actor, org_of, person
 from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.home import init_home, open_services
@@ -231,7 +231,7 @@ async def build(
             db,
             gp,
             patient_bsn=EXAMPLE["patient"]["bsn"],
-            source_org_id=gp.org_id or 0,
+            source_org_id=org_of(gp),
             recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
             decision="permit",
             basis="explicit",
@@ -261,7 +261,7 @@ def example() -> dict[str, Any]:
 def request_data(gw: Gateway) -> dict[str, Any]:
     """The example request with the principal section from the GP's profile (as send does)."""
     profile = gw.svc.store.read_sync(
-        lambda db: auth.principal_profile(db, auth.user_by_id(db, gw.gp.user_id or 0))
+        lambda db: auth.principal_profile(db, auth.user_by_id(db, person(gw.gp).user_id))
     )
     data = example()
     data["principal"] = {**(data.get("principal") or {}), **profile}

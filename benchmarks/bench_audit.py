@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail.access import Actor
+from securemail.access import Actor, Person
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import report as audit_report
 from securemail.audit import trail as audit
@@ -75,7 +75,7 @@ class World:
             (f"team{t}@org{o}.example", self.nursing[o]) for o in range(50) for t in range(4)
         ]
         self.gps = [
-            Actor(
+            Person(
                 user_id=1 + i,
                 username=f"gp{i}",
                 name=f"GP {i}",
@@ -87,7 +87,7 @@ class World:
             for i in range(2_000)
         ]
         self.nurses = [
-            Actor(
+            Person(
                 user_id=3_000 + i,
                 username=f"nurse{i}",
                 name=f"Nurse {i}",
@@ -123,7 +123,7 @@ class World:
             )
 
     def officer(self, practice: int) -> Actor:
-        return Actor(
+        return Person(
             user_id=9_000 + practice,
             username=f"po{practice}",
             name=f"PO {practice}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
@@ -50,35 +51,45 @@ ACCESS_POINT_TYPES = ("web", "api", "cli", "worker")
 
 
 @dataclass(frozen=True, slots=True)
-class Actor:
-    """The natural person acting, for which organisation, from where."""
+class Person:
+    """A natural person acting, for which organisation, from where."""
 
-    user_id: int | None
+    user_id: int
     username: str
     name: str
     role: str
+    #: None only for the operator (role admin), who belongs to no organisation.
     org_id: int | None
     org_code: str = ""  # AGB/URA of the organisation, for audit rows
     team_ids: frozenset[int] = field(default_factory=frozenset)
     access_point: str = "cli"
     #: Acting through an API token: the only actions its scopes open (None: a person's session).
     token_actions: frozenset[str] | None = None
-
-    @property
-    def is_system(self) -> bool:
-        return self.user_id is None
+    is_system: ClassVar[bool] = False
 
 
-#: The gateway acting on its own (delivery worker, deadline loop, system consequences of a
-#: person's action); the CLI replaces access_point with ``cli@host``.
-SYSTEM = Actor(
-    user_id=None,
-    username="system",
-    name="securemail",
-    role="system",
-    org_id=None,
-    access_point="worker",
-)
+@dataclass(frozen=True, slots=True)
+class System:
+    """The gateway itself (delivery, deadline watch, retention, init): no person, no
+    organisation; it may do everything the code asks of it (is_allowed). The CLI replaces
+    access_point with ``cli@host``."""
+
+    username: str = "system"
+    name: str = "securemail"
+    role: str = "system"
+    access_point: str = "worker"
+    user_id: None = None
+    org_id: None = None
+    org_code: str = ""
+    team_ids: frozenset[int] = field(default_factory=frozenset)
+    token_actions: None = None
+    is_system: ClassVar[bool] = True
+
+
+#: Who acts: a person, or the gateway itself (SYSTEM).
+Actor = Person | System
+
+SYSTEM = System()
 
 
 def access_point_type(access_point: str, *, token: bool = False) -> str:
@@ -91,6 +102,21 @@ def access_point_type(access_point: str, *, token: bool = False) -> str:
     if access_point in ("", "worker"):
         return "worker"
     return "web"
+
+
+def person(actor: Actor) -> Person:
+    """``actor`` as the person it must be here; AccessDeniedError for the gateway itself."""
+    if isinstance(actor, Person):
+        return actor
+    raise AccessDeniedError("this needs a person, not the gateway itself")
+
+
+def org_of(actor: Actor) -> int:
+    """The organisation ``actor`` acts for; AccessDeniedError for an actor without one (the
+    operator, the gateway), so an organisation's data is never read under a made-up id."""
+    if actor.org_id is None:
+        raise AccessDeniedError(f"{actor.role} acts for no organisation")
+    return actor.org_id
 
 
 @dataclass(frozen=True, slots=True)

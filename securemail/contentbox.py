@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class ContentPurgedError(ConflictError):
     http_status = 410
 
 
-def require_content(row: dict[str, Any]) -> None:
+def require_content(row: Mapping[str, Any]) -> None:
     """Raise ContentPurgedError for a row whose content was purged (answer, pass on, ...)."""
     if row.get("content_purged_at"):
         raise ContentPurgedError(

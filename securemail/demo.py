@@ -19,6 +19,7 @@ import secrets
 import ssl
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from securemail import config, consent
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
-from securemail.home import init_home, open_services
+from securemail.home import gateway_fingerprint, init_home, open_services
 from securemail.keys import gp as gpkeys
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
@@ -232,7 +233,7 @@ def start_relay(paths: DemoPaths, port: int) -> Controller:
     ctx.load_cert_chain(cert, key)
     paths.maildir.parent.mkdir(parents=True, exist_ok=True)
     controller = Controller(
-        Mailbox(str(paths.maildir)),
+        Mailbox(paths.maildir),
         hostname="127.0.0.1",
         port=port,
         tls_context=ctx,
@@ -256,16 +257,15 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
     paths.team_secret.write_text(secret, encoding="utf-8")
     os.chmod(paths.team_secret, 0o600)
     # The gateway's own key too: nurses' replies are encrypted to it (its reply address).
-    gateway = svc.store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
-    public += await svc.keyring.export_public(gateway)
+    public += await svc.keyring.export_public(gateway_fingerprint(svc.store))
     paths.public_keys.write_text(public, encoding="utf-8")
     await svc.keyring.import_keys(public)
     now = svc.now_iso()
     for n, fpr in zip(nurses, fprs, strict=True):
         svc.store.write_sync(
-            lambda db, n=n, fpr=fpr: directory.add_member(
-                db,
-                SYSTEM,
+            partial(
+                directory.add_member,
+                actor=SYSTEM,
                 team_address=TEAM["address"],
                 name=n["name"],
                 email=n["email"],
@@ -279,7 +279,8 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
 async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     """Create the demo data once; return the credentials document."""
     if svc.store.read_sync(lambda db: get_meta(db, "demo_setup")):
-        return json.loads(paths.credentials.read_text(encoding="utf-8"))
+        stored: dict[str, Any] = json.loads(paths.credentials.read_text(encoding="utf-8"))
+        return stored
     now = svc.now_iso()
     users: list[dict[str, str]] = []
 
@@ -372,9 +373,9 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     for spec in specs:
         password = _password()
         user = svc.store.write_sync(
-            lambda db, spec=spec, password=password: auth.add_user(
-                db,
-                SYSTEM,
+            partial(
+                auth.add_user,
+                actor=SYSTEM,
                 username=spec["username"],
                 name=spec["name"],
                 role=spec["role"],
@@ -390,7 +391,7 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
         # Demo accounts come paired with an authenticator (TOTP is required for every role);
         # the secret goes into the credentials file so a newcomer can make codes.
         entry["totp_secret"] = svc.store.write_sync(
-            lambda db, uid=user.id: auth.enrol_totp_for_demo(db, uid)
+            partial(auth.enrol_totp_for_demo, user_id=user.id)
         )
         if user.role == "gp":
             entry["signing_passphrase"] = secrets.token_urlsafe(12)
@@ -466,12 +467,12 @@ def _demo_region(db: Any, svc: Services) -> None:
         (TEAM2, practice2, "Eva Jansen", "06-34567890"),
         (TEAM3, practice2, "Daan Visser", "06-45678901"),
     )
-    for team, org, name, phone in contacts:
+    for team_spec, contact_org, name, phone in contacts:
         regionmap.set_contact_nurse(
             db,
             SYSTEM,
-            directory.team_by_address(db, team["address"]).id,
-            org.id,
+            directory.team_by_address(db, team_spec["address"]).id,
+            contact_org.id,
             {"name": name, "phone": phone},
             now=svc.now(),
         )

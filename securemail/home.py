@@ -10,20 +10,25 @@ columns of the tables listed before it, so it comes last.
 Invariant: ``init_home`` is idempotent: on an existing home it changes nothing and says so;
 ``check`` lists every problem that must switch sending off (gpg, homedir mode, database
 integrity, audit chain), the way SecureDrop refuses to serve with a bad journalist key;
-``open_services`` opens an initialised home (content key first, then the migrated store).
+``open_services`` opens an initialised home (content key first, then the migrated store);
+``background`` starts every background task of a running gateway (delivery worker, deadline
+watch, retention purge, health recorder), the same set for ``serve`` and ``worker``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import sqlite_utils
 from sqlite_utils import Migrations
 
 from securemail import config, contentbox
@@ -36,8 +41,9 @@ from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.consent import table as consent_table
 from securemail.delivery import outbox
+from securemail.delivery.worker import Worker
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import asks
+from securemail.exchange import asks, escalation
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.keys import gp as gpkeys
@@ -108,7 +114,7 @@ async def init_home(
     contentbox.load(settings)  # made here, or refused when sealed content lost its key
     if new_key:
         report.created.append(f"{settings.content_key_path} (content key, mode 0600)")
-    db = Store(settings.db_path)
+    db = Store(settings.db_path, source_id=settings.gateway.source_id)
     try:
         applied = db.migrate(MIGRATIONS)
         if new_db or applied:
@@ -122,18 +128,16 @@ async def init_home(
         name = f"securemail gateway {settings.gateway.source_id}"
         if not fpr:
             fpr = await keyring.generate_key(name, settings.gateway.from_address, None, kind="both")
-            db.write_sync(
-                lambda d: (
-                    set_meta(d, "gateway_fingerprint", fpr),
-                    audit.record(
-                        d,
-                        audit.AuditEvent.of(
-                            SYSTEM, "gateway.init", object_type="key", object_id=fpr
-                        ),
-                        source_id=settings.gateway.source_id,
-                    ),
+
+            def record_key(d: sqlite_utils.Database, fpr: str = fpr) -> None:
+                set_meta(d, "gateway_fingerprint", fpr)
+                audit.record(
+                    d,
+                    audit.AuditEvent.of(SYSTEM, "gateway.init", object_type="key", object_id=fpr),
+                    source_id=settings.gateway.source_id,
                 )
-            )
+
+            db.write_sync(record_key)
             report.created.append(f"gateway key {fpr}")
         # What the gateway signs is From from_address, and replies are encrypted to its key
         # for the reply address: both must be user ids on it (also after a settings change).
@@ -236,10 +240,88 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     # The content key first: it must open what is sealed (or refuse) before anything runs,
     # and the migration that seals older plaintext rows uses it.
     contentbox.load(settings)
-    store = Store(settings.db_path)
+    store = Store(settings.db_path, source_id=settings.gateway.source_id)
     store.migrate(MIGRATIONS)
     # Sign the audit chain head every [audit] checkpoint_every rows, in the writes themselves.
     audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
     keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
     definition = forms.load_definition(settings.forms_path)
     return Services(settings, store, keyring, definition, clock, _agent_lock(settings))
+
+
+#: The background tasks of a running gateway, by their asyncio task names.
+BACKGROUND_TASKS = ("delivery-worker", "deadline-watch", "retention-purge", "health-recorder")
+
+
+@dataclass(frozen=True)
+class Background:
+    """The running background tasks; ``stop`` ends them all (``delivery`` first in ``tasks``)."""
+
+    stop: asyncio.Event
+    tasks: tuple[asyncio.Task[None], ...]
+
+    @property
+    def delivery(self) -> asyncio.Task[None]:
+        return self.tasks[0]
+
+
+def run_background(
+    svc: Services,
+    stop: asyncio.Event,
+    *,
+    owner_id: str,
+    monitor: health.Monitor | None = None,
+) -> Background:
+    """Start every background task of a gateway until ``stop`` is set: the delivery worker
+    (woken by each send), the deadline watch, the retention purge and the health recorder.
+
+    ``monitor``: the process's health monitor, so that the recorded checks and /healthz share
+    one cache (a new one when the process has none, as ``securemail worker``)."""
+    hooks = exchange.Hooks(svc)
+    worker = Worker(
+        svc.settings,
+        svc.store,
+        owner_id=owner_id,
+        on_final=hooks.on_final,
+        before_send=hooks.before_send,
+    )
+    svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
+    every = svc.settings.deadlines.check_seconds
+    loops = (
+        worker.run(stop),
+        escalation.run(svc, stop, every),
+        retention.run(svc.store, svc.settings, svc.now, stop),
+        health.run(monitor or health.Monitor(svc), stop),
+    )
+    tasks = tuple(
+        asyncio.create_task(loop, name=name)
+        for loop, name in zip(loops, BACKGROUND_TASKS, strict=True)
+    )
+    return Background(stop, tasks)
+
+
+async def stop_background(svc: Services, running: Background) -> None:
+    """Set ``stop`` and wait for every task: the worker finishes or releases what it holds.
+    The first failure of a task (the loops other than the worker log theirs) is raised."""
+    svc.on_queued = None
+    running.stop.set()
+    results = await asyncio.gather(*running.tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+@contextlib.asynccontextmanager
+async def background(
+    svc: Services,
+    stop: asyncio.Event,
+    *,
+    owner_id: str,
+    monitor: health.Monitor | None = None,
+) -> AsyncIterator[Background]:
+    """``run_background`` for the body of an ``async with``; stopped on the way out."""
+    running = run_background(svc, stop, owner_id=owner_id, monitor=monitor)
+    try:
+        yield running
+    finally:
+        await stop_background(svc, running)

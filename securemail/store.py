@@ -19,10 +19,11 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -58,6 +59,14 @@ def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
 #: meta key: where a counter that does not exist yet starts (raised by a restore, so that a
 #: counter the lost copy began after the backup, a new year's, is not restarted at 1).
 COUNTER_FLOOR = "counter_floor"
+
+
+def insert_row(db: sqlite_utils.Database, table: str, row: Mapping[str, object]) -> int:
+    """Insert ``row`` into ``table`` (a rowid table) inside the caller's write; its rowid."""
+    rowid = db.table(table).insert(dict(row)).last_rowid
+    if rowid is None:  # sqlite gives every insert into a rowid table one; never happens
+        raise RuntimeError(f"insert into {table} returned no rowid")
+    return rowid
 
 
 def next_value(db: sqlite_utils.Database, name: str) -> int:
@@ -126,16 +135,34 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """A sqlite file with one serialised writer and one reader connection per thread."""
+#: The gateway's source_id (NEN 7513 "source") of each open store, by its writer Database:
+#: what ``source_id_of`` answers inside a write.
+_SOURCE_IDS: weakref.WeakKeyDictionary[sqlite_utils.Database, str] = weakref.WeakKeyDictionary()
 
-    def __init__(self, path: Path | str) -> None:
+
+def source_id_of(db: sqlite_utils.Database) -> str | None:
+    """The source_id of the gateway whose write ``db`` is; None for a store opened without
+    one (a bare store in a test or a tool)."""
+    return _SOURCE_IDS.get(db)
+
+
+class Store:
+    """A sqlite file with one serialised writer and one reader connection per thread.
+
+    ``source_id``: the gateway's own id ([gateway] source_id); the audit trail takes it from
+    the store (``source_id_of``), so no caller can write another into an audit row."""
+
+    def __init__(self, path: Path | str, *, source_id: str | None = None) -> None:
         self.path = Path(path)
+        self.source_id = source_id
         self._writer_conn = _connect(self.path)
         self._writer = sqlite_utils.Database(self._writer_conn)
+        if source_id is not None:
+            _SOURCE_IDS[self._writer] = source_id
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self._pending: list[tuple[Callable[[sqlite_utils.Database], object], Future[object]]] = []
+        # Any: each queued write has its own result type, restored by write()'s T.
+        self._pending: list[tuple[Callable[[sqlite_utils.Database], Any], Future[Any]]] = []
         self._pending_lock = threading.Lock()
         self._draining = False
         self._readers = threading.local()
@@ -207,14 +234,14 @@ class Store:
         Writes queued while the writer is busy share one transaction (group commit, see
         the module docstring); ``fn`` then runs in a savepoint of its own.
         """
-        future: Future[object] = Future()
+        future: Future[T] = Future()
         with self._pending_lock:
             self._pending.append((fn, future))
             start = not self._draining
             self._draining = True
         if start:
             self._executor.submit(self._drain)
-        return await asyncio.wrap_future(future)  # type: ignore[return-value]
+        return await asyncio.wrap_future(future)
 
     def _drain(self) -> None:
         while True:
@@ -301,9 +328,11 @@ class Store:
         return str(row[0])
 
 
-def open_store(path: Path | str, sets: Sequence[Migrations] = ()) -> Store:
+def open_store(
+    path: Path | str, sets: Sequence[Migrations] = (), *, source_id: str | None = None
+) -> Store:
     """A Store on ``path``, with ``sets`` migrated (none by default)."""
-    store = Store(path)
+    store = Store(path, source_id=source_id)
     if sets:
         store.migrate(sets)
     return store

@@ -230,3 +230,13 @@ async def webapp(
     await w.close()
     kill_agents(home)
     shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def chain_alone(db: Any) -> Any:
+    """The hash chain recomputed from its anchor without the signed checkpoints: what
+    ``audit.integrity.verify`` checks first, and what the signatures add to it is shown
+    against it (tests/test_audit.py)."""
+    from securemail.audit import trail
+
+    first, last, start_hash, _lowest = trail.bounds(db.conn)
+    return trail.scan(db.conn, first, last, start_prev=start_hash)

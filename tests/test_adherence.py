@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail import access
-from securemail.access import SYSTEM, Actor, Resource
+from securemail.access import SYSTEM, Actor, Person, Resource
 from securemail.accounts import auth
 from securemail.config import DeadlineSettings
 from securemail.errors import AccessDeniedError, InputError
@@ -592,7 +592,7 @@ async def test_coordinator_cannot_open_a_request_and_a_gp_cannot_read_the_figure
 
 
 def _who(role: str, org: int | None = 9) -> Actor:
-    return Actor(user_id=7, username="u", name="U", role=role, org_id=org)
+    return Person(user_id=7, username="u", name="U", role=role, org_id=org)
 
 
 def test_coordinator_policy_opens_only_the_figures_and_the_own_account() -> None:

@@ -34,6 +34,7 @@ from securemail.errors import AccessDeniedError, InputError
 from securemail.home import MIGRATIONS
 from securemail.region import directory
 from securemail.store import Store
+from tests.conftest import chain_alone
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2024-01-01T00:00:00.000Z"
@@ -227,7 +228,7 @@ def test_verify_accepts_any_text_through_sqlite_json(tmp_path_factory, detail):
                 db, AuditEvent("auth.fail", user_name=detail, outcome_detail=detail)
             )
         )
-        assert s.read_sync(audit.verify_chain).rows == 1
+        assert s.read_sync(chain_alone).rows == 1
     finally:
         s.close()
 
@@ -252,7 +253,7 @@ def test_triggers_refuse_update_and_delete(store, key):
     ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             store.write_sync(lambda db, sql=sql: db.execute(sql))
-    assert store.read_sync(audit.verify_chain).rows == 3
+    assert store.read_sync(chain_alone).rows == 3
 
 
 def test_record_refuses_unknown_code(store):
@@ -384,7 +385,7 @@ def test_tamper_truncated_tail_after_checkpoint_is_named(store, key, tmp_path):
     fill(store, 5)
     raw(store).execute("DELETE FROM audit_events WHERE seq >= 8")
     # Without the checkpoint the shortened chain would still hang together:
-    assert store.read_sync(audit.verify_chain).rows == 7
+    assert store.read_sync(chain_alone).rows == 7
     err = broken(store, tmp_path)
     assert (err.context["seq"], err.context["why"]) == (8, "truncated")
     assert "rows 8..10 are missing" in err.reason
@@ -397,7 +398,7 @@ def test_tamper_recomputed_chain_is_caught_by_the_checkpoint(store, key, tmp_pat
     conn = raw(store)
     conn.execute("UPDATE audit_events SET user_name = 'mallory' WHERE seq = 4")
     rehash_from(conn, 4)
-    assert store.read_sync(audit.verify_chain).rows == 13  # the chain alone is fooled
+    assert store.read_sync(chain_alone).rows == 13  # the chain alone is fooled
     err = broken(store, tmp_path)
     assert (err.context["seq"], err.context["why"]) == (10, "checkpoint")
 
@@ -538,7 +539,7 @@ def test_purge_leaves_young_rows_alone(store, key):
         )
         is None
     )
-    assert store.read_sync(audit.verify_chain).rows == 4
+    assert store.read_sync(chain_alone).rows == 4
 
 
 def test_rows_removed_outside_a_purge_with_a_forged_anchor_are_caught(store, key, tmp_path):
@@ -1041,3 +1042,24 @@ def test_cli_purge_dry_run_checkpoint_key_and_codes(world, tmp_path, capsys):
     status, out, _ = cli(capsys, "audit", "codes", "--home", home)
     # A starting point for docs/audit-actions.md (tests/test_docs.py checks the doc itself).
     assert all(f"| `{code}` | {action} |" in out for code, (action, _) in audit.EVENT_CODES.items())
+
+
+def test_the_store_knows_the_gateways_source_id_and_refuses_another(tmp_path: Path) -> None:
+    # The audit row's source_id comes from the store (the gateway's [gateway] source_id): a
+    # caller that passes none gets it, a caller that passes another one is refused.
+    from securemail.home import MIGRATIONS as HOME_MIGRATIONS
+    from securemail.store import open_store as open_with
+
+    s = open_with(tmp_path / "db", HOME_MIGRATIONS, source_id="huisartsenpost-7")
+    try:
+        event = AuditEvent.of(SYSTEM, "gateway.init", object_type="key", object_id="x")
+        s.write_sync(lambda db: audit.record(db, event))
+        s.write_sync(lambda db: audit.record(db, event, source_id="huisartsenpost-7"))
+        with pytest.raises(audit.AuditError, match="not this gateway's"):
+            s.write_sync(lambda db: audit.record(db, event, source_id="gateway-1"))
+        sources = s.read_sync(
+            lambda db: [r[0] for r in db.execute("SELECT source_id FROM audit_events")]
+        )
+        assert sources == ["huisartsenpost-7", "huisartsenpost-7"]
+    finally:
+        s.close()

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from securemail import access
-from securemail.access import SYSTEM, Actor, Resource
+from securemail.access import SYSTEM, Actor, Person, Resource
 from securemail.accounts import apitoken, auth, session, totp
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
 from securemail.secretbox import KEY_FILE, SecretBox, SecretBoxError
@@ -317,7 +317,7 @@ def test_api_tokens_are_a_gp_practice_matter(store):
 
 
 def _actor(role: str, org: int | None = 1, teams=(), token_actions=None) -> Actor:
-    return Actor(
+    return Person(
         user_id=7,
         username="u",
         name="U",

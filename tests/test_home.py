@@ -71,3 +71,18 @@ def test_a_process_whose_only_import_is_home_migrates_an_empty_database(tmp_path
         conn.close()
     assert applied == set(result["sets"])
     assert {"meta", "counters", "requests", "outbox", "audit_events", "consents"} <= tables
+
+
+def test_a_stored_request_is_typed_with_every_column_of_its_table(tmp_path: Path) -> None:
+    # RequestRow is what request_row() returns (a cast of the sqlite row): a migration that
+    # adds a column to requests must add it to the type too, or this fails.
+    from typing import get_type_hints
+
+    from securemail.exchange.view import RequestRow
+
+    store = home.open_store(tmp_path / "securemail.db")
+    try:
+        columns = store.read_sync(lambda db: [c.name for c in db.table("requests").columns])
+    finally:
+        store.close()
+    assert list(get_type_hints(RequestRow)) == columns

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from securemail.access import SYSTEM, Actor
+from securemail.access import SYSTEM, Person
 from securemail.exchange import changes
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
@@ -61,7 +61,7 @@ def test_loop_migrations_keep_an_earlier_request_readable(tmp_path: Path) -> Non
         # Then they applied, and the old request reads as before, with the new columns empty
         assert "securemail.exchange:0002_loop" in applied
         assert "securemail.asks:0001_asks" in applied
-        gp = Actor(user_id=1, username="gp", name="G", role="gp", org_id=1)
+        gp = Person(user_id=1, username="gp", name="G", role="gp", org_id=1)
         [listed] = store.read_sync(lambda db: exchange.list_requests(db, gp))
         assert (listed["reference"], listed["overdue"], listed["hop_count"]) == (
             "UVZ-2026-000001", False, 0

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securemail.errors import InputError
-from securemail.message import armor, mime
+from securemail.message import armor, mime, sealcheck
 from securemail.message.mime import Envelope, SealInput
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0\n=abcd\n-----END PGP PUBLIC KEY BLOCK-----\n"
@@ -90,7 +90,7 @@ def test_mime_inner_round_trip_preserves_content(text: str, html: str, data: byt
     assert parts.html == _newlines(html)
     assert parts.json == data
     assert parts.signer_key == KEY
-    assert not mime.is_pgp_mime(inner)
+    assert not sealcheck.is_pgp_mime(inner)
 
 
 def test_mime_inner_has_neutral_attachment_names() -> None:
@@ -147,7 +147,7 @@ def test_mime_outer_has_only_the_envelope_headers() -> None:
     assert version.get_payload().strip() == "Version: 1"
     assert payload.get_filename() == "encrypted.asc"
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
-    assert mime.is_pgp_mime(raw)
+    assert sealcheck.is_pgp_mime(raw)
 
 
 def test_mime_outer_generates_message_id_from_sender_domain() -> None:
@@ -184,7 +184,7 @@ def test_is_pgp_mime_rejects_plain_text_message() -> None:
     msg = EmailMessage(policy=SMTP)
     msg["From"], msg["To"], msg["Subject"] = "a@b.example", "c@d.example", "Verzoek"
     msg.set_content("Mevr. Jansen, BSN 123456782")
-    assert not mime.is_pgp_mime(msg.as_bytes())
+    assert not sealcheck.is_pgp_mime(msg.as_bytes())
 
 
 def test_is_pgp_mime_rejects_multipart_signed() -> None:
@@ -197,7 +197,7 @@ def test_is_pgp_mime_rejects_multipart_signed() -> None:
     sig = EmailMessage(policy=SMTP)
     sig.set_content(SIGNATURE, maintype="application", subtype="pgp-signature")
     msg.set_payload([body, sig])
-    assert not mime.is_pgp_mime(msg.as_bytes())
+    assert not sealcheck.is_pgp_mime(msg.as_bytes())
 
 
 def _tampered(old: bytes, new: bytes) -> bytes:
@@ -231,7 +231,7 @@ def _tampered(old: bytes, new: bytes) -> bytes:
     ids=["fake-armor", "trailing-text", "preamble", "base64-cte", "protocol", "8bit"],
 )
 def test_is_pgp_mime_rejects_tampered_envelope(raw: bytes) -> None:
-    assert not mime.is_pgp_mime(raw)
+    assert not sealcheck.is_pgp_mime(raw)
 
 
 def test_is_pgp_mime_rejects_password_encrypted_payload() -> None:
@@ -239,7 +239,7 @@ def test_is_pgp_mime_rejects_password_encrypted_payload() -> None:
     with pytest.raises(ValueError, match="password"):
         mime.build_outer(skesk.encode(), ENVELOPE)
     raw = _tampered(CIPHERTEXT.replace("\n", "\r\n").encode(), skesk.replace("\n", "\r\n").encode())
-    assert not mime.is_pgp_mime(raw)
+    assert not sealcheck.is_pgp_mime(raw)
 
 
 # -- armor ----------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_mime_outer_written_directly_equals_the_email_packages() -> None:
     ]
     direct, generated = mime._outer(headers, body), mime._outer_with_email(headers, body)
     assert _same_but_boundary(direct) == _same_but_boundary(generated)
-    assert mime.is_pgp_mime(direct)
+    assert sealcheck.is_pgp_mime(direct)
 
 
 def test_mime_outer_with_a_header_to_encode_goes_through_the_email_package() -> None:
@@ -301,4 +301,4 @@ def test_mime_outer_with_a_header_to_encode_goes_through_the_email_package() -> 
         CIPHERTEXT.encode(), dataclasses.replace(ENVELOPE, subject="Uitvoeringsverzoek – één")
     )
     assert raw.isascii() and b"=?utf-8?" in raw
-    assert mime.is_pgp_mime(raw)
+    assert sealcheck.is_pgp_mime(raw)

@@ -17,7 +17,7 @@ import pytest
 
 from securemail.config import GpgSettings
 from securemail.errors import ConfigError, InputError
-from securemail.message import armor, mime
+from securemail.message import armor, mime, sealcheck
 from securemail.openpgp.keyring import (
     DecryptionError,
     Envelope,
@@ -192,7 +192,7 @@ async def test_seal_headers_are_neutral_and_complete(
     headers = "\n".join(f"{k}: {v}" for k, v in msg.items())
     for secret in PATIENT_DATA:
         assert secret not in headers
-    assert mime.is_pgp_mime(sealed.mime)
+    assert sealcheck.is_pgp_mime(sealed.mime)
     assert sealed.reference == REFERENCE
     assert sealed.signer_fingerprint == gp_key.fingerprint
     assert (sealed.sender, sealed.recipient) == (ENVELOPE.sender, ENVELOPE.recipient)
@@ -455,7 +455,7 @@ async def test_seal_concurrent_calls_all_succeed(
         *(seal(keyring, gp_key, [team_keypair.fingerprint]) for _ in range(3))
     )
     assert len({s.message_id for s in sealed}) == 3
-    assert all(mime.is_pgp_mime(s.mime) for s in sealed)
+    assert all(sealcheck.is_pgp_mime(s.mime) for s in sealed)
 
 
 async def test_the_first_unlock_of_a_secret_key_runs_alone_then_seals_all_succeed(
@@ -710,7 +710,7 @@ async def test_change_passphrase_old_fails_new_works(
     with pytest.raises(SigningError):
         await seal(keyring, gp_key, [team_keypair.fingerprint])
     sealed = await seal(keyring, gp_key, [team_keypair.fingerprint], "nieuw wachtwoord ü")
-    assert mime.is_pgp_mime(sealed.mime)
+    assert sealcheck.is_pgp_mime(sealed.mime)
 
 
 async def test_import_keys_refuses_secret_key_unless_allowed(

@@ -29,6 +29,7 @@ from sqlite_utils import Migrations
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError, SecuremailError
+from securemail.store import insert_row
 
 MIGRATIONS = Migrations("securemail.apitoken")
 
@@ -124,7 +125,7 @@ def create(
     scopes: list[str] | str,
     now: datetime,
     days: int = DEFAULT_DAYS,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> tuple[str, ApiToken]:
     """A new token acting as actor (a GP) for their practice: (the token, shown once; its row)."""
     require(actor, "token.manage", Resource("token", org_id=actor.org_id))
@@ -147,7 +148,7 @@ def create(
         "last_used_at": "",
         "revoked_at": "",
     }
-    tid = db["api_tokens"].insert(row).last_pk
+    tid = insert_row(db, "api_tokens", row)
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -160,11 +161,11 @@ def create(
         ),
         source_id=source_id,
     )
-    return token, token_by_id(db, int(tid))
+    return token, token_by_id(db, tid)
 
 
 def token_by_id(db: sqlite_utils.Database, token_id: int) -> ApiToken:
-    rows = list(db["api_tokens"].rows_where("id = ?", [token_id]))
+    rows = list(db.table("api_tokens").rows_where("id = ?", [token_id]))
     if not rows:
         raise NotFoundError("api token not found", token=str(token_id))
     return _token(rows[0])
@@ -175,7 +176,7 @@ def list_tokens(db: sqlite_utils.Database, actor: Actor) -> list[ApiToken]:
     require(actor, "token.manage", Resource("token", org_id=actor.org_id))
     return [
         _token(r)
-        for r in db["api_tokens"].rows_where("org_id = ?", [actor.org_id], order_by="id DESC")
+        for r in db.table("api_tokens").rows_where("org_id = ?", [actor.org_id], order_by="id DESC")
     ]
 
 
@@ -186,7 +187,7 @@ def end_all(db: sqlite_utils.Database, user_id: int, *, now: datetime) -> int:
         r["id"] for r in db["api_tokens"].rows_where("user_id = ? AND revoked_at = ''", [user_id])
     ]
     for token_id in live:
-        db["api_tokens"].update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
+        db.table("api_tokens").update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
     return len(live)
 
 
@@ -201,16 +202,16 @@ def revoke(
     token_id: int,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> ApiToken:
     """Revoke a token of actor's practice; another practice's token looks like 'not found'."""
-    rows = list(db["api_tokens"].rows_where("id = ?", [token_id]))
+    rows = list(db.table("api_tokens").rows_where("id = ?", [token_id]))
     org = rows[0]["org_id"] if rows else None
     require(actor, "token.manage", Resource("token", org_id=org, ref=str(token_id)), hide=True)
     if not rows:
         raise NotFoundError("api token not found", token=str(token_id))
     if not rows[0]["revoked_at"]:
-        db["api_tokens"].update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
+        db.table("api_tokens").update(token_id, {"revoked_at": now.isoformat(timespec="seconds")})
         audit.record(
             db,
             audit.AuditEvent.of(
@@ -231,7 +232,7 @@ def authenticate(db: sqlite_utils.Database, token: str, *, now: datetime) -> Api
     if not token.startswith(PREFIX) or len(token) > 100:
         raise TokenInvalidError("malformed api token")
     digest = _hash(token)
-    rows = list(db["api_tokens"].rows_where("token_hash = ?", [digest]))
+    rows = list(db.table("api_tokens").rows_where("token_hash = ?", [digest]))
     # The lookup is by hash (an index probe); compare again in constant time for good measure.
     if not rows or not hmac.compare_digest(rows[0]["token_hash"], digest):
         raise TokenInvalidError("unknown api token")
@@ -240,7 +241,7 @@ def authenticate(db: sqlite_utils.Database, token: str, *, now: datetime) -> Api
         raise TokenInvalidError("revoked api token", token=found.prefix)
     if datetime.fromisoformat(found.expires_at) <= now:
         raise TokenInvalidError("expired api token", token=found.prefix)
-    db["api_tokens"].update(found.id, {"last_used_at": now.isoformat(timespec="seconds")})
+    db.table("api_tokens").update(found.id, {"last_used_at": now.isoformat(timespec="seconds")})
     return found
 
 

@@ -21,7 +21,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlite_utils import Migrations
 
-from securemail.access import ROLES, Actor, Resource, require
+from securemail.access import ROLES, Actor, Person, Resource, require
 from securemail.accounts import apitoken, session, totp
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
@@ -32,6 +32,7 @@ from securemail.region.directory import (
     require_email,
     team_by_address,
 )
+from securemail.store import insert_row
 
 MIGRATIONS = Migrations("securemail.auth")
 
@@ -184,30 +185,28 @@ def add_user(
             raise InputError("a nurse is a member of at least one team (--team)", field="team")
         if any(t.org_id != org_id for t in team_rows):
             raise InputError("a nurse's teams belong to her organisation", field="team")
-    uid = (
-        db["users"]
-        .insert(
-            {
-                "username": username,
-                "name": name.strip(),
-                "email": email,
-                "role": role,
-                "org_id": org_id,
-                "password_hash": hash_password(password),
-                "active": 1,
-                "big": big,
-                "agb": profile.get("agb", "").strip(),
-                "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
-                "phone": profile.get("phone", "").strip(),
-                "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
-                "signing_fingerprint": "",
-                "created_at": now,
-            }
-        )
-        .last_pk
+    uid = insert_row(
+        db,
+        "users",
+        {
+            "username": username,
+            "name": name.strip(),
+            "email": email,
+            "role": role,
+            "org_id": org_id,
+            "password_hash": hash_password(password),
+            "active": 1,
+            "big": big,
+            "agb": profile.get("agb", "").strip(),
+            "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
+            "phone": profile.get("phone", "").strip(),
+            "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
+            "signing_fingerprint": "",
+            "created_at": now,
+        },
     )
     for t in team_rows:
-        db["user_teams"].insert({"user_id": uid, "team_id": t.id})
+        db.table("user_teams").insert({"user_id": uid, "team_id": t.id})
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -219,11 +218,11 @@ def add_user(
             nature="technical",
         ),
     )
-    return user_by_id(db, int(uid))
+    return user_by_id(db, uid)
 
 
 def set_signing_key(db: sqlite_utils.Database, actor: Actor, user_id: int, fpr: str) -> None:
-    db["users"].update(user_id, {"signing_fingerprint": fpr})
+    db.table("users").update(user_id, {"signing_fingerprint": fpr})
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -233,14 +232,14 @@ def set_signing_key(db: sqlite_utils.Database, actor: Actor, user_id: int, fpr: 
 
 
 def user_by_id(db: sqlite_utils.Database, user_id: int) -> User:
-    rows = list(db["users"].rows_where("id = ?", [user_id]))
+    rows = list(db.table("users").rows_where("id = ?", [user_id]))
     if not rows:
         raise NotFoundError(f"unknown user id {user_id}")
     return _user(rows[0])
 
 
 def user_by_name(db: sqlite_utils.Database, username: str) -> User:
-    rows = list(db["users"].rows_where("username = ?", [username.strip().lower()]))
+    rows = list(db.table("users").rows_where("username = ?", [username.strip().lower()]))
     if not rows:
         raise NotFoundError(f"unknown user {username}", username=username)
     return _user(rows[0])
@@ -248,7 +247,7 @@ def user_by_name(db: sqlite_utils.Database, username: str) -> User:
 
 def find_user(db: sqlite_utils.Database, username: str) -> tuple[User, str] | None:
     """(user, password hash) or None; for the login check."""
-    rows = list(db["users"].rows_where("username = ?", [username.strip().lower()]))
+    rows = list(db.table("users").rows_where("username = ?", [username.strip().lower()]))
     return (_user(rows[0]), rows[0]["password_hash"]) if rows else None
 
 
@@ -258,9 +257,9 @@ def team_ids(db: sqlite_utils.Database, user_id: int) -> frozenset[int]:
     )
 
 
-def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Actor:
+def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Person:
     org_code = org_by_id(db, user.org_id).code if user.org_id is not None else ""
-    return Actor(
+    return Person(
         user_id=user.id,
         username=user.username,
         name=user.name,
@@ -272,7 +271,7 @@ def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Actor
     )
 
 
-def actor_for_cli(db: sqlite_utils.Database, username: str) -> Actor:
+def actor_for_cli(db: sqlite_utils.Database, username: str) -> Person:
     """The Actor for `--as USER` on the command line (the operator vouches for the person)."""
     user = user_by_name(db, username)
     if not user.active:
@@ -302,7 +301,7 @@ def reset_password(
     username: str,
     password: str,
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
     now: datetime | None = None,
 ) -> int:
     """An admin sets a new password: the person must enrol a new authenticator at the next
@@ -311,7 +310,7 @@ def reset_password(
     require(actor, "user.manage", Resource("user", ref=username))
     user = user_by_name(db, username)
     validate_password(password)
-    db["users"].update(user.id, {"password_hash": hash_password(password)})
+    db.table("users").update(user.id, {"password_hash": hash_password(password)})
     totp.require_reenrolment(db, user.id)
     totp.clear_lock(db, user.id)
     ended = session.end_all(db, user.id)
@@ -347,7 +346,7 @@ def deactivate(
     end at once (audited user.update). Returns (sessions ended, tokens revoked)."""
     require(actor, "user.manage", Resource("user", ref=username))
     user = user_by_name(db, username)
-    db["users"].update(user.id, {"active": 0})
+    db.table("users").update(user.id, {"active": 0})
     ended = session.end_all(db, user.id)
     tokens = apitoken.end_all(db, user.id, now=now)
     audit.record(
@@ -366,7 +365,7 @@ def deactivate(
 
 
 def unlock(
-    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, username: str, *, source_id: str | None = None
 ) -> None:
     """An admin lifts a temporary lock before it runs out (audited user.update)."""
     require(actor, "user.manage", Resource("user", ref=username))

@@ -63,7 +63,7 @@ def create(
 ) -> tuple[str, Session]:
     """A new session (new id: rotation at login); returns (cookie value, session)."""
     sid = secrets.token_urlsafe(32)
-    row = {
+    row: dict[str, str | int] = {
         "id_hash": _hash(sid),
         "user_id": user_id,
         "csrf_token": secrets.token_urlsafe(32),
@@ -72,8 +72,8 @@ def create(
         "last_seen_at": _iso(now),
         "access_point": access_point,
     }
-    db["sessions"].insert(row)
-    return sid, Session(row["id_hash"], user_id, row["csrf_token"], stage, now, now)
+    db.table("sessions").insert(row)
+    return sid, Session(_hash(sid), user_id, str(row["csrf_token"]), stage, now, now)
 
 
 def load(
@@ -82,7 +82,7 @@ def load(
     """The live session for a cookie value, or None (unknown, idle too long, too old)."""
     if not sid or len(sid) > 100:
         return None
-    rows = list(db["sessions"].rows_where("id_hash = ?", [_hash(sid)]))
+    rows = list(db.table("sessions").rows_where("id_hash = ?", [_hash(sid)]))
     if not rows:
         return None
     r = rows[0]

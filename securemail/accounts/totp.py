@@ -138,7 +138,7 @@ def _iso(t: datetime) -> str:
 
 
 def _row(db: sqlite_utils.Database, user_id: int) -> dict[str, object]:
-    rows = list(db["user_security"].rows_where("user_id = ?", [user_id]))
+    rows = list(db.table("user_security").rows_where("user_id = ?", [user_id]))
     if rows:
         return rows[0]
     return {
@@ -156,7 +156,7 @@ def _row(db: sqlite_utils.Database, user_id: int) -> dict[str, object]:
 
 def _update(db: sqlite_utils.Database, user_id: int, **values: object) -> None:
     db.execute("INSERT OR IGNORE INTO user_security (user_id) VALUES (?)", [user_id])
-    db["user_security"].update(user_id, values)
+    db.table("user_security").update(user_id, values)
 
 
 def needs_enrolment(db: sqlite_utils.Database, user_id: int) -> bool:
@@ -204,7 +204,7 @@ def _matching_step(secret: str, code: str, now: datetime) -> int | None:
 def normalise_code(code: str) -> str:
     """Drop spaces and dashes; upper-case; read O as 0 and I/L as 1 (recovery codes)."""
     cleaned = re.sub(r"[\s-]", "", code).upper()
-    return cleaned.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    return cleaned.translate(str.maketrans("OIL", "011"))
 
 
 def begin_enrolment(
@@ -235,7 +235,7 @@ def confirm_enrolment(
     code: str,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> list[str]:
     """Make the pending secret the person's second factor once a code from it fits.
 
@@ -284,7 +284,7 @@ def enrol_for_demo(
     username: str,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Pair a demo account with a known secret, returned for the demo's credentials file.
 
@@ -343,7 +343,7 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
     codes = []
     for _ in range(RECOVERY_CODES):
         raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
-        db["recovery_codes"].insert(
+        db.table("recovery_codes").insert(
             {
                 "user_id": user_id,
                 "code_hash": _recovery_hash(user_id, raw),
@@ -356,7 +356,7 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
 
 
 def renew_recovery_codes(
-    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str | None = None
 ) -> list[str]:
     """New recovery codes for a signed-in person (the old ones stop working); shown once."""
     user_id = _user_id(actor)
@@ -401,7 +401,7 @@ def register_failure(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Verdict:
     """Count one failed password or code (audited auth.fail); lock at the limit (auth.lockout).
 
@@ -452,7 +452,7 @@ def verify_second_factor(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
     lock_applies: bool = True,
 ) -> Verdict:
     """Check a TOTP code (±1 step, each step once) or an unused recovery code.

@@ -40,7 +40,7 @@ def begin_export(
     start: str,
     end: str,
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Scope:
     """Authorise and record the export (commit this before reading); returns the scope."""
     scope = authorize(db, actor, "audit.export")

@@ -125,12 +125,12 @@ def load_or_create_checkpoint_key(home: Path) -> Ed25519PrivateKey:
     if mode & 0o077:
         raise AuditKeyError(f"{path} has mode {oct(mode)}; it must be 0600", why="mode")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError):
         raise AuditKeyError(f"{path} is not a PEM private key", why="unreadable") from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise AuditKeyError(f"{path} is not an Ed25519 key", why="type")
-    return key
+    return loaded
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
@@ -427,7 +427,7 @@ def _scan_parallel(
                     why="link",
                 )
             )
-        rows += int(n)  # type: ignore[call-overload]
+        rows += int(n)
         expected = str(head_hash)
     if errors:
         raise min(errors, key=lambda e: int(e.context["seq"]))

@@ -160,7 +160,7 @@ def record_denial(
     exc: Exception,
     *,
     what: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> int:
     code = getattr(exc, "code", "access.denied")
     return audit.record(
@@ -185,7 +185,7 @@ def run_sync(
     fn: Callable[[sqlite_utils.Database], T],
     *,
     what: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> T:
     """store.write_sync(fn); on AccessDeniedError also write the access.denied row."""
     try:
@@ -205,7 +205,7 @@ async def run(
     fn: Callable[[sqlite_utils.Database], T],
     *,
     what: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> T:
     """Async run_sync, on the store's writer thread."""
     try:
@@ -226,7 +226,7 @@ def _view(
     *,
     patient: str = "",
     export: bool = False,
-    source_id: str,
+    source_id: str | None,
 ) -> int:
     return audit.record(
         db,
@@ -348,7 +348,7 @@ def disclosure_report(
     end: str,
     *,
     export: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> DisclosureReport:
     """Every event about the patient in [start, end) that the officer's organisation owns
     (AVG art. 15, Wabvpz art. 15e); export="csv"/"pdf" records audit.export instead."""
@@ -414,7 +414,7 @@ def user_activity(
     start: str,
     end: str,
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> UserActivity:
     """Everything user_id did in [start, end) within the officer's scope, by patient."""
     scope = authorize(db, actor)
@@ -547,7 +547,7 @@ def exceptions(
     tz: str = "Europe/Amsterdam",
     anomaly_factor: float = 3.0,
     anomaly_min: int = 20,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Exceptions:
     """Refusals, consent stops, break-the-glass, failed logins, access outside working
     hours and users far above their own usual volume, in [start, end)."""
@@ -646,7 +646,7 @@ def volume_anomalies(
 
 
 def delivery_failures(
-    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Failed and retried deliveries in [start, end), newest first."""
     scope = authorize(db, actor)
@@ -681,7 +681,7 @@ class PairVolume:
 
 
 def volume_by_org_pair(
-    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str | None = None
 ) -> list[PairVolume]:
     """Requests per (sending practice, receiving organisation) in [start, end), for the DPIA."""
     scope = authorize(db, actor)

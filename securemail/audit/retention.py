@@ -58,7 +58,7 @@ def purge(
     *,
     now: datetime,
     retention_years: int,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> PurgeReport | None:
     """Delete rows past retention in the caller's transaction; None when nothing is due."""
     cutoff = retention_cutoff(now, retention_years)

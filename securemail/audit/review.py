@@ -85,7 +85,7 @@ def integrity_status(
     actor: Actor,
     keys: Mapping[str, Ed25519PublicKey],
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> IntegrityStatus:
     """A cheap status (no full recomputation): head, last checkpoint checked against its
     signature and the row it signed, rows not yet signed, the last full verification."""
@@ -135,7 +135,7 @@ def integrity_status(
 
 
 def record_verification(
-    db: sqlite_utils.Database, actor: Actor, *, ok: bool, detail: str, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, *, ok: bool, detail: str, source_id: str | None = None
 ) -> int:
     """The audit.verify row for a full verification (success, or error with the reason)."""
     return audit.record(
@@ -175,7 +175,7 @@ def breach_scope(
     aware_at: datetime,
     *,
     limit: int = 1000,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> BreachScope:
     """For a window: which patients, which data categories, which recipients were involved
     in the organisation's exchanges, and the 72-hour clock from awareness (AVG art. 33)."""
@@ -258,7 +258,7 @@ def sign_off(
     findings: str,
     subject: str = "",
     bsn: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> Review:
     """Record that actor reviewed report `kind` for the period, with what they found."""
     scope = authorize(db, actor)
@@ -324,7 +324,7 @@ def sign_off(
 
 
 def list_reviews(
-    db: sqlite_utils.Database, actor: Actor, *, limit: int = 200, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, *, limit: int = 200, source_id: str | None = None
 ) -> list[Review]:
     """The organisation's sign-offs, newest first."""
     scope = authorize(db, actor)

@@ -4,7 +4,8 @@ Invariants: ``record()`` runs inside the caller's write transaction, so an event
 the change it records commit together or not at all; rows are never updated or
 deleted (triggers refuse it); each row's hash covers its canonical JSON, its
 sequence number and the previous row's hash, so an edit, deletion, insertion or
-reordering breaks the chain at a row that ``verify_chain`` names.
+reordering breaks the chain at a row that ``scan`` names. The one verifier of the chain
+is ``securemail.audit.integrity.verify`` (anchor, every row by ``scan``, the signed heads).
 
 Columns added later (migration 0002: the authorisation policy's id and version, the
 coded role, the access point's type) are NULL on rows written before them and always
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from json.encoder import encode_basestring as _json_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _json_str
 from typing import Any
 
 import sqlite_utils
@@ -32,6 +33,10 @@ from sqlite_utils import Migrations
 from securemail import access
 from securemail.access import Actor
 from securemail.errors import SecuremailError
+from securemail.store import source_id_of
+
+#: The source_id of a store opened without one ([gateway] source_id's default).
+DEFAULT_SOURCE_ID = "gateway-1"
 
 DOMAIN = b"securemail.audit.trail.row.v1\x00"
 GENESIS = "0" * 64
@@ -333,8 +338,17 @@ def _genesis(db: sqlite_utils.Database) -> str:
     return anchor(db.conn)[1]
 
 
-def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "gateway-1") -> int:
-    """Append event inside the caller's transaction; return its sequence number."""
+def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str | None = None) -> int:
+    """Append event inside the caller's transaction; return its sequence number.
+
+    The row's source_id is the gateway's own, from the store (``store.source_id_of``); a
+    caller's ``source_id`` that differs is refused (AuditError), never written. A store
+    opened without one (a bare store in a test or a tool) takes the caller's, else the
+    default "gateway-1"."""
+    known = source_id_of(db)
+    if known is not None and source_id is not None and source_id != known:
+        raise AuditError(f"source_id {source_id!r} is not this gateway's ({known!r})")
+    source = known or source_id or DEFAULT_SOURCE_ID
     if event.event_code not in EVENT_CODES:
         raise AuditError(f"unknown audit event code {event.event_code!r}")
     if event.outcome not in OUTCOMES or event.nature not in NATURES:
@@ -349,7 +363,7 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
         event_id=new_event_id(),
         action=EVENT_CODES[event.event_code][0],
         recorded_at=now_ms(),
-        source_id=source_id,
+        source_id=source,
         # The protocol that decided this access: the one in force as the row is written.
         policy_id=access.POLICY_ID,
         policy_version=access.POLICY_VERSION,
@@ -363,7 +377,8 @@ def record(db: sqlite_utils.Database, event: AuditEvent, *, source_id: str = "ga
 
 
 class ChainBrokenError(SecuremailError):
-    """verify_chain found a row that does not fit; says which and what was expected."""
+    """The chain check (``scan``) found a row that does not fit; says which and what was
+    expected."""
 
     code = "audit.chain_broken"
     nl = "De audittrail is gewijzigd: regel {seq} klopt niet ({why})."
@@ -477,15 +492,29 @@ def bounds(conn: sqlite3.Connection) -> tuple[int, int, str, int]:
     return start_seq + 1, last, start_hash, lowest
 
 
-def verify_chain(
-    db: sqlite_utils.Database, checkpoints: Mapping[int, str] | None = None
-) -> ChainReport:
-    """Recompute every hash in order; raise ChainBrokenError naming the first bad row."""
-    first, last, start_hash, lowest = bounds(db.conn)
-    if lowest < first:
-        raise ChainBrokenError(
-            f"row {lowest} lies at or before the purge anchor (row {first - 1})",
-            seq=lowest,
-            why="anchor",
-        )
-    return scan(db.conn, first, last, start_prev=start_hash, checkpoints=checkpoints)
+# -- reads for other rooms (they never touch audit_events themselves) --------------------------
+
+
+def seq_range(db: sqlite_utils.Database) -> tuple[int | None, int | None]:
+    """(lowest, highest) seq present; (None, None) for an empty trail."""
+    lo, hi = db.execute("SELECT min(seq), max(seq) FROM audit_events").fetchone()
+    return (int(lo) if lo is not None else None, int(hi) if hi is not None else None)
+
+
+def last_success_at(db: sqlite_utils.Database, event_code: str) -> str | None:
+    """When ``event_code`` last succeeded (its occurred_at), or None."""
+    at = db.execute(
+        "SELECT max(occurred_at) FROM audit_events WHERE event_code = ? AND outcome = 'success'",
+        [event_code],
+    ).fetchone()[0]
+    return str(at) if at is not None else None
+
+
+def latest(db: sqlite_utils.Database, event_code: str) -> tuple[str, str] | None:
+    """(outcome, occurred_at) of the newest ``event_code`` row, or None."""
+    row = db.execute(
+        "SELECT outcome, occurred_at FROM audit_events WHERE event_code = ? "
+        "ORDER BY occurred_at DESC LIMIT 1",
+        [event_code],
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else None

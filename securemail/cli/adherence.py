@@ -21,9 +21,10 @@ from securemail.cli import command
 from securemail.cli.directory import open_home
 from securemail.errors import AccessDeniedError
 from securemail.region import adherence
+from securemail.services import Services
 
 
-def _actor(svc: Any, username: str | None) -> Actor:
+def _actor(svc: Services, username: str | None) -> Actor:
     if not username:
         return dataclasses.replace(SYSTEM, access_point=f"cli@{os.uname().nodename}")
     actor = svc.store.read_sync(lambda db: auth.actor_for_cli(db, username))

@@ -37,7 +37,12 @@ def register(subparsers: Any) -> None:
         help="consent register: grant, withdraw, list, export",
         description="The consent register of your practice (FHIR R4 export included).",
     )
-    parent.set_defaults(handler=lambda _args: parent.print_help() or 2)
+
+    def usage(_args: argparse.Namespace) -> int:
+        parent.print_help()
+        return 2
+
+    parent.set_defaults(handler=usage)
     sub = parent.add_subparsers(dest="consent_command", metavar="ACTION")
 
     g = command(sub, "grant", _grant, "record a consent, or with --decision deny an objection")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from securemail import config
-from securemail.access import SYSTEM
+from securemail.access import ROLES, SYSTEM
 from securemail.accounts import auth
 from securemail.cli import command, home_of
 from securemail.errors import InputError
@@ -137,7 +137,7 @@ def register(sub: Any) -> None:
     p.add_argument("action", choices=["add"])
     p.add_argument("--username", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--role", required=True, choices=auth.ROLES)
+    p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--org", help="organisation code")
     p.add_argument("--email")
     p.add_argument("--team", action="append", help="team address (nurses; repeatable)")

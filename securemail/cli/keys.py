@@ -23,6 +23,7 @@ from securemail.keys import pinning as keydir
 from securemail.keys import wkd
 from securemail.keys.manifest import public_key_data
 from securemail.openpgp.keyinfo import phone_code
+from securemail.openpgp.keyring import REVOCATION_REASONS
 from securemail.region import directory
 from securemail.services import Services
 
@@ -231,7 +232,7 @@ def register(sub: Any) -> None:
     s.add_argument("--new-file", type=Path, default=None)
     s = _sub(keys, "gp-revoke", cmd_gp_revoke, "revoke a GP's signing key (and replace it)")
     s.add_argument("--user", required=True, help="the GP's username")
-    s.add_argument("--reason", required=True, choices=sorted(gpkeys.REVOCATION_REASONS))
+    s.add_argument("--reason", required=True, choices=sorted(REVOCATION_REASONS))
     s.add_argument("--comment", default="", help="one line, no patient data")
     s.add_argument(
         "--passphrase-file",

@@ -22,6 +22,8 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import sqlite_utils
+
 from securemail.access import SYSTEM as _SYSTEM
 from securemail.cli import command
 from securemail.cli.directory import open_home
@@ -30,6 +32,7 @@ from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.region.map import RegionInputError
+from securemail.services import Services
 
 #: The operator at this server's command line (typed 'cli' in the audit trail).
 SYSTEM = dataclasses.replace(_SYSTEM, access_point=f"cli@{os.uname().nodename}")
@@ -49,7 +52,7 @@ OPTION_OF = {
 }
 
 
-def _write(svc: Any, fn: Callable[[Any], T]) -> T:
+def _write(svc: Services, fn: Callable[[sqlite_utils.Database], T]) -> T:
     """One write; the map's field errors come back naming the CLI options, in English."""
     try:
         return svc.store.write_sync(fn)

@@ -47,6 +47,8 @@ from securemail.openpgp.keyring import _SEAL_TOKEN, SealedMessage
 
 STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled", "stopped")
 FINAL = ("sent", "failed", "stopped")
+#: Finished: nothing more will be tried (the retention purge may empty these).
+DONE = ("sent", "failed", "stopped", "cancelled")
 KINDS = ("request", "notice")
 
 #: (kind, new status) -> audit event code written with the change.
@@ -429,3 +431,137 @@ def stop(
             )
             stopped = True
     return stopped
+
+
+# -- reads and changes for other rooms (they never touch the outbox table themselves) ----------
+
+#: Statuses of a message still to go (the worker's queue).
+PENDING = ("queued", "sending", "retrying")
+
+
+def counts_by_status(db: sqlite_utils.Database) -> dict[str, int]:
+    """Messages per status, every status present (0 when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, n in db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
+        counts[str(status)] = int(n)
+    return counts
+
+
+def final_counts(db: sqlite_utils.Database) -> dict[tuple[str, str], int]:
+    """Messages that reached a final outcome, per (outcome, kind), every pair present."""
+    counts = {(o, k): 0 for o in FINAL for k in KINDS}
+    for status, kind, n in db.execute(
+        "SELECT status, kind, count(*) FROM outbox WHERE status IN ('sent', 'failed', 'stopped') "
+        "GROUP BY status, kind"
+    ):
+        counts[(str(status), str(kind))] = int(n)
+    return counts
+
+
+def total_attempts(db: sqlite_utils.Database) -> int:
+    return int(db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox").fetchone()[0])
+
+
+def oldest_queued_at(db: sqlite_utils.Database, statuses: tuple[str, ...]) -> float | None:
+    """When the oldest message in one of ``statuses`` was queued (epoch seconds), or None."""
+    marks = ",".join("?" for _ in statuses)
+    at = db.execute(
+        f"SELECT min(queued_at) FROM outbox WHERE status IN ({marks})",  # noqa: S608 (only ?)
+        list(statuses),
+    ).fetchone()[0]
+    return float(at) if at is not None else None
+
+
+def pending_count(db: sqlite_utils.Database) -> int:
+    return int(
+        db.execute(
+            "SELECT count(*) FROM outbox WHERE status IN ('queued', 'retrying', 'sending')"
+        ).fetchone()[0]
+    )
+
+
+def release_leases(db: sqlite_utils.Database) -> int:
+    """End every lease now (a restored home: the old process is gone); how many there were.
+    A row that was mid-send is then marked as a possible repeat when it is claimed again."""
+    return int(db.execute("UPDATE outbox SET lease_until = 0 WHERE status = 'sending'").rowcount)
+
+
+def has_reference(db: sqlite_utils.Database, reference: str) -> bool:
+    """Whether any message with this reference was ever queued."""
+    return (
+        db.execute("SELECT 1 FROM outbox WHERE reference = ?", [reference]).fetchone() is not None
+    )
+
+
+def latest_request_status(db: sqlite_utils.Database, references: list[str]) -> dict[str, str]:
+    """The status of each reference's newest request message (references without one are
+    left out). At most 500 references a query."""
+    out: dict[str, str] = {}
+    for start in range(0, len(references), 500):
+        chunk = references[start : start + 500]
+        marks = ",".join("?" for _ in chunk)
+        for reference, status in db.execute(
+            "SELECT reference, status FROM outbox WHERE id IN (SELECT max(id) FROM outbox "  # noqa: S608
+            f"WHERE kind = 'request' AND reference IN ({marks}) GROUP BY reference)",
+            chunk,
+        ):
+            out[str(reference)] = str(status)
+    return out
+
+
+def request_outcome(
+    db: sqlite_utils.Database, reference: str, message_id: str
+) -> tuple[str, float] | None:
+    """(status, when it became final or last changed) of a request's message, or None."""
+    row = db.execute(
+        "SELECT status, coalesce(final_at, updated_at) FROM outbox WHERE kind = 'request' "
+        "AND reference = ? AND message_id = ?",
+        [reference, message_id],
+    ).fetchone()
+    return (str(row[0]), float(row[1])) if row else None
+
+
+def summaries(
+    db: sqlite_utils.Database, *, done_with_content: bool = False
+) -> list[tuple[int, str, str, str, float]]:
+    """(id, kind, reference, status, when final or last changed) of every message; with
+    ``done_with_content`` only finished ones that still hold their bytes (for retention)."""
+    where = ""
+    if done_with_content:
+        done = ", ".join(f"'{s}'" for s in DONE)
+        where = f"WHERE length(mime) > 0 AND status IN ({done})"
+    return [
+        (int(i), str(k), str(r), str(s), float(at))
+        for i, k, r, s, at in db.execute(
+            "SELECT id, kind, reference, status, coalesce(final_at, updated_at) "  # noqa: S608
+            f"FROM outbox {where}"
+        )
+    ]
+
+
+def empty_content(db: sqlite_utils.Database, ids: list[int]) -> None:
+    """Empty the bytes of finished messages (the retention purge; a trigger refuses others)."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" for _ in chunk)
+        db.execute(f"UPDATE outbox SET mime = x'' WHERE id IN ({marks})", chunk)  # noqa: S608
+
+
+def delete_rows(db: sqlite_utils.Database, ids: list[int]) -> None:
+    """Delete messages (the retention purge of old metadata)."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" for _ in chunk)
+        db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608
+
+
+def sent_between(db: sqlite_utils.Database, start: float, end: float) -> dict[str, float]:
+    """message_id -> when the relay took it, for messages sent in [start, end) (epoch s)."""
+    return {
+        str(mid): float(at)
+        for mid, at in db.execute(
+            "SELECT message_id, final_at FROM outbox WHERE status = 'sent' "
+            "AND final_at >= ? AND final_at < ?",
+            [start, end],
+        )
+    }

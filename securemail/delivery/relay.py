@@ -125,7 +125,7 @@ def discard(smtp: aiosmtplib.SMTP) -> None:
     session we drop, so abort it.
     """
     transport = smtp.transport
-    if transport is not None:
+    if isinstance(transport, asyncio.WriteTransport):  # a TLS or TCP transport: abort()
         transport.abort()
     smtp.close()
 
@@ -140,7 +140,7 @@ async def goodbye(smtp: aiosmtplib.SMTP) -> None:
     try:
         await smtp.quit()
     finally:
-        if transport is not None:
+        if isinstance(transport, asyncio.WriteTransport):
             transport.abort()
         smtp.close()
 

@@ -112,7 +112,7 @@ def backoff(attempts: int, d: DeliverySettings, rng: Callable[[], float]) -> flo
     base is kept so delays still grow while jitter spreads a burst of retries.
     """
     base = min(d.retry_max_seconds, d.retry_initial_seconds * 2 ** min(attempts - 1, 60))
-    return base / 2 + rng() * base / 2
+    return float(base / 2 + rng() * base / 2)
 
 
 def claim(

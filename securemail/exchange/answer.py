@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from securemail.delivery import outbox
 from securemail.errors import ConflictError, SecuremailError
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
-from securemail.exchange.view import DATA_CATEGORIES, record_refusal, resource
+from securemail.exchange.view import DATA_CATEGORIES, RequestRow, record_refusal, resource
 from securemail.form import render
 from securemail.form import request as forms
 from securemail.message import notify
@@ -119,10 +120,10 @@ def _field_error(field: str, code: str, nl: str) -> forms.FormInvalidError:
     return forms.FormInvalidError([forms.FieldError(field, code, nl, code)])
 
 
-async def _require_answerable(svc: Services, actor: Actor, reference: str) -> dict[str, Any]:
+async def _require_answerable(svc: Services, actor: Actor, reference: str) -> RequestRow:
     """The open request row, if actor may answer it; a refusal is audited (access.denied)."""
 
-    def check(db: sqlite_utils.Database) -> tuple[dict[str, Any] | None, SecuremailError | None]:
+    def check(db: sqlite_utils.Database) -> tuple[RequestRow | None, SecuremailError | None]:
         try:
             row = exchange.require_row(db, reference)
             require(actor, "request.answer", resource(row), hide=True)
@@ -150,7 +151,7 @@ def _audit_answer(
     svc: Services,
     actor: Actor,
     reference: str,
-    current: dict[str, Any],
+    current: RequestRow,
     event_code: str,
     **columns: str,
 ) -> None:
@@ -173,7 +174,7 @@ def _audit_answer(
     )
 
 
-async def _document(svc: Services, row: dict[str, Any]) -> forms.ExecutionRequest:
+async def _document(svc: Services, row: RequestRow) -> forms.ExecutionRequest:
     doc = await svc.store.read(lambda db: requestview.document(db, row))
     return forms.ExecutionRequest.from_document(doc)
 
@@ -202,7 +203,7 @@ async def record_answer(
             "team_name": team.name,
             "answered_at": now,
         }
-        db["requests"].update(
+        db.table("requests").update(
             current["id"],
             {
                 "state": "answered",
@@ -245,7 +246,7 @@ async def record_answer(
     return AnswerResult(reference, answer.status, team.address)
 
 
-def _still(db: sqlite_utils.Database, seen: dict[str, Any]) -> dict[str, Any]:
+def _still(db: sqlite_utils.Database, seen: RequestRow) -> RequestRow:
     """The row again, inside the write: still open and with the same team, or a conflict."""
     current = exchange.require_row(db, seen["reference"])
     if current["state"] != "open" or current["team_id"] != seen["team_id"]:
@@ -277,7 +278,7 @@ def _close_hop(
     )
 
 
-def _pass_on_target(db: sqlite_utils.Database, row: dict[str, Any], address: str) -> Team:
+def _pass_on_target(db: sqlite_utils.Database, row: RequestRow, address: str) -> Team:
     team = directory.find_team(db, address)
     if team is None or not team.active:
         raise _field_error(
@@ -293,7 +294,7 @@ def _pass_on_target(db: sqlite_utils.Database, row: dict[str, Any], address: str
 
 
 def _consent(
-    svc: Services, db: sqlite_utils.Database, actor: Actor, row: dict[str, Any], team: Team
+    svc: Services, db: sqlite_utils.Database, actor: Actor, row: RequestRow, team: Team
 ) -> consent.ConsentDecision:
     practice = directory.org_by_id(db, row["practice_org_id"])
     return consent.check(
@@ -312,7 +313,7 @@ def _consent(
 async def _pass_on(
     svc: Services,
     actor: Actor,
-    row: dict[str, Any],
+    row: RequestRow,
     req: forms.ExecutionRequest,
     answer: forms.TeamAnswer,
 ) -> AnswerResult:
@@ -386,7 +387,7 @@ async def _pass_on(
         if not decision.permitted:
             return decision
         _close_hop(db, reference, current["team_id"], answer, actor, now)
-        db["requests"].update(
+        db.table("requests").update(
             current["id"],
             {
                 "team_id": new_team.id,
@@ -399,7 +400,7 @@ async def _pass_on(
                 "updated_at": now,
             },
         )
-        db["request_hops"].insert(
+        db.table("request_hops").insert(
             {
                 "reference": reference,
                 "team_id": new_team.id,
@@ -450,7 +451,7 @@ async def _pass_on(
     return AnswerResult(reference, PASS_ON, new_team.address)
 
 
-def answer_teams(db: sqlite_utils.Database, row: dict[str, Any]) -> list[Team]:
+def answer_teams(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[Team]:
     """Teams a request may be passed on to: every other active team (pass_on_choices says
     which of them can receive)."""
     return [t for t in directory.list_teams(db) if t.id != row["team_id"] and t.active]

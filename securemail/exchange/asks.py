@@ -102,7 +102,9 @@ def _err(field: str, code: str, nl: str) -> forms.FieldError:
 TEXT_LIMITS = {"reason": 2000}
 
 
-def parse_ask(definition: forms.FormDefinition, data: dict[str, Any], *, today: date) -> dict:
+def parse_ask(
+    definition: forms.FormDefinition, data: dict[str, Any], *, today: date
+) -> dict[str, Any]:
     """Validate the nurse's form (flat names); FormInvalidError lists every problem."""
     get = {k: str(data.get(k, "") or "").strip() for k in LABELS}
     errors: list[forms.FieldError] = []
@@ -192,7 +194,7 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
         reference = _allocate(db, local_now.year)
         due_at = deadlines.due(now, clean["urgency"], "ask", svc.settings.deadlines)
         due_text = due_at.isoformat(timespec="minutes")
-        db["asks"].insert(
+        db.table("asks").insert(
             {
                 "reference": reference,
                 "created_by": actor.user_id,
@@ -257,14 +259,14 @@ def _resource(row: dict[str, Any]) -> Resource:
 
 
 def _row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
-    rows = list(db["asks"].rows_where("reference = ?", [reference]))
+    rows = list(db.table("asks").rows_where("reference = ?", [reference]))
     if not rows:
         raise NotFoundError("ask not found", reference=reference)
     return rows[0]
 
 
 def get_ask(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
 ) -> dict[str, Any]:
     """One ask with its patient data, for the asked practice or the asking team; audited
     ask.view (a refusal as access.denied). Must run in a write."""
@@ -308,7 +310,7 @@ def get_ask(
     }
 
 
-def list_asks(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> list[dict]:
+def list_asks(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
     """The work list: references, procedure codes, urgency, deadlines and states; no patient
     data. A GP sees her practice's asks, a nurse her teams' asks; open and overdue first."""
     if actor.role == "gp" and actor.org_id is not None:
@@ -355,7 +357,7 @@ def require_fulfillable(
 ) -> None:
     """The request in ``prepared`` may fulfil this ask: same practice, patient and team,
     and the ask still open; otherwise a form error (the same for a foreign ask)."""
-    rows = list(db["asks"].rows_where("reference = ?", [reference]))
+    rows = list(db.table("asks").rows_where("reference = ?", [reference]))
     row = rows[0] if rows else None
     problem = None
     if row is None or row["practice_org_id"] != actor.org_id:

@@ -37,7 +37,7 @@ def require_supersedable(
     practice, for the same patient and the same team. No-op for a new request."""
     if req.kind == "nieuw" or not req.supersedes:
         return
-    rows = list(db["requests"].rows_where("reference = ?", [req.supersedes]))
+    rows = list(db.table("requests").rows_where("reference = ?", [req.supersedes]))
     row = rows[0] if rows else None
     if row is None or row["practice_org_id"] != practice_org_id:
         raise _error(

@@ -22,7 +22,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from securemail import consent, contentbox, deadlines
-from securemail.access import SYSTEM, Actor, Resource, require
+from securemail.access import SYSTEM, Actor, Resource, org_of, person, require
 from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
@@ -162,6 +162,13 @@ class Prepared:
     team: Team
     rendered: render.RenderedDocument
 
+    @property
+    def reference(self) -> str:
+        """The gateway's reference: ``prepare`` assigns it before it renders."""
+        if self.request.reference is None:
+            raise ValueError("a prepared request always has the gateway's reference")
+        return self.request.reference
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -210,9 +217,9 @@ def _check_receiver(
             "unknown team address",
         )
     allowed = directory.allowed_receivers(
-        db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+        db, org_of(actor), svc.settings.gateway.passing_on_address
     )
-    allowed += asks.asking_teams(db, actor.org_id or 0, ask)  # the team that asked, answered
+    allowed += asks.asking_teams(db, org_of(actor), ask)  # the team that asked, answered
     if team.id not in {t.id for t in allowed}:
         raise _field_error(
             "receiver.team_address",
@@ -253,7 +260,7 @@ def consent_for_send(
         db,
         actor,
         patient_bsn=req.patient_bsn,
-        source_org_id=actor.org_id or 0,
+        source_org_id=org_of(actor),
         target=target,
         now=now,
         audit_object=("request", req.reference or ""),
@@ -280,7 +287,7 @@ async def prepare(
 
     def receiver(db: sqlite_utils.Database) -> Team:
         team = _check_receiver(svc, db, actor, req.team_address, ask)
-        changes.require_supersedable(db, actor.org_id or 0, req, team.id)
+        changes.require_supersedable(db, org_of(actor), req, team.id)
         return team
 
     team = await svc.store.read(receiver)
@@ -375,7 +382,7 @@ async def send(
     (securemail.exchange.idempotency)."""
     if not idempotency_key:
         return await _send_once(svc, actor, data, passphrase, to=to, ask=ask, key=None)
-    user = actor.user_id or 0
+    user = person(actor).user_id
     key = idem.check_key(idempotency_key)
     digest = idem.body_hash({"request": data, "to": to or "", "ask": ask or ""})
     first = await _claim_key(svc, user, key, digest)
@@ -503,9 +510,9 @@ async def _seal_and_queue(
     key: str | None = None,
 ) -> SendResult:
     req, team = prepared.request, prepared.team
-    reference = req.reference
+    reference = prepared.reference
     recipients, skipped = await usable_recipients(svc, team)
-    gp = await svc.store.read(lambda db: user_by_id(db, actor.user_id or 0))
+    gp = await svc.store.read(lambda db: user_by_id(db, person(actor).user_id))
     signer = Fingerprint(gp.signing_fingerprint)
     replaces = ""
     if req.supersedes:
@@ -554,10 +561,10 @@ async def _seal_and_queue(
         decision = consent_for_send(svc, db, actor, req, team, now=svc.now(), ask=ask)
         if not decision.permitted:
             return decision
-        changes.require_supersedable(db, actor.org_id or 0, req, team.id)  # no race either
+        changes.require_supersedable(db, org_of(actor), req, team.id)  # no race either
         if ask:
             asks.require_fulfillable(db, actor, ask, prepared)
-        db["requests"].insert(
+        db.table("requests").insert(
             {
                 "reference": reference,
                 "kind": req.kind,
@@ -584,7 +591,7 @@ async def _seal_and_queue(
                 "updated_at": now,
             }
         )
-        db["request_hops"].insert(
+        db.table("request_hops").insert(
             {
                 "reference": reference,
                 "team_id": team.id,
@@ -616,7 +623,7 @@ async def _seal_and_queue(
         if ask:
             asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
         if key:  # the key names its request in the same commit
-            idem.finish(db, actor.user_id or 0, key, reference)
+            idem.finish(db, person(actor).user_id, key, reference)
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),
@@ -764,7 +771,7 @@ class Hooks:
             if row.status == "sent" and not req["answer_due"]:
                 due_at = deadlines.due(now, req["urgency"], "answer", svc.settings.deadlines)
                 changes["answer_due"] = due_at.isoformat(timespec="minutes")
-            db["requests"].update(req["id"], changes)
+            db.table("requests").update(req["id"], changes)
             practice = directory.org_by_id(db, req["practice_org_id"])
             if not practice.notify_address:
                 return

@@ -10,8 +10,9 @@ follows a passing on); the team it was passed on from no longer sees it here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import sqlite_utils
 
@@ -27,7 +28,43 @@ from securemail.region import directory
 DATA_CATEGORIES = "execution_request"
 
 
-def resource(row: dict[str, Any]) -> Resource:
+class RequestRow(TypedDict):
+    """One stored request, a row of ``requests`` (owned by ``securemail.exchange.send``) as
+    ``request_row`` reads it. ``document`` and ``answer`` hold contentbox-sealed values:
+    open them with ``document`` and ``answer_of``. tests/test_home.py holds the keys to the
+    table's columns."""
+
+    id: int
+    reference: str
+    kind: str  # nieuw | wijziging | intrekking
+    supersedes: str
+    urgency: str
+    practice_org_id: int
+    team_id: int  # the team it is with now (a passing on moves it)
+    patient_bsn: str
+    created_by: int
+    signer_fingerprint: str
+    recipient_fingerprints: str  # JSON list
+    skipped_members: str  # JSON: [{name, fingerprint, why}]
+    document: str | bytes
+    message_id: str
+    state: str  # open | answered | withdrawn | superseded
+    answer: str
+    answer_due: str
+    notified: str
+    created_at: str
+    updated_at: str
+    json_signature: bytes
+    superseded_by: str
+    overdue_at: str
+    answered_at: str
+    ask_reference: str
+    answer_status: str
+    final_at: str
+    content_purged_at: str
+
+
+def resource(row: RequestRow) -> Resource:
     """The access-policy view of a request row: its practice and the team it is with now."""
     return Resource(
         "request",
@@ -37,12 +74,13 @@ def resource(row: dict[str, Any]) -> Resource:
     )
 
 
-def request_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:
-    rows = list(db["requests"].rows_where("reference = ?", [reference]))
-    return rows[0] if rows else None
+def request_row(db: sqlite_utils.Database, reference: str) -> RequestRow | None:
+    rows = list(db.table("requests").rows_where("reference = ?", [reference]))
+    # cast: the row's keys are the table's columns, which RequestRow lists (tests/test_home.py)
+    return cast(RequestRow, rows[0]) if rows else None
 
 
-def require_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
+def require_row(db: sqlite_utils.Database, reference: str) -> RequestRow:
     """The request row, or NotFoundError (the same answer whether absent or hidden)."""
     row = request_row(db, reference)
     if row is None:
@@ -50,7 +88,7 @@ def require_row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
     return row
 
 
-def is_overdue(row: dict[str, Any]) -> bool:
+def is_overdue(row: Mapping[str, Any]) -> bool:
     """Marked overdue by the deadline check and still waiting for the team."""
     return bool(row.get("overdue_at")) and row.get("state") == "open"
 
@@ -73,28 +111,29 @@ def hops(db: sqlite_utils.Database, reference: str) -> list[dict[str, Any]]:
     return out
 
 
-def document(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any]:
+def document(db: sqlite_utils.Database, row: RequestRow) -> dict[str, Any]:
     """The stored signed request (its canonical JSON) as a dict; ContentPurgedError after
     the retention purge, ContentUnreadableError when the sealed value does not open."""
     contentbox.require_content(row)
-    return json.loads(document_bytes(db, row))
+    doc: dict[str, Any] = json.loads(document_bytes(db, row))  # canonical JSON: an object
+    return doc
 
 
-def document_bytes(db: sqlite_utils.Database, row: dict[str, Any]) -> bytes:
+def document_bytes(db: sqlite_utils.Database, row: RequestRow) -> bytes:
     """The canonical JSON exactly as the GP signed it (opened from its sealed column)."""
     contentbox.require_content(row)
     text = contentbox.open_value(db, "requests", "document", row["reference"], row["document"])
     return text.encode("utf-8")
 
 
-def answer_of(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any] | None:
+def answer_of(db: sqlite_utils.Database, row: RequestRow) -> dict[str, Any] | None:
     """The team's stored answer, or None (none yet, or purged)."""
     text = contentbox.open_value(db, "requests", "answer", row["reference"], row["answer"])
     return json.loads(text) if text else None
 
 
 def record_refusal(
-    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str
+    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str | None
 ) -> None:
     """The access.denied row for a refused look at (or action on) a request; the refusal
     itself is raised by the caller, often hidden as not-found, so this row is its only trace."""
@@ -113,7 +152,7 @@ def record_refusal(
 
 
 def get_request(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
 ) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""
@@ -179,16 +218,16 @@ def list_requests(
         "r.overdue_at, r.supersedes, r.superseded_by, "
         "r.answer_status, "
         "t.address AS team_address, t.name AS team_name, "
-        "(SELECT COUNT(*) FROM request_hops h WHERE h.reference = r.reference) AS hop_count, "
-        "(SELECT o.status FROM outbox o WHERE o.reference = r.reference AND o.kind = 'request' "
-        " ORDER BY o.id DESC LIMIT 1) AS delivery "
+        "(SELECT COUNT(*) FROM request_hops h WHERE h.reference = r.reference) AS hop_count "
         f"FROM requests r JOIN teams t ON t.id = r.team_id WHERE {where} "
         "ORDER BY (r.state = 'open' AND r.overdue_at != '') DESC, r.id DESC LIMIT ?"
     )
     cur = db.execute(sql, [*params, limit])
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, r, strict=True)) for r in cur]
+    delivery = outbox.latest_request_status(db, [r["reference"] for r in rows])
     for r in rows:
+        r["delivery"] = delivery.get(r["reference"])  # the newest request message's status
         r["overdue"] = is_overdue(r)
     return rows
 

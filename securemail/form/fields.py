@@ -211,7 +211,7 @@ def _list(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
         return INVALID
     if spec.min_items is not None and len(value) < spec.min_items:
         report.add(path, "list.too_short", min_items=spec.min_items)
-    items = []
+    items: list[Any] = []
     for i, item in enumerate(value):
         if _absent(item):
             report.add(join(path, str(i)), "required")

@@ -79,9 +79,9 @@ class FormShapeError(FormInvalidError):
 LIST_CAP = 100
 
 
-def list_limit(spec: FieldSpec) -> int:
+def list_limit(spec: FieldSpec | None) -> int:
     """The most rows a list field may have: its definition's maximum, else LIST_CAP."""
-    return spec.max_items if spec.max_items is not None else LIST_CAP
+    return spec.max_items if spec is not None and spec.max_items is not None else LIST_CAP
 
 
 def check_bounds(
@@ -143,7 +143,8 @@ class _Document:
     def from_document(cls, document: Mapping[str, Any]) -> Self:
         """Rebuild from ``to_document()`` output. Checks shape only, not the form's rules:
         run untrusted input through ``parse_request`` / ``parse_answer`` instead."""
-        return _build(cls, document, "")
+        built: Self = _build(cls, document, "")
+        return built
 
 
 def _dump(value: Any) -> Any:
@@ -431,7 +432,7 @@ def parse_form_post(
         values = list(raw) if getall is not None or isinstance(raw, list) else [raw]
         parts = str(name).split(".")
         _insert(tree, parts, _leaf(definition.spec(str(name), root), values))
-    shaped = _shape(spec, tree, report)
+    shaped: dict[str, Any] = _shape(spec, tree, report)  # the root is an object: a dict
     if report.errors:
         raise FormShapeError(report.errors, shaped)
     return shaped

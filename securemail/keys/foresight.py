@@ -185,7 +185,7 @@ async def notify_admin(svc: Services, foresight: Foresight) -> str | None:
     notice = notify.notice_key_expiring(reference, to, svc.settings)
 
     def queue(db: sqlite_utils.Database) -> str | None:
-        if db.execute("SELECT 1 FROM outbox WHERE reference = ?", [reference]).fetchone():
+        if outbox.has_reference(db, reference):
             return None
         outbox.enqueue(db, notice, actor=SYSTEM)
         detail = f"at_risk={len(foresight.at_risk)}; expiring_7d=" + str(

@@ -104,7 +104,7 @@ async def enrol(svc: Services, actor: Actor, user: auth.User, passphrase: str) -
 
     def write(db: sqlite_utils.Database) -> None:
         auth.set_signing_key(db, actor, user.id, fpr)  # audits key.generate
-        db["gp_keys"].insert({"user_id": user.id, "fingerprint": fpr, "created_at": now})
+        db.table("gp_keys").insert({"user_id": user.id, "fingerprint": fpr, "created_at": now})
 
     await svc.store.write(write)
     return fpr

@@ -110,7 +110,7 @@ def pin(
     verified_how: str,
     verified_at: str,
     now: str,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Pin a member key for team by the change-of-key rule; return ADDED, QUARANTINED or
     UNCHANGED. The keyring import is the caller's step."""
@@ -126,16 +126,16 @@ def pin(
         "verified_at": verified_at,
     }
     if same is not None and same.status in ("active", "quarantined"):
-        db["team_members"].update(same.id, evidence)
+        db.table("team_members").update(same.id, evidence)
         return UNCHANGED if same.status == "active" else QUARANTINED
     known = any(m.email == email for m in rows)
     status = QUARANTINED if known else "active"
     if same is None:
-        db["team_members"].insert(
+        db.table("team_members").insert(
             {"team_id": team.id, "fingerprint": fpr, "status": status, "created_at": now} | evidence
         )
     else:  # a removed key back in the manifest is a change of key like any other
-        db["team_members"].update(same.id, {"status": status} | evidence)
+        db.table("team_members").update(same.id, {"status": status} | evidence)
     code = "key.quarantine" if known else "key.import"
     detail = f"member={email}" + ("; waiting for the phone code" if known else "")
     audit.record(db, _event(actor, code, team, fpr, detail), source_id=source_id)
@@ -146,9 +146,9 @@ def remove_unlisted(
     db: sqlite_utils.Database,
     actor: Actor,
     team: Team,
-    keep: set[str],
+    keep: set[Fingerprint],
     *,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> list[Member]:
     """Mark the team's member keys not in ``keep`` as removed (audited ``key.remove``)."""
     gone = [
@@ -157,7 +157,7 @@ def remove_unlisted(
         if m.status != "removed" and m.fingerprint not in keep
     ]
     for m in gone:
-        db["team_members"].update(m.id, {"status": "removed"})
+        db.table("team_members").update(m.id, {"status": "removed"})
         detail = f"member={m.email}; no longer in the manifest (was {m.status})"
         event = _event(actor, "key.remove", team, m.fingerprint, detail)
         audit.record(db, event, source_id=source_id)
@@ -187,7 +187,7 @@ def confirm(
     fingerprint: str,
     code: str,
     now: str,
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> ConfirmOutcome:
     """Release a quarantined key when ``code`` is its phone code (keyinfo.phone_code).
     Must run in a write: the attempt is audited (``key.confirm``), refused or not."""
@@ -204,7 +204,7 @@ def confirm(
     ok = phone_code_matches(fpr, code)
     for member, team in rows:
         if ok:
-            db["team_members"].update(
+            db.table("team_members").update(
                 member.id,
                 {
                     "status": "active",
@@ -226,7 +226,7 @@ def confirm(
 
 
 def _members_by_key(db: sqlite_utils.Database, email: str, fpr: str) -> list[Member]:
-    rows = db["team_members"].rows_where("email = ? AND fingerprint = ?", [email, fpr])
+    rows = db.table("team_members").rows_where("email = ? AND fingerprint = ?", [email, fpr])
     return [
         Member(r["id"], r["team_id"], r["name"], r["email"], Fingerprint(fpr), r["status"])
         for r in rows
@@ -377,8 +377,9 @@ async def import_and_pin(
     for fpr in await svc.keyring.import_keys(armor):
         info = await svc.keyring.key_info(fpr)
         email = info.uids[0] if info.uids else ""
-        outcome = svc.store.write_sync(
-            lambda db, fpr=fpr, email=email: pin(
+
+        def pin_one(db: sqlite_utils.Database, fpr: str = fpr, email: str = email) -> str:
+            return pin(
                 db,
                 actor,
                 team=team,
@@ -391,7 +392,8 @@ async def import_and_pin(
                 now=svc.now_iso(),
                 source_id=svc.settings.gateway.source_id,
             )
-        )
+
+        outcome = svc.store.write_sync(pin_one)
         results.append((str(fpr), email, outcome))
     return results
 

@@ -5,7 +5,7 @@ Invariant: ``encrypted_to()`` returns key ids only for a well-formed armored Ope
 integrity-protected encrypted data. Anything else (a literal or compressed packet, a
 signature, a password-encrypted or legacy unprotected message, text around the armor, a bad
 checksum line) raises ValueError. ``seal()`` uses it to cross-check gpg's output against the
-pinned recipient subkeys, and ``mime.is_pgp_mime()`` uses it so that the SMTP edge accepts
+pinned recipient subkeys, and ``sealcheck`` (the SMTP edge) uses it so that it accepts
 only real ciphertext. A second reader, independent of the gpg that wrote the message, is
 the point: it costs no extra process per message either.
 """

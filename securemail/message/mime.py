@@ -18,8 +18,8 @@ Invariants:
   one ``HP-Outer`` line per outer header, with ``hp="cipher"`` on its Content-Type, so they
   are signed and encrypted with the body: a re-sent old ciphertext shows its own Date and
   Message-ID, not the envelope's. Protected values are ASCII and never patient data;
-- ``is_pgp_mime()`` accepts exactly that shape, with a payload that parses as public-key
-  encrypted OpenPGP data (the outbox's second guard at the SMTP edge).
+- ``securemail.message.sealcheck`` (the one PGP/MIME checker: seal, outbox, SMTP edge)
+  accepts exactly that shape, with a payload that parses as public-key encrypted data.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.message import EmailMessage, MIMEPart
+from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
 from email.policy import SMTP, default
 from email.utils import format_datetime
@@ -305,13 +305,18 @@ def signed_parts(raw: bytes) -> tuple[bytes, bytes]:
         children = part.get_payload()
         if not boundary or not isinstance(children, list) or len(children) != 2:
             break
+        sig_part = children[1]
+        if not isinstance(sig_part, Message):
+            break
         delimiter = b"--" + boundary.encode("ascii")
         start = raw.find(delimiter + b"\r\n")
         end = raw.find(b"\r\n" + delimiter, start + len(delimiter)) if start >= 0 else -1
         if start < 0 or end < 0:
             break
-        signature = children[1].get_payload(decode=True) or b""
-        if children[1].get_content_type() != "application/pgp-signature" or not signature:
+        signature = sig_part.get_payload(decode=True)
+        if sig_part.get_content_type() != "application/pgp-signature":
+            break
+        if not isinstance(signature, bytes) or not signature:
             break
         return raw[start + len(delimiter) + 2 : end], signature.replace(b"\r\n", b"\n")
     raise InputError("no multipart/signed entity with a signature", field="mime")
@@ -433,59 +438,29 @@ def _outer_with_email(headers: list[tuple[str, str]], body: bytes) -> bytes:
         msg[name] = value
     msg["Content-Type"] = 'multipart/encrypted; protocol="application/pgp-encrypted"'
     msg.preamble = PREAMBLE
-    msg.attach(_leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True))
-    msg.attach(
-        _leaf(
-            f'application/octet-stream; name="{PAYLOAD_NAME}"',
-            body,
-            filename=PAYLOAD_NAME,
-            disposition="inline",
-            seven_bit=True,
-        )
+    control = _leaf("application/pgp-encrypted", b"Version: 1\n", seven_bit=True)
+    data = _leaf(
+        f'application/octet-stream; name="{PAYLOAD_NAME}"',
+        body,
+        filename=PAYLOAD_NAME,
+        disposition="inline",
+        seven_bit=True,
     )
+    # typeshed's attach() wants an EmailMessage; a MIMEPart is right for a body part (no
+    # MIME-Version header of its own), and the email package takes either.
+    msg.attach(control)  # type: ignore[arg-type]
+    msg.attach(data)  # type: ignore[arg-type]
     return msg.as_bytes(policy=SMTP)
 
 
-def is_pgp_mime(raw: bytes) -> bool:
-    """True only for exactly what build_outer() makes around real public-key ciphertext."""
-    if not isinstance(raw, bytes) or not raw.isascii():
-        return False
-    msg = BytesParser(policy=default).parsebytes(raw)
-    if msg.defects or msg.get_content_type() != "multipart/encrypted":
-        return False
-    if str(msg.get_param("protocol", "")).lower() != "application/pgp-encrypted":
-        return False
-    if (msg.preamble or "").strip() not in ("", PREAMBLE) or (msg.epilogue or "").strip():
-        return False
-    parts = msg.get_payload()
-    if not isinstance(parts, list) or len(parts) != 2:
-        return False
-    version, payload = parts
-    for part in parts:
-        if part.defects or part.is_multipart():
-            return False
-        if str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower() != "7bit":
-            return False
-    if version.get_content_type() != "application/pgp-encrypted":
-        return False
-    if [line.strip() for line in version.get_payload().splitlines() if line.strip()] != [
-        "Version: 1"
-    ]:
-        return False
-    if payload.get_content_type() != "application/octet-stream":
-        return False
-    body = payload.get_payload()
-    if not body.lstrip().startswith(armor.BEGIN_MESSAGE):
-        return False
-    try:
-        armor.encrypted_to(body)
-    except ValueError:
-        return False
-    return True
+def _decoded(part: EmailMessage) -> bytes:
+    """A leaf part's payload, transfer-decoded (empty when there is none)."""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _text(part: EmailMessage) -> str:
-    data = part.get_payload(decode=True) or b""
+    data = _decoded(part)
     charset = part.get_content_charset() or "utf-8"
     try:
         text = data.decode(charset)
@@ -519,9 +494,7 @@ def parse_inner(raw: bytes) -> InnerParts:
         raise InputError(f"inner entity lacks {sorted(missing)}", field="mime")
     try:
         binary = {
-            k: found[k].get_payload(decode=True) or b""
-            for k in ("json", "signer_key", "json_signature")
-            if k in found
+            k: _decoded(found[k]) for k in ("json", "signer_key", "json_signature") if k in found
         }
     except binascii.Error:  # pragma: no cover - the email package decodes leniently
         raise InputError("undecodable part", field="mime") from None
@@ -543,7 +516,8 @@ def _leaves(msg: EmailMessage) -> tuple[list[EmailMessage], bool]:
     read as this message's own parts: it is the forwarded order."""
     if msg.get_content_type() == "multipart/signed":
         children = msg.get_payload()
-        msg = children[0] if isinstance(children, list) and children else msg
+        if isinstance(children, list) and children and isinstance(children[0], EmailMessage):
+            msg = children[0]
     leaves: list[EmailMessage] = []
     nested = False
     stack = [msg]

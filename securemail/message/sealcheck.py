@@ -1,9 +1,14 @@
 """The check at the SMTP edge: only sealed bytes (or our own status notice) may leave.
 
+The one PGP/MIME checker of the gateway: ``openpgp.seal`` runs it on what it builds, the
+outbox when a message is queued, the delivery worker on the bytes about to go out
+(``is_pgp_mime`` is its yes/no form).
+
 Invariant: ``require_sendable`` passes only (a) RFC 3156 PGP/MIME whose payload is one
-ASCII-armored block of OpenPGP session-key packets followed by one encrypted-data
-packet, with no readable text anywhere (no preamble beyond the customary sentence, no
-armor Comment, no extra part or part header), or (b) a notice built by
+ASCII-armored block of public-key (v3) session-key packets followed by one encrypted-data
+packet with integrity protection, in 7bit parts, with no readable text anywhere (no
+preamble beyond the customary sentence, no armor Comment, no extra part or part header),
+or (b) a notice built by
 ``securemail.message.notify``. It runs when a message is queued and again right before its
 bytes go to the relay (defence in depth, SecureDrop's ``NotEncrypted``). Refusals name
 the rule that failed and never quote the content. Bytes that passed are remembered in
@@ -22,11 +27,12 @@ import hashlib
 import threading
 from collections import OrderedDict
 from email import policy
+from email.message import EmailMessage
 from email.parser import BytesParser
 
 from securemail.config import Settings
 from securemail.errors import InputError, SecuremailError
-from securemail.message import notify
+from securemail.message import armor, notify
 
 
 class NotSealedError(SecuremailError):
@@ -63,8 +69,6 @@ def require_pgp_mime(raw: bytes) -> None:
     OpenPGP encrypted data (session-key packets + one encrypted-data packet), with no
     readable text around it. Raises NotSealedError naming the rule, never quoting content.
 
-    (To be folded into ``securemail.message.mime.is_pgp_mime``; outbox imports it as
-    ``_require_pgp_mime``.)
     """
     if not isinstance(raw, bytes):
         raise _refuse("not 7-bit bytes")
@@ -79,16 +83,26 @@ def require_pgp_mime(raw: bytes) -> None:
             _PASSED.popitem(last=False)
 
 
+def is_pgp_mime(raw: bytes) -> bool:
+    """True only for what ``require_pgp_mime`` passes (exactly what ``mime.build_outer``
+    makes around real public-key ciphertext)."""
+    try:
+        require_pgp_mime(raw)
+    except NotSealedError:
+        return False
+    return True
+
+
 def _check_pgp_mime(raw: bytes) -> None:
     if not raw.isascii():
         raise _refuse("not 7-bit bytes")
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    msg = BytesParser(EmailMessage, policy=policy.default).parsebytes(raw)
     if msg.get_content_type() != "multipart/encrypted":
         raise _refuse("top-level type is not multipart/encrypted")
     if msg.get_param("protocol") != "application/pgp-encrypted":
         raise _refuse('protocol is not "application/pgp-encrypted"')
-    parts = msg.get_payload()
-    if msg.defects or not isinstance(parts, list) or len(parts) != 2:
+    parts = [p for p in msg.iter_parts() if isinstance(p, EmailMessage)]
+    if msg.defects or len(parts) != 2 or len(parts) != len(list(msg.iter_parts())):
         raise _refuse("malformed multipart or not exactly two parts")
     if (msg.preamble or "").strip() not in _PREAMBLES or (msg.epilogue or "").strip():
         raise _refuse("text outside the MIME parts")
@@ -96,13 +110,20 @@ def _check_pgp_mime(raw: bytes) -> None:
     for part in parts:
         if part.defects or part.is_multipart() or set(map(str.lower, part.keys())) - _PART_HEADERS:
             raise _refuse("unexpected part structure or part headers")
+        if str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower() != "7bit":
+            raise _refuse("a transfer encoding other than 7bit")  # base64 could hide anything
     if control.get_content_type() != "application/pgp-encrypted":
         raise _refuse("first part is not application/pgp-encrypted")
-    if (control.get_payload(decode=True) or b"").strip() != b"Version: 1":
+    if _payload_bytes(control).strip() != b"Version: 1":
         raise _refuse("control part is not 'Version: 1'")
     if data.get_content_type() != "application/octet-stream":
         raise _refuse("second part is not application/octet-stream")
-    _require_armored_encrypted(data.get_payload(decode=True) or b"")
+    _require_armored_encrypted(_payload_bytes(data))
+
+
+def _payload_bytes(part: EmailMessage) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
 
 
 def _require_armored_encrypted(payload: bytes) -> None:
@@ -127,6 +148,10 @@ def _require_armored_encrypted(payload: bytes) -> None:
     tags = _packet_tags(packets)
     if len(tags) < 2 or tags[-1] not in (18, 20) or any(t not in (1, 3) for t in tags[:-1]):
         raise _refuse("packets are not session keys followed by one encrypted-data packet")
+    try:  # only public-key (v3) session keys: no password, no unprotected data
+        armor.encrypted_to(payload)
+    except ValueError:
+        raise _refuse("session keys are not public-key session keys") from None
 
 
 def _crc24_table() -> tuple[int, ...]:

@@ -123,7 +123,7 @@ def watch(seconds: float) -> Iterator[Watch]:
         w.close()
 
 
-class WatchedGPG(gnupg.GPG):
+class WatchedGPG(gnupg.GPG):  # type: ignore[misc]  # python-gnupg ships no types
     """gnupg.GPG whose processes are watched; plus ``run()`` for commands it lacks."""
 
     def _open_subprocess(self, args, passphrase=False):  # type: ignore[no-untyped-def]
@@ -149,7 +149,7 @@ class WatchedGPG(gnupg.GPG):
         return result
 
 
-class Result(gnupg.StatusHandler):
+class Result(gnupg.StatusHandler):  # type: ignore[misc]  # python-gnupg ships no types
     """A result that only keeps stdout, stderr and return code; read statuses with status()."""
 
     returncode: int | None = None

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
-from typing import NewType
+from typing import Any, NewType
 
 Fingerprint = NewType("Fingerprint", str)
 
@@ -178,7 +178,7 @@ def parse_listing(colons: str, *, now: datetime | None = None) -> list[KeyInfo]:
     """KeyInfos from ``gpg --list-keys --with-colons --fixed-list-mode --with-fingerprint``."""
     now = now or datetime.now(UTC)
     keys: list[KeyInfo] = []
-    current: dict[str, list] | None = None  # key rows, their fingerprints, uid e-mails
+    current: dict[str, list[Any]] | None = None  # key rows, their fingerprints, uid e-mails
 
     def finish() -> None:
         if current is not None and current["keys"]:

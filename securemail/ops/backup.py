@@ -42,11 +42,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import sqlite_utils
+
 from securemail import __version__
 from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
 from securemail.config import CONFIG_NAME, DB_NAME, Settings
+from securemail.delivery import outbox
 from securemail.errors import InputError, NotInitialisedError, SecuremailError
 from securemail.openpgp import gpgproc
 from securemail.openpgp.keyinfo import (
@@ -339,11 +342,9 @@ def snapshot_database(db_path: Path, target: Path) -> dict[str, Any]:
                 "SELECT migration_set, name FROM _sqlite_migrations ORDER BY rowid"
             )
         ]
-        row = dst.execute(
-            "SELECT seq, row_hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        head = (int(row[0]), str(row[1])) if row else audit.anchor(dst)
-        counts = dict(dst.execute("SELECT status, count(*) FROM outbox GROUP BY status"))
+        copy = sqlite_utils.Database(dst)
+        head = audit.head(copy)
+        counts = {s: n for s, n in outbox.counts_by_status(copy).items() if n}
     finally:
         dst.close()
         src.close()

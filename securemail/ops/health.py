@@ -25,12 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from securemail.config import Settings
+from securemail.config import MonitoringSettings, Settings
 from securemail.errors import SecuremailError
 from securemail.openpgp.keyinfo import unusable_signer_reason
 from securemail.store import get_meta
@@ -399,6 +400,13 @@ def availability(db: sqlite_utils.Database, now: float, days: int) -> Availabili
     )  # fmt: skip
 
 
+def _record_and_purge(
+    db: sqlite_utils.Database, *, report: HealthReport, settings: MonitoringSettings
+) -> None:
+    record(db, report, settings.health_check_seconds)
+    purge(db, report.checked_at, settings.health_retention_days)
+
+
 async def run(monitor: Monitor, stop: asyncio.Event) -> None:
     """The periodic check of the web app: check, record, purge old rows; until ``stop``."""
     from securemail.delivery.relay import sleep_or_stop
@@ -408,12 +416,7 @@ async def run(monitor: Monitor, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             report = await monitor.report()
-            await svc.store.write(
-                lambda db, r=report: (
-                    record(db, r, m.health_check_seconds),
-                    purge(db, r.checked_at, m.health_retention_days),
-                )
-            )
+            await svc.store.write(partial(_record_and_purge, report=report, settings=m))
             if not report.ok:
                 log.warning(
                     "health check failed: %s",

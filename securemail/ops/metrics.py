@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
+from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.keys import foresight as keycheck
@@ -78,9 +79,7 @@ def _iso_epoch(text: str) -> float:
 
 
 def _database_metrics(db: sqlite_utils.Database, now: float) -> list[Metric]:
-    by_status = {s: 0 for s in outbox.STATUSES}
-    for status, n in db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
-        by_status[status] = int(n)
+    by_status = outbox.counts_by_status(db)
     queue = Metric(
         "securemail_outbox_messages",
         "gauge",
@@ -93,39 +92,23 @@ def _database_metrics(db: sqlite_utils.Database, now: float) -> list[Metric]:
         "counter",
         "Messages that reached a final outcome, by outcome and kind.",
     )
-    final = {(o, k): 0 for o in outbox.FINAL for k in outbox.KINDS}
-    for status, kind, n in db.execute(
-        "SELECT status, kind, count(*) FROM outbox WHERE status IN ('sent', 'failed', 'stopped') "
-        "GROUP BY status, kind"
-    ):
-        final[(status, kind)] = int(n)
-    for (o, k), n in final.items():
+    for (o, k), n in outbox.final_counts(db).items():
         deliveries.add(n, outcome=o, kind=k)
-    attempts = db.execute("SELECT coalesce(sum(attempts), 0) FROM outbox").fetchone()[0]
-    oldest_retry = db.execute(
-        "SELECT min(queued_at) FROM outbox WHERE status = 'retrying'"
-    ).fetchone()[0]
-    oldest_pending = db.execute(
-        "SELECT min(queued_at) FROM outbox WHERE status IN ('queued', 'sending', 'retrying')"
-    ).fetchone()[0]
+    attempts = outbox.total_attempts(db)
+    oldest_retry = outbox.oldest_queued_at(db, ("retrying",))
+    oldest_pending = outbox.oldest_queued_at(db, outbox.PENDING)
     overdue_requests = db.execute(
         "SELECT count(*) FROM requests WHERE state = 'open' AND overdue_at != ''"
     ).fetchone()[0]
     overdue_asks = db.execute(
         "SELECT count(*) FROM asks WHERE state = 'open' AND overdue_at != ''"
     ).fetchone()[0]
-    lo, hi = db.execute("SELECT min(seq), max(seq) FROM audit_events").fetchone()
+    lo, hi = audit.seq_range(db)
     cp = db.execute(
         "SELECT seq, signed_at FROM audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1"
     ).fetchone()
-    backed_up = db.execute(
-        "SELECT max(occurred_at) FROM audit_events WHERE event_code = 'gateway.backup' "
-        "AND outcome = 'success'"
-    ).fetchone()[0]
-    verified = db.execute(
-        "SELECT outcome, occurred_at FROM audit_events WHERE event_code = 'audit.verify' "
-        "ORDER BY occurred_at DESC LIMIT 1"
-    ).fetchone()
+    backed_up = audit.last_success_at(db, "gateway.backup")
+    verified = audit.latest(db, "audit.verify")
     out = [
         queue, deliveries,
         Metric("securemail_delivery_attempts_total", "counter",
@@ -143,7 +126,7 @@ def _database_metrics(db: sqlite_utils.Database, now: float) -> list[Metric]:
         Metric("securemail_audit_head_seq", "gauge",
                "Sequence number of the newest audit row.").add(int(hi or 0)),
         Metric("securemail_audit_rows", "gauge", "Audit rows currently kept.").add(
-            int(hi) - int(lo) + 1 if hi else 0),
+            hi - lo + 1 if hi is not None and lo is not None else 0),
         Metric("securemail_audit_unsigned_rows", "gauge",
                "Audit rows after the last signed checkpoint.").add(
             int(hi or 0) - int(cp[0]) if cp else int(hi or 0)),

@@ -219,13 +219,7 @@ async def _measure(svc: Services, now: datetime) -> _State:
 
     await svc.store.read(people)
     st.last_backup = await svc.store.read(
-        lambda db: (
-            db.execute(
-                "SELECT max(occurred_at) FROM audit_events WHERE event_code = 'gateway.backup' "
-                "AND outcome = 'success'"
-            ).fetchone()[0]
-            or ""
-        )
+        lambda db: audit.last_success_at(db, "gateway.backup") or ""
     )
     try:
         keys = audit_integrity.trusted_keys(svc.settings.home)

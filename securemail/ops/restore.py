@@ -45,6 +45,7 @@ from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
 from securemail.config import DB_NAME, GNUPG_DIR
+from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.openpgp import gpgproc
 from securemail.ops.backup import (
@@ -402,18 +403,14 @@ def _finish(
         def record(db: Any) -> tuple[int, int]:
             # The old process's leases end now: its rows are taken over at once (and, for a
             # row that was mid-send, marked as a possible repeat by delivery.claim).
-            released = db.execute(
-                "UPDATE outbox SET lease_until = 0 WHERE status = 'sending'"
-            ).rowcount
+            released = outbox.release_leases(db)
             # The lost gateway may have handed out references after the backup: every
             # counter moves past them, so no number is used twice (docs/backup.md).
             try:
                 moved = move_counters_past(db, settings.backup.restore_reference_gap)
             except ValueError as exc:
                 raise RestoreError(str(exc), why="reference numbers exhausted") from None
-            queued = db.execute(
-                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'retrying', 'sending')"
-            ).fetchone()[0]
+            queued = outbox.pending_count(db)
             detail = (
                 f"from backup of {manifest.get('source_id')} made "
                 f"{manifest.get('created_at')} (securemail "

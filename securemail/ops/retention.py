@@ -45,6 +45,7 @@ from securemail.audit import retention as audit_retention
 from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.consent import retention as consent_retention
+from securemail.delivery import outbox
 from securemail.store import Store
 
 log = logging.getLogger("securemail.retention")
@@ -56,7 +57,7 @@ CHECKPOINT_TRIES = 10
 
 #: Outbox states after which a row's bytes are never sent again (unless an admin retries a
 #: failed or stopped one, which a purged row refuses).
-OUTBOX_DONE = ("sent", "failed", "stopped", "cancelled")
+OUTBOX_DONE = outbox.DONE
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -169,11 +170,7 @@ def request_final_at(db: sqlite_utils.Database, row: dict[str, Any]) -> datetime
             "SELECT created_at FROM requests WHERE reference = ?", [row["superseded_by"]]
         ).fetchone()
         return _parse(newer[0] if newer else row["updated_at"])
-    last = db.execute(
-        "SELECT status, coalesce(final_at, updated_at) FROM outbox WHERE kind = 'request' "
-        "AND reference = ? AND message_id = ?",
-        [row["reference"], row["message_id"]],
-    ).fetchone()
+    last = outbox.request_outcome(db, row["reference"], row["message_id"])
     if last is None:
         return None
     status, at = last
@@ -206,13 +203,9 @@ def plan(db: sqlite_utils.Database, settings: Settings, now: datetime) -> Plan:
     }
     due_refs |= {db.execute("SELECT reference FROM requests WHERE id = ?", [i]).fetchone()[0]
                  for i, _ in p.requests}  # fmt: skip
-    done = ", ".join(f"'{s}'" for s in OUTBOX_DONE)
-    for oid, kind, reference, at in db.execute(
-        "SELECT id, kind, reference, coalesce(final_at, updated_at) FROM outbox "  # noqa: S608
-        f"WHERE length(mime) > 0 AND status IN ({done})"
-    ):
+    for oid, kind, reference, _status, changed in outbox.summaries(db, done_with_content=True):
         if (kind == "request" and reference in due_refs) or (
-            kind == "notice" and _parse(at) <= p.content_cutoff  # type: ignore[operator]
+            kind == "notice" and datetime.fromtimestamp(changed, UTC) <= p.content_cutoff
         ):
             p.outbox_mime.append(oid)
     # Metadata: only rows whose content is gone (or never had any) and final long enough ago.
@@ -236,10 +229,12 @@ def plan(db: sqlite_utils.Database, settings: Settings, now: datetime) -> Plan:
         ).fetchone()[0]
         for c in _chunks(p.old_requests)
     )
-    for oid, kind, reference, status, at in db.execute(
-        "SELECT id, kind, reference, status, coalesce(final_at, updated_at) FROM outbox"
-    ):
-        old_notice = kind == "notice" and status in OUTBOX_DONE and _parse(at) <= p.metadata_cutoff  # type: ignore[operator]
+    for oid, kind, reference, status, changed in outbox.summaries(db):
+        old_notice = (
+            kind == "notice"
+            and status in OUTBOX_DONE
+            and datetime.fromtimestamp(changed, UTC) <= p.metadata_cutoff
+        )
         if (kind == "request" and reference in old) or old_notice:
             p.old_outbox.append(oid)
     session_end = timedelta(hours=settings.web.session_max_hours)
@@ -299,10 +294,8 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                 "content_purged_at = ? WHERE id = ?",
                 [now, ask_id],
             )
-        for chunk in _chunks(p.outbox_mime):
-            db.execute(f"UPDATE outbox SET mime = x'' WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
-        for chunk in _chunks(p.old_outbox):
-            db.execute(f"DELETE FROM outbox WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
+        outbox.empty_content(db, p.outbox_mime)
+        outbox.delete_rows(db, p.old_outbox)
         for chunk in _chunks(p.old_requests):
             db.execute(f"DELETE FROM request_hops WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608

@@ -35,6 +35,7 @@ from securemail import csvsafe, deadlines
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.config import DeadlineSettings
+from securemail.delivery import outbox
 from securemail.errors import InputError
 
 #: Below this, a count (1..MIN_COUNT-1) or a figure derived from so few items is suppressed.
@@ -478,19 +479,19 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
     """Turns whose message the relay accepted in [start, end). A turn whose message never
     left (failed, stopped) was never received by the team; a withdrawal message is not a
     request to answer. Selects no patient column."""
+    # When the relay took each message (the outbox's own read; message_id is unique there).
+    delivered = outbox.sent_between(db, start.timestamp(), end.timestamp())
     cur = db.execute(
-        "SELECT t.address, t.name, p.code, p.name, r.urgency, o.final_at, h.outcome, "
+        "SELECT t.address, t.name, p.code, p.name, r.urgency, h.message_id, h.outcome, "
         "h.outcome_at, r.state, "
         # only an unanswered hop of a withdrawn request needs to know whether it is the last
         "CASE WHEN h.outcome = '' AND r.state IN ('withdrawn', 'superseded') THEN "
         "  h.id = (SELECT MAX(id) FROM request_hops x WHERE x.reference = h.reference) "
         "ELSE 0 END AS last_hop "
         "FROM request_hops h JOIN requests r ON r.reference = h.reference "
-        "JOIN outbox o ON o.message_id = h.message_id AND o.status = 'sent' "
         "JOIN teams t ON t.id = h.team_id JOIN organisations p ON p.id = r.practice_org_id "
-        "WHERE r.kind != 'intrekking' AND h.sent_at >= ? AND h.sent_at < ? "
-        "AND o.final_at >= ? AND o.final_at < ?",
-        [*_text_window(start, end, before=QUEUED_MARGIN), start.timestamp(), end.timestamp()],
+        "WHERE r.kind != 'intrekking' AND h.sent_at >= ? AND h.sent_at < ?",
+        _text_window(start, end, before=QUEUED_MARGIN),
     )
     return [
         Turn(
@@ -499,7 +500,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             practice=code,
             practice_name=practice_name,
             urgency=urgency,
-            delivered_at=datetime.fromtimestamp(final_at, UTC),
+            delivered_at=datetime.fromtimestamp(delivered[message_id], UTC),
             outcome=outcome,
             outcome_at=_parse_iso(outcome_at),
             closed_by_practice=bool(last_hop)
@@ -512,12 +513,13 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             code,
             practice_name,
             urgency,
-            final_at,
+            message_id,
             outcome,
             outcome_at,
             state,
             last_hop,
         ) in cur
+        if message_id in delivered  # the team received only what the relay took
     ]
 
 
@@ -577,7 +579,7 @@ def record_read(
     month: str,
     *,
     export: str = "",
-    source_id: str = "gateway-1",
+    source_id: str | None = None,
 ) -> str:
     """Check that actor may read the month's figures and write the audit row of the read
     (``adherence.view``, or ``adherence.export`` with the format): a non-patient read, so
@@ -618,7 +620,7 @@ def load_month(db: sqlite_utils.Database, month: str, calendar: DeadlineSettings
 
 
 def record_denial(
-    db: sqlite_utils.Database, actor: Actor, month: str, *, source_id: str = "gateway-1"
+    db: sqlite_utils.Database, actor: Actor, month: str, *, source_id: str | None = None
 ) -> None:
     """The access.denied row of a refused read (written in its own transaction, since the
     refused read's transaction rolls back)."""

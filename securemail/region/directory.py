@@ -18,6 +18,7 @@ from securemail.access import Actor
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.openpgp.keyring import Fingerprint
+from securemail.store import insert_row
 
 ORG_KINDS = ("practice", "nursing", "operator", "region")  # region: its coordinators
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -152,14 +153,14 @@ def add_org(
         "notify_address": notify_address,
         "created_at": now,
     }
-    oid = db["organisations"].insert(row).last_pk
+    oid = insert_row(db, "organisations", row)
     audit.record(
         db,
         audit.AuditEvent.of(
             actor, "org.create", object_type="organisation", object_id=code, nature="technical"
         ),
     )
-    return Organisation(int(oid), code, kind, row["name"], notify_address)
+    return Organisation(oid, code, kind, row["name"], notify_address)
 
 
 def add_team(
@@ -178,19 +179,17 @@ def add_team(
     address = require_email(address, "address")
     if db.execute("SELECT 1 FROM teams WHERE address = ?", [address]).fetchone():
         raise ConflictError(f"team address {address} already exists", address=address)
-    tid = (
-        db["teams"]
-        .insert(
-            {
-                "org_id": org.id,
-                "name": name.strip(),
-                "address": address,
-                "category": category,
-                "active": 1,
-                "created_at": now,
-            }
-        )
-        .last_pk
+    tid = insert_row(
+        db,
+        "teams",
+        {
+            "org_id": org.id,
+            "name": name.strip(),
+            "address": address,
+            "category": category,
+            "active": 1,
+            "created_at": now,
+        },
     )
     audit.record(
         db,
@@ -198,7 +197,7 @@ def add_team(
             actor, "team.create", object_type="team", object_id=address, nature="technical"
         ),
     )
-    return Team(int(tid), org.id, name.strip(), address, category, True)
+    return Team(tid, org.id, name.strip(), address, category, True)
 
 
 def add_member(
@@ -220,22 +219,20 @@ def add_member(
         "SELECT 1 FROM team_members WHERE team_id = ? AND fingerprint = ?", [team.id, fpr]
     ).fetchone():
         raise ConflictError("key already pinned for this team", fingerprint=fpr)
-    mid = (
-        db["team_members"]
-        .insert(
-            {
-                "team_id": team.id,
-                "name": name.strip(),
-                "email": email,
-                "fingerprint": fpr,
-                "status": "active",
-                "verified_by": actor.username,
-                "verified_how": verified_how,
-                "verified_at": now,
-                "created_at": now,
-            }
-        )
-        .last_pk
+    mid = insert_row(
+        db,
+        "team_members",
+        {
+            "team_id": team.id,
+            "name": name.strip(),
+            "email": email,
+            "fingerprint": fpr,
+            "status": "active",
+            "verified_by": actor.username,
+            "verified_how": verified_how,
+            "verified_at": now,
+            "created_at": now,
+        },
     )
     audit.record(
         db,
@@ -248,7 +245,7 @@ def add_member(
             nature="technical",
         ),
     )
-    return Member(int(mid), team.id, name.strip(), email, fpr, "active")
+    return Member(mid, team.id, name.strip(), email, fpr, "active")
 
 
 def set_preferred(
@@ -263,7 +260,7 @@ def set_preferred(
     teams = [team_by_address(db, a) for a in team_addresses]
     db.execute("DELETE FROM preferred_providers WHERE practice_org_id = ?", [practice.id])
     for rank, team in enumerate(teams, start=1):
-        db["preferred_providers"].insert(
+        db.table("preferred_providers").insert(
             {"practice_org_id": practice.id, "team_id": team.id, "rank": rank}
         )
 
@@ -272,45 +269,45 @@ def set_preferred(
 
 
 def org_by_code(db: sqlite_utils.Database, code: str) -> Organisation:
-    rows = list(db["organisations"].rows_where("code = ?", [code.strip()]))
+    rows = list(db.table("organisations").rows_where("code = ?", [code.strip()]))
     if not rows:
         raise NotFoundError(f"unknown organisation {code}", code=code)
     return _org(rows[0])
 
 
 def org_by_id(db: sqlite_utils.Database, org_id: int) -> Organisation:
-    rows = list(db["organisations"].rows_where("id = ?", [org_id]))
+    rows = list(db.table("organisations").rows_where("id = ?", [org_id]))
     if not rows:
         raise NotFoundError(f"unknown organisation id {org_id}")
     return _org(rows[0])
 
 
 def team_by_address(db: sqlite_utils.Database, address: str) -> Team:
-    rows = list(db["teams"].rows_where("address = ?", [address.strip().lower()]))
+    rows = list(db.table("teams").rows_where("address = ?", [address.strip().lower()]))
     if not rows:
         raise NotFoundError(f"unknown team address {address}", address=address)
     return _team(rows[0])
 
 
 def team_by_id(db: sqlite_utils.Database, team_id: int) -> Team:
-    rows = list(db["teams"].rows_where("id = ?", [team_id]))
+    rows = list(db.table("teams").rows_where("id = ?", [team_id]))
     if not rows:
         raise NotFoundError(f"unknown team id {team_id}")
     return _team(rows[0])
 
 
 def find_team(db: sqlite_utils.Database, address: str) -> Team | None:
-    rows = list(db["teams"].rows_where("address = ?", [address.strip().lower()]))
+    rows = list(db.table("teams").rows_where("address = ?", [address.strip().lower()]))
     return _team(rows[0]) if rows else None
 
 
 def list_orgs(db: sqlite_utils.Database) -> list[Organisation]:
-    return [_org(r) for r in db["organisations"].rows_where(order_by="name")]
+    return [_org(r) for r in db.table("organisations").rows_where(order_by="name")]
 
 
 def list_teams(db: sqlite_utils.Database, *, active_only: bool = True) -> list[Team]:
     where = "active = 1" if active_only else None
-    return [_team(r) for r in db["teams"].rows_where(where, order_by="name")]
+    return [_team(r) for r in db.table("teams").rows_where(where, order_by="name")]
 
 
 def preferred_teams(db: sqlite_utils.Database, practice_org_id: int) -> list[Team]:
@@ -326,7 +323,7 @@ def preferred_teams(db: sqlite_utils.Database, practice_org_id: int) -> list[Tea
 def members(
     db: sqlite_utils.Database, team_id: int, *, status: str | None = "active"
 ) -> list[Member]:
-    where, params = "team_id = ?", [team_id]
+    where, params = "team_id = ?", list[int | str]([team_id])
     if status is not None:
         where += " AND status = ?"
         params.append(status)
@@ -334,7 +331,7 @@ def members(
         Member(
             r["id"], r["team_id"], r["name"], r["email"], Fingerprint(r["fingerprint"]), r["status"]
         )
-        for r in db["team_members"].rows_where(where, params, order_by="id")
+        for r in db.table("team_members").rows_where(where, params, order_by="id")
     ]
 
 

@@ -318,19 +318,19 @@ def _entry(team: Team, org_name: str, row: dict[str, Any] | None) -> TeamEntry:
 
 def entries(db: sqlite_utils.Database) -> list[TeamEntry]:
     """Every active team with its map entry (empty when it has none yet), by name."""
-    rows = {r["team_id"]: r for r in db["team_map"].rows}
+    rows = {r["team_id"]: r for r in db.table("team_map").rows}
     orgs = {o.id: o.name for o in directory.list_orgs(db)}
     return [_entry(t, orgs.get(t.org_id, ""), rows.get(t.id)) for t in directory.list_teams(db)]
 
 
 def entry(db: sqlite_utils.Database, team_id: int) -> TeamEntry:
     team = directory.team_by_id(db, team_id)
-    rows = list(db["team_map"].rows_where("team_id = ?", [team_id]))
+    rows = list(db.table("team_map").rows_where("team_id = ?", [team_id]))
     return _entry(team, directory.org_by_id(db, team.org_id).name, rows[0] if rows else None)
 
 
 def practice_entry(db: sqlite_utils.Database, practice_org_id: int) -> PracticeEntry | None:
-    rows = list(db["practice_entry"].rows_where("practice_org_id = ?", [practice_org_id]))
+    rows = list(db.table("practice_entry").rows_where("practice_org_id = ?", [practice_org_id]))
     return PracticeEntry(rows[0]["role"], rows[0]["name"], rows[0]["phone"]) if rows else None
 
 
@@ -346,7 +346,7 @@ def contact_nurses(
         params.append(team_id)
     return [
         ContactNurse(r["practice_org_id"], r["team_id"], r["name"], r["phone"], r["address"])
-        for r in db["contact_nurses"].rows_where(" AND ".join(where) or None, params)
+        for r in db.table("contact_nurses").rows_where(" AND ".join(where) or None, params)
     ]
 
 
@@ -382,7 +382,7 @@ def save_entry(
     team = directory.team_by_id(db, team_id)
     require(actor, "region.team_edit", _team_resource(team))
     clean = validate_entry(values)
-    db["team_map"].upsert(
+    db.table("team_map").upsert(
         {
             "team_id": team.id,
             "phone": clean["phone"],
@@ -470,7 +470,7 @@ def set_practice_entry(
         errors["phone"] = e
     if errors:
         raise RegionInputError(errors)
-    db["practice_entry"].upsert(
+    db.table("practice_entry").upsert(
         {
             "practice_org_id": practice.id,
             "role": role,
@@ -577,7 +577,7 @@ def set_contact_nurse(
         errors["address"] = e
     if errors:
         raise RegionInputError(errors)
-    db["contact_nurses"].upsert(
+    db.table("contact_nurses").upsert(
         {
             "practice_org_id": practice_org_id,
             "team_id": team.id,

@@ -1,4 +1,6 @@
-"""The web app: create_app(settings) wires services, middleware, routes and the delivery worker.
+"""The web app: create_app(settings) wires services, middleware, routes and the background
+tasks (securemail.home.background: delivery worker, deadline watch, retention purge, health
+recorder; none with ``run_worker=False``).
 
 Handlers stay thin: parse, call a domain function, render. Deny by default: every route
 needs a full session unless it is in middleware.OPEN_ROUTES.
@@ -17,11 +19,11 @@ from aiohttp import web
 
 from securemail import forwarded
 from securemail.config import Settings
-from securemail.delivery import worker as delivery
-from securemail.home import open_services
+from securemail.delivery.worker import process_owner
+from securemail.home import background, open_services
 from securemail.services import Services
 from securemail.web import middleware
-from securemail.web.keys import run_worker_key, services_key, settings_key
+from securemail.web.keys import monitor_key, run_worker_key, services_key, settings_key
 
 log = logging.getLogger("securemail.web")
 HERE = Path(__file__).parent
@@ -34,66 +36,15 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     svc.close()
 
 
-async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every background task (securemail.home.background), unless ``run_worker=False``."""
     if not app[run_worker_key]:
         yield
         return
     svc = app[services_key]
-    hooks = outbox_hooks(svc)
-    worker = delivery.Worker(
-        svc.settings,
-        svc.store,
-        owner_id=delivery.process_owner("web"),
-        on_final=hooks.on_final,
-        before_send=hooks.before_send,
-    )
-    stop = asyncio.Event()
-    svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
-    task = asyncio.create_task(worker.run(stop), name="delivery-worker")
-    yield
-    svc.on_queued = None
-    stop.set()
-    await task
-
-
-async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The deadline watch (securemail.exchange.escalation) next to the delivery worker."""
-    if not app.get("run_worker", True):
+    owner = process_owner("web")  # host:pid, so the trail names the process
+    async with background(svc, asyncio.Event(), owner_id=owner, monitor=app[monitor_key]):
         yield
-        return
-    from securemail.exchange import escalation
-
-    svc = app[services_key]
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        escalation.run(svc, stop, svc.settings.deadlines.check_seconds), name="deadline-watch"
-    )
-    yield
-    stop.set()
-    await task
-
-
-async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The daily retention purge (securemail.ops.retention), next to the deadline watch."""
-    if not app[run_worker_key]:
-        yield
-        return
-    from securemail.ops import retention
-
-    svc = app[services_key]
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        retention.run(svc.store, svc.settings, svc.now, stop), name="retention-purge"
-    )
-    yield
-    stop.set()
-    await task
-
-
-def outbox_hooks(svc: Services):
-    from securemail.exchange.send import Hooks
-
-    return Hooks(svc)
 
 
 def create_app(
@@ -114,11 +65,9 @@ def create_app(
         context_processors=[middleware.template_context],
     )
     app.cleanup_ctx.append(_services_ctx)
-    app.cleanup_ctx.append(_worker_ctx)
-    app.cleanup_ctx.append(_deadlines_ctx)
-    app.cleanup_ctx.append(_retention_ctx)
     from securemail.web import routes
 
-    routes.setup(app)
+    routes.setup(app)  # its monitoring context sets monitor_key, which the background shares
+    app.cleanup_ctx.append(_background_ctx)
     app.router.add_static("/static/", HERE / "static", name="static")
     return app

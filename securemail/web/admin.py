@@ -27,7 +27,7 @@ def people(db: sqlite_utils.Database, now: datetime) -> list[dict[str, Any]]:
     """Every account with its organisation and second-factor state, by username."""
     orgs = {o.id: o for o in directory.list_orgs(db)}
     out = []
-    for row in db["users"].rows_where(order_by="username"):
+    for row in db.table("users").rows_where(order_by="username"):
         until = totp.locked_until(db, row["id"], now)
         org = orgs.get(row["org_id"])
         out.append(

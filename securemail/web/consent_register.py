@@ -28,6 +28,7 @@ import sqlite_utils
 from aiohttp import web
 
 from securemail import consent
+from securemail.access import org_of
 from securemail.consent import ConsentRecord
 from securemail.web.consents import LABELS, day_formatters, recipient_names, recipient_value
 from securemail.web.keys import ACTOR, services_key
@@ -76,7 +77,7 @@ async def register_page(request: web.Request) -> web.StreamResponse:
     page = _page_number(request.query.get("page", "1"))
 
     def load(db: sqlite_utils.Database) -> dict[str, Any]:
-        org = actor.org_id or 0
+        org = org_of(actor)
         counts = consent.register_overview(db, org, now, expiring_days=EXPIRING_DAYS)
         names = recipient_names(db)
         # The audited read goes last: the page's own consent.view row.
@@ -120,7 +121,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     now = svc.now()
     bundle = await svc.store.write(
-        lambda db: consent.export_fhir(db, actor, source_org_id=actor.org_id or 0, now=now)
+        lambda db: consent.export_fhir(db, actor, source_org_id=org_of(actor), now=now)
     )
     body = json.dumps(bundle, ensure_ascii=False, indent=2).encode()
     name = f"toestemmingen-{now.date().isoformat()}.fhir.json"

@@ -41,6 +41,7 @@ import sqlite_utils
 from aiohttp import web
 
 from securemail import consent
+from securemail.access import org_of
 from securemail.accounts import auth
 from securemail.consent import ConsentInputError, ConsentRecord, Recipient
 from securemail.exchange import send as exchange
@@ -231,7 +232,7 @@ async def patient_page(
 
     def load(db: sqlite_utils.Database) -> dict[str, Any]:
         rows = consent.view_records(
-            db, actor, source_org_id=actor.org_id or 0, patient_bsn=bsn, now=now, history=True
+            db, actor, source_org_id=org_of(actor), patient_bsn=bsn, now=now, history=True
         )
         superseded = {r.supersedes for r in rows if r.supersedes is not None}
         return {
@@ -240,7 +241,7 @@ async def patient_page(
             "users": user_names(db, rows),
             "names": recipient_names(db),
             "options": recipient_options(
-                db, actor.org_id or 0, svc.settings.gateway.passing_on_address
+                db, org_of(actor), svc.settings.gateway.passing_on_address
             ),
         }
 
@@ -324,9 +325,7 @@ async def record(request: web.Request) -> web.StreamResponse:
     def write(db: sqlite_utils.Database) -> ConsentRecord:
         allowed = {
             o.value
-            for o in recipient_options(
-                db, actor.org_id or 0, svc.settings.gateway.passing_on_address
-            )
+            for o in recipient_options(db, org_of(actor), svc.settings.gateway.passing_on_address)
         }
         if values["recipient"] not in allowed:
             raise ConsentInputError("recipient not offered to this practice", field="recipient")
@@ -334,7 +333,7 @@ async def record(request: web.Request) -> web.StreamResponse:
             db,
             actor,
             patient_bsn=bsn,
-            source_org_id=actor.org_id or 0,
+            source_org_id=org_of(actor),
             recipient=recipient,
             decision=decision,
             basis=basis,
@@ -378,7 +377,7 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
                 db,
                 actor,
                 patient_bsn=bsn,
-                source_org_id=actor.org_id or 0,
+                source_org_id=org_of(actor),
                 recipient=recipient,
                 channel=channel,
                 reason=reason,

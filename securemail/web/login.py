@@ -145,7 +145,8 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     found = await svc.store.read(lambda db: auth.find_user(db, username))
     user = found[0] if found is not None and found[0].active else None
     # scrypt takes ~0.1 s of CPU by design: off the event loop.
-    ok = await asyncio.to_thread(_check_password, password, found[1] if user else None)
+    stored_hash = found[1] if found is not None and user is not None else None
+    ok = await asyncio.to_thread(_check_password, password, stored_hash)
     policy = lockout_policy(request)
     sources = request.app[sources_key]
 

@@ -25,7 +25,7 @@ import sqlite_utils
 from aiohttp import web
 
 from securemail import access, forwarded
-from securemail.access import Actor, HiddenDeniedError
+from securemail.access import Actor, HiddenDeniedError, Person
 from securemail.accounts import apitoken, auth, session
 from securemail.audit import trail as audit
 from securemail.errors import (
@@ -280,7 +280,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     sid = request.cookies.get(session.COOKIE, "")
     now = svc.now()
 
-    def load(db: Any) -> tuple[session.Session, Actor] | None:
+    def load(db: Any) -> tuple[session.Session, Person] | None:
         sess = session.load(
             db,
             sid,
@@ -383,7 +383,7 @@ def _unauthorised(error: str) -> web.HTTPUnauthorized:
     )
 
 
-async def actor_from_token(request: web.Request) -> Actor:
+async def actor_from_token(request: web.Request) -> Person:
     """The Actor a bearer token acts as (its GP, its scopes), or raise 401."""
     svc = request.app[services_key]
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -395,7 +395,7 @@ async def actor_from_token(request: web.Request) -> Actor:
             text='{"error": "auth.throttled"}', content_type="application/json"
         )
 
-    def check(db: sqlite_utils.Database) -> Actor | str:
+    def check(db: sqlite_utils.Database) -> Person | str:
         if scheme.lower() != "bearer":
             return "unsupported authorization scheme"
         try:
@@ -409,7 +409,7 @@ async def actor_from_token(request: web.Request) -> Actor:
         return dataclasses.replace(actor, token_actions=apitoken.scoped_actions(token.scopes))
 
     found = await svc.store.write(check)
-    if isinstance(found, Actor):
+    if isinstance(found, Person):
         return found
     throttle.fail(ap, now)
     await svc.store.write(

@@ -1,5 +1,5 @@
-"""Monitoring endpoints: /health (liveness), /healthz (readiness), /metrics (Prometheus), the
-periodic recorded health check, and the request id every log line of a request carries.
+"""Monitoring endpoints: /health (liveness), /healthz (readiness), /metrics (Prometheus)
+and the request id every log line of a request carries.
 
 Invariants: none of these answers carries patient data, a reference, a path, a host or a
 library version; /health and /healthz need no login (a load balancer has none); /metrics
@@ -10,7 +10,6 @@ reverse proxy every client looks like loopback, so "loopback only" would protect
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import re
 import uuid
@@ -20,9 +19,7 @@ from aiohttp import web
 
 from securemail import logsetup
 from securemail.ops import health, metrics
-from securemail.web.keys import run_worker_key, services_key
-
-monitor_key = web.AppKey("health_monitor", health.Monitor)
+from securemail.web.keys import monitor_key, services_key
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
@@ -91,22 +88,15 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The process's cached checks, and the periodic health check recorded for availability
-    (next to the delivery worker, and like it off when the app runs without one)."""
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The process's cached checks; the health recorder (securemail.home.background) shares
+    them when the app runs its background tasks."""
     app[monitor_key] = health.Monitor(app[services_key])
-    if not app[run_worker_key]:
-        yield
-        return
-    stop = asyncio.Event()
-    task = asyncio.create_task(health.run(_monitor(app), stop), name="health-recorder")
     yield
-    stop.set()
-    await task
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/health", health_live, name="health")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
-    app.cleanup_ctx.append(_recorder_ctx)
+    app.cleanup_ctx.append(_monitor_ctx)

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from securemail import csvsafe
-from securemail.access import Actor, HiddenDeniedError
+from securemail.access import Actor, HiddenDeniedError, org_of
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -218,7 +218,7 @@ async def _practice_context(
     errors: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     svc = request.app[services_key]
-    org_id = request[ACTOR].org_id or 0
+    org_id = org_of(request[ACTOR])
 
     def load(db: Any) -> dict[str, Any]:
         preferred = directory.preferred_teams(db, org_id)
@@ -258,12 +258,12 @@ async def practice_save(request: web.Request) -> web.StreamResponse:
         if "preferred" in post:
             chosen = [str(post.get(f"preferred_{i}", "")) for i in (1, 2, 3)]
             await svc.store.write(
-                lambda db: regionmap.set_preferred(db, actor, actor.org_id or 0, chosen)
+                lambda db: regionmap.set_preferred(db, actor, org_of(actor), chosen)
             )
         else:
             await svc.store.write(
                 lambda db: regionmap.set_practice_entry(
-                    db, actor, actor.org_id or 0, values, now=svc.now()
+                    db, actor, org_of(actor), values, now=svc.now()
                 )
             )
     except RegionInputError as exc:

@@ -16,6 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from securemail import deadlines
+from securemail.access import org_of
 from securemail.errors import SecuremailError
 from securemail.exchange import answer, asks
 from securemail.exchange import send as exchange
@@ -91,11 +92,11 @@ async def _form_context(
     specialism = specialism if specialism in regionmap.SERVICES else ""
 
     def load(db: Any) -> tuple[list[ReceiverOption], list[regionview.Suggestion] | None]:
-        teams = receiver_options(db, actor.org_id or 0, passing_on, ask)
+        teams = receiver_options(db, org_of(actor), passing_on, ask)
         if not with_suggestions:
             return teams, None
         # the same ordering as the receiver list: the practice's preferred providers first
-        preferred = [t.id for t in directory.preferred_teams(db, actor.org_id or 0)]
+        preferred = [t.id for t in directory.preferred_teams(db, org_of(actor))]
         return teams, regionview.suggest(
             regionmap.entries(db),
             preferred=preferred,

@@ -1,4 +1,4 @@
-"""Running the gateway: the web app with its delivery worker, or the worker alone.
+"""Running the gateway: the web app with its background tasks, or the background tasks alone.
 
 SIGTERM and SIGINT stop gracefully: the worker finishes or releases what it holds
 (aiohttp's run_app runs the cleanup contexts on both signals).
@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
 from securemail.config import Settings
-from securemail.delivery import worker as delivery
-from securemail.home import open_services
+from securemail.delivery.worker import process_owner
+from securemail.home import background, open_services
 
 log = logging.getLogger("securemail.server")
 
 
-def serve(settings: Settings, *, print_fn=print) -> None:
+def serve(settings: Settings, *, print_fn: Callable[[str], object] = print) -> None:
     from securemail import contentbox
     from securemail.web import create_app
 
@@ -39,36 +40,19 @@ def serve(settings: Settings, *, print_fn=print) -> None:
 
 
 async def _worker_main(settings: Settings) -> None:
-    from securemail.exchange.send import Hooks
-
+    """Every background task ``serve`` runs, without the web app: a host that runs only the
+    worker still watches deadlines, purges what is past its retention and records its health
+    checks for the availability figures."""
     svc = open_services(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    hooks = Hooks(svc)
-    worker = delivery.Worker(
-        settings,
-        svc.store,
-        owner_id=delivery.process_owner("worker"),
-        on_final=hooks.on_final,
-        before_send=hooks.before_send,
-    )
-    # A host that runs only the worker still purges what is past its retention and records
-    # its health checks for the availability figures, as `serve` does.
-    from securemail.ops import health, retention
-
-    background = [
-        asyncio.create_task(
-            retention.run(svc.store, settings, svc.now, stop), name="retention-purge"
-        ),
-        asyncio.create_task(health.run(health.Monitor(svc), stop), name="health-recorder"),
-    ]
     try:
-        await worker.run(stop)
+        owner = process_owner("worker")  # host:pid, so the trail names the process
+        async with background(svc, stop, owner_id=owner) as running:
+            await running.delivery  # until SIGTERM or SIGINT sets stop
     finally:
-        stop.set()
-        await asyncio.gather(*background, return_exceptions=True)
         svc.close()
 
 

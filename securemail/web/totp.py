@@ -87,9 +87,9 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
     if verdict.reason == "not_enrolled":
         raise web.HTTPSeeOther("/login/enrol")
     if verdict.reason == "locked" and verdict.locked_until is not None:
-        response = render_login(request, status=429, error=locked_message(verdict.locked_until))
-        response.del_cookie(session.COOKIE, path="/")
-        return response
+        locked = render_login(request, status=429, error=locked_message(verdict.locked_until))
+        locked.del_cookie(session.COOKIE, path="/")
+        return locked
     if sid is None:
         return aiohttp_jinja2.render_template(
             "totp/code.html",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from securemail import config, demo
-from securemail.access import SYSTEM, Actor
+from securemail.access import SYSTEM, Actor, org_of
 from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
@@ -225,7 +225,7 @@ async def build_gateway(
 
 def grant_consent(svc: Services, gp: Actor, bsn: str, team_address: str) -> None:
     svc.store.write_sync(
-        lambda db: demo.record_team_consent(db, svc, gp, bsn, gp.org_id or 0, team_address)
+        lambda db: demo.record_team_consent(db, svc, gp, bsn, org_of(gp), team_address)
     )
 
 
