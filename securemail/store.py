@@ -5,7 +5,8 @@ so "accepted" means on disk. Group commit: writes that queue up while the writer
 busy run one after another in one transaction, each in its own savepoint (a write
 that raises is rolled back alone and its caller gets the exception), and all of them
 return only after that transaction's one COMMIT, so one fsync serves many callers.
-Each write sees exactly the writes queued before it, as when they ran one by one.
+Each write sees exactly the writes queued before it, as when they ran one by one; a
+``first`` write (a relay's 250) is queued before every other waiting write.
 Domain modules own their tables and keep their migrations in their own
 ``sqlite_utils.Migrations`` set; ``Store.migrate(sets)`` applies the sets it is given, in
 the order given (``securemail.home.MIGRATIONS`` lists them once). The store imports
@@ -165,6 +166,7 @@ class Store:
         self._pending: list[tuple[Callable[[sqlite_utils.Database], Any], Future[Any]]] = []
         self._pending_lock = threading.Lock()
         self._draining = False
+        self._first_slot = 0  # ``first`` writes queue in order among themselves, before the rest
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._read_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
@@ -228,15 +230,19 @@ class Store:
                 raise _translated(exc) from exc
             return result
 
-    async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    async def write(self, fn: Callable[[sqlite_utils.Database], T], *, first: bool = False) -> T:
         """Async form of write_sync, on the single writer thread; committed when it returns.
 
         Writes queued while the writer is busy share one transaction (group commit, see
-        the module docstring); ``fn`` then runs in a savepoint of its own.
+        the module docstring); ``fn`` then runs in a savepoint of its own. ``first``: ahead
+        of every write still waiting (the outcome of a relay's 250, whose commit must not
+        wait behind a burst of sends: a crash in between repeats a delivered message).
         """
         future: Future[T] = Future()
         with self._pending_lock:
-            self._pending.append((fn, future))
+            at = self._first_slot if first else len(self._pending)
+            self._pending.insert(at, (fn, future))
+            self._first_slot += first
             start = not self._draining
             self._draining = True
         if start:
@@ -248,6 +254,7 @@ class Store:
             with self._pending_lock:
                 group = self._pending[:MAX_GROUP]
                 del self._pending[:MAX_GROUP]
+                self._first_slot = max(0, self._first_slot - len(group))
                 if not group:
                     self._draining = False
                     return

@@ -114,3 +114,40 @@ async def test_json_nested_too_deeply_is_a_400(webapp: WebApp) -> None:
     )
     assert r.status == 400, r.text[:200]
     assert json.loads(r.text)["context"]["field"] == "body"
+
+
+async def test_a_send_that_dies_after_taking_its_reference_leaves_an_audit_row(
+    webapp: WebApp,
+) -> None:
+    # Given a send that is cancelled (the client went away) once its reference is taken
+    from securemail.exchange import send as exchange_send
+
+    gp = webapp.svc.store.read_sync(
+        lambda db: auth.actor_for(db, auth.user_by_name(db, "gp_a"), "test")
+    )
+    task = asyncio.ensure_future(
+        exchange_send.send(webapp.svc, gp, example(), GP_PASSPHRASE, to=CENTRUM)
+    )
+
+    def taken() -> list[tuple[str, int]]:
+        return webapp.svc.store.read_sync(
+            lambda db: db.execute(
+                "SELECT name, value FROM counters WHERE name LIKE 'UVZ-%'"
+            ).fetchall()
+        )
+
+    while not taken():
+        await asyncio.sleep(0.005)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # Then no request exists, and the burnt number has its refused row naming it
+    ((name, value),) = taken()
+    reference = f"{name}-{value:06d}"
+    assert _requests(webapp) == []
+    rows = webapp.svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT event_code, outcome, outcome_detail FROM audit_events WHERE object_id = ?",
+            [reference],
+        ).fetchall()
+    )
+    assert [tuple(r) for r in rows] == [("request.send", "refused", "interrupted:CancelledError")]

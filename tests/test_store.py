@@ -95,3 +95,35 @@ async def test_store_cancelled_write_that_did_not_start_does_not_run(store: Stor
     await first
     await store.write(lambda db: None)
     assert on_disk(store.path) == []
+
+
+async def test_a_first_write_commits_ahead_of_a_queue_of_writes(store: Store) -> None:
+    # Given the writer busy and 200 writes waiting (a burst of sends: more than one group)
+    release, started = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold(db: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    def named(name: str) -> Any:
+        def fn(db: Any) -> str:
+            order.append(name)
+            return name
+
+        return fn
+
+    busy = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(started.wait, 10)
+    queued = [asyncio.ensure_future(store.write(named(f"send-{i}"))) for i in range(200)]
+    await asyncio.sleep(0)
+    # When a relay's 250 is recorded, and then another
+    outcomes = [
+        asyncio.ensure_future(store.write(named(f"sent-{i}"), first=True)) for i in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(busy, *queued, *outcomes)
+    # Then both commit in the writer's next transaction, in their own order, before the queue
+    assert order[:2] == ["sent-0", "sent-1"]
+    assert order[2:] == [f"send-{i}" for i in range(200)]

@@ -294,6 +294,7 @@ LABELS_NL = {
     "request.send": "verzoek verzonden",
     "request.deliver": "verzoek afgeleverd",
     "request.retry": "aflevering opnieuw",
+    "request.uncertain": "aflevering onzeker, opnieuw verzonden",
     "request.fail": "aflevering mislukt",
     "request.stop": "verzending gestopt",
     "request.answer": "verzoek beantwoord",

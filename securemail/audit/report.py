@@ -94,7 +94,7 @@ DISCLOSURE_CODES = (
     "request.stop",
     "request.fail",
 )
-FAILURE_CODES = ("request.fail", "request.retry", "notice.fail")
+FAILURE_CODES = ("request.fail", "request.retry", "request.uncertain", "notice.fail")
 PAIR_CODES = ("request.send", "request.deliver", "request.fail", "request.stop")
 LIMIT = 500
 

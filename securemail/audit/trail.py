@@ -50,6 +50,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.send": ("E", "a request was sealed and queued for delivery (or refused)"),
     "request.deliver": ("E", "the relay accepted a sealed request (250)"),
     "request.retry": ("E", "a delivery attempt failed temporarily and will be retried"),
+    "request.uncertain": (
+        "E",
+        "a delivery attempt may have delivered (no answer after DATA); sent again, same Message-ID",
+    ),
     "request.fail": ("E", "a delivery failed for good"),
     "request.stop": ("U", "a queued request was stopped before it left"),
     "request.answer": ("U", "the team answered a request"),
@@ -104,6 +108,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "notice.send": ("E", "a status notice (reference only, no patient data) was queued"),
     "notice.deliver": ("E", "the relay accepted a status notice (250)"),
     "notice.retry": ("E", "a status notice delivery failed temporarily and will be retried"),
+    "notice.uncertain": (
+        "E",
+        "a status notice may have been delivered (no answer after DATA); sent again",
+    ),
     "notice.fail": ("E", "a status notice could not be delivered"),
     "notice.stop": ("U", "a status notice was stopped before it left"),
     "gateway.init": ("C", "the gateway home was initialised"),

@@ -15,7 +15,9 @@ Invariants:
    a row it holds the lease on (``status = 'sending' AND lease_owner = me``), so a
    worker whose lease lapsed cannot finalise a row a second time.
 
-States: queued -> sending (leased) -> sent | retrying | failed | stopped;
+States: queued -> sending (leased) -> sent | retrying | failed | stopped; an attempt
+that may have delivered (no answer after DATA) goes to retrying and counts in
+``uncertain_attempts``;
 retrying -> sending; queued/retrying -> cancelled (admin); failed/stopped -> queued
 (admin retry). The worker lives in ``securemail.delivery.worker``; docs/delivery.md explains it.
 """
@@ -62,6 +64,8 @@ EVENTS: dict[tuple[str, str], str] = {
     ("notice", "failed"): "notice.fail",
     ("notice", "stopped"): "notice.stop",
 }
+#: kind -> audit event of an attempt that may have delivered (then retried, same Message-ID).
+UNCERTAIN_EVENTS: dict[str, str] = {"request": "request.uncertain", "notice": "notice.uncertain"}
 
 _AUDIT_KEYS = (
     "patient_id",
@@ -120,6 +124,13 @@ def _migrate(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS = Migrations("securemail.outbox")
 MIGRATIONS(name="0001_outbox")(_migrate)
+
+
+@MIGRATIONS(name="0002_uncertain_attempts")
+def _m2(db: sqlite_utils.Database) -> None:
+    """Attempts that may have delivered: the relay had the whole message but its answer
+    never came (a timeout or a dropped connection after DATA); the row is sent again."""
+    db.execute("ALTER TABLE outbox ADD COLUMN uncertain_attempts INTEGER NOT NULL DEFAULT 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +291,7 @@ _SHOWN = (
     "relay_reply",
     "stop_reason",
     "lease_owner",
+    "uncertain_attempts",
 )
 _TIMES = ("created_at", "queued_at", "next_attempt_at", "updated_at", "final_at", "lease_until")
 

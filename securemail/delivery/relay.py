@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings  # the count SIZE must use
 
 from securemail.config import Settings
 from securemail.errors import ConfigError, SecuremailError
 
-Phase = Literal["session", "message"]
+#: session: greeting, EHLO, STARTTLS, AUTH; message: MAIL, RCPT; data: from DATA until the
+#: relay's final answer (a message lost here may have been delivered).
+Phase = Literal["session", "message", "data"]
 
 
 class RelayInsecureError(SecuremailError):
@@ -43,7 +46,7 @@ class Outcome:
     """What one attempt came to. reason is short English with ids only, no patient data;
     why is the stable code of a final non-success ("smtp.rejected", "consent.withdrawn")."""
 
-    kind: Literal["sent", "transient", "permanent", "stopped"]
+    kind: Literal["sent", "transient", "uncertain", "permanent", "stopped"]
     code: int | None
     reason: str
     keep_connection: bool = False
@@ -145,6 +148,22 @@ async def goodbye(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
+def size_option(smtp: aiosmtplib.SMTP, mime: bytes) -> list[str]:
+    """RFC 1870 SIZE for MAIL FROM when the relay offers it (as aiosmtplib's sendmail does):
+    an oversize message is refused before its bytes go out."""
+    if not smtp.supports_extension("size"):
+        return []
+    return [f"size={len(normalize_message_line_endings(mime))}"]
+
+
+async def reset_quietly(smtp: aiosmtplib.SMTP, timeout: float) -> None:
+    """RSET after a refused MAIL or RCPT, so the next message can use the session (what
+    aiosmtplib's sendmail does); a relay that does not answer is dropped by the caller."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await smtp.rset()
+
+
 def one_line(text: object, limit: int = 160) -> str:
     return " ".join(str(text).split())[:limit]
 
@@ -168,14 +187,25 @@ def classify(exc: BaseException, phase: Phase) -> Outcome:
         code = int(exc.code)
         if 200 <= code < 300:
             return Outcome("sent", code, one_line(exc.message))
-        permanent = phase == "message" and 500 <= code < 600
-        where = "" if phase == "message" else "session set-up: "
+        permanent = phase != "session" and 500 <= code < 600
+        where = "session set-up: " if phase == "session" else ""
         return Outcome(
             "permanent" if permanent else "transient",
             code,
             where + one_line(exc.message),
-            keep_connection=phase == "message",
+            keep_connection=phase != "session",
             why="smtp.rejected" if permanent else "",
+        )
+    if phase == "data" and isinstance(
+        exc,
+        aiosmtplib.SMTPTimeoutError | TimeoutError | aiosmtplib.SMTPServerDisconnected | OSError,
+    ):
+        # The message went out and no answer came back: the relay may have queued it. Sent
+        # again (same bytes, same Message-ID), recorded as such (docs/delivery.md).
+        return Outcome(
+            "uncertain",
+            None,
+            f"may have been delivered: no answer after DATA ({type(exc).__name__})",
         )
     tls = _tls_cause(exc)
     if tls is not None:

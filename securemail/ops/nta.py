@@ -85,7 +85,8 @@ LOGGING_DUTIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Delivery: the message was handed to the receiving side's mail server",
      ("request.deliver", "notice.deliver"), ""),
     ("Failed delivery and retries, with the reason",
-     ("request.retry", "request.fail", "notice.retry", "notice.fail"), ""),
+     ("request.retry", "request.uncertain", "request.fail", "notice.retry",
+      "notice.uncertain", "notice.fail"), ""),
     ("Opening: the recipient took note of the message",
      ("request.view", "request.answer", "ask.view"),
      "opening in the team's own mail client (PGP/MIME) is outside the gateway and not logged; "

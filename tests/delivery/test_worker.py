@@ -399,3 +399,68 @@ async def test_on_final_failure_is_called_again_until_it_succeeds(
     assert finals.calls == [(row["id"], "sent")] * 2
     assert row["final_handled_at"] is not None and row["lease_owner"] is None
     assert len(smtp_server.handler.snapshot()) == 1  # the message itself went once
+
+
+# -- a relay that answers late: "may have been delivered" ------------------------------
+
+
+async def test_a_relay_answering_after_the_timeout_is_recorded_as_maybe_delivered(
+    tmp_path: Path, smtp_server: Relay, relay_cafile: str, outbox_pgp: PgpForTests, store: Store
+) -> None:
+    # Given a relay that takes the whole message but answers 250 only after timeout_seconds
+    clock = FakeClock()
+    smtp_server.handler.delay = 2.0  # timeout_seconds is 1
+    (mid,) = queue_many(store, outbox_pgp, 1, now=clock.now)
+    worker = Worker(settings_for(tmp_path, smtp_server, relay_cafile), store, clock=clock)
+
+    # When the worker's attempt times out after DATA
+    assert await worker.run_once() == 1
+    assert mid.encode() in bytes(smtp_server.received)  # the relay had the whole message
+
+    # Then it is recorded as "may have been delivered", not as "not sent"
+    (row,) = all_rows(store)
+    assert (row["status"], row["attempts"], row["uncertain_attempts"]) == ("retrying", 1, 1)
+    assert row["last_error"].startswith("may have been delivered")
+    uncertain = audit_rows(store)[-1]
+    assert uncertain["event_code"] == "request.uncertain"
+    assert mid in uncertain["outcome_detail"] and "same Message-ID" in uncertain["outcome_detail"]
+    assert (
+        outbox.status(store.read_sync(lambda db: db), "UVZ-2026-000000")[0]["uncertain_attempts"]
+        == 1
+    )
+
+    # And the retry sends the same bytes under the same Message-ID: one message in the mailbox
+    smtp_server.handler.delay = 0.0
+    clock.now = row["next_attempt_at"]
+    assert await worker.run_once() == 1
+    (row,) = all_rows(store)
+    assert (row["status"], row["attempts"], row["uncertain_attempts"]) == ("sent", 2, 1)
+    # (aiosmtpd drops the late answer's session: the relay's record holds the second copy)
+    assert bytes(smtp_server.received).count(f"Message-ID: {mid}".encode()) == 2
+    assert list(smtp_server.handler.mailbox()) == [mid]
+    assert codes(store) == ["request.send", "request.uncertain", "request.deliver"]
+    store.read_sync(chain_alone)
+
+
+async def test_a_timeout_before_data_is_a_plain_retry(
+    tmp_path: Path, relay_factory: Any, relay_cafile: str, outbox_pgp: PgpForTests, store: Store
+) -> None:
+    # Given a relay that is slow to answer RCPT (the message never left)
+    relay = relay_factory("starttls")
+
+    async def slow_rcpt(server: Any, session: Any, envelope: Any, address: str, opts: Any) -> str:
+        await asyncio.sleep(2.0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    relay.handler.handle_RCPT = slow_rcpt  # type: ignore[attr-defined]
+    clock = FakeClock()
+    queue_many(store, outbox_pgp, 1, now=clock.now)
+    worker = Worker(settings_for(tmp_path, relay, relay_cafile), store, clock=clock)
+
+    assert await worker.run_once() == 1
+
+    (row,) = all_rows(store)
+    assert (row["status"], row["uncertain_attempts"]) == ("retrying", 0)
+    assert codes(store) == ["request.send", "request.retry"]
+    assert relay.handler.snapshot() == []
