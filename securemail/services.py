@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +39,16 @@ class Services:
     agent_lock: int | None = field(default=None, repr=False)  # fd holding a shared flock
     #: called after a commit that queued mail (the in-process delivery worker's wake)
     on_queued: Callable[[], None] | None = field(default=None, repr=False)
+    #: Every form of the home by form_id (the care request beside ``definition``, the
+    #: execution request); empty means ``definition`` is the only one.
+    definitions: Mapping[str, forms.FormDefinition] = field(default_factory=dict, repr=False)
+
+    def definition_for(self, form_id: object) -> forms.FormDefinition | None:
+        """The form a document or submission names (None: the execution request), or None
+        when the home has no such form."""
+        if form_id is None or form_id == self.definition.form_id:
+            return self.definition
+        return self.definitions.get(form_id) if isinstance(form_id, str) else None
 
     def queued(self) -> None:
         if self.on_queued is not None:

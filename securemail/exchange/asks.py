@@ -30,6 +30,7 @@ from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
+from securemail.form import kinds
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.region import directory
@@ -88,7 +89,7 @@ class AskResult:
 
 class _PreparedLike(Protocol):  # exchange.Prepared, without importing the exchange
     @property
-    def request(self) -> forms.ExecutionRequest: ...
+    def request(self) -> kinds.RequestDocument: ...
     @property
     def team(self) -> directory.Team: ...
 

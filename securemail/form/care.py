@@ -21,9 +21,7 @@ from securemail.form.fields import Report
 from securemail.form.rules import check_request
 
 #: Codes only the care request's rules (and its not-reserved vocabulary) emit.
-CARE_CODES = frozenset(
-    {"procedure.reserved", "care.period_required", "care.instructions_required"}
-)
+CARE_CODES = frozenset({"procedure.reserved", "care.period_required", "care.instructions_required"})
 
 
 def check_care(clean: dict[str, Any], report: Report) -> None:
@@ -31,7 +29,8 @@ def check_care(clean: dict[str, Any], report: Report) -> None:
     period and instructions when there are reserved lines, and the reserved flag per line."""
     check_request(clean, report)
     reserved = clean.get("procedures")
-    reserved_lines = [p for p in reserved if isinstance(p, dict)] if isinstance(reserved, list) else []
+    listed = reserved if isinstance(reserved, list) else []
+    reserved_lines = [p for p in listed if isinstance(p, dict)]
     for line in reserved_lines:
         line["reserved"] = True
     risky = clean.get("risky_procedures")

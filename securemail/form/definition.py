@@ -181,11 +181,8 @@ def form_names(forms_path: Path) -> tuple[str, ...]:
     root = Path(forms_path)
     if not root.is_dir():
         return ()
-    return tuple(
-        sorted(
-            p.name for p in root.iterdir() if _ID.fullmatch(p.name) and (p / "definition.json").is_file()
-        )
-    )
+    names = (p.name for p in root.iterdir() if (p / "definition.json").is_file())
+    return tuple(sorted(n for n in names if _ID.fullmatch(n)))
 
 
 @functools.cache

@@ -16,7 +16,6 @@ document) passed the shape check of the header the pipeline relies on.
 from __future__ import annotations
 
 import copy
-
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -217,4 +216,3 @@ __all__ = [
     "EXECUTION_REQUEST", "FormDocument", "RequestDocument", "ReservedLine", "document_from",
     "parse_document", "reserved_lines",
 ]  # fmt: skip
-

@@ -317,5 +317,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
-        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
     )

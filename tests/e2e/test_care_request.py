@@ -1,0 +1,130 @@
+"""The care request (aanmelding wijkverpleging) on the one message pipeline: a GP sends it,
+the team's gpg opens it (a good signature, the risky lines flagged "niet voorbehouden" with
+the GP's instructions), the team accepts with a nurse in charge; reserved and risky
+procedures travel as one signed message."""
+
+from __future__ import annotations
+
+import email
+import json
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from securemail.exchange import answer
+from securemail.exchange import send as exchange
+from securemail.form.request import FormInvalidError
+from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
+from tests.loop_fixtures import Loop
+
+ROOT = Path(__file__).resolve().parents[2]
+CARE = json.loads(
+    (ROOT / "examples" / "aanmelding_wijkverpleging.json").read_text(encoding="utf-8")
+)
+PATIENT = [EXAMPLE["patient"]["bsn"].encode(), EXAMPLE["patient"]["name"].encode()]
+
+
+def care_example(*, reserved: bool) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(CARE))
+    if not reserved:  # wound care only: no Wet BIG order, so no period or instructions
+        for key in ("procedures", "period", "instructions"):
+            data.pop(key)
+    return data
+
+
+def opened(gw: Gateway, raw: bytes) -> tuple[email.message.EmailMessage, dict[str, Any], str]:
+    """What the team's mail client shows: the inner message, its JSON and its text."""
+    for marker in PATIENT:
+        assert marker not in raw, "patient data outside the encryption"
+    outer = email.message_from_bytes(raw, policy=policy.default)
+    assert outer.get_content_type() == "multipart/encrypted"
+    result = gw.decrypt_as_nurse(raw)
+    assert result.returncode == 0, result.stderr.decode()
+    status = result.stderr.decode()
+    assert status.count("[GNUPG:] GOODSIG") == 1  # one signature over the whole request
+    inner = email.message_from_bytes(result.stdout, policy=policy.default)
+    doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
+    text = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
+    content = doc.get_content()
+    data = json.loads(content if isinstance(content, str) else content.decode())
+    return outer, data, str(text.get_content())
+
+
+def to_team(smtp_server: Any) -> list[bytes]:
+    return [r.content for r in smtp_server.handler.snapshot() if TEAM in r.rcpt_tos]
+
+
+async def test_wound_care_request_arrives_signed_and_team_accepts(
+    loop: Loop, smtp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    # Given a GP's care request for wound care (a risky, not reserved procedure)
+    sent = await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
+    # Then it has the care request's own reference series
+    assert sent.reference.startswith("AWV-")
+    await deliver_all(svc)
+    [raw] = to_team(smtp_server)
+    outer, data, text = opened(loop.gw, raw)
+    # And a neutral outer Subject naming the kind and reference only
+    assert outer["Subject"] == f"Aanmelding wijkverpleging {sent.reference}"
+    # And the signed JSON carries the care question and the wound care with the GP's
+    # instructions, flagged as not reserved
+    assert data["form_id"] == "aanmelding_wijkverpleging"
+    assert data["reference"] == sent.reference
+    assert data["care"]["specialism"] == "wondzorg"
+    [line] = data["risky_procedures"]
+    assert line["code"] == "WOUND_CARE"
+    assert line["reserved"] is False
+    assert line["instructions"].startswith("Reinigen met kraanwater")
+    assert data["procedures"] is None
+    assert "Wondzorg (WOUND_CARE, niet voorbehouden)" in text
+    assert "Aanwijzingen van de arts" in text
+    # When the team accepts with a nurse in charge
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "geaccepteerd", "nurse_in_charge": "V. Zwaan",
+         "performer_level": "verpleegkundige", "competence_confirmed": True},
+    )  # fmt: skip
+    # Then the GP sees the nurse in charge on the request
+    view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
+    assert view["answer"]["nurse_in_charge"] == "V. Zwaan"
+    assert view["state"] == "answered"
+
+
+async def test_insulin_and_wound_care_arrive_as_one_signed_message(
+    loop: Loop, smtp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    # Given a care request with an insulin injection (reserved) and wound care (risky)
+    sent = await exchange.send(svc, loop.gw.gp, care_example(reserved=True), GP_PASSPHRASE)
+    await deliver_all(svc)
+    # Then exactly one message reaches the team, under one signature
+    [raw] = to_team(smtp_server)
+    _outer, data, text = opened(loop.gw, raw)
+    [reserved] = data["procedures"]
+    [risky] = data["risky_procedures"]
+    assert (reserved["code"], reserved["reserved"]) == ("INJ_SC", True)
+    assert reserved["medication"]["dose_unit"] == "IE"
+    assert (risky["code"], risky["reserved"]) == ("WOUND_CARE", False)
+    assert data["period"]["until_further_notice"] is True
+    assert "Subcutane injectie (INJ_SC)" in text
+    # And one request row and one outbox message for it
+    rows = svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT count(*) FROM outbox WHERE reference = ? AND kind = 'request'",
+            [sent.reference],
+        ).fetchone()[0]
+    )
+    assert rows == 1
+
+
+async def test_unknown_form_is_a_field_error_and_nothing_is_queued(gw: Gateway) -> None:
+    data = care_example(reserved=False)
+    data["form_id"] = "onbekend_formulier"
+    with pytest.raises(FormInvalidError) as caught:
+        await exchange.send(gw.svc, gw.gp, data, GP_PASSPHRASE)
+    assert [(e.field, e.code) for e in caught.value.errors] == [("form_id", "form.unknown")]
+    queued = gw.svc.store.read_sync(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone())
+    assert queued[0] == 0
