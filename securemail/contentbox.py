@@ -43,6 +43,7 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("asks", "patient_birth_date"): "reference",
     ("asks", "reason"): "reference",
     ("request_hops", "reason"): "id",
+    ("request_attachments", "data"): "id",
 }
 
 _registry: dict[Path, SecretBox] = {}

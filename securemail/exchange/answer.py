@@ -348,11 +348,13 @@ async def _pass_on(
         f"{old_team.name} ({old_team.address}) heeft dit verzoek doorbemiddeld naar "
         f"{new_team.name} ({new_team.address}). Reden: {answer.reason}"
     )
+    files = await svc.store.read(lambda db: exchange.stored_attachments(db, reference))
     rendered = render.render_request(
         exchange.definition_for_document(svc, req),
         req,
         link=exchange.page_link(svc, req),
         forwarded=note,
+        attachments=tuple(f.label for f in files),
     )
     gp_fpr = Fingerprint(row["signer_fingerprint"])
     sealed = await svc.keyring.seal(
@@ -362,6 +364,7 @@ async def _pass_on(
             html=rendered.html,
             json=await svc.store.read(lambda db: requestview.document_bytes(db, row)),
             signer_public_key=await svc.keyring.export_public(gp_fpr),
+            attachments=tuple((f.name, f.content_type, f.data) for f in files),
         ),
         signer=Fingerprint(gateway_fpr),
         passphrase=None,  # the gateway's key has none; its homedir is the protection

@@ -9,6 +9,7 @@ read only through ``get_request``, which checks access and audits the view.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -29,6 +30,7 @@ from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.exchange import asks, changes
 from securemail.exchange import idempotency as idem
+from securemail.form import attachments as attach
 from securemail.form import kinds, render
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
@@ -125,6 +127,60 @@ def _m3(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0004_attachments")
+def _m4(db: sqlite_utils.Database) -> None:
+    """Attachments of a request (checked by content), sealed like its document, so passing
+    it on can carry them; purged with the request's content."""
+    db.execute(
+        """CREATE TABLE request_attachments (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL REFERENCES requests(reference),
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,                     -- neutral: bijlage-1.pdf
+            content_type TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '',          -- contentbox-sealed base64; '' purged
+            UNIQUE (reference, position))"""
+    )
+
+
+def store_attachments(
+    db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
+) -> None:
+    for i, item in enumerate(items):
+        row_id = (
+            db["request_attachments"]
+            .insert(
+                {
+                    "reference": reference,
+                    "position": i,
+                    "name": item.name,
+                    "content_type": item.content_type,
+                }
+            )
+            .last_pk
+        )
+        # sealed under its row id (contentbox.SEALED_COLUMNS), so it opens only in its row
+        sealed = contentbox.seal(
+            db, "request_attachments", "data", row_id, base64.b64encode(item.data).decode("ascii")
+        )
+        db.execute("UPDATE request_attachments SET data = ? WHERE id = ?", [sealed, row_id])
+
+
+def stored_attachments(db: sqlite_utils.Database, reference: str) -> tuple[attach.Attachment, ...]:
+    """A request's attachments as sent (none once its content is purged)."""
+    rows = db.execute(
+        "SELECT id, name, content_type, data FROM request_attachments "
+        "WHERE reference = ? ORDER BY position",
+        [reference],
+    ).fetchall()
+    out = []
+    for row_id, name, kind, data in rows:
+        text = contentbox.open_value(db, "request_attachments", "data", row_id, data)
+        if text:
+            out.append(attach.Attachment(name, kind, base64.b64decode(text)))
+    return tuple(out)
+
+
 def allocate_reference(db: sqlite_utils.Database, year: int, prefix: str = "UVZ") -> str:
     """<prefix>-<year>-<6 digits> (the form's prefix: UVZ, AWV), increasing per prefix and
     year and never reused; a refused send burns its number (audited), a restore skips ahead
@@ -141,6 +197,7 @@ class Prepared:
     team: Team
     rendered: render.RenderedDocument
     definition: FormDefinition | None = None  # None: the execution request
+    attachments: tuple[attach.Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +307,13 @@ async def prepare(
     """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
     definition = definition_of(svc, data)
+    data = dict(data)
+    limits = svc.settings.attachments
+    files = attach.check_attachments(
+        data.pop("attachments", None),
+        max_bytes=limits.max_bytes_per_message,
+        max_count=limits.max_count,
+    )
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
         data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
@@ -271,9 +335,13 @@ async def prepare(
     # jinja2 renders in a thread: milliseconds per request that other requests' I/O need not
     # wait for (the environment is built once and rendering is thread-safe)
     rendered = await asyncio.to_thread(
-        render.render_request, definition, req, link=page_link(svc, req)
+        render.render_request,
+        definition,
+        req,
+        link=page_link(svc, req),
+        attachments=attach.labels(files),
     )
-    return Prepared(req, team, rendered, definition)
+    return Prepared(req, team, rendered, definition, files)
 
 
 def definition_of(svc: Services, data: Any) -> FormDefinition:
@@ -530,6 +598,7 @@ async def _seal_and_queue(
             html=doc.html,
             json=doc.json,
             signer_public_key=await svc.keyring.export_public(signer),
+            attachments=tuple((a.name, a.content_type, a.data) for a in prepared.attachments),
         ),
         signer=signer,
         passphrase=passphrase,
@@ -580,6 +649,7 @@ async def _seal_and_queue(
                 "sent_by": actor.user_id,
             }
         )
+        store_attachments(db, reference, prepared.attachments)
         common: dict[str, Any] = {
             "patient_id": req.patient_bsn,
             "object_type": "request",
