@@ -16,8 +16,9 @@ import pytest
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.form.request import FormInvalidError
+from tests.attachment_files import b64, executable, jpeg, pdf, png
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
-from tests.loop_fixtures import Loop
+from tests.loop_fixtures import TEAM_B, Loop
 
 ROOT = Path(__file__).resolve().parents[2]
 CARE = json.loads(
@@ -128,3 +129,84 @@ async def test_unknown_form_is_a_field_error_and_nothing_is_queued(gw: Gateway) 
     assert [(e.field, e.code) for e in caught.value.errors] == [("form_id", "form.unknown")]
     queued = gw.svc.store.read_sync(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone())
     assert queued[0] == 0
+
+
+def attachment_parts(inner: email.message.EmailMessage) -> list[tuple[str, str | None, bytes]]:
+    return [
+        (p.get_content_type(), p.get_filename(), p.get_payload(decode=True))
+        for p in inner.walk()
+        if p.get_filename() and p.get_filename().startswith("bijlage-")
+    ]
+
+
+async def test_wound_photo_and_letter_arrive_inside_the_encryption_and_travel_on(
+    loop: Loop, smtp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    # Given a wound-care request with a photo and the specialist's letter
+    data = care_example(reserved=False)
+    data["attachments"] = [
+        {"filename": "wond De Vries 2026-11-30.png", "data": b64(png())},
+        {"filename": "brief-chirurg-J-de-Vries.pdf", "data": b64(pdf())},
+    ]
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await deliver_all(svc)
+    [raw] = to_team(smtp_server)
+    # Then nothing of the files' names is outside (nor inside) the encryption
+    assert b"wond De Vries" not in raw and b"brief-chirurg" not in raw
+    _outer, _data, text = opened(loop.gw, raw)
+    inner = email.message_from_bytes(loop.gw.decrypt_as_nurse(raw).stdout, policy=policy.default)
+    # And the team finds both, with their types, under neutral names
+    assert attachment_parts(inner) == [
+        ("image/png", "bijlage-1.png", png()),
+        ("application/pdf", "bijlage-2.pdf", pdf()),
+    ]
+    assert "bijlage-1.png (PNG-afbeelding" in text
+    # When team A passes it on, team B gets the same files
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "doorbemiddeld", "reason": "Geen wondverpleegkundige vrij", "passed_to": TEAM_B},
+    )  # fmt: skip
+    await deliver_all(svc)
+    [to_b] = [r.content for r in smtp_server.handler.snapshot() if TEAM_B in r.rcpt_tos]
+    from tests.e2e.test_loop import _gpg
+
+    opened_b = _gpg(loop.team_b_home, "--decrypt", data=to_b)
+    assert opened_b.returncode == 0, opened_b.stderr.decode()
+    inner_b = email.message_from_bytes(opened_b.stdout, policy=policy.default)
+    assert [(t, n) for t, n, _ in attachment_parts(inner_b)] == [
+        ("image/png", "bijlage-1.png"),
+        ("application/pdf", "bijlage-2.pdf"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("attachments", "expected"),
+    [
+        ([{"filename": "brief.pdf", "data": b64(executable())}], "attachments.0 attachment.type"),
+        (
+            [{"filename": "wond.png", "data": b64(png()[:-12])}],
+            "attachments.0 attachment.unreadable",
+        ),
+        ([{"data": b64(jpeg())}] * 6, "attachments attachment.too_many"),
+        ([{"data": b64(pdf("x" * 3_000))}] * 2, "attachments attachment.too_big"),
+    ],
+    ids=["executable-renamed-pdf", "png-that-does-not-parse", "too-many", "too-big"],
+)
+async def test_bad_attachment_is_a_field_error_and_nothing_is_queued(
+    gw: Gateway, attachments: list[dict[str, str]], expected: str
+) -> None:
+    gw.svc.settings = gw.svc.settings.replace(attachments={"max_bytes_per_message": 5_000})
+    data = care_example(reserved=False)
+    data["attachments"] = attachments
+    with pytest.raises(FormInvalidError) as caught:
+        await exchange.send(gw.svc, gw.gp, data, GP_PASSPHRASE)
+    assert [f"{e.field} {e.code}" for e in caught.value.errors] == [expected]
+    assert all(e.message_nl for e in caught.value.errors)
+    counts = gw.svc.store.read_sync(
+        lambda db: [
+            db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+            for t in ("outbox", "requests", "request_attachments")
+        ]
+    )
+    assert counts == [0, 0, 0]
