@@ -106,3 +106,16 @@ def test_every_problem_is_listed_at_once() -> None:
         ("attachments.0", "attachment.type"),
         ("attachments.2", "attachment.unreadable"),
     ]
+
+
+def test_png_of_countless_tiny_chunks_is_refused() -> None:
+    # A crafted file: 20,000 empty chunks make a slow walk, and no real PNG looks like it.
+    import struct
+
+    def chunk(kind: bytes) -> bytes:
+        return struct.pack(">I", 0) + kind + struct.pack(">I", zlib.crc32(kind))
+
+    real = png()
+    crafted = real[:33] + chunk(b"tEXt") * 20_000 + real[33:]
+    assert not parse_png(crafted)
+    assert parse_png(real[:33] + chunk(b"tEXt") * 100 + real[33:])

@@ -309,7 +309,9 @@ async def prepare(
     definition = definition_of(svc, data)
     data = dict(data)
     limits = svc.settings.attachments
-    files = attach.check_attachments(
+    # decoding and parsing up to max_bytes takes a few hundred ms: not on the event loop
+    files = await asyncio.to_thread(
+        attach.check_attachments,
         data.pop("attachments", None),
         max_bytes=limits.max_bytes_per_message,
         max_count=limits.max_count,

@@ -207,12 +207,7 @@ def document_from(document: Mapping[str, Any]) -> RequestDocument:
     return FormDocument.from_document(document)
 
 
-def reserved_lines(req: RequestDocument) -> int:
-    """How many lines of ``req`` are a Wet BIG order (reserved procedures)."""
-    return len(req.procedures)
-
-
 __all__ = [
     "EXECUTION_REQUEST", "FormDocument", "RequestDocument", "ReservedLine", "document_from",
-    "parse_document", "reserved_lines",
+    "parse_document",
 ]  # fmt: skip
