@@ -296,7 +296,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
         for ask_id in p.asks:
             db.execute(
                 "UPDATE asks SET patient_name = '', patient_birth_date = '', reason = '', "
-                "content_purged_at = ? WHERE id = ?",
+                "gp_answer = '', content_purged_at = ? WHERE id = ?",
                 [now, ask_id],
             )
         for chunk in _chunks(p.outbox_mime):
