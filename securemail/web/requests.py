@@ -303,7 +303,10 @@ async def detail_context(
         "text": text,
         "can_answer": can_answer,
         "content_days": svc.settings.retention.content_days,
-        "answer_spec": svc.definition.answer,
+        # the answer form of the request's own kind (execution or care request)
+        "answer_spec": (
+            svc.definition_for((view["document"] or {}).get("form_id")) or svc.definition
+        ).answer,
         "other_teams": other_teams,
         "answer_values": answer_values or {},
         "answer_errors": answer_errors or {},

@@ -210,3 +210,38 @@ async def test_bad_attachment_is_a_field_error_and_nothing_is_queued(
         ]
     )
     assert counts == [0, 0, 0]
+
+
+async def test_care_request_page_over_http_shows_it_and_takes_the_answer(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    import aiohttp
+
+    from securemail.web import create_app
+    from tests.e2e.webflow import csrf_of, login
+
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
+    await deliver_all(svc)
+    app = create_app(svc.settings, services=svc, run_worker=False)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    site = str(server.make_url("")).rstrip("/")
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as nurse:
+            await login(nurse, site, loop.credentials("nurse1"))
+            # The team's page of the AWV- request shows the care request, risky line flagged
+            async with nurse.get(f"{site}/requests/{sent.reference}") as r:
+                assert r.status == 200
+                page = await r.text()
+            assert "niet voorbehouden" in page and "AANMELDING WIJKVERPLEGING" in page
+            form = {
+                "status": "geaccepteerd", "nurse_in_charge": "V. Zwaan",
+                "performer_level": "verpleegkundige", "competence_confirmed": "on",
+                "csrf_token": csrf_of(page),
+            }  # fmt: skip
+            async with nurse.post(f"{site}/requests/{sent.reference}/answer", data=form) as r:
+                assert r.status == 200, await r.text()
+        view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
+        assert view["answer"]["nurse_in_charge"] == "V. Zwaan"
+    finally:
+        await server.close()
