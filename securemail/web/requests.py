@@ -20,6 +20,7 @@ from securemail.errors import SecuremailError
 from securemail.exchange import answer, asks
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
+from securemail.form.definition import FormDefinition
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -107,7 +108,7 @@ async def _form_context(
         )
 
     teams, suggestions = await svc.store.read(load)
-    definition = svc.definition
+    definition = _definition_of(svc, values)
     return {
         "suggestions": suggestions,
         "specialism": specialism,
@@ -123,6 +124,12 @@ async def _form_context(
         "general_errors": errors.get("", []),
         "ask": ask,
     }
+
+
+def _definition_of(svc: Services, post: Any) -> FormDefinition:
+    """The form a page or post is about, by its ``form_id`` (none or unknown: the execution
+    request, whose form then refuses what does not belong to it)."""
+    return svc.definition_for(post.get("form_id")) or svc.definition
 
 
 def _rows_in(values: dict[str, str]) -> int:
@@ -156,6 +163,12 @@ async def new_form(request: web.Request) -> dict[str, Any]:
         "urgency": "regulier",
         "issued_at": local_minute(svc),
     }
+    # ?form=aanmelding_wijkverpleging: the care request; another kind is one query away
+    chosen = svc.definition_for(request.query.get("form"))
+    if chosen is None:
+        raise web.HTTPNotFound()
+    if chosen is not svc.definition:
+        values["form_id"] = chosen.form_id
     return await _form_context(request, values, {})
 
 
@@ -165,7 +178,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     post = await request.post()
     ask = _ask_of(post)
-    data = forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
+    data = forms.parse_form_post(_definition_of(svc, post), post, ignore=NOT_IN_REQUEST)
     values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
@@ -196,7 +209,8 @@ async def suggest(request: web.Request) -> web.StreamResponse:
     "Kies dit team" fills the receiver. The postcode travels in this POST body only."""
     post = await request.post()
     svc = request.app[services_key]
-    values = forms.flatten(forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST))
+    definition = _definition_of(svc, post)
+    values = forms.flatten(forms.parse_form_post(definition, post, ignore=NOT_IN_REQUEST))
     ctx = await _form_context(
         request,
         values,

@@ -6,7 +6,9 @@ procedures travel as one signed message."""
 from __future__ import annotations
 
 import email
+import html
 import json
+import re
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.form.request import FormInvalidError
 from tests.attachment_files import b64, executable, jpeg, pdf, png
+from tests.clock import AMS
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
 from tests.loop_fixtures import TEAM_B, Loop
 
@@ -243,5 +246,53 @@ async def test_care_request_page_over_http_shows_it_and_takes_the_answer(
                 assert r.status == 200, await r.text()
         view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
         assert view["answer"]["nurse_in_charge"] == "V. Zwaan"
+    finally:
+        await server.close()
+
+
+async def test_gp_fills_the_care_request_on_the_web_form_and_sends_it(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    import aiohttp
+
+    from securemail.form.request import flatten
+    from securemail.web import create_app
+    from tests.e2e.webflow import csrf_of, login
+
+    svc = loop.gw.svc
+    app = create_app(svc.settings, services=svc, run_worker=False)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    site = str(server.make_url("")).rstrip("/")
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as gp:
+            await login(gp, site, loop.credentials("huisarts"))
+            # The care request's form: its own sections, and it says which form it is
+            async with gp.get(f"{site}/requests/new?form=aanmelding_wijkverpleging") as r:
+                assert r.status == 200
+                page = await r.text()
+            assert 'name="form_id" value="aanmelding_wijkverpleging"' in page
+            assert 'name="care.specialism"' in page and 'name="risky_procedures.0.code"' in page
+            async with gp.get(f"{site}/requests/new?form=bestaat_niet") as r:
+                assert r.status == 404
+            # Controleren: the preview shows the wound care as not reserved
+            values = flatten({**care_example(reserved=False), "issued_at": ""})
+            values.pop("form_version", None)
+            values["issued_at"] = loop.clock.now.astimezone(AMS).strftime("%Y-%m-%dT%H:%M")
+            values["csrf_token"] = csrf_of(page)
+            async with gp.post(f"{site}/requests/preview", data=values) as r:
+                assert r.status == 200, await r.text()
+                preview = await r.text()
+            assert "Wondzorg (niet voorbehouden)" in preview
+            # Versturen: an AWV- request
+            form = {
+                "payload": re.search(r'name="payload" value="([^"]*)"', preview).group(1),
+                "send_token": re.search(r'name="send_token" value="([^"]*)"', preview).group(1),
+                "passphrase": GP_PASSPHRASE,
+                "csrf_token": csrf_of(preview),
+            }
+            form["payload"] = html.unescape(form["payload"])
+            async with gp.post(f"{site}/requests/send", data=form) as r:
+                assert r.status == 200, await r.text()
+                assert "/requests/AWV-" in str(r.url)
     finally:
         await server.close()
