@@ -68,7 +68,7 @@ async def test_wound_care_request_arrives_signed_and_team_accepts(
     sent = await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
     # Then it has the care request's own reference series
     assert sent.reference.startswith("AWV-")
-    await deliver_all(svc)
+    await deliver_all(svc, clock=loop.clock)  # the relay's 250 at the test's time
     [raw] = to_team(smtp_server)
     outer, data, text = opened(loop.gw, raw)
     # And a neutral outer Subject naming the kind and reference only
@@ -95,6 +95,14 @@ async def test_wound_care_request_arrives_signed_and_team_accepts(
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
     assert view["answer"]["nurse_in_charge"] == "V. Zwaan"
     assert view["state"] == "answered"
+    # And the adherence figures count it as a turn the team answered
+    from datetime import timedelta
+
+    from securemail.region import adherence
+
+    start, end = svc.now() - timedelta(days=1), svc.now() + timedelta(days=1)
+    turns = svc.store.read_sync(lambda db: adherence.load_turns(db, start, end))
+    assert [(t.team, t.outcome) for t in turns] == [(TEAM, "geaccepteerd")]
 
 
 async def test_insulin_and_wound_care_arrive_as_one_signed_message(
