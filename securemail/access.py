@@ -152,6 +152,7 @@ POLICY: dict[str, frozenset[str]] = {
     "request.withdraw": frozenset({"gp"}),
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
+    "ask.answer": frozenset({"gp"}),
     "consent.record": frozenset({"gp"}),
     "consent.withdraw": frozenset({"gp"}),
     "consent.view": frozenset({"gp", "privacy_officer"}),
@@ -186,8 +187,10 @@ POLICY: dict[str, frozenset[str]] = {
 POLICY_ID = "securemail.access.policy"
 POLICY_HISTORY: dict[str, str] = {
     "1": "7c86ed2780dc34000329210aedbb427b44bcf687345e4615e159d7bb09b8ab0b",
+    # 2: ask.answer, a GP answers a nurse's consult or home-visit ask
+    "2": "ba8a596bc9da08e071163b266315daba3f9d634be9694458bc3ffa1dcb49e315",
 }
-POLICY_VERSION = "1"
+POLICY_VERSION = "2"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -158,6 +158,16 @@ class DeadlineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentSettings:
+    max_bytes_per_message: int = _s(
+        10_000_000,
+        "Largest total size of the attachments of one request (bytes, after decoding): "
+        "PDF, JPEG and PNG, checked by content.",
+    )
+    max_count: int = _s(5, "Most attachments one request may carry.")
+
+
+@dataclass(frozen=True, slots=True)
 class AuditSettings:
     retention_years: int = _s(5, "Audit rows are kept at least this many years from writing.")
     checkpoint_every: int = _s(1000, "Sign the chain head after this many new rows.")
@@ -280,6 +290,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     gpg: GpgSettings = field(default_factory=GpgSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
@@ -478,6 +489,8 @@ def _validate(s: Settings) -> None:
         ("retention", "purge_every_hours"),
         ("region", "stale_days"),
         ("backup", "timeout_seconds"),
+        ("attachments", "max_bytes_per_message"),
+        ("attachments", "max_count"),
     ]
     for section, key in positive:
         if getattr(getattr(s, section), key) <= 0:

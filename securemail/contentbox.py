@@ -44,7 +44,9 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("asks", "patient_name"): "reference",
     ("asks", "patient_birth_date"): "reference",
     ("asks", "reason"): "reference",
+    ("asks", "gp_answer"): "reference",
     ("request_hops", "reason"): "id",
+    ("request_attachments", "data"): "id",
 }
 
 _registry: dict[Path, SecretBox] = {}

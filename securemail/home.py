@@ -46,6 +46,7 @@ from securemail.errors import NotInitialisedError, SecuremailError
 from securemail.exchange import asks, escalation
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
+from securemail.form.definition import form_names
 from securemail.keys import gp as gpkeys
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
@@ -246,7 +247,13 @@ def open_services(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     audit_integrity.install(store, settings.home, settings.audit.checkpoint_every)
     keyring = Keyring.from_settings(Path(settings.gnupg_home), settings.gpg)
     definition = forms.load_definition(settings.forms_path)
-    return Services(settings, store, keyring, definition, clock, _agent_lock(settings))
+    # Every form folder is read (and checked) now: a broken one stops the start, not a send.
+    names = form_names(settings.forms_path)
+    loaded = [forms.load_definition(settings.forms_path, n) for n in names]
+    definitions = {d.form_id: d for d in loaded}
+    return Services(
+        settings, store, keyring, definition, clock, _agent_lock(settings), definitions=definitions
+    )
 
 
 #: The background tasks of a running gateway, by their asyncio task names.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -50,6 +50,16 @@ class Services:
     on_queued: Callable[[], None] | None = field(default=None, repr=False)
     #: wrong signing passphrases per GP key (securemail.exchange.send), in memory
     passphrase_guesses: Guesses = field(default_factory=lambda: passphrase_guesses(), repr=False)
+    #: Every form of the home by form_id (the care request beside ``definition``, the
+    #: execution request); empty means ``definition`` is the only one.
+    definitions: Mapping[str, forms.FormDefinition] = field(default_factory=dict, repr=False)
+
+    def definition_for(self, form_id: object) -> forms.FormDefinition | None:
+        """The form a document or submission names (None: the execution request), or None
+        when the home has no such form."""
+        if form_id is None or form_id == self.definition.form_id:
+            return self.definition
+        return self.definitions.get(form_id) if isinstance(form_id, str) else None
 
     def queued(self) -> None:
         if self.on_queued is not None:

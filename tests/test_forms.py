@@ -36,7 +36,8 @@ FORMS = PROJECT_ROOT / "forms"
 EXAMPLE = PROJECT_ROOT / "examples" / "uitvoeringsverzoek.json"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 NOT_RESERVED_NL = (
-    "Voor deze handeling is geen uitvoeringsverzoek nodig: het is geen voorbehouden handeling."
+    "Voor deze handeling is geen uitvoeringsverzoek nodig: het is geen voorbehouden handeling. "
+    "Stuur een aanmelding wijkverpleging; die neemt risicovolle handelingen met uw aanwijzingen op."
 )
 
 

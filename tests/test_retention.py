@@ -527,3 +527,30 @@ async def test_answered_request_may_still_be_changed_after_its_content_went(loop
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, second.reference))
     assert [c["reference"] for c in view["chain"]] == [first.reference, second.reference]
     assert row_of(svc, first.reference)["state"] == "superseded"
+
+
+async def test_attachments_are_sealed_at_rest_and_purged_with_the_request(loop: Loop) -> None:
+    from tests.attachment_files import b64, pdf
+
+    svc = loop.gw.svc
+    home = svc.settings.home
+    # Given an answered request with a letter whose text would identify the patient
+    data = distinctive()
+    data["attachments"] = [{"filename": "brief.pdf", "data": b64(pdf(NAME))}]
+    done = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await deliver_all(svc)
+    await answer.record_answer(svc, loop.nurse_a, done.reference, ACCEPT)
+    # Then the gateway keeps it sealed: the letter's text is in no file under the home
+    stored = svc.store.read_sync(
+        lambda db: db.execute("SELECT name, data FROM request_attachments").fetchall()
+    )
+    assert [(n, d[:3]) for n, d in stored] == [("bijlage-1.pdf", "v1:")]
+    assert files_holding(home, (NAME,)) == []
+    # When the purge runs after content_days, the attachment goes with the content
+    loop.clock.advance(days=31)
+    counts = retention.purge(svc.store, svc.settings, now=svc.now())
+    assert counts.request_content == 1
+    left = svc.store.read_sync(
+        lambda db: db.execute("SELECT count(*) FROM request_attachments").fetchone()[0]
+    )
+    assert left == 0

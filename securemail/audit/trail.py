@@ -63,6 +63,7 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "ask.create": ("C", "a nurse asked a practice for an execution request"),
     "ask.view": ("R", "an ask was shown"),
     "ask.fulfil": ("U", "a practice sent the request a nurse asked for"),
+    "ask.answer": ("U", "a GP answered a nurse's consult or home-visit ask"),
     "ask.overdue": ("E", "an ask passed its deadline and was escalated"),
     "consent.record": ("C", "a consent or objection was recorded"),
     "consent.withdraw": ("U", "a consent was withdrawn"),

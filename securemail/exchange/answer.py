@@ -40,7 +40,7 @@ from securemail.errors import ConflictError, SecuremailError
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.exchange.view import DATA_CATEGORIES, RequestRow, record_refusal, resource
-from securemail.form import render
+from securemail.form import kinds, render
 from securemail.form import request as forms
 from securemail.message import notify
 from securemail.openpgp.keyring import (
@@ -174,9 +174,9 @@ def _audit_answer(
     )
 
 
-async def _document(svc: Services, row: RequestRow) -> forms.ExecutionRequest:
+async def _document(svc: Services, row: RequestRow) -> kinds.RequestDocument:
     doc = await svc.store.read(lambda db: requestview.document(db, row))
-    return forms.ExecutionRequest.from_document(doc)
+    return kinds.document_from(doc)  # by its form_id: execution or care request
 
 
 async def record_answer(
@@ -187,7 +187,11 @@ async def record_answer(
     row = await _require_answerable(svc, actor, reference)
     contentbox.require_content(row)  # a failed request past retention: nothing to answer
     req = await _document(svc, row)
-    answer = forms.parse_answer(svc.definition, data, supervision_arranged=req.supervision_arranged)
+    answer = forms.parse_answer(
+        exchange.definition_for_document(svc, req),
+        data,
+        supervision_arranged=req.supervision_arranged,
+    )
     if answer.status == PASS_ON:
         return await _pass_on(svc, actor, row, req, answer)
     now = svc.now_iso()
@@ -314,7 +318,7 @@ async def _pass_on(
     svc: Services,
     actor: Actor,
     row: RequestRow,
-    req: forms.ExecutionRequest,
+    req: kinds.RequestDocument,
     answer: forms.TeamAnswer,
 ) -> AnswerResult:
     reference = row["reference"]
@@ -354,8 +358,13 @@ async def _pass_on(
         nurse=actor.name or actor.username,
         reason=answer.reason or "",
     )
+    files = await svc.store.read(lambda db: exchange.stored_attachments(db, reference))
     rendered = render.render_request(
-        svc.definition, req, link=exchange.page_link(svc, req), forwarded=note
+        exchange.definition_for_document(svc, req),
+        req,
+        link=exchange.page_link(svc, req),
+        forwarded=note,
+        attachments=tuple(f.label for f in files),
     )
     gp_fpr = Fingerprint(row["signer_fingerprint"])
     sealed = await svc.keyring.seal(
@@ -365,6 +374,7 @@ async def _pass_on(
             html=rendered.html,
             json=await svc.store.read(lambda db: requestview.document_bytes(db, row)),
             signer_public_key=await svc.keyring.export_public(gp_fpr),
+            attachments=tuple((f.name, f.content_type, f.data) for f in files),
         ),
         signer=Fingerprint(gateway_fpr),
         passphrase=None,  # the gateway's key has none; its homedir is the protection
@@ -372,7 +382,7 @@ async def _pass_on(
         envelope=Envelope(
             sender=svc.settings.gateway.from_address,
             recipient=new_team.address,
-            subject=f"Uitvoeringsverzoek {reference}",
+            subject=f"{exchange.definition_for_document(svc, req).subject} {reference}",
             extra_headers=(("X-Securemail-Reference", reference),),
         ),
         json_signature=signature,

@@ -30,6 +30,7 @@ from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
+from securemail.form import kinds
 from securemail.form import request as forms
 from securemail.form.fields import clean_text
 from securemail.message import notify
@@ -40,6 +41,14 @@ from securemail.store import next_value
 MIGRATIONS = Migrations("securemail.asks")
 DATA_CATEGORIES = "execution_request_ask"
 URGENCIES = ("regulier", "spoed")
+#: What a nurse may ask a practice for: an execution request (fulfilled by a request), or
+#: the GP's consult or home visit (the covenant: "beschikbaar voor een consult of
+#: huisbezoek"), answered by the GP on the ask (securemail.exchange.ask_answer).
+ASK_KINDS = {
+    "uitvoeringsverzoek": "Uitvoeringsverzoek",
+    "consult": "Consult (overleg met de huisarts)",
+    "huisbezoek": "Huisbezoek door de huisarts",
+}
 REFERENCE_RE = re.compile(r"^ASK-[0-9]{4}-[0-9]{6}$")
 
 #: field -> Dutch label (the nurse's form and the GP's page)
@@ -49,6 +58,7 @@ LABELS = {
     "patient.bsn": "BSN",
     "patient.name": "Naam cliënt",
     "patient.birth_date": "Geboortedatum",
+    "ask_kind": "Soort vraag",
     "procedure_code": "Handeling",
     "reason": "Waarom (indicatie)",
     "urgency": "Urgentie",
@@ -89,7 +99,7 @@ class AskResult:
 
 class _PreparedLike(Protocol):  # exchange.Prepared, without importing the exchange
     @property
-    def request(self) -> forms.ExecutionRequest: ...
+    def request(self) -> kinds.RequestDocument: ...
     @property
     def team(self) -> directory.Team: ...
 
@@ -127,7 +137,12 @@ def parse_ask(
         errors.append(_err("patient.name", "too_long", "Hoogstens 200 tekens."))
     if len(get["reason"]) > 2000:
         errors.append(_err("reason", "too_long", "Hoogstens 2000 tekens."))
-    if get["procedure_code"] not in definition.procedures:
+    get["ask_kind"] = get["ask_kind"] or "uitvoeringsverzoek"  # older clients: the one kind
+    if get["ask_kind"] not in ASK_KINDS:
+        errors.append(_err("ask_kind", "ask.kind_unknown", "Kies waar u de praktijk om vraagt."))
+    elif get["ask_kind"] != "uitvoeringsverzoek":
+        get["procedure_code"] = ""  # a consult or visit names no procedure
+    elif get["procedure_code"] not in definition.procedures:
         errors.append(
             _err("procedure_code", "procedure.unknown", "Kies een voorbehouden handeling.")
         )
@@ -147,6 +162,17 @@ def parse_ask(
     if errors:
         raise forms.FormInvalidError(errors)
     return get
+
+
+@MIGRATIONS(name="0002_ask_kinds")
+def _m2(db: sqlite_utils.Database) -> None:
+    """Consult and home-visit asks, and the GP's answer on them (sealed; purged with the ask)."""
+    for column in (
+        "ask_kind TEXT NOT NULL DEFAULT 'uitvoeringsverzoek'",
+        "gp_answer TEXT NOT NULL DEFAULT ''",
+        "answered_by INTEGER REFERENCES users(id)",
+    ):
+        db.execute(f"ALTER TABLE asks ADD COLUMN {column}")
 
 
 def _allocate(db: sqlite_utils.Database, year: int) -> str:
@@ -206,6 +232,7 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
                     db, "patient_birth_date", reference, clean["patient.birth_date"]
                 ),
                 "procedure_code": clean["procedure_code"],
+                "ask_kind": clean["ask_kind"],
                 "reason": _seal(db, "reason", reference, clean["reason"]),
                 "urgency": clean["urgency"],
                 "due_at": due_text,
@@ -224,12 +251,17 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
                 sender_org=actor.org_code,
                 recipient_org=practice.code,
                 check_authz="permit:nurse-own-team",
-                outcome_detail=f"due={due_text}",
+                outcome_detail=f"kind={clean['ask_kind']}; due={due_text}",
             ),
             source_id=svc.settings.gateway.source_id,
         )
+        notice = (
+            notify.notice_ask
+            if clean["ask_kind"] == "uitvoeringsverzoek"
+            else notify.notice_ask_contact
+        )
         outbox.enqueue_notice(
-            db, notify.notice_ask, reference, practice.notify_address, svc.settings, actor=actor
+            db, notice, reference, practice.notify_address, svc.settings, actor=actor
         )
         return AskResult(reference, due_text)
 
@@ -237,7 +269,7 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
 
 
 #: The ask's patient content, sealed at rest (securemail.contentbox).
-SEALED = ("patient_name", "patient_birth_date", "reason")
+SEALED = ("patient_name", "patient_birth_date", "reason", "gp_answer")
 
 
 def _seal(db: sqlite_utils.Database, column: str, reference: str, value: str) -> str:
@@ -364,6 +396,11 @@ def require_fulfillable(
         problem = ("ask.unknown", "Uw praktijk heeft geen vraag met dit kenmerk.")
     elif row["state"] != "open":
         problem = ("ask.closed", "Op deze vraag is al een verzoek verstuurd.")
+    elif row["ask_kind"] != "uitvoeringsverzoek":
+        problem = (
+            "ask.not_a_request",
+            "Deze vraag om een consult of huisbezoek beantwoordt u op de pagina van de vraag.",
+        )
     elif row["patient_bsn"] != prepared.request.patient_bsn:
         problem = ("ask.other_patient", "Het verzoek gaat over een andere patiënt dan de vraag.")
     elif row["team_id"] != prepared.team.id:

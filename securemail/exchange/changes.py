@@ -21,6 +21,7 @@ import sqlite_utils
 
 from securemail.access import Actor
 from securemail.audit import trail as audit
+from securemail.form import kinds
 from securemail.form import request as forms
 
 LIVE_STATES = ("open", "answered")
@@ -31,7 +32,7 @@ def _error(code: str, nl: str, en: str) -> forms.FormInvalidError:
 
 
 def require_supersedable(
-    db: sqlite_utils.Database, practice_org_id: int, req: forms.ExecutionRequest, team_id: int
+    db: sqlite_utils.Database, practice_org_id: int, req: kinds.RequestDocument, team_id: int
 ) -> None:
     """Raise FormInvalidError unless ``req.supersedes`` names a live earlier request of this
     practice, for the same patient and the same team. No-op for a new request."""
@@ -68,7 +69,7 @@ def require_supersedable(
 def apply(
     db: sqlite_utils.Database,
     actor: Actor,
-    req: forms.ExecutionRequest,
+    req: kinds.RequestDocument,
     *,
     now: str,
     source_id: str,

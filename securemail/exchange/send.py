@@ -9,6 +9,7 @@ read only through ``get_request``, which checks access and audits the view.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -29,8 +30,10 @@ from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.exchange import asks, changes
 from securemail.exchange import idempotency as idem
-from securemail.form import render
+from securemail.form import attachments as attach
+from securemail.form import kinds, render
 from securemail.form import request as forms
+from securemail.form.definition import FormDefinition
 from securemail.keys import pinning as keydir
 from securemail.message import notify
 from securemail.openpgp.keyinfo import parse_fingerprint
@@ -44,7 +47,7 @@ from securemail.openpgp.keyring import (
 from securemail.region import directory
 from securemail.region.directory import Team
 from securemail.services import Services
-from securemail.store import next_value
+from securemail.store import insert_row, next_value
 
 log = logging.getLogger("securemail.exchange")
 
@@ -62,7 +65,9 @@ class PassphraseThrottledError(SecuremailError):
 
 MIGRATIONS = Migrations("securemail.exchange")
 DATA_CATEGORIES = "execution_request"
-REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
+#: A request's reference: its kind's prefix (UVZ execution request, AWV care request), the
+#: Dutch year and six digits. Asks (ASK-) have their own table and pages.
+REFERENCE_RE = re.compile(r"(?!ASK)[A-Z]{3}-[0-9]{4}-[0-9]{6}")
 
 
 @MIGRATIONS(name="0001_requests")
@@ -147,10 +152,63 @@ def _m4(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN signed_order TEXT NOT NULL DEFAULT ''")
 
 
-def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
-    """UVZ-<year>-<6 digits>, increasing per year and never reused; a refused send burns its
-    number (audited), a restore skips ahead (docs/backup.md)."""
-    name = f"UVZ-{year}"
+@MIGRATIONS(name="0005_attachments")
+def _m5(db: sqlite_utils.Database) -> None:
+    """Attachments of a request (checked by content), sealed like its document, so passing
+    it on can carry them; purged with the request's content."""
+    db.execute(
+        """CREATE TABLE request_attachments (
+            id INTEGER PRIMARY KEY,
+            reference TEXT NOT NULL REFERENCES requests(reference),
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,                     -- neutral: bijlage-1.pdf
+            content_type TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '',          -- contentbox-sealed base64; '' purged
+            UNIQUE (reference, position))"""
+    )
+
+
+def store_attachments(
+    db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
+) -> None:
+    for i, item in enumerate(items):
+        row_id = insert_row(
+            db,
+            "request_attachments",
+            {
+                "reference": reference,
+                "position": i,
+                "name": item.name,
+                "content_type": item.content_type,
+            },
+        )
+        # sealed under its row id (contentbox.SEALED_COLUMNS), so it opens only in its row
+        sealed = contentbox.seal(
+            db, "request_attachments", "data", row_id, base64.b64encode(item.data).decode("ascii")
+        )
+        db.execute("UPDATE request_attachments SET data = ? WHERE id = ?", [sealed, row_id])
+
+
+def stored_attachments(db: sqlite_utils.Database, reference: str) -> tuple[attach.Attachment, ...]:
+    """A request's attachments as sent (none once its content is purged)."""
+    rows = db.execute(
+        "SELECT id, name, content_type, data FROM request_attachments "
+        "WHERE reference = ? ORDER BY position",
+        [reference],
+    ).fetchall()
+    out = []
+    for row_id, name, kind, data in rows:
+        text = contentbox.open_value(db, "request_attachments", "data", row_id, data)
+        if text:
+            out.append(attach.Attachment(name, kind, base64.b64decode(text)))
+    return tuple(out)
+
+
+def allocate_reference(db: sqlite_utils.Database, year: int, prefix: str = "UVZ") -> str:
+    """<prefix>-<year>-<6 digits> (the form's prefix: UVZ, AWV), increasing per prefix and
+    year and never reused; a refused send burns its number (audited), a restore skips ahead
+    (docs/backup.md)."""
+    name = f"{prefix}-{year}"
     return f"{name}-{next_value(db, name):06d}"
 
 
@@ -158,9 +216,11 @@ def allocate_reference(db: sqlite_utils.Database, year: int) -> str:
 class Prepared:
     """A validated request, its receiving team and its renderings: what the preview shows."""
 
-    request: forms.ExecutionRequest
+    request: kinds.RequestDocument
     team: Team
     rendered: render.RenderedDocument
+    definition: FormDefinition | None = None  # None: the execution request
+    attachments: tuple[attach.Attachment, ...] = ()
 
     @property
     def reference(self) -> str:
@@ -230,7 +290,7 @@ def _check_receiver(
     return team
 
 
-def never_gated(req: forms.ExecutionRequest, ask: str | None) -> str:
+def never_gated(req: kinds.RequestDocument, ask: str | None) -> str:
     """Which risk-reducing kind this send is (consent.NEVER_GATED), or '': a withdrawal
     (intrekking) of an earlier order, or the GP's answer to a nurse's ask."""
     if req.kind == "intrekking":
@@ -244,7 +304,7 @@ def consent_for_send(
     svc: Services,
     db: sqlite_utils.Database,
     actor: Actor,
-    req: forms.ExecutionRequest,
+    req: kinds.RequestDocument,
     team: Team,
     *,
     now: datetime,
@@ -279,11 +339,21 @@ async def prepare(
 ) -> Prepared:
     """Validate a submission: form rules, receiver, consent (audited). Raises on any no."""
     require(actor, "request.create", Resource("request", org_id=actor.org_id))
+    definition = definition_of(svc, data)
+    data = dict(data)
+    limits = svc.settings.attachments
+    # decoding and parsing up to max_bytes takes a few hundred ms: not on the event loop
+    files = await asyncio.to_thread(
+        attach.check_attachments,
+        data.pop("attachments", None),
+        max_bytes=limits.max_bytes_per_message,
+        max_count=limits.max_count,
+    )
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
         given = data.get("receiver")
         data["receiver"] = {**(given if isinstance(given, dict) else {}), "team_address": to}
-    req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
+    req = kinds.parse_document(definition, data, now=svc.now(), reference=reference)
 
     def receiver(db: sqlite_utils.Database) -> Team:
         team = _check_receiver(svc, db, actor, req.team_address, ask)
@@ -301,12 +371,39 @@ async def prepare(
     # jinja2 renders in a thread: milliseconds per request that other requests' I/O need not
     # wait for (the environment is built once and rendering is thread-safe)
     rendered = await asyncio.to_thread(
-        render.render_request, svc.definition, req, link=page_link(svc, req)
+        render.render_request,
+        definition,
+        req,
+        link=page_link(svc, req),
+        attachments=attach.labels(files),
     )
-    return Prepared(req, team, rendered)
+    return Prepared(req, team, rendered, definition, files)
 
 
-def page_link(svc: Services, req: forms.ExecutionRequest) -> str | None:
+def definition_of(svc: Services, data: Any) -> FormDefinition:
+    """The form a submission names by ``form_id`` (none: the execution request); an
+    unknown one is a field error, never a configuration error."""
+    form_id = data.get("form_id") if isinstance(data, dict) else None
+    definition = svc.definition_for(form_id)
+    if definition is None:
+        raise _field_error(
+            "form_id",
+            "form.unknown",
+            "Dit formulier kent de gateway niet.",
+            "unknown form_id",
+        )
+    return definition
+
+
+def definition_for_document(svc: Services, req: kinds.RequestDocument) -> FormDefinition:
+    """The form of a stored request (its definition must still be installed)."""
+    definition = svc.definition_for(req.form_id)
+    if definition is None:
+        raise forms.DocumentInvalidError(f"form {req.form_id} is not installed", field="form_id")
+    return definition
+
+
+def page_link(svc: Services, req: kinds.RequestDocument) -> str | None:
     """The request's page in the web app: the reference only, never patient data (None for
     a preview, which has no reference yet)."""
     if not REFERENCE_RE.fullmatch(req.reference or ""):
@@ -440,7 +537,9 @@ async def _send_once(
     key: str | None,
 ) -> SendResult:
     year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
-    reference = await svc.store.write(lambda db: allocate_reference(db, year))
+    known = svc.definition_for(data.get("form_id") if isinstance(data, dict) else None)
+    prefix = (known or svc.definition).reference_prefix  # an unknown form: refused, audited
+    reference = await svc.store.write(lambda db: allocate_reference(db, year, prefix))
     # Untrusted input: "patient" may be anything; only a string BSN in an object is used.
     given = data.get("patient") if isinstance(data, dict) else None
     patient = str(given.get("bsn", "")) if isinstance(given, dict) else ""
@@ -487,13 +586,13 @@ async def _audit_refusal(
 _KIND_WORDS = {"wijziging": "WIJZIGING", "verlenging": "VERLENGING", "intrekking": "INTREKKING"}
 
 
-def protected_subject(req: forms.ExecutionRequest) -> str:
+def protected_subject(req: kinds.RequestDocument, subject: str = "Uitvoeringsverzoek") -> str:
     """The real Subject, inside the encryption (RFC 9788): urgency, kind and reference, and
     the reference replaced; never patient data. "SPOED WIJZIGING Uitvoeringsverzoek
     UVZ-2026-000124 (vervangt UVZ-2026-000123)"."""
     words = ["SPOED"] if req.urgency == "spoed" else []
     words += [_KIND_WORDS[req.kind]] if req.kind in _KIND_WORDS else []
-    words.append(f"Uitvoeringsverzoek {req.reference}")
+    words.append(f"{subject} {req.reference}")
     if req.supersedes and REFERENCE_RE.fullmatch(req.supersedes):
         words.append(f"(vervangt {req.supersedes})")
     return " ".join(words)
@@ -518,6 +617,7 @@ async def _seal_and_queue(
 ) -> SendResult:
     req, team = prepared.request, prepared.team
     reference = prepared.reference
+    words = (prepared.definition or svc.definition).subject  # neutral: the kind, no patient
     recipients, skipped = await usable_recipients(svc, team)
     gp = await svc.store.read(lambda db: user_by_id(db, person(actor).user_id))
     signer = Fingerprint(gp.signing_fingerprint)
@@ -529,8 +629,8 @@ async def _seal_and_queue(
         sender=svc.settings.gateway.from_address,
         author=await signer_address(svc, signer, gp.username),
         recipient=team.address,
-        subject=f"Uitvoeringsverzoek {reference}",
-        protected_subject=protected_subject(req),
+        subject=f"{words} {reference}",
+        protected_subject=protected_subject(req, words),
         in_reply_to=replaces,
         reply_to=svc.settings.gateway.reply_to(),
         extra_headers=(("X-Securemail-Reference", reference),),
@@ -549,6 +649,7 @@ async def _seal_and_queue(
                 html=doc.html,
                 json=doc.json,
                 signer_public_key=await svc.keyring.export_public(signer),
+                attachments=tuple((a.name, a.content_type, a.data) for a in prepared.attachments),
             ),
             signer=signer,
             passphrase=passphrase,
@@ -607,6 +708,7 @@ async def _seal_and_queue(
                 "sent_by": actor.user_id,
             }
         )
+        store_attachments(db, reference, prepared.attachments)
         common: dict[str, Any] = {
             "patient_id": req.patient_bsn,
             "object_type": "request",
@@ -722,8 +824,9 @@ def consent_target_for(
 
 def render_text(svc: Services, view: dict[str, Any]) -> str:
     """The Dutch text rendering of a stored request (for its page)."""
-    req = forms.ExecutionRequest.from_document(view["document"])
-    return render.render_request(svc.definition, req, link=page_link(svc, req)).text
+    req = kinds.document_from(view["document"])
+    definition = definition_for_document(svc, req)
+    return render.render_request(definition, req, link=page_link(svc, req)).text
 
 
 class Hooks:

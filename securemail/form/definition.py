@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from securemail.errors import ConfigError
+from securemail.form.care import RULE_SETS
 from securemail.form.fields import CHECKS, NORMALISERS
 from securemail.form.rules import ERROR_CODES
 
@@ -31,7 +32,7 @@ FIELD_TYPES = frozenset(
     {"str", "text", "enum", "bool", "date", "datetime", "number", "object", "list"}
 )
 REQUIRED_FLAGS = frozenset({"Y", "N", "C"})
-OPTION_SOURCES = frozenset({"procedures", "categories"})
+OPTION_SOURCES = frozenset({"procedures", "categories", "not_reserved"})
 _FIELD_KEYS = frozenset(
     {
         "id", "type", "required", "label", "help", "rule", "options", "options_from",
@@ -47,6 +48,8 @@ _SCALAR_TYPES: dict[str, type] = {
     **dict.fromkeys(("not_future", "must_be_true"), bool),
 }
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: A request kind's reference prefix: three capitals; ASK is the nurse's asks' own.
+_PREFIX = re.compile(r"^(?!ASK$)[A-Z]{3}$")
 
 
 class FormDefinitionError(ConfigError):
@@ -134,6 +137,12 @@ class FormDefinition:
     messages: Mapping[str, Message]
     #: The file as read, deep read-only (Mapping / tuple), for templates that walk it.
     raw: Mapping[str, Any]
+    #: Which cross-field rules apply (securemail.form.care.RULE_SETS).
+    rules: str = "uitvoeringsverzoek"
+    #: The kind's references: UVZ-2026-000123 (execution request), AWV-... (care request).
+    reference_prefix: str = "UVZ"
+    #: The neutral words before the reference in a Subject ("Uitvoeringsverzoek").
+    subject: str = "Uitvoeringsverzoek"
 
     @property
     def template_dir(self) -> Path:
@@ -165,6 +174,15 @@ def load_definition(forms_path: Path, name: str = "uitvoeringsverzoek") -> FormD
     if not _ID.fullmatch(name):
         raise FormDefinitionError(f"form name {name!r} is not an identifier", where="name")
     return _load(Path(forms_path).resolve(), name)
+
+
+def form_names(forms_path: Path) -> tuple[str, ...]:
+    """Every form under ``forms_path``: the folders with a definition.json, sorted."""
+    root = Path(forms_path)
+    if not root.is_dir():
+        return ()
+    names = (p.name for p in root.iterdir() if (p / "definition.json").is_file())
+    return tuple(sorted(n for n in names if _ID.fullmatch(n)))
 
 
 @functools.cache
@@ -219,13 +237,23 @@ class _Reader:
         self.sources = {
             "procedures": tuple(Option(p.code, p.label) for p in procedures.values()),
             "categories": tuple(Option(k, v) for k, v in categories.items()),
+            "not_reserved": tuple(Option(k, v) for k, v in not_reserved.items()),
         }
         messages = self.messages(raw.get("messages"))
+        rules = raw.get("rules", "uitvoeringsverzoek")
+        if rules not in RULE_SETS:
+            raise self.fail("rules", f"unknown rule set (one of {sorted(RULE_SETS)})")
+        prefix = raw.get("reference_prefix", "UVZ")
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise self.fail("reference_prefix", "must be three capitals (not ASK)")
+        subject = raw.get("subject", "Uitvoeringsverzoek")
+        if not isinstance(subject, str) or not re.fullmatch(r"[A-Za-z ]{1,40}", subject):
+            raise self.fail("subject", "must be 1-40 plain letters and spaces")
         request = self.field({"id": "request", "type": "object", "required": "Y",
                               **self.section(raw, "request")}, "request")  # fmt: skip
         answer = self.field({"id": "answer", "type": "object", "required": "Y",
                              **self.section(raw, "answer")}, "answer")  # fmt: skip
-        missing = (ERROR_CODES | self.used_codes) - set(messages)
+        missing = (ERROR_CODES | RULE_SETS[rules] | self.used_codes) - set(messages)
         if missing:
             raise self.fail("messages", f"no message for {sorted(missing)}")
         return FormDefinition(
@@ -242,6 +270,9 @@ class _Reader:
             categories=MappingProxyType(categories),
             messages=MappingProxyType(messages),
             raw=_freeze(raw),
+            rules=rules,
+            reference_prefix=prefix,
+            subject=subject,
         )
 
     def section(self, raw: dict[str, Any], key: str) -> dict[str, Any]:

@@ -281,6 +281,8 @@ def _enum(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:
     if spec.options_from == "procedures" and choice is not None:
         known = choice in report.definition.not_reserved
         code = "procedure.not_reserved" if known else "procedure.unknown"
+    elif spec.options_from == "not_reserved" and choice in report.definition.procedures:
+        code = "procedure.reserved"  # only forms whose rules know it offer this source
     report.add(path, code)
     return INVALID
 

@@ -7,8 +7,8 @@ form definition, with dates shown Dutch style (dd-mm-jjjj).
 Invariant: one Environment per template folder, built once (autoescape on for
 ``*.html.j2``, StrictUndefined, no auto-reload), so a free-text field can never
 inject markup and a missing variable fails loudly instead of rendering blank;
-``RenderedDocument.json`` is exactly ``ExecutionRequest.canonical_json()``, the
-bytes that are signed.
+``RenderedDocument.json`` is exactly the request's ``canonical_json()``, the
+bytes that are signed; a risky-procedure line is always labelled "niet voorbehouden".
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from typing import Any
 import jinja2
 
 from securemail.form.definition import FieldSpec, FormDefinition
-from securemail.form.request import ExecutionRequest
+from securemail.form.kinds import RequestDocument
+
+#: Shown with every risky-procedure line: no Wet BIG order, but the GP's instructions.
+NOT_RESERVED = "niet voorbehouden"
 
 TEXT_TEMPLATE = "request.txt.j2"
 HTML_TEMPLATE = "request.html.j2"
@@ -75,10 +78,11 @@ def _environment(template_dir: Path) -> jinja2.Environment:
 
 def render_request(
     definition: FormDefinition,
-    req: ExecutionRequest,
+    req: RequestDocument,
     *,
     link: str | None = None,
     forwarded: str | None = None,
+    attachments: tuple[str, ...] = (),
 ) -> RenderedDocument:
     """The Dutch text and HTML renderings and the canonical JSON of a validated request.
 
@@ -90,6 +94,7 @@ def render_request(
     view = request_view(definition, req)
     view["link"] = link
     view["forwarded"] = forwarded
+    view["attachments"] = attachments
     return RenderedDocument(
         text=env.get_template(TEXT_TEMPLATE).render(view),
         html=env.get_template(HTML_TEMPLATE).render(view),
@@ -123,7 +128,7 @@ def pass_on_note(*, from_team: str, to_team: str, nurse: str, reason: str) -> st
     )
 
 
-def request_view(definition: FormDefinition, req: ExecutionRequest) -> dict[str, Any]:
+def request_view(definition: FormDefinition, req: RequestDocument) -> dict[str, Any]:
     """What the templates see: the request as labelled blocks, plus a few header values."""
     root = _block(definition, definition.request, req.to_document(), "", definition.request.label)
     return {
@@ -137,6 +142,7 @@ def request_view(definition: FormDefinition, req: ExecutionRequest) -> dict[str,
         "urgent": req.urgency == "spoed",
         "link": None,
         "forwarded": None,
+        "attachments": (),
         "header": root.rows,
         "sections": root.blocks,
     }
@@ -173,12 +179,17 @@ def _line_label(
 ) -> str:
     label = f"{spec.item_label or spec.label} {index + 1}"
     code = item.get("code")
-    return f"{label}: {definition.procedure_label(code)}" if isinstance(code, str) else label
+    if not isinstance(code, str):
+        return label
+    flag = f" ({NOT_RESERVED})" if code in definition.not_reserved else ""
+    return f"{label}: {definition.procedure_label(code)}{flag}"
 
 
 def _display(definition: FormDefinition, spec: FieldSpec, value: Any) -> str | bool | None:
     if value is None or isinstance(value, bool):
         return value
+    if spec.type == "enum" and spec.options_from == "not_reserved":
+        return f"{definition.procedure_label(value)} ({value}, {NOT_RESERVED})"
     if spec.type == "enum" and spec.options_from == "procedures":
         return f"{definition.procedure_label(value)} ({value})"
     if spec.type == "enum":

@@ -77,6 +77,9 @@ class SealInput:
     html: str  # text/html
     json: bytes  # canonical request.json; signed by the GP with the rest of the inner entity
     signer_public_key: str  # the GP's armored public key, attached as opdrachtgever.asc
+    #: (neutral name such as "bijlage-1.pdf", content type, bytes): checked by content
+    #: before (securemail.form.attachments); inside the encryption only.
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,24 @@ def _multipart(
     return b"".join(out)
 
 
+_ATTACHMENT_NAME = re.compile(r"bijlage-[0-9]{1,2}\.(pdf|jpg|png)")
+_ATTACHMENT_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png"})
+
+
+def _attachment(name: str, kind: str, data: bytes) -> bytes:
+    """One attachment part; its name is the gateway's neutral one, never the sender's."""
+    if not _ATTACHMENT_NAME.fullmatch(name) or kind not in _ATTACHMENT_TYPES:
+        raise ValueError("attachment name or type not one the gateway gives")
+    return _inner_part(
+        (
+            f'Content-Type: {kind}; name="{name}"',
+            f'Content-Disposition: attachment; filename="{name}"',
+            "Content-Transfer-Encoding: base64",
+        ),
+        _base64_crlf(data),
+    )
+
+
 def build_inner(
     document: SealInput,
     json_signature: bytes | None = None,
@@ -251,6 +272,7 @@ def build_inner(
                 ),
                 _base64_crlf(document.json),
             ),
+            *(_attachment(name, kind, data) for name, kind, data in document.attachments),
             *forwarded,
             _inner_part(
                 (

@@ -65,6 +65,16 @@ KINDS: dict[str, tuple[str, str]] = {
         "Een wijkteam vraagt uw praktijk om een uitvoeringsverzoek ({reference}). Het staat "
         "in uw werklijst met de termijn waarbinnen het verwacht wordt.",
     ),
+    "ask_contact": (
+        "gevraagd",
+        "Een wijkteam vraagt uw praktijk om een consult of huisbezoek ({reference}). Het staat "
+        "in uw werklijst met de termijn waarbinnen een antwoord verwacht wordt.",
+    ),
+    "ask_answered": (
+        "beantwoord",
+        "De huisartsenpraktijk heeft geantwoord op uw vraag {reference}. Het antwoord staat op "
+        "de pagina van de vraag.",
+    ),
     "ask_overdue": (
         "termijn verstreken",
         "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
@@ -223,6 +233,16 @@ def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:
 def notice_ask(reference: str, to: str, settings: Settings) -> Notice:
     """A nurse asked the practice for an execution request (ASK-...)."""
     return make_notice("ask", reference, to, settings)
+
+
+def notice_ask_contact(reference: str, to: str, settings: Settings) -> Notice:
+    """A nurse asked the practice for a consult or a home visit (ASK-...)."""
+    return make_notice("ask_contact", reference, to, settings)
+
+
+def notice_ask_answered(reference: str, to: str, settings: Settings) -> Notice:
+    """The GP answered a consult or home-visit ask (to the asking team)."""
+    return make_notice("ask_answered", reference, to, settings)
 
 
 def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:

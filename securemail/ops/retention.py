@@ -288,16 +288,18 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                 [final_at, now, request_id],
             )
             db.execute("UPDATE request_hops SET reason = '' WHERE reference = ?", [reference])
+            db.execute("DELETE FROM request_attachments WHERE reference = ?", [reference])
         for ask_id in p.asks:
             db.execute(
                 "UPDATE asks SET patient_name = '', patient_birth_date = '', reason = '', "
-                "content_purged_at = ? WHERE id = ?",
+                "gp_answer = '', content_purged_at = ? WHERE id = ?",
                 [now, ask_id],
             )
         outbox.empty_content(db, p.outbox_mime)
         outbox.delete_rows(db, p.old_outbox)
         for chunk in _chunks(p.old_requests):
             db.execute(f"DELETE FROM request_hops WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
+            db.execute(f"DELETE FROM request_attachments WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608

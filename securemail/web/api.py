@@ -99,7 +99,7 @@ async def request_status(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/requests", send_request, name="api_request_send")
     app.router.add_get(
-        r"/api/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/status",
+        r"/api/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/status",
         request_status,
         name="api_request_status",
     )

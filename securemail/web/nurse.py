@@ -65,5 +65,7 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     app.router.add_post(
-        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/answer", post_answer, name="request_answer"
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/answer",
+        post_answer,
+        name="request_answer",
     )

@@ -21,6 +21,7 @@ from securemail.errors import SecuremailError
 from securemail.exchange import answer, asks
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
+from securemail.form.definition import FormDefinition
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -110,7 +111,7 @@ async def _form_context(
         )
 
     teams, suggestions = await svc.store.read(load)
-    definition = svc.definition
+    definition = _definition_of(svc, values)
     return {
         "suggestions": suggestions,
         "specialism": specialism,
@@ -128,6 +129,12 @@ async def _form_context(
         "general_errors": errors.get("", []),
         "ask": ask,
     }
+
+
+def _definition_of(svc: Services, post: Any) -> FormDefinition:
+    """The form a page or post is about, by its ``form_id`` (none or unknown: the execution
+    request, whose form then refuses what does not belong to it)."""
+    return svc.definition_for(post.get("form_id")) or svc.definition
 
 
 def _rows_in(values: dict[str, str], limit: int) -> int:
@@ -148,7 +155,7 @@ async def _parsed_post(request: web.Request, post: Any) -> dict[str, Any] | web.
     """The posted form as nested data, or the form again (422) with the shape errors."""
     svc = request.app[services_key]
     try:
-        return forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
+        return forms.parse_form_post(_definition_of(svc, post), post, ignore=NOT_IN_REQUEST)
     except forms.FormShapeError as exc:
         values = forms.flatten(exc.data)
         ctx = await _form_context(request, values, _errors_by_field(exc), _ask_of(post))
@@ -177,6 +184,12 @@ async def new_form(request: web.Request) -> dict[str, Any]:
         "urgency": "regulier",
         "issued_at": local_minute(svc),
     }
+    # ?form=aanmelding_wijkverpleging: the care request; another kind is one query away
+    chosen = svc.definition_for(request.query.get("form"))
+    if chosen is None:
+        raise web.HTTPNotFound()
+    if chosen is not svc.definition:
+        values["form_id"] = chosen.form_id
     return await _form_context(request, values, {})
 
 
@@ -251,7 +264,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/requests/new")
     ask = _ask_of(post)
     try:
-        data = forms.check_bounds(svc.definition, data)
+        data = forms.check_bounds(_definition_of(svc, data), data)
     except forms.FormShapeError as exc:
         ctx = await _form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
@@ -335,7 +348,10 @@ async def detail_context(
         "text": text,
         "can_answer": can_answer,
         "content_days": svc.settings.retention.content_days,
-        "answer_spec": svc.definition.answer,
+        # the answer form of the request's own kind (execution or care request)
+        "answer_spec": (
+            svc.definition_for((view["document"] or {}).get("form_id")) or svc.definition
+        ).answer,
         "other_teams": other_teams,
         "answer_values": answer_values or {},
         "answer_errors": answer_errors or {},
@@ -349,5 +365,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
-        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
     )
