@@ -40,6 +40,7 @@ from securemail.errors import NotInitialisedError, SecuremailError
 from securemail.exchange import asks
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
+from securemail.inbound import replies
 from securemail.keys import gp as gpkeys
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
@@ -69,6 +70,7 @@ MIGRATIONS: tuple[Migrations, ...] = (
     gpkeys.MIGRATIONS,
     health.MIGRATIONS,
     regionmap.MIGRATIONS,
+    replies.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

@@ -55,6 +55,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "Het wijkteam heeft gereageerd op uw verzoek {reference}. De reactie staat op de "
         "pagina van het verzoek.",
     ),
+    "replied": (
+        "antwoord",
+        "Het wijkteam heeft een bericht gestuurd over uw verzoek {reference}. Het staat op de "
+        "pagina van het verzoek.",
+    ),
     "passed_on": (
         "doorbemiddeld",
         "Uw verzoek {reference} is doorbemiddeld naar een ander team. Op de pagina van het "
@@ -213,6 +218,10 @@ def notice_overdue(reference: str, to: str, settings: Settings) -> Notice:
 def notice_answered(reference: str, to: str, settings: Settings) -> Notice:
     """The team answered (accepted or declined); who and how is on the page, not here."""
     return make_notice("answered", reference, to, settings)
+
+
+def notice_replied(reference: str, to: str, settings: Settings) -> Notice:
+    return make_notice("replied", reference, to, settings)
 
 
 def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:

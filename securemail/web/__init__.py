@@ -90,6 +90,20 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     await task
 
 
+async def _inbound_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reply listener (securemail.inbound.listener) when [inbound] enabled."""
+    svc = app[services_key]
+    if not app[run_worker_key] or not svc.settings.inbound.enabled:
+        yield
+        return
+    from securemail.inbound import listener
+
+    server = await listener.start(svc)
+    yield
+    server.close()
+    await server.wait_closed()
+
+
 def outbox_hooks(svc: Services):
     from securemail.exchange.send import Hooks
 
@@ -116,6 +130,7 @@ def create_app(
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_deadlines_ctx)
     app.cleanup_ctx.append(_retention_ctx)
+    app.cleanup_ctx.append(_inbound_ctx)
     from securemail.web import routes
 
     routes.setup(app)
