@@ -42,6 +42,7 @@ from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.inbound import replies
 from securemail.keys import gp as gpkeys
+from securemail.message import autocrypt
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
 from securemail.region import directory
@@ -141,6 +142,15 @@ async def init_home(
     finally:
         db.close()
     return report
+
+
+async def autocrypt_headers(svc: Services) -> dict[str, str]:
+    """From address -> Autocrypt header value for the delivery worker: the gateway's public
+    key under each of its own addresses (from_address, the reply address). Mail with any
+    other From (the GP's) gets none; see securemail.message.autocrypt."""
+    key = await svc.keyring.export_public(gateway_fingerprint(svc.store))
+    g = svc.settings.gateway
+    return {a.lower(): autocrypt.header_value(a, key) for a in (g.from_address, g.reply_to())}
 
 
 def gateway_fingerprint(db: Store) -> Fingerprint:

@@ -30,7 +30,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from securemail.delivery.outbox import (
 )
 from securemail.delivery.relay import Outcome
 from securemail.errors import ConfigError, SecuremailError
+from securemail.message import autocrypt
 from securemail.message.sealcheck import NotSealedError, require_sendable
 from securemail.store import Store, open_store
 
@@ -283,6 +284,7 @@ class Worker:
         monotonic: Callable[[], float] | None = None,
         rng: Callable[[], float] = random.random,
         batch_size: int = 10,
+        autocrypt: Mapping[str, str] | None = None,
     ) -> None:
         """``clock``: wall seconds; ``monotonic``: elapsed seconds that guard it against steps
         (SteadyClock). By default time.monotonic with the real clock, and the given clock
@@ -303,6 +305,8 @@ class Worker:
         self.rng, self.batch_size = rng, batch_size
         self._tls = relay.tls_context(settings)  # a bad cafile fails here, at startup
         self._wake = asyncio.Event()
+        #: From address -> Autocrypt header value (message.autocrypt), added at this edge.
+        self.autocrypt: Mapping[str, str] = autocrypt or {}
 
     def wake(self) -> None:
         """Something was queued in this process: idle slots look now, not after poll_seconds.
@@ -439,7 +443,7 @@ class Worker:
                 return Outcome("transient", None, f"before_send failed: {type(exc).__name__}")
         try:
             # defence in depth: check again the exact bytes about to go
-            require_sendable(row.kind, row.mime, self.settings)
+            require_sendable(row.kind, self._bytes(row), self.settings)
         except NotSealedError as err:
             log.error(
                 "outbox %d (%s): refused at the SMTP edge: %s", row.id, row.reference, err.reason
@@ -447,10 +451,15 @@ class Worker:
             return Outcome("permanent", None, err.reason, why=err.code)
         return None
 
+    def _bytes(self, row: OutboxRow) -> bytes:
+        """The exact bytes that go: the stored message, with the gateway's Autocrypt header
+        when its From is a gateway address (message.autocrypt says why only then)."""
+        return autocrypt.add(row.mime, self.autocrypt)
+
     async def _send(self, smtp: aiosmtplib.SMTP, row: OutboxRow) -> Outcome:
         try:
             async with asyncio.timeout(self._timeout):
-                _refused, reply = await smtp.sendmail(row.sender, [row.recipient], row.mime)
+                _refused, reply = await smtp.sendmail(row.sender, [row.recipient], self._bytes(row))
         except Exception as exc:  # classified by type: 4xx/5xx/TLS/timeout/connection
             return relay.classify(exc, "message")
         return Outcome("sent", 250, relay.one_line(reply))

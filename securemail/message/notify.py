@@ -256,6 +256,7 @@ _HEADERS = {
     "content-transfer-encoding",
     "x-securemail-notice",
     "x-securemail-reason",
+    "autocrypt",  # added at the SMTP edge: the gateway's public key (message.autocrypt)
 }
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from securemail import forwarded
 from securemail.config import Settings
 from securemail.delivery import worker as delivery
-from securemail.home import open_services
+from securemail.home import autocrypt_headers, open_services
 from securemail.services import Services
 from securemail.web import middleware
 from securemail.web.keys import run_worker_key, services_key, settings_key
@@ -46,6 +46,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
         owner_id=delivery.process_owner("web"),
         on_final=hooks.on_final,
         before_send=hooks.before_send,
+        autocrypt=await autocrypt_headers(svc),
     )
     stop = asyncio.Event()
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from securemail.config import Settings
 from securemail.delivery import worker as delivery
-from securemail.home import open_services
+from securemail.home import autocrypt_headers, open_services
 
 log = logging.getLogger("securemail.server")
 
@@ -53,6 +53,7 @@ async def _worker_main(settings: Settings) -> None:
         owner_id=delivery.process_owner("worker"),
         on_final=hooks.on_final,
         before_send=hooks.before_send,
+        autocrypt=await autocrypt_headers(svc),
     )
     # A host that runs only the worker still purges what is past its retention and records
     # its health checks for the availability figures, as `serve` does.

@@ -4,9 +4,11 @@ and English) and leaves nothing behind (no row, no file, no audit row)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 from collections.abc import AsyncIterator
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,50 @@ async def test_mail_before_starttls_and_for_other_addresses_is_refused(
         await smtp.rcpt("someone@elsewhere.example")
     assert other.value.code == 550
     await smtp.quit()
+
+
+async def test_gateway_mail_carries_its_autocrypt_key_and_gp_signed_mail_none(
+    gw: Gateway, smtp_server: Any, inbound: int, relay_cafile: str, tmp_path: Path
+) -> None:
+    """Autocrypt (prefer-encrypt=mutual) on mail From a gateway address, addr = From; none on
+    GP-From mail (a client drops a header whose addr is not From). A client that takes the
+    key from the header can reply, and the reply is taken."""
+    reference, mid = await sent_request(gw)
+    box = smtp_server.handler.mailbox()
+    by_kind: dict[str, list[EmailMessage]] = {"request": [], "notice": []}
+    for raw in box.values():
+        msg = message_from_bytes(raw, policy=policy.default)
+        kind = "request" if msg.get_content_type() == "multipart/encrypted" else "notice"
+        by_kind[kind].append(msg)  # type: ignore[arg-type]
+    assert by_kind["request"] and by_kind["notice"]
+    for msg in by_kind["request"]:
+        assert msg["Autocrypt"] is None  # From is the GP's address
+    notice = by_kind["notice"][0]
+    header = str(notice["Autocrypt"])
+    fields = dict(f.strip().split("=", 1) for f in header.split(";"))
+    assert fields["addr"] == str(notice["From"]) == REPLY
+    assert fields["prefer-encrypt"] == "mutual"
+    # A fresh client imports the key from the header and encrypts its reply to it.
+    client = gw.home / "client-gnupg"
+    client.mkdir(mode=0o700)
+    keydata = base64.b64decode("".join(fields["keydata"].split()))
+    gpg_cli(client, "--import", stdin=keydata)
+    uids = gpg_cli(client, "--with-colons", "--list-keys").decode()
+    assert REPLY_TO in uids
+    kill_gpg_agent(client)
+    gpg_cli(gw.nurse_home, "--import", stdin=keydata)
+    armored = gpg_cli(
+        gw.nurse_home,
+        "--trust-model",
+        "always",
+        "--armor",
+        "--sign",
+        "-u",
+        "nurse1@zorg-noord.example",
+        "--encrypt",
+        "-r",
+        REPLY_TO,
+        stdin=TEXT.encode(),
+    ).decode()
+    result = await deliver(inbound, relay_cafile, mail(armored, reference, mid))
+    assert result.code == 250, result
