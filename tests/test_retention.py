@@ -527,3 +527,21 @@ async def test_answered_request_may_still_be_changed_after_its_content_went(loop
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, second.reference))
     assert [c["reference"] for c in view["chain"]] == [first.reference, second.reference]
     assert row_of(svc, first.reference)["state"] == "superseded"
+
+
+async def test_a_nurses_reply_is_emptied_then_deleted_with_its_request(loop: Loop) -> None:
+    from securemail.inbound import replies
+    from tests.e2e.test_replies import mail, nurse_armor
+
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    await replies.accept(svc, mail(await nurse_armor(loop.gw, "wondzorg gestart"), sent.reference))
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=31)
+    retention.purge(svc.store, svc.settings, now=svc.now())
+    bodies = svc.store.read_sync(lambda db: [r["body"] for r in db["replies"].rows])
+    assert bodies == [""]
+    loop.clock.advance(days=svc.settings.retention.metadata_days)
+    retention.purge(svc.store, svc.settings, now=svc.now())
+    assert svc.store.read_sync(lambda db: db["replies"].count) == 0
