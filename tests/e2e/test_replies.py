@@ -325,3 +325,12 @@ async def test_gateway_mail_carries_its_autocrypt_key_and_gp_signed_mail_none(
     ).decode()
     result = await deliver(inbound, relay_cafile, mail(armored, reference, mid))
     assert result.code == 250, result
+
+
+def test_listener_is_off_by_default_and_never_on_without_tls(tmp_path: Path) -> None:
+    from securemail import config
+    from securemail.errors import ConfigError
+
+    assert config.load(tmp_path, env={}).inbound.enabled is False
+    with pytest.raises(ConfigError, match="certfile"):
+        config.load(tmp_path, env={"SECUREMAIL_INBOUND_ENABLED": "true"})
