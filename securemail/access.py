@@ -86,8 +86,26 @@ class System:
     is_system: ClassVar[bool] = True
 
 
-#: Who acts: a person, or the gateway itself (SYSTEM).
-Actor = Person | System
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """A person known to the gateway only by a pinned key (a team member replying from her
+    own mail client): named in the trail by the key's name and address, with no account
+    here, so no user id, no session and no token; never a ``person()``."""
+
+    username: str
+    name: str
+    role: str
+    org_id: int
+    org_code: str = ""
+    team_ids: frozenset[int] = field(default_factory=frozenset)
+    access_point: str = "smtp"
+    user_id: None = None
+    token_actions: None = None
+    is_system: ClassVar[bool] = False
+
+
+#: Who acts: a person with an account, one known by a pinned key, or the gateway (SYSTEM).
+Actor = Person | System | KeyHolder
 
 SYSTEM = System()
 

@@ -282,6 +282,22 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundSettings:
+    enabled: bool = _s(
+        False,
+        "Run the listener that takes nurses' encrypted replies (docs/mail.md); off by default,"
+        " on in the demo.",
+    )
+    host: str = _s("127.0.0.1", "Address the reply listener (SMTP, STARTTLS required) binds.")
+    port: int = _s(2525, "Port of the reply listener.")
+    certfile: str = _s("", "PEM certificate (chain) the listener offers in STARTTLS.")
+    keyfile: str = _s("", "PEM private key of certfile (mode 0600, never committed).")
+    max_bytes: int = _s(
+        1_048_576, "Largest reply taken (bytes); a larger one is refused with 552 before DATA ends."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -297,6 +313,7 @@ class Settings:
     region: RegionSettings = field(default_factory=RegionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
 
     @property
     def db_path(self) -> Path:
@@ -457,6 +474,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "[smtp] starttls must be 'required' or 'implicit'; plaintext is never allowed",
             setting="[smtp] starttls",
+        )
+    if s.inbound.enabled and not (s.inbound.certfile and s.inbound.keyfile):
+        raise ConfigError(
+            "[inbound] enabled needs certfile and keyfile: replies are taken over STARTTLS only",
+            setting="[inbound] certfile",
         )
     if s.gateway.log_format not in {"text", "json"}:
         raise ConfigError(

@@ -36,7 +36,8 @@ from securemail.secretbox import SecretBox, read_or_create_key
 
 #: (table, column) -> the column naming the row in associated data; each holds patient
 #: content. requests.answer carries the nurse in charge and the team's free text;
-#: request_hops.reason the team's free-text reason for declining or passing on.
+#: request_hops.reason the team's free-text reason for declining or passing on;
+#: replies.body a nurse's reply taken by the inbound listener.
 SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("requests", "document"): "reference",
     ("requests", "answer"): "reference",
@@ -47,6 +48,7 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("asks", "gp_answer"): "reference",
     ("request_hops", "reason"): "id",
     ("request_attachments", "data"): "id",
+    ("replies", "body"): "reply_id",
 }
 
 _registry: dict[Path, SecretBox] = {}

@@ -224,8 +224,60 @@ def make_tls(dirpath: Path, hostname: str = "127.0.0.1") -> tuple[Path, Path, Pa
     return ca_path, cert_path, key_path
 
 
-def start_relay(paths: DemoPaths, port: int) -> Controller:
-    """The loopback relay: STARTTLS required, every message into the demo Maildir."""
+class DemoRelay(Mailbox):
+    """Every message into the Maildir, except mail for the gateway's reply addresses: that
+    goes on (STARTTLS) to the gateway's reply listener, whose answer (250, or a 5xx saying
+    why) is the relay's answer, as a real domain's MX would route it."""
+
+    def __init__(
+        self, maildir: str, paths: DemoPaths, reply_addresses: frozenset[str], inbound_port: int
+    ) -> None:
+        super().__init__(Path(maildir))
+        self.paths, self.reply_addresses, self.inbound_port = paths, reply_addresses, inbound_port
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        to_gateway = [a for a in envelope.rcpt_tos if a.lower() in self.reply_addresses]
+        if not to_gateway:
+            return str(await super().handle_DATA(server, session, envelope))
+        import aiosmtplib
+
+        try:
+            _, reply = await aiosmtplib.send(
+                envelope.original_content or b"",
+                sender=envelope.mail_from,
+                recipients=to_gateway,
+                hostname="127.0.0.1",
+                port=self.inbound_port,
+                start_tls=True,
+                tls_context=ssl.create_default_context(cafile=str(self.paths.ca)),
+                timeout=60,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"{exc.code} {exc.message}"
+        except (OSError, aiosmtplib.SMTPException):
+            return "451 4.4.1 reply listener not reachable"
+        return f"250 {reply}"
+
+
+def inbound_overrides(paths: DemoPaths, smtp_port: int) -> dict[str, Any]:
+    """The demo's reply listener: on, next to the relay, with the relay's certificate."""
+    tls = paths.root / "tls"
+    return {
+        "enabled": True,
+        "port": smtp_port + 1,
+        "certfile": str(tls / "server.pem"),
+        "keyfile": str(tls / "server.key"),
+    }
+
+
+def start_relay(
+    paths: DemoPaths,
+    port: int,
+    reply_addresses: frozenset[str] = frozenset(),
+    inbound_port: int = 0,
+) -> Controller:
+    """The loopback relay: STARTTLS required, every message into the demo Maildir (replies
+    to the gateway on to its listener)."""
     # aiosmtpd logs every connection at INFO; the demo's own lines are what a newcomer reads.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     _, cert, key = make_tls(paths.root / "tls")
@@ -233,7 +285,7 @@ def start_relay(paths: DemoPaths, port: int) -> Controller:
     ctx.load_cert_chain(cert, key)
     paths.maildir.parent.mkdir(parents=True, exist_ok=True)
     controller = Controller(
-        Mailbox(paths.maildir),
+        DemoRelay(str(paths.maildir), paths, reply_addresses, inbound_port),
         hostname="127.0.0.1",
         port=port,
         tls_context=ctx,
@@ -529,6 +581,7 @@ def demo_overrides(paths: DemoPaths, port: int, smtp_port: int) -> dict[str, dic
             "cafile": str(paths.ca),
         },
         "delivery": {"retry_initial_seconds": 5.0},
+        "inbound": inbound_overrides(paths, smtp_port),
     }
 
 
@@ -539,9 +592,15 @@ def run_demo(
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     asyncio.run(init_home(home, overrides=demo_overrides(paths, port, smtp_port)))
     settings = config.load(home).replace(
-        web={"port": port}, smtp={"port": smtp_port, "cafile": str(paths.ca)}
+        web={"port": port},
+        smtp={"port": smtp_port, "cafile": str(paths.ca)},
+        inbound=inbound_overrides(paths, smtp_port),
     )
-    controller = None if setup_only else start_relay(paths, smtp_port)
+    g = settings.gateway
+    to_gateway = frozenset({g.reply_to().lower(), g.from_address.lower()})
+    controller = (
+        None if setup_only else start_relay(paths, smtp_port, to_gateway, settings.inbound.port)
+    )
     svc = open_services(settings)
     try:
         creds = asyncio.run(setup_demo(svc, paths))
@@ -578,4 +637,8 @@ def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Set
     print("  second factor:     add a user's TOTP secret to an authenticator app, or make a code:")
     print("    .venv/bin/python -c \"import pyotp; print(pyotp.TOTP('<totp secret>').now())\"")
     print(f"  local SMTP relay:  127.0.0.1:{settings.smtp.port} (STARTTLS required)")
+    print(
+        f"  replies:           {settings.gateway.reply_to()} via the relay, or the gateway's"
+        f" listener 127.0.0.1:{settings.inbound.port} (STARTTLS, CA {paths.ca})"
+    )
     print("")

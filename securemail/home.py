@@ -23,7 +23,7 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +47,9 @@ from securemail.exchange import asks, escalation
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import form_names
+from securemail.inbound import listener, replies
 from securemail.keys import gp as gpkeys
+from securemail.message import autocrypt
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
 from securemail.region import directory
@@ -76,6 +78,7 @@ MIGRATIONS: tuple[Migrations, ...] = (
     gpkeys.MIGRATIONS,
     health.MIGRATIONS,
     regionmap.MIGRATIONS,
+    replies.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 
@@ -147,6 +150,15 @@ async def init_home(
     finally:
         db.close()
     return report
+
+
+async def autocrypt_headers(svc: Services) -> dict[str, str]:
+    """From address -> Autocrypt header value for the delivery worker: the gateway's public
+    key under each of its own addresses (from_address, the reply address). Mail with any
+    other From (the GP's) gets none; see securemail.message.autocrypt."""
+    key = await svc.keyring.export_public(gateway_fingerprint(svc.store))
+    g = svc.settings.gateway
+    return {a.lower(): autocrypt.header_value(a, key) for a in (g.from_address, g.reply_to())}
 
 
 def gateway_fingerprint(db: Store) -> Fingerprint:
@@ -278,6 +290,7 @@ def run_background(
     *,
     owner_id: str,
     monitor: health.Monitor | None = None,
+    autocrypt: Mapping[str, str] | None = None,
 ) -> Background:
     """Start every background task of a gateway until ``stop`` is set: the delivery worker
     (woken by each send), the deadline watch, the retention purge and the health recorder.
@@ -291,6 +304,7 @@ def run_background(
         owner_id=owner_id,
         on_final=hooks.on_final,
         before_send=hooks.before_send,
+        autocrypt=autocrypt,
     )
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
     every = svc.settings.deadlines.check_seconds
@@ -326,9 +340,16 @@ async def background(
     owner_id: str,
     monitor: health.Monitor | None = None,
 ) -> AsyncIterator[Background]:
-    """``run_background`` for the body of an ``async with``; stopped on the way out."""
-    running = run_background(svc, stop, owner_id=owner_id, monitor=monitor)
+    """``run_background`` for the body of an ``async with``, with the reply listener
+    (``[inbound] enabled``) beside it; all stopped on the way out."""
+    running = run_background(
+        svc, stop, owner_id=owner_id, monitor=monitor, autocrypt=await autocrypt_headers(svc)
+    )
+    server = await listener.start(svc) if svc.settings.inbound.enabled else None
     try:
         yield running
     finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
         await stop_background(svc, running)

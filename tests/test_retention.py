@@ -554,3 +554,21 @@ async def test_attachments_are_sealed_at_rest_and_purged_with_the_request(loop: 
         lambda db: db.execute("SELECT count(*) FROM request_attachments").fetchone()[0]
     )
     assert left == 0
+
+
+async def test_a_nurses_reply_is_emptied_then_deleted_with_its_request(loop: Loop) -> None:
+    from securemail.inbound import replies
+    from tests.e2e.test_replies import mail, nurse_armor
+
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    await replies.accept(svc, mail(await nurse_armor(loop.gw, "wondzorg gestart"), sent.reference))
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=31)
+    retention.purge(svc.store, svc.settings, now=svc.now())
+    bodies = svc.store.read_sync(lambda db: [r["body"] for r in db["replies"].rows])
+    assert bodies == [""]
+    loop.clock.advance(days=svc.settings.retention.metadata_days)
+    retention.purge(svc.store, svc.settings, now=svc.now())
+    assert svc.store.read_sync(lambda db: db["replies"].count) == 0

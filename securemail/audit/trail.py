@@ -58,6 +58,7 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.stop": ("U", "a queued request was stopped before it left"),
     "request.answer": ("U", "the team answered a request"),
     "request.pass_on": ("U", "the team passed a request on to another team"),
+    "request.reply": ("C", "an encrypted, signed reply of a team member was taken by SMTP"),
     "request.withdraw": ("U", "a request was withdrawn"),
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "ask.create": ("C", "a nurse asked a practice for an execution request"),

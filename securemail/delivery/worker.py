@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from securemail.delivery.outbox import (
 )
 from securemail.delivery.relay import Outcome
 from securemail.errors import ConfigError, SecuremailError
+from securemail.message import autocrypt
 from securemail.message.sealcheck import NotSealedError, require_sendable
 from securemail.store import Store, open_store
 
@@ -294,6 +295,7 @@ class Worker:
         monotonic: Callable[[], float] | None = None,
         rng: Callable[[], float] = random.random,
         batch_size: int = 10,
+        autocrypt: Mapping[str, str] | None = None,
     ) -> None:
         """``clock``: wall seconds; ``monotonic``: elapsed seconds that guard it against steps
         (SteadyClock). By default time.monotonic with the real clock, and the given clock
@@ -316,6 +318,8 @@ class Worker:
         self._wake = asyncio.Event()
         #: Called with the seconds from a 250 to its committed "sent" (benchmarks/).
         self.on_commit_window: Callable[[float], None] | None = None
+        #: From address -> Autocrypt header value (message.autocrypt), added at this edge.
+        self.autocrypt: Mapping[str, str] = autocrypt or {}
 
     def wake(self) -> None:
         """Something was queued in this process: idle slots look now, not after poll_seconds.
@@ -452,13 +456,18 @@ class Worker:
                 return Outcome("transient", None, f"before_send failed: {type(exc).__name__}")
         try:
             # defence in depth: check again the exact bytes about to go
-            require_sendable(row.kind, row.mime, self.settings)
+            require_sendable(row.kind, self._bytes(row), self.settings)
         except NotSealedError as err:
             log.error(
                 "outbox %d (%s): refused at the SMTP edge: %s", row.id, row.reference, err.reason
             )
             return Outcome("permanent", None, err.reason, why=err.code)
         return None
+
+    def _bytes(self, row: OutboxRow) -> bytes:
+        """The exact bytes that go: the stored message, with the gateway's Autocrypt header
+        when its From is a gateway address (message.autocrypt says why only then)."""
+        return autocrypt.add(row.mime, self.autocrypt)
 
     async def _send(self, smtp: aiosmtplib.SMTP, row: OutboxRow) -> Outcome:
         """One message transaction. MAIL and RCPT are asked one by one, so that a timeout or a
@@ -467,10 +476,11 @@ class Worker:
         phase: relay.Phase = "message"
         try:
             async with asyncio.timeout(self._timeout):
-                await smtp.mail(row.sender, options=relay.size_option(smtp, row.mime))
+                data = self._bytes(row)  # with the Autocrypt header of gateway-From mail
+                await smtp.mail(row.sender, options=relay.size_option(smtp, data))
                 await smtp.rcpt(row.recipient)
                 phase = "data"
-                reply = await smtp.data(row.mime)
+                reply = await smtp.data(data)
         except Exception as exc:  # classified by type: 4xx/5xx/TLS/timeout/connection
             if isinstance(exc, aiosmtplib.SMTPResponseException):
                 await relay.reset_quietly(smtp, self._timeout)  # the session stays usable

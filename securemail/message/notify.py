@@ -55,6 +55,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "Het wijkteam heeft gereageerd op uw verzoek {reference}. De reactie staat op de "
         "pagina van het verzoek.",
     ),
+    "replied": (
+        "antwoord",
+        "Het wijkteam heeft een bericht gestuurd over uw verzoek {reference}. Het staat op de "
+        "pagina van het verzoek.",
+    ),
     "passed_on": (
         "doorbemiddeld",
         "Uw verzoek {reference} is doorbemiddeld naar een ander team. Op de pagina van het "
@@ -225,6 +230,10 @@ def notice_answered(reference: str, to: str, settings: Settings) -> Notice:
     return make_notice("answered", reference, to, settings)
 
 
+def notice_replied(reference: str, to: str, settings: Settings) -> Notice:
+    return make_notice("replied", reference, to, settings)
+
+
 def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:
     """The team passed the request on to another team."""
     return make_notice("passed_on", reference, to, settings)
@@ -267,6 +276,7 @@ _HEADERS = {
     "content-transfer-encoding",
     "x-securemail-notice",
     "x-securemail-reason",
+    "autocrypt",  # added at the SMTP edge: the gateway's public key (message.autocrypt)
 }
 
 

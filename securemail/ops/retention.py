@@ -289,6 +289,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
             )
             db.execute("UPDATE request_hops SET reason = '' WHERE reference = ?", [reference])
             db.execute("DELETE FROM request_attachments WHERE reference = ?", [reference])
+            db.execute("UPDATE replies SET body = '' WHERE reference = ?", [reference])
         for ask_id in p.asks:
             db.execute(
                 "UPDATE asks SET patient_name = '', patient_birth_date = '', reason = '', "
@@ -300,6 +301,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
         for chunk in _chunks(p.old_requests):
             db.execute(f"DELETE FROM request_hops WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM request_attachments WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
+            db.execute(f"DELETE FROM replies WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608

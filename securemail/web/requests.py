@@ -22,6 +22,7 @@ from securemail.exchange import answer, asks
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
+from securemail.inbound import replies
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -329,11 +330,14 @@ async def detail_context(
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    view = await svc.store.write(
-        lambda db: exchange.get_request(
-            db, actor, reference, source_id=svc.settings.gateway.source_id
-        )
-    )
+
+    def load(db: Any) -> dict[str, Any]:
+        # The replies on its thread are opened in the write that records this request.view.
+        view = exchange.get_request(db, actor, reference, source_id=svc.settings.gateway.source_id)
+        view["replies"] = [] if view["purged"] else replies.for_request(db, reference)
+        return view
+
+    view = await svc.store.write(load)
     can_answer = (
         actor.role == "nurse"
         and view["state"] == "open"

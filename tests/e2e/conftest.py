@@ -24,7 +24,7 @@ from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
 from securemail.exchange.send import Hooks
-from securemail.home import init_home, open_services
+from securemail.home import autocrypt_headers, init_home, open_services
 from securemail.keys import pinning as keydir
 from securemail.region import directory
 from securemail.services import Services, utcnow
@@ -268,6 +268,7 @@ async def deliver_all(
         owner_id="test-worker",
         on_final=hooks.on_final,
         before_send=hooks.before_send,
+        autocrypt=await autocrypt_headers(svc),
         **({"clock": lambda: clock().timestamp()} if clock else {}),
     )
     stop = asyncio.Event()

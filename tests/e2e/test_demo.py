@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -129,10 +130,16 @@ def open_as_team(home: Path, raw: bytes, tmp: Path) -> subprocess.CompletedProce
 def run_readme_step_4(home: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     """The shell block of the README's tour step 4, run by bash from a folder whose var/ is
     the demo's home (its gpg-agent is stopped after)."""
+    return run_readme_step("4. The local relay", home, tmp / "readme")
+
+
+def run_readme_step(heading: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The first shell block after ``heading`` in the README's tour, as bash runs it."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    step = readme[readme.index("4. The local relay") :]
+    step = readme[readme.index(heading) :]
     script = step[step.index("```sh") + len("```sh") : step.index("```", step.index("```sh") + 5)]
-    cwd = tmp / "readme"
+    # The block is indented under its list item; a heredoc's end marker must not be.
+    script = "\n".join(line.removeprefix("   ") for line in script.splitlines())
     cwd.mkdir()
     (cwd / "var").symlink_to(home)
     (cwd / ".venv").symlink_to(Path(sys.prefix))  # the tour's venv
@@ -230,6 +237,19 @@ async def test_demo_web_and_cli_requests_arrive_in_maildir_sealed(demo: dict[str
         assert readme.returncode == 0, readme.stderr
         assert "Good signature from" in readme.stderr
         assert "application/json" in readme.stdout
+        # And step 5: the nurse's encrypted, signed reply is taken onto the thread
+        reply = run_readme_step("5. Reply as the nurse", home, tmp / "reply")
+        assert reply.returncode == 0, reply.stderr
+        assert "taken" in reply.stdout
+        db = sqlite3.connect(home / "securemail.db")
+        try:
+            [(count,)] = db.execute("SELECT count(*) FROM replies").fetchall()
+            [(audited,)] = db.execute(
+                "SELECT count(*) FROM audit_events WHERE event_code = 'request.reply'"
+            ).fetchall()
+        finally:
+            db.close()
+        assert (count, audited) == (1, 1)
     finally:
         subprocess.run(
             ["gpgconf", "--homedir", str(tmp / "client"), "--kill", "gpg-agent"], check=False
