@@ -374,7 +374,10 @@ async def _pass_on(
             html=rendered.html,
             json=await svc.store.read(lambda db: requestview.document_bytes(db, row)),
             signer_public_key=await svc.keyring.export_public(gp_fpr),
-            attachments=tuple((f.name, f.content_type, f.data) for f in files),
+            # Once: inside the GP's nested signed order when it travels, else here.
+            attachments=()
+            if forwarded_order
+            else tuple((f.name, f.content_type, f.data) for f in files),
         ),
         signer=Fingerprint(gateway_fpr),
         passphrase=None,  # the gateway's key has none; its homedir is the protection

@@ -59,6 +59,7 @@ class RequestRow(TypedDict):
     overdue_at: str
     answered_at: str
     ask_reference: str
+    signed_order: str  # the GP's RFC 3156 6.1 signed order, sealed; '' purged
     answer_status: str
     final_at: str
     content_purged_at: str

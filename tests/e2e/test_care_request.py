@@ -21,7 +21,7 @@ from securemail.form.request import FormInvalidError
 from tests.attachment_files import b64, executable, jpeg, pdf, png
 from tests.clock import AMS
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
-from tests.loop_fixtures import TEAM_B, Loop
+from tests.loop_fixtures import TEAM_B, Loop, verify_order
 
 ROOT = Path(__file__).resolve().parents[2]
 CARE = json.loads(
@@ -46,8 +46,9 @@ def opened(gw: Gateway, raw: bytes) -> tuple[email.message.EmailMessage, dict[st
     assert outer.get_content_type() == "multipart/encrypted"
     result = gw.decrypt_as_nurse(raw)
     assert result.returncode == 0, result.stderr.decode()
-    status = result.stderr.decode()
-    assert status.count("[GNUPG:] GOODSIG") == 1  # one signature over the whole request
+    # the GP's order is RFC 3156 6.1: one signature, over the whole multipart/signed part
+    verified, _ = verify_order(gw.nurse_home, result.stdout)
+    assert verified.count("[GNUPG:] GOODSIG") == 1
     inner = email.message_from_bytes(result.stdout, policy=policy.default)
     doc = next(p for p in inner.walk() if p.get_content_type() == "application/json")
     text = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
