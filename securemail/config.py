@@ -24,6 +24,7 @@ DB_NAME = "securemail.db"
 GNUPG_DIR = "gnupg"
 #: Below this the passphrase stretching of a GP key is a formality (docs/performance.md).
 MIN_S2K_CALIBRATION_MS = 10
+MAX_SIGNERS = 64  # [gpg] signers: gpg-agents side by side
 
 
 def _s(default: Any, doc: str) -> Any:
@@ -130,6 +131,11 @@ class GpgSettings:
     binary: str = _s("gpg", "The gpg program.")
     timeout_seconds: float = _s(30.0, "Every gpg call is killed and refused after this long.")
     max_concurrency: int = _s(2, "gpg processes at once (python-gnupg#120: cap it).")
+    signers: int = _s(
+        0,
+        "Signing homes, each with its own gpg-agent over the same keys, so that signatures'"
+        " S2K derivations run side by side (docs/performance.md); 0: one per core.",
+    )
     s2k_calibration_ms: int = _s(
         100,
         "Milliseconds gpg-agent spends deriving a GP's key from the signing passphrase (S2K);"
@@ -527,6 +533,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"[gpg] s2k_calibration_ms must be at least {MIN_S2K_CALIBRATION_MS}",
             setting="[gpg] s2k_calibration_ms",
+        )
+    if not 0 <= s.gpg.signers <= MAX_SIGNERS:
+        raise ConfigError(
+            f"[gpg] signers must be 0 (one per core) to {MAX_SIGNERS}", setting="[gpg] signers"
         )
     _validate_working_hours(s.audit)
     for key in ("office_start", "office_end", "night_start", "night_end"):

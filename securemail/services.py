@@ -20,7 +20,7 @@ from securemail.config import Settings
 from securemail.form import request as forms
 from securemail.guesses import Guesses
 from securemail.openpgp.keyring import Keyring
-from securemail.openpgp.keystore import kill_agent
+from securemail.openpgp.keystore import kill_agents
 from securemail.store import Store
 
 AGENT_LOCK = ".gpg-agent.lock"
@@ -77,13 +77,13 @@ class Services:
         # us, unless another process of this home still uses it.
         fd, self.agent_lock = self.agent_lock, None
         if fd is None:
-            kill_agent(self.keyring.homedir, self.keyring.binary)
+            kill_agents(self.keyring.homedir, self.keyring.binary)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # from shared: are we the last?
         except BlockingIOError:
             return
         else:  # while we hold it exclusively, nobody starts using the agent
-            kill_agent(self.keyring.homedir, self.keyring.binary)
+            kill_agents(self.keyring.homedir, self.keyring.binary)
         finally:
             os.close(fd)

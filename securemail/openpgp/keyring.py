@@ -255,9 +255,9 @@ class Keyring(KeyStore):
             return bytes(r.data)
 
         if keep_signed_order:
-            ciphertext = await self._call_with_secret("sign", signer_fpr, sign_then_encrypt)
+            ciphertext = await self._call_signing("sign", signer_fpr, sign_then_encrypt)
         else:
-            ciphertext = await self._call_with_secret("sign+encrypt", signer_fpr, sign_encrypt)
+            ciphertext = await self._call_signing("sign+encrypt", signer_fpr, sign_encrypt)
         expected = sorted(s.key_id for s in subkeys)
         try:
             actual = sorted(armor.encrypted_to(ciphertext))

@@ -10,7 +10,13 @@ Invariants:
   and opening a keyring refuses a homedir without it, or one that is not mode 0700;
   the conf also fixes the S2K calibration ([gpg] s2k_calibration_ms) used when gpg-agent
   protects a key: a setting of cost, never of caching;
-- keys are named by full fingerprints only, never by e-mail address or key id.
+- keys are named by full fingerprints only, never by e-mail address or key id;
+- signatures run in a pool of ``signers`` homes (openpgp.signers: the primary homedir and
+  signer homes linked to its keys), each with its own gpg-agent, handed out in turn by
+  signing key; everything else runs in the primary homedir under the semaphore, so no
+  listing, check or verification waits behind a signature's S2K. A signature whose gpg
+  failed for another reason than its passphrase or its keys is retried once with a fresh
+  gpg-agent, then refused; nothing is ever sent unsigned.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 
-from securemail.config import GpgSettings
+from securemail.config import MAX_SIGNERS, GpgSettings
 from securemail.errors import ConfigError, InputError, NotFoundError, SecuremailError
 from securemail.message import armor, mime
-from securemail.openpgp import gpgproc
+from securemail.openpgp import gpgproc, signers
 from securemail.openpgp.gpgproc import WatchedGPG, wire
 from securemail.openpgp.keyinfo import (
     Fingerprint,
@@ -145,7 +151,7 @@ def check_passphrase(passphrase: object, error: type[SealError] = SigningError) 
     return passphrase
 
 
-def _check_homedir(homedir: Path) -> None:
+def _check_homedir(homedir: Path, signer_count: int = 1) -> None:
     try:
         st = homedir.stat()
     except FileNotFoundError:
@@ -169,9 +175,12 @@ def _check_homedir(homedir: Path) -> None:
         )
     # Without /run/user/<uid>, gpg-agent's sockets live in the homedir, and sun_path holds
     # 107 bytes: "<homedir>/S.gpg-agent.browser" must fit, or the agent cannot start.
-    if not Path(f"/run/user/{os.getuid()}").is_dir() and len(os.fsencode(homedir)) > 87:
+    # Signer homes add "/s<N>" to that.
+    longest = os.fsencode(signers.signer_home(homedir, signer_count - 1))
+    if not Path(f"/run/user/{os.getuid()}").is_dir() and len(longest) > 87:
         raise ConfigError(
-            f"gpg homedir path {homedir} is longer than gpg-agent's sockets allow (87 bytes)",
+            f"gpg homedir path {longest.decode(errors='replace')} is longer than gpg-agent's"
+            " sockets allow (87 bytes)",
             setting="gpg homedir",
         )
 
@@ -187,11 +196,15 @@ class KeyStore:
         timeout: float = 30.0,
         max_concurrency: int = 2,
         key_cache_seconds: float = 60.0,
+        signer_count: int = 1,
     ) -> None:
         self.homedir = Path(homedir).absolute()
-        _check_homedir(self.homedir)
-        if timeout <= 0 or max_concurrency < 1:
+        if timeout <= 0 or max_concurrency < 1 or signer_count < 1:
             raise ConfigError("gpg timeout and concurrency must be positive", setting="gpg")
+        _check_homedir(self.homedir, signer_count)
+        self.signer_count = signer_count
+        self._pool = signers.SignerPool(signer_count)
+        self._signer_gpg: dict[int, WatchedGPG] = {}
         self.binary = binary
         self.timeout = float(timeout)
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -234,27 +247,34 @@ class KeyStore:
             binary=gpg.binary,
             timeout=gpg.timeout_seconds,
             max_concurrency=gpg.max_concurrency,
+            signer_count=gpg.signers or min(len(os.sched_getaffinity(0)), MAX_SIGNERS),
             **kwargs,
         )
 
     # -- running gpg -------------------------------------------------------------------
 
-    def _instance(self) -> WatchedGPG:
+    def _instance(self, signer: int = 0) -> WatchedGPG:
         with self._gpg_lock:
+            if signer:
+                if signer not in self._signer_gpg:  # links made (or repaired) on first use
+                    home = signers.ensure_signer_home(self.homedir, signer)
+                    self._signer_gpg[signer] = self._new_gpg(home)
+                return self._signer_gpg[signer]
             if self._gpg is None:
-                gpg = WatchedGPG(
-                    gpgbinary=self.binary, gnupghome=str(self.homedir), options=list(_OPTIONS)
-                )
-                if not gpg.version or gpg.version < (2, 2):
-                    raise SealError("gpg 2.2 or later is required", operation="version")
-                self._gpg = gpg
+                self._gpg = self._new_gpg(self.homedir)
             return self._gpg
 
-    def _watched(self, operation: str, fn: Callable[[WatchedGPG], T]) -> T:
+    def _new_gpg(self, home: Path) -> WatchedGPG:
+        gpg = WatchedGPG(gpgbinary=self.binary, gnupghome=str(home), options=list(_OPTIONS))
+        if not gpg.version or gpg.version < (2, 2):
+            raise SealError("gpg 2.2 or later is required", operation="version")
+        return gpg
+
+    def _watched(self, operation: str, fn: Callable[[WatchedGPG], T], signer: int = 0) -> T:
         failure: Exception | None = None
         with gpgproc.watch(self.timeout) as w:
             try:
-                result = fn(self._instance())
+                result = fn(self._instance(signer))
             except Exception as exc:  # decided below, once the watch has closed
                 failure = exc
         if w.expired:  # whatever the killed gpg left behind, the answer is: timed out
@@ -291,6 +311,47 @@ class KeyStore:
                     self._unlocked.add(fpr)
                     return result
         return await self._call(operation, fn)
+
+    async def _call_signing(
+        self, operation: str, fpr: Fingerprint, fn: Callable[[WatchedGPG], T]
+    ) -> T:
+        """``_call_with_secret`` for a signature: in a signing home of the pool, in turn by
+        signing key, retried once with a fresh gpg-agent when gpg failed for another reason
+        than the passphrase or the keys (a crashed agent); refused after that."""
+        if fpr not in self._unlocked:  # the first unlock alone, as in _call_with_secret
+            async with self._first_unlock.setdefault(fpr, asyncio.Lock()):
+                if fpr not in self._unlocked:
+                    result = await self._sign_in_pool(operation, fpr, fn)
+                    self._unlocked.add(fpr)
+                    return result
+        return await self._sign_in_pool(operation, fpr, fn)
+
+    async def _sign_in_pool(
+        self, operation: str, fpr: Fingerprint, fn: Callable[[WatchedGPG], T]
+    ) -> T:
+        for attempt in (1, 2):
+            index = await self._pool.acquire(fpr)
+            try:
+                return await asyncio.to_thread(self._watched, operation, fn, index)
+            except SealError as exc:
+                if type(exc) not in (SealError, SealTimeoutError):
+                    raise  # the passphrase, a key: the same answer in every home
+                # gpg or its agent broke (crashed, killed, hung): the next gpg call in this
+                # home starts a fresh gpg-agent. A timeout is not worth waiting for twice.
+                home = signers.signer_home(self.homedir, index)
+                await asyncio.to_thread(kill_agent, home, self.binary)
+                if attempt == 2:
+                    raise SealError(
+                        f"gpg {operation} failed twice, the second time with a fresh"
+                        f" gpg-agent; refused, nothing sent: {exc}",
+                        operation=operation,
+                        status=str(exc.context.get("status", "")),
+                    ) from None
+                if isinstance(exc, SealTimeoutError):
+                    raise
+            finally:
+                self._pool.release(index)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _fail(
@@ -331,7 +392,7 @@ class KeyStore:
 
     async def close(self) -> None:
         """Stop this homedir's gpg-agent (it holds no passphrases, but needs no process)."""
-        await asyncio.to_thread(kill_agent, self.homedir, self.binary)
+        await asyncio.to_thread(kill_agents, self.homedir, self.binary)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -590,8 +651,14 @@ def write_agent_conf(
         return False
     path.write_text(text, encoding="utf-8")
     os.chmod(path, 0o600)
-    kill_agent(homedir.absolute(), binary)  # reread the conf
+    kill_agents(homedir.absolute(), binary)  # reread the conf
     return True
+
+
+def kill_agents(homedir: Path, binary: str = "gpg") -> None:
+    """Stop the gpg-agents of homedir and of its signer homes (best effort)."""
+    for home in [homedir, *signers.existing_signer_homes(homedir)]:
+        kill_agent(home, binary)
 
 
 def kill_agent(homedir: Path, binary: str) -> None:
