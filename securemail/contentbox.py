@@ -17,7 +17,8 @@ Invariants:
 
 A copy of ``securemail.db`` alone therefore shows references, states, times, teams and
 BSNs (the patient reference the audit trail and consent register keep as well), but no
-name, birth date, indication text or evidence file name. docs/retention.md explains the key's handling.
+name, birth date, indication text or evidence file name. docs/retention.md explains the
+key's handling.
 """
 
 from __future__ import annotations

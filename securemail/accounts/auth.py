@@ -28,6 +28,7 @@ from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.message import notify
 from securemail.region.directory import (
     find_team,
     org_by_code,
@@ -35,7 +36,6 @@ from securemail.region.directory import (
     require_email,
     team_by_address,
 )
-from securemail.message import notify
 
 MIGRATIONS = Migrations("securemail.auth")
 
