@@ -1041,3 +1041,37 @@ def test_cli_purge_dry_run_checkpoint_key_and_codes(world, tmp_path, capsys):
     status, out, _ = cli(capsys, "audit", "codes", "--home", home)
     # A starting point for docs/audit-actions.md (tests/test_docs.py checks the doc itself).
     assert all(f"| `{code}` | {action} |" in out for code, (action, _) in audit.EVENT_CODES.items())
+
+
+def test_review_sign_off_keeps_only_a_keyed_hash_of_the_bsn(world, tmp_path):
+    """A plain SHA-256 over the parameters is reversed by trying every BSN; the keyed hash
+    is not, without the home's secrets.key (which a copy of the database lacks)."""
+    import hashlib
+    import json
+
+    store, a = world
+    review = store.write_sync(
+        lambda db: audit_review.sign_off(
+            db, a["po_a"], kind="disclosure", start=at(1), end=at(20), bsn=BSN,
+            outcome="no_findings", findings="",
+        )
+    )  # fmt: skip
+    stored = store.read_sync(
+        lambda db: db.execute(
+            "SELECT params_hash FROM audit_reviews WHERE id = ?", [review.id]
+        ).fetchone()[0]
+    )
+    assert stored.startswith("hmac:")
+    body = json.dumps(
+        {"kind": "disclosure", "start": at(1), "end": at(20), "subject": "", "bsn": BSN},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    plain = hashlib.sha256(b"securemail.audit.trail.review.v1\x00" + body.encode()).hexdigest()
+    assert plain not in stored  # the old, guessable form is gone
+    assert BSN not in stored
+    # the same parameters give the same hash in this home (a reader can match a report)
+    again = store.read_sync(
+        lambda db: audit_review.params_hash(db, "disclosure", at(1), at(20), "", BSN)
+    )
+    assert again == stored
