@@ -17,7 +17,8 @@ Invariants:
 
 A copy of ``securemail.db`` alone therefore shows references, states, times, teams and
 BSNs (the patient reference the audit trail and consent register keep as well), but no
-name, birth date or indication text. docs/retention.md explains the key's handling.
+name, birth date, indication text or evidence file name. docs/retention.md explains the
+key's handling.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from securemail.secretbox import SecretBox, read_or_create_key
 #: content. requests.answer carries the nurse in charge and the team's free text;
 #: request_hops.reason the team's free-text reason for declining or passing on;
 #: replies.body a nurse's reply taken by the inbound listener.
+#: consents.evidence_ref the name of the consent's evidence file.
 SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("requests", "document"): "reference",
     ("requests", "answer"): "reference",
@@ -49,6 +51,9 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("request_hops", "reason"): "id",
     ("request_attachments", "data"): "id",
     ("replies", "body"): "reply_id",
+    # The consent's evidence name (often "Jansen 12-03-1948 toestemming.pdf"): keyed by
+    # the consent, not the row, so a new version carries its evidence over unchanged.
+    ("consents", "evidence_ref"): "consent_id",
 }
 
 _registry: dict[Path, SecretBox] = {}

@@ -1,4 +1,5 @@
-"""Sealing small secrets at rest (TOTP seeds) under a key file that lives beside the database.
+"""Sealing small secrets at rest (TOTP seeds) under a key file that lives beside the database,
+and keyed hashes (``SecretBox.keyed_hash``) of values that must not be guessable from a copy.
 
 Invariant: a copy of ``securemail.db`` alone (a backup, a file attached to a support
 ticket) does not reveal any TOTP secret: each is AES-256-GCM sealed under
@@ -12,13 +13,17 @@ a value that does not open raises instead of passing.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import threading
 from pathlib import Path
 
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securemail.errors import SecuremailError
 
@@ -51,6 +56,10 @@ class SecretBox:
         if len(key) != 32:
             raise error(f"{name} must hold 32 bytes")
         self._aead = AESGCM(key)
+        # A separate key for keyed hashes, derived (never the encryption key itself).
+        self._mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"securemail.keyed-hash.v1"
+        ).derive(key)
         self._error = error
         self._name = name
 
@@ -91,6 +100,13 @@ class SecretBox:
                 " or altered)",
                 context=context,
             ) from None
+
+    def keyed_hash(self, data: bytes, *, purpose: str) -> str:
+        """HMAC-SHA256 of data under this home's key, hex: a value that identifies data
+        (a BSN in a review sign-off) but cannot be reversed by trying every candidate
+        without the key file, as a plain SHA-256 of a 9-digit number can in seconds."""
+        msg = purpose.encode("utf-8") + b"\x00" + data
+        return hmac.new(self._mac_key, msg, hashlib.sha256).hexdigest()
 
     @staticmethod
     def is_sealed(value: object) -> bool:

@@ -93,3 +93,61 @@ async def test_the_cli_deactivates_and_lists_and_revokes_tokens(webapp: WebApp) 
     assert await _status(webapp, token) == 401
     assert "deactivated" in cli("deactivate", "--username", "gp_a")
     assert webapp.svc.store.read_sync(lambda db: auth.user_by_name(db, "gp_a").active) is False
+
+
+def _notices_to(webapp: WebApp, address: str) -> list[dict[str, object]]:
+    return webapp.svc.store.read_sync(
+        lambda db: list(db["outbox"].rows_where("kind = 'notice' AND recipient = ?", [address]))
+    )
+
+
+async def test_the_person_is_told_when_an_admin_resets_their_account(webapp: WebApp) -> None:
+    from securemail.message import notify
+
+    webapp.svc.store.write_sync(
+        lambda db: db["users"].update(
+            auth.user_by_name(db, "gp_a").id, {"email": "dr.a@example.org"}
+        )
+    )
+    b = webapp.browser()
+    assert (await b.login("admin")).status == 303
+    r = await b.post(
+        "/admin/users/reset-password",
+        {"username": "gp_a", "password": "a-new-long-password-1"},
+    )
+    assert r.status == 200
+    [row] = _notices_to(webapp, "dr.a@example.org")
+    mime = bytes(row["mime"])  # type: ignore[arg-type]
+    notify.require_notice_mime(mime, webapp.settings)  # the fixed, patient-free text
+    assert b"X-Securemail-Notice: account_reset" in mime
+    assert str(row["reference"]).startswith("ACCT-")
+    assert b"gp_a" not in mime  # no name or username: the reference says which account
+    assert "person told (ACCT-" in webapp.audit("user.update")[-1]["outcome_detail"]
+
+
+async def test_a_person_without_an_address_is_told_through_the_organisation(
+    webapp: WebApp,
+) -> None:
+    user = webapp.svc.store.read_sync(lambda db: auth.user_by_name(db, "gp_a"))
+    webapp.svc.store.write_sync(lambda db: db["users"].update(user.id, {"email": ""}))
+    org = webapp.svc.store.read_sync(
+        lambda db: auth.org_by_id(db, user.org_id)  # type: ignore[arg-type]
+    )
+    if not org.notify_address:
+        webapp.svc.store.write_sync(
+            lambda db: db["organisations"].update(
+                org.id, {"notify_address": "praktijk@example.org"}
+            )
+        )
+    to = org.notify_address or "praktijk@example.org"
+    webapp.svc.store.write_sync(
+        lambda db: auth.reset_password(
+            db,
+            SYSTEM,
+            "gp_a",
+            "a-new-long-password-1",
+            now=webapp.clock.now,
+            settings=webapp.settings,
+        )
+    )
+    assert len(_notices_to(webapp, to)) == 1

@@ -1063,3 +1063,37 @@ def test_the_store_knows_the_gateways_source_id_and_refuses_another(tmp_path: Pa
         assert sources == ["huisartsenpost-7", "huisartsenpost-7"]
     finally:
         s.close()
+
+
+def test_review_sign_off_keeps_only_a_keyed_hash_of_the_bsn(world, tmp_path):
+    """A plain SHA-256 over the parameters is reversed by trying every BSN; the keyed hash
+    is not, without the home's secrets.key (which a copy of the database lacks)."""
+    import hashlib
+    import json
+
+    store, a = world
+    review = store.write_sync(
+        lambda db: audit_review.sign_off(
+            db, a["po_a"], kind="disclosure", start=at(1), end=at(20), bsn=BSN,
+            outcome="no_findings", findings="",
+        )
+    )  # fmt: skip
+    stored = store.read_sync(
+        lambda db: db.execute(
+            "SELECT params_hash FROM audit_reviews WHERE id = ?", [review.id]
+        ).fetchone()[0]
+    )
+    assert stored.startswith("hmac:")
+    body = json.dumps(
+        {"kind": "disclosure", "start": at(1), "end": at(20), "subject": "", "bsn": BSN},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    plain = hashlib.sha256(b"securemail.audit.trail.review.v1\x00" + body.encode()).hexdigest()
+    assert plain not in stored  # the old, guessable form is gone
+    assert BSN not in stored
+    # the same parameters give the same hash in this home (a reader can match a report)
+    again = store.read_sync(
+        lambda db: audit_review.params_hash(db, "disclosure", at(1), at(20), "", BSN)
+    )
+    assert again == stored

@@ -821,3 +821,75 @@ def test_docs_name_every_consent_error_code():
         c.ConsentDeniedError,
     ):
         assert f"`{err.code}`" in text and err.nl.split("{")[0].strip() in text
+
+
+# -- evidence names are sealed content (issue 23) ---------------------------------------------
+EVIDENCE_NAME = "Jansen 12-03-1948 toestemming.pdf"
+
+
+def _file_bytes(tmp_path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in tmp_path.glob("securemail.db*") if p.is_file())
+
+
+def test_an_evidence_name_is_stored_sealed_and_reads_back(store, tmp_path: Path) -> None:
+    rec = grant(store, c.Recipient(team_id=3), evidence=b"scan", evidence_ref=EVIDENCE_NAME)
+    assert rec.evidence_ref == EVIDENCE_NAME
+    raw = store.read_sync(
+        lambda db: db.execute("SELECT evidence_ref FROM consents WHERE id = ?", [rec.row_id])
+    ).fetchone()[0]
+    assert raw.startswith("v1:") and "Jansen" not in raw
+    assert EVIDENCE_NAME.encode() not in _file_bytes(tmp_path)
+    # a new version (withdrawal) carries the evidence over, still sealed and readable
+    store.write_sync(
+        lambda db: c.withdraw(
+            db,
+            GP,
+            patient_bsn=BSN,
+            source_org_id=PRACTICE,
+            recipient=c.Recipient(team_id=3),
+            channel="phone",
+            now=NOW,
+            stop_pending=no_stop,
+        )
+    )
+    history = store.read_sync(
+        lambda db: c.list_records(db, source_org_id=PRACTICE, now=NOW, history=True)
+    )
+    assert [r.evidence_ref for r in history] == [EVIDENCE_NAME, EVIDENCE_NAME]
+    assert EVIDENCE_NAME.encode() not in _file_bytes(tmp_path)
+
+
+def test_the_migration_seals_plaintext_evidence_names(tmp_path: Path) -> None:
+    from securemail import config, contentbox
+    from securemail.home import MIGRATIONS
+
+    s = Store(tmp_path / "securemail.db")
+    try:
+
+        def before(db: Any) -> None:
+            for m in MIGRATIONS:
+                m.apply(db, stop_before="0002_consent_evidence_sealed")
+            db.execute(
+                "INSERT INTO consents (consent_id, version, status, decision, basis, patient_bsn,"
+                " source_org_id, recipient_team_id, purpose, data_categories, valid_from,"
+                " given_at, channel, performer, recorded_at, evidence_ref) VALUES ('C-1', 1,"
+                " 'active', 'permit', 'explicit', ?, 1, 3, 'TREAT', '[\"x\"]', ?, ?,"
+                " 'in_person', 'patient', ?, ?)",
+                [BSN, NOW.isoformat(), NOW.isoformat(), NOW.isoformat(), EVIDENCE_NAME],
+            )
+
+        s.write_sync(before)
+        assert "securemail.retention:0002_consent_evidence_sealed" in s.pending_migrations(
+            MIGRATIONS
+        )
+        s.migrate(MIGRATIONS)
+        assert EVIDENCE_NAME.encode() not in _file_bytes(tmp_path)
+        [rec] = s.read_sync(
+            lambda db: c.list_records(db, source_org_id=PRACTICE, now=NOW, history=True)
+        )
+        assert rec.evidence_ref == EVIDENCE_NAME
+        with pytest.raises(sqlite3.IntegrityError):  # still append-only
+            s.write_sync(lambda db: db.execute("UPDATE consents SET reason = 'x'"))
+    finally:
+        s.close()
+        contentbox.forget(config.load(tmp_path))

@@ -3,7 +3,8 @@
 Invariant: passwords are stored only as scrypt hashes (memory-hard, from
 ``cryptography``); a GP's signing passphrase is never stored anywhere: only gpg's
 protected secret key holds it. An admin's password reset always forces a new
-second-factor enrolment and ends every session of that person (``reset_password``);
+second-factor enrolment, ends every session and token of that person and tells them
+(``reset_password``);
 the second factor itself lives in ``securemail.accounts.totp``.
 """
 
@@ -24,7 +25,10 @@ from sqlite_utils import Migrations
 from securemail.access import ROLES, Actor, Person, Resource, require
 from securemail.accounts import apitoken, session, totp
 from securemail.audit import trail as audit
+from securemail.config import Settings
+from securemail.delivery import outbox
 from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.message import notify
 from securemail.region.directory import (
     find_team,
     org_by_code,
@@ -303,10 +307,15 @@ def reset_password(
     *,
     source_id: str | None = None,
     now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """An admin sets a new password: the person must enrol a new authenticator at the next
     login, their recovery codes stop working, any lock is lifted, and every session and API
-    token of theirs ends (audited user.update). Returns the number of sessions ended."""
+    token of theirs ends (audited user.update). Returns the number of sessions ended.
+
+    With settings (the admin page and the CLI always pass them) the person is told in the
+    same write: a patient-free ``account_reset`` notice to their e-mail address, else to
+    their organisation's notice address, so a reset they did not ask for is noticed."""
     require(actor, "user.manage", Resource("user", ref=username))
     user = user_by_name(db, username)
     validate_password(password)
@@ -315,7 +324,9 @@ def reset_password(
     totp.clear_lock(db, user.id)
     ended = session.end_all(db, user.id)
     # Whoever knew the old password may have made a token with it: tokens end too.
-    tokens = apitoken.end_all(db, user.id, now=now or datetime.now(UTC))
+    at = now or datetime.now(UTC)
+    tokens = apitoken.end_all(db, user.id, now=at)
+    told = _tell_reset(db, actor, user, at, settings) if settings is not None else ""
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -326,12 +337,26 @@ def reset_password(
             nature="technical",
             outcome_detail=(
                 f"password reset; second factor to enrol again; {ended} sessions ended; "
-                f"{tokens} api tokens revoked"
+                f"{tokens} api tokens revoked{told}"
             ),
         ),
         source_id=source_id,
     )
     return ended
+
+
+def _tell_reset(
+    db: sqlite_utils.Database, actor: Actor, user: User, now: datetime, settings: Settings
+) -> str:
+    """Queue the account_reset notice; the audit detail's tail saying who was told."""
+    to = user.email
+    if not to and user.org_id is not None:
+        to = org_by_id(db, user.org_id).notify_address
+    if not to:
+        return "; no address to tell the person"
+    reference = notify.account_reference(user.id, now)
+    outbox.enqueue_notice(db, notify.notice_account_reset, reference, to, settings, actor=actor)
+    return f"; person told ({reference})"
 
 
 def deactivate(

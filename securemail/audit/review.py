@@ -1,14 +1,14 @@
 """The privacy officer's oversight: integrity status, breach scope and review sign-off.
 
 Invariants: a sign-off is an append-only row in audit_reviews written together with its
-``audit.review`` event; it stores a hash of the report's parameters (never a BSN in clear)
+``audit.review`` event; it stores a keyed hash (HMAC under the home's secrets.key) of the
+report's parameters (never a BSN in clear, nor a plain hash that can be reversed)
 so that a later reader can tell which report was reviewed; every read here is audited
 like the queries in securemail.audit.report.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from securemail.audit.integrity import Checkpoint
 from securemail.audit.report import _rows, _view, authorize, parse_bsn, utc_iso
 from securemail.audit.trail import AuditEvent
 from securemail.errors import InputError
+from securemail.secretbox import SecretBox
 
 REPORT_KINDS = (
     "disclosure",
@@ -50,7 +51,7 @@ def _m1(db: sqlite_utils.Database) -> None:
             id INTEGER PRIMARY KEY,
             org_code TEXT NOT NULL,
             report_kind TEXT NOT NULL,
-            params_hash TEXT NOT NULL,     -- SHA-256 of the report's parameters (BSN included)
+            params_hash TEXT NOT NULL,     -- keyed hash of the report's parameters (BSN included)
             period_start TEXT NOT NULL,
             period_end TEXT NOT NULL,
             subject TEXT NOT NULL,         -- e.g. user:12; never a BSN
@@ -238,13 +239,26 @@ class Review:
     audit_seq: int
 
 
-def params_hash(kind: str, start: str, end: str, subject: str = "", bsn: str = "") -> str:
+def params_hash(
+    db: sqlite_utils.Database,
+    kind: str,
+    start: str,
+    end: str,
+    subject: str = "",
+    bsn: str = "",
+) -> str:
+    """A keyed hash (HMAC-SHA256 under the home's secrets.key) of the report's parameters.
+
+    Keyed because the BSN is one of them: a plain SHA-256 over 9 digits and a known period
+    is reversed by trying every BSN in seconds. ``hmac:`` tells these from the plain
+    SHA-256 hashes of sign-offs made before (kept as they were)."""
     body = json.dumps(
         {"kind": kind, "start": start, "end": end, "subject": subject, "bsn": bsn},
         sort_keys=True,
         separators=(",", ":"),
     )
-    return hashlib.sha256(b"securemail.audit.trail.review.v1\x00" + body.encode()).hexdigest()
+    box = SecretBox.for_db(db)
+    return "hmac:" + box.keyed_hash(body.encode(), purpose="securemail.audit.trail.review.v2")
 
 
 def sign_off(
@@ -273,7 +287,7 @@ def sign_off(
         raise InputError("findings: at most 4000 characters", field="findings")
     bsn = parse_bsn(bsn) if bsn else ""
     subject = subject.strip()[:100]
-    digest = params_hash(kind, start, end, subject, bsn)
+    digest = params_hash(db, kind, start, end, subject, bsn)
     now = audit.now_ms()
     cur = db.conn.execute(
         "INSERT INTO audit_reviews (org_code, report_kind, params_hash, period_start, "

@@ -32,7 +32,13 @@ def cmd_account(args: argparse.Namespace) -> int:
             password = read_secret(args.password_file, "new password: ")
             ended = svc.store.write_sync(
                 lambda db: auth.reset_password(
-                    db, SYSTEM, args.username, password, source_id=src, now=svc.now()
+                    db,
+                    SYSTEM,
+                    args.username,
+                    password,
+                    source_id=src,
+                    now=svc.now(),
+                    settings=svc.settings,
                 )
             )
             print(

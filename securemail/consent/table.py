@@ -3,7 +3,9 @@
 Invariants: triggers refuse every UPDATE and DELETE; a new version must supersede
 version n-1 of the same consent, patient, holder and recipient (INSERT trigger), and
 ``supersedes`` is UNIQUE, so each consent's history is one unbroken line. The current
-version is the row nobody supersedes (``CURRENT``).
+version is the row nobody supersedes (``CURRENT``). ``evidence_ref`` (an evidence file's
+name, often the patient's name and birth date) is stored sealed by ``contentbox`` and
+opened only by ``query``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from securemail import contentbox
 from securemail.consent.model import ConsentRecord, Recipient, ts
 
 
@@ -140,14 +143,30 @@ def from_row(row: dict[str, Any]) -> ConsentRecord:
     )
 
 
+def _opened(db: sqlite_utils.Database, row: dict[str, Any]) -> dict[str, Any]:
+    """row with its sealed evidence name opened (None stays None)."""
+    if row.get("evidence_ref") is not None:
+        row["evidence_ref"] = contentbox.open_value(
+            db, "consents", "evidence_ref", row["consent_id"], row["evidence_ref"]
+        )
+    return row
+
+
 def query(db: sqlite_utils.Database, sql: str, params: Iterable[Any]) -> list[ConsentRecord]:
-    """Run a SELECT over ``consents c`` and map its rows to records."""
+    """Run a SELECT over ``consents c`` and map its rows to records (evidence names opened)."""
     cur = db.execute(sql, list(params))
     names = [d[0] for d in cur.description]
-    return [from_row(dict(zip(names, values, strict=True))) for values in cur]
+    rows = [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+    return [from_row(_opened(db, row)) for row in rows]
 
 
 def insert_version(db: sqlite_utils.Database, row: dict[str, Any]) -> ConsentRecord:
+    """Insert one version; its evidence name is stored sealed (contentbox), never plain."""
+    row = dict(row)
+    if row.get("evidence_ref"):
+        row["evidence_ref"] = contentbox.seal(
+            db, "consents", "evidence_ref", row["consent_id"], row["evidence_ref"]
+        )
     cols = list(row)
     cur = db.execute(
         f"INSERT INTO consents ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",  # noqa: S608 (column names are ours)

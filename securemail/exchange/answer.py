@@ -156,7 +156,8 @@ def _audit_answer(
     **columns: str,
 ) -> None:
     """The audit row of a nurse's answer: permitted only as a nurse of the request's team,
-    and it discloses the request's data categories for its patient."""
+    and it discloses the request's data categories for its patient. The sender is the
+    nurse's organisation unless columns say otherwise (a pass-on names the practice)."""
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -166,9 +167,8 @@ def _audit_answer(
             object_type="request",
             object_id=reference,
             data_categories=DATA_CATEGORIES,
-            sender_org=actor.org_code,
             check_authz="permit:nurse-of-team",
-            **columns,
+            **{"sender_org": actor.org_code, **columns},
         ),
         source_id=svc.settings.gateway.source_id,
     )
@@ -431,6 +431,10 @@ async def _pass_on(
             reference,
             current,
             "request.pass_on",
+            # The practice's order goes on (sealed by the gateway on its behalf, as the
+            # outbox row says): the practice is the sender, so its disclosure report shows
+            # the hop; the nurse's organisation sees it as the actor's (org_id).
+            sender_org=practice.code,
             recipient_org=new_team.address,
             consent_id=consent_id,
             check_consent=decision.audit_value,

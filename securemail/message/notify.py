@@ -1,4 +1,5 @@
-"""Status notices: plain mails that tell a practice or team what happened to a request.
+"""Status notices: plain mails that tell a practice or team what happened to a request
+(or, for ``account_reset``, tell a person that an admin reset their account).
 
 Invariant: a Notice carries a reference, a fixed Dutch text per kind, a link to the
 request page and nothing else. It is made only by the functions below, which take no
@@ -92,10 +93,19 @@ KINDS: dict[str, tuple[str, str]] = {
         "of een wijkteam dreigt zijn laatste bruikbare sleutel te verliezen. Welke sleutels "
         "het zijn staat op de beheerpagina en in `securemail keys check`.",
     ),
+    # To the person whose account it is (their e-mail, else their organisation's notice
+    # address); the reference is the account's (ACCT-20261203-7), not a request's.
+    "account_reset": (
+        "account hersteld",
+        "Een beheerder heeft het wachtwoord van uw account ({reference}) opnieuw ingesteld. "
+        "Bij de volgende login koppelt u opnieuw een authenticator-app; eerdere sessies, "
+        "herstelcodes en API-tokens werken niet meer. Heeft u hier niet om gevraagd? Neem "
+        "dan direct contact op met de beheerder van de gateway.",
+    ),
 }
 
 #: kind -> the page a notice links to (default: the page of the reference, see PAGES).
-LINKS: dict[str, str] = {"key_expiring": "/admin/keys"}
+LINKS: dict[str, str] = {"key_expiring": "/admin/keys", "account_reset": "/login"}
 #: reference prefix -> the pages that show it (after login); default "requests"
 PAGES = {"ASK": "asks"}
 
@@ -262,6 +272,16 @@ def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:
 def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:
     """To the operator: keys expire soon or a team is about to lose its last usable key."""
     return make_notice("key_expiring", reference, to, settings)
+
+
+def account_reference(user_id: int, now: datetime) -> str:
+    """The reference of an account notice: the day and the account's number (no name)."""
+    return f"ACCT-{now:%Y%m%d}-{int(user_id)}"
+
+
+def notice_account_reset(reference: str, to: str, settings: Settings) -> Notice:
+    """To the person: an admin reset their password and second factor (no request involved)."""
+    return make_notice("account_reset", reference, to, settings)
 
 
 _HEADERS = {

@@ -80,6 +80,8 @@ def _m1(db: sqlite_utils.Database) -> None:
         "WHERE answer != ''"
     )
     for (table, column), key in contentbox.SEALED_COLUMNS.items():
+        if table == "consents":
+            continue  # append-only: sealed by 0002_consent_evidence_sealed
         rows = db.execute(
             f"SELECT {key}, {column} FROM {table} "  # noqa: S608 (fixed names)
             f"WHERE {column} != '' AND {column} != x'' AND {column} NOT LIKE 'v1:%'"
@@ -103,6 +105,28 @@ def _m1(db: sqlite_utils.Database) -> None:
         "BEGIN SELECT RAISE(ABORT, 'an outbox message never changes once queued; only a "
         "finished one may be emptied by the retention purge'); END"
     )
+
+
+@MIGRATIONS(name="0002_consent_evidence_sealed")
+def _m2(db: sqlite_utils.Database) -> None:
+    """Seal the consent register's plaintext evidence names (file names that often carry the
+    patient's name and birth date). The register is append-only: its UPDATE trigger is lifted
+    for this one transaction and put back unchanged; secure_delete zeroes the old cells."""
+    db.execute("PRAGMA secure_delete = ON")
+    rows = db.execute(
+        "SELECT id, consent_id, evidence_ref FROM consents "
+        "WHERE evidence_ref IS NOT NULL AND evidence_ref != '' AND evidence_ref NOT LIKE 'v1:%'"
+    ).fetchall()
+    if not rows:
+        return
+    (trigger,) = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'consents_no_update'"
+    ).fetchone()
+    db.execute("DROP TRIGGER consents_no_update")
+    for row_id, consent_id, value in rows:
+        sealed = contentbox.seal(db, "consents", "evidence_ref", consent_id, str(value))
+        db.execute("UPDATE consents SET evidence_ref = ? WHERE id = ?", [sealed, row_id])
+    db.execute(trigger)
 
 
 # -- the plan -----------------------------------------------------------------------------------

@@ -72,7 +72,13 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     try:
         ended = await svc.store.write(
             lambda db: auth.reset_password(
-                db, request[ACTOR], username, password, source_id=svc.settings.gateway.source_id
+                db,
+                request[ACTOR],
+                username,
+                password,
+                source_id=svc.settings.gateway.source_id,
+                now=svc.now(),
+                settings=svc.settings,
             )
         )
     except (InputError, NotFoundError) as exc:

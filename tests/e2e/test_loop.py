@@ -4,11 +4,14 @@ encrypted for its key only, still carrying the GP's own signature."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from datetime import UTC, datetime, time, timedelta
 
+from securemail.audit import export as audit_export
+from securemail.audit import report as audit_report
 from securemail.errors import NotFoundError
 from securemail.exchange import answer, asks, escalation
 from securemail.exchange import send as exchange
@@ -169,6 +172,16 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     assert status["answer_due"] is not None  # team B's own clock, from its relay's 250
     assert "request.pass_on" in audit_codes(svc, sent.reference)
     assert len(notices(svc, "passed_on")) == 1
+    # The practice's disclosure report (AVG art. 15) shows the hop: "verzoek doorgezet"
+    officer = dataclasses.replace(loop.gw.gp, role="privacy_officer")
+    bsn = svc.store.read_sync(lambda db: exchange.require_row(db, sent.reference))["patient_bsn"]
+    report = svc.store.write_sync(
+        lambda db: audit_report.disclosure_report(
+            db, officer, bsn, "2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z"
+        )
+    )
+    assert "request.pass_on" in [r["event_code"] for r in report.rows]
+    assert "verzoek doorgezet" in {row[1] for row in audit_export.disclosure_table(report)}
     # Team A can no longer answer (nor see) it; team B can
     try:
         await answer.record_answer(
