@@ -24,6 +24,7 @@ from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.services import Services
+from securemail.web import document
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -297,10 +298,11 @@ async def detail_context(
     )
     other_teams = await answer.pass_on_choices(svc, view) if can_answer else []
     can_answer = can_answer and not view["purged"]
-    text = "" if view["purged"] else exchange.render_text(svc, view)
+    purged = view["purged"] or view["document"] is None
     return {
         "r": view,
-        "text": text,
+        "document_html": "" if purged else document.document_html(svc, view["document"]),
+        "phones": [] if purged else document.phones(view["document"]),
         "can_answer": can_answer,
         "content_days": svc.settings.retention.content_days,
         "answer_spec": svc.definition.answer,
