@@ -24,7 +24,7 @@ from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.services import Services
-from securemail.web import document
+from securemail.web import document, worklist
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -260,13 +260,28 @@ async def send(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
 
 
+def _page_number(value: object) -> int:
+    text = str(value or "1")
+    return int(text) if text.isdigit() and len(text) <= 6 else 1
+
+
 @requires("request.list")
-@aiohttp_jinja2.template("requests/list.html")
-async def list_page(request: web.Request) -> dict[str, Any]:
+async def list_page(request: web.Request) -> web.StreamResponse:
+    """The work list (GET, ?page=N) or a search in it (POST: the search text stays in the
+    body, never in the URL); each shown row is audited (web/worklist.py)."""
     svc = request.app[services_key]
     actor = request[ACTOR]
-    rows = await svc.store.read(lambda db: exchange.list_requests(db, actor))
-    return {"rows": rows}
+    query, page = "", _page_number(request.query.get("page"))
+    if request.method == "POST":
+        post = await request.post()
+        query, page = str(post.get("q", "")), _page_number(post.get("page"))
+    source_id = svc.settings.gateway.source_id
+    result = await svc.store.write(
+        lambda db: worklist.work_list(db, actor, query=query, page=page, source_id=source_id)
+    )
+    return aiohttp_jinja2.render_template(
+        "requests/list.html", request, {"wl": result, "rows": result.rows}
+    )
 
 
 @requires("request.view")
@@ -314,6 +329,7 @@ async def detail_context(
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/requests", list_page, name="requests")
+    app.router.add_post("/requests", list_page, name="requests_search")
     app.router.add_get("/requests/new", new_form, name="request_new")
     app.router.add_post("/requests/preview", preview, name="request_preview")
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
