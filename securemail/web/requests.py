@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp_jinja2
@@ -148,6 +149,33 @@ def local_minute(svc: Services) -> str:
     return deadlines.local(svc.now(), svc.settings.deadlines).strftime("%Y-%m-%dT%H:%M")
 
 
+#: How old the date the gateway put on a preview may be when the GP signs on that preview page
+#: (the session ends after 15 idle minutes anyway); older or not the gateway's: dated anew.
+PREVIEW_DATE_MINUTES = 60
+
+
+def dated_at_signing(
+    svc: Services, data: dict[str, Any], *, keep_preview: bool = False
+) -> dict[str, Any]:
+    """The request dated by the gateway on the region's clock, whatever the form said: at the
+    preview (the page where the GP signs) "now"; at the send the preview's date is kept when it
+    is a recent gateway date (so a double click is the same request), else "now" again."""
+    now = local_minute(svc)
+    given = str(data.get("issued_at", ""))
+    if keep_preview and _recent_minute(svc, given):
+        return data
+    return {**data, "issued_at": now}
+
+
+def _recent_minute(svc: Services, text: str) -> bool:
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        return False
+    here = deadlines.local(svc.now(), svc.settings.deadlines).replace(tzinfo=None)
+    return timedelta(0) <= here - moment <= timedelta(minutes=PREVIEW_DATE_MINUTES)
+
+
 @requires("request.create")
 @aiohttp_jinja2.template("requests/form.html")
 async def new_form(request: web.Request) -> dict[str, Any]:
@@ -166,7 +194,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     post = await request.post()
     ask = _ask_of(post)
-    data = forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST)
+    data = dated_at_signing(svc, forms.parse_form_post(svc.definition, post, ignore=NOT_IN_REQUEST))
     values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(svc, actor, data, reference=PREVIEW_REFERENCE)
@@ -230,6 +258,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
     token = str(post.get("send_token", ""))
+    data = dated_at_signing(svc, data, keep_preview=True)
     try:
         result = await exchange.send(
             svc,
