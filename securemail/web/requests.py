@@ -356,6 +356,101 @@ async def detail_context(
     }
 
 
+# -- a withdrawal (intrekking) from the earlier request: only the reason is asked ------------
+WITHDRAW_REASON_MAX = 1000
+
+
+def withdrawal_of(earlier: dict[str, Any], reason: str, issued_at: str) -> dict[str, Any]:
+    """The withdrawal of an earlier request, prefilled on the server from its signed document:
+    kind intrekking, supersedes it, dated now, the reason first in the binding instructions.
+    The principal comes from the signing GP's profile at the send, as for every request."""
+    data = {k: v for k, v in earlier.items() if k not in ("reference", "supersedes")}
+    instructions = dict(data.get("instructions") or {})
+    instructions["instructions"] = f"Reden van intrekking: {reason}"
+    return {
+        **data,
+        "kind": "intrekking",
+        "supersedes": earlier["reference"],
+        "issued_at": issued_at,
+        "instructions": instructions,
+    }
+
+
+async def _withdraw_page(
+    request: web.Request, *, reason: str = "", errors: dict[str, list[str]], status: int = 200
+) -> web.StreamResponse:
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    view = await svc.store.write(
+        lambda db: exchange.get_request(
+            db, actor, reference, source_id=svc.settings.gateway.source_id
+        )
+    )
+    can = view["state"] in ("open", "answered") and view["kind"] != "intrekking"
+    can = can and not view["purged"]
+    return aiohttp_jinja2.render_template(
+        "requests/withdraw.html",
+        request,
+        {
+            "r": view,
+            "can_withdraw": can,
+            "reason": reason,
+            "errors": errors,
+            "send_token": secrets.token_urlsafe(18),
+        },
+        status=status,
+    )
+
+
+@requires("request.create")
+async def withdraw_form(request: web.Request) -> web.StreamResponse:
+    return await _withdraw_page(request, errors={})
+
+
+@requires("request.send")
+async def withdraw_send(request: web.Request) -> web.StreamResponse:
+    """Sign and send the withdrawal: the GP gives the reason and the signing passphrase; the
+    rest is the earlier request as it was signed."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    post = await request.post()
+    reason = " ".join(str(post.get("reason", "") or "").split())[:WITHDRAW_REASON_MAX]
+    if not reason:
+        errors = {"reason": ["Vul de reden van de intrekking in."]}
+        return await _withdraw_page(request, errors=errors, status=422)
+    view = await svc.store.write(
+        lambda db: exchange.get_request(
+            db, actor, reference, source_id=svc.settings.gateway.source_id
+        )
+    )
+    if view["purged"] or view["document"] is None:
+        errors = {"": ["De inhoud van dit verzoek is verwijderd; intrekken kan niet meer."]}
+        return await _withdraw_page(request, reason=reason, errors=errors, status=409)
+    data = withdrawal_of(view["document"], reason, local_minute(svc))
+    token = str(post.get("send_token", ""))
+    try:
+        result = await exchange.send(
+            svc,
+            actor,
+            data,
+            str(post.get("passphrase", "")),
+            idempotency_key=f"withdraw:{token}" if token else None,
+        )
+    except SecuremailError as exc:
+        errors = {"": [exc.message_nl()]}
+        if isinstance(exc, forms.FormInvalidError):
+            errors = {"": [e.message_nl for e in exc.errors]}
+        return await _withdraw_page(
+            request,
+            reason=reason,
+            errors=errors,
+            status=exc.http_status if exc.http_status != 400 else 422,
+        )
+    raise web.HTTPSeeOther(f"/requests/{result.reference}")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/requests", list_page, name="requests")
     app.router.add_post("/requests", list_page, name="requests_search")
@@ -365,4 +460,14 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_get(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
+        withdraw_form,
+        name="request_withdraw",
+    )
+    app.router.add_post(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
+        withdraw_send,
+        name="request_withdraw_send",
     )
