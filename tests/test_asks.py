@@ -98,7 +98,7 @@ async def test_nurse_ask_becomes_prefilled_form_for_gp_and_its_deadline_is_track
         await login(gp, site, loop.credentials("huisarts"))
         async with gp.get(f"{site}/asks") as r:
             listing = await r.text()
-        assert reference in listing and due_expected.strftime("%Y-%m-%d %H:%M") in listing
+        assert reference in listing and due_expected.strftime("%d-%m-%Y %H:%M") in listing
         assert (
             EXAMPLE["patient"]["bsn"] not in listing and EXAMPLE["patient"]["name"] not in listing
         )

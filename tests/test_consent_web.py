@@ -80,6 +80,12 @@ def field_errors(r: Response) -> dict[str, str]:
     return dict(re.findall(r'class="field-error" data-field="([^"]+)"[^>]*>([^<]+)<', r.text))
 
 
+async def followed(b: Browser, r: Response) -> Response:
+    """Post/Redirect/Get: a successful record or withdraw answers 303 to its outcome page."""
+    assert r.status == 303 and r.location.startswith("/consents/done/"), (r.status, r.text[:800])
+    return await b.get(r.location)
+
+
 def no_bsn_in_urls(r: Response, *bsns: str) -> None:
     for bsn in bsns:
         assert bsn not in r.url and bsn not in r.location
@@ -107,6 +113,8 @@ async def test_gp_records_a_consent_with_evidence_and_sees_it(webapp):
         },
         ("toestemming.pdf", proof),
     )
+    posted = r
+    r = await followed(b, r)
     assert r.status == 200, r.text[:800]
     assert "Vastgelegd: toestemming voor Zorg" in r.text
     assert "ja: toestemming.pdf" in r.text and "M. de Vries" in r.text
@@ -122,8 +130,16 @@ async def test_gp_records_a_consent_with_evidence_and_sees_it(webapp):
     assert rec.evidence_sha256 == hashlib.sha256(proof).hexdigest()
     views = webapp.audit("consent.view")
     assert views[-1]["patient_id"] == NEW_BSN and views[-1]["user_name"] == "gp_a"
-    for resp in (page, r):
+    for resp in (page, posted, r):
         no_bsn_in_urls(resp, NEW_BSN)
+    # A refresh of the outcome page shows it again and records nothing twice
+    again = await b.get(posted.location)
+    assert again.status == 200 and "Vastgelegd: toestemming voor Zorg" in again.text
+    assert len(rows(webapp, NEW_BSN)) == 1
+    # Someone else cannot open this person's outcome page: back to the search, no patient
+    other = await logged_in(webapp, "gp_a2")
+    theirs = await other.get(posted.location)
+    assert theirs.status == 303 and theirs.location == "/consents"
 
 
 async def test_an_objection_refuses_a_send_naming_the_objection(webapp):
@@ -138,6 +154,7 @@ async def test_an_objection_refuses_a_send_naming_the_objection(webapp):
             "performer": "patient",
         },
     )
+    r = await followed(b, r)
     assert r.status == 200, r.text[:800]
     assert "Vastgelegd: bezwaar voor Oost" in r.text and "(versie 2)" in r.text
     assert "Eerdere versies" in r.text  # the permit it replaced
@@ -174,6 +191,7 @@ async def test_withdraw_is_one_action_and_stops_the_queued_request(webapp):
             "reason": "wil het zelf regelen",
         },
     )
+    r = await followed(b, r)
     assert r.status == 200, r.text[:800]
     assert "Ingetrokken met ingang van nu: toestemming voor Centrum" in r.text
     assert f'<a href="/requests/{ref}">{ref}</a>: gestopt: toestemming ingetrokken' in r.text
@@ -392,6 +410,7 @@ async def test_one_handler_per_consent_route(webapp):
     assert seen == {
         ("GET", "/consents"): ["securemail.web.consents"],
         ("POST", "/consents/patient"): ["securemail.web.consents"],
+        ("GET", "/consents/done/{token}"): ["securemail.web.consents"],
         ("POST", "/consents/record"): ["securemail.web.consents"],
         ("POST", "/consents/withdraw"): ["securemail.web.consents"],
         ("GET", "/privacy/consents"): ["securemail.web.consent_register"],

@@ -33,6 +33,7 @@ SAMPLE_PARAMS = {
     "token_id": "999999",
     "user_id": "999999",
     "team_id": "999999",
+    "token": "A" * 24,
 }
 SESSION_ENDING = {"logout_all"}
 

@@ -45,7 +45,7 @@ GENESIS = "0" * 64
 EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.create": ("C", "a request was validated and stored"),
     "request.view": ("R", "a request's content was shown"),
-    "request.list": ("R", "a list of requests (references, no content) was shown"),
+    "request.list": ("R", "a work list row (patient name, reference) was shown; one per row"),
     "request.sign": ("E", "the GP signed a request with their personal key"),
     "request.send": ("E", "a request was sealed and queued for delivery (or refused)"),
     "request.deliver": ("E", "the relay accepted a sealed request (250)"),

@@ -24,6 +24,7 @@ A nurse of the team the request is with answers on the request's page. Invariant
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -237,7 +238,12 @@ async def record_answer(
         )
         outbox.enqueue_notice(
             db,
-            notify.notice_answered,
+            functools.partial(
+                notify.notice_answered,
+                outcome=answer.status,
+                team=team.name,
+                urgent=current["urgency"] == "spoed",
+            ),
             reference,
             practice.notify_address,
             svc.settings,
@@ -455,7 +461,11 @@ async def _pass_on(
         )
         outbox.enqueue_notice(
             db,
-            notify.notice_passed_on,
+            functools.partial(
+                notify.notice_passed_on,
+                team=new_team.name,
+                urgent=current["urgency"] == "spoed",
+            ),
             reference,
             practice.notify_address,
             svc.settings,

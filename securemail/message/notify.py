@@ -104,6 +104,24 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: An answer's outcome -> (subject word, Dutch body line): what the team did, by which team
+#: (the team's directory name, never a person's name or the team's free text).
+OUTCOMES: dict[str, tuple[str, str]] = {
+    "geaccepteerd": (
+        "geaccepteerd",
+        "{team} heeft uw verzoek {reference} geaccepteerd. Wie de handeling uitvoert, staat op "
+        "de pagina van het verzoek.",
+    ),
+    "afgewezen": (
+        "afgewezen",
+        "{team} heeft uw verzoek {reference} afgewezen. De reden staat op de pagina van het "
+        "verzoek; stuur het zo nodig naar een ander team.",
+    ),
+}
+URGENT_WORD = "SPOED"
+#: A team's name as the directory holds it: letters, digits and a little punctuation only.
+_TEAM_RE = re.compile(r"^\w[\w .,'&()/+-]{0,99}$")
+
 #: kind -> the page a notice links to (default: the page of the reference, see PAGES).
 LINKS: dict[str, str] = {"key_expiring": "/admin/keys", "account_reset": "/login"}
 #: reference prefix -> the pages that show it (after login); default "requests"
@@ -153,16 +171,42 @@ def require_address(address: str, what: str) -> str:
     return address
 
 
-def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """What happened, beyond the kind: the answer's outcome, the team (its directory name:
+    who answered, or where a request was passed on to) and whether the request is urgent."""
+
+    outcome: str = ""
+    team: str = ""
+    urgent: bool = False
+
+    def check(self, kind: str) -> Detail:
+        if self.outcome and (kind != "answered" or self.outcome not in OUTCOMES):
+            raise InputError("unknown outcome for this notice", field="outcome")
+        if self.team and not _TEAM_RE.match(self.team):
+            raise InputError("a notice names a team by its directory name only", field="team")
+        return self
+
+
+def _subject_word(kind: str, detail: Detail) -> str:
+    word = OUTCOMES[detail.outcome][0] if detail.outcome else KINDS[kind][0]
+    return f"{URGENT_WORD} {word}" if detail.urgent else word
+
+
+def _body(
+    kind: str, reference: str, why_code: str, settings: Settings, detail: Detail = Detail()
+) -> str:
     """The fixed Dutch text: the only place a notice's words come from."""
     page = PAGES.get(reference.split("-", 1)[0], "requests")
     path = LINKS.get(kind, f"/{page}/{reference}")
     link = f"{settings.gateway.base_url.rstrip('/')}{path}"
-    body = [
-        "Dit is een automatisch bericht van " + settings.gateway.name + ".",
-        "",
-        KINDS[kind][1].format(reference=reference),
-    ]
+    text = OUTCOMES[detail.outcome][1] if detail.outcome else KINDS[kind][1]
+    body = ["Dit is een automatisch bericht van " + settings.gateway.name + ".", ""]
+    if detail.urgent:
+        body.append(f"{URGENT_WORD}: dit verzoek is spoedeisend.")
+    body.append(text.format(reference=reference, team=detail.team or "Het wijkteam"))
+    if kind == "passed_on" and detail.team:
+        body.append(f"Doorgezet naar: {detail.team}.")
     if why_code:
         body.append("Reden: " + WHY_NL.get(why_code, why_code) + f" ({why_code}).")
     body += [
@@ -177,14 +221,22 @@ def _body(kind: str, reference: str, why_code: str, settings: Settings) -> str:
 
 
 def make_notice(
-    kind: str, reference: str, to: str, settings: Settings, *, why_code: str = ""
+    kind: str,
+    reference: str,
+    to: str,
+    settings: Settings,
+    *,
+    why_code: str = "",
+    detail: Detail = Detail(),
 ) -> Notice:
     """Build the notice of ``kind`` for ``reference`` to address ``to``.
 
-    why_code is a stable dotted error code (``smtp.rejected``), never free text.
+    why_code is a stable dotted error code (``smtp.rejected``), never free text; detail says
+    what happened (outcome, team, urgent), never who or about whom.
     """
     if kind not in KINDS:
         raise InputError(f"unknown notice kind {kind!r}", field="kind")
+    detail.check(kind)
     _require_reference(reference)
     require_address(to, "to")
     sender = require_address(settings.gateway.from_address, "from_address")
@@ -194,14 +246,20 @@ def make_notice(
     message_id = make_msgid(idstring="notice", domain=sender.rsplit("@", 1)[1])
     msg["From"] = sender
     msg["To"] = to
-    msg["Subject"] = f"securemail: {reference} {KINDS[kind][0]}"
+    msg["Subject"] = f"securemail: {reference} {_subject_word(kind, detail)}"
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
     msg["X-Securemail-Notice"] = kind
     if why_code:
         msg["X-Securemail-Reason"] = why_code
-    body = _body(kind, reference, why_code, settings)
+    if detail.outcome:
+        msg["X-Securemail-Outcome"] = detail.outcome
+    if detail.team:
+        msg["X-Securemail-Team"] = detail.team
+    if detail.urgent:
+        msg["X-Securemail-Urgent"] = "yes"
+    body = _body(kind, reference, why_code, settings, detail)
     msg.set_content(body, subtype="plain", charset="utf-8", cte="quoted-printable")
     return Notice(
         kind=kind,
@@ -235,18 +293,38 @@ def notice_overdue(reference: str, to: str, settings: Settings) -> Notice:
     return make_notice("overdue", reference, to, settings)
 
 
-def notice_answered(reference: str, to: str, settings: Settings) -> Notice:
-    """The team answered (accepted or declined); who and how is on the page, not here."""
-    return make_notice("answered", reference, to, settings)
+def notice_answered(
+    reference: str,
+    to: str,
+    settings: Settings,
+    *,
+    outcome: str = "",
+    team: str = "",
+    urgent: bool = False,
+) -> Notice:
+    """The team answered: geaccepteerd or afgewezen, by which team, urgent flagged; the nurse
+    in charge and the team's reason are on the page, not here."""
+    detail = Detail(outcome if outcome in OUTCOMES else "", _named(team), urgent)
+    return make_notice("answered", reference, to, settings, detail=detail)
 
 
 def notice_replied(reference: str, to: str, settings: Settings) -> Notice:
     return make_notice("replied", reference, to, settings)
 
 
-def notice_passed_on(reference: str, to: str, settings: Settings) -> Notice:
-    """The team passed the request on to another team."""
-    return make_notice("passed_on", reference, to, settings)
+def notice_passed_on(
+    reference: str, to: str, settings: Settings, *, team: str = "", urgent: bool = False
+) -> Notice:
+    """The team passed the request on (doorgezet) to another team, named here."""
+    detail = Detail("", _named(team), urgent)
+    return make_notice("passed_on", reference, to, settings, detail=detail)
+
+
+def _named(team: str) -> str:
+    """The team's name if it fits a notice; else none ("Het wijkteam"): a notice about an
+    answer must never stop the answer from being recorded."""
+    name = " ".join(team.split())
+    return name if _TEAM_RE.match(name) else ""
 
 
 def notice_ask(reference: str, to: str, settings: Settings) -> Notice:
@@ -297,6 +375,9 @@ _HEADERS = {
     "x-securemail-notice",
     "x-securemail-reason",
     "autocrypt",  # added at the SMTP edge: the gateway's public key (message.autocrypt)
+    "x-securemail-outcome",
+    "x-securemail-team",
+    "x-securemail-urgent",
 }
 
 
@@ -309,8 +390,18 @@ def require_notice_mime(raw: bytes, settings: Settings) -> None:
     kind = str(msg.get("X-Securemail-Notice", ""))
     why = str(msg.get("X-Securemail-Reason", ""))
     parts = str(msg.get("Subject", "")).split(" ", 2)
+    try:
+        detail = Detail(
+            str(msg.get("X-Securemail-Outcome", "")),
+            str(msg.get("X-Securemail-Team", "")),
+            str(msg.get("X-Securemail-Urgent", "")) == "yes",
+        ).check(kind)
+    except InputError:
+        detail = None
     ok = (
-        kind in KINDS
+        detail is not None
+        and str(msg.get("X-Securemail-Urgent", "")) in ("", "yes")
+        and kind in KINDS
         and not msg.defects
         and not msg.is_multipart()
         and msg.get_content_type() == "text/plain"
@@ -318,12 +409,12 @@ def require_notice_mime(raw: bytes, settings: Settings) -> None:
         and len(parts) == 3
         and parts[0] == "securemail:"
         and bool(REFERENCE_RE.match(parts[1]))
-        and parts[2] == KINDS[kind][0]
+        and parts[2] == _subject_word(kind, detail)
         and (not why or bool(_CODE_RE.match(why)))
         and str(msg.get("From", "")) == settings.gateway.from_address
     )
     if ok:
         body = msg.get_content().replace("\r\n", "\n")
-        ok = body == _body(kind, parts[1], why, settings)
+        ok = body == _body(kind, parts[1], why, settings, detail or Detail())
     if not ok:
         raise InputError("not a securemail status notice", field="mime")

@@ -22,7 +22,7 @@ from securemail.config import Settings
 from securemail.delivery.worker import process_owner
 from securemail.home import background, open_services
 from securemail.services import Services
-from securemail.web import middleware
+from securemail.web import clock, middleware
 from securemail.web.keys import monitor_key, run_worker_key, services_key, settings_key
 
 log = logging.getLogger("securemail.web")
@@ -57,13 +57,14 @@ def create_app(
     if services is not None:
         app[services_key] = services
     app[run_worker_key] = run_worker
-    aiohttp_jinja2.setup(
+    env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=jinja2.select_autoescape(default=True),
         undefined=jinja2.StrictUndefined,
         context_processors=[middleware.template_context],
     )
+    clock.install(env, settings.deadlines.timezone)
     app.cleanup_ctx.append(_services_ctx)
     from securemail.web import routes
 

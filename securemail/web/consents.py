@@ -30,9 +30,11 @@ Invariants:
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
+from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -358,7 +360,7 @@ async def record(request: web.Request) -> web.StreamResponse:
         return _search(request, bsn, errors, status=422)
     if errors:
         return await patient_page(request, bsn, status=422, values=values, errors=errors)
-    return await patient_page(request, bsn, recorded=rec)
+    return _see_done(request, bsn, recorded=rec)
 
 
 @requires("consent.withdraw")
@@ -392,7 +394,60 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
             return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
         key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
         return await patient_page(request, bsn, status=422, errors={key: [message_of(exc, name)]})
-    return await patient_page(request, bsn, withdrawn=result)
+    return _see_done(request, bsn, withdrawn=result)
+
+
+# -- Post/Redirect/Get: a refresh shows the outcome again and records nothing twice ----------
+#: What a record or withdraw did, for the page the browser is sent to next (GET). Kept in
+#: this process's memory only (never in a URL, a cookie or the database: it holds a BSN),
+#: per person, for DONE_SECONDS, at most DONE_MAX entries; after a restart the page sends the
+#: GP back to the search.
+DONE_SECONDS = 15 * 60
+DONE_MAX = 1000
+done_key = web.AppKey("consents_done", dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    user_id: int
+    bsn: str
+    at: float
+    recorded: ConsentRecord | None = None
+    withdrawn: consent.WithdrawResult | None = None
+
+
+def _see_done(
+    request: web.Request,
+    bsn: str,
+    *,
+    recorded: ConsentRecord | None = None,
+    withdrawn: consent.WithdrawResult | None = None,
+) -> web.StreamResponse:
+    done: dict[str, _Done] = request.app[done_key]
+    now = monotonic()
+    for token in [t for t, d in done.items() if now - d.at > DONE_SECONDS]:
+        del done[token]
+    while len(done) >= DONE_MAX:
+        del done[next(iter(done))]
+    token = secrets.token_urlsafe(18)
+    done[token] = _Done(request[ACTOR].user_id, bsn, now, recorded, withdrawn)
+    raise web.HTTPSeeOther(f"/consents/done/{token}")
+
+
+@requires("consent.view")
+async def done_page(request: web.Request) -> web.StreamResponse:
+    """The patient's consents after a record or withdraw, with what was done (GET: a refresh
+    shows it again, audited as a view, and writes no consent)."""
+    entry = request.app[done_key].get(request.match_info["token"])
+    if (
+        entry is None
+        or entry.user_id != request[ACTOR].user_id
+        or monotonic() - entry.at > DONE_SECONDS
+    ):
+        raise web.HTTPSeeOther("/consents")
+    return await patient_page(
+        request, entry.bsn, recorded=entry.recorded, withdrawn=entry.withdrawn
+    )
 
 
 def setup(app: web.Application) -> None:
@@ -400,3 +455,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/consents/patient", patient, name="consents_patient")
     app.router.add_post("/consents/record", record, name="consents_record")
     app.router.add_post("/consents/withdraw", withdraw, name="consents_withdraw")
+    app[done_key] = {}
+    app.router.add_get(r"/consents/done/{token:[A-Za-z0-9_-]{24}}", done_page, name="consents_done")

@@ -28,7 +28,7 @@ from securemail.audit import integrity as audit_integrity
 from securemail.audit import report as audit_report
 from securemail.audit import review as audit_review
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
-from securemail.web.keys import ACTOR, services_key, settings_key
+from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
 OVERVIEW_DAYS = 7
@@ -375,25 +375,8 @@ async def review_post(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/privacy/reviews")
 
 
-def _local_time_filter(tz: str) -> Any:
-    zone = ZoneInfo(tz)
-
-    def local_time(value: str | None) -> str:
-        """An audit timestamp (UTC ISO) as local dd-mm-yyyy hh:mm for people."""
-        if not value:
-            return ""
-        try:
-            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return str(value)
-        return moment.astimezone(zone).strftime("%d-%m-%Y %H:%M")
-
-    return local_time
-
-
 def setup(app: web.Application) -> None:
-    env = aiohttp_jinja2.get_env(app)
-    env.filters["local_time"] = _local_time_filter(app[settings_key].deadlines.timezone)
+    # times show through the app-wide local_time filter (securemail.web.clock)
     app.router.add_get("/privacy", overview, name="privacy")
     app.router.add_post("/privacy/verify", verify_now, name="privacy_verify")
     app.router.add_get("/privacy/patient", patient_form, name="privacy_patient_form")

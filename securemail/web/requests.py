@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp_jinja2
@@ -27,6 +28,7 @@ from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.services import Services
+from securemail.web import document, worklist
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -176,6 +178,33 @@ def local_minute(svc: Services) -> str:
     return deadlines.local(svc.now(), svc.settings.deadlines).strftime("%Y-%m-%dT%H:%M")
 
 
+#: How old the date the gateway put on a preview may be when the GP signs on that preview page
+#: (the session ends after 15 idle minutes anyway); older or not the gateway's: dated anew.
+PREVIEW_DATE_MINUTES = 60
+
+
+def dated_at_signing(
+    svc: Services, data: dict[str, Any], *, keep_preview: bool = False
+) -> dict[str, Any]:
+    """The request dated by the gateway on the region's clock, whatever the form said: at the
+    preview (the page where the GP signs) "now"; at the send the preview's date is kept when it
+    is a recent gateway date (so a double click is the same request), else "now" again."""
+    now = local_minute(svc)
+    given = str(data.get("issued_at", ""))
+    if keep_preview and _recent_minute(svc, given):
+        return data
+    return {**data, "issued_at": now}
+
+
+def _recent_minute(svc: Services, text: str) -> bool:
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        return False
+    here = deadlines.local(svc.now(), svc.settings.deadlines).replace(tzinfo=None)
+    return timedelta(0) <= here - moment <= timedelta(minutes=PREVIEW_DATE_MINUTES)
+
+
 @requires("request.create")
 @aiohttp_jinja2.template("requests/form.html")
 async def new_form(request: web.Request) -> dict[str, Any]:
@@ -203,6 +232,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     data = await _parsed_post(request, post)
     if isinstance(data, web.StreamResponse):
         return data
+    data = dated_at_signing(svc, data)
     values = forms.flatten(data)
     try:
         prepared = await exchange.prepare(
@@ -275,6 +305,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
     token = str(post.get("send_token", ""))
+    data = dated_at_signing(svc, data, keep_preview=True)
     try:
         result = await exchange.send(
             svc,
@@ -305,13 +336,28 @@ async def send(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
 
 
+def _page_number(value: object) -> int:
+    text = str(value or "1")
+    return int(text) if text.isdigit() and len(text) <= 6 else 1
+
+
 @requires("request.list")
-@aiohttp_jinja2.template("requests/list.html")
-async def list_page(request: web.Request) -> dict[str, Any]:
+async def list_page(request: web.Request) -> web.StreamResponse:
+    """The work list (GET, ?page=N) or a search in it (POST: the search text stays in the
+    body, never in the URL); each shown row is audited (web/worklist.py)."""
     svc = request.app[services_key]
     actor = request[ACTOR]
-    rows = await svc.store.read(lambda db: exchange.list_requests(db, actor))
-    return {"rows": rows}
+    query, page = "", _page_number(request.query.get("page"))
+    if request.method == "POST":
+        post = await request.post()
+        query, page = str(post.get("q", "")), _page_number(post.get("page"))
+    source_id = svc.settings.gateway.source_id
+    result = await svc.store.write(
+        lambda db: worklist.work_list(db, actor, query=query, page=page, source_id=source_id)
+    )
+    return aiohttp_jinja2.render_template(
+        "requests/list.html", request, {"wl": result, "rows": result.rows}
+    )
 
 
 @requires("request.view")
@@ -346,10 +392,11 @@ async def detail_context(
     )
     other_teams = await answer.pass_on_choices(svc, view) if can_answer else []
     can_answer = can_answer and not view["purged"]
-    text = "" if view["purged"] else exchange.render_text(svc, view)
+    purged = view["purged"] or view["document"] is None
     return {
         "r": view,
-        "text": text,
+        "document_html": "" if purged else document.document_html(svc, view["document"]),
+        "phones": [] if purged else document.phones(view["document"]),
         "can_answer": can_answer,
         "content_days": svc.settings.retention.content_days,
         # the answer form of the request's own kind (execution or care request)
@@ -362,12 +409,118 @@ async def detail_context(
     }
 
 
+# -- a withdrawal (intrekking) from the earlier request: only the reason is asked ------------
+WITHDRAW_REASON_MAX = 1000
+
+
+def withdrawal_of(earlier: dict[str, Any], reason: str, issued_at: str) -> dict[str, Any]:
+    """The withdrawal of an earlier request, prefilled on the server from its signed document:
+    kind intrekking, supersedes it, dated now, the reason first in the binding instructions.
+    The principal comes from the signing GP's profile at the send, as for every request."""
+    data = {k: v for k, v in earlier.items() if k not in ("reference", "supersedes")}
+    instructions = dict(data.get("instructions") or {})
+    instructions["instructions"] = f"Reden van intrekking: {reason}"
+    return {
+        **data,
+        "kind": "intrekking",
+        "supersedes": earlier["reference"],
+        "issued_at": issued_at,
+        "instructions": instructions,
+    }
+
+
+async def _withdraw_page(
+    request: web.Request, *, reason: str = "", errors: dict[str, list[str]], status: int = 200
+) -> web.StreamResponse:
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    view = await svc.store.write(
+        lambda db: exchange.get_request(
+            db, actor, reference, source_id=svc.settings.gateway.source_id
+        )
+    )
+    can = view["state"] in ("open", "answered") and view["kind"] != "intrekking"
+    can = can and not view["purged"]
+    return aiohttp_jinja2.render_template(
+        "requests/withdraw.html",
+        request,
+        {
+            "r": view,
+            "can_withdraw": can,
+            "reason": reason,
+            "errors": errors,
+            "send_token": secrets.token_urlsafe(18),
+        },
+        status=status,
+    )
+
+
+@requires("request.create")
+async def withdraw_form(request: web.Request) -> web.StreamResponse:
+    return await _withdraw_page(request, errors={})
+
+
+@requires("request.send")
+async def withdraw_send(request: web.Request) -> web.StreamResponse:
+    """Sign and send the withdrawal: the GP gives the reason and the signing passphrase; the
+    rest is the earlier request as it was signed."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    post = await request.post()
+    reason = " ".join(str(post.get("reason", "") or "").split())[:WITHDRAW_REASON_MAX]
+    if not reason:
+        errors = {"reason": ["Vul de reden van de intrekking in."]}
+        return await _withdraw_page(request, errors=errors, status=422)
+    view = await svc.store.write(
+        lambda db: exchange.get_request(
+            db, actor, reference, source_id=svc.settings.gateway.source_id
+        )
+    )
+    if view["purged"] or view["document"] is None:
+        errors = {"": ["De inhoud van dit verzoek is verwijderd; intrekken kan niet meer."]}
+        return await _withdraw_page(request, reason=reason, errors=errors, status=409)
+    data = withdrawal_of(view["document"], reason, local_minute(svc))
+    token = str(post.get("send_token", ""))
+    try:
+        result = await exchange.send(
+            svc,
+            actor,
+            data,
+            str(post.get("passphrase", "")),
+            idempotency_key=f"withdraw:{token}" if token else None,
+        )
+    except SecuremailError as exc:
+        errors = {"": [exc.message_nl()]}
+        if isinstance(exc, forms.FormInvalidError):
+            errors = {"": [e.message_nl for e in exc.errors]}
+        return await _withdraw_page(
+            request,
+            reason=reason,
+            errors=errors,
+            status=exc.http_status if exc.http_status != 400 else 422,
+        )
+    raise web.HTTPSeeOther(f"/requests/{result.reference}")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/requests", list_page, name="requests")
+    app.router.add_post("/requests", list_page, name="requests_search")
     app.router.add_get("/requests/new", new_form, name="request_new")
     app.router.add_post("/requests/preview", preview, name="request_preview")
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_get(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
+        withdraw_form,
+        name="request_withdraw",
+    )
+    app.router.add_post(
+        r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
+        withdraw_send,
+        name="request_withdraw_send",
     )

@@ -236,7 +236,7 @@ async def test_gp_sends_nurse_sees_privacy_officer_audits(
     await shots.take(nurse, "nurse-list")
     await nurse.click(f"text={reference}")
     await nurse.wait_for_url(f"{url}/requests/{reference}")
-    assert EXAMPLE["patient"]["name"] in await nurse.inner_text("pre.document")
+    assert EXAMPLE["patient"]["name"] in await nurse.inner_text("article.request-document")
     assert TEAM in await nurse.inner_text("main")
 
     # The practice's privacy officer sees the audit view
