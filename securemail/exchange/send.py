@@ -247,7 +247,10 @@ async def prepare(
     data = await svc.store.read(lambda db: _with_principal(db, actor, data))
     if to:
         data["receiver"] = {**(data.get("receiver") or {}), "team_address": to}
-    req = forms.parse_request(svc.definition, data, now=svc.now(), reference=reference)
+    signing = svc.now()  # the moment of signing: the request's date (forms.check_issued)
+    req = forms.parse_request(
+        svc.definition, data, now=signing, reference=reference, signed_at=signing
+    )
 
     def receiver(db: sqlite_utils.Database) -> Team:
         team = _check_receiver(svc, db, actor, req.team_address)
