@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
+from securemail.access import SYSTEM, Actor
+from securemail.accounts import auth
+from securemail.cli.directory import enrol_gp_key
+from securemail.errors import InputError
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.form import request as forms
-from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example
 from tests.loop_fixtures import Loop
 
 
@@ -53,3 +57,69 @@ async def test_backdated_request_or_start_before_signing_is_a_field_error(loop: 
     # Nothing was stored
     rows = svc.store.read_sync(lambda db: db.execute("SELECT COUNT(*) FROM requests").fetchone())
     assert rows[0] == 0
+
+
+# -- the principal's function ------------------------------------------------------------------
+
+
+def test_principal_functions_are_the_forms_options(loop: Loop) -> None:
+    spec = loop.gw.svc.definition.spec("principal.role")
+    assert spec is not None
+    assert tuple(o.value for o in spec.options) == auth.PRINCIPAL_FUNCTIONS
+
+
+def _add_locum(loop: Loop, function: str = "waarnemend_huisarts") -> Actor:
+    svc = loop.gw.svc
+    svc.store.write_sync(
+        lambda db: auth.add_user(
+            db, SYSTEM, username="waarnemer", name="B. Waarnemer", role="gp",
+            org_code="01234567", password="locum password 12345",
+            profile={"big": "29012345601", "function": function, "phone": "020-1234567",
+                     "out_of_hours_phone": "088-0030600"},
+            now=svc.now_iso(),
+        )
+    )  # fmt: skip
+    return svc.store.read_sync(lambda db: auth.actor_for_cli(db, "waarnemer"))
+
+
+async def test_a_locums_request_is_signed_as_waarnemend_huisarts(loop: Loop) -> None:
+    svc = loop.gw.svc
+    locum = _add_locum(loop)
+    user = svc.store.read_sync(lambda db: auth.user_by_name(db, "waarnemer"))
+    await enrol_gp_key(svc, user, GP_PASSPHRASE)
+    data = example()
+    del data["principal"]["role"]  # filled in from the enrolment
+    sent = await exchange.send(svc, locum, data, GP_PASSPHRASE)
+    assert _signed_document(loop, sent.reference)["principal"]["role"] == "waarnemend_huisarts"
+    # The example's "huisarts" is not what the locum is enrolled as: a field error
+    with pytest.raises(forms.FormInvalidError) as info:
+        await exchange.send(svc, locum, example(), GP_PASSPHRASE)
+    assert [(e.field, e.code) for e in info.value.errors] == [
+        ("principal.role", "principal.role_mismatch")
+    ]
+
+
+def test_enrolment_refuses_an_unknown_function_and_a_malformed_big(loop: Loop) -> None:
+    with pytest.raises(InputError, match="function"):
+        _add_locum(loop, function="tandarts")
+    svc = loop.gw.svc
+    with pytest.raises(InputError, match="BIG"):
+        svc.store.write_sync(
+            lambda db: auth.add_user(
+                db, SYSTEM, username="nurse_c", name="Nurse C", role="nurse",
+                org_code="87654321", password="nurse c password 123", teams=[TEAM],
+                profile={"big": "1234"}, now=svc.now_iso(),
+            )
+        )  # fmt: skip
+
+
+async def test_an_account_without_function_cannot_sign(loop: Loop) -> None:
+    svc = loop.gw.svc
+    svc.store.write_sync(
+        lambda db: db.execute("UPDATE users SET function = '' WHERE username = 'huisarts'")
+    )
+    data = example()
+    data["principal"]["role"] = "huisarts"  # what the form says is not enough
+    with pytest.raises(forms.FormInvalidError) as info:
+        await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    assert [e.code for e in info.value.errors] == ["principal.function_missing"]

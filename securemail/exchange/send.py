@@ -153,12 +153,34 @@ def _field_error(path: str, code: str, nl: str, en: str) -> forms.FormInvalidErr
 def _with_principal(
     db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]
 ) -> dict[str, Any]:
-    """The principal section comes from the signed-in GP's profile; the form cannot alter it."""
+    """The principal section comes from the signed-in GP's profile; the form cannot alter it.
+    Its function (``principal.role``) is the one enrolled with the account, checked on each
+    send: a submission naming another function, or an account with none, is a field error."""
     data = dict(data)
     if actor.user_id is not None:
         profile = principal_profile(db, user_by_id(db, actor.user_id))
-        data["principal"] = {**(data.get("principal") or {}), **profile}
+        given = data.get("principal")
+        given = given if isinstance(given, dict) else {}
+        _check_function(profile.get("role", ""), given.get("role"))
+        data["principal"] = {**given, **profile}
     return data
+
+
+def _check_function(enrolled: str, given: Any) -> None:
+    if not enrolled:
+        raise _field_error(
+            "principal.role",
+            "principal.function_missing",
+            "Uw account heeft geen functie; vraag de beheerder die vast te leggen.",
+            "the account has no enrolled function (user add --function)",
+        )
+    if isinstance(given, str) and given.strip() and given.strip() != enrolled:
+        raise _field_error(
+            "principal.role",
+            "principal.role_mismatch",
+            "De functie op het formulier is niet de functie waarmee u bent ingeschreven.",
+            "principal.role differs from the function enrolled with the account",
+        )
 
 
 def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
