@@ -691,6 +691,7 @@ def test_parse_answer_accepted_valid(definition: forms.FormDefinition) -> None:
     answer = parse_answer(
         definition,
         {"status": "geaccepteerd", "nurse_in_charge": "P. Verpleegkundige",
+         "nurse_phone": "06 12345678", "care_start": "2026-12-01T09:00",
          "performer_level": "verpleegkundige", "competence_confirmed": True},
     )  # fmt: skip
     assert answer.status == "geaccepteerd"
@@ -702,9 +703,12 @@ def test_parse_answer_accepted_valid(definition: forms.FormDefinition) -> None:
     [
         ({"status": "geaccepteerd"}, {}, {
             ("nurse_in_charge", "answer.nurse_required"),
+            ("nurse_phone", "answer.phone_required"),
+            ("care_start", "answer.care_start_required"),
             ("performer_level", "answer.performer_required"),
             ("competence_confirmed", "answer.competence_required")}),
         ({"status": "geaccepteerd", "nurse_in_charge": "P. V", "performer_level": "vig",
+          "nurse_phone": "0612345678", "care_start": "2026-12-01T09:00",
           "competence_confirmed": True}, {}, {
             ("performer_level", "answer.vig_requires_supervision")}),
         ({"status": "afgewezen"}, {}, {("reason", "answer.reason_required")}),
@@ -729,6 +733,7 @@ def test_parse_answer_rule_broken_reports_codes(
 
 def test_parse_answer_vig_with_supervision_valid(definition: forms.FormDefinition) -> None:
     data = {"status": "geaccepteerd", "nurse_in_charge": "P. V", "performer_level": "vig",
+            "nurse_phone": "0612345678", "care_start": "2026-12-01T09:00",
             "competence_confirmed": True}  # fmt: skip
     assert parse_answer(definition, data, supervision_arranged=True).performer_level == "vig"
 

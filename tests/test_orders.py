@@ -16,6 +16,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.errors import InputError
+from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.form import request as forms
@@ -123,3 +124,38 @@ async def test_an_account_without_function_cannot_sign(loop: Loop) -> None:
     with pytest.raises(forms.FormInvalidError) as info:
         await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
     assert [e.code for e in info.value.errors] == ["principal.function_missing"]
+
+
+# -- the team's answer carries the nurse's contact details and the start of care -------------
+
+ACCEPT = {
+    "status": "geaccepteerd",
+    "nurse_in_charge": "Verpleegkundige Zwaan",
+    "nurse_phone": "06 12345678",
+    "nurse_reachability": "Ma-vr 8-17 uur; daarna het teamnummer 020 555 0000",
+    "nurse_big": "39012345601",
+    "care_start": "2030-01-02T09:00",
+    "performer_level": "verpleegkundige",
+    "competence_confirmed": True,
+}
+
+
+async def test_acceptance_needs_the_nurses_phone_and_the_start_of_care(loop: Loop) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    bare = {k: v for k, v in ACCEPT.items() if k not in ("nurse_phone", "care_start")}
+    with pytest.raises(forms.FormInvalidError) as info:
+        await answer.record_answer(svc, loop.nurse_a, sent.reference, bare)
+    assert {(e.field, e.code) for e in info.value.errors} == {
+        ("nurse_phone", "answer.phone_required"),
+        ("care_start", "answer.care_start_required"),
+    }
+    with pytest.raises(forms.FormInvalidError) as info:
+        await answer.record_answer(
+            svc, loop.nurse_a, sent.reference, {**ACCEPT, "nurse_big": "1234"}
+        )
+    assert [(e.field, e.code) for e in info.value.errors] == [("nurse_big", "big.format")]
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
+    assert view["answer"]["nurse_phone"] == "06 12345678"
+    assert view["answer"]["care_start"].startswith("2030-01-02T09:00")

@@ -278,6 +278,10 @@ class TeamAnswer(_Document):
     form_version: str
     status: str
     nurse_in_charge: str | None = None
+    nurse_phone: str | None = None
+    nurse_reachability: str | None = None
+    nurse_big: str | None = None
+    care_start: datetime | None = None
     performer_level: str | None = None
     competence_confirmed: bool = False
     reason: str | None = None

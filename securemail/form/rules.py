@@ -29,6 +29,7 @@ ERROR_CODES = FIELD_CODES | frozenset(
         "answer.nurse_required", "answer.performer_required", "answer.vig_requires_supervision",
         "answer.competence_required", "answer.reason_required", "answer.passed_to_required",
         "answer.passed_to_not_allowed", "datetime.backdated", "period.start_before_issue",
+        "answer.phone_required", "answer.care_start_required",
     }
 )  # fmt: skip
 
@@ -156,6 +157,10 @@ def check_answer(clean: dict[str, Any], report: Report, *, supervision_arranged:
     if status == "geaccepteerd":
         if clean["nurse_in_charge"] is None:
             report.add("nurse_in_charge", "answer.nurse_required")
+        if clean["nurse_phone"] is None:
+            report.add("nurse_phone", "answer.phone_required")
+        if clean["care_start"] is None:
+            report.add("care_start", "answer.care_start_required")
         if clean["performer_level"] is None:
             report.add("performer_level", "answer.performer_required")
         if (
