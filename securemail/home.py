@@ -37,10 +37,11 @@ from securemail.config import Settings
 from securemail.consent import table as consent_table
 from securemail.delivery import outbox
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import asks
+from securemail.exchange import answer_copy, asks
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.keys import gp as gpkeys
+from securemail.keys import practice as practicekeys
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
 from securemail.region import directory
@@ -69,6 +70,8 @@ MIGRATIONS: tuple[Migrations, ...] = (
     gpkeys.MIGRATIONS,
     health.MIGRATIONS,
     regionmap.MIGRATIONS,
+    practicekeys.MIGRATIONS,
+    answer_copy.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

@@ -7,21 +7,30 @@ Real gateway (tests/loop_fixtures.py): real gpg seals, real sqlite, a controllab
 
 from __future__ import annotations
 
+import email
+import json
+import subprocess
 from datetime import datetime, timedelta
+from email import policy
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from securemail.access import SYSTEM, Actor
-from securemail.accounts import auth
+from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.errors import InputError
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.form import request as forms
-from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example
-from tests.loop_fixtures import Loop
+from securemail.home import gateway_fingerprint
+from securemail.keys import practice as practicekeys
+from securemail.web import create_app
+from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example, gpg_cli
+from tests.loop_fixtures import Loop, _make_keys, audit_codes
 
 
 def _signed_document(loop: Loop, reference: str) -> dict[str, Any]:
@@ -159,3 +168,125 @@ async def test_acceptance_needs_the_nurses_phone_and_the_start_of_care(loop: Loo
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
     assert view["answer"]["nurse_phone"] == "06 12345678"
     assert view["answer"]["care_start"].startswith("2030-01-02T09:00")
+
+
+# -- the signed answer goes back to the practice -------------------------------------------------
+
+PRACTICE_MAILBOX = "praktijk@praktijk.example"  # Praktijk Test's notice address
+
+
+async def _pin_practice_key(loop: Loop) -> Path:
+    """The practice's own key pair in its 'mail client'; the public half pinned at the gateway."""
+    home = loop.gw.home / "practice-gnupg"
+    home.mkdir(mode=0o700)
+    _make_keys(home, PRACTICE_MAILBOX)
+    armor = gpg_cli(home, "--armor", "--export").decode()
+    await practicekeys.pin(loop.gw.svc, SYSTEM, "01234567", armor)
+    # ... and the practice's client knows the gateway's key (from the regional directory)
+    svc = loop.gw.svc
+    gw_public = await svc.keyring.export_public(gateway_fingerprint(svc.store))
+    gpg_cli(home, "--import", stdin=gw_public.encode())
+    return home
+
+
+def _answer_copies(loop: Loop) -> list[bytes]:
+    return loop.gw.svc.store.read_sync(
+        lambda db: [
+            bytes(r[0])
+            for r in db.execute(
+                "SELECT o.mime FROM outbox o JOIN answer_copies c ON c.message_id = o.message_id"
+            )
+        ]
+    )
+
+
+def _read_sealed(home: Path, raw: bytes) -> tuple[dict[str, Any], str]:
+    result = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--decrypt"],
+        input=raw,
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert "[GNUPG:] DECRYPTION_OKAY" in result.stderr.decode()
+    inner = email.message_from_bytes(result.stdout, policy=policy.default)
+    [part] = [p for p in inner.walk() if p.get_content_type() == "application/json"]
+    return json.loads(part.get_payload(decode=True)), result.stderr.decode()
+
+
+async def test_the_practice_decrypts_the_answer_and_reads_nurse_phone_and_start(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    practice_home = await _pin_practice_key(loop)
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    [raw] = _answer_copies(loop)
+    # Outside the encryption: nothing about the patient or the nurse
+    for secret in ("Zwaan", "06 12345678", example()["patient"]["bsn"]):
+        assert secret.encode() not in raw
+    doc, status = _read_sealed(practice_home, raw)
+    assert doc["reference"] == sent.reference
+    assert doc["status"] == "geaccepteerd"
+    assert doc["nurse_in_charge"] == "Verpleegkundige Zwaan"
+    assert doc["nurse_phone"] == "06 12345678"
+    assert doc["care_start"].startswith("2030-01-02T09:00")
+    assert doc["competence_confirmed"] is True
+    assert doc["performer_level"] == "verpleegkundige"
+    assert doc["signed_by"]["kind"] == "gateway_on_behalf_of_team"
+    # signed by the gateway's key (the practice knows it from the regional directory)
+    gw_fpr = str(gateway_fingerprint(svc.store))
+    assert "[GNUPG:] GOODSIG" in status and f"VALIDSIG {gw_fpr}" in status
+    assert "request.answer_copy" in audit_codes(svc, sent.reference)
+
+
+async def test_without_a_practice_key_the_answer_is_recorded_and_no_copy_sealed(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    assert _answer_copies(loop) == []
+    assert svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["state"] == (
+        "answered"
+    )
+
+
+async def test_api_gives_the_answer_to_its_practice_and_404_to_another(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    svc.store.write_sync(
+        lambda db: auth.add_user(
+            db, SYSTEM, username="anders", name="C. Anders", role="gp", org_code="11223344",
+            password="other gp password 123",
+            profile={"big": "49012345601", "phone": "020-1234567",
+                     "out_of_hours_phone": "088-0030600"},
+            now=svc.now_iso(),
+        )
+    )  # fmt: skip
+    other = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "anders"))
+    tokens = {
+        who: svc.store.write_sync(
+            lambda db, a=actor: apitoken.create(
+                db, a, name="HIS", scopes=["request:read"], now=svc.now()
+            )[0]
+        )
+        for who, actor in (("own", loop.gw.gp), ("other", other))
+    }
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    url = str(server.make_url(f"/api/requests/{sent.reference}"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Authorization": f"Bearer {tokens['own']}"}) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["answer"]["nurse_in_charge"] == "Verpleegkundige Zwaan"
+        assert body["answer"]["nurse_phone"] == "06 12345678"
+        assert body["answer"]["care_start"].startswith("2030-01-02T09:00")
+        async with http.get(url, headers={"Authorization": f"Bearer {tokens['other']}"}) as r:
+            assert r.status == 404
+            assert "Zwaan" not in await r.text()
+    codes = audit_codes(svc, sent.reference)
+    assert "request.view" in codes and "access.denied" in codes

@@ -49,6 +49,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.stop": ("U", "a queued request was stopped before it left"),
     "request.answer": ("U", "the team answered a request"),
     "request.pass_on": ("U", "the team passed a request on to another team"),
+    "request.answer_copy": (
+        "E",
+        "the team's answer was sealed to the practice's key and queued for the practice",
+    ),
     "request.withdraw": ("U", "a request was withdrawn"),
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "ask.create": ("C", "a nurse asked a practice for an execution request"),

@@ -27,7 +27,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import asks, changes
+from securemail.exchange import answer_copy, asks, changes
 from securemail.exchange import idempotency as idem
 from securemail.form import render
 from securemail.form import request as forms
@@ -707,8 +707,8 @@ class Hooks:
 
         def check(db: sqlite_utils.Database) -> consent.ConsentDecision | None:
             found = request_row(db, row.reference)
-            if found is None:
-                return None
+            if found is None or answer_copy.is_answer_copy(db, row.message_id):
+                return None  # an answer going home to its practice: never gated
             if found["kind"] == "intrekking" or found["ask_reference"]:
                 return None  # risk-reducing: never gated (consent.NEVER_GATED)
             bsn, practice, target = consent_target_for(db, row.reference)
