@@ -37,7 +37,7 @@ from securemail.config import Settings
 from securemail.consent import table as consent_table
 from securemail.delivery import outbox
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import answer_copy, asks
+from securemail.exchange import answer_copy, asks, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.keys import gp as gpkeys
@@ -72,6 +72,7 @@ MIGRATIONS: tuple[Migrations, ...] = (
     regionmap.MIGRATIONS,
     practicekeys.MIGRATIONS,
     answer_copy.MIGRATIONS,
+    orders.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

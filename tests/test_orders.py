@@ -22,7 +22,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.errors import InputError
-from securemail.exchange import answer
+from securemail.exchange import answer, escalation, orders
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.form import request as forms
@@ -30,7 +30,7 @@ from securemail.home import gateway_fingerprint
 from securemail.keys import practice as practicekeys
 from securemail.web import create_app
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example, gpg_cli
-from tests.loop_fixtures import Loop, _make_keys, audit_codes
+from tests.loop_fixtures import Loop, _make_keys, audit_codes, notices
 
 
 def _signed_document(loop: Loop, reference: str) -> dict[str, Any]:
@@ -290,3 +290,67 @@ async def test_api_gives_the_answer_to_its_practice_and_404_to_another(
             assert "Zwaan" not in await r.text()
     codes = audit_codes(svc, sent.reference)
     assert "request.view" in codes and "access.denied" in codes
+
+
+# -- orders that stay valid --------------------------------------------------------------------
+
+
+def _signals(loop: Loop, kind: str) -> int:
+    return len(notices(loop.gw.svc, kind))
+
+
+async def test_past_the_evaluation_date_the_gp_is_reminded_once(loop: Loop) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)  # evaluation +6m
+    await escalation.check(svc)
+    assert _signals(loop, "order_evaluation") == 0
+    loop.clock.advance(days=190)
+    first = await escalation.check(svc)
+    again = await escalation.check(svc)
+    assert first.orders == ((sent.reference, orders.EVALUATION_REMINDER),)
+    assert again.orders == ()
+    assert _signals(loop, "order_evaluation") == 1
+    assert audit_codes(svc, sent.reference).count("request.remind") == 1
+    # Listed under the GP's work, and no "verlopen": an order until further notice runs on
+    work = svc.store.read_sync(lambda db: orders.practice_work(db, loop.gw.gp.org_id or 0))
+    assert [(w["reference"], w["signal"]) for w in work] == [
+        (sent.reference, orders.EVALUATION_REMINDER)
+    ]
+    state = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["order"]
+    assert state["expired"] is False
+
+
+async def test_past_the_end_date_one_verlopen_and_one_stop_notice(loop: Loop) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=10)  # within order_reminder_days of the end: a reminder first
+    assert (await escalation.check(svc)).orders == ((sent.reference, orders.END_REMINDER),)
+    loop.clock.advance(days=11)  # the day after the end date
+    await escalation.check(svc)
+    await escalation.check(svc)
+    assert _signals(loop, "order_expired") == 1
+    [stop] = notices(svc, "order_stop")
+    assert TEAM.encode() in stop and sent.reference.encode() in stop
+    assert example()["patient"]["bsn"].encode() not in stop
+    codes = audit_codes(svc, sent.reference)
+    assert codes.count("request.expire") == 1
+    # "verlopen" on both sides: the GP's and the nurse's view of the request
+    for actor in (loop.gw.gp, loop.nurse_a):
+        view = svc.store.write_sync(lambda db, a=actor: exchange.get_request(db, a, sent.reference))
+        assert view["order"]["expired"] is True
+
+
+async def test_order_dates_survive_the_content_purge(loop: Loop) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    svc.store.write_sync(
+        lambda db: db.execute(
+            "UPDATE requests SET document = x'', answer = '' WHERE reference = ?",
+            [sent.reference],
+        )
+    )
+    state = svc.store.read_sync(lambda db: orders.order_state(db, sent.reference))
+    assert state is not None and state["evaluation_date"]

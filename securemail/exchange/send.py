@@ -27,7 +27,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import answer_copy, asks, changes
+from securemail.exchange import answer_copy, asks, changes, orders
 from securemail.exchange import idempotency as idem
 from securemail.form import render
 from securemail.form import request as forms
@@ -593,6 +593,7 @@ async def _seal_and_queue(
             source_id=src,
         )
         changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
+        orders.record(db, reference, req, now)  # end/evaluation dates outlive the content
         if ask:
             asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
         if key:  # the key names its request in the same commit
