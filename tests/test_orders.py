@@ -30,6 +30,7 @@ from securemail.home import gateway_fingerprint
 from securemail.keys import practice as practicekeys
 from securemail.web import create_app
 from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example, gpg_cli
+from tests.e2e.webflow import login
 from tests.loop_fixtures import Loop, _make_keys, audit_codes, notices
 
 
@@ -354,3 +355,28 @@ async def test_order_dates_survive_the_content_purge(loop: Loop) -> None:
     )
     state = svc.store.read_sync(lambda db: orders.order_state(db, sent.reference))
     assert state is not None and state["evaluation_date"]
+
+
+async def test_verlopen_shows_on_both_sides_and_in_the_gps_work(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+3d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=4)
+    await escalation.check(svc)
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    site = str(server.make_url("")).rstrip("/")
+    jar = aiohttp.CookieJar
+    for who in ("huisarts", "nurse1"):
+        async with aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as http:
+            await login(http, site, loop.credentials(who))
+            async with http.get(f"{site}/requests/{sent.reference}") as r:
+                assert 'class="error verlopen"' in await r.text()
+            if who == "huisarts":
+                async with http.get(f"{site}/requests") as r:
+                    page = await r.text()
+                assert f"{sent.reference}</a>: <strong>verlopen</strong>" in page
+    await server.close()

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from securemail import deadlines
 from securemail.errors import SecuremailError
-from securemail.exchange import answer, asks
+from securemail.exchange import answer, asks, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.region import directory
@@ -265,7 +265,11 @@ async def list_page(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     rows = await svc.store.read(lambda db: exchange.list_requests(db, actor))
-    return {"rows": rows}
+    work: list[dict[str, Any]] = []
+    if actor.role == "gp" and actor.org_id is not None:
+        # The GP's work: orders to evaluate, to extend, or that ran out (references only)
+        work = await svc.store.read(lambda db: orders.practice_work(db, actor.org_id or 0))
+    return {"rows": rows, "order_work": work}
 
 
 @requires("request.view")
