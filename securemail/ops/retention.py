@@ -303,7 +303,9 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
         for chunk in _chunks(p.old_outbox):
             db.execute(f"DELETE FROM outbox WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_requests):
-            db.execute(f"DELETE FROM request_hops WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
+            # an order's dates and signals and its answer copies live as long as its row
+            for table in ("request_hops", "order_dates", "order_signals", "answer_copies"):
+                db.execute(f"DELETE FROM {table} WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
