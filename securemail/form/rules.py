@@ -58,14 +58,15 @@ def check_issued(clean: dict[str, Any], signed_at: datetime, report: Report) -> 
     earlier day (beyond BACKDATE_GRACE) is refused as backdated, anything else is replaced
     by ``signed_at``, so what is signed never says an earlier or a later moment."""
     given = clean.get("issued_at")
+    zone = report.definition.timezone
     if isinstance(given, datetime):
-        zone = report.definition.timezone
         earlier_day = given.astimezone(zone).date() < signed_at.astimezone(zone).date()
         if earlier_day and signed_at - given > BACKDATE_GRACE:
             report.add("issued_at", "datetime.backdated")
             return
     if given is not INVALID:
-        clean["issued_at"] = signed_at
+        # on the form's wall clock, to the second, as "now" reads (the Dutch calendar date)
+        clean["issued_at"] = signed_at.astimezone(zone).replace(microsecond=0)
 
 
 def check_request(clean: dict[str, Any], report: Report) -> None:

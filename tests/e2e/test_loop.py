@@ -83,7 +83,7 @@ async def test_urgent_request_unanswered_after_two_hours_is_overdue_and_escalate
     svc.close()
     out = cli("deadlines", "check", "--home", str(loop.gw.home), "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"requests": [], "asks": []}
+    assert json.loads(out.stdout) == {"requests": [], "asks": [], "orders": []}
 
 
 async def test_regular_request_sent_on_friday_before_easter_is_due_tuesday_after(
