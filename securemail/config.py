@@ -161,6 +161,11 @@ class DeadlineSettings:
     check_seconds: float = _s(
         60.0, "How often the web app looks for overdue requests and asks (and escalates them)."
     )
+    order_reminder_days: int = _s(
+        14,
+        "Days before an order's evaluation date and end date that the GP is reminded (the"
+        " order is 'verlopen' the day after its end date).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
 from securemail.home import gateway_fingerprint, init_home, open_services
 from securemail.keys import gp as gpkeys
+from securemail.keys import practice as practicekeys
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
 from securemail.region import map as regionmap
@@ -134,6 +135,10 @@ class DemoPaths:
     @property
     def team_secret(self) -> Path:
         return self.root / "team-secret.asc"
+
+    @property
+    def practice_secret(self) -> Path:
+        return self.root / "practice-secret.asc"
 
     @property
     def public_keys(self) -> Path:
@@ -328,6 +333,20 @@ async def _team_keys(svc: Services, paths: DemoPaths, nurses: list[dict[str, str
         )
 
 
+async def _practice_key(svc: Services, paths: DemoPaths) -> None:
+    """The demo practice's own key pair (its mail client's): the public half pinned, so the
+    team's signed answers land in the practice mailbox; the secret half in the demo folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Keyring.create(Path(tmp) / "gnupg")
+        ring = Keyring(Path(tmp) / "gnupg", binary=svc.settings.gpg.binary)
+        fpr = await ring.generate_key(PRACTICE["name"], PRACTICE["notify"], None, kind="both")
+        secret = await ring.export_secret(fpr, None)
+        public = await ring.export_public(fpr)
+    paths.practice_secret.write_text(secret, encoding="utf-8")
+    os.chmod(paths.practice_secret, 0o600)
+    await practicekeys.pin(svc, SYSTEM, PRACTICE["code"], public)
+
+
 async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
     """Create the demo data once; return the credentials document."""
     if svc.store.read_sync(lambda db: get_meta(db, "demo_setup")):
@@ -378,6 +397,7 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
         },
     ]
     await _team_keys(svc, paths, nurses)
+    await _practice_key(svc, paths)
     specs: list[dict[str, Any]] = [
         {
             "username": "huisarts",
@@ -460,6 +480,7 @@ async def setup_demo(svc: Services, paths: DemoPaths) -> dict[str, Any]:
         "web": svc.settings.gateway.base_url,
         "maildir": str(paths.maildir),
         "team_secret_keys": str(paths.team_secret),
+        "practice_secret_key": str(paths.practice_secret),
     }
     paths.credentials.write_text(json.dumps(creds, indent=2), encoding="utf-8")
     os.chmod(paths.credentials, 0o600)
@@ -633,6 +654,7 @@ def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Set
     print(f"  region map:        {settings.gateway.base_url}/regio  (docs/region.md)")
     print(f"  arrived mail:      {paths.maildir}/new/")
     print(f"  team secret keys:  {paths.team_secret}  (gpg --import, then gpg --decrypt)")
+    print(f"  practice key:      {paths.practice_secret}  (reads the team's signed answers)")
     print(f"  credentials file:  {paths.credentials}")
     print("  second factor:     add a user's TOTP secret to an authenticator app, or make a code:")
     print("    .venv/bin/python -c \"import pyotp; print(pyotp.TOTP('<totp secret>').now())\"")

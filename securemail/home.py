@@ -43,12 +43,13 @@ from securemail.consent import table as consent_table
 from securemail.delivery import outbox
 from securemail.delivery.worker import Worker
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import asks, escalation
+from securemail.exchange import answer_copy, asks, escalation, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import form_names
 from securemail.inbound import listener, replies
 from securemail.keys import gp as gpkeys
+from securemail.keys import practice as practicekeys
 from securemail.message import autocrypt
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
@@ -79,6 +80,9 @@ MIGRATIONS: tuple[Migrations, ...] = (
     health.MIGRATIONS,
     regionmap.MIGRATIONS,
     replies.MIGRATIONS,
+    practicekeys.MIGRATIONS,
+    answer_copy.MIGRATIONS,
+    orders.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

@@ -47,6 +47,8 @@ CAL = DeadlineSettings()
 ACCEPT = {
     "status": "geaccepteerd",
     "nurse_in_charge": "Verpleegkundige Zwaan",
+    "nurse_phone": "06 12345678",
+    "care_start": "2030-01-02T09:00",
     "performer_level": "verpleegkundige",
     "competence_confirmed": True,
 }

@@ -35,6 +35,8 @@ from tests.loop_fixtures import Loop, audit_codes, notices
 ACCEPT = {
     "status": "geaccepteerd",
     "nurse_in_charge": "Verpleegkundige Zwaan",
+    "nurse_phone": "06 12345678",
+    "care_start": "2030-01-02T09:00",
     "performer_level": "verpleegkundige",
     "competence_confirmed": True,
 }
@@ -172,6 +174,7 @@ async def test_answer_form_on_the_request_page_errors_in_dutch_then_gp_sees_the_
         assert f'action="/requests/{sent.reference}/answer"' in page
         # Accepting without the nurse in charge: the error sits next to that field
         bad = {"status": "geaccepteerd", "performer_level": "verpleegkundige",
+               "nurse_phone": "06 12345678", "care_start": "2030-01-02T09:00",
                "competence_confirmed": "true", "csrf_token": csrf_of(page)}  # fmt: skip
         async with nurse.post(f"{page_url}/answer", data=bad) as r:
             page = await r.text()

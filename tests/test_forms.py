@@ -203,6 +203,7 @@ def test_parse_request_naive_issued_at_read_as_amsterdam_time(
 ) -> None:
     # 12:30 on the Amsterdam clock is 11:30 UTC: not in the future at 12:00 UTC.
     example["issued_at"] = "2026-11-24T12:30"
+    example["period"]["start_date"] = "2026-11-24"  # not before the request's own date
     req = parse_request(definition, example, now=NOW)
     assert req.issued_at == datetime(2026, 11, 24, 11, 30, tzinfo=UTC)
 
@@ -727,6 +728,7 @@ def test_parse_answer_accepted_valid(definition: forms.FormDefinition) -> None:
     answer = parse_answer(
         definition,
         {"status": "geaccepteerd", "nurse_in_charge": "P. Verpleegkundige",
+         "nurse_phone": "06 12345678", "care_start": "2026-12-01T09:00",
          "performer_level": "verpleegkundige", "competence_confirmed": True},
     )  # fmt: skip
     assert answer.status == "geaccepteerd"
@@ -738,9 +740,12 @@ def test_parse_answer_accepted_valid(definition: forms.FormDefinition) -> None:
     [
         ({"status": "geaccepteerd"}, {}, {
             ("nurse_in_charge", "answer.nurse_required"),
+            ("nurse_phone", "answer.phone_required"),
+            ("care_start", "answer.care_start_required"),
             ("performer_level", "answer.performer_required"),
             ("competence_confirmed", "answer.competence_required")}),
         ({"status": "geaccepteerd", "nurse_in_charge": "P. V", "performer_level": "vig",
+          "nurse_phone": "0612345678", "care_start": "2026-12-01T09:00",
           "competence_confirmed": True}, {}, {
             ("performer_level", "answer.vig_requires_supervision")}),
         ({"status": "afgewezen"}, {}, {("reason", "answer.reason_required")}),
@@ -765,6 +770,7 @@ def test_parse_answer_rule_broken_reports_codes(
 
 def test_parse_answer_vig_with_supervision_valid(definition: forms.FormDefinition) -> None:
     data = {"status": "geaccepteerd", "nurse_in_charge": "P. V", "performer_level": "vig",
+            "nurse_phone": "0612345678", "care_start": "2026-12-01T09:00",
             "competence_confirmed": True}  # fmt: skip
     assert parse_answer(definition, data, supervision_arranged=True).performer_level == "vig"
 
@@ -909,6 +915,7 @@ def procedure_lines(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     data = copy.deepcopy(EXAMPLE_DATA)
+    data["issued_at"] = "2025-12-31T10:00:00+01:00"  # before every start drawn below
     bsn = draw(st.integers(0, 10**8 - 1).map(bsn_from).filter(bool))
     data["patient"] |= {"bsn": bsn, "name": draw(line_text), "city": draw(line_text)}
     if draw(st.booleans()):
@@ -1007,7 +1014,7 @@ def test_relative_date_resolves_against_the_validation_clock_in_amsterdam(
 ) -> None:
     # 31 January 23:30 in Amsterdam is still the 31st there, though already past 22:00 UTC
     now = datetime(2026, 1, 31, 22, 30, tzinfo=UTC)
-    example["issued_at"] = "now"
+    example["issued_at"] = "2025-10-01T10:00:00+02:00"  # the start may not precede it
     example["period"] = {"start_date": "today-40d", "end_date": written}
     if expected <= date(2025, 12, 22):
         example["period"]["start_date"] = "today-100d"
@@ -1032,6 +1039,58 @@ def test_issued_now_is_the_validation_moment_and_never_in_the_future(
     definition: forms.FormDefinition, example: dict
 ) -> None:
     example["issued_at"] = "now"
+    example["period"]["start_date"] = "today"
     req = parse_request(definition, example, now=NOW)
     assert req.issued_at == NOW.replace(microsecond=0)
     assert req.to_document()["issued_at"].startswith("2026-11-24T13:00:00+01:00")
+
+
+# -- issue 21: the request's date is the moment of signing -----------------------------------
+
+
+def test_signed_at_replaces_the_typed_issue_moment(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    # Given a request typed this morning, signed at noon
+    example["issued_at"] = "2026-11-24T09:00:00+01:00"
+    example["period"]["start_date"] = "2026-11-24"
+    req = parse_request(definition, example, now=NOW, signed_at=NOW)
+    # Then the signed date is the moment of signing, not what was typed
+    assert req.issued_at == NOW
+
+
+def test_signed_at_fills_an_absent_issue_moment(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    del example["issued_at"]
+    example["period"]["start_date"] = "today"
+    assert parse_request(definition, example, now=NOW, signed_at=NOW).issued_at == NOW
+
+
+def test_backdated_issue_moment_is_a_field_error(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    # Given a request dated four days before it is signed
+    errors = {
+        (e.field, e.code)
+        for e in errors_of(definition, example, signed_at=NOW)  # PINNED: 20 November
+    }
+    assert ("issued_at", "datetime.backdated") in errors
+
+
+def test_issue_moment_just_before_midnight_is_not_backdated(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    # A form opened at 23:55 and signed at 00:05 (Amsterdam) is not backdated
+    signed = datetime(2026, 11, 24, 23, 5, tzinfo=UTC)  # 00:05 on the 25th in Amsterdam
+    example["issued_at"] = "2026-11-24T23:55:00+01:00"
+    example["period"]["start_date"] = "2026-11-25"
+    assert parse_request(definition, example, now=signed, signed_at=signed).issued_at == signed
+
+
+def test_start_before_the_issue_date_is_a_field_error(
+    definition: forms.FormDefinition, example: dict
+) -> None:
+    example["issued_at"] = "now"
+    example["period"]["start_date"] = "today-1d"
+    assert ("period.start_date", "period.start_before_issue") in codes_of(definition, example)

@@ -39,7 +39,9 @@ DEFAULT_DAYS = 365
 #: scope -> the policy actions it opens (access.POLICY still decides by role and organisation).
 SCOPES: dict[str, frozenset[str]] = {
     "request:send": frozenset({"request.create", "request.send"}),
-    "request:read": frozenset({"request.status", "request.list"}),
+    # request.view: GET /api/requests/{ref}, the team's answer for the practice's record
+    # (tokens reach /api/ routes only; no API route shows the request's own content)
+    "request:read": frozenset({"request.status", "request.list", "request.view"}),
 }
 
 

@@ -44,6 +44,16 @@ MIGRATIONS = Migrations("securemail.auth")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 MIN_PASSWORD = 12
+BIG_RE = re.compile(r"[0-9]{11}")
+
+#: Who may give an order for a reserved procedure (Wet BIG art. 35-38), as enrolled with
+#: ``user add --function``: the values of the form's ``principal.role`` (the definition's
+#: enum carries their Dutch labels; tests/test_orders.py checks the two agree).
+PRINCIPAL_FUNCTIONS = (
+    "huisarts", "waarnemend_huisarts", "haio", "specialist_ouderengeneeskunde",
+    "arts_verstandelijk_gehandicapten", "medisch_specialist", "verpleegkundig_specialist",
+    "physician_assistant",
+)  # fmt: skip
 
 
 @MIGRATIONS(name="0001_users")
@@ -181,8 +191,11 @@ def add_user(
             )
     profile = dict(profile or {})
     big = profile.get("big", "").strip()
-    if role == "gp" and not re.fullmatch(r"[0-9]{11}", big):
+    if role == "gp" and not BIG_RE.fullmatch(big):
         raise InputError("a GP needs an 11-digit BIG number (--big)", field="big")
+    if big and not BIG_RE.fullmatch(big):  # a nurse who performs: optional, never malformed
+        raise InputError("a BIG number has 11 digits (--big)", field="big")
+    function = _function(role, profile.get("function", "").strip())
     team_rows = [team_by_address(db, a) for a in (teams or [])]
     if role == "nurse":
         if not team_rows:
@@ -202,7 +215,7 @@ def add_user(
             "active": 1,
             "big": big,
             "agb": profile.get("agb", "").strip(),
-            "function": profile.get("function", "huisarts" if role == "gp" else "").strip(),
+            "function": function,
             "phone": profile.get("phone", "").strip(),
             "out_of_hours_phone": profile.get("out_of_hours_phone", "").strip(),
             "signing_fingerprint": "",
@@ -223,6 +236,21 @@ def add_user(
         ),
     )
     return user_by_id(db, uid)
+
+
+def _function(role: str, function: str) -> str:
+    """The enrolled function of someone who signs orders (a GP account): one of
+    PRINCIPAL_FUNCTIONS, huisarts when not given; other roles sign no orders and have none."""
+    if role != "gp":
+        if function:
+            raise InputError("only a GP account has a function (--function)", field="function")
+        return ""
+    function = function or "huisarts"
+    if function not in PRINCIPAL_FUNCTIONS:
+        raise InputError(
+            f"function must be one of {', '.join(PRINCIPAL_FUNCTIONS)}", field="function"
+        )
+    return function
 
 
 def set_signing_key(db: sqlite_utils.Database, actor: Actor, user_id: int, fpr: str) -> None:
@@ -284,11 +312,13 @@ def actor_for_cli(db: sqlite_utils.Database, username: str) -> Person:
 
 
 def principal_profile(db: sqlite_utils.Database, user: User) -> dict[str, str]:
-    """The form's principal section, from the GP's own profile (what the GP may not alter)."""
+    """The form's principal section, from the GP's own profile (what the GP may not alter).
+    ``role`` is the function enrolled with the account, never a default: an account without
+    one is refused on send (securemail.exchange.send)."""
     org = org_by_id(db, user.org_id) if user.org_id is not None else None
     profile = {
         "name": user.name,
-        "role": user.function or "huisarts",
+        "role": user.function,
         "big": user.big,
         "agb": user.agb,
         "practice_name": org.name if org else "",

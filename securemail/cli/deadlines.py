@@ -18,7 +18,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         report = asyncio.run(escalation.check(svc))
     if args.json:
-        print(json.dumps({"requests": list(report.requests), "asks": list(report.asks)}))
+        print(
+            json.dumps(
+                {
+                    "requests": list(report.requests),
+                    "asks": list(report.asks),
+                    "orders": [{"reference": r, "signal": k} for r, k in report.orders],
+                }
+            )
+        )
     else:
         for reference in (*report.requests, *report.asks):
             print(f"overdue, escalated: {reference}")

@@ -94,7 +94,8 @@ async def enrol_gp_key(svc: Services, user: auth.User, passphrase: str) -> str:
 def cmd_user_add(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         password = read_secret(args.password_file, "password: ")
-        profile = {k: getattr(args, k) or "" for k in ("big", "agb", "phone", "out_of_hours_phone")}
+        keys = ("big", "agb", "function", "phone", "out_of_hours_phone")
+        profile = {k: getattr(args, k) or "" for k in keys}
         user = svc.store.write_sync(
             lambda db: auth.add_user(
                 db,
@@ -141,8 +142,13 @@ def register(sub: Any) -> None:
     p.add_argument("--org", help="organisation code")
     p.add_argument("--email")
     p.add_argument("--team", action="append", help="team address (nurses; repeatable)")
-    p.add_argument("--big")
+    p.add_argument("--big", help="BIG number, 11 digits (GPs; nurses optionally)")
     p.add_argument("--agb")
+    p.add_argument(
+        "--function",
+        choices=auth.PRINCIPAL_FUNCTIONS,
+        help="a GP account's function, signed as the order's principal (default: huisarts)",
+    )
     p.add_argument("--phone")
     p.add_argument("--out-of-hours-phone", dest="out_of_hours_phone")
     p.add_argument("--password-file", type=Path)

@@ -1,5 +1,6 @@
-"""Key commands: securemail keys import|sync|check|confirm|code|discover|gp-passphrase|gp-revoke|
-export-gp. Each handler parses, calls one domain function (keydir, keycheck, gpkeys, wkd)
+"""Key commands: securemail keys import|practice|sync|check|confirm|code|discover|
+gp-passphrase|gp-revoke|export-gp. Each handler parses, calls one domain function (keydir,
+keycheck, gpkeys, wkd)
 and prints; secrets come from files or the terminal, never from argv."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from securemail.cli.directory import open_home, read_secret
 from securemail.keys import foresight as keycheck
 from securemail.keys import gp as gpkeys
 from securemail.keys import pinning as keydir
+from securemail.keys import practice as practicekeys
 from securemail.keys import wkd
 from securemail.keys.manifest import public_key_data
 from securemail.openpgp.keyinfo import phone_code
@@ -54,6 +56,17 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"{outcome}: {fpr} ({email}) for {team.address}")
             if outcome == keydir.QUARANTINED:
                 print(f"  confirm by phone: securemail keys confirm {email} {fpr} --code ...")
+    return 0
+
+
+def cmd_practice(args: argparse.Namespace) -> int:
+    """Pin a GP practice's own public key: the team's signed answers are sealed to it."""
+    with open_home(args) as svc:
+        text = Path(args.file).read_text(encoding="ascii")
+        public_key_data(text, args.file)  # public keys only, checked on the packets
+        actor = _actor(svc, args.as_user)
+        fpr = asyncio.run(practicekeys.pin(svc, actor, args.org, text))
+    print(f"pinned: {fpr} as the key of practice {args.org}; answers are sealed to it")
     return 0
 
 
@@ -208,6 +221,10 @@ def register(sub: Any) -> None:
     s.add_argument("--team", required=True, help="team address the keys belong to")
     s.add_argument("--name", help="member name (default: the key's user id)")
     s.add_argument("--verified-how", default="", help="how the fingerprint was verified")
+    s.add_argument("--as", dest="as_user", help="the admin doing this (audit)")
+    s = _sub(keys, "practice", cmd_practice, "pin a GP practice's key (answers are sealed to it)")
+    s.add_argument("file", help="the practice's armored public key (its notice address as uid)")
+    s.add_argument("--org", required=True, help="the practice's code")
     s.add_argument("--as", dest="as_user", help="the admin doing this (audit)")
     s = _sub(keys, "sync", cmd_sync, "import exactly what keys/directory.toml pins")
     s.add_argument("folder", nargs="?", help="the key directory (default: [gateway] keys_dir)")

@@ -38,6 +38,7 @@ from securemail.access import Actor, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, SecuremailError
+from securemail.exchange import answer_copy
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
 from securemail.exchange.view import DATA_CATEGORIES, RequestRow, record_refusal, resource
@@ -196,18 +197,22 @@ async def record_answer(
     if answer.status == PASS_ON:
         return await _pass_on(svc, actor, row, req, answer)
     now = svc.now_iso()
+    team_now = await svc.store.read(lambda db: directory.team_by_id(db, row["team_id"]))
+    stored = {
+        **answer.to_document(),
+        "answered_by": actor.name,
+        "answered_by_user": actor.user_id,
+        "team_address": team_now.address,
+        "team_name": team_now.name,
+        "answered_at": now,
+    }
+    # The signed copy for the practice's record (securemail.exchange.answer_copy); sealed
+    # before the write, queued inside it. _still refuses the write if the team changed.
+    copy = await answer_copy.seal_for_practice(svc, row, stored)
 
     def commit(db: sqlite_utils.Database) -> Team:
         current = _still(db, row)
         team = directory.team_by_id(db, current["team_id"])
-        stored = {
-            **answer.to_document(),
-            "answered_by": actor.name,
-            "answered_by_user": actor.user_id,
-            "team_address": team.address,
-            "team_name": team.name,
-            "answered_at": now,
-        }
         db.table("requests").update(
             current["id"],
             {
@@ -249,6 +254,8 @@ async def record_answer(
             svc.settings,
             actor=actor,
         )
+        if copy is not None:
+            answer_copy.queue(db, svc, actor, current, copy, now)
         return team
 
     team = await svc.store.write(commit)

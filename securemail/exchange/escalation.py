@@ -29,6 +29,7 @@ import sqlite_utils
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
+from securemail.exchange import orders
 from securemail.message import notify
 from securemail.region import directory
 from securemail.services import Services
@@ -40,6 +41,7 @@ log = logging.getLogger("securemail.escalation")
 class CheckReport:
     requests: tuple[str, ...] = field(default_factory=tuple)  # references marked now
     asks: tuple[str, ...] = field(default_factory=tuple)
+    orders: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (reference, signal)
 
 
 def _past(due_text: str, now: datetime) -> bool:
@@ -119,7 +121,9 @@ async def check(svc: Services) -> CheckReport:
     now = svc.now()
 
     def tx(db: sqlite_utils.Database) -> CheckReport:
-        return CheckReport(tuple(_mark(svc, db, now, _REQUESTS)), tuple(_mark(svc, db, now, _ASKS)))
+        requests, asks = _mark(svc, db, now, _REQUESTS), _mark(svc, db, now, _ASKS)
+        signals = orders.check(svc, db, now)  # reminders and expiry of orders (once each)
+        return CheckReport(tuple(requests), tuple(asks), tuple(signals))
 
     report = await svc.store.write(tx)
     if report.requests or report.asks:

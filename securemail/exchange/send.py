@@ -28,7 +28,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import asks, changes
+from securemail.exchange import answer_copy, asks, changes, orders
 from securemail.exchange import idempotency as idem
 from securemail.form import attachments as attach
 from securemail.form import kinds, render
@@ -245,13 +245,34 @@ def _field_error(path: str, code: str, nl: str, en: str) -> forms.FormInvalidErr
 def _with_principal(
     db: sqlite_utils.Database, actor: Actor, data: dict[str, Any]
 ) -> dict[str, Any]:
-    """The principal section comes from the signed-in GP's profile; the form cannot alter it."""
+    """The principal section comes from the signed-in GP's profile; the form cannot alter it.
+    Its function (``principal.role``) is the one enrolled with the account, checked on each
+    send: a submission naming another function, or an account with none, is a field error."""
     data = dict(data)
     if actor.user_id is not None:
         profile = principal_profile(db, user_by_id(db, actor.user_id))
         given = data.get("principal")
-        data["principal"] = {**(given if isinstance(given, dict) else {}), **profile}
+        given = given if isinstance(given, dict) else {}
+        _check_function(profile.get("role", ""), given.get("role"))
+        data["principal"] = {**given, **profile}
     return data
+
+
+def _check_function(enrolled: str, given: Any) -> None:
+    if not enrolled:
+        raise _field_error(
+            "principal.role",
+            "principal.function_missing",
+            "Uw account heeft geen functie; vraag de beheerder die vast te leggen.",
+            "the account has no enrolled function (user add --function)",
+        )
+    if isinstance(given, str) and given.strip() and given.strip() != enrolled:
+        raise _field_error(
+            "principal.role",
+            "principal.role_mismatch",
+            "De functie op het formulier is niet de functie waarmee u bent ingeschreven.",
+            "principal.role differs from the function enrolled with the account",
+        )
 
 
 def _target(db: sqlite_utils.Database, team: Team) -> consent.Target:
@@ -353,7 +374,10 @@ async def prepare(
     if to:
         given = data.get("receiver")
         data["receiver"] = {**(given if isinstance(given, dict) else {}), "team_address": to}
-    req = kinds.parse_document(definition, data, now=svc.now(), reference=reference)
+    signing = svc.now()  # the moment of signing: the request's date (forms.check_issued)
+    req = kinds.parse_document(
+        definition, data, now=signing, reference=reference, signed_at=signing
+    )
 
     def receiver(db: sqlite_utils.Database) -> Team:
         team = _check_receiver(svc, db, actor, req.team_address, ask)
@@ -729,6 +753,7 @@ async def _seal_and_queue(
             source_id=src,
         )
         changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
+        orders.record(db, reference, req, now)  # end/evaluation dates outlive the content
         if ask:
             asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
         if key:  # the key names its request in the same commit
@@ -844,8 +869,8 @@ class Hooks:
 
         def check(db: sqlite_utils.Database) -> consent.ConsentDecision | None:
             found = request_row(db, row.reference)
-            if found is None:
-                return None
+            if found is None or answer_copy.is_answer_copy(db, row.message_id):
+                return None  # an answer going home to its practice: never gated
             if found["kind"] == "intrekking" or found["ask_reference"]:
                 return None  # risk-reducing: never gated (consent.NEVER_GATED)
             bsn, practice, target = consent_target_for(db, row.reference)

@@ -21,7 +21,7 @@ from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import NotFoundError, SecuremailError
-from securemail.exchange import changes
+from securemail.exchange import changes, orders
 from securemail.openpgp.keystore import reason_nl
 from securemail.region import directory
 
@@ -194,6 +194,7 @@ def get_request(
     view["hops"] = hops(db, reference)
     view["chain"] = changes.chain(db, reference)
     view["overdue"] = is_overdue(row)
+    view["order"] = orders.order_state(db, reference)
     return view
 
 
@@ -250,6 +251,7 @@ def status(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
         "overdue": is_overdue(row),
         "overdue_at": row["overdue_at"] or None,
         "answer_status": row["answer_status"] or None,
+        "order": orders.order_state(db, reference),  # dates, reminders, verlopen
         "content_purged_at": row["content_purged_at"] or None,
         "supersedes": row["supersedes"] or None,
         "superseded_by": row["superseded_by"] or None,

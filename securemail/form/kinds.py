@@ -26,7 +26,7 @@ from typing import Any
 
 from securemail.form.care import REQUEST_RULES
 from securemail.form.definition import FormDefinition
-from securemail.form.fields import INVALID, Report
+from securemail.form.fields import INVALID, Report, is_blank
 from securemail.form.request import (
     DocumentInvalidError,
     ExecutionRequest,
@@ -34,6 +34,7 @@ from securemail.form.request import (
     _validate_root,
     parse_request,
 )
+from securemail.form.rules import check_issued
 
 EXECUTION_REQUEST = "uitvoeringsverzoek"
 
@@ -172,13 +173,18 @@ def parse_document(
     *,
     now: datetime,
     reference: str | None = None,
+    signed_at: datetime | None = None,
 ) -> RequestDocument:
     """``parse_request`` for any form: the execution request's typed parse, or the field
-    checks plus the definition's rule set. Raises FormInvalidError listing every problem."""
+    checks plus the definition's rule set. ``signed_at``: the gateway's moment of signing,
+    which becomes the request's date (check_issued) for every kind alike. Raises
+    FormInvalidError listing every problem."""
     if definition.form_id == EXECUTION_REQUEST:
-        return parse_request(definition, data, now=now, reference=reference)
-    if now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
+        return parse_request(definition, data, now=now, reference=reference, signed_at=signed_at)
+    if now.utcoffset() is None or (signed_at is not None and signed_at.utcoffset() is None):
+        raise ValueError("now and signed_at must be timezone-aware")
+    if signed_at is not None and is_blank(data.get("issued_at")):
+        data = {**data, "issued_at": signed_at.isoformat()}
     ref_spec = definition.request.child("reference")
     if reference is not None and not (
         ref_spec and ref_spec.pattern and ref_spec.pattern.fullmatch(reference)
@@ -191,6 +197,8 @@ def parse_document(
         if reference is not None and given not in (None, INVALID) and given != reference:
             report.add("reference", "reference.mismatch")
         clean["reference"] = reference if reference is not None else given
+        if signed_at is not None:
+            check_issued(clean, signed_at, report)
         REQUEST_RULES[definition.rules](clean, report)
     if report.errors or clean is None:
         raise FormInvalidError(report.errors)

@@ -31,7 +31,7 @@ from securemail.form.fields import (
     join,
     validate,
 )
-from securemail.form.rules import check_answer, check_request
+from securemail.form.rules import check_answer, check_issued, check_request
 
 __all__ = [
     "Consent", "DocumentInvalidError", "ExecutionRequest", "FieldError", "FormDefinition",
@@ -330,6 +330,10 @@ class TeamAnswer(_Document):
     form_version: str
     status: str
     nurse_in_charge: str | None = None
+    nurse_phone: str | None = None
+    nurse_reachability: str | None = None
+    nurse_big: str | None = None
+    care_start: datetime | None = None
     performer_level: str | None = None
     competence_confirmed: bool = False
     reason: str | None = None
@@ -362,15 +366,20 @@ def parse_request(
     *,
     now: datetime,
     reference: str | None = None,
+    signed_at: datetime | None = None,
 ) -> ExecutionRequest:
     """Validate untrusted input (nested, JSON-like) against every rule of the form.
 
     ``now`` (timezone-aware) decides what "in the future" means; offset-less times are
     read in the form's time zone (Europe/Amsterdam). ``reference`` is the gateway's own;
-    a different one in ``data`` is refused. Raises FormInvalidError listing every problem.
+    a different one in ``data`` is refused. ``signed_at`` is the gateway's moment of
+    signing: it becomes ``issued_at`` (an absent one is filled in, a backdated one is
+    refused, see ``check_issued``). Raises FormInvalidError listing every problem.
     """
-    if now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
+    if now.utcoffset() is None or (signed_at is not None and signed_at.utcoffset() is None):
+        raise ValueError("now and signed_at must be timezone-aware")
+    if signed_at is not None and isinstance(data, Mapping) and is_blank(data.get("issued_at")):
+        data = {**data, "issued_at": signed_at.isoformat()}
     ref_spec = definition.request.child("reference")
     if reference is not None and not (
         ref_spec and ref_spec.pattern and ref_spec.pattern.fullmatch(reference)
@@ -383,6 +392,8 @@ def parse_request(
         if reference is not None and given not in (None, INVALID) and given != reference:
             report.add("reference", "reference.mismatch")
         clean["reference"] = reference if reference is not None else given
+        if signed_at is not None:
+            check_issued(clean, signed_at, report)
         check_request(clean, report)
     if report.errors or clean is None:
         raise FormInvalidError(report.errors)

@@ -12,7 +12,7 @@ same ``Report``, and never raise on bad input.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from securemail.form.fields import FIELD_CODES, INVALID, Report
@@ -28,7 +28,8 @@ ERROR_CODES = FIELD_CODES | frozenset(
         "period.evaluation_required", "period.evaluation_too_late",
         "answer.nurse_required", "answer.performer_required", "answer.vig_requires_supervision",
         "answer.competence_required", "answer.reason_required", "answer.passed_to_required",
-        "answer.passed_to_not_allowed",
+        "answer.passed_to_not_allowed", "datetime.backdated", "period.start_before_issue",
+        "answer.phone_required", "answer.care_start_required",
     }
 )  # fmt: skip
 
@@ -47,6 +48,27 @@ def one_year_after(day: date) -> date:
         return day.replace(year=day.year + 1, day=28)
 
 
+#: How far before the moment of signing a typed ``issued_at`` may lie on an earlier day: a
+#: form opened at 23:55 and signed at 00:05 is not backdated.
+BACKDATE_GRACE = timedelta(hours=1)
+
+
+def check_issued(clean: dict[str, Any], signed_at: datetime, report: Report) -> None:
+    """The request's date is the moment of signing, set by the gateway: a given date on an
+    earlier day (beyond BACKDATE_GRACE) is refused as backdated, anything else is replaced
+    by ``signed_at``, so what is signed never says an earlier or a later moment."""
+    given = clean.get("issued_at")
+    zone = report.definition.timezone
+    if isinstance(given, datetime):
+        earlier_day = given.astimezone(zone).date() < signed_at.astimezone(zone).date()
+        if earlier_day and signed_at - given > BACKDATE_GRACE:
+            report.add("issued_at", "datetime.backdated")
+            return
+    if given is not INVALID:
+        # on the form's wall clock, to the second, as "now" reads (the Dutch calendar date)
+        clean["issued_at"] = signed_at.astimezone(zone).replace(microsecond=0)
+
+
 def check_request(clean: dict[str, Any], report: Report) -> None:
     """The brief's cross-field rules for a request, on values that passed their own checks.
     Also completes what follows from them: a line's category comes from its code."""
@@ -62,6 +84,16 @@ def check_request(clean: dict[str, Any], report: Report) -> None:
     period = clean.get("period")
     if isinstance(period, dict):
         _check_period(period, report)
+        _check_start_after_issue(period, clean.get("issued_at"), report)
+
+
+def _check_start_after_issue(period: dict[str, Any], issued: Any, report: Report) -> None:
+    """An order cannot start before the day it was given (on the form's calendar)."""
+    start = period["start_date"]
+    if not (isinstance(start, date) and isinstance(issued, datetime)):
+        return
+    if start < issued.astimezone(report.definition.timezone).date():
+        report.add("period.start_date", "period.start_before_issue")
 
 
 def _check_procedure(line: dict[str, Any], path: str, report: Report) -> None:
@@ -126,6 +158,10 @@ def check_answer(clean: dict[str, Any], report: Report, *, supervision_arranged:
     if status == "geaccepteerd":
         if clean["nurse_in_charge"] is None:
             report.add("nurse_in_charge", "answer.nurse_required")
+        if clean["nurse_phone"] is None:
+            report.add("nurse_phone", "answer.phone_required")
+        if clean["care_start"] is None:
+            report.add("care_start", "answer.care_start_required")
         if clean["performer_level"] is None:
             report.add("performer_level", "answer.performer_required")
         if (

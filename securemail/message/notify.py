@@ -86,6 +86,28 @@ KINDS: dict[str, tuple[str, str]] = {
         "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
         "door de praktijk opgesteld.",
     ),
+    "order_evaluation": (
+        "evaluatie nadert",
+        "De evaluatiedatum van uitvoeringsverzoek {reference} nadert. Evalueer met het "
+        "wijkteam en stuur zo nodig een wijziging of verlenging.",
+    ),
+    "order_end": (
+        "einddatum nadert",
+        "De einddatum van uitvoeringsverzoek {reference} nadert. Is de zorg daarna nog "
+        "nodig, stuur dan een verlenging.",
+    ),
+    "order_expired": (
+        "verlopen",
+        "Uitvoeringsverzoek {reference} is verlopen: de einddatum is voorbij. Het wijkteam "
+        "is gevraagd de uitvoering te stoppen.",
+    ),
+    # To the team's entry address: stop, unless an extension has arrived.
+    "order_stop": (
+        "verlopen: stoppen",
+        "Uitvoeringsverzoek {reference} is verlopen: de einddatum is voorbij. Stop de "
+        "uitvoering, tenzij u een verlenging hebt ontvangen; neem bij twijfel contact op met "
+        "de huisarts.",
+    ),
     # To the operator (admin_address); the reference is the check's (KEYS-20260112).
     "key_expiring": (
         "sleutels verlopen",
@@ -345,6 +367,26 @@ def notice_ask_answered(reference: str, to: str, settings: Settings) -> Notice:
 def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:
     """The practice did not deliver an asked-for request in time (to the asking team)."""
     return make_notice("ask_overdue", reference, to, settings)
+
+
+def notice_order_evaluation(reference: str, to: str, settings: Settings) -> Notice:
+    """To the practice: an order's evaluation date is near."""
+    return make_notice("order_evaluation", reference, to, settings)
+
+
+def notice_order_end(reference: str, to: str, settings: Settings) -> Notice:
+    """To the practice: an order's end date is near."""
+    return make_notice("order_end", reference, to, settings)
+
+
+def notice_order_expired(reference: str, to: str, settings: Settings) -> Notice:
+    """To the practice: an order ran past its end date (verlopen)."""
+    return make_notice("order_expired", reference, to, settings)
+
+
+def notice_order_stop(reference: str, to: str, settings: Settings) -> Notice:
+    """To the team: the order ran out; stop unless an extension arrived."""
+    return make_notice("order_stop", reference, to, settings)
 
 
 def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:

@@ -323,9 +323,17 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
         outbox.empty_content(db, p.outbox_mime)
         outbox.delete_rows(db, p.old_outbox)
         for chunk in _chunks(p.old_requests):
-            db.execute(f"DELETE FROM request_hops WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
-            db.execute(f"DELETE FROM request_attachments WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
-            db.execute(f"DELETE FROM replies WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
+            # an order's dates and signals, its answer copies, attachments and replies live
+            # as long as its row
+            for table in (
+                "request_hops",
+                "order_dates",
+                "order_signals",
+                "answer_copies",
+                "request_attachments",
+                "replies",
+            ):
+                db.execute(f"DELETE FROM {table} WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from securemail.access import Resource, require
 from securemail.errors import InputError, NotFoundError
+from securemail.exchange import answer_copy
 from securemail.exchange import send as exchange
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -96,7 +97,27 @@ async def request_status(request: web.Request) -> web.StreamResponse:
     return web.json_response(await svc.store.read(read))
 
 
+@requires("request.view")
+async def request_answer(request: web.Request) -> web.StreamResponse:
+    """GET /api/requests/{reference}: the status and the team's answer (nurse in charge,
+    her phone, the start of care...) for the request's own practice; 404 for any other."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    src = svc.settings.gateway.source_id
+    return web.json_response(
+        await svc.store.write(
+            lambda db: answer_copy.answer_for_practice(db, actor, reference, source_id=src)
+        )
+    )
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get(
+        r"/api/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}",
+        request_answer,
+        name="api_request_answer",
+    )
     app.router.add_post("/api/requests", send_request, name="api_request_send")
     app.router.add_get(
         r"/api/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/status",

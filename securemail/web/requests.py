@@ -19,7 +19,7 @@ from aiohttp import web
 from securemail import deadlines
 from securemail.access import org_of
 from securemail.errors import SecuremailError
-from securemail.exchange import answer, asks
+from securemail.exchange import answer, asks, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
@@ -355,8 +355,13 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     result = await svc.store.write(
         lambda db: worklist.work_list(db, actor, query=query, page=page, source_id=source_id)
     )
+    work: list[dict[str, Any]] = []
+    if actor.role == "gp" and actor.org_id is not None:
+        # The GP's work: orders to evaluate, to extend, or that ran out (references only)
+        org = actor.org_id
+        work = await svc.store.read(lambda db: orders.practice_work(db, org))
     return aiohttp_jinja2.render_template(
-        "requests/list.html", request, {"wl": result, "rows": result.rows}
+        "requests/list.html", request, {"wl": result, "rows": result.rows, "order_work": work}
     )
 
 

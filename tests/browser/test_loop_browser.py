@@ -63,6 +63,8 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     await nurse.wait_for_url(f"{site}/requests/{reference}")
     await nurse.select_option("#answer-status", "geaccepteerd")
     await nurse.fill("#answer-nurse_in_charge", NURSE_IN_CHARGE)
+    await nurse.fill("#answer-nurse_phone", "06 12345678")
+    await nurse.fill("#answer-care_start", "2030-01-02T09:00")
     await nurse.select_option("#answer-performer_level", "verpleegkundige")
     await nurse.check("#answer-competence_confirmed")
     await nurse.click("form.answer button[type=submit]")

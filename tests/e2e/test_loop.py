@@ -78,6 +78,7 @@ async def test_urgent_request_unanswered_after_two_hours_is_overdue_and_escalate
     await answer.record_answer(
         svc, loop.nurse_a, sent.reference,
         {"status": "geaccepteerd", "nurse_in_charge": "V. Zwaan",
+         "nurse_phone": "06 12345678", "care_start": "2030-01-02T09:00",
          "performer_level": "verpleegkundige", "competence_confirmed": True},
     )  # fmt: skip
     assert svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["overdue"] is False
@@ -85,7 +86,7 @@ async def test_urgent_request_unanswered_after_two_hours_is_overdue_and_escalate
     svc.close()
     out = cli("deadlines", "check", "--home", str(loop.gw.home), "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"requests": [], "asks": []}
+    assert json.loads(out.stdout) == {"requests": [], "asks": [], "orders": []}
 
 
 async def test_regular_request_sent_on_friday_before_easter_is_due_tuesday_after(
@@ -194,6 +195,7 @@ async def test_passed_on_request_arrives_at_second_team_encrypted_for_its_keys_o
     await answer.record_answer(
         svc, loop.nurse_b, sent.reference,
         {"status": "geaccepteerd", "nurse_in_charge": "W. West",
+         "nurse_phone": "06 12345678", "care_start": "2030-01-02T09:00",
          "performer_level": "verpleegkundige", "competence_confirmed": True},
     )  # fmt: skip
     view = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, sent.reference))
