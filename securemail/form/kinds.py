@@ -26,15 +26,12 @@ from typing import Any
 
 from securemail.form.care import REQUEST_RULES
 from securemail.form.definition import FormDefinition
-from securemail.form.fields import INVALID, Report, is_blank
 from securemail.form.request import (
     DocumentInvalidError,
     ExecutionRequest,
-    FormInvalidError,
-    _validate_root,
     parse_request,
+    validate_request,
 )
-from securemail.form.rules import check_issued
 
 EXECUTION_REQUEST = "uitvoeringsverzoek"
 
@@ -181,29 +178,15 @@ def parse_document(
     FormInvalidError listing every problem."""
     if definition.form_id == EXECUTION_REQUEST:
         return parse_request(definition, data, now=now, reference=reference, signed_at=signed_at)
-    if now.utcoffset() is None or (signed_at is not None and signed_at.utcoffset() is None):
-        raise ValueError("now and signed_at must be timezone-aware")
-    if signed_at is not None and is_blank(data.get("issued_at")):
-        data = {**data, "issued_at": signed_at.isoformat()}
-    ref_spec = definition.request.child("reference")
-    if reference is not None and not (
-        ref_spec and ref_spec.pattern and ref_spec.pattern.fullmatch(reference)
-    ):
-        raise ValueError("the gateway's reference does not match the form's pattern")
-    report = Report(definition, now)
-    clean = _validate_root(definition, definition.request, data, report)
-    if clean is not None:
-        given = clean.get("reference")
-        if reference is not None and given not in (None, INVALID) and given != reference:
-            report.add("reference", "reference.mismatch")
-        clean["reference"] = reference if reference is not None else given
-        if signed_at is not None:
-            check_issued(clean, signed_at, report)
-        REQUEST_RULES[definition.rules](clean, report)
-    if report.errors or clean is None:
-        raise FormInvalidError(report.errors)
-    meta = {"form_id": definition.form_id, "form_version": definition.version}
-    return FormDocument.from_document(_jsonable({**clean, **meta}))
+    clean = validate_request(
+        definition,
+        data,
+        now=now,
+        reference=reference,
+        signed_at=signed_at,
+        rules=REQUEST_RULES[definition.rules],
+    )
+    return FormDocument.from_document(_jsonable(clean))
 
 
 def document_from(document: Mapping[str, Any]) -> RequestDocument:

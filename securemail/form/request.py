@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -376,6 +376,25 @@ def parse_request(
     signing: it becomes ``issued_at`` (an absent one is filled in, a backdated one is
     refused, see ``check_issued``). Raises FormInvalidError listing every problem.
     """
+    return ExecutionRequest.from_document(
+        validate_request(
+            definition, data, now=now, reference=reference, signed_at=signed_at, rules=check_request
+        )
+    )
+
+
+def validate_request(
+    definition: FormDefinition,
+    data: Mapping[str, Any],
+    *,
+    now: datetime,
+    reference: str | None,
+    signed_at: datetime | None,
+    rules: Callable[[dict[str, Any], Report], None],
+) -> dict[str, Any]:
+    """What every kind of request goes through (securemail.form.kinds too): the fields, the
+    gateway's reference, the moment of signing, then the kind's own cross-field ``rules``.
+    The validated values with the form's id and version, or FormInvalidError."""
     if now.utcoffset() is None or (signed_at is not None and signed_at.utcoffset() is None):
         raise ValueError("now and signed_at must be timezone-aware")
     if signed_at is not None and isinstance(data, Mapping) and is_blank(data.get("issued_at")):
@@ -388,17 +407,16 @@ def parse_request(
     report = Report(definition, now)
     clean = _validate_root(definition, definition.request, data, report)
     if clean is not None:
-        given = clean["reference"]
+        given = clean.get("reference")
         if reference is not None and given not in (None, INVALID) and given != reference:
             report.add("reference", "reference.mismatch")
         clean["reference"] = reference if reference is not None else given
         if signed_at is not None:
             check_issued(clean, signed_at, report)
-        check_request(clean, report)
+        rules(clean, report)
     if report.errors or clean is None:
         raise FormInvalidError(report.errors)
-    meta = {"form_id": definition.form_id, "form_version": definition.version}
-    return ExecutionRequest.from_document({**clean, **meta})
+    return {**clean, "form_id": definition.form_id, "form_version": definition.version}
 
 
 def parse_answer(

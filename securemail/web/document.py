@@ -14,8 +14,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from securemail.form import render
-from securemail.form import request as forms
+from securemail.form import kinds, render
 from securemail.services import Services
 
 _BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL)
@@ -33,8 +32,9 @@ class Phone:
 
 def document_html(svc: Services, document: dict[str, Any]) -> Markup:
     """The body of the request's HTML rendering, ready to embed in the page."""
-    req = forms.ExecutionRequest.from_document(document)
-    html = render.render_request(svc.definition, req, link=None).html
+    req = kinds.document_from(document)  # every kind, by its form_id
+    definition = svc.definition_for(req.form_id) or svc.definition
+    html = render.render_request(definition, req, link=None).html
     found = _BODY.search(html)
     return Markup(found.group(1) if found else "")  # noqa: S704 - autoescaped template output
 
