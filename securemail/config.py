@@ -8,6 +8,7 @@ from these declarations, so a setting cannot exist undocumented.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -16,7 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from securemail.errors import ConfigError
-from securemail.forwarded import parse_trusted
+
+#: A trusted proxy's address or network ([web] trusted_proxies; securemail.web.forwarded).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted(value: str) -> tuple[Network, ...]:
+    """``[web] trusted_proxies``: comma-separated addresses or networks (127.0.0.1, 10.0.0.0/8).
+
+    Raises ConfigError naming the entry that is neither."""
+    out: list[Network] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"[web] trusted_proxies: {item!r} is not an IP address or network",
+                setting="[web] trusted_proxies",
+            ) from None
+    return tuple(out)
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "securemail.toml"

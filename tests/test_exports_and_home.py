@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from securemail import csvsafe
 from securemail.home import init_home
+from securemail.message import csvsafe
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail import config
+from securemail.config import parse_trusted
 from securemail.errors import ConfigError
-from securemail.forwarded import _address, parse_trusted, resolve
+from securemail.web.forwarded import _address, resolve
 from tests.auth_fixtures import PASSWORD
 from tests.web_fixtures import Browser, WebApp, another_web
 

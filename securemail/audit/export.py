@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 from fpdf import FPDF
 
-from securemail import csvsafe
 from securemail.access import ROLE_CODES, Actor
 from securemail.audit.report import COLUMNS, DisclosureReport, Scope, _view, authorize
+from securemail.message import csvsafe
 
 FORMATS = ("csv", "fhir")
 BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"

@@ -31,12 +31,13 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from securemail import csvsafe, deadlines
+from securemail import deadlines
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.config import DeadlineSettings
 from securemail.delivery import outbox
 from securemail.errors import InputError
+from securemail.message import csvsafe
 
 #: Below this, a count (1..MIN_COUNT-1) or a figure derived from so few items is suppressed.
 MIN_COUNT = 5

@@ -17,8 +17,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from securemail import forwarded
-from securemail.config import Settings
+from securemail.config import Settings, parse_trusted
 from securemail.delivery.worker import process_owner
 from securemail.home import background, open_services
 from securemail.services import Services
@@ -50,7 +49,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     settings: Settings, *, services: Services | None = None, run_worker: bool = True
 ) -> web.Application:
-    trusted = forwarded.parse_trusted(settings.web.trusted_proxies)
+    trusted = parse_trusted(settings.web.trusted_proxies)
     app = web.Application(middlewares=middleware.stack(trusted), client_max_size=2 * 1024**2)
     app.on_response_prepare.append(middleware.hide_server)
     app[settings_key] = settings

@@ -24,10 +24,11 @@ import aiohttp_jinja2
 import sqlite_utils
 from aiohttp import web
 
-from securemail import access, forwarded
+from securemail import access
 from securemail.access import Actor, HiddenDeniedError, Person
 from securemail.accounts import apitoken, auth, session
 from securemail.audit import trail as audit
+from securemail.config import Network
 from securemail.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -35,6 +36,7 @@ from securemail.errors import (
     StorageFullError,
 )
 from securemail.store import StoreFullError
+from securemail.web import forwarded
 from securemail.web.keys import ACTOR, SESSION, services_key
 from securemail.web.throttle import throttle_key
 
@@ -107,7 +109,7 @@ def access_point(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def forwarded_mw(trusted: tuple[forwarded.Network, ...]) -> Any:
+def forwarded_mw(trusted: tuple[Network, ...]) -> Any:
     """The first middleware: every later one sees the client's address and scheme, read from
     X-Forwarded-For/-Proto only when the TCP peer is a trusted proxy (securemail.forwarded)."""
 
@@ -338,7 +340,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def stack(trusted_proxies: tuple[forwarded.Network, ...] = ()) -> list[Any]:
+def stack(trusted_proxies: tuple[Network, ...] = ()) -> list[Any]:
     from securemail.web.inputs import input_mw
     from securemail.web.monitoring import request_id_mw
 

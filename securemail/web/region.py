@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail import csvsafe
 from securemail.access import Actor, HiddenDeniedError, org_of
+from securemail.message import csvsafe
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview

@@ -7,8 +7,8 @@ login throttle. The client is the rightmost hop in X-Forwarded-For that is not i
 trusted proxy (every hop left of it was written by someone we do not trust). With the
 default, an empty list, no forwarded header is ever honoured.
 
-Plain functions here (config validates the setting without importing aiohttp); the
-first web middleware (``securemail.web.middleware.forwarded_mw``) rewrites
+Plain functions here (config parses and validates the setting, ``config.parse_trusted``);
+the first web middleware (``securemail.web.middleware.forwarded_mw``) rewrites
 ``request.remote`` and ``request.scheme`` with them, so everything downstream,
 ``middleware.access_point`` and the Secure-cookie decision included, reads one answer.
 """
@@ -18,9 +18,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from securemail.errors import ConfigError
+from securemail.config import Network
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: A header longer than this is not a proxy chain we would believe; the peer stands.
 MAX_HEADER = 2048
 SCHEMES = frozenset({"http", "https"})
@@ -32,24 +31,6 @@ class Origin:
 
     address: str
     scheme: str
-
-
-def parse_trusted(value: str) -> tuple[Network, ...]:
-    """``[web] trusted_proxies``: comma-separated addresses or networks (127.0.0.1, 10.0.0.0/8).
-
-    Raises ConfigError naming the entry that is neither."""
-    out: list[Network] = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        try:
-            out.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"[web] trusted_proxies: {item!r} is not an IP address or network",
-                setting="[web] trusted_proxies",
-            ) from None
-    return tuple(out)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
