@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from securemail.form.definition import FieldSpec, FormDefinition
+    from securemail.form.spec import FieldSpec, FormDefinition
 
 #: HIS clocks drift; a request stamped a few minutes ahead of ours is not "in the future".
 CLOCK_SKEW = timedelta(minutes=5)
