@@ -8,6 +8,7 @@ Real gateway (tests/loop_fixtures.py): real gpg, real sqlite, the outbox's queue
 from __future__ import annotations
 
 import email
+from datetime import timedelta
 from email.policy import SMTP
 
 import pytest
@@ -16,12 +17,16 @@ from securemail.errors import InputError
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.message import notify
+from tests.clock import real_now
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, example
 from tests.loop_fixtures import Loop, notices
 
 ACCEPT = {
     "status": "geaccepteerd",
     "nurse_in_charge": "Verpleegkundige Zwaan",
+    "nurse_phone": "06 12345678",
+    # the planned first visit (no clock compares it): a month from the real today
+    "care_start": (real_now() + timedelta(days=30)).strftime("%Y-%m-%dT09:00"),
     "performer_level": "verpleegkundige",
     "competence_confirmed": True,
 }

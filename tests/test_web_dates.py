@@ -7,19 +7,22 @@ from __future__ import annotations
 import html
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from securemail.exchange import view
 from securemail.web.clock import local_time
+from tests.clock import next_date, real_now
 from tests.e2e.conftest import GP_PASSPHRASE, example
 from tests.e2e.webflow import form_fields
 from tests.web_fixtures import WebApp
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
-#: a winter moment at 23:30 UTC: in Amsterdam it is already the next day, 00:30
-LATE = datetime(2026, 12, 2, 23, 30, 15, tzinfo=UTC)
+#: a winter moment at 23:30 UTC, after today (the home was made at the real time): in
+#: Amsterdam it is already the next day, 00:30
+LATE = datetime.combine(next_date(real_now(), 12, 2), time(23, 30, 15), tzinfo=UTC)
+NEXT_DAY = (LATE + timedelta(days=1)).date().isoformat()
 
 
 def _payload(page: str) -> dict[str, Any]:
@@ -74,24 +77,27 @@ async def test_the_signed_date_is_the_gateways_amsterdam_time(webapp: WebApp) ->
     await gp.login("gp_a")
     webapp.clock.now = LATE  # the login may have moved it a TOTP step
     # The form said yesterday morning (or a UTC server's reading of "now"): the gateway dates it
-    payload = await _preview(webapp, gp, "2026-12-02T08:00")
-    assert payload["issued_at"] == "2026-12-03T00:30"
-    # Signed a few minutes later on the preview page: the preview's date is the signed date
+    payload = await _preview(webapp, gp, f"{LATE.date().isoformat()}T08:00")
+    assert payload["issued_at"] == f"{NEXT_DAY}T00:30"
+    # Signed a few minutes later on the preview page: the signed date is the moment of
+    # signing (issue 21), on the Amsterdam clock, to the second
     webapp.clock.advance(minutes=3)
     ref = await _send(gp, payload, "t1")
     signed = datetime.fromisoformat(_signed_issued_at(webapp, ref))
-    assert signed == datetime(2026, 12, 3, 0, 30, tzinfo=AMSTERDAM)
+    assert signed == webapp.clock.now.astimezone(AMSTERDAM).replace(microsecond=0)
+    assert signed.isoformat().startswith(f"{NEXT_DAY}T00:33:15")
 
     # A payload altered to another date is dated anew at signing
     payload = await _preview(webapp, gp, "")
-    payload["issued_at"] = "2026-11-20T09:00"
+    payload["issued_at"] = f"{(LATE - timedelta(days=12)).date().isoformat()}T09:00"
     ref = await _send(gp, payload, "t2")
     signed = datetime.fromisoformat(_signed_issued_at(webapp, ref))
-    assert signed == datetime(2026, 12, 3, 0, 33, tzinfo=AMSTERDAM)
+    assert signed == webapp.clock.now.astimezone(AMSTERDAM).replace(microsecond=0)
 
     # The request page shows its times on the Amsterdam clock with the zone, not UTC
     page = await gp.get(f"/requests/{ref}")
-    assert "03-12-2026 00:33 CET" in page.text
+    shown = (LATE + timedelta(minutes=3)).astimezone(AMSTERDAM).strftime("%d-%m-%Y %H:%M")
+    assert f"{shown} CET" in page.text
     assert " UTC" not in page.text
 
 
