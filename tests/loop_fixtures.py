@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,20 @@ def loop_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, s
 
 
 @pytest.fixture
+def loop_start() -> datetime | None:
+    """Where the loop's clock starts: None is the next plain working Wednesday after today. A
+    test module whose story is set in a given month overrides this fixture with that month's
+    start, so the clock is frozen there before anything is recorded and only moves forward."""
+    return None
+
+
+@pytest.fixture
 async def loop(
-    tmp_path: Path, loop_keys: dict[str, dict[str, str]], smtp_server: Any, relay_cafile: str
+    tmp_path: Path,
+    loop_keys: dict[str, dict[str, str]],
+    smtp_server: Any,
+    relay_cafile: str,
+    loop_start: datetime | None,
 ) -> AsyncIterator[Loop]:
     smtp = {
         "host": "127.0.0.1",
@@ -99,7 +112,7 @@ async def loop(
     }
     # The clock is frozen first, on a Wednesday morning after today with three working days
     # ahead: everything the gateway records (users, consent, sessions) is dated by it.
-    clock = Clock(working_wednesday())
+    clock = Clock(loop_start or working_wednesday())
     gw = await build_gateway(tmp_path, loop_keys["a"], smtp, clock=clock)
     svc = gw.svc
     now = svc.now_iso()

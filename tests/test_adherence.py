@@ -60,6 +60,14 @@ def at(day: int, hour: int, minute: int = 0, month: int = 4) -> datetime:
     return datetime(2027, month, day, hour, minute, tzinfo=AMS)
 
 
+@pytest.fixture
+def loop_start() -> datetime:
+    """The hand count's month is April 2027 (its weekdays, King's Day on a Tuesday): the
+    loop's clock is frozen on 1 April before the gateway records anything, so every stored
+    time comes from it and the stories below only move it forward, on any real date."""
+    return at(1, 8)
+
+
 # -- the calendar facts the hand count rests on (deadlines.due, not a second calendar) ------
 
 
