@@ -309,6 +309,9 @@ def run_background(
         on_final=hooks.on_final,
         before_send=hooks.before_send,
         autocrypt=autocrypt,
+        # One clock: the worker stamps and claims on the services' clock, which is the real
+        # one (time.time, guarded by time.monotonic) unless a test or the demo froze it.
+        **({} if svc.clock is utcnow else {"clock": lambda: svc.now().timestamp()}),
     )
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
     every = svc.settings.deadlines.check_seconds

@@ -36,6 +36,10 @@ class Clock:
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
 
+    def ts(self) -> float:
+        """Now as epoch seconds (the outbox's and the worker's form)."""
+        return self.now.timestamp()
+
     def iso(self) -> str:
         """The gateway's stored form of now (UTC, milliseconds, 'Z')."""
         return self.now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

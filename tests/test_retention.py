@@ -305,7 +305,9 @@ async def test_purged_open_request_refuses_answer_and_retry(loop: Loop) -> None:
     svc = loop.gw.svc
     # Given a request whose delivery was stopped (a final outcome: it never reached the team)
     sent = await exchange.send(svc, loop.gw.gp, distinctive(), GP_PASSPHRASE)
-    svc.store.write_sync(lambda db: outbox.stop(db, sent.reference, reason="test", actor=SYSTEM))
+    svc.store.write_sync(
+        lambda db: outbox.stop(db, sent.reference, reason="test", actor=SYSTEM, now=loop.clock.ts())
+    )
     assert row_of(svc, sent.reference)["state"] == "open"
     loop.clock.advance(days=31)
     counts = retention.purge(svc.store, svc.settings, now=svc.now())
@@ -317,7 +319,9 @@ async def test_purged_open_request_refuses_answer_and_retry(loop: Loop) -> None:
     # ... and so does an admin retry of its emptied message
     admin = SYSTEM
     with pytest.raises(contentbox.ContentPurgedError):
-        svc.store.write_sync(lambda db: outbox.retry(db, sent.reference, admin))
+        svc.store.write_sync(
+            lambda db: outbox.retry(db, sent.reference, admin, now=loop.clock.ts())
+        )
     # A changed message's bytes are still refused by the trigger (only emptying is allowed)
     conn = sqlite3.connect(svc.settings.db_path)
     try:
@@ -413,7 +417,9 @@ async def test_purged_request_page_says_so_in_dutch_and_keeps_the_metadata(
 
     svc = loop.gw.svc
     sent = await exchange.send(svc, loop.gw.gp, distinctive(), GP_PASSPHRASE)
-    svc.store.write_sync(lambda db: outbox.stop(db, sent.reference, reason="test", actor=SYSTEM))
+    svc.store.write_sync(
+        lambda db: outbox.stop(db, sent.reference, reason="test", actor=SYSTEM, now=loop.clock.ts())
+    )
     loop.clock.advance(days=31)
     retention.purge(svc.store, svc.settings, now=svc.now())
     server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))

@@ -385,7 +385,9 @@ def _tell_reset(
     if not to:
         return "; no address to tell the person"
     reference = notify.account_reference(user.id, now)
-    outbox.enqueue_notice(db, notify.notice_account_reset, reference, to, settings, actor=actor)
+    outbox.enqueue_notice(
+        db, notify.notice_account_reset, reference, to, settings, actor=actor, now=now.timestamp()
+    )
     return f"; person told ({reference})"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    ids = _run(args, lambda db, actor: outbox.retry(db, args.reference, actor))
+    ids = _run(args, lambda db, actor: outbox.retry(db, args.reference, actor, now=time.time()))
     print(f"re-queued {len(ids)} deliveries of {args.reference}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    ids = _run(args, lambda db, actor: outbox.cancel(db, args.reference, actor))
+    ids = _run(args, lambda db, actor: outbox.cancel(db, args.reference, actor, now=time.time()))
     print(f"cancelled {len(ids)} deliveries of {args.reference}")
     return 0
 

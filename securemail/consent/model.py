@@ -299,7 +299,8 @@ class StopPending(Protocol):
     STOP_REASON, shown as STOP_LABEL_NL); returns their references.
 
     ``still_permitted(target, purpose="TREAT", data_category="execution_request")``
-    evaluates the register as it stands after the withdrawal, in the same transaction.
+    evaluates the register as it stands after the withdrawal, in the same transaction;
+    ``now`` (the withdrawal's moment, epoch seconds) stamps the stops.
     """
 
     def __call__(
@@ -311,6 +312,7 @@ class StopPending(Protocol):
         *,
         source_org_id: int,
         still_permitted: Callable[..., bool],
+        now: float,
     ) -> list[str]: ...
 
 

@@ -263,7 +263,11 @@ def withdraw(
             policy=policy,
         ).permitted
 
-    stopped = tuple(stop_pending(db, bsn, rcpt, source_org_id=org, still_permitted=still_permitted))
+    stopped = tuple(
+        stop_pending(
+            db, bsn, rcpt, source_org_id=org, still_permitted=still_permitted, now=now.timestamp()
+        )
+    )
     listed = ", ".join(stopped) if stopped else "none"
     for rec in new:
         detail = f"{rec.ref} withdrawn ({channel}); stopped requests: {listed}"

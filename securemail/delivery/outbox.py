@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,7 +168,7 @@ def enqueue(
     message: SealedMessage | notify.Notice,
     *,
     actor: Actor,
-    now: float | None = None,
+    now: float,
     patient_id: str = "",
     sender_org: str = "",
     recipient_org: str = "",
@@ -205,7 +204,6 @@ def enqueue(
         raise NotSealedError("the message's Message-ID header differs from its message_id")
     if purpose not in audit.PURPOSES:
         raise InputError(f"unknown purpose {purpose!r}", field="purpose")
-    now = time.time() if now is None else now
     context = {
         "patient_id": patient_id,
         "sender_org": sender_org,
@@ -265,11 +263,12 @@ def enqueue_notice(
     settings: Settings,
     *,
     actor: Actor,
+    now: float,
 ) -> None:
     """Queue make's notice about reference to to, sent on behalf of actor's organisation.
     An organisation that gave no notice address (to is empty) is not told."""
     if to:
-        enqueue(db, make(reference, to, settings), actor=actor, sender_org=actor.org_code)
+        enqueue(db, make(reference, to, settings), actor=actor, now=now, sender_org=actor.org_code)
 
 
 # -- admin -----------------------------------------------------------------------------------
@@ -364,12 +363,9 @@ def _admin_change(
     return done
 
 
-def retry(
-    db: sqlite_utils.Database, reference: str, actor: Actor, *, now: float | None = None
-) -> list[int]:
+def retry(db: sqlite_utils.Database, reference: str, actor: Actor, *, now: float) -> list[int]:
     """Re-queue the failed or stopped deliveries of reference (same bytes, same Message-ID);
     audited ``outbox.retry``. The give-up clock starts again at now."""
-    now = time.time() if now is None else now
     return _admin_change(
         db,
         reference,
@@ -383,12 +379,9 @@ def retry(
     )
 
 
-def cancel(
-    db: sqlite_utils.Database, reference: str, actor: Actor, *, now: float | None = None
-) -> list[int]:
+def cancel(db: sqlite_utils.Database, reference: str, actor: Actor, *, now: float) -> list[int]:
     """Cancel the queued or retrying deliveries of reference; audited ``outbox.cancel``.
     A delivery in flight (sending) is not cancelled: try again when it has settled."""
-    now = time.time() if now is None else now
     return _admin_change(
         db,
         reference,
@@ -407,14 +400,13 @@ def stop(
     *,
     reason: str,
     actor: Actor,
-    now: float | None = None,
+    now: float,
 ) -> bool:
     """Stop the request deliveries of reference that have not left (queued, retrying), e.g.
     because consent was withdrawn; audited ``request.stop`` per row. A delivery in flight is
     caught by the worker's consent check just before the relay. Returns whether any stopped.
 
     final_handled_at stays NULL so a worker runs on_final for it (the practice's notice)."""
-    now = time.time() if now is None else now
     stopped = False
     rows = rows_of(
         db.execute(

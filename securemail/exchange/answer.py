@@ -253,6 +253,7 @@ async def record_answer(
             practice.notify_address,
             svc.settings,
             actor=actor,
+            now=svc.now().timestamp(),
         )
         if copy is not None:
             answer_copy.queue(db, svc, actor, current, copy, now)
@@ -460,6 +461,7 @@ async def _pass_on(
             db,
             sealed,
             actor=actor,
+            now=svc.now().timestamp(),
             patient_id=current["patient_bsn"],
             sender_org=practice.code,
             recipient_org=new_team.address,
@@ -477,6 +479,7 @@ async def _pass_on(
             practice.notify_address,
             svc.settings,
             actor=actor,
+            now=svc.now().timestamp(),
         )
         return decision
 

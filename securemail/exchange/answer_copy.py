@@ -213,6 +213,7 @@ def queue(
         db,
         sealed,
         actor=actor,
+        now=svc.now().timestamp(),
         patient_id=row["patient_bsn"],
         sender_org=actor.org_code,
         recipient_org=practice.code,

@@ -104,7 +104,13 @@ async def answer_ask(svc: Services, actor: Actor, reference: str, text: object) 
             source_id=svc.settings.gateway.source_id,
         )
         outbox.enqueue_notice(
-            db, notify.notice_ask_answered, reference, team.address, svc.settings, actor=actor
+            db,
+            notify.notice_ask_answered,
+            reference,
+            team.address,
+            svc.settings,
+            actor=actor,
+            now=svc.now().timestamp(),
         )
 
     await svc.store.write(tx)

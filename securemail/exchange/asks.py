@@ -261,7 +261,13 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
             else notify.notice_ask_contact
         )
         outbox.enqueue_notice(
-            db, notice, reference, practice.notify_address, svc.settings, actor=actor
+            db,
+            notice,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+            now=svc.now().timestamp(),
         )
         return AskResult(reference, due_text)
 

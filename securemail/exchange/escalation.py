@@ -108,10 +108,14 @@ def _mark(svc: Services, db: sqlite_utils.Database, now: datetime, kind: _Kind) 
         if kind.practice_waits:
             if practice.notify_address:
                 notice = notify.notice_overdue(reference, practice.notify_address, svc.settings)
-                outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+                outbox.enqueue(
+                    db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code
+                )
         else:
             notice = notify.notice_ask_overdue(reference, team.address, svc.settings)
-            outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+            outbox.enqueue(
+                db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code
+            )
         marked.append(reference)
     return marked
 

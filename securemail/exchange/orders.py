@@ -223,12 +223,14 @@ def _tell(
     )
     if practice.notify_address:
         notice = _NOTICES[kind](reference, practice.notify_address, svc.settings)
-        outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+        outbox.enqueue(
+            db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code
+        )
     if kind == EXPIRED:
         # The team stops unless an extension arrived (which supersedes this order and so
         # ends its signals): risk-reducing, never gated by the consent register.
         stop = notify.notice_order_stop(reference, team.address, svc.settings)
-        outbox.enqueue(db, stop, actor=SYSTEM, sender_org=practice.code)
+        outbox.enqueue(db, stop, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
 
 
 __all__ = [

@@ -767,6 +767,7 @@ async def _seal_and_queue(
             db,
             sealed,
             actor=actor,
+            now=svc.now().timestamp(),
             patient_id=req.patient_bsn,
             sender_org=actor.org_code,
             recipient_org=team.address,
@@ -819,6 +820,7 @@ def stop_for_consent(
     *,
     source_org_id: int,
     still_permitted: Callable[..., bool],
+    now: float,
 ) -> list[str]:
     """Stop this practice's requests for the patient that have not left and that the register,
     after a withdrawal, no longer permits; each stop is audited by outbox.stop. A
@@ -834,7 +836,7 @@ def stop_for_consent(
         team = directory.team_by_id(db, team_id)
         if still_permitted(_target(db, team)):
             continue
-        if outbox.stop(db, reference, reason=consent.STOP_REASON, actor=SYSTEM):
+        if outbox.stop(db, reference, reason=consent.STOP_REASON, actor=SYSTEM, now=now):
             stopped.append(reference)
     return stopped
 
@@ -925,7 +927,9 @@ class Hooks:
                     row.stop_reason or "smtp.rejected",
                     svc.settings,
                 )
-            outbox.enqueue(db, notice, actor=SYSTEM, sender_org=practice.code)
+            outbox.enqueue(
+                db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code
+            )
 
         await svc.store.write(finish)
         svc.queued()  # the practice's notice

@@ -280,7 +280,13 @@ async def accept(svc: Services, raw: bytes, *, peer: str = "") -> Accepted:
             source_id=source_id,
         )
         outbox.enqueue_notice(
-            db, notify.notice_replied, reference, practice.notify_address, svc.settings, actor=actor
+            db,
+            notify.notice_replied,
+            reference,
+            practice.notify_address,
+            svc.settings,
+            actor=actor,
+            now=svc.now().timestamp(),
         )
         return reference
 

@@ -187,7 +187,7 @@ async def notify_admin(svc: Services, foresight: Foresight) -> str | None:
     def queue(db: sqlite_utils.Database) -> str | None:
         if outbox.has_reference(db, reference):
             return None
-        outbox.enqueue(db, notice, actor=SYSTEM)
+        outbox.enqueue(db, notice, actor=SYSTEM, now=svc.now().timestamp())
         detail = f"at_risk={len(foresight.at_risk)}; expiring_7d=" + str(
             sum(1 for k in foresight.keys if k.bucket in (1, 7))
         )

@@ -91,7 +91,7 @@ def enqueue_with_audit(db: Any, message: SealedMessage | Notice, now: float | No
         db,
         message,
         actor=GP,
-        now=now,
+        now=time.time() if now is None else now,
         patient_id="P-000042",
         sender_org="01-123456",
         recipient_org="VV-0042",

@@ -5,6 +5,7 @@ files and real gpg output; see tests/delivery/test_worker.py for the worker."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_migration_creates_outbox_with_claim_indexes(store: Store) -> None:
 @pytest.mark.parametrize("thing", [b"raw bytes", "text", {"mime": b""}, EmailMessage()])
 def test_enqueue_refuses_anything_not_sealed(store: Store, thing: Any) -> None:
     with pytest.raises(TypeError):
-        store.write_sync(lambda db: outbox.enqueue(db, thing, actor=GP))
+        store.write_sync(lambda db: outbox.enqueue(db, thing, actor=GP, now=time.time()))
     assert all_rows(store) == []
 
 
@@ -165,7 +166,7 @@ def test_enqueue_refuses_message_id_differing_from_header(
     mime = make_sealed_for_tests(outbox_pgp, message_id="<a@securemail.test>").mime
     sealed = make_sealed_for_tests(outbox_pgp, mime=mime, message_id="<b@securemail.test>")
     with pytest.raises(NotSealedError):
-        store.write_sync(lambda db: outbox.enqueue(db, sealed, actor=GP))
+        store.write_sync(lambda db: outbox.enqueue(db, sealed, actor=GP, now=time.time()))
 
 
 def test_enqueue_same_message_twice_is_a_conflict(store: Store, outbox_pgp: PgpForTests) -> None:
@@ -209,16 +210,18 @@ async def test_admin_cancel_retry_and_status(
     worker = Worker(settings_for(tmp_path, smtp_server, relay_cafile), store)
 
     # cancel: a queued request never leaves
-    assert store.write_sync(lambda db: outbox.cancel(db, a.reference, ADMIN)) == [1]
+    assert store.write_sync(lambda db: outbox.cancel(db, a.reference, ADMIN, now=time.time())) == [
+        1
+    ]
     with pytest.raises(ConflictError):
-        store.write_sync(lambda db: outbox.cancel(db, a.reference, ADMIN))
+        store.write_sync(lambda db: outbox.cancel(db, a.reference, ADMIN, now=time.time()))
     # retry: a failed request goes again, same bytes and Message-ID
     smtp_server.handler.replies.append("554 5.6.0 Message refused")
     assert await worker.run_once() == 1
     assert [r["status"] for r in all_rows(store)] == ["cancelled", "failed"]
     with pytest.raises(AccessDeniedError):
-        store.write_sync(lambda db: outbox.retry(db, b.reference, GP))
-    assert store.write_sync(lambda db: outbox.retry(db, b.reference, ADMIN)) == [2]
+        store.write_sync(lambda db: outbox.retry(db, b.reference, GP, now=time.time()))
+    assert store.write_sync(lambda db: outbox.retry(db, b.reference, ADMIN, now=time.time())) == [2]
     assert await worker.run_once() == 1
 
     assert [r["status"] for r in all_rows(store)] == ["cancelled", "sent"]

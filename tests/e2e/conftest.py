@@ -259,9 +259,11 @@ def env_for_cli() -> dict[str, str]:
 async def deliver_all(
     svc: Services, timeout: float = 30.0, clock: Callable[[], datetime] | None = None
 ) -> None:
-    """Run a real delivery worker (with the exchange's hooks) until nothing is due any more;
-    with ``clock`` the worker stamps its outcomes (the relay's 250) at the test's time."""
+    """Run a real delivery worker (with the exchange's hooks) until nothing is due any more,
+    on the gateway's clock (``svc.clock``, or ``clock`` when given): the outbox is stamped by
+    it, so a worker on another clock would find nothing due, or stamp outcomes elsewhere."""
     hooks = Hooks(svc)
+    clock = clock or svc.clock
     worker = delivery.Worker(
         svc.settings,
         svc.store,
@@ -269,7 +271,7 @@ async def deliver_all(
         on_final=hooks.on_final,
         before_send=hooks.before_send,
         autocrypt=await autocrypt_headers(svc),
-        **({"clock": lambda: clock().timestamp()} if clock else {}),
+        clock=lambda: clock().timestamp(),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
