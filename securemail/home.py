@@ -23,6 +23,7 @@ import fcntl
 import os
 import shutil
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -288,6 +289,15 @@ class Background:
         return self.tasks[0]
 
 
+def worker_clock(svc: Services) -> Callable[[], float]:
+    """One clock: the worker stamps and claims on the services' clock. The real one is
+    time.time itself, so the worker guards it with time.monotonic against steps; a clock a
+    test or the demo froze is followed as it is told to move."""
+    if svc.clock is utcnow:
+        return time.time
+    return lambda: svc.now().timestamp()
+
+
 def run_background(
     svc: Services,
     stop: asyncio.Event,
@@ -309,9 +319,7 @@ def run_background(
         on_final=hooks.on_final,
         before_send=hooks.before_send,
         autocrypt=autocrypt,
-        # One clock: the worker stamps and claims on the services' clock, which is the real
-        # one (time.time, guarded by time.monotonic) unless a test or the demo froze it.
-        **({} if svc.clock is utcnow else {"clock": lambda: svc.now().timestamp()}),
+        clock=worker_clock(svc),
     )
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
     every = svc.settings.deadlines.check_seconds

@@ -424,8 +424,9 @@ def _requests_table(db) -> None:
     )
 
 
-def stop_pending(db, bsn, recipient, /, *, source_org_id, still_permitted) -> list[str]:
-    """What the lead wires: stop unsent requests the register no longer permits."""
+def stop_pending(db, bsn, recipient, /, *, source_org_id, still_permitted, now) -> list[str]:
+    """What the lead wires: stop unsent requests the register no longer permits (at now)."""
+    assert isinstance(now, float)  # the withdrawal's moment, epoch seconds
     stopped = []
     pending = db.execute(
         "SELECT reference, team_id, org_id, category FROM standin_requests WHERE patient_bsn = ? "

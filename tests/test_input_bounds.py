@@ -110,6 +110,23 @@ async def test_malformed_form_with_a_session_is_a_400(
     no_traceback(caplog)
 
 
+@pytest.mark.parametrize("body", [b"", b"no boundary here", b"--x\r\n"])
+async def test_a_multipart_form_without_its_boundary_is_a_400(
+    webapp: WebApp, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    # Found by the route fuzz test: an empty multipart body passed the input check (no body
+    # to read) and the CSRF check's read raised "Could not find starting boundary": a 500.
+    b = await logged_in(webapp, "gp_a")
+    r = await b.request(
+        "POST",
+        "/account/recovery-codes",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status == 400, r.text[:300]
+    no_traceback(caplog)
+
+
 async def _token(webapp: WebApp) -> str:
     gp = webapp.svc.store.read_sync(
         lambda db: auth.actor_for(db, auth.user_by_name(db, "gp_a"), "test")

@@ -74,11 +74,13 @@ async def _check_json(request: web.Request) -> None:
 @web.middleware
 async def input_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the body before the login check reads it (CSRF) or a handler does."""
-    if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.can_read_body:
-        if not _charset_ok(request):
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        if request.can_read_body and not _charset_ok(request):
             raise InputError("send the body in UTF-8", field="charset")
+        # A form is read even when the body is empty: an empty multipart body has no
+        # boundary, and aiohttp raises on it wherever it is read first (the CSRF check).
         if request.content_type in FORM_TYPES:
             await _check_form(request)
-        elif request.content_type == "application/json":
+        elif request.content_type == "application/json" and request.can_read_body:
             await _check_json(request)
     return await handler(request)

@@ -227,3 +227,34 @@ async def test_reference_year_is_the_dutch_year_across_new_years_eve(loop: Loop)
         lambda db: requestview.document(db, requestview.require_row(db, first.reference))
     )
     assert doc["issued_at"].startswith(f"{new_year.isoformat()}T00:01")
+
+
+async def test_the_background_worker_delivers_on_the_gateways_clock(loop: Loop) -> None:
+    """home.run_background's worker claims and stamps on the services' clock: the loop's
+    clock is days ahead of the real one, so a worker on time.time would find the request
+    (queued at the gateway's now) not yet due and never send it."""
+    import asyncio
+
+    from securemail import home
+
+    assert loop.clock.ts() > datetime.now(UTC).timestamp() + 3600
+    svc = loop.gw.svc
+    stop = asyncio.Event()
+    background = home.run_background(svc, stop, owner_id="test-background")
+    try:
+        sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+        for _ in range(600):
+            row = svc.store.read_sync(
+                lambda db: db.execute(
+                    "SELECT status, final_at FROM outbox WHERE reference = ? AND kind = 'request'",
+                    [sent.reference],
+                ).fetchone()
+            )
+            if row[0] == "sent":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*background.tasks, return_exceptions=True)
+    assert row[0] == "sent"
+    assert row[1] == loop.clock.ts()  # stamped by the gateway's clock, not the real one
