@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,32 @@ TITLE = "Sealing: gateway seal() vs raw gpg sign+encrypt (3 recipient keys)"
 SIGNERS = 2  # signing homes (gpg-agents) the gateway gets; raw gpg uses as many
 
 
-async def _measure(gw: _gateway.Gateway, *, segment: float, rounds: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RawGpg:
+    """The raw gpg baseline for one gateway: the same bytes, key, passphrase and recipients
+    as the gateway's seal(), one gpg process per message in a given signing home."""
+
+    document: SealInput
+    inner: bytes
+    homes: list[Path]
+    tail: list[str]
+    stdin: bytes
+    recipients: int
+
+    def sign_encrypt(self, home: Path) -> None:
+        """One raw gpg sign+encrypt in ``home``; raises when gpg fails."""
+        out = subprocess.run(
+            ["gpg", "--homedir", str(home), *self.tail],
+            input=self.stdin,
+            capture_output=True,
+            check=False,
+        )
+        if out.returncode != 0 or not out.stdout.startswith(b"-----BEGIN PGP MESSAGE"):
+            raise RuntimeError(f"raw gpg failed: {out.stderr[-300:]!r}")
+
+
+async def raw_gpg(gw: _gateway.Gateway, signer_homes: int = SIGNERS) -> RawGpg:
+    """The baseline command for ``gw``'s example request (its rendered inner entity)."""
     svc = gw.svc
     keyring = svc.keyring
     req = forms.parse_request(
@@ -63,7 +89,7 @@ async def _measure(gw: _gateway.Gateway, *, segment: float, rounds: int) -> dict
         encryption_subkey(await keyring.key_info(f), now).fingerprint
         for f in gw.member_fingerprints
     ]
-    homes = [signers.ensure_signer_home(keyring.homedir, i) for i in range(SIGNERS)]
+    homes = [signers.ensure_signer_home(keyring.homedir, i) for i in range(signer_homes)]
     raw_tail = [
         "--batch",
         "--no-tty",
@@ -83,6 +109,14 @@ async def _measure(gw: _gateway.Gateway, *, segment: float, rounds: int) -> dict
     for s in subkeys:
         raw_tail += ["-r", s + "!"]
     raw_input = _gateway.GP_PASSPHRASE.encode() + b"\n" + inner
+    return RawGpg(document, inner, homes, raw_tail, raw_input, len(subkeys))
+
+
+async def _measure(gw: _gateway.Gateway, *, segment: float, rounds: int) -> dict[str, Any]:
+    keyring = gw.svc.keyring
+    raw_gpg_cmd = await raw_gpg(gw)
+    document, inner, homes = raw_gpg_cmd.document, raw_gpg_cmd.inner, raw_gpg_cmd.homes
+    subkeys = range(raw_gpg_cmd.recipients)
     envelope = Envelope(
         sender="gateway@gateway.example",
         recipient=_gateway.TEAM,
@@ -91,12 +125,9 @@ async def _measure(gw: _gateway.Gateway, *, segment: float, rounds: int) -> dict
     )
 
     def raw_loop(deadline: float, home: Path) -> int:
-        raw_cmd = ["gpg", "--homedir", str(home), *raw_tail]
         n = 0
         while time.monotonic() < deadline:
-            out = subprocess.run(raw_cmd, input=raw_input, capture_output=True, check=False)
-            if out.returncode != 0 or not out.stdout.startswith(b"-----BEGIN PGP MESSAGE"):
-                raise RuntimeError(f"raw gpg failed: {out.stderr[-300:]!r}")
+            raw_gpg_cmd.sign_encrypt(home)
             n += 1
         return n
 

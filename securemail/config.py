@@ -87,6 +87,16 @@ class GatewaySettings:
         "'text' (one readable line per event) or 'json' (one JSON object per line: time, level,"
         " logger, message, incident and request id) for a log collector (docs/monitoring.md).",
     )
+    batch_max_lines: int = _s(
+        1000,
+        "`securemail request send --batch`: the most lines one batch may hold; the first line"
+        " past it is refused and nothing after it is read (docs/cli-batch.md).",
+    )
+    batch_max_line_kb: int = _s(
+        2048,
+        "`securemail request send --batch`: the longest line (one request) in KiB, as the"
+        " API's largest body; a longer line is refused and nothing after it is read.",
+    )
 
     def reply_to(self) -> str:
         """The reply address: reply_address, or antwoord@ the domain of from_address."""
@@ -531,6 +541,8 @@ def _validate(s: Settings) -> None:
         ("delivery", "retry_max_seconds"),
         ("delivery", "give_up_after_seconds"),
         ("delivery", "lease_seconds"),
+        ("gateway", "batch_max_lines"),
+        ("gateway", "batch_max_line_kb"),
         ("gpg", "timeout_seconds"),
         ("gpg", "max_concurrency"),
         ("smtp", "timeout_seconds"),

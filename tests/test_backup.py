@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
 import sqlite3
 import stat
@@ -41,6 +42,7 @@ from securemail.delivery import worker as delivery
 from securemail.exchange import send as exchange
 from securemail.exchange.send import Hooks
 from securemail.home import MIGRATIONS, init_home, open_services
+from securemail.openpgp import signers
 from securemail.ops import backup, restore
 from securemail.store import Store, get_meta
 from tests.conftest import GpgTestKey, run_gpg
@@ -825,3 +827,78 @@ def test_a_counter_the_restored_home_starts_later_begins_past_the_floor(tmp_path
         assert store.write_sync(lambda db: next_value(db, "UVZ-2027")) == 10001
     finally:
         store.close()
+
+
+# -- the signing homes (openpgp.signers) -------------------------------------------------
+
+
+async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gateway_signs(
+    tmp_path: Path,
+    team_member_keys: dict[str, str],  # noqa: F811
+    relay_factory: Any,
+    relay_cafile: str,
+    offline: Offline,
+) -> None:
+    relay = relay_factory("starttls")
+    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
+    gw = await build_gateway(tmp_path, team_member_keys, smtp)
+    new_home = gw.home.parent / (gw.home.name + "-restored")
+    restored_svc = None
+    try:
+        # Given a gateway with a second signing home, linked to the primary's keys
+        s1 = signers.ensure_signer_home(gw.home / "gnupg", 1)
+        assert all((s1 / name).is_symlink() for name in signers.SHARED)
+        import_public(gw.home, offline.public)
+        settings = with_key(gw.svc.settings, offline)
+        # When it is backed up and restored into a new home
+        to = tmp_path / "gateway-backup.gpg"
+        result = await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
+        assert not [x for x in result.excluded if x.startswith("gnupg/s1")]  # not "lost"
+        restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
+        # Then the signing home is there again, each link relative, to the restored keys
+        # (never to the old home's)
+        r1 = new_home / "gnupg" / "s1"
+        assert stat.S_IMODE(r1.stat().st_mode) == 0o700
+        for name in signers.SHARED:
+            assert (r1 / name).is_symlink(), name
+            assert os.readlink(r1 / name) == f"../{name}"
+            assert (r1 / name).resolve() == (new_home / "gnupg" / name).resolve()
+        # And the restored gateway signs in it: home 0 is held, so the send takes s1
+        restored_svc = open_services(config.load(new_home).replace(gpg={"signers": 2}))
+        held = await restored_svc.keyring._pool.acquire("someone else")
+        assert held == 0
+        try:
+            sent = await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
+        finally:
+            restored_svc.keyring._pool.release(held)
+        new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
+        await deliver_all(restored_svc)
+        assert outbox_states(restored_svc)[sent.reference] == "sent"
+        sql = "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
+        ids = dict(restored_svc.store.read_sync(lambda db: db.execute(sql).fetchall()))
+        assert_opens_as_nurse(new_gw, relay.handler.mailbox()[ids[sent.reference]])
+    finally:
+        if restored_svc is not None:
+            restored_svc.close()
+        gw.svc.close()
+        _drop(new_home / "gnupg")
+        _drop(gw.nurse_home)
+        _drop(gw.home / "gnupg")
+        shutil.rmtree(new_home, ignore_errors=True)
+        shutil.rmtree(gw.home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["../../etc"], ["gnupg/s0"], ["gnupg/s64"], ["gnupg/s1/.."], "gnupg/s1",
+     [f"gnupg/s{i % 9 + 1}" for i in range(65)]],
+    ids=["outside", "primary", "past-max", "dotdot", "not-a-list", "too-many"],
+)  # fmt: skip
+def test_restore_refuses_a_manifest_naming_signer_homes_it_cannot_have(
+    tmp_path: Path, names: Any
+) -> None:
+    (tmp_path / "gnupg").mkdir()
+    with pytest.raises(restore.ArchiveInvalidError):
+        restore.relink_signer_homes(tmp_path, {"signer_homes": names})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["gnupg"]  # nothing made

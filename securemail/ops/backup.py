@@ -48,10 +48,10 @@ from securemail import __version__
 from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
-from securemail.config import CONFIG_NAME, DB_NAME, Settings
+from securemail.config import CONFIG_NAME, DB_NAME, GNUPG_DIR, Settings
 from securemail.delivery import outbox
 from securemail.errors import InputError, NotInitialisedError, SecuremailError
-from securemail.openpgp import gpgproc
+from securemail.openpgp import gpgproc, signers
 from securemail.openpgp.keyinfo import (
     KeyInfo,
     encryption_subkey,
@@ -325,6 +325,19 @@ def collect_files(home: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[list[_
     return members, excluded
 
 
+def signer_homes(gnupg_home: Path) -> list[str]:
+    """The signing homes (``gnupg/s1`` ...) of the home, for the manifest. Their links to
+    the primary's keys are not state of their own (openpgp.signers): the archive holds the
+    keys once, and a restore makes the links again (securemail.ops.restore)."""
+    return [f"{GNUPG_DIR}/{p.name}" for p in signers.existing_signer_homes(gnupg_home)]
+
+
+def _is_signer_link(rel: str, homes: list[str]) -> bool:
+    """``rel`` (an excluded name) is one of a signer home's links to the primary's keys."""
+    parent, _, name = rel.rstrip("/").rpartition("/")
+    return parent in homes and name in signers.SHARED
+
+
 def snapshot_database(db_path: Path, target: Path) -> dict[str, Any]:
     """Copy the live database with sqlite's online backup API, in one step (one read
     transaction: a consistent snapshot; writers go on meanwhile under WAL). Returns what
@@ -395,6 +408,8 @@ def build_manifest(
     excluded: list[str],
     created_at: str,
     content_key: dict[str, Any] | None = None,
+    *,
+    signer_homes: list[str] | None = None,
 ) -> bytes:
     manifest = {
         "format": FORMAT,
@@ -406,6 +421,7 @@ def build_manifest(
         "audit_head": db_facts["audit_head"],
         "outbox": db_facts["outbox"],
         "excluded": excluded,
+        "signer_homes": signer_homes or [],
         "content_key": content_key or {},
         "files": {m.name: {"sha256": m.sha256, "size": m.size} for m in members},
     }
@@ -609,6 +625,8 @@ def _make(settings: Settings, to: Path) -> BackupResult:
     created_at = now.isoformat(timespec="seconds").replace("+00:00", "Z")
     with _snapshot_dir(home, settings.backup.timeout_seconds) as tmp:
         members, excluded = collect_files(home, exclude=(to, partial))
+        homes = signer_homes(settings.gnupg_home)
+        excluded = [x for x in excluded if not _is_signer_link(x, homes)]
         db_copy = tmp / DB_NAME
         facts = snapshot_database(settings.db_path, db_copy)
         digest, size = _sha256_file(db_copy)
@@ -618,7 +636,9 @@ def _make(settings: Settings, to: Path) -> BackupResult:
         key_facts, key_warning = content_key_facts(settings)
         if key_warning:
             warnings.append(key_warning)
-        manifest = build_manifest(members, facts, settings, excluded, created_at, key_facts)
+        manifest = build_manifest(
+            members, facts, settings, excluded, created_at, key_facts, signer_homes=homes
+        )
         signature = sign_manifest(manifest, home)
         try:
             _pump(

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -44,10 +45,10 @@ from securemail import config, contentbox
 from securemail.access import Actor
 from securemail.audit import integrity as audit_integrity
 from securemail.audit import trail as audit
-from securemail.config import DB_NAME, GNUPG_DIR
+from securemail.config import DB_NAME, GNUPG_DIR, MAX_SIGNERS
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.openpgp import gpgproc
+from securemail.openpgp import gpgproc, signers
 from securemail.ops.backup import (
     _CHUNK,
     FORMAT,
@@ -63,6 +64,8 @@ from securemail.store import Store, move_counters_past
 
 #: A manifest larger than this is not one of ours.
 MAX_MANIFEST = 16 << 20
+#: A signing home's name in the manifest (openpgp.signers.signer_home).
+_SIGNER_HOME = re.compile(r"gnupg/s([1-9][0-9]?)")
 
 
 class RestoreError(SecuremailError):
@@ -489,6 +492,7 @@ def restore(
         if not (work / GNUPG_DIR).is_dir():
             raise ArchiveInvalidError("the archive has no gnupg/ keyring", member=GNUPG_DIR)
         _fix_modes(work)
+        relink_signer_homes(work, manifest)
         signed_by = check_signature(work, raw, signature, audit_public_key)
         settings = config.load(work)  # the restored securemail.toml (and SECUREMAIL_* env)
         result = _finish(work, manifest, actor, settings, migrations)
@@ -506,6 +510,26 @@ def restore(
     return dataclasses.replace(
         result, home=target, signed_by=signed_by, origin_checked=audit_public_key is not None
     )
+
+
+def relink_signer_homes(root: Path, manifest: dict[str, Any]) -> int:
+    """Make the signing homes the backup's gateway had (``signer_homes``: ``gnupg/s1`` ...)
+    again, each with its links to the restored primary's keys (openpgp.signers). Bounded:
+    at most MAX_SIGNERS names, each checked; anything else refuses the archive."""
+    names = manifest.get("signer_homes", [])  # absent in archives made before issue 24
+    if not isinstance(names, list) or len(names) > MAX_SIGNERS:
+        raise ArchiveInvalidError(
+            "the manifest's signer_homes is not a short list", member=MANIFEST
+        )
+    indexes = []
+    for name in names:  # every name checked before any home is made
+        match = _SIGNER_HOME.fullmatch(name) if isinstance(name, str) else None
+        if match is None or int(match[1]) >= MAX_SIGNERS:
+            raise ArchiveInvalidError(f"signer home {name!r} is not one", member=MANIFEST)
+        indexes.append(int(match[1]))
+    for index in indexes:
+        signers.ensure_signer_home(root / GNUPG_DIR, index)
+    return len(names)
 
 
 def _fsync_dir(path: Path) -> None:
