@@ -112,10 +112,10 @@ def _home(workdir: Path, name: str, port: int, cafile: str) -> Path:
     (home / "securemail.toml").write_text(
         f'[gateway]\nfrom_address = "{GATEWAY_ADDRESS}"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ncafile = "{cafile}"\n'
-        "timeout_seconds = 10.0\n"
+        "timeout_seconds = 2.0\n"
         f"max_connections = {CONNECTIONS}\n"
         "[delivery]\nretry_initial_seconds = 0.05\nretry_max_seconds = 0.2\n"
-        "lease_seconds = 30.0\npoll_seconds = 0.02\n"
+        "lease_seconds = 6.0\npoll_seconds = 0.02\n"
     )
     return home
 
