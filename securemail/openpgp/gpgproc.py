@@ -11,6 +11,7 @@ python-gnupg has no timeout of its own (its reader threads wait for EOF), so we 
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -29,6 +30,17 @@ GPG_ERR_CORRUPTED_PROTECTION = 106
 GPG_ERR_CANCELED = 99
 GPG_ERR_NO_PASSPHRASE = 177
 PASSPHRASE_ERRORS = frozenset({GPG_ERR_BAD_PASSPHRASE, GPG_ERR_CANCELED, GPG_ERR_NO_PASSPHRASE})
+GPG_ERR_NO_AGENT = 77  # gpg could not reach (or start) gpg-agent
+GPG_ERR_AGENT = 78
+GPG_ERR_EOF = 16383  # the agent's socket closed mid-operation (a killed agent)
+_SYSTEM = 0x8000  # libgpg-error's errno codes: 0x8000 | errno
+#: Errors that say gpg-agent went away, not that a key or passphrase is wrong: a killed or
+#: crashed agent mid-operation (EOF, a broken or reset socket), none that gpg could start
+#: (NO_AGENT), and libassuan's IPC errors (257..281) on the way to it.
+AGENT_ERRORS = frozenset(
+    {GPG_ERR_NO_AGENT, GPG_ERR_AGENT, GPG_ERR_EOF, *range(257, 282)}
+    | {_SYSTEM | errno.EPIPE, _SYSTEM | errno.ECONNRESET, _SYSTEM | errno.ECONNREFUSED}
+)
 
 # Status keywords that may appear in an error reason: they carry key ids and error codes,
 # never message content.
@@ -186,6 +198,11 @@ def is_bad_passphrase(pairs: list[tuple[str, str]]) -> bool:
     return bool(keywords & {"BAD_PASSPHRASE", "MISSING_PASSPHRASE"}) or bool(
         error_codes(pairs) & PASSPHRASE_ERRORS
     )
+
+
+def is_agent_failure(pairs: list[tuple[str, str]]) -> bool:
+    """gpg failed because its gpg-agent was gone (killed, crashed, not startable)."""
+    return bool(error_codes(pairs) & AGENT_ERRORS)
 
 
 def summary(result: object) -> str:

@@ -39,6 +39,7 @@ from securemail.openpgp.keyinfo import (
 )
 from securemail.openpgp.keystore import (
     INV_RECP_WHY,
+    AgentUnavailableError,
     DecryptionError,
     KeyStore,
     RecipientKeyError,
@@ -52,6 +53,7 @@ from securemail.openpgp.keystore import (
 )
 
 __all__ = [
+    "AgentUnavailableError",
     "Decrypted",
     "DecryptionError",
     "Envelope",
@@ -301,6 +303,10 @@ class Keyring(KeyStore):
             )
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:
+        # A gone gpg-agent first: gpg then also reports the signer as invalid (INV_SGNR 0,
+        # "No agent running"), and the GP would be told that their key is unusable.
+        if gpgproc.is_agent_failure(gpgproc.status(result)):
+            self._fail(operation, result, fingerprint=signer)
         for keyword, value in gpgproc.status(result):
             if keyword == "INV_RECP":
                 code, _, who = value.partition(" ")

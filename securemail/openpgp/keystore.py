@@ -16,7 +16,9 @@ Invariants:
   signing key; everything else runs in the primary homedir under the semaphore, so no
   listing, check or verification waits behind a signature's S2K. A signature whose gpg
   failed for another reason than its passphrase or its keys is retried once with a fresh
-  gpg-agent, then refused; nothing is ever sent unsigned.
+  gpg-agent, then refused; nothing is ever sent unsigned. A gone agent (killed, crashed,
+  not startable: gpgproc.AGENT_ERRORS) is AgentUnavailableError, a passing 503, never
+  reported as the signer's key or passphrase.
 """
 
 from __future__ import annotations
@@ -121,6 +123,19 @@ class SigningError(SealError):
 class SealTimeoutError(SealError):
     code = "seal.timeout"
     nl = "Versleutelen duurde te lang en is afgebroken. Er is niets verzonden."
+
+
+class AgentUnavailableError(SealError):
+    """gpg-agent went away (killed, crashed) or could not be started: a passing fault of the
+    gateway's own, never the GP's key or passphrase. Nothing was sealed, stored or sent;
+    the same send may simply be tried again (gpg starts a fresh agent)."""
+
+    code = "seal.agent_unavailable"
+    nl = (
+        "De ondertekendienst van de gateway was even niet beschikbaar. Er is niets verzonden "
+        "en niets bewaard; probeer het over een halve minuut opnieuw."
+    )
+    retry_after = 30
 
 
 class VerificationError(SealError):
@@ -334,12 +349,19 @@ class KeyStore:
             try:
                 return await asyncio.to_thread(self._watched, operation, fn, index)
             except SealError as exc:
-                if type(exc) not in (SealError, SealTimeoutError):
+                if type(exc) not in (SealError, SealTimeoutError, AgentUnavailableError):
                     raise  # the passphrase, a key: the same answer in every home
                 # gpg or its agent broke (crashed, killed, hung): the next gpg call in this
                 # home starts a fresh gpg-agent. A timeout is not worth waiting for twice.
                 home = signers.signer_home(self.homedir, index)
                 await asyncio.to_thread(kill_agent, home, self.binary)
+                if attempt == 2 and isinstance(exc, AgentUnavailableError):
+                    raise AgentUnavailableError(
+                        f"gpg {operation}: gpg-agent unavailable twice, the second time"
+                        f" after a restart; refused, nothing sent: {exc}",
+                        operation=operation,
+                        status=str(exc.context.get("status", "")),
+                    ) from None
                 if attempt == 2:
                     raise SealError(
                         f"gpg {operation} failed twice, the second time with a fresh"
@@ -369,6 +391,13 @@ class KeyStore:
                 f"gpg {operation}: bad passphrase", why="bad_passphrase", **context
             )
         summary = gpgproc.summary(result)
+        if gpgproc.is_agent_failure(pairs):
+            raise AgentUnavailableError(
+                f"gpg {operation}: gpg-agent unavailable: {summary}",
+                operation=operation,
+                status=summary,
+                **context,
+            )
         raise error(
             f"gpg {operation} failed: {summary}", operation=operation, status=summary, **context
         )

@@ -224,6 +224,13 @@ def test_sigkill_mid_batch_next_worker_delivers_every_message(
         r["outcome_detail"] for r in audit_rows(store) if r["event_code"] == "request.deliver"
     ]
     assert sorted(d.split("message_id=")[1].split(";")[0] for d in delivers) == sorted(ids)
+    # and the trail names the process that died (lease owners are per process: host:pid)
+    takeovers = [
+        r["outcome_detail"]
+        for r in audit_rows(store)
+        if r["event_code"] == "request.retry" and "lapsed" in r["outcome_detail"]
+    ]
+    assert takeovers and all(f":{first.pid}:" in d for d in takeovers), takeovers
     store.read_sync(chain_alone)
     store.close()
 

@@ -61,7 +61,9 @@ def assert_opens_as_nurse(gw: Gateway, raw: bytes) -> email.message.EmailMessage
     return inner
 
 
-def cli_send(gw: Gateway, tmp_path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def cli_send(
+    gw: Gateway, tmp_path: Path, data: dict[str, Any], *extra: str
+) -> subprocess.CompletedProcess[str]:
     """`securemail request send` as a practice system runs it: a file and a passphrase file."""
     req_file = tmp_path / "request.json"
     req_file.write_text(json.dumps(data), encoding="utf-8")
@@ -82,6 +84,7 @@ def cli_send(gw: Gateway, tmp_path: Path, data: dict[str, Any]) -> subprocess.Co
             str(req_file),
             "--passphrase-file",
             str(pass_file),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -136,6 +139,27 @@ async def test_cli_send_arrives_encrypted_signed_and_neutral(
     info = json.loads(status.stdout)
     assert info["delivery"][0]["status"] == "sent"
     assert EXAMPLE["patient"]["bsn"] not in status.stdout
+
+
+def test_cli_send_twice_with_one_idempotency_key_makes_one_request(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    """A practice system that timed out and runs the same send again, with its own key."""
+    gw.svc.close()
+    runs = [cli_send(gw, tmp_path, example(), "--idempotency-key", "his-7781") for _ in "ab"]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    first, again = (r.stdout.strip().splitlines()[0] for r in runs)
+    assert first.startswith("UVZ-") and again == first
+    other = example()
+    other["patient"]["phone"] = "0201234567"  # a different request under the same key
+    refused = cli_send(gw, tmp_path, other, "--idempotency-key", "his-7781")
+    assert refused.returncode != 0 and "idempotency.conflict" in refused.stderr
+    from securemail import config
+    from securemail.home import open_services
+
+    gw.svc = open_services(config.load(gw.home))
+    count = gw.svc.store.read_sync(lambda db: db.execute("SELECT count(*) FROM requests"))
+    assert count.fetchone()[0] == 1
 
 
 async def test_send_with_api_function_records_audit_rows(gw: Gateway, smtp_server: Any) -> None:
