@@ -435,3 +435,97 @@ def test_area_rows_agree_with_asking_every_postcode(spec):
             assert [e.team.id for e in r.by_part[p]] == [
                 e.team.id for e in serving if e.reachable(p)
             ]
+
+
+# -- the team's working hours on the map -----------------------------------------------------
+
+
+def test_a_team_sets_its_working_hours_on_the_map_and_a_practice_sees_them(store):
+    nurse = actor(store, "nurse_c")
+    tid = team_id(store, "centrum@zorg.example")
+    e = store.write_sync(
+        lambda db: regionmap.save_entry(
+            db, nurse, tid, entry_values(working_hours=" 22:00 - 08:00"), now=T0
+        )
+    )
+    assert e.working_hours == "22:00-08:00"
+    shown = regionview.region_json([e], "", T0, 30)["teams"][0]
+    assert shown["working_hours"] == "22:00-08:00"
+    # Saving without hours clears them: the settings' hours apply again.
+    e = store.write_sync(lambda db: regionmap.save_entry(db, nurse, tid, entry_values(), now=T0))
+    assert e.working_hours == ""
+
+
+@pytest.mark.parametrize("bad", ["25:00-08:00", "22:00", "08:00-08:00", "nacht"])
+def test_bad_working_hours_are_refused_and_write_nothing(store, bad):
+    nurse = actor(store, "nurse_c")
+    tid = team_id(store, "centrum@zorg.example")
+    with pytest.raises(RegionInputError) as exc:
+        store.write_sync(
+            lambda db: regionmap.save_entry(db, nurse, tid, entry_values(working_hours=bad), now=T0)
+        )
+    assert set(exc.value.errors) == {"working_hours"}
+    assert "werktijden" in exc.value.errors_nl()["working_hours"][0].lower()
+    assert store.read_sync(lambda db: db["team_map"].count) == 0
+
+
+def test_the_maps_hours_win_over_the_settings_which_cover_teams_without(store):
+    nurse = actor(store, "nurse_c")
+    tid = team_id(store, "centrum@zorg.example")
+    settings = "centrum@zorg.example=07:00-17:00, oost@zorg.example=06:00-14:00"
+    assert store.read_sync(lambda db: regionmap.hours_by_team(db, settings)) == (
+        "centrum@zorg.example=07:00-17:00, oost@zorg.example=06:00-14:00"
+    )
+    store.write_sync(
+        lambda db: regionmap.save_entry(
+            db, nurse, tid, entry_values(working_hours="22:00-08:00"), now=T0
+        )
+    )
+    assert store.read_sync(lambda db: regionmap.hours_by_team(db, settings)) == (
+        "centrum@zorg.example=22:00-08:00, oost@zorg.example=06:00-14:00"
+    )
+
+
+def test_the_exception_report_counts_by_the_hours_on_the_map(store):
+    """A night nurse's look at 02:00 is an exception until her team puts its night on the map."""
+    from securemail.audit import report as audit_report
+    from securemail.audit import trail as audit
+
+    nurse = actor(store, "nurse_c")
+    officer = actor(store, "privacy_a")
+    tid = team_id(store, "centrum@zorg.example")
+    at_two = "2025-03-04T01:00:00.000Z"  # 02:00 in Amsterdam (winter)
+    store.write_sync(
+        lambda db: audit.record(
+            db,
+            audit.AuditEvent.of(
+                nurse,
+                "request.view",
+                patient_id="111222333",
+                org_id="01000001",  # in the practice officer's scope
+                sender_org="01000001",
+                occurred_at=at_two,
+            ),
+        )
+    )
+
+    def outside() -> int:
+        return store.write_sync(
+            lambda db: (
+                audit_report.exceptions(
+                    db,
+                    officer,
+                    "2025-03-04T00:00:00.000Z",
+                    "2025-03-05T00:00:00.000Z",
+                    working_hours_by_team=regionmap.hours_by_team(db, ""),
+                ).outside_hours_total
+            )
+        )
+
+    assert outside() == 1
+    store.write_sync(
+        lambda db: regionmap.save_entry(
+            db, nurse, tid, entry_values(working_hours="22:00-08:00"), now=T0
+        )
+    )
+    assert outside() == 0

@@ -44,6 +44,7 @@ OPTION_OF = {
     "phone": "--phone",
     "areas": "--areas",
     "capacity": "--capacity",
+    "working_hours": "--working-hours",
     "services": "--service",
     "name": "--name",
     "role": "--role",
@@ -112,6 +113,9 @@ def cmd_team(args: argparse.Namespace) -> int:
                 "capacity": cur.capacity if args.capacity is None else args.capacity,
                 "services": list(cur.services) if args.service is None else args.service,
                 "level5": cur.level5 if args.level5 is None else args.level5,
+                "working_hours": (
+                    cur.working_hours if args.working_hours is None else args.working_hours
+                ),
             }
             reach = (
                 {p for p in regionmap.PARTS if cur.reachable(p)}
@@ -194,6 +198,10 @@ def register(sub: Any) -> None:
     p.add_argument("--phone", help="phone of the team's one entry")
     p.add_argument("--areas", help="4-digit postcode areas and ranges: 1011-1018,1020")
     p.add_argument("--capacity", help="accepting new clients: ja, beperkt or nee")
+    p.add_argument(
+        "--working-hours",
+        help="the team's working hours, HH:MM-HH:MM (a night team 22:00-08:00); '' = the settings'",
+    )
     p.add_argument(
         "--service",
         action="append",

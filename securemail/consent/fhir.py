@@ -14,6 +14,7 @@ element as SHA-1, so a receiver must not check it as SHA-1; docs/consent.md says
 from __future__ import annotations
 
 import base64
+import copy
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -102,8 +103,9 @@ def to_fhir(
         "meta": {"versionId": str(record.version), "lastUpdated": ts(record.recorded_at)},
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{record.consent_id}"}],
         "status": _STATUS[record.status_at(now)],
-        "scope": {"coding": [SCOPE]},
-        "category": [{"coding": [CATEGORY]}],
+        # Copies: a caller that edits the resource must not edit the next one's constants.
+        "scope": {"coding": [dict(SCOPE)]},
+        "category": [{"coding": [dict(CATEGORY)]}],
         "patient": patient,
         "dateTime": ts(record.given_at),
         "performer": [performer],
@@ -116,7 +118,10 @@ def to_fhir(
             "type": record.decision,
             "period": period,
             "actor": [
-                {"role": _RECIPIENT_ROLE, "reference": _recipient_ref(record.recipient, identify)}
+                {
+                    "role": copy.deepcopy(_RECIPIENT_ROLE),
+                    "reference": _recipient_ref(record.recipient, identify),
+                }
             ],
             "purpose": [
                 {

@@ -22,6 +22,7 @@ from sqlite_utils import Migrations
 
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
+from securemail.config import parse_hours, parse_hours_map
 from securemail.errors import InputError, NotFoundError
 from securemail.form.fields import CHECKS
 from securemail.region import directory
@@ -90,6 +91,13 @@ def _m1(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_working_hours")
+def _m2(db: sqlite_utils.Database) -> None:
+    # The team's own working hours ("22:00-08:00" for a night team; "" = the settings'):
+    # shown on the map, and the privacy officer's exception report counts by them.
+    db.execute("ALTER TABLE team_map ADD COLUMN working_hours TEXT NOT NULL DEFAULT ''")
+
+
 class RegionInputError(InputError):
     """A map entry with one or more bad fields; ``errors`` maps field -> (English, Dutch)."""
 
@@ -128,6 +136,8 @@ class TeamEntry:
     level5: bool = False
     capacity: str = "ja"
     confirmed_at: str = ""
+    #: "HH:MM-HH:MM" (past midnight for a night team), or "" when the team set none.
+    working_hours: str = ""
 
     def serves(self, pc4: int) -> bool:
         return any(lo <= pc4 <= hi for lo, hi in self.areas)
@@ -233,7 +243,8 @@ def _email_error(value: str) -> tuple[str, str] | None:
 
 def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check a whole map entry (form or CLI values) and return it normalised; every bad field
-    is reported at once. Keys: phone, areas, services (list), level5, capacity, and per part
+    is reported at once. Keys: phone, areas, services (list), level5, capacity,
+    working_hours ("HH:MM-HH:MM" or empty), and per part
     ``reach_<part>`` (bool), ``phone_<part>``, ``address_<part>``."""
     errors: dict[str, tuple[str, str]] = {}
     phone = str(values.get("phone", "") or "").strip()
@@ -264,6 +275,16 @@ def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
             "capacity must be ja, beperkt or nee",
             "Kies of het team nieuwe cliënten aanneemt: ja, beperkt of nee.",
         )
+    working_hours = str(values.get("working_hours", "") or "").replace(" ", "")
+    if working_hours:
+        try:
+            start, end = parse_hours(working_hours)
+            working_hours = f"{start:%H:%M}-{end:%H:%M}"
+        except ValueError:
+            errors["working_hours"] = (
+                "working_hours must look like 07:00-17:00 (a night team: 22:00-08:00)",
+                "Vul de werktijden in als 07:00-17:00 (een nachtteam: 22:00-08:00).",
+            )
     reach: dict[str, dict[str, Any]] = {}
     for part in PARTS:
         p_phone = str(values.get(f"phone_{part}", "") or "").strip()
@@ -286,6 +307,7 @@ def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
         "level5": _truthy(values.get("level5")),
         "capacity": capacity,
         "reach": reach,
+        "working_hours": working_hours,
     }
 
 
@@ -313,6 +335,7 @@ def _entry(team: Team, org_name: str, row: dict[str, Any] | None) -> TeamEntry:
         bool(row["level5"]),
         row["capacity"],
         row["confirmed_at"],
+        row.get("working_hours", ""),
     )
 
 
@@ -321,6 +344,18 @@ def entries(db: sqlite_utils.Database) -> list[TeamEntry]:
     rows = {r["team_id"]: r for r in db.table("team_map").rows}
     orgs = {o.id: o.name for o in directory.list_orgs(db)}
     return [_entry(t, orgs.get(t.org_id, ""), rows.get(t.id)) for t in directory.list_teams(db)]
+
+
+def hours_by_team(db: sqlite_utils.Database, settings_by_team: str = "") -> str:
+    """``[audit] working_hours_by_team`` with the map's hours merged in: a team's own entry
+    on the map wins (the team keeps it current), the settings cover teams that set none."""
+    merged = parse_hours_map(settings_by_team)
+    if "team_map" not in db.table_names():  # an installation without the region room yet
+        return settings_by_team
+    for e in entries(db):
+        if e.working_hours:
+            merged[e.team.address] = parse_hours(e.working_hours)
+    return ", ".join(f"{a}={w[0]:%H:%M}-{w[1]:%H:%M}" for a, w in sorted(merged.items()))
 
 
 def entry(db: sqlite_utils.Database, team_id: int) -> TeamEntry:
@@ -391,6 +426,7 @@ def save_entry(
             "services": ",".join(clean["services"]),
             "level5": int(clean["level5"]),
             "capacity": clean["capacity"],
+            "working_hours": clean["working_hours"],
             "confirmed_at": now.isoformat(),
             "confirmed_by": actor.username,
             "updated_at": now.isoformat(),

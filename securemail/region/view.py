@@ -183,6 +183,7 @@ def team_json(e: TeamEntry, now: datetime, stale_days: int) -> dict[str, Any]:
         "services": list(e.services),
         "level5": e.level5,
         "capacity": e.capacity,
+        "working_hours": e.working_hours,
         "confirmed_at": e.confirmed_at,
         "stale": e.is_stale(now, stale_days),
     }

@@ -28,6 +28,7 @@ from securemail.audit import integrity as audit_integrity
 from securemail.audit import report as audit_report
 from securemail.audit import review as audit_review
 from securemail.errors import AccessDeniedError, InputError, SecuremailError
+from securemail.region import map as regionmap
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -148,7 +149,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
                 end,
                 working_hours=svc.settings.audit.working_hours,
                 working_hours_by_role=svc.settings.audit.working_hours_by_role,
-                working_hours_by_team=svc.settings.audit.working_hours_by_team,
+                working_hours_by_team=regionmap.hours_by_team(
+                    db, svc.settings.audit.working_hours_by_team
+                ),
                 tz=svc.settings.deadlines.timezone,
                 source_id=src,
             ),

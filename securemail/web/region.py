@@ -122,6 +122,7 @@ async def _team_context(
             "phone": e.phone,
             "areas": e.areas_text,
             "capacity": e.capacity,
+            "working_hours": e.working_hours,
             "services": list(e.services),
             "level5": e.level5,
         }
@@ -149,7 +150,7 @@ async def team_page(request: web.Request) -> dict[str, Any]:
 
 
 def _entry_post(post: Any) -> dict[str, Any]:
-    keys = ["phone", "areas", "capacity"] + [
+    keys = ["phone", "areas", "capacity", "working_hours"] + [
         f"{k}_{p}" for p in regionmap.PARTS for k in ("phone", "address")
     ]
     values: dict[str, Any] = {k: str(post.get(k, "")) for k in keys}
