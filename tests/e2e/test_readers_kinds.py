@@ -215,7 +215,7 @@ async def test_every_notice_is_signed_by_the_gateway_and_rnp_and_sq_verify_it(
          str(tmp_path / "n.sig"), "-"],
         input=content, capture_output=True, timeout=60, check=False,
     )  # fmt: skip
-    assert f"[GNUPG:] VALIDSIG ".encode() in status.stdout and sealer.encode() in status.stdout
+    assert b"[GNUPG:] VALIDSIG " in status.stdout and sealer.encode() in status.stdout
     # what a client shows is covered by the signature (RFC 9788, hp="clear")
     signed = email.message_from_bytes(content, policy=policy.default)
     assert signed.get_param("hp") == "clear"
