@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -21,8 +22,18 @@ import trustme
 
 from securemail.config import InboundSettings
 from securemail.inbound import listener
-from tests.e2e.conftest import EXAMPLE, Gateway
-from tests.e2e.test_replies import TEXT, counts, deliver, files, mail, nurse_armor, sent_request
+from tests.conftest import kill_gpg_agent
+from tests.e2e.conftest import EXAMPLE, Gateway, gpg_cli
+from tests.e2e.test_replies import (
+    REPLY_TO,
+    TEXT,
+    counts,
+    deliver,
+    files,
+    mail,
+    nurse_armor,
+    sent_request,
+)
 from tests.smtp_fixtures import free_port
 
 BSN, NAME = EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["name"]
@@ -163,3 +174,35 @@ async def test_no_smtp_answer_and_no_log_line_names_the_patient(
     assert_patient_free(*(answer_text(a) for a in answers))
     assert_patient_free(caplog.text, *(r.getMessage() for r in caplog.records))
     assert reference in caplog.text  # the log says which request, by reference only
+
+
+async def test_the_directory_publishes_the_gateways_key_and_a_reply_made_with_it_is_taken(
+    gw: Gateway, small_inbound: int, relay_cafile: str, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """The key a nurse's client needs for a reply, from the directory page she can open."""
+    from securemail.web import create_app
+    from tests.e2e.test_web_flow import gp_login
+    from tests.e2e.webflow import login
+
+    reference, mid = await sent_request(gw)
+    client = await aiohttp_client(create_app(gw.svc.settings, services=gw.svc, run_worker=False))
+    await login(client, "", gp_login(gw))
+    async with client.get("/directory/gp-keys") as r:
+        page = await r.text()
+    assert r.status == 200
+    assert gw.svc.settings.gateway.reply_to() in page and "/directory/gateway.asc" in page
+    async with client.get("/directory/gateway.asc") as r:
+        key = await r.read()
+    assert r.status == 200 and key.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    fresh = tmp_path / "fresh-gnupg"  # a client that knows the gateway only from this file
+    fresh.mkdir(mode=0o700)
+    gpg_cli(fresh, "--import", stdin=key)
+    assert REPLY_TO in gpg_cli(fresh, "--with-colons", "--list-keys").decode()
+    kill_gpg_agent(fresh)
+    gpg_cli(gw.nurse_home, "--import", stdin=key)
+    armored = gpg_cli(
+        gw.nurse_home, "--trust-model", "always", "--armor", "--sign", "-u",
+        "nurse1@zorg-noord.example", "--encrypt", "-r", REPLY_TO, stdin=TEXT.encode(),
+    ).decode()  # fmt: skip
+    result = await deliver(small_inbound, relay_cafile, mail(armored, reference, mid))
+    assert result.code == 250, result
