@@ -23,6 +23,7 @@ import fcntl
 import os
 import shutil
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -326,7 +327,7 @@ def run_background(
         sign_notice=sign_notice,
         # One clock: the worker stamps and claims on the services' clock, which is the real
         # one (time.time, guarded by time.monotonic) unless a test or the demo froze it.
-        **({} if svc.clock is utcnow else {"clock": lambda: svc.now().timestamp()}),
+        clock=time.time if svc.clock is utcnow else lambda: svc.now().timestamp(),
     )
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
     every = svc.settings.deadlines.check_seconds

@@ -140,6 +140,7 @@ async def test_rnp_and_sq_verify_the_gp_on_a_change_and_a_withdrawal(
     second = await exchange.send(gw.svc, gw.gp, data, GP_PASSPHRASE)
     await deliver_all(gw.svc)
     raw = encrypted_to(smtp_server, TEAM, second.reference)
+    assert kind.upper().encode() not in raw  # only inside the encryption
     readers = await team_a_readers(gw, tmp_path)
     for name, (plain, _) in readers.decrypt(raw).items():
         report = readers.verify(plain, "gp")
@@ -150,6 +151,7 @@ async def test_rnp_and_sq_verify_the_gp_on_a_change_and_a_withdrawal(
         content, _ = mime.signed_parts(plain)
         protected = email.message_from_bytes(content, policy=policy.default)
         assert first.reference in str(protected["Subject"]), name
+        assert kind.upper() in str(protected["Subject"]), name  # the inbox tells them apart
         assert protected["In-Reply-To"], name
 
 
