@@ -21,10 +21,14 @@ from typing import Any
 
 import pytest
 
+from securemail.access import SYSTEM
+from securemail.delivery import outbox
+from securemail.delivery.worker import Worker
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
-from securemail.home import gateway_fingerprint
-from securemail.message import mime
+from securemail.home import gateway_fingerprint, notice_signer
+from securemail.message import mime, notify
+from securemail.store import set_meta
 from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all, example, gpg_cli
 from tests.e2e.test_readers import ciphertext, gp_fingerprint, uid_addresses
 from tests.loop_fixtures import TEAM_B, Loop
@@ -127,7 +131,7 @@ def encrypted_to(smtp_server: Any, team: str, reference: str) -> bytes:
         and reference.encode() in r.content
     ]  # fmt: skip
     assert not any(marker in raw for marker in PATIENT), "patient data outside the encryption"
-    return raw
+    return bytes(raw)
 
 
 @pytest.mark.parametrize("kind", ["wijziging", "intrekking"])
@@ -238,3 +242,38 @@ async def test_every_notice_is_signed_by_the_gateway_and_rnp_and_sq_verify_it(
          str(tmp_path / "f.sig"), str(tmp_path / "f.eml")],
     ):  # fmt: skip
         assert run(*cmd).returncode != 0, cmd[0]
+
+
+async def test_a_notice_the_gateway_cannot_sign_waits_and_never_leaves_unsigned(
+    gw: Gateway, smtp_server: Any
+) -> None:
+    """The gateway's key unusable (here: the key the gateway names is not in its keyring):
+    the notice stays queued as a transient failure; the relay gets no unsigned notice."""
+    sent = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(gw.svc)  # the request and its 'afgeleverd' notice go, signed
+    real = gateway_fingerprint(gw.svc.store)
+    gw.svc.store.write_sync(lambda db: set_meta(db, "gateway_fingerprint", "A" * 40))
+    try:
+        sign = notice_signer(gw.svc)
+    finally:
+        gw.svc.store.write_sync(lambda db: set_meta(db, "gateway_fingerprint", real))
+    before = set(smtp_server.handler.mailbox())
+    await gw.svc.store.write(
+        lambda db: outbox.enqueue_notice(
+            db, notify.notice_overdue, sent.reference, "praktijk@praktijk.example",
+            gw.svc.settings, actor=SYSTEM, now=gw.svc.now().timestamp(),
+        )
+    )  # fmt: skip
+    worker = Worker(
+        gw.svc.settings, gw.svc.store, owner_id="unsigned-test", sign_notice=sign,
+        clock=lambda: gw.svc.now().timestamp(),
+    )  # fmt: skip
+    assert await worker.run_once() == 1
+    assert set(smtp_server.handler.mailbox()) == before  # nothing went
+    [row] = gw.svc.store.read_sync(
+        lambda db: [
+            dict(r) for r in db["outbox"].rows_where("kind = 'notice' AND status != 'sent'")
+        ]
+    )
+    assert row["status"] == "retrying", row  # transient: tried again, with the key back
+    assert "notice not signed" in str(row["last_error"])
