@@ -24,7 +24,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +51,7 @@ from securemail.form.definition import form_names
 from securemail.inbound import listener, replies
 from securemail.keys import gp as gpkeys
 from securemail.keys import practice as practicekeys
-from securemail.message import autocrypt
+from securemail.message import autocrypt, notify
 from securemail.openpgp.keyring import Fingerprint, Keyring
 from securemail.ops import health, retention
 from securemail.region import directory
@@ -164,6 +164,19 @@ async def autocrypt_headers(svc: Services) -> dict[str, str]:
     key = await svc.keyring.export_public(gateway_fingerprint(svc.store))
     g = svc.settings.gateway
     return {a.lower(): autocrypt.header_value(a, key) for a in (g.from_address, g.reply_to())}
+
+
+def notice_signer(svc: Services) -> Callable[[bytes], Awaitable[bytes]]:
+    """For the delivery worker: a checked notice, signed by the gateway's key (RFC 3156
+    multipart/signed, From and Subject protected inside), so a reader sees who sent it and
+    that nobody on the way changed its words (docs/mail.md)."""
+    fpr = gateway_fingerprint(svc.store)
+
+    async def sign(raw: bytes) -> bytes:
+        outer, entity = notify.signable(raw)
+        return notify.with_signature(outer, await svc.keyring.sign_multipart(entity, fpr))
+
+    return sign
 
 
 def gateway_fingerprint(db: Store) -> Fingerprint:
@@ -305,6 +318,7 @@ def run_background(
     owner_id: str,
     monitor: health.Monitor | None = None,
     autocrypt: Mapping[str, str] | None = None,
+    sign_notice: Callable[[bytes], Awaitable[bytes]] | None = None,
 ) -> Background:
     """Start every background task of a gateway until ``stop`` is set: the delivery worker
     (woken by each send), the deadline watch, the retention purge and the health recorder.
@@ -319,6 +333,7 @@ def run_background(
         on_final=hooks.on_final,
         before_send=hooks.before_send,
         autocrypt=autocrypt,
+        sign_notice=sign_notice,
         clock=worker_clock(svc),
     )
     svc.on_queued = worker.wake  # a send wakes an idle worker instead of its next poll
@@ -358,7 +373,12 @@ async def background(
     """``run_background`` for the body of an ``async with``, with the reply listener
     (``[inbound] enabled``) beside it; all stopped on the way out."""
     running = run_background(
-        svc, stop, owner_id=owner_id, monitor=monitor, autocrypt=await autocrypt_headers(svc)
+        svc,
+        stop,
+        owner_id=owner_id,
+        monitor=monitor,
+        autocrypt=await autocrypt_headers(svc),
+        sign_notice=notice_signer(svc),
     )
     server = await listener.start(svc) if svc.settings.inbound.enabled else None
     try:

@@ -296,6 +296,7 @@ class Worker:
         rng: Callable[[], float] = random.random,
         batch_size: int = 10,
         autocrypt: Mapping[str, str] | None = None,
+        sign_notice: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         """``clock``: wall seconds; ``monotonic``: elapsed seconds that guard it against steps
         (SteadyClock). By default time.monotonic with the real clock, and the given clock
@@ -320,6 +321,8 @@ class Worker:
         self.on_commit_window: Callable[[float], None] | None = None
         #: From address -> Autocrypt header value (message.autocrypt), added at this edge.
         self.autocrypt: Mapping[str, str] = autocrypt or {}
+        #: Checked notice bytes -> the same notice signed by the gateway (multipart/signed).
+        self.sign_notice = sign_notice
 
     def wake(self) -> None:
         """Something was queued in this process: idle slots look now, not after poll_seconds.
@@ -474,9 +477,16 @@ class Worker:
         dropped connection after DATA (the relay may have taken the message) is told apart
         from one before it (it certainly did not)."""
         phase: relay.Phase = "message"
+        data = self._bytes(row)  # with the Autocrypt header of gateway-From mail
+        if row.kind == "notice" and self.sign_notice is not None:
+            # signed after _check passed its exact text: the signature adds, changes nothing
+            try:
+                data = await self.sign_notice(data)
+            except SecuremailError as err:
+                log.error("outbox %d: notice not signed: %s", row.id, err.code)
+                return Outcome("transient", None, f"notice not signed: {err.code}")
         try:
             async with asyncio.timeout(self._timeout):
-                data = self._bytes(row)  # with the Autocrypt header of gateway-From mail
                 await smtp.mail(row.sender, options=relay.size_option(smtp, data))
                 await smtp.rcpt(row.recipient)
                 phase = "data"

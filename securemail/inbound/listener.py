@@ -5,8 +5,12 @@ EHLO/HELO/NOOP/QUIT/STARTTLS is answered 530 until TLS is up); RCPT is refused (
 for any address but the gateway's reply addresses, so no mail for a third party is ever
 relayed or read; DATA is answered only after ``replies.accept`` decided: 250 once the reply
 is durably stored, a 5xx (Dutch / English, why) when it is refused and nothing was kept,
-451 when the gateway could not decide now (the sender's server tries again). A message over
+451 when the gateway could not decide now, for any reason (a full disk, a store or gpg
+error: the sender's server tries again; never aiosmtpd's own 500, which would drop the
+reply), with nothing kept. A message over
 ``[inbound] max_bytes`` is refused with 552 while it is read, before anything is parsed.
+No SMTP answer and no log line carries a word of the mail: aiosmtpd's DATA lines (DEBUG)
+are never logged, errors are logged by type.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ from securemail.inbound import replies
 from securemail.services import Services
 
 log = logging.getLogger("securemail.inbound")
+
+#: The answer when the gateway cannot decide now; nothing was kept, the sender tries again.
+TRY_LATER = (
+    "451 4.3.0 Nu niet te verwerken, probeer het later opnieuw / "
+    "Cannot take it now, try again later"
+)
 
 
 def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -59,10 +69,12 @@ class ReplyHandler:
             return exc.smtp
         except SecuremailError as exc:
             log.warning("reply not taken now: %s", exc.diagnostics())
-            return (
-                "451 4.3.0 Nu niet te verwerken, probeer het later opnieuw / "
-                "Cannot take it now, try again later"
-            )
+            return TRY_LATER
+        except Exception as exc:  # a full disk, a broken store: never aiosmtpd's 500
+            # A 5xx would make the sender's server drop a reply that may be taken later;
+            # the error's text may quote data, so only its type is logged.
+            log.error("reply not taken now: %s", type(exc).__name__)
+            return TRY_LATER
         return f"250 2.0.0 Antwoord ontvangen bij {accepted.reference} / Reply taken"
 
 
@@ -71,6 +83,9 @@ async def start(svc: Services, inbound: InboundSettings | None = None) -> asynci
     closes the server."""
     s = inbound or svc.settings.inbound
     ctx = tls_context(s.certfile, s.keyfile)
+    # aiosmtpd logs every line of DATA at DEBUG: a reply sent in the clear (refused, but
+    # read) would put the patient in the log. Its commands (INFO) name addresses only.
+    logging.getLogger("mail.log").setLevel(max(logging.INFO, logging.getLogger("mail.log").level))
     handler = ReplyHandler(svc)
     loop = asyncio.get_running_loop()
 

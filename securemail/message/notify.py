@@ -460,3 +460,49 @@ def require_notice_mime(raw: bytes, settings: Settings) -> None:
         ok = body == _body(kind, parts[1], why, settings, detail or Detail())
     if not ok:
         raise InputError("not a securemail status notice", field="mime")
+
+
+# -- the gateway's signature (RFC 3156 6.1, RFC 9788 header protection) -----------------------
+
+#: Header fields a reader shows, also inside the signed part (RFC 9788, hp="clear").
+_PROTECTED = ("from", "to", "subject", "date", "message-id")
+_CONTENT = ("content-type", "content-transfer-encoding")
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """The header fields of a header block, continuation lines kept with their field."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields
+
+
+def _name(field: bytes) -> str:
+    return field.split(b":", 1)[0].strip().decode("ascii", errors="replace").lower()
+
+
+def signable(raw: bytes) -> tuple[bytes, bytes]:
+    """(the outer header block without the content fields, the entity to sign) of a checked
+    notice: the entity is its text part with From, To, Subject, Date and Message-ID repeated
+    inside (``hp="clear"``), so a reader sees them covered by the gateway's signature."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise InputError("a notice without a body", field="mime")
+    fields = _fields(head)
+    content = [f for f in fields if _name(f) in _CONTENT]
+    if len(content) != 2 or not _name(content[0]) == "content-type":
+        raise InputError("a notice without its content fields", field="mime")
+    content[0] = content[0] + b'; hp="clear"'
+    protected = [f for f in fields if _name(f) in _PROTECTED]
+    outer = [f for f in fields if _name(f) not in _CONTENT]
+    entity = b"\r\n".join(content + protected) + b"\r\n\r\n" + body
+    return b"\r\n".join(outer) + b"\r\n", entity
+
+
+def with_signature(outer: bytes, signed: bytes) -> bytes:
+    """The notice as it goes: its outer header block and the multipart/signed entity
+    (``Keyring.sign_multipart`` of the second half of ``signable``)."""
+    return outer + signed

@@ -371,6 +371,34 @@ class Keyring(KeyStore):
             raise SealError("the revocation did not take effect", operation="revoke")
         return certificate
 
+    async def sign_multipart(self, content: bytes, signer: Fingerprint) -> bytes:
+        """RFC 3156 6.1: ``content`` (a MIME entity, CRLF lines) and one detached signature by
+        ``signer``, a key without a passphrase (the gateway's own), as multipart/signed.
+        SealError when gpg did not make exactly one signature by that key."""
+        signer_fpr = parse_fingerprint(signer)
+        infos = await self._lookup_many([signer_fpr])
+        info = infos.get(signer_fpr)
+        why = unusable_signer_reason(info, datetime.now(UTC))
+        if why or info is None:
+            raise SignerKeyError(f"signer key unusable: {why}", fingerprint=signer_fpr, why=why)
+        makers = signing_fingerprints(info)
+
+        def work(g: WatchedGPG) -> bytes:
+            r = g.sign(
+                content, keyid=signer_fpr, detach=True, clearsign=False, extra_args=["--armor"]
+            )
+            created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
+            if (
+                r.returncode != 0
+                or len(created) != 1
+                or created[0][-1] not in makers
+                or not bytes(r.data).startswith(b"-----BEGIN PGP SIGNATURE-----")
+            ):
+                self._seal_failure("sign", r, signer_fpr)
+            return mime.build_signed(content, bytes(r.data), int(created[0][2]))
+
+        return await self._call_signing("sign", signer_fpr, work)
+
     # -- verify and decrypt --------------------------------------------------------------
 
     async def verify_detached(self, data: bytes, signature: bytes) -> Fingerprint:

@@ -24,7 +24,7 @@ from securemail.accounts import auth
 from securemail.cli.directory import enrol_gp_key
 from securemail.delivery import worker as delivery
 from securemail.exchange.send import Hooks
-from securemail.home import autocrypt_headers, init_home, open_services
+from securemail.home import autocrypt_headers, init_home, notice_signer, open_services
 from securemail.keys import pinning as keydir
 from securemail.region import directory
 from securemail.services import Services, utcnow
@@ -271,6 +271,7 @@ async def deliver_all(
         on_final=hooks.on_final,
         before_send=hooks.before_send,
         autocrypt=await autocrypt_headers(svc),
+        sign_notice=notice_signer(svc),
         clock=lambda: clock().timestamp(),
     )
     stop = asyncio.Event()

@@ -39,12 +39,19 @@ def smtp_settings(relay: Any, cafile: str) -> dict[str, Any]:
 
 
 def notices(relay: Any) -> list[email.message.EmailMessage]:
+    """The notices the relay got (multipart/signed by the gateway, never encrypted)."""
     out = []
     for raw in relay.handler.mailbox().values():
         msg = email.message_from_bytes(raw, policy=policy.default)
-        if msg.get_content_type() == "text/plain":
+        if msg["X-Securemail-Notice"] and msg.get_content_type() == "multipart/signed":
             out.append(msg)
     return out
+
+
+def text(notice: email.message.EmailMessage) -> str:
+    body = notice.get_body(preferencelist=("plain",))
+    assert isinstance(body, email.message.EmailMessage)
+    return str(body.get_content())
 
 
 async def test_relay_5xx_fails_once_and_tells_the_practice_once(
@@ -142,15 +149,15 @@ async def test_withdrawal_stops_a_queued_request_before_it_leaves(
         info = gw.svc.store.read_sync(lambda db: exchange.status(db, result.reference))
         assert info["delivery"][0]["status"] == "stopped"
         assert info["delivery"][0]["stop_reason"] == consent.STOP_REASON
-        assert all(
-            m.get_content_type() == "text/plain"
+        assert not any(  # nothing of the stopped request left
+            m.get_content_type() == "multipart/encrypted"
             for m in (
                 email.message_from_bytes(r, policy=policy.default)
                 for r in relay.handler.mailbox().values()
             )
         )
         [notice] = notices(relay)
-        assert "toestemming" in notice.get_content()
+        assert "toestemming" in text(notice)
         stops = gw.svc.store.read_sync(
             lambda db: db.execute(
                 "SELECT object_id, outcome_detail FROM audit_events WHERE event_code = "
