@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
+# A test extra (pyproject.toml), never skipped: the export is only checked when it is here.
+import fhir.resources as resources
+from fhir.resources import construct_fhir_element
 
-resources = pytest.importorskip("fhir.resources", reason="test extra: fhir.resources==6.4.0")
 assert resources.__fhir_version__ == "4.0.1", "fhir.resources must model R4 4.0.1 (6.4.0)"
-
-from fhir.resources import construct_fhir_element  # noqa: E402
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 
