@@ -642,14 +642,11 @@ def run_demo(
 def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Settings) -> None:
     print("")
     print(f"securemail demo: {settings.gateway.base_url}")
-    print("  users (password and TOTP secret; GP also a signing passphrase):")
+    # Names and roles only: this text ends up in terminals' scrollback and service logs; the
+    # passwords, TOTP secrets and the GP's signing passphrase stay in the 0600 credentials file.
+    print(f"  users (passwords, TOTP secrets, signing passphrase: {paths.credentials}):")
     for u in creds["users"]:
-        extra = (
-            f"  signing passphrase: {u['signing_passphrase']}" if "signing_passphrase" in u else ""
-        )
-        print(f"    {u['role']:<16} {u['username']:<18} {u['password']}{extra}")
-        if u.get("totp_secret"):
-            print(f"    {'':<16} {'':<18} totp secret: {u['totp_secret']}")
+        print(f"    {u['role']:<16} {u['username']}")
     print(f"  team address:      {creds['team_address']}")
     print(f"  region map:        {settings.gateway.base_url}/regio  (docs/region.md)")
     print(f"  arrived mail:      {paths.maildir}/new/")

@@ -48,3 +48,25 @@ async def test_init_makes_the_home_0700_whatever_the_umask(tmp_path: Path) -> No
 
         kill_agents(home)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_the_demo_welcome_prints_no_password_totp_secret_or_passphrase(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The welcome text ends up in scrollback and service logs (the e2e demo test itself
+    # sends it to a .log file): names and roles only, the secrets stay in the 0600 file.
+    from securemail import config, demo
+
+    secrets = {"password": "pw-S3CRET-one", "totp_secret": "TOTPS3CRETXYZ"}
+    creds = {
+        "users": [
+            {"role": "gp", "username": "huisarts", **secrets, "signing_passphrase": "pp-S3CRET"},
+            {"role": "nurse", "username": "verpleegkundige", "password": "pw-S3CRET-two"},
+        ],
+        "team_address": "centrum@zorg.example",
+    }
+    demo._print_welcome(creds, demo.DemoPaths(tmp_path), config.Settings(home=tmp_path))
+    out = capsys.readouterr().out
+    assert "huisarts" in out and "verpleegkundige" in out
+    assert str(tmp_path / "credentials.json") in out
+    assert "S3CRET" not in out
