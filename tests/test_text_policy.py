@@ -265,7 +265,8 @@ def test_cli_refuses_bad_text_in_english_naming_the_option_writing_nothing(home:
             "wijkverpleging", "--representative", v,
         ),
     }  # fmt: skip
-    expect = {"region": "region.invalid", "consent": "consent.invalid"}
+    # `securemail region` names the option (input.invalid: --phone: ...)
+    expect = {"region": "--phone", "consent": "consent.invalid"}
     limits = {"reset": 63, "user-phone": 40, "region": 40, "consent": 500}
 
     @SLOW
