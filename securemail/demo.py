@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -627,7 +628,7 @@ def run_demo(
         creds = asyncio.run(setup_demo(svc, paths))
     finally:
         svc.close()
-    _print_welcome(creds, paths, settings)
+    _print_welcome(creds, paths, settings, on_terminal=sys.stdout.isatty())
     if setup_only:
         return
     from securemail.web.server import serve
@@ -639,16 +640,23 @@ def run_demo(
             controller.stop()
 
 
-def _print_welcome(creds: dict[str, Any], paths: DemoPaths, settings: config.Settings) -> None:
+def _print_welcome(
+    creds: dict[str, Any], paths: DemoPaths, settings: config.Settings, *, on_terminal: bool
+) -> None:
+    """The demo's welcome. The credentials are what a person trying the demo needs first, so
+    a terminal shows them; into a pipe, a file or a service log (where they would stay) only
+    names, roles and the path of the 0600 credentials file go."""
     print("")
     print(f"securemail demo: {settings.gateway.base_url}")
-    print("  users (password and TOTP secret; GP also a signing passphrase):")
+    if on_terminal:
+        print("  users (password and TOTP secret; GP also a signing passphrase; demo only):")
+    else:
+        print(f"  users (passwords, TOTP secrets, signing passphrase: {paths.credentials}):")
     for u in creds["users"]:
-        extra = (
-            f"  signing passphrase: {u['signing_passphrase']}" if "signing_passphrase" in u else ""
-        )
-        print(f"    {u['role']:<16} {u['username']:<18} {u['password']}{extra}")
-        if u.get("totp_secret"):
+        print(f"    {u['role']:<16} {u['username']:<18} {u['password'] if on_terminal else ''}")
+        if on_terminal and u.get("signing_passphrase"):
+            print(f"    {'':<16} {'':<18} signing passphrase: {u['signing_passphrase']}")
+        if on_terminal and u.get("totp_secret"):
             print(f"    {'':<16} {'':<18} totp secret: {u['totp_secret']}")
     print(f"  team address:      {creds['team_address']}")
     print(f"  region map:        {settings.gateway.base_url}/regio  (docs/region.md)")

@@ -72,6 +72,12 @@ def _routes(app: web.Application) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def running(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
+    yield from serve(web_template)
+
+
+def serve(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
+    """A copy of the template home served over HTTP on a loop of its own thread, a browser
+    logged in per role (tests/test_text_policy.py drives one too)."""
     root, secrets = web_template
     home = copy_home(root, short_dir("smf-") / "home")
     loop = asyncio.new_event_loop()

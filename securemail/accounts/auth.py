@@ -28,6 +28,7 @@ from securemail.audit import trail as audit
 from securemail.config import Settings
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.form.fields import require_text
 from securemail.message import notify
 from securemail.region.directory import (
     find_team,
@@ -44,6 +45,10 @@ MIGRATIONS = Migrations("securemail.auth")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 MIN_PASSWORD = 12
+MAX_PASSWORD = 1024
+#: Longest display name, and longest other profile text (phone, AGB) of an account.
+MAX_NAME, MAX_PROFILE_TEXT = 200, 40
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 BIG_RE = re.compile(r"[0-9]{11}")
 
 #: Who may give an order for a reserved procedure (Wet BIG art. 35-38), as enrolled with
@@ -143,8 +148,24 @@ def _user(row: dict[str, Any]) -> User:
 
 
 def validate_password(password: str) -> None:
+    """A new password: long enough, bounded (scrypt's work must not follow an attacker's
+    length) and free of control characters (a NUL or a line break cannot be typed at a
+    login). Not normalised: what a person typed is what is hashed."""
     if len(password) < MIN_PASSWORD:
         raise InputError(f"password must be at least {MIN_PASSWORD} characters", field="password")
+    if len(password) > MAX_PASSWORD:
+        raise InputError(f"password must be at most {MAX_PASSWORD} characters", field="password")
+    if _CONTROL.search(password):
+        raise InputError("password contains a control character", field="password")
+
+
+def parse_username(value: object) -> str:
+    """A username as stored (trimmed, lower case), or InputError: the one gate for a
+    username an admin types, at ``user add`` and at every admin action on an account."""
+    text = require_text("username", value, max_length=63).lower()
+    if not USERNAME_RE.fullmatch(text):
+        raise InputError("username: 2-63 of a-z 0-9 . _ -", field="username")
+    return text
 
 
 def add_user(
@@ -162,9 +183,11 @@ def add_user(
     now: str,
 ) -> User:
     """Create a personal account. Nurses name their teams; GPs carry their BIG profile."""
-    username = username.strip().lower()
-    if not USERNAME_RE.match(username):
-        raise InputError("username: 2-63 of a-z 0-9 . _ -", field="username")
+    username = parse_username(username)
+    name = require_text("name", name, max_length=MAX_NAME)
+    profile = {
+        k: require_text(k, v, max_length=MAX_PROFILE_TEXT) for k, v in (profile or {}).items()
+    }
     if role not in ROLES:
         raise InputError(f"role must be one of {', '.join(ROLES)}", field="role")
     validate_password(password)
@@ -207,7 +230,7 @@ def add_user(
         "users",
         {
             "username": username,
-            "name": name.strip(),
+            "name": name,
             "email": email,
             "role": role,
             "org_id": org_id,
@@ -271,6 +294,7 @@ def user_by_id(db: sqlite_utils.Database, user_id: int) -> User:
 
 
 def user_by_name(db: sqlite_utils.Database, username: str) -> User:
+    username = parse_username(username)
     rows = list(db.table("users").rows_where("username = ?", [username.strip().lower()]))
     if not rows:
         raise NotFoundError(f"unknown user {username}", username=username)

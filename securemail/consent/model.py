@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from securemail.errors import InputError, SecuremailError
-from securemail.form.fields import is_valid_bsn
+from securemail.form.fields import TextInputError, is_valid_bsn, require_text
 
 DECISIONS = ("permit", "deny")
 BASES = ("explicit", "implied_referral", "objection")
@@ -378,14 +378,18 @@ def parse_categories(value: object) -> tuple[str, ...]:
 
 
 def parse_text(field_name: str, value: object, *, required: bool, limit: int = 500) -> str | None:
-    """Optional or required one-line text without control characters."""
-    if value is None or value == "":
+    """Optional or required one-line text, cleaned by the one text policy (NFC, trimmed; no
+    control, bidi-override or separator characters; at most ``limit`` characters): the one
+    gate for the register's free text, from the web and the CLI alike."""
+    try:
+        text = require_text(field_name, value, max_length=limit)
+    except TextInputError as exc:
+        raise bad(field_name, f"{exc.reason} (one line of at most {limit} characters)") from None
+    if not text:
         if required:
             raise bad(field_name, f"{field_name} is required")
         return None
-    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
-        raise bad(field_name, f"{field_name} must be one line of at most {limit} characters")
-    return value
+    return text
 
 
 def ts(dt: datetime, field_name: str = "time") -> str:

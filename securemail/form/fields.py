@@ -21,6 +21,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from securemail.errors import InputError
+
 if TYPE_CHECKING:
     from securemail.form.spec import FieldSpec, FormDefinition
 
@@ -238,6 +240,45 @@ def clean_text(value: str, *, multiline: bool, max_length: int) -> tuple[str, st
     if len(text) > max_length:
         return text, "text.too_long"
     return text, None
+
+
+class TextInputError(InputError):
+    """A free text outside a form (an admin's, directory, region-map or consent-register
+    input) that breaks the one text policy (``clean_text``); names the field, never the
+    text."""
+
+    code = "input.text"
+    nl = (
+        "Ongeldige tekst bij {field}: gebruik geen stuur- of richtingstekens en hoogstens "
+        "{max_length} tekens."
+    )
+
+
+def require_text(
+    field: str, value: object, *, max_length: int, multiline: bool = False, required: bool = False
+) -> str:
+    """``value`` cleaned by the one text policy (``clean_text``), or TextInputError naming
+    ``field`` (English reason for logs and the CLI, Dutch for the UI). The one gate for
+    free text that does not come through a form definition; callers check before writing."""
+    text = "" if value is None else value
+    if not isinstance(text, str):
+        raise TextInputError(f"{field} must be text", field=field, max_length=max_length)
+    text, problem = clean_text(text, multiline=multiline, max_length=max_length)
+    if problem == "text.too_long":
+        raise TextInputError(
+            f"{field} is longer than {max_length} characters", field=field, max_length=max_length
+        )
+    if problem:
+        lines = "" if multiline else ", a line break"
+        raise TextInputError(
+            f"{field} contains a control character{lines}, a bidi override or another "
+            "character that is not allowed",
+            field=field,
+            max_length=max_length,
+        )
+    if required and not text:
+        raise InputError(f"{field} is required", field=field)
+    return text
 
 
 def _text(spec: FieldSpec, value: Any, path: str, report: Report) -> Any:

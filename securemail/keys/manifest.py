@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from securemail.errors import InputError
+from securemail.form.fields import clean_text
 from securemail.message import armor
 from securemail.openpgp.keyinfo import Fingerprint, parse_fingerprint
 from securemail.region.directory import EMAIL_RE
@@ -32,6 +33,8 @@ _BLOCK_RE = re.compile(
 _SECRET_MARK = "PRIVATE " + "KEY BLOCK"
 _ORG_CODE_RE = re.compile(r"[0-9]{8}")
 _TOP_KEYS = {"version", "region", "team"}
+#: Longest text of a manifest entry (a name, a "verified how").
+MAX_TEXT = 200
 _TEAM_KEYS = {"address", "name", "organisation", "category", "member"}
 _MEMBER_KEYS = {
     "name",
@@ -91,9 +94,16 @@ def _text(where: str, table: dict[str, Any], key: str, *, required: bool = True)
         value = value.isoformat()
     if not isinstance(value, str) or (required and not value.strip()):
         raise ManifestError(f"{where}: {key} is required text", entry=f"{where}: {key}")
-    if any(c in value for c in "\r\n\0"):
-        raise ManifestError(f"{where}: {key} must be one line", entry=f"{where}: {key}")
-    return value.strip()
+    # The one text policy (form.fields.clean_text): one line, no control or bidi-override
+    # characters, NFC, bounded; refused here, before any key is imported.
+    text, problem = clean_text(value, multiline=False, max_length=MAX_TEXT)
+    if problem:
+        raise ManifestError(
+            f"{where}: {key} must be one line of at most {MAX_TEXT} characters without "
+            "control or bidi-override characters",
+            entry=f"{where}: {key}",
+        )
+    return text
 
 
 def _only(where: str, table: object, allowed: set[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import sqlite_utils
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.errors import InputError, NotFoundError
+from securemail.form.fields import require_text
 from securemail.keys.manifest import Manifest, ManifestError, TeamEntry, load_manifest
 from securemail.openpgp.keyinfo import Fingerprint, KeyInfo, phone_code_matches, unusable_reason
 from securemail.openpgp.keyring import Keyring
@@ -119,10 +120,10 @@ def pin(
     rows = directory.members(db, team.id, status=None)
     same = next((m for m in rows if m.fingerprint == fpr), None)
     evidence = {
-        "name": name.strip(),
+        "name": require_text("name", name, max_length=directory.MAX_NAME, required=True),
         "email": email,
-        "verified_by": verified_by,
-        "verified_how": verified_how,
+        "verified_by": require_text("verified_by", verified_by, max_length=directory.MAX_NAME),
+        "verified_how": require_text("verified_how", verified_how, max_length=directory.MAX_NAME),
         "verified_at": verified_at,
     }
     if same is not None and same.status in ("active", "quarantined"):

@@ -2,7 +2,10 @@
 
 Invariant: a team is reached only through the fingerprints pinned here (team_members
 with status 'active'); a key that merely sits in the keyring is never a recipient.
-Every change is written with its audit row in the caller's transaction.
+Every change is written with its audit row in the caller's transaction. Every name and
+address typed here passes the one text policy (``require_text``: no control or
+bidi-override characters, NFC, bounded) before anything is written, from the CLI, the
+key directory and the demo alike.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from sqlite_utils import Migrations
 from securemail.access import Actor
 from securemail.audit import trail as audit
 from securemail.errors import ConflictError, InputError, NotFoundError
+from securemail.form.fields import require_text
 from securemail.openpgp.keyring import Fingerprint
 from securemail.store import insert_row
 
 ORG_KINDS = ("practice", "nursing", "operator", "region")  # region: its coordinators
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 FPR_RE = re.compile(r"^[0-9A-F]{40}$")
+#: Longest name of an organisation, team or member, and of an address (RFC 5321's path).
+MAX_NAME, MAX_EMAIL = 200, 254
 
 MIGRATIONS = Migrations("securemail.directory")
 
@@ -118,7 +124,7 @@ def normalise_fingerprint(fpr: str) -> Fingerprint:
 
 
 def require_email(value: str, field: str) -> str:
-    value = value.strip().lower()
+    value = require_text(field, value, max_length=MAX_EMAIL).lower()
     if not EMAIL_RE.match(value):
         raise InputError(f"{field} is not an e-mail address", field=field)
     return value
@@ -140,8 +146,7 @@ def add_org(
         raise InputError("organisation code must be an 8-digit AGB or URA code", field="code")
     if kind not in ORG_KINDS:
         raise InputError(f"kind must be one of {', '.join(ORG_KINDS)}", field="kind")
-    if not name.strip():
-        raise InputError("name is required", field="name")
+    name = require_text("name", name, max_length=MAX_NAME, required=True)
     if notify_address:
         notify_address = require_email(notify_address, "notify_address")
     if db.execute("SELECT 1 FROM organisations WHERE code = ?", [code]).fetchone():
@@ -149,7 +154,7 @@ def add_org(
     row = {
         "code": code,
         "kind": kind,
-        "name": name.strip(),
+        "name": name,
         "notify_address": notify_address,
         "created_at": now,
     }
@@ -173,6 +178,7 @@ def add_team(
     category: str = "wijkverpleging",
     now: str,
 ) -> Team:
+    name = require_text("name", name, max_length=MAX_NAME, required=True)
     org = org_by_code(db, org_code)
     if org.kind != "nursing":
         raise InputError("a team belongs to a nursing organisation", field="org")
@@ -184,7 +190,7 @@ def add_team(
         "teams",
         {
             "org_id": org.id,
-            "name": name.strip(),
+            "name": name,
             "address": address,
             "category": category,
             "active": 1,
@@ -197,7 +203,7 @@ def add_team(
             actor, "team.create", object_type="team", object_id=address, nature="technical"
         ),
     )
-    return Team(tid, org.id, name.strip(), address, category, True)
+    return Team(tid, org.id, name, address, category, True)
 
 
 def add_member(
@@ -212,6 +218,8 @@ def add_member(
     now: str,
 ) -> Member:
     """Pin a member key for a team (the keyring import is the caller's step)."""
+    name = require_text("name", name, max_length=MAX_NAME, required=True)
+    verified_how = require_text("verified_how", verified_how, max_length=MAX_NAME)
     team = team_by_address(db, team_address)
     fpr = normalise_fingerprint(fingerprint)
     email = require_email(email, "email")
@@ -224,7 +232,7 @@ def add_member(
         "team_members",
         {
             "team_id": team.id,
-            "name": name.strip(),
+            "name": name,
             "email": email,
             "fingerprint": fpr,
             "status": "active",
@@ -245,7 +253,7 @@ def add_member(
             nature="technical",
         ),
     )
-    return Member(mid, team.id, name.strip(), email, fpr, "active")
+    return Member(mid, team.id, name, email, fpr, "active")
 
 
 def set_preferred(

@@ -24,7 +24,7 @@ from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
 from securemail.config import parse_hours, parse_hours_map
 from securemail.errors import InputError, NotFoundError
-from securemail.form.fields import CHECKS
+from securemail.form.fields import CHECKS, clean_text
 from securemail.region import directory
 from securemail.region.directory import Team
 
@@ -53,6 +53,8 @@ ENTRY_ROLES: dict[str, str] = {
     "huisarts": "huisarts",
 }
 PC4_MIN, PC4_MAX = 1000, 9999
+#: Longest phone number, address and list of postcode areas typed into the map.
+MAX_PHONE, MAX_EMAIL, MAX_AREAS = 40, 254, 2000
 _RANGE_RE = re.compile(r"^([0-9]{4})(?:\s*-\s*([0-9]{4}))?$")
 
 
@@ -241,21 +243,46 @@ def _email_error(value: str) -> tuple[str, str] | None:
     return None
 
 
+def _clean(
+    values: Mapping[str, Any],
+    key: str,
+    errors: dict[str, tuple[str, str]],
+    limit: int = 100,
+    *,
+    multiline: bool = False,
+) -> str:
+    """The one text policy (form.fields.clean_text) for a typed value of the map: the one gate
+    every free text here passes, from the web and the CLI; a problem is recorded as the
+    field's error (English, Dutch) and the value becomes ''."""
+    text, problem = clean_text(
+        str(values.get(key, "") or ""), multiline=multiline, max_length=limit
+    )
+    if problem == "text.too_long":
+        errors[key] = (f"at most {limit} characters", f"Hoogstens {limit} tekens.")
+    elif problem:
+        errors[key] = (
+            "contains a control character, a bidi override"
+            + ("" if multiline else " or a line break"),
+            "Bevat tekens die hier niet zijn toegestaan (stuur- of richtingstekens).",
+        )
+    return "" if problem else text
+
+
 def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check a whole map entry (form or CLI values) and return it normalised; every bad field
     is reported at once. Keys: phone, areas, services (list), level5, capacity,
     working_hours ("HH:MM-HH:MM" or empty), and per part
     ``reach_<part>`` (bool), ``phone_<part>``, ``address_<part>``."""
     errors: dict[str, tuple[str, str]] = {}
-    phone = str(values.get("phone", "") or "").strip()
-    if not phone:
+    phone = _clean(values, "phone", errors, MAX_PHONE)
+    if not phone and "phone" not in errors:
         errors["phone"] = ("phone is required", "Vul het telefoonnummer van de ingang in.")
     elif e := _phone_error("phone", phone):
         errors["phone"] = e
     areas: tuple[tuple[int, int], ...] = ()
     try:
-        areas = parse_areas(str(values.get("areas", "") or ""))
-        if not areas:
+        areas = parse_areas(_clean(values, "areas", errors, MAX_AREAS, multiline=True))
+        if not areas and "areas" not in errors:
             errors["areas"] = (
                 "at least one postcode area is required",
                 "Vul minstens één postcodegebied in, bijvoorbeeld 1011-1018.",
@@ -287,8 +314,8 @@ def validate_entry(values: Mapping[str, Any]) -> dict[str, Any]:
             )
     reach: dict[str, dict[str, Any]] = {}
     for part in PARTS:
-        p_phone = str(values.get(f"phone_{part}", "") or "").strip()
-        p_addr = str(values.get(f"address_{part}", "") or "").strip().lower()
+        p_phone = _clean(values, f"phone_{part}", errors, MAX_PHONE)
+        p_addr = _clean(values, f"address_{part}", errors, MAX_EMAIL).lower()
         if e := _phone_error(f"phone_{part}", p_phone):
             errors[f"phone_{part}"] = e
         if e := _email_error(p_addr):
@@ -487,20 +514,20 @@ def set_practice_entry(
         actor, "region.practice_edit", Resource("practice", org_id=practice.id, ref=practice.code)
     )
     role = str(values.get("role", "") or "")
-    name = str(values.get("name", "") or "").strip()
-    phone = str(values.get("phone", "") or "").strip()
     errors: dict[str, tuple[str, str]] = {}
+    name = _clean(values, "name", errors)
+    phone = _clean(values, "phone", errors, MAX_PHONE)
     if role not in ENTRY_ROLES:
         errors["role"] = (
             "role must be poh, praktijkverpleegkundige or huisarts",
             "Kies wie de ingang van de praktijk is.",
         )
-    if not name or len(name) > 100:
+    if not name and "name" not in errors:
         errors["name"] = (
             "name is required (at most 100 characters)",
             "Vul de naam in (hoogstens 100 tekens).",
         )
-    if not phone:
+    if not phone and "phone" not in errors:
         errors["phone"] = ("phone is required", "Vul het telefoonnummer in.")
     elif e := _phone_error("phone", phone):
         errors["phone"] = e
@@ -593,16 +620,16 @@ def set_contact_nurse(
                 )
             }
         )
-    name = str(values.get("name", "") or "").strip()
-    phone = str(values.get("phone", "") or "").strip()
-    address = str(values.get("address", "") or "").strip().lower()
     errors: dict[str, tuple[str, str]] = {}
-    if not name or len(name) > 100:
+    name = _clean(values, "name", errors)
+    phone = _clean(values, "phone", errors, MAX_PHONE)
+    address = _clean(values, "address", errors, MAX_EMAIL).lower()
+    if not name and "name" not in errors:
         errors["name"] = (
             "name is required (at most 100 characters)",
             "Vul de naam van de contactverpleegkundige in.",
         )
-    if not phone and not address:
+    if not phone and not address and not errors.keys() & {"phone", "address"}:
         errors["phone"] = (
             "give a phone number or an address",
             "Vul een telefoonnummer of e-mailadres in.",

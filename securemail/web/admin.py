@@ -102,7 +102,7 @@ async def unlock(request: web.Request) -> web.StreamResponse:
                 db, request[ACTOR], username, source_id=svc.settings.gateway.source_id
             )
         )
-    except NotFoundError as exc:
+    except (InputError, NotFoundError) as exc:
         return await _page(request, error=exc.message_nl(), status=exc.http_status)
     return await _page(request, notice=f"{username} is gedeblokkeerd.")
 

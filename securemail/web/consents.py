@@ -92,11 +92,12 @@ FIELD_NL = {
     "channel": "Kies hoe de cliënt het aangaf.",
     "performer": "Kies wie het aangaf.",
     "performer_name": "Vul de naam van de vertegenwoordiger in (alleen bij een "
-    "vertegenwoordiger, één regel).",
+    "vertegenwoordiger, één regel van hoogstens 500 tekens, zonder stuur- of richtingstekens).",
     "evidence": "Het bewijsbestand is leeg of onleesbaar.",
     "evidence_ref": "Veronderstelde toestemming wordt vastgelegd met de verwijzing als bewijs "
-    "(bestand of vindplaats, één regel van hoogstens 255 tekens).",
-    "reason": "De reden is één regel van hoogstens 500 tekens.",
+    "(bestand of vindplaats, één regel van hoogstens 255 tekens, zonder stuur- of "
+    "richtingstekens).",
+    "reason": "De reden is één regel van hoogstens 500 tekens, zonder stuur- of richtingstekens.",
 }
 #: The register's argument names that are called differently in the form.
 FORM_FIELD = {"patient_bsn": "bsn", "given_at": "valid_from"}
