@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from securemail import config, demo
-from securemail.access import SYSTEM, Actor, org_of
+from securemail.access import SYSTEM, Actor, org_of, person
 from securemail.accounts import auth
 from securemail.delivery import worker as delivery
 from securemail.exchange.send import Hooks
@@ -146,9 +146,18 @@ def kill_agents(*homes: Path) -> None:
         )
 
 
-def make_member_key(home: Path, email: str, *, usage: str = "sign,cert") -> str:
-    """A member's key pair in the keyring at ``home`` (ed25519 + cv25519); its fingerprint."""
-    gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse <{email}>", "ed25519", usage, "2y")
+def make_member_key(
+    home: Path,
+    email: str,
+    *,
+    name: str = "Nurse",
+    usage: str = "sign,cert",
+    expire: str | None = "2y",
+) -> str:
+    """A member's key pair in the keyring at ``home`` (ed25519 + cv25519); its fingerprint.
+    ``expire`` None leaves the primary key's expiry to gpg's default."""
+    uid, expiry = f"{name} <{email}>", [expire] if expire else []
+    gpg_cli(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", usage, *expiry)
     fpr = next(
         line.split(":")[9]
         for line in gpg_cli(home, "--with-colons", "--list-keys", email).decode().splitlines()
@@ -237,7 +246,11 @@ async def build_gateway(
     home: Path | None = None,
 ) -> Gateway:
     """A gateway home with its cast, opened on ``clock`` (see the module docstring)."""
-    home = home or scratch_dir()
+    if home is None:
+        from tests.conftest import SCRATCH_HOMES
+
+        home = scratch_dir()
+        SCRATCH_HOMES.append(home)  # removed at session end should its test leave it behind
     if template is not None:
         return _from_template(template, home, clock, replace)
     if not gateway_key:
@@ -272,7 +285,7 @@ def make_template(root: Path, **options: Any) -> dict[str, str]:
     async def build() -> dict[str, Any]:
         gw = await build_gateway(home=root / "home", **options)
         extra = {k: v for k, v in gw.extra.items() if k != "team_homes"}
-        extra["gp"] = gw.gp.username if gw.gp is not None else None
+        extra["gp"] = person(gw.gp).username if gw.gp is not None else None
         gw.svc.close()
         return extra
 
@@ -284,9 +297,12 @@ def make_template(root: Path, **options: Any) -> dict[str, str]:
     return secrets
 
 
-def close_gateway(gw: Gateway) -> None:
-    """Close the Services, stop every gpg-agent the home started, remove the home."""
-    gw.svc.close()
+def close_gateway(gw: Gateway, *, services: bool = True) -> None:
+    """Close the Services, stop every gpg-agent the home started, remove the home.
+    ``services=False`` leaves the Services to the app that still runs on them (an aiohttp
+    test client closes its app after the fixture that made the gateway)."""
+    if services:
+        gw.svc.close()
     homes = [gw.home / "gnupg", gw.nurse_home, *gw.extra.get("team_homes", {}).values()]
     kill_agents(*[Path(h) for h in homes if Path(h).is_dir()])
     shutil.rmtree(gw.home, ignore_errors=True)
@@ -405,7 +421,7 @@ async def _cast_web(home: Path, svc: Services) -> Gateway:
         now = svc.now_iso()
         for address in WEB_TEAMS:
             email = "member-" + address
-            fpr = make_member_key(team_gnupg, email)
+            fpr = make_member_key(team_gnupg, email, name="Member")
             await svc.keyring.import_keys(gpg_cli(team_gnupg, "--armor", "--export", fpr).decode())
             svc.store.write_sync(
                 lambda db, a=address, e=email, f=fpr: directory.add_member(
@@ -464,7 +480,7 @@ async def _add_team(gw: Gateway, team: Team) -> None:
     keyring = gw.home / team.keyring
     keyring.mkdir(mode=0o700)
     gpg_cli(keyring, "--import", stdin=team.keys["secret"].encode())
-    await _import_gp_key(svc, keyring, gp.username)
+    await _import_gp_key(svc, keyring, person(gp).username)
     # ... and the gateway's key, which seals what it forwards (from the regional directory too)
     gw_fpr = gateway_fingerprint(svc.store)
     gpg_cli(keyring, "--import", stdin=(await svc.keyring.export_public(gw_fpr)).encode())
