@@ -141,6 +141,10 @@ def param_span(src: Source, fn: FuncDef) -> tuple[int, int]:
             start, end = node_span(src, arg)
             if default is not None:
                 end = node_span(src, default)[1]
+            if len(a.kwonlyargs) == 1 and a.vararg is None:
+                # The only keyword-only parameter: the bare ``*`` before it goes too.
+                star = src.text.rindex("*", 0, start)
+                return span_with_comma(src, star, end)
             return span_with_comma(src, start, end)
     positional = [*a.posonlyargs, *a.args]
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults))
@@ -272,11 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return 2
     print(f"pass-through functions losing {PARAM}: {', '.join(sorted(removable)) or '-'}")
+    rewritten: dict[Path, str] = {}
     for path, spans in sorted(edits.items()):
         print(f"{path.relative_to(args.root.resolve())}: {len(spans)} edit(s)")
-        if args.write:
-            new = apply(path, spans)
-            ast.parse(new)  # never write a file that no longer parses
+        rewritten[path] = apply(path, spans)
+        try:
+            ast.parse(rewritten[path])
+        except SyntaxError as exc:  # write nothing rather than half the files
+            print(f"problem: {path}: the rewrite would not parse: {exc}", file=sys.stderr)
+            return 2
+    if args.write:
+        for path, new in rewritten.items():
             path.write_text(new, encoding="utf-8")
     if not args.write:
         print("dry run: --write to apply")
