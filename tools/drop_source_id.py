@@ -13,8 +13,9 @@ What it changes (in ``securemail/`` and ``tests/`` under the given root):
 2. In ``securemail/`` only, ``source_id=...`` keywords given to ``record`` go too. The
    trail's ``record`` keeps its optional parameter: a bare store (one opened without a
    source_id) still takes the caller's, and the tests that a wrong one is refused stay.
-3. A local assigned only to feed those keywords (``src = svc.settings.gateway.source_id``)
-   goes when nothing reads it any more.
+3. A local read only to feed those keywords (``src = svc.settings.gateway.source_id``, and
+   then ``svc = request.app[...]`` if that was its only use) goes with them. One unpacked
+   from a tuple (``now, src, policy = ...``) is left for a hand: ruff's F841 names it.
 
 Kept: ``Store(..., source_id=...)``, ``open_store``, settings, dataclass fields, and any
 function that reads its ``source_id`` for something else. Positional ``source_id``
@@ -163,29 +164,39 @@ def positional_index(fn: FuncDef) -> int | None:
     return positional.index(PARAM) if PARAM in positional else None
 
 
-def dead_locals(src: Source, fn: FuncDef, dropped: set[int]) -> list[ast.Assign]:
-    """Assignments ``name = <...>.source_id`` in ``fn`` whose name nothing reads once the
-    dropped keyword values (``dropped``: ids of their value nodes) are gone."""
-    out = []
-    for stmt in ast.walk(fn):
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
-            continue
-        target, value = stmt.targets[0], stmt.value
-        if not (isinstance(target, ast.Name) and isinstance(value, ast.Attribute)):
-            continue
-        if value.attr != PARAM:
-            continue
-        reads = [
-            n
-            for n in ast.walk(fn)
-            if isinstance(n, ast.Name)
-            and n.id == target.id
-            and isinstance(n.ctx, ast.Load)
-            and id(n) not in dropped
-        ]
-        if not reads:
-            out.append(stmt)
-    return out
+def dead_locals(fn: FuncDef, dropped: set[int]) -> list[ast.Assign]:
+    """Assignments ``name = <name, attribute or subscript>`` in ``fn`` that were read, but
+    only inside dropped keyword values (``dropped``: ids of their nodes), so nothing reads
+    them any more (``src = svc.settings.gateway.source_id``, then ``svc = request.app[...]``
+    when that was its only use). Repeated until no more go."""
+    gone: list[ast.Assign] = []
+    dropped = set(dropped)
+    while True:
+        found = False
+        for stmt in ast.walk(fn):
+            if stmt in gone or not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+                continue
+            target, value = stmt.targets[0], stmt.value
+            if not isinstance(target, ast.Name):
+                continue
+            if not isinstance(value, ast.Name | ast.Attribute | ast.Subscript):
+                continue  # a call may matter for its effect: leave it
+            reads = [
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
+            ]
+            writes = [
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Store)
+            ]
+            if reads and len(writes) == 1 and all(id(n) in dropped for n in reads):
+                gone.append(stmt)
+                dropped.update(id(n) for n in ast.walk(stmt))
+                found = True
+        if not found:
+            return gone
 
 
 def plan(root: Path) -> tuple[dict[Path, list[tuple[int, int]]], list[str], set[str]]:
@@ -241,7 +252,7 @@ def plan(root: Path) -> tuple[dict[Path, list[tuple[int, int]]], list[str], set[
                 edits[s.path].append(param_span(s, node))
         for node in ast.walk(s.tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                for stmt in dead_locals(s, node, dropped):
+                for stmt in dead_locals(node, dropped):
                     start, end = node_span(s, stmt)
                     line_start = s.text.rfind("\n", 0, start) + 1
                     line_end = s.text.find("\n", end)
