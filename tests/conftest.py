@@ -204,7 +204,7 @@ async def keyring(
 
 @pytest.fixture(scope="session")
 def web_template() -> Iterator[tuple[Path, dict[str, str]]]:
-    """An initialised home with the test people, built once: (root, {username: TOTP secret})."""
+    """The web cast's home (tests/gateway.py), built once: (root, {username: TOTP secret})."""
     import shutil
 
     from tests.web_fixtures import build_template_home, short_dir
@@ -219,17 +219,11 @@ async def webapp(
     web_template: tuple[Path, dict[str, str]], aiohttp_client: Any
 ) -> AsyncIterator[WebApp]:
     """The real app over HTTP on 127.0.0.1, on a fresh copy of the template home."""
-    import shutil
+    from tests.web_fixtures import start_web
 
-    from tests.web_fixtures import copy_home, kill_agents, short_dir, start_web
-
-    root, secrets = web_template
-    home = copy_home(root, short_dir("smw-") / "home")
-    w = await start_web(home, secrets, aiohttp_client)
+    w = await start_web(web_template[0], aiohttp_client)
     yield w
     await w.close()
-    kill_agents(home)
-    shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def chain_alone(db: Any) -> Any:

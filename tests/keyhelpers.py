@@ -1,20 +1,15 @@
-"""Helpers for the key tests: a lean gateway home (no gateway key, no SMTP) on a short path,
+"""Helpers for the key tests: a lean gateway home (tests/gateway.py: no gateway key, no SMTP),
 and manifests written by the test from keys made in the test."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from securemail import config
-from securemail.home import MIGRATIONS, open_services
-from securemail.openpgp.keyring import Keyring
 from securemail.services import Services
-from securemail.store import Store
 from tests.conftest import GpgTestKey
+from tests.gateway import kill_agents, lean_home
 
 TEAM = "wijkteam-centrum@zorg-noord.example"
 TEAM2 = "wijkteam-oost@zorg-noord.example"
@@ -22,30 +17,14 @@ ORG = {"name": "Zorg Noord", "ura": "87654321"}
 
 
 def make_home(**gateway: Any) -> Services:
-    """An initialised home under a short path (gpg-agent's socket), settings overridable."""
-    home = Path(tempfile.mkdtemp(prefix="smk-"))
-    settings = config.load(home, env={})
-    if gateway:
-        settings = settings.replace(gateway=gateway)
-    store = Store(settings.db_path)
-    store.migrate(MIGRATIONS)
-    store.close()
-    Keyring.create(settings.gnupg_home)
-    # Tests only: gpg-agent calibrates its passphrase hashing (S2K) to its own clock, which
-    # takes seconds per key on a busy 2-core machine; production keeps gpg's calibration.
-    with (settings.gnupg_home / "gpg-agent.conf").open("a", encoding="utf-8") as conf:
-        conf.write("s2k-count 65536\n")
-    return open_services(settings)
+    """A lean home (tests/gateway.py ``lean_home``: no gateway key, no SMTP) under a short
+    path, ``gateway`` settings replaced."""
+    return lean_home(**gateway)
 
 
 def drop_home(svc: Services) -> None:
     svc.close()
-    for gnupg in (svc.settings.gnupg_home, svc.settings.home / "nurse"):
-        subprocess.run(
-            ["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-        )
+    kill_agents(svc.settings.gnupg_home, svc.settings.home / "nurse")
     shutil.rmtree(svc.settings.home, ignore_errors=True)
 
 

@@ -8,7 +8,6 @@ per team; the secret halves live only in each team's 'mail client' homedir.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -19,20 +18,21 @@ from typing import Any
 
 import pytest
 
-from securemail.access import SYSTEM, Actor
+from securemail.access import Actor
 from securemail.accounts import auth
-from securemail.home import gateway_fingerprint
-from securemail.region import directory
 from tests.clock import Clock, working_wednesday
-from tests.e2e.conftest import (
-    EXAMPLE,
+from tests.gateway import (
     GP_PASSWORD,
     NURSE_PASSWORD,
     TEAM,
     Gateway,
+    Team,
     build_gateway,
-    gpg_cli,
-    grant_consent,
+    close_gateway,
+    export_pair,
+    kill_agents,
+    make_member_key,
+    relay_settings,
 )
 
 TEAM_B = "wijkteam-west@zorg-zuid.example"
@@ -58,16 +58,6 @@ class Loop:
         }
 
 
-def _make_keys(home: Path, email: str) -> None:
-    gpg_cli(home, "--passphrase", "", "--quick-gen-key", f"Nurse <{email}>", "ed25519", "sign")
-    fpr = next(
-        line.split(":")[9]
-        for line in gpg_cli(home, "--with-colons", "--list-keys", email).decode().splitlines()
-        if line.startswith("fpr:")
-    )
-    gpg_cli(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
-
-
 @pytest.fixture(scope="session")
 def loop_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     """One member key pair per team, as armor: {'a': {...}, 'b': {...}}."""
@@ -75,15 +65,9 @@ def loop_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, s
     for team, email in (("a", "nurse1@zorg-noord.example"), ("b", "west@zorg-zuid.example")):
         home = tmp_path_factory.mktemp(f"loopkeys{team}") / "g"
         home.mkdir(mode=0o700)
-        _make_keys(home, email)
-        out[team] = {
-            "public": gpg_cli(home, "--armor", "--export").decode(),
-            "secret": gpg_cli(
-                home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
-                "--export-secret-keys",
-            ).decode(),
-        }  # fmt: skip
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+        make_member_key(home, email, usage="sign", expire=None)
+        out[team] = export_pair(home)
+        kill_agents(home)
     return out
 
 
@@ -103,61 +87,31 @@ async def loop(
     relay_cafile: str,
     loop_start: datetime | None,
 ) -> AsyncIterator[Loop]:
-    smtp = {
-        "host": "127.0.0.1",
-        "port": smtp_server.port,
-        "starttls": "required",
-        "cafile": relay_cafile,
-        "timeout_seconds": 5.0,
-    }
     # The clock is frozen first, on a Wednesday morning after today with three working days
     # ahead: everything the gateway records (users, consent, sessions) is dated by it.
     clock = Clock(loop_start or working_wednesday())
-    gw = await build_gateway(tmp_path, loop_keys["a"], smtp, clock=clock)
+    team_b = Team(
+        address=TEAM_B,
+        name="Wijkteam West",
+        org_code="12345678",
+        org_name="Zorg Zuid",
+        keys=loop_keys["b"],
+        member=("West", "west@zorg-zuid.example"),
+        nurse=("nurse_b", "Nurse Bee", NURSE_B_PASSWORD),
+        keyring="b-gnupg",
+    )
+    gw = await build_gateway(
+        team_keys=loop_keys["a"],
+        teams=[team_b],
+        preferred=[TEAM],
+        smtp=relay_settings(smtp_server, relay_cafile),
+        clock=clock,
+    )
     svc = gw.svc
-    now = svc.now_iso()
-
-    def team_b(db: Any) -> None:
-        directory.add_org(db, SYSTEM, code="12345678", kind="nursing", name="Zorg Zuid", now=now)
-        directory.add_team(
-            db, SYSTEM, org_code="12345678", name="Wijkteam West", address=TEAM_B, now=now
-        )
-        directory.set_preferred(db, practice_code="01234567", team_addresses=[TEAM])
-
-    svc.store.write_sync(team_b)
-    [fpr] = await svc.keyring.import_keys(loop_keys["b"]["public"])
-    svc.store.write_sync(
-        lambda db: (
-            directory.add_member(
-                db, SYSTEM, team_address=TEAM_B, name="West", email="west@zorg-zuid.example",
-                fingerprint=fpr, now=now,
-            ),
-            auth.add_user(
-                db, SYSTEM, username="nurse_b", name="Nurse Bee", role="nurse",
-                org_code="12345678", password=NURSE_B_PASSWORD, teams=[TEAM_B], now=now,
-            ),
-        )
-    )  # fmt: skip
-    grant_consent(svc, gw.gp, EXAMPLE["patient"]["bsn"], TEAM_B)
-    team_b_home = gw.home / "b-gnupg"
-    team_b_home.mkdir(mode=0o700)
-    gpg_cli(team_b_home, "--import", stdin=loop_keys["b"]["secret"].encode())
-    gp_fpr = svc.store.read_sync(lambda db: auth.user_by_name(db, "huisarts").signing_fingerprint)
-    gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gp_fpr)).encode())
-    # ... and the gateway's key, which seals what it forwards (from the regional directory too)
-    gw_fpr = gateway_fingerprint(svc.store)
-    gpg_cli(team_b_home, "--import", stdin=(await svc.keyring.export_public(gw_fpr)).encode())
     nurse_a = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse1"))
     nurse_b = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "nurse_b"))
-    yield Loop(gw, clock, nurse_a, nurse_b, team_b_home)
-    gw.svc.close()
-    for gnupg in (gw.home / "gnupg", gw.nurse_home, team_b_home):
-        subprocess.run(
-            ["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
-            check=False,
-            capture_output=True,
-        )
-    shutil.rmtree(gw.home, ignore_errors=True)
+    yield Loop(gw, clock, nurse_a, nurse_b, gw.extra["team_homes"][TEAM_B])
+    close_gateway(gw)
 
 
 def notices(svc: Any, kind: str) -> list[bytes]:

@@ -37,8 +37,8 @@ from securemail.region import adherence, directory
 from securemail.region.adherence import AskItem, Figures, Turn
 from securemail.web import create_app
 from tests.auth_fixtures import make_store
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.e2e.webflow import login
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import TEAM_B, Loop
 from tests.test_asks import ASK, browser
 

@@ -20,7 +20,7 @@ import pytest
 from securemail.openpgp.keyring import AgentUnavailableError, Keyring
 from securemail.openpgp.signers import existing_signer_homes
 from tests.conftest import GpgTestKey, run_gpg
-from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.gateway import GP_PASSPHRASE, example
 from tests.test_idempotency import CENTRUM, _outbox, _post, _requests, _token
 from tests.test_openpgp import ciphertext_of, seal, wrap_gpg
 from tests.web_fixtures import WebApp

@@ -23,13 +23,13 @@ from securemail.home import gateway_fingerprint
 from securemail.message import notify
 from securemail.openpgp.keyring import Envelope, SealInput, VerificationError
 from securemail.web import create_app
-from tests.e2e.conftest import (
+from tests.e2e.webflow import csrf_of, login
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     TEAM,
     example,
 )
-from tests.e2e.webflow import csrf_of, login
 from tests.loop_fixtures import Loop, audit_codes, notices
 
 ACCEPT = {

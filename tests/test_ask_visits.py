@@ -16,7 +16,7 @@ from securemail.exchange import send as exchange
 from securemail.form.request import FormInvalidError
 from securemail.region import directory
 from tests.clock import AMS
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.loop_fixtures import Loop, audit_codes, notices
 
 VISIT = {

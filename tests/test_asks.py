@@ -20,8 +20,8 @@ from securemail.exchange import asks, escalation
 from securemail.message import notify
 from securemail.web import create_app
 from tests.clock import AMS, working_wednesday
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.e2e.webflow import csrf_of, form_fields, login
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, example
 from tests.loop_fixtures import Loop, audit_codes, notices
 
 ASK = {

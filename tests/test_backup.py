@@ -46,7 +46,9 @@ from securemail.openpgp import signers
 from securemail.ops import backup, restore
 from securemail.store import Store, get_meta
 from tests.conftest import GpgTestKey, run_gpg
-from tests.e2e.conftest import (
+from tests.e2e.conftest import team_member_keys  # noqa: F401  (the fixture, for this module)
+from tests.e2e.test_send_path import assert_opens_as_nurse
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     Gateway,
@@ -54,9 +56,7 @@ from tests.e2e.conftest import (
     deliver_all,
     env_for_cli,
     example,
-    team_member_keys,  # noqa: F401  (the fixture, for this module)
 )
-from tests.e2e.test_send_path import assert_opens_as_nurse
 
 PLAINTEXT = [
     EXAMPLE["patient"]["bsn"].encode(),
@@ -208,7 +208,7 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
     relay = relay_factory("starttls")
     smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
             "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(tmp_path, team_member_keys, smtp)
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
     restored_svc = None
     new_home = gw.home.parent / (gw.home.name + "-restored")
     try:
@@ -775,7 +775,7 @@ async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
     relay = relay_factory("starttls")
     smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
             "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(tmp_path, team_member_keys, smtp)
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
     restored_svc = None
     new_home = gw.home.parent / (gw.home.name + "-restored")
     try:

@@ -17,7 +17,7 @@ import pytest
 from securemail import consent
 from securemail.accounts import auth
 from securemail.region import directory
-from tests.e2e.conftest import EXAMPLE
+from tests.gateway import EXAMPLE
 from tests.test_web_security import logged_in
 from tests.web_fixtures import Browser, Response, WebApp
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from securemail.accounts import apitoken, auth
-from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.gateway import GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 CENTRUM = "centrum@zorg.example"

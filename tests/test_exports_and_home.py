@@ -44,9 +44,9 @@ async def test_init_makes_the_home_0700_whatever_the_umask(tmp_path: Path) -> No
         await init_home(home)
     finally:
         os.umask(old)
-        from tests.web_fixtures import kill_agents
+        from tests.gateway import kill_agents
 
-        kill_agents(home)
+        kill_agents(home / "gnupg")
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 

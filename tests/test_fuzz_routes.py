@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -26,11 +25,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securemail import config
-from securemail.home import open_services
 from securemail.web import create_app
 from tests.clock import Clock, real_now
-from tests.web_fixtures import Browser, WebApp, copy_home, kill_agents, short_dir
+from tests.gateway import build_gateway
+from tests.web_fixtures import Browser, WebApp
 
 T = TypeVar("T")
 EXAMPLES = int(os.environ.get("SECUREMAIL_FUZZ_EXAMPLES", "60"))
@@ -78,8 +76,6 @@ def running(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
 def serve(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
     """A copy of the template home served over HTTP on a loop of its own thread, a browser
     logged in per role (tests/test_text_policy.py drives one too)."""
-    root, secrets = web_template
-    home = copy_home(root, short_dir("smf-") / "home")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -87,9 +83,9 @@ def serve(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
     async def start() -> tuple[WebApp, web.AppRunner, dict[str, Browser]]:
         from tests.auth_fixtures import PEOPLE, Person
 
-        settings = config.load(home)
         clock = Clock(real_now())
-        svc = open_services(settings, clock=clock)
+        gw = await build_gateway(template=web_template[0], clock=clock)
+        svc, settings, secrets = gw.svc, gw.svc.settings, gw.totp_secrets
         app = create_app(settings, services=svc, run_worker=False)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -97,7 +93,10 @@ def serve(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         people = {u: Person(u, 0, PEOPLE[u][0], secrets.get(u, "")) for u in PEOPLE}
-        w = WebApp(app, _Client(f"http://127.0.0.1:{port}/"), svc, clock, settings, secrets, people)
+        w = WebApp(
+            app, _Client(f"http://127.0.0.1:{port}/"), svc, clock, settings, secrets, people,
+            gateway=gw,
+        )  # fmt: skip
         browsers = {"": w.browser()}
         for username in ROLES[1:]:
             b = w.browser()
@@ -116,8 +115,6 @@ def serve(web_template: tuple[Path, dict[str, str]]) -> Iterator[Running]:
     asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=60)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
-    kill_agents(home)
-    shutil.rmtree(home.parent, ignore_errors=True)
 
 
 json_values = st.recursive(

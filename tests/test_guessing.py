@@ -13,7 +13,7 @@ from securemail.exchange import send as exchange
 from securemail.guesses import Guesses
 from securemail.openpgp.keyring import SigningError
 from tests.clock import Clock, working_wednesday
-from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.gateway import GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from securemail.accounts import apitoken, auth
-from tests.e2e.conftest import GP_PASSPHRASE, example
+from tests.gateway import GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 CENTRUM = "centrum@zorg.example"

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from securemail.accounts import apitoken, auth
-from tests.e2e.conftest import EXAMPLE
+from tests.gateway import EXAMPLE
 from tests.web_fixtures import Browser, WebApp
 
 ROW_ROUTES = ("/requests/preview", "/requests/suggest")

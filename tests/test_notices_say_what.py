@@ -18,7 +18,7 @@ from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.message import notify
 from tests.clock import real_now
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, example
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, example
 from tests.loop_fixtures import Loop, notices
 
 ACCEPT = {

@@ -29,9 +29,9 @@ from securemail.form import request as forms
 from securemail.home import gateway_fingerprint
 from securemail.keys import practice as practicekeys
 from securemail.web import create_app
-from tests.e2e.conftest import GP_PASSPHRASE, TEAM, example, gpg_cli
 from tests.e2e.webflow import login
-from tests.loop_fixtures import Loop, _make_keys, audit_codes, notices
+from tests.gateway import GP_PASSPHRASE, TEAM, example, gpg_cli, make_member_key
+from tests.loop_fixtures import Loop, audit_codes, notices
 
 
 def _signed_document(loop: Loop, reference: str) -> dict[str, Any]:
@@ -180,7 +180,7 @@ async def _pin_practice_key(loop: Loop) -> Path:
     """The practice's own key pair in its 'mail client'; the public half pinned at the gateway."""
     home = loop.gw.home / "practice-gnupg"
     home.mkdir(mode=0o700)
-    _make_keys(home, PRACTICE_MAILBOX)
+    make_member_key(home, PRACTICE_MAILBOX, usage="sign", expire=None)
     armor = gpg_cli(home, "--armor", "--export").decode()
     await practicekeys.pin(loop.gw.svc, SYSTEM, "01234567", armor)
     # ... and the practice's client knows the gateway's key (from the regional directory)

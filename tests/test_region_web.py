@@ -14,7 +14,7 @@ from securemail.access import SYSTEM
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
-from tests.e2e.conftest import EXAMPLE
+from tests.gateway import EXAMPLE
 from tests.web_fixtures import WebApp
 
 CENTRUM, OOST = "centrum@zorg.example", "oost@zorg.example"

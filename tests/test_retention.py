@@ -29,7 +29,7 @@ from securemail.exchange import send as exchange
 from securemail.home import open_services
 from securemail.ops import retention
 from securemail.secretbox import SecretBox
-from tests.e2e.conftest import GP_PASSPHRASE, TEAM, deliver_all, example
+from tests.gateway import GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import Loop
 
 NAME = "Ottoline Vreeswijk-Zandbergen"

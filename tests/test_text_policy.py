@@ -28,8 +28,8 @@ from securemail.cli import main
 from securemail.form.fields import TextInputError, require_text
 from securemail.keys.manifest import ManifestError, _text
 from securemail.region import directory
+from tests.gateway import copy_template, kill_agents, scratch_dir
 from tests.test_fuzz_routes import Running, serve
-from tests.web_fixtures import copy_home, kill_agents, short_dir
 
 EXAMPLES = 12
 #: What an attacker puts into a name: NUL, an escape, DEL, C1, the bidi overrides and
@@ -214,9 +214,9 @@ def test_consent_register_refuses_bad_text_in_dutch_next_to_the_field_writing_no
 @pytest.fixture(scope="module")
 def home(web_template: tuple[Path, dict[str, str]]) -> Iterator[Path]:
     root, _ = web_template
-    h = copy_home(root, short_dir("smt-") / "home")
+    h = copy_template(root, scratch_dir("smt-") / "home")
     yield h
-    kill_agents(h)
+    kill_agents(h / "gnupg")
     shutil.rmtree(h.parent, ignore_errors=True)
 
 

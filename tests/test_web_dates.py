@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 from securemail.exchange import view
 from securemail.web.clock import local_time
 from tests.clock import next_date, real_now
-from tests.e2e.conftest import GP_PASSPHRASE, example
 from tests.e2e.webflow import form_fields
+from tests.gateway import GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")

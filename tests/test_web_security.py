@@ -17,7 +17,7 @@ from securemail.accounts import apitoken, auth
 from securemail.web.login import LoginThrottle, throttle_key
 from securemail.web.middleware import ACTION_ATTR, OPEN_ROUTES, SECOND_FACTOR_ROUTES, requires
 from tests.auth_fixtures import PASSWORD
-from tests.e2e.conftest import EXAMPLE
+from tests.gateway import EXAMPLE
 from tests.web_fixtures import Browser, WebApp, another_web
 
 ROLE_OF = {

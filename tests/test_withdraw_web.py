@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from securemail.exchange import view
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE
+from tests.gateway import EXAMPLE, GP_PASSPHRASE
 from tests.web_fixtures import WebApp
 
 CENTRUM = "centrum@zorg.example"

@@ -12,7 +12,7 @@ from typing import Any
 from securemail.accounts import auth
 from securemail.exchange import send as exchange
 from securemail.web import worklist
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, example
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 CENTRUM, OOST = "centrum@zorg.example", "oost@zorg.example"

@@ -2,18 +2,15 @@
 
 An initialised home (gateway key and all), the people of auth_fixtures with their TOTP
 secrets known to the test, and a clock the test can move (the only fake, style.md §4).
-The home is built once per test session and copied for each test, because scrypt and
-gpg key generation are slow by design.
+The home is tests/gateway.py's web cast, built once per test session (``web_template``) and
+copied for each test by ``build_gateway(template=...)``, because scrypt and gpg key
+generation are slow by design.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,122 +19,33 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from securemail import config
-from securemail.access import SYSTEM
 from securemail.accounts import auth
 from securemail.config import Settings
-from securemail.home import init_home, open_services
-from securemail.region import directory
 from securemail.services import Services
-from securemail.store import Store
-from tests.auth_fixtures import PASSWORD, PEOPLE, Person, populate
+from tests.auth_fixtures import PASSWORD, PEOPLE, Person
 from tests.clock import Clock, real_now
+from tests.gateway import (  # noqa: F401 - UNENROLLED and kill_agents re-exported for tests
+    UNENROLLED,
+    Gateway,
+    build_gateway,
+    close_gateway,
+    kill_agents,
+    make_template,
+    scratch_dir,
+)
 
-#: People left without an authenticator, to walk through first-time pairing.
-UNENROLLED = ("nurse_o",)
 _FIELD_RE = r'name="{name}" value="([^"]+)"'
 
 
-TEAM_ADDRESSES = ("centrum@zorg.example", "oost@zorg.example")
-#: Which practice's GP may send the example patient to which team (consent on record).
-CONSENTS = (
-    ("gp_a", "centrum@zorg.example"),
-    ("gp_a", "oost@zorg.example"),
-    ("gp_b", "centrum@zorg.example"),
-)
-
-
 def short_dir(prefix: str) -> Path:
-    # gpg-agent's socket path must stay under ~100 bytes; pytest's tmp_path can be longer.
-    return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-def kill_agents(home: Path) -> None:
-    subprocess.run(
-        ["gpgconf", "--homedir", str(home / "gnupg"), "--kill", "all"],
-        check=False,
-        capture_output=True,
-    )
+    return scratch_dir(prefix)
 
 
 def build_template_home(root: Path) -> dict[str, str]:
-    """Init a home, add the people, pair all but UNENROLLED; give the GPs signing keys and
-    each team a member key (secret half only in a scratch keyring); record the example
-    patient's consent; return {username: TOTP secret}."""
-    home = root / "home"
-    asyncio.run(_build(home, root / "team-gnupg"))
-    store = Store(config.load(home).db_path)
-    try:
-        secrets: dict[str, str] = {}
-        for username in PEOPLE:
-            if username in UNENROLLED:
-                continue
-            uid = store.read_sync(lambda db, u=username: auth.user_by_name(db, u).id)
-            secrets[username] = store.write_sync(
-                lambda db, uid=uid: auth.enrol_totp_for_demo(db, uid)
-            )
-    finally:
-        store.close()
-    kill_agents(home)
-    return secrets
-
-
-async def _build(home: Path, team_gnupg: Path) -> None:
-    from securemail.cli.directory import enrol_gp_key
-    from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, gpg_cli, grant_consent
-
-    await init_home(home)
-    svc = open_services(config.load(home))
-    try:
-        svc.store.write_sync(populate)
-        team_gnupg.mkdir(mode=0o700)
-        now = svc.now_iso()
-        for address in TEAM_ADDRESSES:
-            email = "member-" + address
-            gpg_cli(
-                team_gnupg,
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                f"Member <{email}>",
-                "ed25519",
-                "sign,cert",
-                "2y",
-            )
-            fpr = [
-                line.split(":")[9]
-                for line in gpg_cli(team_gnupg, "--with-colons", "--list-keys", email)
-                .decode()
-                .splitlines()
-                if line.startswith("fpr:")
-            ][0]
-            gpg_cli(team_gnupg, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
-            await svc.keyring.import_keys(gpg_cli(team_gnupg, "--armor", "--export", fpr).decode())
-            svc.store.write_sync(
-                lambda db, a=address, e=email, f=fpr: directory.add_member(
-                    db, SYSTEM, team_address=a, name="Member", email=e, fingerprint=f, now=now
-                )
-            )
-        for username in ("gp_a", "gp_b"):
-            user = svc.store.read_sync(lambda db, u=username: auth.user_by_name(db, u))
-            await enrol_gp_key(svc, user, GP_PASSPHRASE)
-        for username, address in CONSENTS:
-            gp = svc.store.read_sync(lambda db, u=username: auth.actor_for_cli(db, u))
-            grant_consent(svc, gp, EXAMPLE["patient"]["bsn"], address)
-    finally:
-        svc.close()
-        subprocess.run(
-            ["gpgconf", "--homedir", str(team_gnupg), "--kill", "all"],
-            check=False,
-            capture_output=True,
-        )
-
-
-def copy_home(template: Path, target: Path) -> Path:
-    shutil.copytree(
-        template / "home", target, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*")
-    )
-    return target
+    """The web cast built once into ``root`` (tests/gateway.py ``make_template``): the people
+    of auth_fixtures, all but UNENROLLED paired, the GPs' signing keys, each team a member
+    key, the example patient's consent; returns {username: TOTP secret}."""
+    return make_template(root, cast="web")
 
 
 @dataclass
@@ -229,6 +137,7 @@ class WebApp:
     people: dict[str, Person] = field(default_factory=dict)
     browsers: list[Browser] = field(default_factory=list)
     used_steps: dict[str, int] = field(default_factory=dict)
+    gateway: Gateway | None = None  # closed with the app, when the app opened it
 
     def code(self, username: str, offset: int = 0) -> str:
         """The TOTP code an authenticator app would show now (offset: steps later)."""
@@ -257,13 +166,17 @@ class WebApp:
         return b
 
     async def close(self) -> None:
+        """Close the browsers, then the gateway's agents and home copy (the Services stay
+        with the app, which the test client closes)."""
         for b in self.browsers:
             await b.session.close()
+        if self.gateway is not None:
+            close_gateway(self.gateway, services=False)
 
     async def send(self, username: str, to: str) -> str:
         """A real send of the example request by a GP (form, consent, sign, seal, queue)."""
         from securemail.exchange import send as exchange
-        from tests.e2e.conftest import GP_PASSPHRASE, example
+        from tests.gateway import GP_PASSPHRASE, example
 
         gp = self.svc.store.read_sync(
             lambda db: auth.actor_for(db, auth.user_by_name(db, username), "test")
@@ -278,27 +191,26 @@ class WebApp:
 
 
 async def start_web(
-    home: Path,
-    secrets: dict[str, str],
+    template: Path,
     aiohttp_client: Any,
     *,
     web_settings: dict[str, Any] | None = None,
     prepare: Any = None,
 ) -> WebApp:
-    """The real app (create_app) on the copied home; prepare(app) may add routes first."""
+    """The real app (create_app) on a fresh copy of the template home; prepare(app) may add
+    routes first. The clock starts at the real time: the template home was made at it."""
     from securemail.web import create_app
 
-    settings = config.load(home)
-    if web_settings:
-        settings = settings.replace(web=web_settings)
-    clock = Clock(real_now())  # the template home was made at the real time
-    svc = open_services(settings, clock=clock)
-    app = create_app(settings, services=svc, run_worker=False)
+    clock = Clock(real_now())
+    replace = {"web": web_settings} if web_settings else None
+    gw = await build_gateway(template=template, clock=clock, replace=replace, home=None)
+    app = create_app(gw.svc.settings, services=gw.svc, run_worker=False)
     if prepare is not None:
         prepare(app)
     client = await aiohttp_client(app)
+    secrets = gw.totp_secrets
     people = {u: Person(u, 0, PEOPLE[u][0], secrets.get(u, "")) for u in PEOPLE}
-    return WebApp(app, client, svc, clock, settings, secrets, people)
+    return WebApp(app, client, gw.svc, clock, gw.svc.settings, secrets, people, gateway=gw)
 
 
 @contextlib.asynccontextmanager
@@ -306,12 +218,8 @@ async def another_web(
     template: tuple[Path, dict[str, str]], aiohttp_client: Any, **kw: Any
 ) -> AsyncIterator[WebApp]:
     """A second app on its own copy of the template home (other settings, extra routes)."""
-    root, secrets = template
-    home = copy_home(root, short_dir("smw-") / "home")
-    w = await start_web(home, secrets, aiohttp_client, **kw)
+    w = await start_web(template[0], aiohttp_client, **kw)
     try:
         yield w
     finally:
         await w.close()
-        kill_agents(home)
-        shutil.rmtree(home.parent, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -25,16 +24,18 @@ from securemail.access import SYSTEM
 from securemail.accounts import auth, totp
 from securemail.form import request as forms
 from securemail.web import create_app
-from tests.e2e.conftest import (
+from tests.e2e.webflow import typed_dates
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     GP_PASSWORD,
     NURSE_PASSWORD,
     TEAM,
     build_gateway,
+    close_gateway,
     make_team_member_keys,
+    relay_settings,
 )
-from tests.e2e.webflow import typed_dates
 
 pytestmark = pytest.mark.browser
 
@@ -61,14 +62,8 @@ async def site(
     aiohttp_server: Any,
 ) -> AsyncIterator[dict[str, Any]]:
     """The gateway of the e2e tests, served with its delivery worker; everyone paired."""
-    smtp = {
-        "host": "127.0.0.1",
-        "port": smtp_server.port,
-        "starttls": "required",
-        "cafile": relay_cafile,
-        "timeout_seconds": 5.0,
-    }
-    gw = await build_gateway(tmp_path, browser_team_keys, smtp)
+    smtp = relay_settings(smtp_server, relay_cafile)
+    gw = await build_gateway(team_keys=browser_team_keys, smtp=smtp)
     svc = gw.svc
     svc.store.write_sync(
         lambda db: auth.add_user(
@@ -97,13 +92,7 @@ async def site(
         "app": app,
     }
     await server.close()
-    for gnupg in (gw.home / "gnupg", gw.nurse_home):
-        subprocess.run(
-            ["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
-            check=False,
-            capture_output=True,
-        )
-    shutil.rmtree(gw.home, ignore_errors=True)
+    close_gateway(gw, services=False)
 
 
 class Shots:

@@ -26,7 +26,7 @@ from tests.browser.test_browser import (  # noqa: F401 - fixtures used by name
     log_in,
     site,
 )
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 
 pytestmark = pytest.mark.browser
 

@@ -13,7 +13,7 @@ import pytest
 
 from securemail.web import create_app
 from tests.browser.test_browser import fill_request, log_in  # as the GP and nurse do it
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 from tests.loop_fixtures import Loop
 
 pytestmark = pytest.mark.browser

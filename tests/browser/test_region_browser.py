@@ -20,7 +20,7 @@ from tests.browser.test_browser import (  # noqa: F401  (fixtures)
     log_in,
     site,
 )
-from tests.e2e.conftest import EXAMPLE, GP_PASSWORD, OTHER_TEAM, TEAM
+from tests.gateway import EXAMPLE, GP_PASSWORD, OTHER_TEAM, TEAM
 
 pytestmark = pytest.mark.browser
 

@@ -15,7 +15,7 @@ from securemail.accounts import auth
 from securemail.audit import report as audit_report
 from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import RecipientKeyError
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     OTHER_TEAM,
@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
     deliver_all,
     env_for_cli,
 )
-from tests.e2e.conftest import example as example_request
+from tests.gateway import example as example_request
 
 BSN = EXAMPLE["patient"]["bsn"]
 
@@ -65,7 +65,7 @@ def securemail(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_officers_see_the_exchange_and_the_refusal_with_its_reason(
     gw: Gateway, smtp_server: Any
 ) -> None:
-    from tests.e2e.conftest import grant_consent
+    from tests.gateway import grant_consent
 
     po = officers(gw)
     sent = await exchange.send(gw.svc, gw.gp, example_request(), GP_PASSPHRASE)

@@ -20,14 +20,15 @@ from securemail.exchange import send as exchange
 from securemail.home import BACKGROUND_TASKS
 from securemail.web import create_app
 from tests.clock import Clock, real_now
-from tests.conftest import remove_scratch_home
-from tests.e2e.conftest import (
+from tests.gateway import (
     GP_PASSPHRASE,
     Gateway,
     build_gateway,
+    close_gateway,
     deliver_all,
     env_for_cli,
     example,
+    relay_settings,
 )
 from tests.loop_fixtures import audit_codes, notices
 
@@ -62,17 +63,10 @@ async def three_hours_ago(
     """A gateway whose clock stands three hours behind the real one: what it sends now is
     overdue (an urgent request's two hours) for a process on the real clock."""
     clock = Clock(real_now() - timedelta(hours=3))
-    smtp = {
-        "host": "127.0.0.1",
-        "port": smtp_server.port,
-        "starttls": "required",
-        "cafile": relay_cafile,
-        "timeout_seconds": 5.0,
-    }
-    g = await build_gateway(tmp_path, team_member_keys, smtp, clock=clock)
+    smtp = relay_settings(smtp_server, relay_cafile)
+    g = await build_gateway(team_keys=team_member_keys, smtp=smtp, clock=clock)
     yield g
-    g.svc.close()
-    remove_scratch_home(g.home)
+    close_gateway(g)
 
 
 async def test_the_worker_alone_escalates_an_overdue_request(

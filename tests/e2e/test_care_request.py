@@ -21,7 +21,7 @@ from securemail.exchange import send as exchange
 from securemail.form.request import FormInvalidError
 from tests.attachment_files import b64, executable, jpeg, pdf, png
 from tests.clock import AMS
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all
 from tests.loop_fixtures import TEAM_B, Loop, verify_order
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from typing import Any
 
 from securemail import config
 from securemail.home import open_services
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 from tests.e2e.test_send_path import assert_opens_as_nurse
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 
 
 def run_batch(

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.e2e.conftest import env_for_cli
+from tests.gateway import env_for_cli
 
 PATIENT = "999990123"  # the demo's example patient
 OOST = "wijkteam-oost@zorg-noord.example"

@@ -21,7 +21,7 @@ from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.message import mime
 from securemail.region import directory
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     OTHER_TEAM,

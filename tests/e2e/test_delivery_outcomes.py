@@ -18,7 +18,7 @@ from securemail.errors import SecuremailError
 from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import Keyring
 from securemail.region import directory
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     TEAM,
@@ -59,7 +59,7 @@ async def test_relay_5xx_fails_once_and_tells_the_practice_once(
 ) -> None:
     relay = relay_factory("starttls")
     relay.handler.replies.append("550 5.7.1 Recipient refused")
-    gw = await build_gateway(tmp_path, team_member_keys, smtp_settings(relay, relay_cafile))
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp_settings(relay, relay_cafile))
     try:
         result = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
         await deliver_all(gw.svc)
@@ -85,7 +85,9 @@ async def test_relay_5xx_fails_once_and_tells_the_practice_once(
 async def test_gpg_dying_while_sealing_refuses_and_sends_nothing(
     tmp_path: Path, team_member_keys: Any, smtp_server: Any, relay_cafile: str
 ) -> None:
-    gw = await build_gateway(tmp_path, team_member_keys, smtp_settings(smtp_server, relay_cafile))
+    gw = await build_gateway(
+        team_keys=team_member_keys, smtp=smtp_settings(smtp_server, relay_cafile)
+    )
     try:
         # A gpg that works for listing keys but is killed the moment it is asked to sign.
         fake = gw.home / "gpg-dies"
@@ -120,7 +122,7 @@ async def test_withdrawal_stops_a_queued_request_before_it_leaves(
 ) -> None:
     # Given the relay is down and a request is queued
     relay = relay_factory("starttls", start=False)
-    gw = await build_gateway(tmp_path, team_member_keys, smtp_settings(relay, relay_cafile))
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp_settings(relay, relay_cafile))
     try:
         result = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
         await deliver_all(gw.svc, timeout=1.5)  # attempts fail: connection refused, retry later

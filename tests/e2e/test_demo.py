@@ -28,8 +28,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import EXAMPLE, env_for_cli, example
 from tests.e2e.webflow import login, send_via_form
+from tests.gateway import EXAMPLE, env_for_cli, example
 from tests.loop_fixtures import verify_order
 from tests.smtp_fixtures import free_port
 

@@ -18,7 +18,7 @@ from securemail.errors import SecuremailError
 from securemail.exchange import send as exchange
 from securemail.exchange.send import Hooks
 from securemail.web import create_app
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     OTHER_TEAM,

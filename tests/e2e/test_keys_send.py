@@ -16,8 +16,8 @@ from securemail.message import armor
 from securemail.region import directory
 from securemail.web import create_app
 from tests.conftest import GpgTestKey
-from tests.e2e.conftest import TEAM, Gateway, example
 from tests.e2e.test_send_path import cli_send
+from tests.gateway import TEAM, Gateway, example
 
 
 async def pin_expired_member(gw: Gateway, gpg_keygen: Callable[..., GpgTestKey]) -> str:

@@ -19,7 +19,7 @@ from securemail.exchange import view as requestview
 from securemail.home import gateway_fingerprint
 from securemail.message import mime
 from tests.clock import AMS, next_date, next_good_friday
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, env_for_cli, example
 from tests.loop_fixtures import TEAM_B, Loop, audit_codes, notices
 
 PATIENT = [EXAMPLE["patient"]["bsn"].encode(), EXAMPLE["patient"]["name"].encode()]

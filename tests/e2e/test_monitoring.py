@@ -17,7 +17,7 @@ import pytest
 from securemail.exchange import send as exchange
 from securemail.home import gateway_fingerprint
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
 from tests.smtp_fixtures import free_port
 
 TOKEN = "metrics-token-made-in-the-test"

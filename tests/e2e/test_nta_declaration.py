@@ -16,7 +16,7 @@ import pytest
 
 from securemail.ops import health, nta
 from securemail.ops.health import CheckResult, HealthReport
-from tests.e2e.conftest import EXAMPLE, OTHER_TEAM, Gateway, env_for_cli
+from tests.gateway import EXAMPLE, OTHER_TEAM, Gateway, env_for_cli
 
 
 def with_settings(gw: Gateway, **sections: Any) -> None:
@@ -254,7 +254,7 @@ async def test_each_logging_duty_names_the_audit_events_that_meet_it(
 ) -> None:
     from securemail.audit import trail as audit
     from securemail.exchange import send as exchange
-    from tests.e2e.conftest import GP_PASSPHRASE, deliver_all, example
+    from tests.gateway import GP_PASSPHRASE, deliver_all, example
 
     before = {d.duty: d for d in (await nta.build(gw.svc)).logging}
     await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)

@@ -25,7 +25,7 @@ from securemail.accounts import auth
 from securemail.exchange import send as exchange
 from securemail.message import mime
 from securemail.store import get_meta
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     Gateway,

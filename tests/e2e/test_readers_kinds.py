@@ -29,8 +29,8 @@ from securemail.exchange import send as exchange
 from securemail.home import gateway_fingerprint, notice_signer
 from securemail.message import mime, notify
 from securemail.store import set_meta
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all, example, gpg_cli
 from tests.e2e.test_readers import ciphertext, gp_fingerprint, uid_addresses
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, Gateway, deliver_all, example, gpg_cli
 from tests.loop_fixtures import TEAM_B, Loop
 
 pytestmark = [

@@ -22,8 +22,8 @@ from securemail.exchange import send as exchange
 from securemail.inbound import listener
 from securemail.web import create_app
 from tests.conftest import kill_gpg_agent
-from tests.e2e.conftest import GP_PASSPHRASE, Gateway, deliver_all, example, gpg_cli
 from tests.e2e.webflow import login
+from tests.gateway import GP_PASSPHRASE, Gateway, deliver_all, example, gpg_cli
 from tests.smtp_fixtures import free_port
 
 REPLY = "gateway@gateway.example"  # from_address; antwoord@gateway.example is the reply_to

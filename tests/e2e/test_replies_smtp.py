@@ -23,7 +23,6 @@ import trustme
 from securemail.config import InboundSettings
 from securemail.inbound import listener
 from tests.conftest import kill_gpg_agent
-from tests.e2e.conftest import EXAMPLE, Gateway, gpg_cli
 from tests.e2e.test_replies import (
     REPLY_TO,
     TEXT,
@@ -34,6 +33,7 @@ from tests.e2e.test_replies import (
     nurse_armor,
     sent_request,
 )
+from tests.gateway import EXAMPLE, Gateway, gpg_cli
 from tests.smtp_fixtures import free_port
 
 BSN, NAME = EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["name"]

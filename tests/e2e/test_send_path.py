@@ -19,7 +19,7 @@ import pytest
 
 from securemail.exchange import send as exchange
 from securemail.openpgp.keyring import RecipientKeyError
-from tests.e2e.conftest import (
+from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
     OTHER_TEAM,
@@ -200,7 +200,7 @@ async def test_send_refuses_wrong_passphrase_and_queues_nothing(gw: Gateway) -> 
 async def test_send_to_team_without_usable_key_is_refused_and_nothing_leaves(
     gw: Gateway, smtp_server: Any
 ) -> None:
-    from tests.e2e.conftest import grant_consent
+    from tests.gateway import grant_consent
 
     grant_consent(gw.svc, gw.gp, EXAMPLE["patient"]["bsn"], OTHER_TEAM)
     with pytest.raises(RecipientKeyError) as info:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from securemail.web import create_app
-from tests.e2e.conftest import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, Gateway, deliver_all, example
 from tests.e2e.webflow import csrf_of, form_fields, login, send_via_form
+from tests.gateway import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, Gateway, deliver_all, example
 
 GP = {"username": "huisarts", "password": GP_PASSWORD}
 
@@ -82,13 +82,17 @@ async def test_relay_without_starttls_sends_nothing_and_the_page_says_why(
     relay_cafile: str,
     aiohttp_client: Any,
 ) -> None:
-    from tests.e2e.conftest import build_gateway
+    from tests.gateway import build_gateway
 
     relay = relay_factory("plain")
     gw = await build_gateway(
-        tmp_path,
-        team_member_keys,
-        {"host": "127.0.0.1", "port": relay.port, "cafile": relay_cafile, "timeout_seconds": 5.0},
+        team_keys=team_member_keys,
+        smtp={
+            "host": "127.0.0.1",
+            "port": relay.port,
+            "cafile": relay_cafile,
+            "timeout_seconds": 5.0,
+        },
     )
     try:
         client = await aiohttp_client(
