@@ -529,3 +529,48 @@ async def test_withdrawing_narrower_consents_is_refused_without_csrf_role_or_org
     assert r.status == 422 and "withdraw" in field_errors(r)
     assert (counts(webapp), _withdraw_counts(webapp)) == before
     assert all(x.status == "active" for x in rows(webapp, BSN))
+
+
+def test_an_organisation_objection_leaves_its_teams_permits_unless_they_are_denied(webapp):
+    """consent.left_standing with directory.covers: an objection to the organisation leaves
+    its teams' permits standing; a team with its own objection is not standing; a permit
+    outside the organisation is not listed."""
+    svc, now = webapp.svc, webapp.clock.now
+    gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_a"))
+    team = ids(webapp)
+
+    def deny(recipient: consent.Recipient) -> consent.ConsentRecord:
+        return svc.store.write_sync(
+            lambda db: consent.record(
+                db, gp, patient_bsn=BSN, source_org_id=gp.org_id or 0, recipient=recipient,
+                decision="deny", basis="objection", valid_from=now, given_at=now,
+                channel="in_person", performer="patient", now=now,
+            )
+        )  # fmt: skip
+
+    def standing(objection: consent.ConsentRecord) -> set[int | None]:
+        def read(db: Any) -> set[int | None]:
+            current = consent.list_records(
+                db, source_org_id=gp.org_id or 0, patient_bsn=BSN, now=now
+            )
+            left = consent.left_standing(
+                current, objection, now, lambda b, n: directory.covers(db, b, n)
+            )
+            return {r.recipient.team_id for r in left}
+
+        return svc.store.read_sync(read)
+
+    objection = deny(consent.Recipient(org_id=team["zorg"]))
+    assert standing(objection) == {team["centrum"], team["oost"]}
+    deny(consent.Recipient(team_id=team["oost"]))  # Oost: its own objection decides
+    assert standing(objection) == {team["centrum"]}
+    other_org = svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT id FROM organisations WHERE id != ? LIMIT 1", [team["zorg"]]
+        ).fetchone()[0]
+    )
+    assert not svc.store.read_sync(
+        lambda db: directory.covers(
+            db, consent.Recipient(org_id=other_org), consent.Recipient(team_id=team["centrum"])
+        )
+    )

@@ -391,6 +391,12 @@ async def test_a_decline_with_no_alternative_goes_to_the_desk_and_the_deadline_r
     assert "doorbemiddelingspunt" in text and "termijn loopt door" in text
     assert "Wijkteam" in text and BSN not in text and BSN.encode() not in notice
     assert not _queued_notices(svc, "answered")
+    delivered = [
+        raw
+        for raw in _delivered_to(smtp_server, "praktijk@praktijk.example")
+        if b"X-Securemail-Notice: declined_to_desk" in raw
+    ]
+    assert len(delivered) == 1  # through the SMTP edge's word-for-word check
     # the desk's own gpg opens it and verifies the GP's signature over the order
     [raw] = _delivered_to(smtp_server, DESK)
     opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
