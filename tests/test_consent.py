@@ -424,7 +424,7 @@ def _requests_table(db) -> None:
     )
 
 
-def stop_pending(db, bsn, recipient, /, *, source_org_id, still_permitted) -> list[str]:
+def stop_pending(db, bsn, recipient, /, *, source_org_id, still_permitted, now) -> list[str]:
     """What the lead wires: stop unsent requests the register no longer permits."""
     stopped = []
     pending = db.execute(
