@@ -362,13 +362,14 @@ async def _decline_to_desk(
     its hop's outcome; the request stays open, its answer deadline runs on, the practice is
     told. None when the desk cannot take it (no desk, the desk declines, no usable key, the
     patient objected, no permit in an explicit-consent region): then the decline stands and
-    the practice is told as for any decline, to look further with the patient."""
+    the practice is told as for any decline, to look further with the patient. A gateway
+    that cannot seal (no key of its own) never keeps a team from declining either."""
     desk = await svc.store.read(lambda db: _desk(svc, db, row))
     if desk is None:
         return None
     try:
         return await _pass_on(svc, actor, row, req, answer, desk, declined=True)
-    except (consent.ConsentRefusedError, forms.FormInvalidError) as exc:
+    except (consent.ConsentRefusedError, forms.FormInvalidError, SealError) as exc:
         code = getattr(exc, "code", type(exc).__name__)
         log.warning(
             "request %s declined; the passing-on desk cannot take it (%s): the decline stands",

@@ -24,6 +24,7 @@ from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.message import mime
 from securemail.region import directory
+from securemail.store import set_meta
 from tests.e2e.conftest import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -459,3 +460,21 @@ async def test_a_decline_stands_when_the_desk_may_not_have_it(
     assert not _delivered_to(smtp_server, DESK)
     assert len(_queued_notices(svc, "answered")) == 1
     assert not _pass_on_details(svc, sent.reference)
+
+
+async def test_a_decline_stands_when_the_gateway_cannot_seal_for_the_desk(
+    loop: Loop, smtp_server: object
+) -> None:
+    """A gateway without its own key cannot pass on; the team's decline still lands."""
+    _desk_and_oost(loop)
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    svc.store.write_sync(lambda db: set_meta(db, "gateway_fingerprint", ""))
+    result = await answer.record_answer(
+        svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "Vol"}
+    )
+    assert not result.to_desk
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert (status["state"], status["answer_status"]) == ("answered", "afgewezen")
+    assert len(_queued_notices(svc, "answered")) == 1
