@@ -71,7 +71,10 @@ class GatewaySettings:
         " from_address.",
     )
     passing_on_address: str = _s(
-        "", "Regional passing-on (doorbemiddeling) team address; empty when the region has none."
+        "",
+        "Regional passing-on (doorbemiddeling) team address: first on a nurse's pass-on list,"
+        " and where a decline that names no other team goes by itself (deadline running);"
+        " empty when the region has none.",
     )
     forms_dir: str = _s("", "Folder with form definitions; empty means the forms/ of the project.")
     admin_address: str = _s(

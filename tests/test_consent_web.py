@@ -413,6 +413,164 @@ async def test_one_handler_per_consent_route(webapp):
         ("GET", "/consents/done/{token}"): ["securemail.web.consents"],
         ("POST", "/consents/record"): ["securemail.web.consents"],
         ("POST", "/consents/withdraw"): ["securemail.web.consents"],
+        ("POST", "/consents/withdraw-narrower"): ["securemail.web.consents"],
         ("GET", "/privacy/consents"): ["securemail.web.consent_register"],
         ("POST", "/privacy/consents/export"): ["securemail.web.consent_register"],
     }
+
+
+def _object_to_all(webapp: WebApp) -> str:
+    """gp_a's objection for all district nursing (category), straight in the register."""
+    gp = webapp.svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_a"))
+    rec = webapp.svc.store.write_sync(
+        lambda db: consent.record(
+            db,
+            gp,
+            patient_bsn=BSN,
+            source_org_id=gp.org_id or 0,
+            recipient=consent.Recipient(category="wijkverpleging"),
+            decision="deny",
+            basis="objection",
+            valid_from=webapp.clock.now,
+            given_at=webapp.clock.now,
+            channel="in_person",
+            performer="patient",
+            now=webapp.clock.now,
+        )
+    )
+    return rec.consent_id
+
+
+def _withdraw_counts(webapp: WebApp) -> int:
+    return len(webapp.audit("consent.withdraw"))
+
+
+async def test_an_objection_shows_the_narrower_consents_it_leaves_and_withdraws_them_at_once(
+    webapp,
+):
+    b = await logged_in(webapp, "gp_a")
+    r = await b.post(
+        "/consents/record",
+        {
+            "bsn": BSN,
+            "recipient": "category:wijkverpleging",
+            "decision": "deny",
+            "channel": "phone",
+            "performer": "patient",
+        },
+    )
+    page = await followed(b, r)
+    assert page.status == 200, page.text[:800]
+    # the objection leaves the team permits for Centrum and Oost standing: said, with one form
+    [section] = re.findall(r'<section class="notice standing".*?</section>', page.text, re.S)
+    assert "Bezwaar laat toestemmingen staan" in section
+    assert "Centrum (centrum@zorg.example)" in section and "Oost (oost@zorg.example)" in section
+    assert section.count('action="/consents/withdraw-narrower"') == 1
+    assert "Trek deze 2 toestemmingen in" in section
+    [objection] = re.findall(r'name="objection" value="([^"]+)"', section)
+    # ... and indeed a request to Centrum still goes (the team's permit is more specific)
+    ref = await webapp.send("gp_a", CENTRUM)
+    before = _withdraw_counts(webapp)
+    r = await b.post(
+        "/consents/withdraw-narrower",
+        {"bsn": BSN, "objection": objection, "channel": "phone", "reason": "bezwaar geldt"},
+    )
+    done = await followed(b, r)
+    assert done.status == 200, done.text[:800]
+    [said] = re.findall(r"Ingetrokken met ingang van nu: ([^<]*)", done.text)
+    assert "toestemming voor Centrum" in said and "toestemming voor Oost" in said
+    assert f'<a href="/requests/{ref}">{ref}</a>' in done.text  # the queued send stopped
+    assert "Bezwaar laat toestemmingen staan" not in done.text
+    no_bsn_in_urls(done, BSN)
+    teams = {ids(webapp)["centrum"], ids(webapp)["oost"]}
+    now_rows = [x for x in rows(webapp, BSN) if x.recipient.team_id in teams]
+    current = {x.recipient.team_id: x for x in now_rows if x.status == "withdrawn"}
+    assert set(current) == teams
+    assert all(x.reason == "bezwaar geldt" for x in current.values())
+    # one consent.withdraw audit row per record withdrawn
+    withdrawals = webapp.audit("consent.withdraw")[before:]
+    assert len(withdrawals) == 2
+    assert {w["object_id"] for w in withdrawals} == {x.consent_id for x in current.values()}
+    with pytest.raises(consent.ConsentDeniedError):
+        await webapp.send("gp_a", CENTRUM)  # now the objection decides
+    # nothing is left to withdraw: said, nothing written
+    again = await b.post(
+        "/consents/withdraw-narrower", {"bsn": BSN, "objection": objection, "channel": "phone"}
+    )
+    assert again.status == 422 and "withdraw" in field_errors(again)
+    assert _withdraw_counts(webapp) == before + 2
+
+
+async def test_withdrawing_narrower_consents_is_refused_without_csrf_role_or_organisation(
+    webapp,
+):
+    objection = _object_to_all(webapp)
+    data = {"bsn": BSN, "objection": objection, "channel": "phone"}
+    before = (counts(webapp), _withdraw_counts(webapp))
+    # missing and wrong CSRF token
+    gp_a = await logged_in(webapp, "gp_a")
+    for token in (None, "wrong"):
+        form = dict(data) if token is None else {**data, "csrf_token": token}
+        r = await gp_a.post("/consents/withdraw-narrower", form, csrf=False)
+        assert r.status == 403 and "Dit formulier is verlopen" in r.text
+    # wrong role: a nurse, the operator, the privacy officer (who may only view)
+    for user in ("nurse_c", "admin", "privacy_a"):
+        b = await logged_in(webapp, user)
+        r = await b.post("/consents/withdraw-narrower", data)
+        assert r.status == 403, user
+        assert BSN not in r.text
+    po_page = await (await logged_in(webapp, "privacy_a")).post("/consents/patient", {"bsn": BSN})
+    assert "Bezwaar laat toestemmingen staan" in po_page.text
+    assert "/consents/withdraw-narrower" not in po_page.text
+    # another practice's GP: our objection and permits are not hers to see or withdraw
+    gp_b = await logged_in(webapp, "gp_b")
+    assert "Bezwaar laat" not in (await gp_b.post("/consents/patient", {"bsn": BSN})).text
+    r = await gp_b.post("/consents/withdraw-narrower", data)
+    assert r.status == 422 and "withdraw" in field_errors(r)
+    assert (counts(webapp), _withdraw_counts(webapp)) == before
+    assert all(x.status == "active" for x in rows(webapp, BSN))
+
+
+def test_an_organisation_objection_leaves_its_teams_permits_unless_they_are_denied(webapp):
+    """consent.left_standing with directory.covers: an objection to the organisation leaves
+    its teams' permits standing; a team with its own objection is not standing; a permit
+    outside the organisation is not listed."""
+    svc, now = webapp.svc, webapp.clock.now
+    gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_a"))
+    team = ids(webapp)
+
+    def deny(recipient: consent.Recipient) -> consent.ConsentRecord:
+        return svc.store.write_sync(
+            lambda db: consent.record(
+                db, gp, patient_bsn=BSN, source_org_id=gp.org_id or 0, recipient=recipient,
+                decision="deny", basis="objection", valid_from=now, given_at=now,
+                channel="in_person", performer="patient", now=now,
+            )
+        )  # fmt: skip
+
+    def standing(objection: consent.ConsentRecord) -> set[int | None]:
+        def read(db: Any) -> set[int | None]:
+            current = consent.list_records(
+                db, source_org_id=gp.org_id or 0, patient_bsn=BSN, now=now
+            )
+            left = consent.left_standing(
+                current, objection, now, lambda b, n: directory.covers(db, b, n)
+            )
+            return {r.recipient.team_id for r in left}
+
+        return svc.store.read_sync(read)
+
+    objection = deny(consent.Recipient(org_id=team["zorg"]))
+    assert standing(objection) == {team["centrum"], team["oost"]}
+    deny(consent.Recipient(team_id=team["oost"]))  # Oost: its own objection decides
+    assert standing(objection) == {team["centrum"]}
+    other_org = svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT id FROM organisations WHERE id != ? LIMIT 1", [team["zorg"]]
+        ).fetchone()[0]
+    )
+    assert not svc.store.read_sync(
+        lambda db: directory.covers(
+            db, consent.Recipient(org_id=other_org), consent.Recipient(team_id=team["centrum"])
+        )
+    )

@@ -159,3 +159,35 @@ def test_fast_cli_commands_come_from_the_module_named_for_them() -> None:
         import_module(f"securemail.cli.{module}").register(sub)
         assert command in sub.choices
     assert "{send,status}" in cli("request", "--help").stdout
+
+
+def test_export_gp_of_an_initialised_home_carries_the_gateways_key(home: Path) -> None:
+    """A nurse's client needs the gateway's key to check the seal on a passed-on request:
+    `securemail keys export-gp` publishes it beside the GP keys (none yet on a new home)."""
+    assert cli("init", "--home", str(home)).returncode == 0
+    gateway = subprocess.run(
+        ["sqlite3", str(home / "securemail.db"),
+         "SELECT value FROM meta WHERE key = 'gateway_fingerprint'"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert len(gateway) == 40
+    to_stdout = cli("keys", "export-gp", "--home", str(home))
+    assert to_stdout.returncode == 0, to_stdout.stderr
+    assert to_stdout.stdout.count("BEGIN PGP PUBLIC KEY BLOCK") == 1
+    assert "PRIVATE KEY" not in to_stdout.stdout
+    export = home.parent / "huisartsen.asc"
+    written = cli("keys", "export-gp", "--output", str(export), "--home", str(home))
+    assert written.returncode == 0, written.stderr
+    assert f"gateway {gateway} " in written.stdout and "with the gateway's key" in written.stdout
+    # what a nurse's gpg sees when it imports the file: the gateway's fingerprint
+    nurse = home.parent / "nurse"
+    nurse.mkdir(mode=0o700)
+    for armored in (export.read_bytes(), to_stdout.stdout.encode()):
+        listed = subprocess.run(
+            ["gpg", "--homedir", str(nurse), "--batch", "--with-colons", "--import-options",
+             "show-only", "--import"],
+            input=armored, capture_output=True, check=True, timeout=60,
+        ).stdout.decode()  # fmt: skip
+        fprs = [line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:")]
+        assert fprs[0] == gateway
+    subprocess.run(["gpgconf", "--homedir", str(nurse), "--kill", "all"], check=False)

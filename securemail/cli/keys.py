@@ -28,6 +28,7 @@ from securemail.openpgp.keyinfo import phone_code
 from securemail.openpgp.keyring import REVOCATION_REASONS
 from securemail.region import directory
 from securemail.services import Services
+from securemail.store import get_meta
 
 
 def _actor(svc: Services, username: str | None) -> Actor:
@@ -196,11 +197,18 @@ def cmd_gp_revoke(args: argparse.Namespace) -> int:
 def cmd_export_gp(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         armored, keys = asyncio.run(gpkeys.export_gp_keys(svc))
+        gateway = svc.store.read_sync(lambda db: get_meta(db, "gateway_fingerprint"))
     if args.output:
         Path(args.output).write_text(armored, encoding="ascii")
         for k in keys:
             print(f"{k.username} {k.fingerprint} {k.status}")
-        print(f"{len(keys)} GP key(s) written to {args.output}")
+        if gateway:
+            # Nurses compare this fingerprint out of band: it seals what is passed on.
+            print(f"gateway {gateway} (seals passed-on requests and notices)")
+        print(
+            f"{len(keys)} GP key(s) written to {args.output}"
+            + (" with the gateway's key" if gateway else "")
+        )
     else:
         sys.stdout.write(armored)
     return 0

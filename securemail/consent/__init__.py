@@ -59,7 +59,13 @@ from securemail.consent.model import (
     Target,
     WithdrawResult,
 )
-from securemail.consent.queries import list_records, register_overview, view_records
+from securemail.consent.queries import (
+    in_force,
+    left_standing,
+    list_records,
+    register_overview,
+    view_records,
+)
 from securemail.consent.register import RecipientKnown, mark_entered_in_error, record, withdraw
 from securemail.consent.table import MIGRATIONS
 
@@ -69,7 +75,8 @@ __all__ = [
     "STATUSES", "STOP_LABEL_NL", "STOP_REASON", "ConsentDecision", "ConsentDeniedError",
     "ConsentInputError", "ConsentMissingError", "ConsentRecord", "ConsentRefusedError",
     "NothingToWithdrawError", "RecipientKnown", "Recipient", "Specificity", "StopPending",
-    "Target", "WithdrawResult", "check", "evaluate", "exempt", "export_fhir", "list_records",
+    "Target", "WithdrawResult", "check", "evaluate", "exempt", "export_fhir", "in_force",
+    "left_standing", "list_records",
     "mark_entered_in_error", "record", "register_overview", "require", "to_fhir", "view_records",
     "withdraw",
 ]  # fmt: skip

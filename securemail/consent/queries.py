@@ -7,6 +7,7 @@ uses: access checked and audited ``consent.view``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,15 @@ import sqlite_utils
 from securemail import access
 from securemail.access import Actor, Resource
 from securemail.audit import trail as audit
-from securemail.consent.model import STATUSES, ConsentRecord, parse_bsn, parse_choice, parse_id, ts
+from securemail.consent.model import (
+    STATUSES,
+    ConsentRecord,
+    Recipient,
+    parse_bsn,
+    parse_choice,
+    parse_id,
+    ts,
+)
 from securemail.consent.table import CURRENT, query
 
 
@@ -74,6 +83,38 @@ def view_records(
         ),
     )
     return rows
+
+
+def in_force(rec: ConsentRecord, now: datetime) -> bool:
+    """Active and not yet ended: counting now or from its valid_from on."""
+    return rec.status == "active" and (rec.valid_until is None or rec.valid_until > now)
+
+
+def left_standing(
+    current: Sequence[ConsentRecord],
+    objection: ConsentRecord,
+    now: datetime,
+    covers: Callable[[Recipient, Recipient], bool],
+) -> list[ConsentRecord]:
+    """The narrower permits an objection leaves in force: the most specific record decides
+    (team over organisation over category), so a permit for a team or organisation that the
+    broader objection covers still lets requests go there. ``current`` are one patient's
+    current versions at one holder; ``covers(broad, narrow)`` says whether a recipient lies
+    within another (the directory knows: securemail.region.directory.covers). A permit whose
+    own recipient also carries an objection is not standing (at equal specificity the
+    objection wins). A pure function of its arguments: no read, no audit row."""
+    if objection.decision != "deny" or not in_force(objection, now):
+        return []
+    live = [r for r in current if in_force(r, now)]
+    denied = {r.recipient for r in live if r.decision == "deny"}
+    return [
+        r
+        for r in live
+        if r.decision == "permit"
+        and r.recipient.level > objection.recipient.level
+        and r.recipient not in denied
+        and covers(objection.recipient, r.recipient)
+    ]
 
 
 def register_overview(

@@ -20,6 +20,11 @@ A nurse of the team the request is with answers on the request's page. Invariant
   moves the request to the new team, adds a hop, audits ``request.pass_on``, queues the
   sealed message and one 'passed_on' notice to the practice. The first team can no longer
   answer it; the reference stays the same, and the hops keep the history.
+- declined with no alternative: when the region has a passing-on desk (``[gateway]
+  passing_on_address``) that can take it, the request goes there by itself in the same
+  way (hop outcome 'afgewezen', ``request.pass_on`` audited as automatic, the answer
+  deadline runs on, one 'declined_to_desk' notice to the practice), so the practice is
+  never left without an answer; when the desk cannot take it the decline stands.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from securemail.store import get_meta
 log = logging.getLogger("securemail.answer")
 
 PASS_ON = "doorbemiddeld"  # noqa: S105 (an answer status, not a secret)
+DECLINED = "afgewezen"
 
 
 class AnswerClosedError(ConflictError):
@@ -116,6 +122,7 @@ class AnswerResult:
     reference: str
     status: str  # geaccepteerd | afgewezen | doorbemiddeld
     team_address: str  # where the request is now
+    to_desk: bool = False  # declined with no alternative: now with the passing-on desk
 
 
 def _field_error(field: str, code: str, nl: str) -> forms.FormInvalidError:
@@ -195,7 +202,12 @@ async def record_answer(
         supervision_arranged=req.supervision_arranged,
     )
     if answer.status == PASS_ON:
-        return await _pass_on(svc, actor, row, req, answer)
+        target = await svc.store.read(lambda db: _pass_on_target(db, row, answer.passed_to or ""))
+        return await _pass_on(svc, actor, row, req, answer, target)
+    if answer.status == DECLINED:
+        routed = await _decline_to_desk(svc, actor, row, req, answer)
+        if routed is not None:
+            return routed
     now = svc.now_iso()
     team_now = await svc.store.read(lambda db: directory.team_by_id(db, row["team_id"]))
     stored = {
@@ -328,15 +340,58 @@ def _consent(
     )
 
 
+def _desk(svc: Services, db: sqlite_utils.Database, row: RequestRow) -> Team | None:
+    """The region's passing-on desk a declined request goes to: the active team at
+    ``[gateway] passing_on_address``, unless there is none or it is the desk that declines."""
+    address = svc.settings.gateway.passing_on_address
+    desk = directory.find_team(db, address) if address else None
+    if desk is None or not desk.active or desk.id == row["team_id"]:
+        return None
+    return desk
+
+
+async def _decline_to_desk(
+    svc: Services,
+    actor: Actor,
+    row: RequestRow,
+    req: kinds.RequestDocument,
+    answer: forms.TeamAnswer,
+) -> AnswerResult | None:
+    """A decline names no alternative, so the request goes on to the region's passing-on
+    desk by itself (the covenant: a practice always gets an answer). The team's decline is
+    its hop's outcome; the request stays open, its answer deadline runs on, the practice is
+    told. None when the desk cannot take it (no desk, the desk declines, no usable key, the
+    patient objected, no permit in an explicit-consent region): then the decline stands and
+    the practice is told as for any decline, to look further with the patient. A gateway
+    that cannot seal (no key of its own) never keeps a team from declining either."""
+    desk = await svc.store.read(lambda db: _desk(svc, db, row))
+    if desk is None:
+        return None
+    try:
+        return await _pass_on(svc, actor, row, req, answer, desk, declined=True)
+    except (consent.ConsentRefusedError, forms.FormInvalidError, SealError) as exc:
+        code = getattr(exc, "code", type(exc).__name__)
+        log.warning(
+            "request %s declined; the passing-on desk cannot take it (%s): the decline stands",
+            row["reference"],
+            code,
+        )
+        return None
+
+
 async def _pass_on(
     svc: Services,
     actor: Actor,
     row: RequestRow,
     req: kinds.RequestDocument,
     answer: forms.TeamAnswer,
+    new_team: Team,
+    *,
+    declined: bool = False,
 ) -> AnswerResult:
+    """Pass the request on to ``new_team``: the nurse's choice, or (``declined``) the
+    passing-on desk after a decline with no alternative, where the deadline runs on."""
     reference = row["reference"]
-    new_team = await svc.store.read(lambda db: _pass_on_target(db, row, answer.passed_to or ""))
     # The register first (its audit row commits even when it says no), then the keys.
     decision = await svc.store.write(lambda db: _consent(svc, db, actor, row, new_team))
     _raise_pass_on_refusal(decision)
@@ -371,6 +426,7 @@ async def _pass_on(
         to_team=f"{new_team.name} ({new_team.address})",
         nurse=actor.name or actor.username,
         reason=answer.reason or "",
+        declined=declined,
     )
     files = await svc.store.read(lambda db: exchange.stored_attachments(db, reference))
     rendered = render.render_request(
@@ -421,9 +477,8 @@ async def _pass_on(
                 "recipient_fingerprints": json.dumps(list(sealed.recipient_fingerprints)),
                 "skipped_members": json.dumps(skipped),
                 "message_id": sealed.message_id,
-                "answer_due": "",  # the new team's clock starts when its relay takes it
+                **_deadline_changes(current, declined),
                 "notified": "",
-                "overdue_at": "",
                 "updated_at": now,
             },
         )
@@ -453,7 +508,8 @@ async def _pass_on(
             consent_id=consent_id,
             check_consent=decision.audit_value,
             outcome_detail=(
-                f"from={old_team.address}; sealed_by={gateway_fpr[-16:]}; to="
+                ("declined; to passing-on desk automatically; " if declined else "")
+                + f"from={old_team.address}; sealed_by={gateway_fpr[-16:]}; to="
                 + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
             ),
         )
@@ -471,8 +527,8 @@ async def _pass_on(
         outbox.enqueue_notice(
             db,
             functools.partial(
-                notify.notice_passed_on,
-                team=new_team.name,
+                notify.notice_declined_to_desk if declined else notify.notice_passed_on,
+                team=old_team.name if declined else new_team.name,
                 urgent=current["urgency"] == "spoed",
             ),
             reference,
@@ -484,8 +540,20 @@ async def _pass_on(
         return decision
 
     _raise_pass_on_refusal(await svc.store.write(commit))
+    if declined:
+        log.info("request %s declined, passed on to the desk %s", reference, new_team.address)
+        return AnswerResult(reference, DECLINED, new_team.address, to_desk=True)
     log.info("request %s passed on to %s", reference, new_team.address)
     return AnswerResult(reference, PASS_ON, new_team.address)
+
+
+def _deadline_changes(current: RequestRow, declined: bool) -> dict[str, str]:
+    """A nurse's pass-on starts the new team's clock when its relay takes the message
+    (answer_due empty until then). A decline sent on to the desk keeps the deadline the
+    practice was given, and its escalation: a decline does not buy time."""
+    if declined and current["answer_due"]:
+        return {}
+    return {"answer_due": "", "overdue_at": ""}
 
 
 def answer_teams(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[Team]:

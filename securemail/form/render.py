@@ -118,12 +118,21 @@ def quoted(text: str) -> str:
     return "\n".join(f"> {line}".rstrip() for line in lines)
 
 
-def pass_on_note(*, from_team: str, to_team: str, nurse: str, reason: str) -> str:
-    """What the next team reads above a passed-on request: who passed it on, and the reason
-    as a quotation attributed to the nurse who wrote it, never as text of the GP's."""
+def pass_on_note(
+    *, from_team: str, to_team: str, nurse: str, reason: str, declined: bool = False
+) -> str:
+    """What the next team reads above a passed-on request: who passed it on (or, when
+    ``declined``, that the team declined and the gateway sent it to the passing-on desk),
+    and the reason as a quotation attributed to the nurse who wrote it, never as text of
+    the GP's."""
+    how = (
+        f"{from_team} heeft dit verzoek afgewezen zonder ander team te noemen; de gateway "
+        f"heeft het daarom doorgezet naar het doorbemiddelingspunt {to_team}.\n"
+        if declined
+        else f"{from_team} heeft dit verzoek doorbemiddeld naar {to_team}.\n"
+    )
     return (
-        f"{from_team} heeft dit verzoek doorbemiddeld naar {to_team}.\n"
-        f"Reden, geschreven door {nurse} ({from_team}), niet door de huisarts:\n"
+        how + f"Reden, geschreven door {nurse} ({from_team}), niet door de huisarts:\n"
         f"{quoted(reason)}"
     )
 

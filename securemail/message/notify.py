@@ -66,6 +66,13 @@ KINDS: dict[str, tuple[str, str]] = {
         "Uw verzoek {reference} is doorbemiddeld naar een ander team. Op de pagina van het "
         "verzoek ziet u waar het nu ligt.",
     ),
+    "declined_to_desk": (
+        "afgewezen, naar doorbemiddeling",
+        "{team} heeft uw verzoek {reference} afgewezen zonder een ander team te noemen. De "
+        "gateway heeft het daarom doorgezet naar het doorbemiddelingspunt van de regio, dat "
+        "een team zoekt; de reactietermijn loopt door. De reden staat op de pagina van het "
+        "verzoek.",
+    ),
     "ask": (
         "gevraagd",
         "Een wijkteam vraagt uw praktijk om een uitvoeringsverzoek ({reference}). Het staat "
@@ -340,6 +347,15 @@ def notice_passed_on(
     """The team passed the request on (doorgezet) to another team, named here."""
     detail = Detail("", _named(team), urgent)
     return make_notice("passed_on", reference, to, settings, detail=detail)
+
+
+def notice_declined_to_desk(
+    reference: str, to: str, settings: Settings, *, team: str = "", urgent: bool = False
+) -> Notice:
+    """The team (named here) declined with no alternative; the gateway passed the request
+    on to the region's passing-on desk, and the deadline runs on."""
+    detail = Detail("", _named(team), urgent)
+    return make_notice("declined_to_desk", reference, to, settings, detail=detail)
 
 
 def _named(team: str) -> str:

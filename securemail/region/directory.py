@@ -19,6 +19,7 @@ from sqlite_utils import Migrations
 
 from securemail.access import Actor
 from securemail.audit import trail as audit
+from securemail.consent import Recipient
 from securemail.errors import ConflictError, InputError, NotFoundError
 from securemail.form.fields import require_text
 from securemail.openpgp.keyring import Fingerprint
@@ -366,6 +367,30 @@ class ResolvedRecipient:
 
 
 CATEGORIES = ("wijkverpleging",)
+
+
+def covers(db: sqlite_utils.Database, broad: Recipient, narrow: Recipient) -> bool:
+    """Whether consent ``narrow`` lies within ``broad`` (a category holds its teams and the
+    organisations with a team in it; an organisation holds its teams). Equal recipients are
+    not "within": the register compares those by decision, not by specificity."""
+    if broad == narrow:
+        return False
+    if narrow.team_id is not None:
+        team = db.execute(
+            "SELECT org_id, category FROM teams WHERE id = ?", [narrow.team_id]
+        ).fetchone()
+        if team is None:
+            return False
+        return broad.org_id == team[0] or (broad.category is not None and broad.category == team[1])
+    if narrow.org_id is not None and broad.category is not None:
+        return (
+            db.execute(
+                "SELECT 1 FROM teams WHERE org_id = ? AND category = ? LIMIT 1",
+                [narrow.org_id, broad.category],
+            ).fetchone()
+            is not None
+        )
+    return False
 
 
 def resolve_recipient(db: sqlite_utils.Database, text: str) -> ResolvedRecipient:

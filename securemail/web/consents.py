@@ -8,6 +8,8 @@ Routes (each declares its policy action; the domain functions check the organisa
 - ``POST /consents/record`` (consent.record): record, then the patient's page again.
 - ``POST /consents/withdraw`` (consent.withdraw): withdraw, then the patient's page again,
   naming the requests the withdrawal stopped.
+- ``POST /consents/withdraw-narrower`` (consent.withdraw): withdraw every narrower permit
+  an objection leaves standing (the page lists them under the objection), in one action.
 
 Invariants:
 
@@ -238,8 +240,10 @@ async def patient_page(
             db, actor, source_org_id=org_of(actor), patient_bsn=bsn, now=now, history=True
         )
         superseded = {r.supersedes for r in rows if r.supersedes is not None}
+        current = [r for r in rows if r.row_id not in superseded]
         return {
-            "current": [r for r in rows if r.row_id not in superseded],
+            "current": current,
+            "standing": _standing(db, current, now),
             "past": [r for r in rows if r.row_id in superseded],
             "users": user_names(db, rows),
             "names": recipient_names(db),
@@ -278,6 +282,19 @@ async def patient_page(
         **day_formatters(tz),
     }
     return aiohttp_jinja2.render_template("consents/patient.html", request, ctx, status=status)
+
+
+def _standing(
+    db: sqlite_utils.Database, current: list[ConsentRecord], now: datetime
+) -> list[tuple[ConsentRecord, list[ConsentRecord]]]:
+    """Each objection in force with the narrower permits it leaves standing (only those
+    that leave some): the GP sees them and may withdraw them in one action."""
+    pairs = [
+        (o, consent.left_standing(current, o, now, lambda b, n: directory.covers(db, b, n)))
+        for o in current
+        if o.decision == "deny"
+    ]
+    return [(o, left) for o, left in pairs if left]
 
 
 @requires("consent.view")
@@ -398,6 +415,65 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
     return _see_done(request, bsn, withdrawn=result)
 
 
+@requires("consent.withdraw")
+async def withdraw_narrower(request: web.Request) -> web.StreamResponse:
+    """Withdraw, in one action and one transaction, every narrower permit an objection
+    leaves standing. The list is computed again here from the objection's id within the
+    actor's own organisation (never taken from the form); each record's withdrawal is
+    audited ``consent.withdraw`` by the register, and stops what it no longer permits."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    post = await request.post()
+    bsn = str(post.get("bsn", "") or "").strip()
+    objection_id = str(post.get("objection", "") or "")[:64]
+    channel = str(post.get("channel", "") or "")
+    reason = str(post.get("reason", "") or "").strip() or None
+    now = svc.now()
+
+    def write(db: sqlite_utils.Database) -> consent.WithdrawResult:
+        current = consent.list_records(db, source_org_id=org_of(actor), patient_bsn=bsn, now=now)
+        objection = next(
+            (r for r in current if r.consent_id == objection_id and r.decision == "deny"), None
+        )
+        left = (
+            consent.left_standing(current, objection, now, lambda b, n: directory.covers(db, b, n))
+            if objection is not None
+            else []
+        )
+        if not left:
+            raise consent.NothingToWithdrawError(
+                "no narrower permit left standing by this objection", field="recipient"
+            )
+        records: list[ConsentRecord] = []
+        stopped: list[str] = []
+        for recipient in dict.fromkeys(r.recipient for r in left):  # one withdrawal each
+            result = consent.withdraw(
+                db,
+                actor,
+                patient_bsn=bsn,
+                source_org_id=org_of(actor),
+                recipient=recipient,
+                channel=channel,
+                reason=reason,
+                now=now,
+                stop_pending=exchange.stop_for_consent,
+                policy=svc.settings.consent.policy,
+            )
+            records += result.records
+            stopped += [ref for ref in result.stopped if ref not in stopped]
+        return consent.WithdrawResult(records=tuple(records), stopped=tuple(stopped))
+
+    try:
+        result = await svc.store.write(write)
+    except ConsentInputError as exc:
+        name = field_of(exc)
+        if name == "bsn":
+            return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
+        key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
+        return await patient_page(request, bsn, status=422, errors={key: [message_of(exc, name)]})
+    return _see_done(request, bsn, withdrawn=result)
+
+
 # -- Post/Redirect/Get: a refresh shows the outcome again and records nothing twice ----------
 #: What a record or withdraw did, for the page the browser is sent to next (GET). Kept in
 #: this process's memory only (never in a URL, a cookie or the database: it holds a BSN),
@@ -456,5 +532,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/consents/patient", patient, name="consents_patient")
     app.router.add_post("/consents/record", record, name="consents_record")
     app.router.add_post("/consents/withdraw", withdraw, name="consents_withdraw")
+    app.router.add_post(
+        "/consents/withdraw-narrower", withdraw_narrower, name="consents_withdraw_narrower"
+    )
     app[done_key] = {}
     app.router.add_get(r"/consents/done/{token:[A-Za-z0-9_-]{24}}", done_page, name="consents_done")

@@ -57,7 +57,7 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
             ctx,
             status=exc.http_status if exc.http_status != 400 else 422,
         )
-    if result.status == answer.PASS_ON:
+    if result.status == answer.PASS_ON or result.to_desk:
         # The request is with the other team now; this team's list shows where it went.
         raise web.HTTPSeeOther("/requests")
     raise web.HTTPSeeOther(f"/requests/{reference}")

@@ -8,6 +8,8 @@ Real gateway (tests/loop_fixtures.py): real gpg, real SMTP with STARTTLS, real s
 from __future__ import annotations
 
 import subprocess
+from email import message_from_bytes
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,13 @@ import pytest
 from securemail import consent
 from securemail.access import SYSTEM, Actor
 from securemail.accounts import auth
+from securemail.errors import NotFoundError
 from securemail.exchange import answer
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.message import mime
 from securemail.region import directory
+from securemail.store import set_meta
 from tests.gateway import (
     EXAMPLE,
     GP_PASSPHRASE,
@@ -334,3 +338,143 @@ async def test_pass_on_to_the_desk_and_on_to_a_third_team_without_consent_record
         assert parts.forwarded_order == order and b"doorbemiddeld" not in parts.json
     status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
     assert [h["team_address"] for h in status["hops"]] == [TEAM, DESK, OOST]
+
+
+def _pass_on_details(svc: Any, reference: str) -> list[str]:
+    return svc.store.read_sync(
+        lambda db: [
+            r[0]
+            for r in db.execute(
+                "SELECT outcome_detail FROM audit_events WHERE object_id = ? "
+                "AND event_code = 'request.pass_on' ORDER BY seq",
+                [reference],
+            )
+        ]
+    )
+
+
+def _queued_notices(svc: Any, kind: str) -> list[bytes]:
+    rows = svc.store.read_sync(
+        lambda db: db.execute("SELECT mime FROM outbox WHERE kind = 'notice'").fetchall()
+    )
+    marker = f"X-Securemail-Notice: {kind}\r\n".encode()
+    return [bytes(r[0]) for r in rows if marker in bytes(r[0])]
+
+
+async def test_a_decline_with_no_alternative_goes_to_the_desk_and_the_deadline_runs_on(
+    loop: Loop, smtp_server: object
+) -> None:
+    desk_nurse = _desk_and_oost(loop)
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    due = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["answer_due"]
+    assert due
+    loop.clock.advance(hours=1)
+    result = await answer.record_answer(
+        svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "Geen capaciteit"}
+    )
+    assert result.to_desk and result.team_address == DESK
+    await deliver_all(svc)
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    # still open, with the desk; team A's hop says it declined; the deadline was not reset
+    assert status["state"] == "open" and status["team_address"] == DESK
+    assert [(h["team_address"], h["outcome"]) for h in status["hops"]] == [
+        (TEAM, "afgewezen"),
+        (DESK, ""),
+    ]
+    assert status["answer_due"] == due
+    [detail] = _pass_on_details(svc, sent.reference)
+    assert detail.startswith("declined; to passing-on desk automatically; from=" + TEAM)
+    # the practice is told: declined, and where it went (no patient data in the notice)
+    [notice] = _queued_notices(svc, "declined_to_desk")
+    text = message_from_bytes(notice, policy=default).get_body().get_content()  # type: ignore[union-attr]
+    assert "doorbemiddelingspunt" in text and "termijn loopt door" in text
+    assert "Wijkteam" in text and BSN not in text and BSN.encode() not in notice
+    assert not _queued_notices(svc, "answered")
+    delivered = [
+        raw
+        for raw in _delivered_to(smtp_server, "praktijk@praktijk.example")
+        if b"X-Securemail-Notice: declined_to_desk" in raw
+    ]
+    assert len(delivered) == 1  # through the SMTP edge's word-for-word check
+    # the desk's own gpg opens it and verifies the GP's signature over the order
+    [raw] = _delivered_to(smtp_server, DESK)
+    opened = _gpg(loop.team_b_home, "--decrypt", data=raw)
+    assert opened.returncode == 0, opened.stderr.decode()
+    gp_fpr = svc.store.read_sync(lambda db: exchange.require_row(db, sent.reference))[
+        "signer_fingerprint"
+    ]
+    status_desk, _ = verify_order(loop.team_b_home, opened.stdout)
+    assert f"[GNUPG:] VALIDSIG {gp_fpr}" in status_desk
+    # team A can no longer answer it (it is not with team A: hidden); the desk can
+    with pytest.raises(NotFoundError):
+        await answer.record_answer(
+            svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "nogmaals"}
+        )
+    await answer.record_answer(
+        svc, desk_nurse, sent.reference,
+        {"status": "doorbemiddeld", "reason": "Oost heeft plek", "passed_to": OOST},
+    )  # fmt: skip
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert [h["team_address"] for h in status["hops"]] == [TEAM, DESK, OOST]
+
+
+async def test_the_desk_declining_is_the_answer(loop: Loop, smtp_server: object) -> None:
+    desk_nurse = _desk_and_oost(loop)
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "Vol"}
+    )
+    await deliver_all(svc)
+    result = await answer.record_answer(
+        svc, desk_nurse, sent.reference, {"status": "afgewezen", "reason": "Niemand vrij"}
+    )
+    assert not result.to_desk
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert (status["state"], status["answer_status"]) == ("answered", "afgewezen")
+    assert len(_queued_notices(svc, "answered")) == 1
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_a_decline_stands_when_the_desk_may_not_have_it(
+    loop: Loop, smtp_server: object, policy: str
+) -> None:
+    _desk_and_oost(loop)
+    _policy(loop, policy)
+    if policy == "direct_care":
+        _object(loop, org_code="55555555")  # the patient objected to the desk's organisation
+    # explicit: no permit recorded for the desk
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    result = await answer.record_answer(
+        svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "Vol"}
+    )
+    assert not result.to_desk and result.team_address == TEAM
+    await deliver_all(svc)
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert (status["state"], status["answer_status"]) == ("answered", "afgewezen")
+    assert not _delivered_to(smtp_server, DESK)
+    assert len(_queued_notices(svc, "answered")) == 1
+    assert not _pass_on_details(svc, sent.reference)
+
+
+async def test_a_decline_stands_when_the_gateway_cannot_seal_for_the_desk(
+    loop: Loop, smtp_server: object
+) -> None:
+    """A gateway without its own key cannot pass on; the team's decline still lands."""
+    _desk_and_oost(loop)
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(svc)
+    svc.store.write_sync(lambda db: set_meta(db, "gateway_fingerprint", ""))
+    result = await answer.record_answer(
+        svc, loop.nurse_a, sent.reference, {"status": "afgewezen", "reason": "Vol"}
+    )
+    assert not result.to_desk
+    status = svc.store.read_sync(lambda db: exchange.status(db, sent.reference))
+    assert (status["state"], status["answer_status"]) == ("answered", "afgewezen")
+    assert len(_queued_notices(svc, "answered")) == 1
