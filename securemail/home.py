@@ -143,7 +143,6 @@ async def init_home(
                 audit.record(
                     d,
                     audit.AuditEvent.of(SYSTEM, "gateway.init", object_type="key", object_id=fpr),
-                    source_id=settings.gateway.source_id,
                 )
 
             db.write_sync(record_key)

@@ -161,7 +161,6 @@ def create(
             nature="technical",
             outcome_detail=f"created {row['prefix']}… scopes={row['scopes']}",
         ),
-        source_id=source_id,
     )
     return token, token_by_id(db, tid)
 
@@ -224,7 +223,6 @@ def revoke(
                 nature="technical",
                 outcome_detail=f"revoked {rows[0]['prefix']}…",
             ),
-            source_id=source_id,
         )
     return token_by_id(db, token_id)
 

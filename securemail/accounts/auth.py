@@ -394,7 +394,6 @@ def reset_password(
                 f"{tokens} api tokens revoked{told}"
             ),
         ),
-        source_id=source_id,
     )
     return ended
 
@@ -421,7 +420,6 @@ def deactivate(
     username: str,
     *,
     now: datetime,
-    source_id: str = "gateway-1",
 ) -> tuple[int, int]:
     """An admin ends an account: it can no longer log in, and its sessions and API tokens
     end at once (audited user.update). Returns (sessions ended, tokens revoked)."""
@@ -440,7 +438,6 @@ def deactivate(
             nature="technical",
             outcome_detail=f"deactivated; {ended} sessions ended; {tokens} api tokens revoked",
         ),
-        source_id=source_id,
     )
     return ended, tokens
 
@@ -462,7 +459,6 @@ def unlock(
             nature="technical",
             outcome_detail="unlocked",
         ),
-        source_id=source_id,
     )
 
 

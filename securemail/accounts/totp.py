@@ -235,7 +235,6 @@ def confirm_enrolment(
     code: str,
     *,
     now: datetime,
-    source_id: str | None = None,
 ) -> list[str]:
     """Make the pending secret the person's second factor once a code from it fits.
 
@@ -273,7 +272,6 @@ def confirm_enrolment(
             nature="technical",
             outcome_detail="authenticator paired; recovery codes issued",
         ),
-        source_id=source_id,
     )
     return codes
 
@@ -284,7 +282,6 @@ def enrol_for_demo(
     username: str,
     *,
     now: datetime,
-    source_id: str | None = None,
 ) -> str:
     """Pair a demo account with a known secret, returned for the demo's credentials file.
 
@@ -310,7 +307,6 @@ def enrol_for_demo(
             object_id=username,
             outcome_detail="demo account paired",
         ),
-        source_id=source_id,
     )
     return secret
 
@@ -355,9 +351,7 @@ def _new_recovery_codes(db: sqlite_utils.Database, user_id: int, now: datetime) 
     return codes
 
 
-def renew_recovery_codes(
-    db: sqlite_utils.Database, actor: Actor, *, now: datetime, source_id: str | None = None
-) -> list[str]:
+def renew_recovery_codes(db: sqlite_utils.Database, actor: Actor, *, now: datetime) -> list[str]:
     """New recovery codes for a signed-in person (the old ones stop working); shown once."""
     user_id = _user_id(actor)
     if needs_enrolment(db, user_id):
@@ -373,7 +367,6 @@ def renew_recovery_codes(
             nature="technical",
             outcome_detail="recovery codes renewed",
         ),
-        source_id=source_id,
     )
     return codes
 
@@ -401,7 +394,6 @@ def register_failure(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str | None = None,
 ) -> Verdict:
     """Count one failed password or code (audited auth.fail); lock at the limit (auth.lockout).
 
@@ -419,7 +411,6 @@ def register_failure(
             object_type="user",
             object_id=actor.username,
         ),
-        source_id=source_id,
     )
     if already is not None:
         # Attempts during a lock do not extend it: otherwise anyone could keep a GP out for good.
@@ -440,7 +431,6 @@ def register_failure(
             object_id=actor.username,
             outcome_detail=f"{failures} failures; locked until {_iso(until)}",
         ),
-        source_id=source_id,
     )
     return Verdict(False, "locked", locked_until=until)
 
@@ -452,7 +442,6 @@ def verify_second_factor(
     *,
     now: datetime,
     policy: Lockout,
-    source_id: str | None = None,
     lock_applies: bool = True,
 ) -> Verdict:
     """Check a TOTP code (±1 step, each step once) or an unused recovery code.
@@ -465,7 +454,7 @@ def verify_second_factor(
     user_id = _user_id(actor)
     until = locked_until(db, user_id, now)
     if until is not None and lock_applies:
-        return register_failure(db, actor, "locked", now=now, policy=policy, source_id=source_id)
+        return register_failure(db, actor, "locked", now=now, policy=policy)
     row = _row(db, user_id)
     if needs_enrolment(db, user_id):
         return Verdict(False, "not_enrolled")
@@ -474,13 +463,9 @@ def verify_second_factor(
         secret = SecretBox.for_db(db).open(str(row["totp_secret"]), context=_context(user_id))
         step = _matching_step(secret, cleaned, now)
         if step is None:
-            return register_failure(
-                db, actor, "bad_code", now=now, policy=policy, source_id=source_id
-            )
+            return register_failure(db, actor, "bad_code", now=now, policy=policy)
         if step <= int(str(row["last_totp_step"])):
-            return register_failure(
-                db, actor, "replayed", now=now, policy=policy, source_id=source_id
-            )
+            return register_failure(db, actor, "replayed", now=now, policy=policy)
         _update(db, user_id, last_totp_step=step)
         method = "totp"
     elif len(cleaned) == RECOVERY_LENGTH:
@@ -490,12 +475,10 @@ def verify_second_factor(
             [_iso(now), user_id, _recovery_hash(user_id, cleaned)],
         ).rowcount
         if used != 1:
-            return register_failure(
-                db, actor, "bad_recovery_code", now=now, policy=policy, source_id=source_id
-            )
+            return register_failure(db, actor, "bad_recovery_code", now=now, policy=policy)
         method = "recovery_code"
     else:
-        return register_failure(db, actor, "malformed", now=now, policy=policy, source_id=source_id)
+        return register_failure(db, actor, "malformed", now=now, policy=policy)
     _update(db, user_id, failed_logins=0, locked_until="")
     left = recovery_codes_left(db, user_id)
     audit.record(
@@ -507,7 +490,6 @@ def verify_second_factor(
             object_id=actor.username,
             outcome_detail=f"password + {method}",
         ),
-        source_id=source_id,
     )
     return Verdict(True, "ok", method=method, recovery_left=left)
 

@@ -39,12 +39,10 @@ def begin_export(
     fmt: str,
     start: str,
     end: str,
-    *,
-    source_id: str | None = None,
 ) -> Scope:
     """Authorise and record the export (commit this before reading); returns the scope."""
     scope = authorize(db, actor, "audit.export")
-    _view(db, actor, f"trail.{fmt}", f"period {start}..{end}", export=True, source_id=source_id)
+    _view(db, actor, f"trail.{fmt}", f"period {start}..{end}", export=True)
     return scope
 
 

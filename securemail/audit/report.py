@@ -160,7 +160,6 @@ def record_denial(
     exc: Exception,
     *,
     what: str = "",
-    source_id: str | None = None,
 ) -> int:
     code = getattr(exc, "code", "access.denied")
     return audit.record(
@@ -174,7 +173,6 @@ def record_denial(
             object_id=what,
             check_authz=f"deny:{action}",
         ),
-        source_id=source_id,
     )
 
 
@@ -185,16 +183,13 @@ def run_sync(
     fn: Callable[[sqlite_utils.Database], T],
     *,
     what: str = "",
-    source_id: str | None = None,
 ) -> T:
     """store.write_sync(fn); on AccessDeniedError also write the access.denied row."""
     try:
         return store.write_sync(fn)
     except AccessDeniedError as exc:
         denied: Exception = exc
-        store.write_sync(
-            lambda db: record_denial(db, actor, action, denied, what=what, source_id=source_id)
-        )
+        store.write_sync(lambda db: record_denial(db, actor, action, denied, what=what))
         raise
 
 
@@ -212,9 +207,7 @@ async def run(
         return await store.write(fn)
     except AccessDeniedError as exc:
         denied: Exception = exc
-        await store.write(
-            lambda db: record_denial(db, actor, action, denied, what=what, source_id=source_id)
-        )
+        await store.write(lambda db: record_denial(db, actor, action, denied, what=what))
         raise
 
 
@@ -226,7 +219,6 @@ def _view(
     *,
     patient: str = "",
     export: bool = False,
-    source_id: str | None,
 ) -> int:
     return audit.record(
         db,
@@ -239,7 +231,6 @@ def _view(
             outcome_detail=detail,
             check_authz=f"permit:{actor.role}",
         ),
-        source_id=source_id,
     )
 
 
@@ -348,7 +339,6 @@ def disclosure_report(
     end: str,
     *,
     export: str = "",
-    source_id: str | None = None,
 ) -> DisclosureReport:
     """Every event about the patient in [start, end) that the officer's organisation owns
     (AVG art. 15, Wabvpz art. 15e); export="csv"/"pdf" records audit.export instead."""
@@ -369,7 +359,6 @@ def disclosure_report(
         f"period {start}..{end}; {len(rows)} rows; {export or 'page'}",
         patient=bsn,
         export=bool(export),
-        source_id=source_id,
     )
     return DisclosureReport(
         bsn,
@@ -435,7 +424,6 @@ def user_activity(
         actor,
         f"user:{user_id}",
         f"period {start}..{end}; {len(rows)} rows",
-        source_id=source_id,
     )
     return UserActivity(user_id, name, start, end, dict(by_patient), len(rows))
 
@@ -547,7 +535,6 @@ def exceptions(
     tz: str = "Europe/Amsterdam",
     anomaly_factor: float = 3.0,
     anomaly_min: int = 20,
-    source_id: str | None = None,
 ) -> Exceptions:
     """Refusals, consent stops, break-the-glass, failed logins, access outside working
     hours and users far above their own usual volume, in [start, end)."""
@@ -590,7 +577,6 @@ def exceptions(
         actor,
         "exceptions",
         f"period {start}..{end}; {out.total} exceptions",
-        source_id=source_id,
     )
     return out
 
@@ -646,7 +632,7 @@ def volume_anomalies(
 
 
 def delivery_failures(
-    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str | None = None
+    db: sqlite_utils.Database, actor: Actor, start: str, end: str
 ) -> list[dict[str, Any]]:
     """Failed and retried deliveries in [start, end), newest first."""
     scope = authorize(db, actor)
@@ -664,7 +650,6 @@ def delivery_failures(
         actor,
         "delivery_failures",
         f"period {start}..{end}; {len(rows)} rows",
-        source_id=source_id,
     )
     return rows
 
@@ -681,7 +666,7 @@ class PairVolume:
 
 
 def volume_by_org_pair(
-    db: sqlite_utils.Database, actor: Actor, start: str, end: str, *, source_id: str | None = None
+    db: sqlite_utils.Database, actor: Actor, start: str, end: str
 ) -> list[PairVolume]:
     """Requests per (sending practice, receiving organisation) in [start, end), for the DPIA."""
     scope = authorize(db, actor)
@@ -707,5 +692,5 @@ def volume_by_org_pair(
         PairVolume(s, r, t["sent"], t["refused"], t["delivered"], t["failed"], t["stopped"])
         for (s, r), t in sorted(tally.items())
     ]
-    _view(db, actor, "volume", f"period {start}..{end}; {len(out)} pairs", source_id=source_id)
+    _view(db, actor, "volume", f"period {start}..{end}; {len(out)} pairs")
     return out

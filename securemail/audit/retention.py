@@ -100,6 +100,5 @@ def purge(
             outcome_detail=f"rows {first}..{upto} recorded before {cutoff} "
             f"(retention {retention_years} years); checkpoint {cp.id}",
         ),
-        source_id=source_id,
     )
     return PurgeReport(first, upto, upto - first + 1, cutoff, cp, seq)

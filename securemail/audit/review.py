@@ -85,8 +85,6 @@ def integrity_status(
     db: sqlite_utils.Database,
     actor: Actor,
     keys: Mapping[str, Ed25519PublicKey],
-    *,
-    source_id: str | None = None,
 ) -> IntegrityStatus:
     """A cheap status (no full recomputation): head, last checkpoint checked against its
     signature and the row it signed, rows not yet signed, the last full verification."""
@@ -122,7 +120,7 @@ def integrity_status(
     )
     if last and last[0]["outcome"] != "success":
         problems.append("the last full verification failed")
-    _view(db, actor, "integrity", f"head {head_seq}", source_id=source_id)
+    _view(db, actor, "integrity", f"head {head_seq}")
     return IntegrityStatus(
         head_seq,
         head_hash,
@@ -135,9 +133,7 @@ def integrity_status(
     )
 
 
-def record_verification(
-    db: sqlite_utils.Database, actor: Actor, *, ok: bool, detail: str, source_id: str | None = None
-) -> int:
+def record_verification(db: sqlite_utils.Database, actor: Actor, *, ok: bool, detail: str) -> int:
     """The audit.verify row for a full verification (success, or error with the reason)."""
     return audit.record(
         db,
@@ -149,7 +145,6 @@ def record_verification(
             outcome="success" if ok else "error",
             outcome_detail=detail[:500],
         ),
-        source_id=source_id,
     )
 
 
@@ -176,7 +171,6 @@ def breach_scope(
     aware_at: datetime,
     *,
     limit: int = 1000,
-    source_id: str | None = None,
 ) -> BreachScope:
     """For a window: which patients, which data categories, which recipients were involved
     in the organisation's exchanges, and the 72-hour clock from awareness (AVG art. 33)."""
@@ -208,7 +202,7 @@ def breach_scope(
             f"SELECT e.recipient_org, count(DISTINCT e.patient_id) {base} GROUP BY 1", params
         )
     }
-    _view(db, actor, "breach", f"period {start}..{end}; {patients} patients", source_id=source_id)
+    _view(db, actor, "breach", f"period {start}..{end}; {patients} patients")
     return BreachScope(
         start,
         end,
@@ -272,7 +266,6 @@ def sign_off(
     findings: str,
     subject: str = "",
     bsn: str = "",
-    source_id: str | None = None,
 ) -> Review:
     """Record that actor reviewed report `kind` for the period, with what they found."""
     scope = authorize(db, actor)
@@ -320,7 +313,6 @@ def sign_off(
             outcome_detail=f"{kind} {start}..{end}: {outcome}",
             check_authz=f"permit:{actor.role}",
         ),
-        source_id=source_id,
     )
     return Review(
         review_id,
@@ -337,9 +329,7 @@ def sign_off(
     )
 
 
-def list_reviews(
-    db: sqlite_utils.Database, actor: Actor, *, limit: int = 200, source_id: str | None = None
-) -> list[Review]:
+def list_reviews(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> list[Review]:
     """The organisation's sign-offs, newest first."""
     scope = authorize(db, actor)
     out = [
@@ -352,5 +342,5 @@ def list_reviews(
             [scope.org_code, limit],
         )
     ]
-    _view(db, actor, "reviews", f"{len(out)} reviews", source_id=source_id)
+    _view(db, actor, "reviews", f"{len(out)} reviews")
     return out

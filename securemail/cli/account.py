@@ -48,9 +48,7 @@ def cmd_account(args: argparse.Namespace) -> int:
             )
         elif args.action == "deactivate":
             ended, tokens = svc.store.write_sync(
-                lambda db: auth.deactivate(
-                    db, SYSTEM, _username(args), now=svc.now(), source_id=src
-                )
+                lambda db: auth.deactivate(db, SYSTEM, _username(args), now=svc.now())
             )
             print(
                 f"{args.username} deactivated; {ended} session(s) ended; {tokens} token(s) revoked"

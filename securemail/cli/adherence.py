@@ -53,15 +53,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = "csv" if args.csv else "json" if args.json else ""
     with open_home(args) as svc:
         actor = _actor(svc, args.as_user)
-        src = svc.settings.gateway.source_id
         try:
-            svc.store.write_sync(
-                lambda db: adherence.record_read(db, actor, month, export=fmt, source_id=src)
-            )
+            svc.store.write_sync(lambda db: adherence.record_read(db, actor, month, export=fmt))
         except AccessDeniedError:
-            svc.store.write_sync(
-                lambda db: adherence.record_denial(db, actor, month, source_id=src)
-            )
+            svc.store.write_sync(lambda db: adherence.record_denial(db, actor, month))
             raise
         calendar = svc.settings.deadlines
         rows = svc.store.read_sync(lambda db: adherence.load_month(db, month, calendar))

@@ -66,7 +66,6 @@ def _period(
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings, store = _open(args)
-    src = settings.gateway.source_id
     try:
         actor = _actor(store, args.as_user)
         if not actor.is_system:
@@ -76,7 +75,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 denied: Exception = exc
                 store.write_sync(
                     lambda db: audit_report.record_denial(
-                        db, actor, "audit.verify", denied, what="chain", source_id=src
+                        db, actor, "audit.verify", denied, what="chain"
                     )
                 )
                 raise
@@ -92,14 +91,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             broken = exc
             store.write_sync(
                 lambda db: audit_review.record_verification(
-                    db, actor, ok=False, detail=broken.reason, source_id=src
+                    db, actor, ok=False, detail=broken.reason
                 )
             )
             raise
         store.write_sync(
-            lambda db: audit_review.record_verification(
-                db, actor, ok=True, detail=report.summary(), source_id=src
-            )
+            lambda db: audit_review.record_verification(db, actor, ok=True, detail=report.summary())
         )
     finally:
         store.close()
@@ -120,7 +117,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_patient(args: argparse.Namespace) -> int:
     settings, store = _open(args)
-    src = settings.gateway.source_id
     try:
         actor = _actor(store, args.as_user)
         start, end = _period(settings, args, default_days=365)
@@ -128,11 +124,8 @@ def cmd_patient(args: argparse.Namespace) -> int:
             store,
             actor,
             "audit.view",
-            lambda db: audit_report.disclosure_report(
-                db, actor, args.bsn, start, end, source_id=src
-            ),
+            lambda db: audit_report.disclosure_report(db, actor, args.bsn, start, end),
             what="disclosure",
-            source_id=src,
         )
     finally:
         store.close()
@@ -159,7 +152,6 @@ def cmd_patient(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     settings, store = _open(args)
-    src = settings.gateway.source_id
     out = None
     try:
         actor = _actor(store, args.as_user)
@@ -168,9 +160,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             store,
             actor,
             "audit.export",
-            lambda db: audit_export.begin_export(db, actor, args.format, start, end, source_id=src),
+            lambda db: audit_export.begin_export(db, actor, args.format, start, end),
             what=f"trail.{args.format}",
-            source_id=src,
         )
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
 
@@ -191,7 +182,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     settings, store = _open(args)
-    src = settings.gateway.source_id
     try:
         actor = _actor(store, args.as_user)
         key = audit_integrity.load_or_create_checkpoint_key(settings.home)
@@ -209,7 +199,6 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
                         nature="technical",
                         outcome_detail=f"checkpoint {cp.id}",
                     ),
-                    source_id=src,
                 )
             return cp
 

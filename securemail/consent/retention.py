@@ -101,7 +101,6 @@ def purge(
                     nature="technical",
                     outcome_detail=f"{versions} version(s) past retention",
                 ),
-                source_id=source_id,
             )
     finally:
         db.conn.execute(str(trigger[0]))

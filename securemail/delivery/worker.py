@@ -152,7 +152,7 @@ def claim(
             event = audit_event(
                 SYSTEM, EVENTS[(row.kind, "retrying")], row, outcome="error", detail=detail
             )
-            audit.record(db, event, source_id=source_id)
+            audit.record(db, event)
         claimed.append(row)
     return claimed
 
@@ -249,7 +249,7 @@ def finish(
         code = UNCERTAIN_EVENTS[row.kind]
         detail += "; sent again with the same Message-ID"
     event = audit_event(SYSTEM, code, row, outcome=_AUDIT_OUTCOME[new], detail=detail)
-    audit.record(db, event, source_id=settings.gateway.source_id)
+    audit.record(db, event)
     return row
 
 

@@ -142,7 +142,6 @@ async def _require_answerable(svc: Services, actor: Actor, reference: str) -> Re
                 actor,
                 reference,
                 f"request.answer: {exc.code}",
-                source_id=svc.settings.gateway.source_id,
             )
             return None, exc
         return row, None
@@ -179,7 +178,6 @@ def _audit_answer(
             check_authz="permit:nurse-of-team",
             **{"sender_org": actor.org_code, **columns},
         ),
-        source_id=svc.settings.gateway.source_id,
     )
 
 

@@ -207,7 +207,6 @@ def queue(
             check_consent="exempt:answer_to_principal",
             outcome_detail=f"sealed_to={str(sealed.recipient_fingerprints[0])[-16:]}",
         ),
-        source_id=svc.settings.gateway.source_id,
     )
     outbox.enqueue(
         db,
@@ -229,16 +228,14 @@ def is_answer_copy(db: sqlite_utils.Database, message_id: str) -> bool:
     )
 
 
-def answer_for_practice(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str
-) -> dict[str, Any]:
+def answer_for_practice(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:
     """GET /api/requests/{ref}: the status and the answer's content, for the request's own
     practice only (hidden as not found otherwise); audited request.view. Run in a write."""
     row = require_row(db, reference)
     try:
         require(actor, "request.view", resource(row), hide=True)
     except SecuremailError as exc:
-        record_refusal(db, actor, reference, f"answer: {exc.code}", source_id=source_id)
+        record_refusal(db, actor, reference, f"answer: {exc.code}")
         raise
     out = status(db, reference)
     answer = answer_of(db, row)
@@ -259,7 +256,6 @@ def answer_for_practice(
             check_authz=f"permit:{actor.role}",
             outcome_detail="answer",
         ),
-        source_id=source_id,
     )
     return out
 

@@ -59,7 +59,6 @@ async def answer_ask(svc: Services, actor: Actor, reference: str, text: object) 
             audit.AuditEvent.of(
                 actor, "access.denied", outcome="refused", object_type="ask", object_id=reference
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         return False
 
@@ -101,7 +100,6 @@ async def answer_ask(svc: Services, actor: Actor, reference: str, text: object) 
                 check_authz="permit:gp-own-practice",
                 outcome_detail=f"kind={row['ask_kind']}",
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         outbox.enqueue_notice(
             db,

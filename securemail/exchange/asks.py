@@ -253,7 +253,6 @@ async def create(svc: Services, actor: Actor, data: dict[str, Any]) -> AskResult
                 check_authz="permit:nurse-own-team",
                 outcome_detail=f"kind={clean['ask_kind']}; due={due_text}",
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         notice = (
             notify.notice_ask
@@ -303,9 +302,7 @@ def _row(db: sqlite_utils.Database, reference: str) -> dict[str, Any]:
     return rows[0]
 
 
-def get_ask(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
-) -> dict[str, Any]:
+def get_ask(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:
     """One ask with its patient data, for the asked practice or the asking team; audited
     ask.view (a refusal as access.denied). Must run in a write."""
     row = _row(db, reference)
@@ -317,7 +314,6 @@ def get_ask(
             audit.AuditEvent.of(
                 actor, "access.denied", outcome="refused", object_type="ask", object_id=reference
             ),
-            source_id=source_id,
         )
         raise
     team = directory.team_by_id(db, row["team_id"])
@@ -335,7 +331,6 @@ def get_ask(
             recipient_org=practice.code,
             check_authz=f"permit:{actor.role}",
         ),
-        source_id=source_id,
     )
     asker = db.execute("SELECT name FROM users WHERE id = ?", [row["created_by"]]).fetchone()
     return {
@@ -422,7 +417,6 @@ def fulfil(
     request_reference: str,
     *,
     now: str,
-    source_id: str,
 ) -> None:
     """Mark the ask fulfilled by a request (inside the request's sending transaction)."""
     changed = db.execute(
@@ -444,7 +438,6 @@ def fulfil(
             data_categories=DATA_CATEGORIES,
             outcome_detail=f"request={request_reference}",
         ),
-        source_id=source_id,
     )
 
 

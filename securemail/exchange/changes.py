@@ -92,7 +92,6 @@ def apply(
                 **{**audit_common, "object_id": req.supersedes},
                 outcome_detail=f"by={req.reference}",
             ),
-            source_id=source_id,
         )
 
 

@@ -103,7 +103,6 @@ def _mark(svc: Services, db: sqlite_utils.Database, now: datetime, kind: _Kind) 
                 recipient_org=recipient,
                 outcome_detail=f"due={due_text}",
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         if kind.practice_waits:
             if practice.notify_address:

@@ -219,7 +219,6 @@ def _tell(
             recipient_org=team.address,
             outcome_detail=f"{kind}; date={day}",
         ),
-        source_id=svc.settings.gateway.source_id,
     )
     if practice.notify_address:
         notice = _NOTICES[kind](reference, practice.notify_address, svc.settings)

@@ -600,9 +600,7 @@ async def _audit_refusal(
         sender_org=actor.org_code,
         recipient_org=str(getattr(exc, "context", {}).get("address", "")),
     )
-    await svc.store.write(
-        lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id)
-    )
+    await svc.store.write(lambda db: audit.record(db, event))
     log.info("request %s refused: %s", reference, code)
 
 
@@ -750,18 +748,16 @@ async def _seal_and_queue(
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.create", **common, outcome_detail=created),
-            source_id=src,
         )
         changes.apply(db, actor, req, now=now, source_id=src, audit_common=common)
         orders.record(db, reference, req, now)  # end/evaluation dates outlive the content
         if ask:
-            asks.fulfil(db, actor, ask, reference, now=now, source_id=src)
+            asks.fulfil(db, actor, ask, reference, now=now)
         if key:  # the key names its request in the same commit
             idem.finish(db, person(actor).user_id, key, reference)
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.sign", **common, outcome_detail=f"signer={signer}"),
-            source_id=src,
         )
         outbox.enqueue(
             db,
@@ -782,7 +778,6 @@ async def _seal_and_queue(
         audit.record(
             db,
             audit.AuditEvent.of(actor, "request.send", **common, outcome_detail=detail),
-            source_id=src,
         )
         return decision
 

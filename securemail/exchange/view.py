@@ -133,9 +133,7 @@ def answer_of(db: sqlite_utils.Database, row: RequestRow) -> dict[str, Any] | No
     return json.loads(text) if text else None
 
 
-def record_refusal(
-    db: sqlite_utils.Database, actor: Actor, reference: str, detail: str, *, source_id: str | None
-) -> None:
+def record_refusal(db: sqlite_utils.Database, actor: Actor, reference: str, detail: str) -> None:
     """The access.denied row for a refused look at (or action on) a request; the refusal
     itself is raised by the caller, often hidden as not-found, so this row is its only trace."""
     audit.record(
@@ -148,20 +146,17 @@ def record_refusal(
             object_type="request",
             object_id=reference,
         ),
-        source_id=source_id,
     )
 
 
-def get_request(
-    db: sqlite_utils.Database, actor: Actor, reference: str, *, source_id: str | None = None
-) -> dict[str, Any]:
+def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""
     row = require_row(db, reference)
     try:
         require(actor, "request.view", resource(row), hide=True)
     except SecuremailError as exc:
-        record_refusal(db, actor, reference, exc.code, source_id=source_id)
+        record_refusal(db, actor, reference, exc.code)
         raise
     team = directory.team_by_id(db, row["team_id"])
     audit.record(
@@ -177,7 +172,6 @@ def get_request(
             recipient_org=team.address,
             check_authz=f"permit:{actor.role}",
         ),
-        source_id=source_id,
     )
     view = dict(row)
     view.pop("json_signature", None)

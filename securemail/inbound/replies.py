@@ -243,7 +243,6 @@ async def accept(svc: Services, raw: bytes, *, peer: str = "") -> Accepted:
     message_id = str(msg.get("Message-ID", ""))[:250]
     reply_id = uuid.uuid4().hex
     now = svc.now_iso()
-    source_id = svc.settings.gateway.source_id
 
     def commit(db: sqlite_utils.Database) -> str:
         reference = _find_reference(db, ids, subjects)
@@ -277,7 +276,6 @@ async def accept(svc: Services, raw: bytes, *, peer: str = "") -> Accepted:
                 recipient_org=practice.code,
                 outcome_detail=f"signer {signer}",
             ),
-            source_id=source_id,
         )
         outbox.enqueue_notice(
             db,

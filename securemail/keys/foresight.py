@@ -200,7 +200,6 @@ async def notify_admin(svc: Services, foresight: Foresight) -> str | None:
                 object_id=reference,
                 outcome_detail=detail,
             ),
-            source_id=svc.settings.gateway.source_id,
         )
         return reference
 

@@ -139,7 +139,7 @@ def pin(
         db.table("team_members").update(same.id, {"status": status} | evidence)
     code = "key.quarantine" if known else "key.import"
     detail = f"member={email}" + ("; waiting for the phone code" if known else "")
-    audit.record(db, _event(actor, code, team, fpr, detail), source_id=source_id)
+    audit.record(db, _event(actor, code, team, fpr, detail))
     return QUARANTINED if known else ADDED
 
 
@@ -148,8 +148,6 @@ def remove_unlisted(
     actor: Actor,
     team: Team,
     keep: set[Fingerprint],
-    *,
-    source_id: str | None = None,
 ) -> list[Member]:
     """Mark the team's member keys not in ``keep`` as removed (audited ``key.remove``)."""
     gone = [
@@ -161,7 +159,7 @@ def remove_unlisted(
         db.table("team_members").update(m.id, {"status": "removed"})
         detail = f"member={m.email}; no longer in the manifest (was {m.status})"
         event = _event(actor, "key.remove", team, m.fingerprint, detail)
-        audit.record(db, event, source_id=source_id)
+        audit.record(db, event)
     return gone
 
 
@@ -222,7 +220,7 @@ def confirm(
             f"member={email}" + ("" if ok else "; the code did not match"),
             outcome="success" if ok else "refused",
         )
-        audit.record(db, event, source_id=source_id)
+        audit.record(db, event)
     return ConfirmOutcome(tuple(m for m, _ in rows) if ok else (), fpr)
 
 
@@ -333,7 +331,7 @@ def _apply(
             )
             report.changes.append((outcome, team.address, m.email, m.fingerprint))
         keep = {m.fingerprint for m in entry.members}
-        for gone in remove_unlisted(db, actor, team, keep, source_id=source_id):
+        for gone in remove_unlisted(db, actor, team, keep):
             report.changes.append((REMOVED, team.address, gone.email, gone.fingerprint))
     for team in directory.list_teams(db):
         if team.id not in listed and directory.members(db, team.id):

@@ -578,7 +578,7 @@ def make_backup(settings: Settings, to: Path, actor: Actor) -> BackupResult:
         event = audit.AuditEvent.of(
             actor, "gateway.backup", object_type="backup", nature="technical", **fields
         )
-        store.write_sync(lambda db: audit.record(db, event, source_id=settings.gateway.source_id))
+        store.write_sync(lambda db: audit.record(db, event))
 
     try:
         audit_integrity.install(store, home, settings.audit.checkpoint_every)

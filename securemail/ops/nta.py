@@ -238,7 +238,6 @@ async def _measure(svc: Services, now: datetime) -> _State:
             SYSTEM,
             ok=ok,
             detail=f"nta-declaration: {detail}",
-            source_id=svc.settings.gateway.source_id,
         )
     )
     return st

@@ -433,7 +433,6 @@ def _finish(
                     data_categories="all",
                     outcome_detail=detail,
                 ),
-                source_id=settings.gateway.source_id,
             )
             # Sign the restored head at once: a later cut of the tail is then detectable.
             audit_integrity.checkpoint(db, key, kind="manual")

@@ -360,7 +360,6 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                     f"{settings.audit.retention_years} years)"
                 ),
             ),
-            source_id=settings.gateway.source_id,
         )
     finally:
         db.conn.execute(f"PRAGMA secure_delete = {int(secure)}")

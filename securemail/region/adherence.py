@@ -580,7 +580,6 @@ def record_read(
     month: str,
     *,
     export: str = "",
-    source_id: str | None = None,
 ) -> str:
     """Check that actor may read the month's figures and write the audit row of the read
     (``adherence.view``, or ``adherence.export`` with the format): a non-patient read, so
@@ -601,7 +600,6 @@ def record_read(
             purpose="HOPERAT",  # operations: figures about the service, not care for a patient
             check_authz=f"permit:{actor.role}",
         ),
-        source_id=source_id,
     )
     return month
 
@@ -620,9 +618,7 @@ def load_month(db: sqlite_utils.Database, month: str, calendar: DeadlineSettings
     )  # fmt: skip
 
 
-def record_denial(
-    db: sqlite_utils.Database, actor: Actor, month: str, *, source_id: str | None = None
-) -> None:
+def record_denial(db: sqlite_utils.Database, actor: Actor, month: str) -> None:
     """The access.denied row of a refused read (written in its own transaction, since the
     refused read's transaction rolls back)."""
     audit.record(
@@ -636,7 +632,6 @@ def record_denial(
             object_id=month,
             check_authz="deny:adherence.view",
         ),
-        source_id=source_id,
     )
 
 

@@ -67,7 +67,7 @@ async def _reauthenticate(request: web.Request, password: str, code: str | None)
     account's lock, as at login; while it is locked nothing is checked."""
     svc = request.app[services_key]
     actor = request[ACTOR]
-    now, src, policy = svc.now(), svc.settings.gateway.source_id, lockout_policy(request)
+    now, policy = svc.now(), lockout_policy(request)
     locked = await svc.store.read(lambda db: totp.locked_until(db, actor.user_id, now))
     if locked is not None:
         return locked_message(locked)
@@ -77,9 +77,7 @@ async def _reauthenticate(request: web.Request, password: str, code: str | None)
     )
     if not password_ok:
         verdict = await svc.store.write(
-            lambda db: totp.register_failure(
-                db, actor, "bad_password", now=now, policy=policy, source_id=src
-            )
+            lambda db: totp.register_failure(db, actor, "bad_password", now=now, policy=policy)
         )
         if verdict.locked_until is not None:
             return locked_message(verdict.locked_until)
@@ -87,9 +85,7 @@ async def _reauthenticate(request: web.Request, password: str, code: str | None)
     if code is None:
         return None
     verdict = await svc.store.write(
-        lambda db: totp.verify_second_factor(
-            db, actor, code[:40], now=now, policy=policy, source_id=src
-        )
+        lambda db: totp.verify_second_factor(db, actor, code[:40], now=now, policy=policy)
     )
     if verdict.ok:
         return None
@@ -111,9 +107,7 @@ async def renew_codes(request: web.Request) -> web.StreamResponse:
             "account/account.html", request, await _context(request, error=refusal), status=422
         )
     codes = await svc.store.write(
-        lambda db: totp.renew_recovery_codes(
-            db, request[ACTOR], now=svc.now(), source_id=svc.settings.gateway.source_id
-        )
+        lambda db: totp.renew_recovery_codes(db, request[ACTOR], now=svc.now())
     )
     return aiohttp_jinja2.render_template(
         "totp/recovery_codes.html", request, recovery_context(codes, first=False)
@@ -153,7 +147,6 @@ async def repair_post(request: web.Request) -> web.StreamResponse:
                 actor,
                 str(form.get("code", ""))[:40],
                 now=svc.now(),
-                source_id=svc.settings.gateway.source_id,
             )
         )
     except (totp.SecondFactorError, totp.EnrolmentExpiredError) as exc:

@@ -37,11 +37,7 @@ async def _read(request: web.Request, month: str, export: str = "") -> dict[str,
     svc = request.app[services_key]
     actor = request[ACTOR]
     calendar = svc.settings.deadlines
-    await svc.store.write(
-        lambda db: adherence.record_read(
-            db, actor, month, export=export, source_id=svc.settings.gateway.source_id
-        )
-    )
+    await svc.store.write(lambda db: adherence.record_read(db, actor, month, export=export))
     rows = await svc.store.read(lambda db: adherence.load_month(db, month, calendar))
     now = svc.now()
     return await asyncio.to_thread(rows.figures, now=now, calendar=calendar)

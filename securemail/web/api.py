@@ -104,11 +104,8 @@ async def request_answer(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    src = svc.settings.gateway.source_id
     return web.json_response(
-        await svc.store.write(
-            lambda db: answer_copy.answer_for_practice(db, actor, reference, source_id=src)
-        )
+        await svc.store.write(lambda db: answer_copy.answer_for_practice(db, actor, reference))
     )
 
 

@@ -77,9 +77,7 @@ async def ask_detail(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    ask = await svc.store.write(
-        lambda db: asks.get_ask(db, actor, reference, source_id=svc.settings.gateway.source_id)
-    )
+    ask = await svc.store.write(lambda db: asks.get_ask(db, actor, reference))
     return {
         "a": ask,
         "procedure_label": svc.definition.procedure_label,
@@ -94,9 +92,7 @@ async def draft_from_ask(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    ask = await svc.store.write(
-        lambda db: asks.get_ask(db, actor, reference, source_id=svc.settings.gateway.source_id)
-    )
+    ask = await svc.store.write(lambda db: asks.get_ask(db, actor, reference))
     values = forms.flatten(asks.prefill(ask))
     values["issued_at"] = local_minute(svc)
     ctx = await _form_context(request, values, {}, reference if ask["state"] == "open" else "")

@@ -116,7 +116,6 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", "")).strip().lower()[:64]
     password = str(form.get("password", ""))
     now = svc.now()
-    src = svc.settings.gateway.source_id
     ap = access_point(request)
     throttle = request.app[throttle_key]
     if throttle.blocked(ap, now):
@@ -130,7 +129,6 @@ async def login_post(request: web.Request) -> web.StreamResponse:
                     outcome="refused",
                     outcome_detail="source address throttled",
                 ),
-                source_id=src,
             )
         )
         return render_login(
@@ -161,20 +159,15 @@ async def login_post(request: web.Request) -> web.StreamResponse:
                     outcome="refused",
                     outcome_detail="unknown or inactive user",
                 ),
-                source_id=src,
             )
             return totp.Verdict(False, "bad_password"), None
         actor = auth.actor_for(db, user, ap)
         # The lock holds for sources that failed for this account, not for the person's own.
         failed_here = sources.blocked(AccountSources.key(user.id, ap), now)
         if totp.locked_until(db, user.id, now) is not None and failed_here:
-            return totp.register_failure(
-                db, actor, "locked", now=now, policy=policy, source_id=src
-            ), None
+            return totp.register_failure(db, actor, "locked", now=now, policy=policy), None
         if not ok:
-            return totp.register_failure(
-                db, actor, "bad_password", now=now, policy=policy, source_id=src
-            ), None
+            return totp.register_failure(db, actor, "bad_password", now=now, policy=policy), None
         old = request.cookies.get(session.COOKIE, "")
         if old:
             # Whatever session this browser had ends here: rotation at login.
@@ -205,7 +198,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     sess = request[SESSION]
     actor = request[ACTOR]
-    src = svc.settings.gateway.source_id
 
     def end(db: sqlite_utils.Database) -> None:
         session.end(db, sess)
@@ -218,7 +210,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
                 object_id=actor.username,
                 outcome_detail="this session",
             ),
-            source_id=src,
         )
 
     await svc.store.write(end)
@@ -232,7 +223,6 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
     """Logout everywhere: every session of this person ends, this one included."""
     svc = request.app[services_key]
     actor = request[ACTOR]
-    src = svc.settings.gateway.source_id
 
     def end(db: sqlite_utils.Database) -> None:
         n = session.end_all(db, actor.user_id)
@@ -245,7 +235,6 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
                 object_id=actor.username,
                 outcome_detail=f"all sessions ({n})",
             ),
-            source_id=src,
         )
 
     await svc.store.write(end)

@@ -156,9 +156,7 @@ async def audit_refusal(request: web.Request, exc: SecuremailError, status: int)
         outcome_detail=f"{action} on {request.match_info.route.name} -> {status}",
     )
     try:
-        await svc.store.write(
-            lambda db: audit.record(db, event, source_id=svc.settings.gateway.source_id)
-        )
+        await svc.store.write(lambda db: audit.record(db, event))
     except Exception:
         log.exception("could not record access.denied for route %s", request.match_info.route.name)
 
@@ -423,7 +421,6 @@ async def actor_from_token(request: web.Request) -> Person:
                 outcome="refused",
                 outcome_detail=f"api token: {found}",
             ),
-            source_id=svc.settings.gateway.source_id,
         )
     )
     raise _unauthorised("invalid_token")

@@ -64,11 +64,7 @@ async def _guard(request: web.Request, action: str, what: str) -> None:
     ):
         return
     exc = AccessDeniedError(f"{actor.role} {actor.username} may not {action}", action=action)
-    await svc.store.write(
-        lambda db: audit_report.record_denial(
-            db, actor, action, exc, what=what, source_id=svc.settings.gateway.source_id
-        )
-    )
+    await svc.store.write(lambda db: audit_report.record_denial(db, actor, action, exc, what=what))
     raise exc
 
 
@@ -130,7 +126,6 @@ async def overview(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "overview")
     svc = request.app[services_key]
     actor = request[ACTOR]
-    src = svc.settings.gateway.source_id
     try:
         start, end, dates = _period(request, request.query, OVERVIEW_DAYS)
     except InputError:
@@ -139,9 +134,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
 
     def read(db: Any) -> dict[str, Any]:
         return {
-            "status": _own_verifier(
-                db, actor, audit_review.integrity_status(db, actor, keys, source_id=src)
-            ),
+            "status": _own_verifier(db, actor, audit_review.integrity_status(db, actor, keys)),
             "exceptions": audit_report.exceptions(
                 db,
                 actor,
@@ -153,10 +146,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
                     db, svc.settings.audit.working_hours_by_team
                 ),
                 tz=svc.settings.deadlines.timezone,
-                source_id=src,
             ),
-            "failures": audit_report.delivery_failures(db, actor, start, end, source_id=src),
-            "volumes": audit_report.volume_by_org_pair(db, actor, start, end, source_id=src),
+            "failures": audit_report.delivery_failures(db, actor, start, end),
+            "volumes": audit_report.volume_by_org_pair(db, actor, start, end),
             "names": audit_report.names(db),
         }
 
@@ -172,7 +164,6 @@ async def verify_now(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.verify", "chain")
     svc = request.app[services_key]
     actor = request[ACTOR]
-    src = svc.settings.gateway.source_id
     keys = await asyncio.to_thread(audit_integrity.trusted_keys, svc.settings.home)
     try:
         report = await svc.store.read(lambda db: audit_integrity.verify(db, keys))
@@ -180,7 +171,7 @@ async def verify_now(request: web.Request) -> web.StreamResponse:
     except SecuremailError as exc:
         ok, detail = False, exc.reason
     await svc.store.write(
-        lambda db: audit_review.record_verification(db, actor, ok=ok, detail=detail, source_id=src)
+        lambda db: audit_review.record_verification(db, actor, ok=ok, detail=detail)
     )
     raise web.HTTPSeeOther("/privacy" if actor.role == "privacy_officer" else "/")
 
@@ -228,7 +219,6 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
             start,
             end,
             export="" if fmt == "page" else fmt,
-            source_id=svc.settings.gateway.source_id,
         ),
     )
     # A download's name carries the date, never the BSN.
@@ -304,9 +294,7 @@ async def breach(request: web.Request) -> web.StreamResponse:
         request,
         "audit.view",
         "breach",
-        lambda db: audit_review.breach_scope(
-            db, actor, start, end, aware, source_id=svc.settings.gateway.source_id
-        ),
+        lambda db: audit_review.breach_scope(db, actor, start, end, aware),
     )
     names = await svc.store.read(audit_report.names)
     return aiohttp_jinja2.render_template(
@@ -317,13 +305,12 @@ async def breach(request: web.Request) -> web.StreamResponse:
 @requires("audit.view")
 async def reviews(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "reviews")
-    svc = request.app[services_key]
     actor = request[ACTOR]
     rows = await _run(
         request,
         "audit.view",
         "reviews",
-        lambda db: audit_review.list_reviews(db, actor, source_id=svc.settings.gateway.source_id),
+        lambda db: audit_review.list_reviews(db, actor),
     )
     return aiohttp_jinja2.render_template(
         "privacy/reviews.html", request, _ctx(request, reviews=rows, error=None, values={})
@@ -333,7 +320,6 @@ async def reviews(request: web.Request) -> web.StreamResponse:
 @requires("audit.view")
 async def review_post(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "reviews")
-    svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
     values = {
@@ -356,7 +342,6 @@ async def review_post(request: web.Request) -> web.StreamResponse:
                 findings=values["findings"],
                 subject=values["subject"],
                 bsn=values["bsn"],
-                source_id=svc.settings.gateway.source_id,
             ),
         )
     except InputError as exc:
@@ -364,9 +349,7 @@ async def review_post(request: web.Request) -> web.StreamResponse:
             request,
             "audit.view",
             "reviews",
-            lambda db: audit_review.list_reviews(
-                db, actor, source_id=svc.settings.gateway.source_id
-            ),
+            lambda db: audit_review.list_reviews(db, actor),
         )
         values.pop("bsn")  # never echo a BSN back into the page
         return aiohttp_jinja2.render_template(

@@ -384,7 +384,7 @@ async def detail_context(
 
     def load(db: Any) -> dict[str, Any]:
         # The replies on its thread are opened in the write that records this request.view.
-        view = exchange.get_request(db, actor, reference, source_id=svc.settings.gateway.source_id)
+        view = exchange.get_request(db, actor, reference)
         view["replies"] = [] if view["purged"] else replies.for_request(db, reference)
         return view
 
@@ -440,11 +440,7 @@ async def _withdraw_page(
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    view = await svc.store.write(
-        lambda db: exchange.get_request(
-            db, actor, reference, source_id=svc.settings.gateway.source_id
-        )
-    )
+    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
     can = view["state"] in ("open", "answered") and view["kind"] != "intrekking"
     can = can and not view["purged"]
     return aiohttp_jinja2.render_template(
@@ -478,11 +474,7 @@ async def withdraw_send(request: web.Request) -> web.StreamResponse:
     if not reason:
         errors = {"reason": ["Vul de reden van de intrekking in."]}
         return await _withdraw_page(request, errors=errors, status=422)
-    view = await svc.store.write(
-        lambda db: exchange.get_request(
-            db, actor, reference, source_id=svc.settings.gateway.source_id
-        )
-    )
+    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
     if view["purged"] or view["document"] is None:
         errors = {"": ["De inhoud van dit verzoek is verwijderd; intrekken kan niet meer."]}
         return await _withdraw_page(request, reason=reason, errors=errors, status=409)

@@ -65,7 +65,6 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
     code = str((await request.post()).get("code", ""))[:40]
     now = svc.now()
     policy = lockout_policy(request)
-    src = svc.settings.gateway.source_id
 
     sources = request.app[sources_key]
     here = AccountSources.key(actor.user_id, access_point(request))
@@ -73,7 +72,7 @@ async def totp_post(request: web.Request) -> web.StreamResponse:
 
     def check(db: sqlite_utils.Database) -> tuple[totp.Verdict, str | None]:
         verdict = totp.verify_second_factor(
-            db, actor, code, now=now, policy=policy, source_id=src, lock_applies=lock_applies
+            db, actor, code, now=now, policy=policy, lock_applies=lock_applies
         )
         if verdict.ok:
             return verdict, _step_up(db, request)
@@ -142,10 +141,9 @@ async def enrol_post(request: web.Request) -> web.StreamResponse:
     actor = request[ACTOR]
     code = str((await request.post()).get("code", ""))[:40]
     now = svc.now()
-    src = svc.settings.gateway.source_id
 
     def confirm(db: sqlite_utils.Database) -> tuple[list[str], str]:
-        codes = totp.confirm_enrolment(db, actor, code, now=now, source_id=src)
+        codes = totp.confirm_enrolment(db, actor, code, now=now)
         audit.record(
             db,
             audit.AuditEvent.of(
@@ -155,7 +153,6 @@ async def enrol_post(request: web.Request) -> web.StreamResponse:
                 object_id=actor.username,
                 outcome_detail="password + new authenticator",
             ),
-            source_id=src,
         )
         return codes, _step_up(db, request)
 

@@ -210,7 +210,6 @@ def _finish(
                 recipient_org=r["team_address"],
                 check_authz=f"permit:{actor.role}",
             ),
-            source_id=source_id,
         )
         out.append(shown)
     return out
