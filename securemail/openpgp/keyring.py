@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from securemail.errors import InputError
 from securemail.message import armor, mime, sealcheck
@@ -214,15 +214,7 @@ class Keyring(KeyStore):
                 clearsign=False,
                 extra_args=["--armor"],
             )
-            created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
-            if (
-                r.returncode != 0
-                or len(created) != 1
-                or created[0][-1] not in makers
-                or not bytes(r.data).startswith(b"-----BEGIN PGP SIGNATURE-----")
-            ):
-                self._seal_failure("sign", r, signer_fpr)
-            signed_order = mime.build_signed(inner, bytes(r.data), int(created[0][2]))
+            signed_order = self._signed(inner, r, signer_fpr, makers)
             e = g.encrypt(
                 signed_order,
                 [s.fingerprint + "!" for s in subkeys],
@@ -301,6 +293,22 @@ class Keyring(KeyStore):
                 expected=str(signer),
                 actual=str(made_by),
             )
+
+    def _signed(
+        self, content: bytes, r: Any, signer_fpr: Fingerprint, makers: frozenset[str]
+    ) -> bytes:
+        """multipart/signed of content from gpg's detached signature r, only when gpg made
+        exactly one signature with one of the signer's own (sub)keys; else the failure.
+        (r is python-gnupg's Sign result: the library ships no types.)"""
+        created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
+        if (
+            r.returncode != 0
+            or len(created) != 1
+            or created[0][-1] not in makers
+            or not bytes(r.data).startswith(b"-----BEGIN PGP SIGNATURE-----")
+        ):
+            self._seal_failure("sign", r, signer_fpr)
+        return mime.build_signed(content, bytes(r.data), int(created[0][2]))
 
     def _seal_failure(self, operation: str, result: object, signer: Fingerprint) -> NoReturn:
         # A gone gpg-agent first: gpg then also reports the signer as invalid (INV_SGNR 0,
@@ -387,15 +395,7 @@ class Keyring(KeyStore):
             r = g.sign(
                 content, keyid=signer_fpr, detach=True, clearsign=False, extra_args=["--armor"]
             )
-            created = [v.split() for k, v in gpgproc.status(r) if k == "SIG_CREATED" and v.split()]
-            if (
-                r.returncode != 0
-                or len(created) != 1
-                or created[0][-1] not in makers
-                or not bytes(r.data).startswith(b"-----BEGIN PGP SIGNATURE-----")
-            ):
-                self._seal_failure("sign", r, signer_fpr)
-            return mime.build_signed(content, bytes(r.data), int(created[0][2]))
+            return self._signed(content, r, signer_fpr, makers)
 
         return await self._call_signing("sign", signer_fpr, work)
 

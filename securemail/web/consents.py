@@ -33,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
@@ -383,36 +384,69 @@ async def record(request: web.Request) -> web.StreamResponse:
 
 @requires("consent.withdraw")
 async def withdraw(request: web.Request) -> web.StreamResponse:
-    svc = request.app[services_key]
-    actor = request[ACTOR]
-    post = await request.post()
-    bsn = str(post.get("bsn", "") or "").strip()
-    channel = str(post.get("channel", "") or "")
-    reason = str(post.get("reason", "") or "").strip() or None
-    now = svc.now()
-    try:
-        recipient = parse_recipient_value(str(post.get("recipient", "") or ""))
-        result = await svc.store.write(
-            lambda db: consent.withdraw(
-                db,
-                actor,
-                patient_bsn=bsn,
-                source_org_id=org_of(actor),
-                recipient=recipient,
-                channel=channel,
-                reason=reason,
-                now=now,
-                stop_pending=exchange.stop_for_consent,
-                policy=svc.settings.consent.policy,
-            )
+    form = await _withdrawal_form(request)
+    recipient = str(form.post.get("recipient", "") or "")
+
+    def write(db: sqlite_utils.Database) -> consent.WithdrawResult:
+        return form.withdraw(db, parse_recipient_value(recipient))
+
+    return await form.run(write)
+
+
+@dataclass(frozen=True)
+class _WithdrawalForm:
+    """What both withdrawal routes read from the form, and the one way they withdraw and
+    answer: the register's withdraw (audited, stopping what it no longer permits), errors
+    shown next to the patient's field."""
+
+    request: web.Request
+    post: Any
+    bsn: str
+    channel: str
+    reason: str | None
+    now: datetime  # one moment for the whole action
+
+    def withdraw(self, db: sqlite_utils.Database, recipient: Recipient) -> consent.WithdrawResult:
+        svc, actor = self.request.app[services_key], self.request[ACTOR]
+        return consent.withdraw(
+            db,
+            actor,
+            patient_bsn=self.bsn,
+            source_org_id=org_of(actor),
+            recipient=recipient,
+            channel=self.channel,
+            reason=self.reason,
+            now=self.now,
+            stop_pending=exchange.stop_for_consent,
+            policy=svc.settings.consent.policy,
         )
-    except ConsentInputError as exc:
-        name = field_of(exc)
-        if name == "bsn":
-            return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
-        key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
-        return await patient_page(request, bsn, status=422, errors={key: [message_of(exc, name)]})
-    return _see_done(request, bsn, withdrawn=result)
+
+    async def run(
+        self, write: Callable[[sqlite_utils.Database], consent.WithdrawResult]
+    ) -> web.StreamResponse:
+        request, bsn = self.request, self.bsn
+        try:
+            result = await request.app[services_key].store.write(write)
+        except ConsentInputError as exc:
+            name = field_of(exc)
+            if name == "bsn":
+                return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
+            key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
+            errors = {key: [message_of(exc, name)]}
+            return await patient_page(request, bsn, status=422, errors=errors)
+        return _see_done(request, bsn, withdrawn=result)
+
+
+async def _withdrawal_form(request: web.Request) -> _WithdrawalForm:
+    post = await request.post()
+    return _WithdrawalForm(
+        request,
+        post,
+        bsn=str(post.get("bsn", "") or "").strip(),
+        channel=str(post.get("channel", "") or ""),
+        reason=str(post.get("reason", "") or "").strip() or None,
+        now=request.app[services_key].now(),
+    )
 
 
 @requires("consent.withdraw")
@@ -421,17 +455,14 @@ async def withdraw_narrower(request: web.Request) -> web.StreamResponse:
     leaves standing. The list is computed again here from the objection's id within the
     actor's own organisation (never taken from the form); each record's withdrawal is
     audited ``consent.withdraw`` by the register, and stops what it no longer permits."""
-    svc = request.app[services_key]
-    actor = request[ACTOR]
-    post = await request.post()
-    bsn = str(post.get("bsn", "") or "").strip()
-    objection_id = str(post.get("objection", "") or "")[:64]
-    channel = str(post.get("channel", "") or "")
-    reason = str(post.get("reason", "") or "").strip() or None
-    now = svc.now()
+    form = await _withdrawal_form(request)
+    actor, now = request[ACTOR], form.now
+    objection_id = str(form.post.get("objection", "") or "")[:64]
 
     def write(db: sqlite_utils.Database) -> consent.WithdrawResult:
-        current = consent.list_records(db, source_org_id=org_of(actor), patient_bsn=bsn, now=now)
+        current = consent.list_records(
+            db, source_org_id=org_of(actor), patient_bsn=form.bsn, now=now
+        )
         objection = next(
             (r for r in current if r.consent_id == objection_id and r.decision == "deny"), None
         )
@@ -447,31 +478,12 @@ async def withdraw_narrower(request: web.Request) -> web.StreamResponse:
         records: list[ConsentRecord] = []
         stopped: list[str] = []
         for recipient in dict.fromkeys(r.recipient for r in left):  # one withdrawal each
-            result = consent.withdraw(
-                db,
-                actor,
-                patient_bsn=bsn,
-                source_org_id=org_of(actor),
-                recipient=recipient,
-                channel=channel,
-                reason=reason,
-                now=now,
-                stop_pending=exchange.stop_for_consent,
-                policy=svc.settings.consent.policy,
-            )
+            result = form.withdraw(db, recipient)
             records += result.records
             stopped += [ref for ref in result.stopped if ref not in stopped]
         return consent.WithdrawResult(records=tuple(records), stopped=tuple(stopped))
 
-    try:
-        result = await svc.store.write(write)
-    except ConsentInputError as exc:
-        name = field_of(exc)
-        if name == "bsn":
-            return _search(request, bsn, {"bsn": [FIELD_NL["bsn"]]}, status=422)
-        key = "withdraw_" + (name if name in ("channel", "reason") else "recipient")
-        return await patient_page(request, bsn, status=422, errors={key: [message_of(exc, name)]})
-    return _see_done(request, bsn, withdrawn=result)
+    return await form.run(write)
 
 
 # -- Post/Redirect/Get: a refresh shows the outcome again and records nothing twice ----------
