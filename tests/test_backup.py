@@ -842,7 +842,7 @@ async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gatew
     relay = relay_factory("starttls")
     smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
             "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(tmp_path, team_member_keys, smtp)
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
     new_home = gw.home.parent / (gw.home.name + "-restored")
     restored_svc = None
     try:
