@@ -1,7 +1,9 @@
 """The care request (aanmelding wijkverpleging) in Debian's chromium: the GP fills, signs and
 sends the wound-care request at a desktop's width (1280 px); a nurse of the receiving team
 opens it on her phone (390 px), reads the risky line flagged "niet voorbehouden" and
-accepts with the nurse in charge; the GP sees that name. At both widths every page of the
+accepts with the nurse in charge; the GP sees that name. And the other way: a nurse asks
+the practice for a home visit on her phone, the GP answers on the ask's page at her desk,
+the nurse reads the answer. At both widths every page of the
 journey fits the screen and axe-core finds no serious or critical violation; no URL carries
 patient data.
 
@@ -115,5 +117,54 @@ async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
     for u in urls:  # no page put patient data into a URL
         for marker in (care["patient"]["bsn"], care["patient"]["postcode"], "Zwaan"):
             assert marker not in u and marker.replace(" ", "+") not in u, u
+    await gp_ctx.close()
+    await nurse_ctx.close()
+
+
+async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
+    chromium: Any,
+    site: dict[str, Any],  # noqa: F811 - the fixture imported above
+) -> None:
+    url, secrets = site["url"], site["secrets"]
+    care = wound_care()
+    found: dict[str, list[str]] = {}
+    answer = "Ik kom vandaag om 15.00 uur langs."
+
+    # Given a nurse on her phone, on the ask form
+    nurse_ctx = await chromium.new_context(viewport=PHONE)
+    nurse = await nurse_ctx.new_page()
+    await log_in(nurse, url, "nurse1", NURSE_PASSWORD, secrets["nurse1"])
+    await nurse.goto(f"{url}/asks/new")
+    await check_page(nurse, "ask form (nurse)", found)
+    # When she asks the practice for a home visit (no procedure for a visit)
+    await nurse.select_option("#ask_kind", "huisbezoek")
+    await nurse.select_option("#practice_code", "01234567")
+    await nurse.fill('[name="patient.bsn"]', care["patient"]["bsn"])
+    await nurse.fill('[name="patient.name"]', care["patient"]["name"])
+    await nurse.fill("#reason", "Toenemende benauwdheid sinds gisteren")
+    await nurse.select_option("#urgency", "spoed")
+    await nurse.click("form[action='/asks/new'] button[type=submit]")
+    await nurse.wait_for_url(f"{url}/asks/ASK-*")
+    reference = nurse.url.rsplit("/", 1)[-1]
+    assert "Vraag om een huisbezoek" in await nurse.inner_text("h1")
+    await check_page(nurse, "ask page (nurse)", found)
+
+    # Then the GP, at her desk, answers it on the ask's page
+    gp_ctx = await chromium.new_context(viewport=DESKTOP)
+    gp = await gp_ctx.new_page()
+    await log_in(gp, url, "huisarts", GP_PASSWORD, secrets["huisarts"])
+    await gp.goto(f"{url}/asks")
+    await gp.click(f"text={reference}")
+    await gp.wait_for_url(f"{url}/asks/{reference}")
+    await check_page(gp, "ask page with answer form (GP)", found)
+    await gp.fill("#answer", answer)
+    await gp.click("form.ask-answer button[type=submit]")
+    await gp.wait_for_url(f"{url}/asks/{reference}")
+
+    # And the nurse reads the answer on her phone
+    await nurse.reload()
+    assert answer in await nurse.inner_text("#gp-answer")
+    await check_page(nurse, "answered ask (nurse)", found)
+    assert found == {}, "\n".join(v for vs in found.values() for v in vs)
     await gp_ctx.close()
     await nurse_ctx.close()
