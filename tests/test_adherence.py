@@ -222,7 +222,12 @@ async def test_cli_report_csv_and_json_are_audited_without_a_patient(april: Loop
     rows = list(csv.reader(io.StringIO(out.stdout)))
     assert rows[0][:4] == ["maand", "tabel", "code", "naam"]
     assert sorted(r[1] for r in rows[1:]) == sorted(
-        ["teams"] * 3 + ["practices"] * 2 + ["ask_practices"] * 2 + ["ask_teams"] * 3
+        ["teams"] * 3
+        + ["practices"] * 2
+        + ["ask_practices"] * 2
+        + ["ask_teams"] * 3
+        + ["kinds"] * 2
+        + ["ask_kinds"] * 3  # every kind a row, even with nothing
     )
     svc = april.gw.svc
     exports = svc.store.read_sync(
@@ -648,3 +653,61 @@ async def test_withdrawn_request_is_not_judged_and_the_withdrawal_is_not_a_turn(
     report = _report(loop)
     a = report.teams[(TEAM, "Wijkteam Centrum")]
     assert (a.received, a.withdrawn, a.open_overdue, a.assessed, a.answered) == (1, 1, 0, 0, 0)
+
+
+# -- per kind of request and of ask (issue 22) --------------------------------------------------
+
+
+def _wound_care() -> dict[str, Any]:
+    from pathlib import Path
+
+    data: dict[str, Any] = json.loads(
+        (
+            Path(__file__).resolve().parents[1] / "examples" / "aanmelding_wijkverpleging.json"
+        ).read_text(encoding="utf-8")
+    )
+    for key in ("procedures", "period", "instructions"):
+        data.pop(key)
+    return data
+
+
+async def test_figures_per_kind_of_request_and_of_ask(loop: Loop) -> None:
+    from securemail.exchange import ask_answer
+
+    svc = loop.gw.svc
+    # Given an execution request accepted within its day, and a care request accepted late
+    uvz = await _send(loop, at(6, 10), "regulier")
+    await _answer(loop, loop.nurse_a, at(6, 11), uvz, ACCEPT)
+    loop.clock.now = at(7, 9)
+    awv = (await exchange.send(svc, loop.gw.gp, _wound_care(), GP_PASSPHRASE)).reference
+    await deliver_all(svc, clock=loop.clock)
+    await _answer(loop, loop.nurse_a, at(9, 10), awv, ACCEPT)  # Friday: past Thursday 09:00
+    assert awv.startswith("AWV-")
+    # And a nurse's home-visit ask the GP answered within its 2 hours, and an open request ask
+    loop.clock.now = at(12, 9)
+    visit = {**ASK, "ask_kind": "huisbezoek", "procedure_code": "", "urgency": "spoed"}
+    made = await asks.create(svc, loop.nurse_a, visit)
+    loop.clock.now = at(12, 10)
+    await ask_answer.answer_ask(svc, loop.gw.gp, made.reference, "Ik kom om 11 uur.")
+    await asks.create(svc, loop.nurse_a, ASK)
+    loop.clock.now = at(30, 12)
+    report = _report(loop)
+    # Then the figures are counted per kind, and every kind has a row, even with nothing
+    kinds = {code: f for (code, _), f in report.kinds.items()}
+    assert (kinds["UVZ"].received, kinds["UVZ"].answered, kinds["UVZ"].within) == (1, 1, 1)
+    assert (kinds["AWV"].received, kinds["AWV"].answered, kinds["AWV"].within) == (1, 1, 0)
+    ask_kinds = {code: f for (code, _), f in report.ask_kinds.items()}
+    assert (ask_kinds["huisbezoek"].received, ask_kinds["huisbezoek"].within) == (1, 1)
+    assert (ask_kinds["uitvoeringsverzoek"].received, ask_kinds["uitvoeringsverzoek"].answered) == (
+        1, 0,
+    )  # fmt: skip
+    assert ask_kinds["consult"].received == 0
+    # And what is published names the kinds, with small counts suppressed as everywhere
+    published = adherence.publish(report)
+    rows = {r["code"]: r for r in published["tables"]["kinds"]}
+    assert rows["AWV"]["name"] == "Aanmelding wijkverpleging"
+    assert rows["AWV"]["received"] == adherence.SUPPRESSED
+    assert {r["code"] for r in published["tables"]["ask_kinds"]} == {
+        "uitvoeringsverzoek", "consult", "huisbezoek",
+    }  # fmt: skip
+    assert "kinds,AWV,Aanmelding wijkverpleging" in adherence.to_csv(published)

@@ -36,7 +36,9 @@ NEVER_GATED = ("withdrawal", "stop_notice", "ask_answer")
 #: The basis of a direct-care send no record decided: consent presumed within the treatment
 #: relationship (WGBO 7:457), the signed request itself the evidence.
 PRESUMED_BASIS = "implied_referral"
-DATA_CATEGORIES = ("execution_request", "medication")
+#: What a send carries (a form's data_category): an execution request, a care request
+#: (aanmelding wijkverpleging, issue 22), medication.
+DATA_CATEGORIES = ("execution_request", "care_request", "medication")
 #: What the outbox/request screens show for a request a withdrawal stopped.
 STOP_REASON = "consent.withdrawn"
 STOP_LABEL_NL = "gestopt: toestemming ingetrokken"

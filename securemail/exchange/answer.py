@@ -46,7 +46,7 @@ from securemail.errors import ConflictError, SecuremailError
 from securemail.exchange import answer_copy
 from securemail.exchange import send as exchange
 from securemail.exchange import view as requestview
-from securemail.exchange.view import DATA_CATEGORIES, RequestRow, record_refusal, resource
+from securemail.exchange.view import RequestRow, record_refusal, resource
 from securemail.form import kinds, render
 from securemail.form import request as forms
 from securemail.message import notify
@@ -174,7 +174,7 @@ def _audit_answer(
             patient_id=current["patient_bsn"],
             object_type="request",
             object_id=reference,
-            data_categories=DATA_CATEGORIES,
+            data_categories=current["data_categories"],
             check_authz="permit:nurse-of-team",
             **{"sender_org": actor.org_code, **columns},
         ),
@@ -325,16 +325,20 @@ def _consent(
     svc: Services, db: sqlite_utils.Database, actor: Actor, row: RequestRow, team: Team
 ) -> consent.ConsentDecision:
     practice = directory.org_by_id(db, row["practice_org_id"])
-    return consent.check(
-        db,
-        actor,
-        patient_bsn=row["patient_bsn"],
-        source_org_id=row["practice_org_id"],
-        target=exchange._target(db, team),
-        now=svc.now(),
-        audit_object=("request", row["reference"]),
-        sender_org=practice.code,
-        policy=svc.settings.consent.policy,
+    return exchange.check_categories(
+        tuple(row["data_categories"].split(",")),  # what the passed-on request carries
+        lambda category: consent.check(
+            db,
+            actor,
+            patient_bsn=row["patient_bsn"],
+            source_org_id=row["practice_org_id"],
+            target=exchange._target(db, team),
+            data_category=category,
+            now=svc.now(),
+            audit_object=("request", row["reference"]),
+            sender_org=practice.code,
+            policy=svc.settings.consent.policy,
+        ),
     )
 
 
@@ -520,7 +524,7 @@ async def _pass_on(
             sender_org=practice.code,
             recipient_org=new_team.address,
             consent_id=consent_id,
-            data_categories=DATA_CATEGORIES,
+            data_categories=current["data_categories"],
         )
         outbox.enqueue_notice(
             db,

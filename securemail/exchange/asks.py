@@ -356,8 +356,9 @@ def list_asks(db: sqlite_utils.Database, actor: Actor, *, limit: int = 200) -> l
     else:
         return []
     cur = db.execute(
-        "SELECT a.reference, a.procedure_code, a.urgency, a.state, a.due_at, a.overdue_at, "  # noqa: S608
-        "a.created_at, a.fulfilled_by_reference, t.name AS team_name, o.name AS practice_name "
+        "SELECT a.reference, a.ask_kind, a.procedure_code, a.urgency, a.state, a.due_at, "  # noqa: S608
+        "a.overdue_at, a.created_at, a.fulfilled_by_reference, t.name AS team_name, "
+        "o.name AS practice_name "
         "FROM asks a JOIN teams t ON t.id = a.team_id "
         "JOIN organisations o ON o.id = a.practice_org_id "
         f"WHERE {where} ORDER BY (a.state = 'open') DESC, (a.overdue_at != '') DESC, "

@@ -168,6 +168,38 @@ def _m5(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0006_data_categories")
+def _m6(db: sqlite_utils.Database) -> None:
+    """What a request carries for the consent register and the audit trail (its form's
+    data_category, plus execution_request when a care request holds reserved procedures):
+    the delivery worker's last consent check reads it from the row."""
+    db.execute(
+        "ALTER TABLE requests ADD COLUMN data_categories TEXT NOT NULL DEFAULT 'execution_request'"
+    )
+
+
+def send_categories(svc: Services, req: kinds.RequestDocument) -> tuple[str, ...]:
+    """The consent data categories a send carries: its kind's own (the form's data_category)
+    and execution_request when it holds reserved procedures (one signature, both checked)."""
+    definition = svc.definition_for(req.form_id) or svc.definition
+    own = definition.data_category
+    return (own, "execution_request") if req.procedures and own != "execution_request" else (own,)
+
+
+def check_categories(
+    categories: tuple[str, ...], check: Callable[[str], consent.ConsentDecision]
+) -> consent.ConsentDecision:
+    """One register check per category (each audited); the first refusal decides, else the
+    kind's own category's permit."""
+    decisions = []
+    for category in categories:
+        decision = check(category)
+        if not decision.permitted:
+            return decision
+        decisions.append(decision)
+    return decisions[0]
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:
@@ -337,15 +369,19 @@ def consent_for_send(
     why = never_gated(req, ask)
     if why:
         return consent.exempt(target, why)
-    return consent.check(
-        db,
-        actor,
-        patient_bsn=req.patient_bsn,
-        source_org_id=org_of(actor),
-        target=target,
-        now=now,
-        audit_object=("request", req.reference or ""),
-        policy=svc.settings.consent.policy,
+    return check_categories(
+        send_categories(svc, req),
+        lambda category: consent.check(
+            db,
+            actor,
+            patient_bsn=req.patient_bsn,
+            source_org_id=org_of(actor),
+            target=target,
+            data_category=category,
+            now=now,
+            audit_object=("request", req.reference or ""),
+            policy=svc.settings.consent.policy,
+        ),
     )
 
 
@@ -686,6 +722,8 @@ async def _seal_and_queue(
     now = svc.now_iso()
     answer_due = ""  # set by deadlines once the relay accepted it
 
+    categories = ",".join(send_categories(svc, req))
+
     def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
         # Consent again, inside the transaction that queues: a withdrawal cannot slip between.
         decision = consent_for_send(svc, db, actor, req, team, now=svc.now(), ask=ask)
@@ -697,6 +735,7 @@ async def _seal_and_queue(
         db.table("requests").insert(
             {
                 "reference": reference,
+                "data_categories": categories,
                 "kind": req.kind,
                 "supersedes": req.supersedes or "",
                 "urgency": req.urgency,
@@ -735,7 +774,7 @@ async def _seal_and_queue(
             "patient_id": req.patient_bsn,
             "object_type": "request",
             "object_id": reference,
-            "data_categories": DATA_CATEGORIES,
+            "data_categories": categories,
             "sender_org": actor.org_code,
             "recipient_org": team.address,
             "consent_id": decision.consent_ref,
@@ -768,7 +807,7 @@ async def _seal_and_queue(
             sender_org=actor.org_code,
             recipient_org=team.address,
             consent_id=common["consent_id"],
-            data_categories=DATA_CATEGORIES,
+            data_categories=categories,
         )
         detail = "to=" + ",".join(f[-16:] for f in sealed.recipient_fingerprints)
         if skipped:
@@ -871,16 +910,20 @@ class Hooks:
             if found["kind"] == "intrekking" or found["ask_reference"]:
                 return None  # risk-reducing: never gated (consent.NEVER_GATED)
             bsn, practice, target = consent_target_for(db, row.reference)
-            return consent.check(
-                db,
-                SYSTEM,
-                patient_bsn=bsn,
-                source_org_id=practice,
-                target=target,
-                now=now,
-                audit_object=("request", row.reference),
-                sender_org=directory.org_by_id(db, practice).code,
-                policy=svc.settings.consent.policy,
+            return check_categories(
+                tuple(found["data_categories"].split(",")),
+                lambda category: consent.check(
+                    db,
+                    SYSTEM,
+                    patient_bsn=bsn,
+                    source_org_id=practice,
+                    target=target,
+                    data_category=category,
+                    now=now,
+                    audit_object=("request", row.reference),
+                    sender_org=directory.org_by_id(db, practice).code,
+                    policy=svc.settings.consent.policy,
+                ),
             )
 
         decision = await svc.store.write(check)

@@ -60,6 +60,7 @@ class RequestRow(TypedDict):
     answered_at: str
     ask_reference: str
     signed_order: str  # the GP's RFC 3156 6.1 signed order, sealed; '' purged
+    data_categories: str  # what it carries: "care_request,execution_request" (consent, audit)
     answer_status: str
     final_at: str
     content_purged_at: str
@@ -167,7 +168,7 @@ def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict
             patient_id=row["patient_bsn"],
             object_type="request",
             object_id=reference,
-            data_categories=DATA_CATEGORIES,
+            data_categories=row["data_categories"],
             sender_org=directory.org_by_id(db, row["practice_org_id"]).code,
             recipient_org=team.address,
             check_authz=f"permit:{actor.role}",

@@ -131,6 +131,9 @@ class _Reader:
         prefix = raw.get("reference_prefix", "UVZ")
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise self.fail("reference_prefix", "must be three capitals (not ASK)")
+        category = raw.get("data_category", "execution_request")
+        if not isinstance(category, str) or not re.fullmatch(r"[a-z][a-z_]{1,40}", category):
+            raise self.fail("data_category", "must be a consent data category (a-z and _)")
         subject = raw.get("subject", "Uitvoeringsverzoek")
         if not isinstance(subject, str) or not re.fullmatch(r"[A-Za-z ]{1,40}", subject):
             raise self.fail("subject", "must be 1-40 plain letters and spaces")
@@ -158,6 +161,7 @@ class _Reader:
             rules=rules,
             reference_prefix=prefix,
             subject=subject,
+            data_category=category,
         )
 
     def section(self, raw: dict[str, Any], key: str) -> dict[str, Any]:

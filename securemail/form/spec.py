@@ -134,6 +134,9 @@ class FormDefinition:
     reference_prefix: str = "UVZ"
     #: The neutral words before the reference in a Subject ("Uitvoeringsverzoek").
     subject: str = "Uitvoeringsverzoek"
+    #: What the kind carries, for the consent register and the audit trail
+    #: (securemail.consent DATA_CATEGORIES): execution_request, care_request.
+    data_category: str = "execution_request"
 
     @property
     def template_dir(self) -> Path:

@@ -1,9 +1,12 @@
-"""Are the agreements kept? Aggregate answer and delivery figures per team and per practice,
-per calendar month, for the region's coordinators (issue 12, part 5; docs/adherence.md).
+"""Are the agreements kept? Aggregate answer and delivery figures per team, per practice and
+per kind of request (execution request, care request; a nurse's ask for a request, a consult
+or a home visit), per calendar month, for the region's coordinators (issue 12, part 5;
+issue 22; docs/adherence.md).
 
 Invariants:
 - no patient data: the loaders select no BSN, name, reference or content, only team and
-  practice identities, urgencies and times; what leaves this module is counts, percentages
+  practice identities, the kind of request (a reference's three-letter prefix, never the
+  reference), urgencies and times; what leaves this module is counts, percentages
   and durations;
 - small counts are suppressed in one place (``publish``): a count of 1 to 4, and any
   percentage, median or 90th percentile computed from fewer than 5 items, becomes "<5" in
@@ -24,7 +27,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -47,6 +50,12 @@ HIDDEN = "x"
 ACCEPTED, DECLINED, PASSED_ON = "geaccepteerd", "afgewezen", "doorbemiddeld"
 OUTCOMES = (ACCEPTED, DECLINED, PASSED_ON)
 T = TypeVar("T")
+#: A request's kind by its reference prefix (the form definition's reference_prefix), with
+#: the name the figures show; an unknown prefix (a form added later) is shown by its code.
+REQUEST_KINDS = {"UVZ": "Uitvoeringsverzoek", "AWV": "Aanmelding wijkverpleging"}
+#: A nurse's ask by its kind (securemail.exchange.asks.ASK_KINDS, short names).
+ASK_KINDS = {"uitvoeringsverzoek": "Uitvoeringsverzoek", "consult": "Consult",
+             "huisbezoek": "Huisbezoek"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,7 @@ class Turn:
     outcome: str = ""  # '' | geaccepteerd | afgewezen | doorbemiddeld
     outcome_at: datetime | None = None
     closed_by_practice: bool = False  # withdrawn or superseded before this team answered
+    kind: str = "UVZ"  # the request's kind: its reference prefix (REQUEST_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,7 @@ class AskItem:
     urgency: str
     created_at: datetime
     fulfilled_at: datetime | None = None
+    kind: str = "uitvoeringsverzoek"  # ASK_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,8 @@ class Report:
     practices: dict[tuple[str, str], Figures]  # (code, name)
     ask_practices: dict[tuple[str, str], Figures]
     ask_teams: dict[tuple[str, str], Figures]
+    kinds: dict[tuple[str, str], Figures] = field(default_factory=dict)  # (prefix, name)
+    ask_kinds: dict[tuple[str, str], Figures] = field(default_factory=dict)  # (kind, name)
 
 
 # -- pure functions ------------------------------------------------------------------------
@@ -279,7 +292,15 @@ def build_report(
         practices=answers(_group(turns, lambda t: (t.practice, t.practice_name), practices)),
         ask_practices=delivered(_group(asks, lambda a: (a.practice, a.practice_name), practices)),
         ask_teams=delivered(_group(asks, lambda a: (a.team, a.team_name), teams)),
+        kinds=answers(_group(turns, lambda t: (t.kind, kind_name(t.kind)), REQUEST_KINDS.items())),
+        ask_kinds=delivered(
+            _group(asks, lambda a: (a.kind, ASK_KINDS.get(a.kind, a.kind)), ASK_KINDS.items())
+        ),
     )
+
+
+def kind_name(prefix: str) -> str:
+    return REQUEST_KINDS.get(prefix, prefix)
 
 
 # -- suppression: the only way out ------------------------------------------------------------
@@ -330,7 +351,12 @@ TABLES = {
     "practices": "Antwoorden per huisartsenpraktijk (verzoeken van de praktijk)",
     "ask_practices": "Vragen van verpleegkundigen, geleverd per huisartsenpraktijk",
     "ask_teams": "Vragen van verpleegkundigen, per vragend team",
+    "kinds": "Antwoorden per soort verzoek",
+    "ask_kinds": "Vragen van verpleegkundigen, per soort vraag",
 }
+#: What a table's rows are (the page's first column).
+ROW_SUBJECTS = {"teams": "Team", "practices": "Praktijk", "ask_practices": "Praktijk",
+                "ask_teams": "Team", "kinds": "Soort", "ask_kinds": "Soort"}  # fmt: skip
 
 
 def table_columns(table: str) -> list[str]:
@@ -484,7 +510,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
     delivered = outbox.sent_between(db, start.timestamp(), end.timestamp())
     cur = db.execute(
         "SELECT t.address, t.name, p.code, p.name, r.urgency, h.message_id, h.outcome, "
-        "h.outcome_at, r.state, "
+        "h.outcome_at, r.state, substr(r.reference, 1, 3) AS kind, "
         # only an unanswered hop of a withdrawn request needs to know whether it is the last
         "CASE WHEN h.outcome = '' AND r.state IN ('withdrawn', 'superseded') THEN "
         "  h.id = (SELECT MAX(id) FROM request_hops x WHERE x.reference = h.reference) "
@@ -507,6 +533,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             closed_by_practice=bool(last_hop)
             and not outcome
             and state in ("withdrawn", "superseded"),
+            kind=kind,
         )  # fmt: skip
         for (
             address,
@@ -518,6 +545,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             outcome,
             outcome_at,
             state,
+            kind,
             last_hop,
         ) in cur
         if message_id in delivered  # the team received only what the relay took
@@ -528,20 +556,21 @@ def load_asks(db: sqlite_utils.Database, start: datetime, end: datetime) -> list
     """Asks created in [start, end). Selects no patient column (no BSN, name, reason)."""
     lo, hi = _text_window(start, end)
     cur = db.execute(
-        "SELECT p.code, p.name, t.address, t.name, a.urgency, a.created_at, a.fulfilled_at "
+        "SELECT p.code, p.name, t.address, t.name, a.urgency, a.created_at, a.fulfilled_at, "
+        "a.ask_kind "
         "FROM asks a JOIN teams t ON t.id = a.team_id "
         "JOIN organisations p ON p.id = a.practice_org_id "
         "WHERE a.created_at >= ? AND a.created_at < ?",
         [lo, hi],
     )
     out = []
-    for code, practice_name, address, team_name, urgency, created, fulfilled in cur:
+    for code, practice_name, address, team_name, urgency, created, fulfilled, kind in cur:
         created_at = _parse_iso(created)
         if created_at is None or not start <= created_at < end:
             continue
         out.append(
             AskItem(code, practice_name, address, team_name, urgency, created_at,
-                    _parse_iso(fulfilled))
+                    _parse_iso(fulfilled), kind)
         )  # fmt: skip
     return out
 

@@ -54,7 +54,7 @@ async def page(request: web.Request) -> web.StreamResponse:
             {"month": request.query.get("maand", "")[:20], "report": None,
              "error": "Maand: gebruik de vorm JJJJ-MM, bijvoorbeeld 2026-11.",
              "columns": adherence.COLUMNS, "tables": adherence.TABLES,
-             "table_keys": TABLE_KEYS},
+             "table_keys": TABLE_KEYS, "row_subjects": adherence.ROW_SUBJECTS},
             status=422,
         )  # fmt: skip
     report = await _read(request, month)
@@ -62,7 +62,8 @@ async def page(request: web.Request) -> web.StreamResponse:
         "adherence/page.html",
         request,
         {"month": month, "report": report, "error": None, "columns": adherence.COLUMNS,
-         "tables": adherence.TABLES, "table_keys": TABLE_KEYS},
+         "tables": adherence.TABLES, "table_keys": TABLE_KEYS,
+         "row_subjects": adherence.ROW_SUBJECTS},
     )  # fmt: skip
 
 

@@ -1,5 +1,7 @@
-"""Ask pages: a nurse asks a practice for an execution request; the practice's work list;
-one ask's page; and "Verzoek opstellen", the request form prefilled from the ask.
+"""Ask pages: a nurse asks a practice for an execution request, a consult or a home visit;
+the practice's (and the team's) work list; one ask's page, where the GP answers a consult or
+home-visit ask and the nurse reads that answer; and "Verzoek opstellen", the request form
+prefilled from an execution-request ask.
 
 Patient data travels only in POST bodies and page content: an ask is addressed by its
 reference, and the prefilled form is rendered server-side from the stored ask (a POST),
@@ -13,7 +15,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from securemail.exchange import asks
+from securemail.exchange import ask_answer, asks
 from securemail.form import request as forms
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
@@ -38,6 +40,7 @@ async def _new_context(
         "teams": teams,
         "practices": practices,
         "labels": asks.LABELS,
+        "kinds": asks.ASK_KINDS,
         "procedures": list(svc.definition.procedures.values()),
         "general_errors": errors.get("", []),
     }
@@ -46,7 +49,9 @@ async def _new_context(
 @requires("ask.create")
 @aiohttp_jinja2.template("asks/new.html")
 async def new_ask(request: web.Request) -> dict[str, Any]:
-    return await _new_context(request, {"urgency": "regulier"}, {})
+    return await _new_context(
+        request, {"urgency": "regulier", "ask_kind": "uitvoeringsverzoek"}, {}
+    )
 
 
 @requires("ask.create")
@@ -68,12 +73,16 @@ async def list_asks(request: web.Request) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     rows = await svc.store.read(lambda db: asks.list_asks(db, actor))
-    return {"rows": rows, "procedure_label": svc.definition.procedure_label}
+    return {
+        "rows": rows,
+        "procedure_label": svc.definition.procedure_label,
+        "kinds": asks.ASK_KINDS,
+    }
 
 
-@requires("ask.view")
-@aiohttp_jinja2.template("asks/detail.html")
-async def ask_detail(request: web.Request) -> dict[str, Any]:
+async def _detail_context(
+    request: web.Request, answer: str = "", errors: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
@@ -82,8 +91,32 @@ async def ask_detail(request: web.Request) -> dict[str, Any]:
         "a": ask,
         "procedure_label": svc.definition.procedure_label,
         "labels": asks.LABELS,
+        "kinds": asks.ASK_KINDS,
         "content_days": svc.settings.retention.content_days,
+        "answer": answer,
+        "answer_errors": errors or {},
+        "max_answer": ask_answer.MAX_ANSWER,
     }
+
+
+@requires("ask.view")
+@aiohttp_jinja2.template("asks/detail.html")
+async def ask_detail(request: web.Request) -> dict[str, Any]:
+    return await _detail_context(request)
+
+
+@requires("ask.answer")
+async def answer(request: web.Request) -> web.StreamResponse:
+    """The GP's answer on a consult or home-visit ask (POST; the text in the body only)."""
+    svc = request.app[services_key]
+    reference = request.match_info["reference"]
+    text = str((await request.post()).get("answer", ""))
+    try:
+        await ask_answer.answer_ask(svc, request[ACTOR], reference, text)
+    except forms.FormInvalidError as exc:
+        ctx = await _detail_context(request, text, _errors_by_field(exc))
+        return aiohttp_jinja2.render_template("asks/detail.html", request, ctx, status=422)
+    raise web.HTTPSeeOther(f"/asks/{reference}")
 
 
 @requires("request.create")
@@ -108,3 +141,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/asks/new", create_ask, name="ask_create")
     app.router.add_get(f"/asks/{ref}", ask_detail, name="ask_detail")
     app.router.add_post(f"/asks/{ref}/draft", draft_from_ask, name="ask_draft")
+    app.router.add_post(f"/asks/{ref}/answer", answer, name="ask_answer")

@@ -314,3 +314,94 @@ async def test_gp_fills_the_care_request_on_the_web_form_and_sends_it(
                 assert "/requests/AWV-" in str(r.url)
     finally:
         await server.close()
+
+
+def _audit_categories(svc: Any, reference: str, code: str) -> list[str]:
+    return svc.store.read_sync(
+        lambda db: [
+            r[0]
+            for r in db.execute(
+                "SELECT data_categories FROM audit_events WHERE object_id = ? AND event_code = ? "
+                "ORDER BY seq",
+                [reference, code],
+            )
+        ]
+    )
+
+
+def _care_objection(loop: Loop) -> None:
+    """The patient objects to care requests (only) going to the team."""
+    from securemail import consent
+    from securemail.region import directory
+
+    svc, gp = loop.gw.svc, loop.gw.gp
+
+    def write(db: Any) -> None:
+        consent.record(
+            db, gp, patient_bsn=EXAMPLE["patient"]["bsn"], source_org_id=gp.org_id or 0,
+            recipient=consent.Recipient(team_id=directory.team_by_address(db, TEAM).id),
+            decision="deny", basis="objection", data_categories=("care_request",),
+            valid_from=svc.now(), given_at=svc.now(), channel="in_person",
+            performer="patient", now=svc.now(),
+        )  # fmt: skip
+
+    svc.store.write_sync(write)
+
+
+async def test_a_care_request_is_audited_and_consent_checked_as_what_it_carries(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    # A wound-care request carries care_request; with insulin also execution_request
+    wound = await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
+    both = await exchange.send(svc, loop.gw.gp, care_example(reserved=True), GP_PASSPHRASE)
+    assert _audit_categories(svc, wound.reference, "request.send") == ["care_request"]
+    assert _audit_categories(svc, both.reference, "request.send") == [
+        "care_request,execution_request"
+    ]
+    # Each category the send carries was checked against the register (audited)
+    assert set(_audit_categories(svc, both.reference, "consent.check")) >= {
+        "care_request", "execution_request",
+    }  # fmt: skip
+    # The team's view of it is audited with its categories too
+    svc.store.write_sync(lambda db: exchange.get_request(db, loop.nurse_a, wound.reference))
+    assert _audit_categories(svc, wound.reference, "request.view") == ["care_request"]
+    # An execution request is still an execution request
+    uvz = await exchange.send(svc, loop.gw.gp, EXAMPLE, GP_PASSPHRASE)
+    assert _audit_categories(svc, uvz.reference, "request.send") == ["execution_request"]
+
+
+async def test_an_objection_to_care_requests_stops_them_and_not_execution_requests(
+    loop: Loop,
+) -> None:
+    from securemail.consent import ConsentRefusedError
+
+    svc = loop.gw.svc
+    _care_objection(loop)
+    queued = svc.store.read_sync(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone())
+    # A care request to the team is refused (with or without reserved lines), nothing queued
+    for reserved in (False, True):
+        with pytest.raises(ConsentRefusedError):
+            await exchange.send(svc, loop.gw.gp, care_example(reserved=reserved), GP_PASSPHRASE)
+    after = svc.store.read_sync(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone())
+    assert after == queued
+    # The execution request the patient did not object to still goes
+    sent = await exchange.send(svc, loop.gw.gp, EXAMPLE, GP_PASSPHRASE)
+    assert sent.reference.startswith("UVZ-")
+
+
+async def test_under_explicit_policy_a_permit_for_execution_requests_is_not_one_for_care(
+    loop: Loop,
+) -> None:
+    from securemail.consent import ConsentRefusedError
+
+    svc = loop.gw.svc
+    svc.settings = svc.settings.replace(consent={"policy": "explicit"})
+    # The fixture's permit names execution_request only: the care request needs its own
+    with pytest.raises(ConsentRefusedError) as caught:
+        await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
+    assert "care_request" in str(caught.value.context) + caught.value.message_nl() + str(
+        caught.value
+    )
+    sent = await exchange.send(svc, loop.gw.gp, EXAMPLE, GP_PASSPHRASE)
+    assert sent.reference.startswith("UVZ-")
