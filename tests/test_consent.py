@@ -588,9 +588,10 @@ def test_export_fhir_bundle_shape(store):
         "value": "3",
     }
     assert provision["purpose"][0]["code"] == "TREAT"
-    assert provision["class"] == [
-        {"system": fhir.DATA_CATEGORY_SYSTEM, "code": "execution_request"}
-    ]
+    # recorded without naming categories: every one (an objection must cover all that is sent)
+    assert {(x["system"], x["code"]) for x in provision["class"]} == {
+        (fhir.DATA_CATEGORY_SYSTEM, code) for code in c.DATA_CATEGORIES
+    }
     digest = base64.b64encode(hashlib.sha256(evidence).digest()).decode()
     assert consent["sourceAttachment"] == {"title": "form-12.pdf", "hash": digest}
     objection = next(r for r in resources.values() if r["id"] != permit.consent_id)

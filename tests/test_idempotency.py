@@ -151,3 +151,42 @@ async def test_a_send_that_dies_after_taking_its_reference_leaves_an_audit_row(
         ).fetchall()
     )
     assert [tuple(r) for r in rows] == [("request.send", "refused", "interrupted:CancelledError")]
+
+
+async def test_a_send_cancelled_while_its_number_is_being_taken_leaves_an_audit_row(
+    webapp: WebApp,
+) -> None:
+    # Given a writer busy with something else, so that the send waits for its number
+    import threading
+
+    from securemail.exchange import send as exchange_send
+
+    svc = webapp.svc
+    gp = svc.store.read_sync(lambda db: auth.actor_for(db, auth.user_by_name(db, "gp_a"), "test"))
+    gate = threading.Event()
+    busy = asyncio.ensure_future(svc.store.write(lambda db: gate.wait(30)))
+    task = asyncio.ensure_future(exchange_send.send(svc, gp, example(), GP_PASSPHRASE, to=CENTRUM))
+    await asyncio.sleep(0.05)  # the send is waiting for its number, behind the busy write
+    # When the client goes away then, and the writer takes the number afterwards
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    gate.set()
+    await busy
+
+    def refused() -> list[tuple[str, str, str]]:
+        return svc.store.read_sync(
+            lambda db: db.execute(
+                "SELECT event_code, outcome, outcome_detail FROM audit_events "
+                "WHERE event_code = 'request.send'"
+            ).fetchall()
+        )
+
+    for _ in range(200):  # the refusal is written after the cancellation, shielded
+        if refused():
+            break
+        await asyncio.sleep(0.01)
+    # Then the burnt number has its refused row, and no request exists
+    assert [tuple(r) for r in refused()] == [
+        ("request.send", "refused", "interrupted:CancelledError")
+    ]
+    assert _requests(webapp) == []

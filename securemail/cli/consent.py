@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
         dest="data_categories",
         action="append",
         choices=register_.DATA_CATEGORIES,
-        help="repeatable; default execution_request",
+        help="repeatable; default: every category (an objection covers all that is sent)",
     )
     g.add_argument("--evidence", type=Path, metavar="FILE", help="proof; its SHA-256 is kept")
     g.add_argument("--evidence-ref", metavar="REF", help="where the proof is (default: file name)")
@@ -169,7 +169,7 @@ def _grant(args: argparse.Namespace) -> int:
             recipient=_recipient(db, args.recipient),
             decision=decision,
             basis=basis,
-            data_categories=tuple(args.data_categories or ("execution_request",)),
+            data_categories=tuple(args.data_categories or register_.DATA_CATEGORIES),
             valid_from=_day(args.valid_from, "from", tz) or now,
             valid_until=_day(args.until, "until", tz, end=True),
             given_at=_day(args.given, "given", tz) or now,

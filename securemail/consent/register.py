@@ -24,6 +24,7 @@ from securemail.consent.evaluate import evaluate
 from securemail.consent.model import (
     BASES,
     CHANNELS,
+    DATA_CATEGORIES,
     DECISIONS,
     PERFORMERS,
     PURPOSES,
@@ -84,7 +85,7 @@ def record(
     decision: str,
     basis: str,
     purpose: str = "TREAT",
-    data_categories: tuple[str, ...] | list[str] = ("execution_request",),
+    data_categories: tuple[str, ...] | list[str] = DATA_CATEGORIES,
     valid_from: datetime,
     valid_until: datetime | None = None,
     given_at: datetime,
@@ -103,6 +104,9 @@ def record(
     starts a new consent at version 1. ``recipient_known(db, recipient)``, when given, is
     the directory's check that the team/organisation exists (the CLI and web resolve the
     recipient through the directory, which checks this already).
+    ``data_categories`` defaults to every category: a patient who objects (or agrees)
+    without naming what is sent means all of it, so a care request is never sent past an
+    objection recorded with an execution request in mind (issue 22).
     """
     org = parse_id("source_org_id", source_org_id)
     access.require(actor, "consent.record", Resource("consent", org_id=org))

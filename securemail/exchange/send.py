@@ -599,10 +599,21 @@ async def _send_once(
     year = deadlines.local(svc.now(), svc.settings.deadlines).year  # the Dutch year, not UTC's
     known = svc.definition_for(data.get("form_id") if isinstance(data, dict) else None)
     prefix = (known or svc.definition).reference_prefix  # an unknown form: refused, audited
-    reference = await svc.store.write(lambda db: allocate_reference(db, year, prefix))
     # Untrusted input: "patient" may be anything; only a string BSN in an object is used.
     given = data.get("patient") if isinstance(data, dict) else None
     patient = str(given.get("bsn", "")) if isinstance(given, dict) else ""
+    taking = asyncio.ensure_future(svc.store.write(lambda db: allocate_reference(db, year, prefix)))
+    try:
+        reference = await asyncio.shield(taking)
+    except asyncio.CancelledError as exc:
+        # Cancelled while the number was being taken: the store's thread commits it all the
+        # same, so the burnt number gets its refused row like any send that died later.
+        async def refuse_when_taken(why: BaseException) -> None:
+            await _audit_refusal(svc, actor, await taking, patient, why)
+
+        with contextlib.suppress(Exception):
+            await asyncio.shield(refuse_when_taken(exc))
+        raise
     try:
         prepared = await prepare(svc, actor, data, reference=reference, to=to, ask=ask)
         if ask:

@@ -390,14 +390,58 @@ async def test_an_objection_to_care_requests_stops_them_and_not_execution_reques
     assert sent.reference.startswith("UVZ-")
 
 
+async def test_an_objection_recorded_without_categories_stops_care_requests_too(
+    loop: Loop,
+) -> None:
+    # The GP's screen records an objection without naming categories: it covers everything
+    # sent, so a care request never goes past it (before: execution requests only).
+    from securemail import consent
+    from securemail.consent import ConsentRefusedError
+    from securemail.region import directory
+
+    svc, gp = loop.gw.svc, loop.gw.gp
+
+    def object_(db: Any) -> None:
+        consent.record(
+            db, gp, patient_bsn=EXAMPLE["patient"]["bsn"], source_org_id=gp.org_id or 0,
+            recipient=consent.Recipient(team_id=directory.team_by_address(db, TEAM).id),
+            decision="deny", basis="objection", valid_from=svc.now(), given_at=svc.now(),
+            channel="in_person", performer="patient", now=svc.now(),
+        )  # fmt: skip
+
+    svc.store.write_sync(object_)
+    for data in (care_example(reserved=False), care_example(reserved=True), EXAMPLE):
+        with pytest.raises(ConsentRefusedError):
+            await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+
+
 async def test_under_explicit_policy_a_permit_for_execution_requests_is_not_one_for_care(
     loop: Loop,
 ) -> None:
+    from securemail import consent
     from securemail.consent import ConsentRefusedError
+    from securemail.region import directory
 
-    svc = loop.gw.svc
+    svc, gp = loop.gw.svc, loop.gw.gp
     svc.settings = svc.settings.replace(consent={"policy": "explicit"})
-    # The fixture's permit names execution_request only: the care request needs its own
+
+    def narrow(db: Any) -> None:
+        # The fixture's permit covers every category (the default); it is replaced by one
+        # naming execution requests only
+        team = consent.Recipient(team_id=directory.team_by_address(db, TEAM).id)
+        common = {"patient_bsn": EXAMPLE["patient"]["bsn"], "source_org_id": gp.org_id or 0}
+        consent.withdraw(
+            db, gp, **common, recipient=team, channel="in_person", reason="narrower",
+            now=svc.now(), stop_pending=exchange.stop_for_consent, policy="explicit",
+        )  # fmt: skip
+        consent.record(
+            db, gp, **common, recipient=team, decision="permit", basis="explicit",
+            data_categories=("execution_request",), valid_from=svc.now(), given_at=svc.now(),
+            channel="in_person", performer="patient", now=svc.now(),
+        )  # fmt: skip
+
+    svc.store.write_sync(narrow)
+    # A permit for execution requests only: the care request needs its own
     with pytest.raises(ConsentRefusedError) as caught:
         await exchange.send(svc, loop.gw.gp, care_example(reserved=False), GP_PASSPHRASE)
     assert "care_request" in str(caught.value.context) + caught.value.message_nl() + str(
