@@ -27,6 +27,7 @@ from securemail.exchange import answer, record
 from securemail.exchange import send as exchange
 from securemail.web import create_app
 from tests.e2e.webflow import login
+from tests.fhir_r4 import assert_valid, problems
 from tests.gateway import GP_PASSPHRASE, example
 from tests.loop_fixtures import Loop, audit_codes
 
@@ -150,7 +151,7 @@ async def test_a_nurse_may_not_download_the_practices_dossier(
         async with http.get(f"{site}/requests/{reference}") as r:
             assert "dossier.pdf" not in await r.text()
         async with http.get(f"{site}/requests/{reference}/dossier.json") as r:
-            assert r.status in (403, 404)
+            assert r.status == 403  # the role gate: the export is the practice's
             body = await r.text()
     assert "Zwaan" not in body and PATIENT["bsn"] not in body
     assert "request.record_export" not in audit_codes(loop.gw.svc, reference)
@@ -213,3 +214,59 @@ async def test_after_the_content_purge_there_is_no_dossier(loop: Loop) -> None:
     with pytest.raises(ContentPurgedError):
         svc.store.write_sync(lambda db: record.export(db, svc, loop.gw.gp, reference, "pdf"))
     assert "request.record_export" not in audit_codes(svc, reference)
+
+
+# -- the FHIR R4 form of the same record ------------------------------------------------------
+
+
+def _fhir(loop: Loop, reference: str) -> dict[str, Any]:
+    svc = loop.gw.svc
+    out = svc.store.write_sync(lambda db: record.export(db, svc, loop.gw.gp, reference, "fhir"))
+    assert out.content_type == "application/fhir+json"
+    assert out.file_name == f"dossier-{reference}.fhir.json"
+    return json.loads(out.body)
+
+
+def _entries(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["resource"]["resourceType"]: e for e in bundle["entry"]}
+
+
+async def test_the_fhir_export_of_an_accepted_request_validates_as_r4(loop: Loop) -> None:
+    reference = await _answered(loop)
+    bundle = _fhir(loop, reference)
+    assert_valid(bundle)
+    entries = _entries(bundle)
+    task = entries["Task"]["resource"]
+    assert task["status"] == "accepted" and task["intent"] == "order"
+    assert task["focus"]["reference"] == entries["ServiceRequest"]["fullUrl"]
+    assert task["owner"]["reference"] == entries["PractitionerRole"]["fullUrl"]
+    assert task["executionPeriod"]["start"] == "2030-01-02T09:00:00+01:00"
+    role = entries["PractitionerRole"]["resource"]
+    assert role["practitioner"]["display"] == "Verpleegkundige Zwaan"
+    assert role["telecom"] == [{"system": "phone", "value": "06 87654321", "use": "work"}]
+    service = entries["ServiceRequest"]["resource"]
+    assert service["status"] == "active" and service["intent"] == "order"
+    assert service["subject"]["identifier"]["value"] == PATIENT["bsn"]
+    assert "request.record_export" in audit_codes(loop.gw.svc, reference)
+
+
+async def test_a_declined_request_is_a_rejected_task_with_the_teams_reason(loop: Loop) -> None:
+    svc = loop.gw.svc
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    declined = {"status": "afgewezen", "reason": "Geen bekwame verpleegkundige beschikbaar"}
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, declined)
+    bundle = _fhir(loop, sent.reference)
+    assert_valid(bundle)
+    entries = _entries(bundle)
+    assert "PractitionerRole" not in entries
+    task = entries["Task"]["resource"]
+    assert task["status"] == "rejected"
+    assert task["statusReason"]["text"] == declined["reason"]
+
+
+async def test_the_validator_refuses_our_bundle_with_a_dutch_status(loop: Loop) -> None:
+    # The check would catch a mapping slip: the team's Dutch word is not an R4 task status
+    reference = await _answered(loop)
+    bundle = _fhir(loop, reference)
+    _entries(bundle)["Task"]["resource"]["status"] = "geaccepteerd"
+    assert any("Task.status" in p for p in problems(bundle))

@@ -33,7 +33,7 @@ from securemail import contentbox
 from securemail.access import Actor, require
 from securemail.audit import trail as audit
 from securemail.errors import InputError, SecuremailError
-from securemail.exchange import answer_copy, orders, send
+from securemail.exchange import answer_copy, fhir, orders, send
 from securemail.exchange.view import (
     DATA_CATEGORIES,
     RequestRow,
@@ -49,8 +49,8 @@ from securemail.message import mime
 from securemail.region import directory
 from securemail.services import Services
 
-#: The two forms of the export, by the extension the URL and file name carry.
-FORMATS = ("pdf", "json")
+#: The forms of the export, by the extension the URL carries (fhir: an R4 Bundle, fhir.py).
+FORMATS = ("pdf", "json", "fhir")
 
 #: What the JSON says it is (a HIS can dispatch on it, as on the answer's document).
 DOCUMENT = "uitvoeringsverzoek.dossier"
@@ -67,7 +67,7 @@ class RecordExport:
 
 def file_name(reference: str, fmt: str) -> str:
     """``dossier-UVZ-2026-000001.pdf``: the reference only (it names no patient)."""
-    return f"dossier-{reference}.{fmt}"
+    return f"dossier-{reference}.{'fhir.json' if fmt == 'fhir' else fmt}"
 
 
 def _signed_order(db: sqlite_utils.Database, row: RequestRow) -> dict[str, str] | None:
@@ -186,6 +186,9 @@ def export(
             outcome_detail=f"format={fmt}",
         ),
     )
+    if fmt == "fhir":
+        body = json.dumps(fhir.bundle(record), ensure_ascii=False, indent=2).encode("utf-8")
+        return RecordExport(body, "application/fhir+json", file_name(reference, fmt))
     if fmt == "json":
         body = json.dumps(record, ensure_ascii=False, sort_keys=True, indent=2).encode("utf-8")
         return RecordExport(body, "application/json", file_name(reference, fmt))

@@ -112,7 +112,7 @@ async def request_answer(request: web.Request) -> web.StreamResponse:
 
 @requires("request.record")
 async def request_dossier(request: web.Request) -> web.StreamResponse:
-    """GET /api/requests/{reference}/dossier.pdf|json: "voor het dossier" for the practice's
+    """GET /api/requests/{reference}/dossier.pdf|json|fhir: "voor het dossier" for the practice's
     HIS (a token of that practice with request:read); 404 for any other."""
     return await requestpages.dossier_response(request)
 
@@ -124,7 +124,7 @@ def setup(app: web.Application) -> None:
         name="api_request_answer",
     )
     app.router.add_get(
-        r"/api/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json}",
+        r"/api/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
         request_dossier,
         name="api_request_dossier",
     )

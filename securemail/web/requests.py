@@ -416,7 +416,7 @@ async def detail_context(
 
 @requires("request.record")
 async def dossier(request: web.Request) -> web.StreamResponse:
-    """GET /requests/{ref}/dossier.pdf|json: "voor het dossier", for the practice's own GPs."""
+    """GET /requests/{ref}/dossier.pdf|json|fhir: "voor het dossier", for the practice's own GPs."""
     return await dossier_response(request)
 
 
@@ -534,7 +534,7 @@ def setup(app: web.Application) -> None:
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
     )
     app.router.add_get(
-        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json}",
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
         dossier,
         name="request_dossier",
     )
