@@ -380,3 +380,34 @@ async def test_verlopen_shows_on_both_sides_and_in_the_gps_work(
                     page = await r.text()
                 assert f"{sent.reference}</a>: <strong>verlopen</strong>" in page
     await server.close()
+
+
+async def test_the_team_that_accepted_is_reminded_of_the_end_once(loop: Loop) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    accepted = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, accepted.reference, ACCEPT)
+    waiting = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)  # no answer yet
+    loop.clock.advance(days=10)  # within order_reminder_days of the end
+    await escalation.check(svc)
+    await escalation.check(svc)
+    [team_notice] = notices(svc, "order_end_team")
+    assert f"To: {TEAM}".encode() in team_notice
+    assert accepted.reference.encode() in team_notice
+    assert waiting.reference.encode() not in team_notice
+    assert example()["patient"]["bsn"].encode() not in team_notice
+    # the practice is reminded of both orders
+    assert _signals(loop, "order_end") == 2
+
+
+async def test_a_declined_order_gives_the_team_no_end_reminder(loop: Loop) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    declined = {"status": "afgewezen", "reason": "Geen capaciteit"}
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, declined)
+    loop.clock.advance(days=10)
+    await escalation.check(svc)
+    assert notices(svc, "order_end_team") == []

@@ -15,6 +15,8 @@ Invariants:
 - the end date is the last day the order covers: it is "verlopen" from the next day (on the
   deadline calendar's time zone); the reminders come ``[deadlines] order_reminder_days``
   before the evaluation and the end date;
+- the team that accepted an order gets the end reminder too (``order_end_team``), with the
+  GP's and under the same signal row, so once;
 - notices carry the reference only; the team's stop notice is risk-reducing and never
   passes the consent register.
 """
@@ -44,6 +46,9 @@ log = logging.getLogger("securemail.orders")
 MIGRATIONS = Migrations("securemail.orders")
 
 EVALUATION_REMINDER, END_REMINDER, EXPIRED = "evaluation_reminder", "end_reminder", "expired"
+
+#: The answer status of an order the team took on: only that team is reminded of its end.
+ACCEPTED = "geaccepteerd"
 
 
 @MIGRATIONS(name="0001_order_dates")
@@ -180,15 +185,18 @@ def check(svc: Services, db: sqlite_utils.Database, now: datetime) -> list[tuple
     given: list[tuple[str, str]] = []
     rows = db.execute(
         "SELECT o.reference, o.end_date, o.evaluation_date, r.practice_org_id, r.team_id, "
-        "r.patient_bsn FROM order_dates o JOIN requests r ON r.reference = o.reference "
+        "r.patient_bsn, r.answer_status "
+        "FROM order_dates o JOIN requests r ON r.reference = o.reference "
         "WHERE r.state IN ('open', 'answered') AND r.answer_status != 'afgewezen' "
         "AND r.kind != 'intrekking' AND (o.end_date != '' OR o.evaluation_date != '')"
     ).fetchall()
-    for reference, end, evaluation, practice_id, team_id, bsn in rows:
+    for reference, end, evaluation, practice_id, team_id, bsn, answer_status in rows:
         for kind, day in _due(today, lead, end, evaluation):
             if not _signal_once(db, reference, kind, stamp):
                 continue
             _tell(svc, db, reference, kind, day, practice_id, team_id, bsn)
+            if kind == END_REMINDER and answer_status == ACCEPTED:
+                _tell_team_end(svc, db, reference, team_id, practice_id)
             given.append((reference, kind))
     if given:
         log.info("orders: %d reminder(s) or expiry signal(s) given", len(given))
@@ -230,6 +238,17 @@ def _tell(
         # ends its signals): risk-reducing, never gated by the consent register.
         stop = notify.notice_order_stop(reference, team.address, svc.settings)
         outbox.enqueue(db, stop, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
+
+
+def _tell_team_end(
+    svc: Services, db: sqlite_utils.Database, reference: str, team_id: int, practice_id: int
+) -> None:
+    """The team that accepted the order hears of its end date with the GP (same signal, so
+    once): care that is still needed gets a verlenging before it has to stop."""
+    team = directory.team_by_id(db, team_id)
+    practice = directory.org_by_id(db, practice_id)
+    notice = notify.notice_order_end_team(reference, team.address, svc.settings)
+    outbox.enqueue(db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
 
 
 __all__ = [
