@@ -240,6 +240,22 @@ def _tell(
         outbox.enqueue(db, stop, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
 
 
+def extension_of(earlier: Mapping[str, Any], today: date) -> dict[str, Any]:
+    """A verlenging prefilled from the earlier signed order: kind verlenging, superseding it,
+    the same patient, procedures and instructions; it starts the day after the earlier end
+    date (today if that has passed), and the GP chooses the new end and evaluation dates.
+    The moment of signing and the principal are set at the send, as for every request."""
+    data = {k: v for k, v in earlier.items() if k not in ("reference", "supersedes", "issued_at")}
+    end = str((earlier.get("period") or {}).get("end_date") or "")
+    start = date.fromisoformat(end) + timedelta(days=1) if end else today
+    return {
+        **data,
+        "kind": "verlenging",
+        "supersedes": str(earlier["reference"]),
+        "period": {"start_date": max(start, today).isoformat()},
+    }
+
+
 def _tell_team_end(
     svc: Services, db: sqlite_utils.Database, reference: str, team_id: int, practice_id: int
 ) -> None:
@@ -252,6 +268,7 @@ def _tell_team_end(
 
 
 __all__ = [
-    "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check", "order_state",
+    "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check", "extension_of",
+    "order_state",
     "practice_work", "record",
 ]  # fmt: skip

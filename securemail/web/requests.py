@@ -414,6 +414,23 @@ async def detail_context(
     }
 
 
+@requires("request.create")
+@aiohttp_jinja2.template("requests/form.html")
+async def extend_form(request: web.Request) -> dict[str, Any]:
+    """GET /requests/{ref}/extend: the practice's verlenging of an order, prefilled from its
+    signed document (read as an audited request.view; another practice's order is 404)."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
+    if view["purged"] or view["document"] is None or view["state"] not in ("open", "answered"):
+        raise web.HTTPNotFound()
+    today = deadlines.local(svc.now(), svc.settings.deadlines).date()
+    values = forms.flatten(orders.extension_of(view["document"], today))
+    values["issued_at"] = local_minute(svc)
+    return await _form_context(request, values, {})
+
+
 @requires("request.record")
 async def dossier(request: web.Request) -> web.StreamResponse:
     """GET /requests/{ref}/dossier.pdf|json|fhir: "voor het dossier", for the practice's own GPs."""
@@ -532,6 +549,11 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_get(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/extend",
+        extend_form,
+        name="request_extend",
     )
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
