@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -300,10 +301,21 @@ def _close_hop(
         return
     reason = contentbox.seal(db, "request_hops", "reason", hop, answer.reason or "")
     db.execute(
-        "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ? "
-        "WHERE id = ?",
-        [answer.status, reason, actor.user_id, now, hop],
+        "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ?, "
+        "care_start = ? WHERE id = ?",
+        [answer.status, reason, actor.user_id, now, _care_start(answer), hop],
     )
+
+
+def _care_start(answer: forms.TeamAnswer) -> str:
+    """The planned start of care as ISO with its offset (a form's local time is the
+    deadline calendar's, Amsterdam), for the adherence figures; '' when not given."""
+    start = answer.care_start
+    if start is None:
+        return ""
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=ZoneInfo("Europe/Amsterdam"))
+    return start.isoformat(timespec="seconds")
 
 
 def _pass_on_target(db: sqlite_utils.Database, row: RequestRow, address: str) -> Team:

@@ -168,6 +168,13 @@ def _m5(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0006_hop_care_start")
+def _m6(db: sqlite_utils.Database) -> None:
+    """The planned start of care an accepting team gave (ISO with offset): metadata for the
+    adherence figures' time to start of care, kept like the hop's times, not content."""
+    db.execute("ALTER TABLE request_hops ADD COLUMN care_start TEXT NOT NULL DEFAULT ''")
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:
