@@ -687,3 +687,11 @@ def test_time_to_start_from_fewer_than_five_accepted_turns_is_suppressed() -> No
     cells = adherence.publish_figures(f)
     assert cells["median"] == "1:00"  # five answered: shown
     assert (cells["start_median"], cells["start_p90"]) == ("<5", "<5")  # four starts: not
+
+
+def test_care_planned_before_the_delivery_counts_as_started_at_once() -> None:
+    start = datetime(2027, 4, 6, 9, tzinfo=AMS)
+    early = Turn(TEAM, "A", "01234567", "P", "spoed", start, "geaccepteerd",
+                 start + timedelta(minutes=30), care_start=start - timedelta(hours=3))  # fmt: skip
+    f = adherence.answer_figures([early], now=start + timedelta(days=1), calendar=CAL)
+    assert f.start_minutes == (0.0,)

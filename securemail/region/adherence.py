@@ -202,7 +202,8 @@ def answer_figures(
             by_outcome[t.outcome] += 1
             minutes.append(_minutes(t.delivered_at, t.outcome_at))
             if t.outcome == ACCEPTED and t.care_start is not None:
-                start_minutes.append(_minutes(t.delivered_at, t.care_start))
+                # care planned before the message arrived (agreed by phone) started on time: 0
+                start_minutes.append(max(0.0, _minutes(t.delivered_at, t.care_start)))
             within += not deadlines.is_overdue(due, t.outcome_at)
         elif t.closed_by_practice:
             withdrawn += 1
