@@ -95,6 +95,31 @@ REQUIRED_BINDINGS: dict[tuple[str, str], frozenset[str]] = {
     ),  # fmt: skip
     # hl7.org/fhir/R4/valueset-request-priority.html
     ("ServiceRequest", "priority"): frozenset({"routine", "urgent", "asap", "stat"}),
+    # hl7.org/fhir/R4/valueset-medicationrequest-status.html, -intent.html
+    ("MedicationRequest", "status"): frozenset(
+        {
+            "active",
+            "on-hold",
+            "cancelled",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "draft",
+            "unknown",
+        }
+    ),  # fmt: skip
+    ("MedicationRequest", "intent"): frozenset(
+        {
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),  # fmt: skip
     # hl7.org/fhir/R4/valueset-contact-point-system.html, valueset-contact-point-use.html
     ("PractitionerRole", "telecom.system"): frozenset(
         {"phone", "fax", "email", "pager", "url", "sms", "other"}
@@ -216,6 +241,8 @@ CODE_SYSTEMS: dict[str, frozenset[str]] = {
     TERMINOLOGY + "v3-ParticipationType": frozenset(
         {"AUT", "AUTHEN", "CST", "CUST", "DEV", "INF", "IRCP", "LA", "ORG", "PRF", "RESP", "SBJ"}
     ),
+    # hl7.org/fhir/R4/valueset-signature-type.html (ASTM E1762-95, the codes we use)
+    "urn:iso-astm:E1762-95:2013": frozenset({"1.2.840.10065.1.12.1.1"}),
     # hl7.org/fhir/R4/valueset-consent-category.html (LOINC part)
     "http://loinc.org": frozenset({"59284-0", "57016-8", "57017-6", "64292-6"}),
 }

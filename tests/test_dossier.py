@@ -248,6 +248,23 @@ async def test_the_fhir_export_of_an_accepted_request_validates_as_r4(loop: Loop
     assert service["status"] == "active" and service["intent"] == "order"
     assert service["subject"]["identifier"]["value"] == PATIENT["bsn"]
     assert "request.record_export" in audit_codes(loop.gw.svc, reference)
+    # the medication as a MedicationRequest based on the order; the GP's signature as
+    # Provenance carrying the same detached signature the JSON export holds
+    [medication] = [e["resource"] for e in bundle["entry"]
+                    if e["resource"]["resourceType"] == "MedicationRequest"]  # fmt: skip
+    expected = example()["procedures"][0]["medication"]
+    assert medication["medicationCodeableConcept"]["text"] == expected["name"]
+    assert medication["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] == {
+        "value": expected["dose_value"],
+        "unit": expected["dose_unit"],
+    }
+    assert medication["basedOn"][0]["reference"] == entries["ServiceRequest"]["fullUrl"]
+    provenance = entries["Provenance"]["resource"]
+    assert provenance["target"][0]["reference"] == entries["ServiceRequest"]["fullUrl"]
+    svc = loop.gw.svc
+    plain = svc.store.write_sync(lambda db: record.export(db, svc, loop.gw.gp, reference, "json"))
+    signature = json.loads(plain.body)["signed_order"]["signature"]
+    assert base64.b64decode(provenance["signature"][0]["data"]).decode() == signature
 
 
 async def test_a_declined_request_is_a_rejected_task_with_the_teams_reason(loop: Loop) -> None:

@@ -1,4 +1,5 @@
-"""The answered request in FHIR R4: a Bundle (collection) with the GP's ServiceRequest, the
+"""The answered request in FHIR R4: a Bundle (collection) with the GP's ServiceRequest, a
+MedicationRequest per procedure's medication, a Provenance for the GP's signature, the
 team's Task and the nurse in charge as a PractitionerRole with her direct phone.
 
 Built from the "voor het dossier" JSON (``record.record_document``), so it says nothing the
@@ -12,6 +13,7 @@ request-priority); ids are stable per reference (uuid5), so a re-export updates,
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,9 @@ AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
 BIG = "http://fhir.nl/fhir/NamingSystem/big"
 REFERENCE = "urn:securemail:request-reference"
+#: hl7.org/fhir/R4/valueset-signature-type.html: the author's signature (ASTM E1762).
+SIGNATURE_TYPE = {"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1",
+                  "display": "Author's Signature"}  # fmt: skip
 
 #: The team's answer -> Task.status (hl7.org/fhir/R4/valueset-task-status.html).
 TASK_STATUS = {
@@ -58,7 +63,6 @@ def _identifier(reference: str) -> list[dict[str, str]]:
 
 def _service_request(record: dict[str, Any]) -> dict[str, Any]:
     req, order = record["request"], record.get("order") or {}
-    principal = req.get("principal", {})
     status = REQUEST_STATUS.get(record["state"], "unknown")
     if order.get("expired"):
         status = "completed"
@@ -72,14 +76,81 @@ def _service_request(record: dict[str, Any]) -> dict[str, Any]:
         "code": {"text": "Uitvoeringsverzoek: " + "; ".join(procedures) if procedures else ""},
         "subject": {"identifier": {"system": BSN, "value": req["patient"]["bsn"]}},
         "authoredOn": _instant(req.get("issued_at")),
-        "requester": {
-            "identifier": {"system": BIG, "value": str(principal.get("big", ""))},
-            "display": str(principal.get("name", "")),
-        },
+        "requester": _requester(record),
     }
     period = {"start": order.get("start_date"), "end": order.get("end_date")}
     out["occurrencePeriod"] = {k: v for k, v in period.items() if v}
     return _pruned(out)
+
+
+def _requester(record: dict[str, Any]) -> dict[str, Any]:
+    principal = record["request"].get("principal", {})
+    return {
+        "identifier": {"system": BIG, "value": str(principal.get("big", ""))},
+        "display": str(principal.get("name", "")),
+    }
+
+
+def _medication_requests(record: dict[str, Any], status: str) -> list[dict[str, Any]]:
+    """One MedicationRequest per procedure with a medication, based on the ServiceRequest."""
+    req = record["request"]
+    out = []
+    for procedure in req.get("procedures", []):
+        med = procedure.get("medication") or {}
+        if not med.get("name"):
+            continue
+        dose = {"value": med.get("dose_value"), "unit": med.get("dose_unit") or ""}
+        out.append(
+            _pruned(
+                {
+                    "resourceType": "MedicationRequest",
+                    # request-status's "revoked" is medicationrequest-status's "cancelled"
+                    "status": {"revoked": "cancelled", "unknown": "unknown"}.get(status, status),
+                    "intent": "order",
+                    "medicationCodeableConcept": {"text": str(med["name"])},
+                    "subject": {"identifier": {"system": BSN, "value": req["patient"]["bsn"]}},
+                    "authoredOn": _instant(req.get("issued_at")),
+                    "requester": _requester(record),
+                    "basedOn": [{"reference": _url(record["reference"], "ServiceRequest")}],
+                    "dosageInstruction": [
+                        {
+                            "text": str(procedure.get("schedule") or ""),
+                            "asNeededBoolean": bool(med.get("as_needed")),
+                            "route": {"text": str(med.get("route") or "")},
+                            "doseAndRate": [{"doseQuantity": dose}]
+                            if dose["value"] is not None
+                            else [],
+                        }
+                    ],
+                }
+            )
+        )
+    return out
+
+
+def _provenance(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The GP's signature over the order (the detached OpenPGP signature, base64)."""
+    order = record.get("signed_order")
+    when = _instant(record["request"].get("issued_at"))
+    if not order or not when:
+        return None
+    return _pruned(
+        {
+            "resourceType": "Provenance",
+            "target": [{"reference": _url(record["reference"], "ServiceRequest")}],
+            "recorded": when,
+            "agent": [{"who": _requester(record)}],
+            "signature": [
+                {
+                    "type": [SIGNATURE_TYPE],
+                    "when": when,
+                    "who": _requester(record),
+                    "sigFormat": "application/pgp-signature",
+                    "data": base64.b64encode(order["signature"].encode("ascii")).decode(),
+                }
+            ],
+        }
+    )
 
 
 def _practitioner_role(answer: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +206,15 @@ def _prune(node: Any) -> Any:
 def bundle(record: dict[str, Any]) -> dict[str, Any]:
     """The Bundle (type collection) for one "voor het dossier" record."""
     reference = record["reference"]
-    entries = [(_url(reference, "ServiceRequest"), _service_request(record))]
+    service = _service_request(record)
+    entries = [(_url(reference, "ServiceRequest"), service)]
+    entries += [
+        (_url(reference, f"MedicationRequest-{i}"), med)
+        for i, med in enumerate(_medication_requests(record, service["status"]))
+    ]
+    provenance = _provenance(record)
+    if provenance is not None:
+        entries.append((_url(reference, "Provenance"), provenance))
     answer = record.get("answer")
     owner_url = None
     if answer and answer.get("nurse_in_charge"):
