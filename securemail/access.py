@@ -168,6 +168,9 @@ POLICY: dict[str, frozenset[str]] = {
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
+    # "Voor het dossier": the answered request as PDF and JSON for the practice's own record
+    # (its GPs, its HIS token); the team files its own copy from its sealed mail.
+    "request.record": frozenset({"gp"}),
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
     "ask.answer": frozenset({"gp"}),
@@ -207,8 +210,10 @@ POLICY_HISTORY: dict[str, str] = {
     "1": "7c86ed2780dc34000329210aedbb427b44bcf687345e4615e159d7bb09b8ab0b",
     # 2: ask.answer, a GP answers a nurse's consult or home-visit ask
     "2": "ba8a596bc9da08e071163b266315daba3f9d634be9694458bc3ffa1dcb49e315",
+    # 3: request.record, the practice downloads a request "voor het dossier"
+    "3": "b830617c4f11c055527bad4b4ddc0256f2b9563d25fe61ee01a7cb9798e5062e",
 }
-POLICY_VERSION = "2"
+POLICY_VERSION = "3"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -44,6 +44,87 @@ REQUIRED_BINDINGS: dict[tuple[str, str], frozenset[str]] = {
     ),
     # hl7.org/fhir/R4/valueset-consent-provision-type.html
     ("Consent", "provision.type"): frozenset({"deny", "permit"}),
+    # hl7.org/fhir/R4/valueset-task-status.html
+    ("Task", "status"): frozenset(
+        {
+            "draft",
+            "requested",
+            "received",
+            "accepted",
+            "rejected",
+            "ready",
+            "cancelled",
+            "in-progress",
+            "on-hold",
+            "failed",
+            "completed",
+            "entered-in-error",
+        }
+    ),  # fmt: skip
+    # hl7.org/fhir/R4/valueset-task-intent.html
+    ("Task", "intent"): frozenset(
+        {
+            "unknown",
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),  # fmt: skip
+    # hl7.org/fhir/R4/valueset-request-status.html
+    ("ServiceRequest", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    # hl7.org/fhir/R4/valueset-request-intent.html
+    ("ServiceRequest", "intent"): frozenset(
+        {
+            "proposal",
+            "plan",
+            "directive",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),  # fmt: skip
+    # hl7.org/fhir/R4/valueset-request-priority.html
+    ("ServiceRequest", "priority"): frozenset({"routine", "urgent", "asap", "stat"}),
+    # hl7.org/fhir/R4/valueset-medicationrequest-status.html, -intent.html
+    ("MedicationRequest", "status"): frozenset(
+        {
+            "active",
+            "on-hold",
+            "cancelled",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "draft",
+            "unknown",
+        }
+    ),  # fmt: skip
+    ("MedicationRequest", "intent"): frozenset(
+        {
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        }
+    ),  # fmt: skip
+    # hl7.org/fhir/R4/valueset-contact-point-system.html, valueset-contact-point-use.html
+    ("PractitionerRole", "telecom.system"): frozenset(
+        {"phone", "fax", "email", "pager", "url", "sms", "other"}
+    ),
+    ("PractitionerRole", "telecom.use"): frozenset({"home", "work", "temp", "old", "mobile"}),
     # hl7.org/fhir/R4/valueset-bundle-type.html
     ("Bundle", "type"): frozenset(
         {
@@ -160,6 +241,8 @@ CODE_SYSTEMS: dict[str, frozenset[str]] = {
     TERMINOLOGY + "v3-ParticipationType": frozenset(
         {"AUT", "AUTHEN", "CST", "CUST", "DEV", "INF", "IRCP", "LA", "ORG", "PRF", "RESP", "SBJ"}
     ),
+    # hl7.org/fhir/R4/valueset-signature-type.html (ASTM E1762-95, the codes we use)
+    "urn:iso-astm:E1762-95:2013": frozenset({"1.2.840.10065.1.12.1.1"}),
     # hl7.org/fhir/R4/valueset-consent-category.html (LOINC part)
     "http://loinc.org": frozenset({"59284-0", "57016-8", "57017-6", "64292-6"}),
 }

@@ -711,3 +711,50 @@ async def test_figures_per_kind_of_request_and_of_ask(loop: Loop) -> None:
         "uitvoeringsverzoek", "consult", "huisbezoek",
     }  # fmt: skip
     assert "kinds,AWV,Aanmelding wijkverpleging" in adherence.to_csv(published)
+
+
+async def test_time_to_start_of_care_next_to_time_to_answer(loop: Loop) -> None:
+    # Five accepted requests, each delivered at 09:00 and accepted at 10:00, with the care
+    # planned 2, 4, 6, 24 and 48 hours after the delivery (the team's own clock start);
+    # one declined request gives no start of care.
+    planned = {6: 2, 7: 4, 8: 6, 9: 24, 12: 48}  # April day (working days) -> hours
+    for day, hours in planned.items():
+        ref = await _send(loop, at(day, 9), "regulier")
+        start = (at(day, 9) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M")
+        await _answer(loop, loop.nurse_a, at(day, 10), ref, {**ACCEPT, "care_start": start})
+    declined = await _send(loop, at(13, 9), "regulier")
+    await _answer(loop, loop.nurse_a, at(13, 10), declined, DECLINE)
+    loop.clock.now = at(30, 12)
+    a = _report(loop).teams[(TEAM, "Wijkteam Centrum")]
+    assert a.answered == 6 and sorted(a.minutes) == [60] * 6  # time to answer: 1 h each
+    # time to start of care: accepted turns only; nearest rank: median 3rd, p90 5th of 5
+    assert sorted(a.start_minutes) == [120, 240, 360, 1440, 2880]
+    cells = adherence.publish_figures(a)
+    assert (cells["median"], cells["start_median"], cells["start_p90"]) == ("1:00", "6:00", "48:00")
+    # published next to the answer times in the CSV's header, never for asks
+    assert adherence.table_columns("teams").index("start_median") == (
+        adherence.table_columns("teams").index("p90") + 1
+    )
+    assert "start_median" not in adherence.table_columns("ask_teams")
+
+
+def test_time_to_start_from_fewer_than_five_accepted_turns_is_suppressed() -> None:
+    start = datetime(2027, 4, 6, 9, tzinfo=AMS)
+    turns = [
+        Turn(TEAM, "A", "01234567", "P", "regulier", start, "geaccepteerd",
+             start + timedelta(hours=1), care_start=start + timedelta(hours=h))
+        for h in (2, 4, 6, 8)
+    ] + [Turn(TEAM, "A", "01234567", "P", "regulier", start, "afgewezen",
+              start + timedelta(hours=1))]  # fmt: skip
+    f = adherence.answer_figures(turns, now=start + timedelta(days=9), calendar=CAL)
+    cells = adherence.publish_figures(f)
+    assert cells["median"] == "1:00"  # five answered: shown
+    assert (cells["start_median"], cells["start_p90"]) == ("<5", "<5")  # four starts: not
+
+
+def test_care_planned_before_the_delivery_counts_as_started_at_once() -> None:
+    start = datetime(2027, 4, 6, 9, tzinfo=AMS)
+    early = Turn(TEAM, "A", "01234567", "P", "spoed", start, "geaccepteerd",
+                 start + timedelta(minutes=30), care_start=start - timedelta(hours=3))  # fmt: skip
+    f = adherence.answer_figures([early], now=start + timedelta(days=1), calendar=CAL)
+    assert f.start_minutes == (0.0,)

@@ -380,3 +380,124 @@ async def test_verlopen_shows_on_both_sides_and_in_the_gps_work(
                     page = await r.text()
                 assert f"{sent.reference}</a>: <strong>verlopen</strong>" in page
     await server.close()
+
+
+async def test_the_team_that_accepted_is_reminded_of_the_end_once(loop: Loop) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    accepted = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, accepted.reference, ACCEPT)
+    waiting = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)  # no answer yet
+    loop.clock.advance(days=10)  # within order_reminder_days of the end
+    await escalation.check(svc)
+    await escalation.check(svc)
+    [team_notice] = notices(svc, "order_end_team")
+    assert f"To: {TEAM}".encode() in team_notice
+    assert accepted.reference.encode() in team_notice
+    assert waiting.reference.encode() not in team_notice
+    assert example()["patient"]["bsn"].encode() not in team_notice
+    # the practice is reminded of both orders
+    assert _signals(loop, "order_end") == 2
+
+
+async def test_a_declined_order_gives_the_team_no_end_reminder(loop: Loop) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    declined = {"status": "afgewezen", "reason": "Geen capaciteit"}
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, declined)
+    loop.clock.advance(days=10)
+    await escalation.check(svc)
+    assert notices(svc, "order_end_team") == []
+
+
+async def test_the_verlenging_starts_prefilled_from_the_reminder(
+    loop: Loop, aiohttp_server: Any
+) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=10)
+    await escalation.check(svc)
+    end = _signed_document(loop, sent.reference)["period"]["end_date"]
+    day_after = (datetime.fromisoformat(end) + timedelta(days=1)).date().isoformat()
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    site = str(server.make_url("")).rstrip("/")
+    pages = {}
+    for who in ("huisarts", "nurse1"):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await login(http, site, loop.credentials(who))
+            async with http.get(f"{site}/requests/{sent.reference}") as r:
+                pages[who] = await r.text()
+            async with http.get(f"{site}/requests/{sent.reference}/extend") as r:
+                pages[f"{who}-extend"] = await r.text()
+                pages[f"{who}-status"] = str(r.status)
+    # The GP's reminder leads to the form, filled from the signed order
+    assert f'href="/requests/{sent.reference}/extend"' in pages["huisarts"]
+    form = pages["huisarts-extend"]
+    assert pages["huisarts-status"] == "200"
+    assert f'value="{sent.reference}"' in form
+    assert 'value="verlenging" selected' in form or 'value="verlenging" checked' in form
+    assert example()["patient"]["name"] in form
+    assert f'value="{day_after}"' in form
+    # The team's nurse has no verlenging to write (wrong role)
+    assert "/extend" not in pages["nurse1"] and pages["nurse1-status"] == "403"
+    assert "request.view" in audit_codes(svc, sent.reference)
+    await server.close()
+
+
+async def test_a_prefilled_verlenging_signs_and_ends_the_earlier_orders_signals(
+    loop: Loop,
+) -> None:
+    svc = loop.gw.svc
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": "today+20d"}
+    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
+    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    loop.clock.advance(days=10)
+    await escalation.check(svc)
+    earlier = _signed_document(loop, sent.reference)
+    extension = orders.extension_of(earlier, loop.clock.now.date())
+    extension["period"] |= {"end_date": "today+60d", "evaluation_date": "today+30d"}
+    extension["issued_at"] = loop.clock.now.isoformat()
+    longer = await exchange.send(svc, loop.gw.gp, extension, GP_PASSPHRASE)
+    assert svc.store.read_sync(lambda db: exchange.status(db, sent.reference))["state"] == (
+        "superseded"
+    )
+    loop.clock.advance(days=11)  # past the earlier end date: no verlopen, no stop
+    await escalation.check(svc)
+    assert notices(svc, "order_stop") == []
+    doc = _signed_document(loop, longer.reference)
+    assert doc["kind"] == "verlenging" and doc["supersedes"] == sent.reference
+
+
+async def test_a_passed_on_answer_reaches_the_practice_too(loop: Loop) -> None:
+    from tests.loop_fixtures import TEAM_B
+
+    svc = loop.gw.svc
+    practice_home = await _pin_practice_key(loop)
+    sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
+    reason = "Buiten ons werkgebied"
+    await answer.record_answer(
+        svc, loop.nurse_a, sent.reference,
+        {"status": "doorbemiddeld", "reason": reason, "passed_to": TEAM_B},
+    )  # fmt: skip
+    await answer.record_answer(svc, loop.nurse_b, sent.reference, ACCEPT)
+    copies = _answer_copies(loop)
+    assert len(copies) == 2
+    for raw in copies:  # outside the encryption: nothing about the patient or the reason
+        assert example()["patient"]["bsn"].encode() not in raw and reason.encode() not in raw
+    passed, accepted = (_read_sealed(practice_home, raw)[0] for raw in copies)
+    assert (passed["status"], passed["reason"], passed["passed_to"]) == (
+        "doorbemiddeld",
+        reason,
+        TEAM_B,
+    )
+    assert passed["team_address"] == TEAM
+    assert (accepted["status"], accepted["team_address"]) == ("geaccepteerd", TEAM_B)
+    assert accepted["nurse_phone"] == "06 12345678"
+    assert audit_codes(svc, sent.reference).count("request.answer_copy") == 2

@@ -34,6 +34,7 @@ SAMPLE_PARAMS = {
     "user_id": "999999",
     "team_id": "999999",
     "token": "A" * 24,
+    "fmt": "pdf",  # an export format (pdf, json, fhir), never patient data
 }
 SESSION_ENDING = {"logout_all"}
 

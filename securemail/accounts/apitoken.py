@@ -41,7 +41,7 @@ SCOPES: dict[str, frozenset[str]] = {
     "request:send": frozenset({"request.create", "request.send"}),
     # request.view: GET /api/requests/{ref}, the team's answer for the practice's record
     # (tokens reach /api/ routes only; no API route shows the request's own content)
-    "request:read": frozenset({"request.status", "request.list", "request.view"}),
+    "request:read": frozenset({"request.status", "request.list", "request.view", "request.record"}),
 }
 
 

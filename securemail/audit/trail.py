@@ -63,6 +63,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
         "E",
         "the team's answer was sealed to the practice's key and queued for the practice",
     ),
+    "request.record_export": (
+        "R",
+        "a request and its answer were exported for the practice's record (PDF or JSON)",
+    ),
     "request.withdraw": ("U", "a request was withdrawn"),
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "request.remind": ("E", "the GP was reminded of an order's evaluation or end date"),

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -300,10 +301,21 @@ def _close_hop(
         return
     reason = contentbox.seal(db, "request_hops", "reason", hop, answer.reason or "")
     db.execute(
-        "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ? "
-        "WHERE id = ?",
-        [answer.status, reason, actor.user_id, now, hop],
+        "UPDATE request_hops SET outcome = ?, reason = ?, outcome_by = ?, outcome_at = ?, "
+        "care_start = ? WHERE id = ?",
+        [answer.status, reason, actor.user_id, now, _care_start(answer), hop],
     )
+
+
+def _care_start(answer: forms.TeamAnswer) -> str:
+    """The planned start of care as ISO with its offset (a form's local time is the
+    deadline calendar's, Amsterdam), for the adherence figures; '' when not given."""
+    start = answer.care_start
+    if start is None:
+        return ""
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=ZoneInfo("Europe/Amsterdam"))
+    return start.isoformat(timespec="seconds")
 
 
 def _pass_on_target(db: sqlite_utils.Database, row: RequestRow, address: str) -> Team:
@@ -465,12 +477,19 @@ async def _pass_on(
         forwarded_order=forwarded_order,
     )
     now = svc.now_iso()
+    # The team's passing on (its reason, the next team) goes home sealed too, like any
+    # answer: the practice's record shows why the first team did not take it.
+    copy = await answer_copy.seal_for_practice(
+        svc, row, _pass_on_answer(answer, actor, old_team, new_team, now, declined=declined)
+    )
 
     def commit(db: sqlite_utils.Database) -> consent.ConsentDecision:
         current = _still(db, row)
         decision = _consent(svc, db, actor, current, new_team)
         if not decision.permitted:
             return decision
+        if copy is not None:
+            answer_copy.queue(db, svc, actor, current, copy, now)
         _close_hop(db, reference, current["team_id"], answer, actor, now)
         db.table("requests").update(
             current["id"],
@@ -547,6 +566,29 @@ async def _pass_on(
         return AnswerResult(reference, DECLINED, new_team.address, to_desk=True)
     log.info("request %s passed on to %s", reference, new_team.address)
     return AnswerResult(reference, PASS_ON, new_team.address)
+
+
+def _pass_on_answer(
+    answer: forms.TeamAnswer,
+    actor: Actor,
+    old_team: Team,
+    new_team: Team,
+    now: str,
+    *,
+    declined: bool,
+) -> dict[str, Any]:
+    """The answer document of a passing on (or a decline routed to the desk), for the
+    practice's sealed copy: the first team's status and reason, and where it went."""
+    return {
+        **answer.to_document(),
+        "status": DECLINED if declined else PASS_ON,
+        "passed_to": new_team.address,
+        "answered_by": actor.name,
+        "answered_by_user": actor.user_id,
+        "team_address": old_team.address,
+        "team_name": old_team.name,
+        "answered_at": now,
+    }
 
 
 def _deadline_changes(current: RequestRow, declined: bool) -> dict[str, str]:

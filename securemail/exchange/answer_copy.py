@@ -96,7 +96,8 @@ def answer_document(reference: str, stored: dict[str, Any], form_version: str) -
     return doc
 
 
-def _text(doc: dict[str, Any]) -> str:
+def answer_text(doc: dict[str, Any]) -> str:
+    """The answer document as Dutch text (the sealed copy's text part, the dossier PDF)."""
     lines = [
         f"Reactie van het wijkteam op uitvoeringsverzoek {doc['reference']}",
         "",
@@ -153,7 +154,7 @@ async def seal_for_practice(
         log.warning("request %s: practice key unusable (%s)", reference, exc.code)
         return None
     doc = answer_document(reference, stored, svc.definition.version)
-    text = _text(doc)
+    text = answer_text(doc)
     return await svc.keyring.seal(
         SealInput(
             reference=reference,
@@ -261,6 +262,6 @@ def answer_for_practice(db: sqlite_utils.Database, actor: Actor, reference: str)
 
 
 __all__ = [
-    "MIGRATIONS", "answer_document", "answer_for_practice", "is_answer_copy", "queue",
-    "seal_for_practice",
+    "MIGRATIONS", "answer_document", "answer_for_practice", "answer_text", "is_answer_copy",
+    "queue", "seal_for_practice",
 ]  # fmt: skip

@@ -15,6 +15,8 @@ Invariants:
 - the end date is the last day the order covers: it is "verlopen" from the next day (on the
   deadline calendar's time zone); the reminders come ``[deadlines] order_reminder_days``
   before the evaluation and the end date;
+- the team that accepted an order gets the end reminder too (``order_end_team``), with the
+  GP's and under the same signal row, so once;
 - notices carry the reference only; the team's stop notice is risk-reducing and never
   passes the consent register.
 """
@@ -44,6 +46,9 @@ log = logging.getLogger("securemail.orders")
 MIGRATIONS = Migrations("securemail.orders")
 
 EVALUATION_REMINDER, END_REMINDER, EXPIRED = "evaluation_reminder", "end_reminder", "expired"
+
+#: The answer status of an order the team took on: only that team is reminded of its end.
+ACCEPTED = "geaccepteerd"
 
 
 @MIGRATIONS(name="0001_order_dates")
@@ -180,15 +185,18 @@ def check(svc: Services, db: sqlite_utils.Database, now: datetime) -> list[tuple
     given: list[tuple[str, str]] = []
     rows = db.execute(
         "SELECT o.reference, o.end_date, o.evaluation_date, r.practice_org_id, r.team_id, "
-        "r.patient_bsn FROM order_dates o JOIN requests r ON r.reference = o.reference "
+        "r.patient_bsn, r.answer_status "
+        "FROM order_dates o JOIN requests r ON r.reference = o.reference "
         "WHERE r.state IN ('open', 'answered') AND r.answer_status != 'afgewezen' "
         "AND r.kind != 'intrekking' AND (o.end_date != '' OR o.evaluation_date != '')"
     ).fetchall()
-    for reference, end, evaluation, practice_id, team_id, bsn in rows:
+    for reference, end, evaluation, practice_id, team_id, bsn, answer_status in rows:
         for kind, day in _due(today, lead, end, evaluation):
             if not _signal_once(db, reference, kind, stamp):
                 continue
             _tell(svc, db, reference, kind, day, practice_id, team_id, bsn)
+            if kind == END_REMINDER and answer_status == ACCEPTED:
+                _tell_team_end(svc, db, reference, team_id, practice_id)
             given.append((reference, kind))
     if given:
         log.info("orders: %d reminder(s) or expiry signal(s) given", len(given))
@@ -232,7 +240,35 @@ def _tell(
         outbox.enqueue(db, stop, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
 
 
+def extension_of(earlier: Mapping[str, Any], today: date) -> dict[str, Any]:
+    """A verlenging prefilled from the earlier signed order: kind verlenging, superseding it,
+    the same patient, procedures and instructions; it starts the day after the earlier end
+    date (today if that has passed), and the GP chooses the new end and evaluation dates.
+    The moment of signing and the principal are set at the send, as for every request."""
+    data = {k: v for k, v in earlier.items() if k not in ("reference", "supersedes", "issued_at")}
+    end = str((earlier.get("period") or {}).get("end_date") or "")
+    start = date.fromisoformat(end) + timedelta(days=1) if end else today
+    return {
+        **data,
+        "kind": "verlenging",
+        "supersedes": str(earlier["reference"]),
+        "period": {"start_date": max(start, today).isoformat()},
+    }
+
+
+def _tell_team_end(
+    svc: Services, db: sqlite_utils.Database, reference: str, team_id: int, practice_id: int
+) -> None:
+    """The team that accepted the order hears of its end date with the GP (same signal, so
+    once): care that is still needed gets a verlenging before it has to stop."""
+    team = directory.team_by_id(db, team_id)
+    practice = directory.org_by_id(db, practice_id)
+    notice = notify.notice_order_end_team(reference, team.address, svc.settings)
+    outbox.enqueue(db, notice, actor=SYSTEM, now=svc.now().timestamp(), sender_org=practice.code)
+
+
 __all__ = [
-    "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check", "order_state",
+    "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check", "extension_of",
+    "order_state",
     "practice_work", "record",
 ]  # fmt: skip

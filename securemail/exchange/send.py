@@ -200,6 +200,13 @@ def check_categories(
     return decisions[0]
 
 
+@MIGRATIONS(name="0007_hop_care_start")
+def _m7(db: sqlite_utils.Database) -> None:
+    """The planned start of care an accepting team gave (ISO with offset): metadata for the
+    adherence figures' time to start of care, kept like the hop's times, not content."""
+    db.execute("ALTER TABLE request_hops ADD COLUMN care_start TEXT NOT NULL DEFAULT ''")
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:

@@ -108,6 +108,13 @@ KINDS: dict[str, tuple[str, str]] = {
         "Uitvoeringsverzoek {reference} is verlopen: de einddatum is voorbij. Het wijkteam "
         "is gevraagd de uitvoering te stoppen.",
     ),
+    # To the team's entry address, for an order it accepted: talk to the GP in time.
+    "order_end_team": (
+        "einddatum nadert",
+        "De einddatum van uitvoeringsverzoek {reference} nadert. Is de zorg daarna nog "
+        "nodig, overleg dan met de huisarts over een verlenging; zonder verlenging stopt "
+        "de uitvoering na de einddatum.",
+    ),
     # To the team's entry address: stop, unless an extension has arrived.
     "order_stop": (
         "verlopen: stoppen",
@@ -398,6 +405,11 @@ def notice_order_end(reference: str, to: str, settings: Settings) -> Notice:
 def notice_order_expired(reference: str, to: str, settings: Settings) -> Notice:
     """To the practice: an order ran past its end date (verlopen)."""
     return make_notice("order_expired", reference, to, settings)
+
+
+def notice_order_end_team(reference: str, to: str, settings: Settings) -> Notice:
+    """To the team that accepted the order: its end date is near."""
+    return make_notice("order_end_team", reference, to, settings)
 
 
 def notice_order_stop(reference: str, to: str, settings: Settings) -> Notice:

@@ -72,6 +72,7 @@ class Turn:
     outcome_at: datetime | None = None
     closed_by_practice: bool = False  # withdrawn or superseded before this team answered
     kind: str = "UVZ"  # the request's kind: its reference prefix (REQUEST_KINDS)
+    care_start: datetime | None = None  # the planned start of care an accepting team gave
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,9 @@ class Figures:
     passed_on: int = 0
     withdrawn: int = 0
     minutes: tuple[float, ...] = ()
+    #: Clock minutes from delivery to the planned start of care, over the accepted turns
+    #: that gave one (time to start of care, next to time to answer).
+    start_minutes: tuple[float, ...] = ()
 
     @property
     def median(self) -> float | None:
@@ -116,6 +120,14 @@ class Figures:
     @property
     def p90(self) -> float | None:
         return nearest_rank(self.minutes, 90)
+
+    @property
+    def start_median(self) -> float | None:
+        return nearest_rank(self.start_minutes, 50)
+
+    @property
+    def start_p90(self) -> float | None:
+        return nearest_rank(self.start_minutes, 90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +206,7 @@ def answer_figures(
     received = answered = within = open_overdue = withdrawn = 0
     by_outcome = dict.fromkeys(OUTCOMES, 0)
     minutes: list[float] = []
+    start_minutes: list[float] = []
     for t in turns:
         received += 1
         due = due_of(t) if due_of else answer_due(t, calendar)
@@ -201,6 +214,9 @@ def answer_figures(
             answered += 1
             by_outcome[t.outcome] += 1
             minutes.append(_minutes(t.delivered_at, t.outcome_at))
+            if t.outcome == ACCEPTED and t.care_start is not None:
+                # care planned before the message arrived (agreed by phone) started on time: 0
+                start_minutes.append(max(0.0, _minutes(t.delivered_at, t.care_start)))
             within += not deadlines.is_overdue(due, t.outcome_at)
         elif t.closed_by_practice:
             withdrawn += 1
@@ -217,6 +233,7 @@ def answer_figures(
         passed_on=by_outcome[PASSED_ON],
         withdrawn=withdrawn,
         minutes=tuple(minutes),
+        start_minutes=tuple(start_minutes),
     )
 
 
@@ -340,6 +357,8 @@ COLUMNS: dict[str, tuple[str, bool, bool]] = {
     "within_pct": ("% binnen termijn", True, True),
     "median": ("mediaan (u:mm)", True, True),
     "p90": ("90e percentiel (u:mm)", True, True),
+    "start_median": ("tot start zorg, mediaan (u:mm)", True, False),
+    "start_p90": ("tot start zorg, 90e percentiel (u:mm)", True, False),
     "accepted": ("geaccepteerd", True, False),
     "declined": ("afgewezen", True, False),
     "passed_on": ("doorbemiddeld", True, False),
@@ -376,6 +395,8 @@ def publish_figures(f: Figures, *, asks: bool = False) -> dict[str, int | str]:
         "within_pct": derived_cell(f.assessed, pct, percent),
         "median": derived_cell(f.answered, f.median, hours_minutes),
         "p90": derived_cell(f.answered, f.p90, hours_minutes),
+        "start_median": derived_cell(len(f.start_minutes), f.start_median, hours_minutes),
+        "start_p90": derived_cell(len(f.start_minutes), f.start_p90, hours_minutes),
         "accepted": count_cell(f.accepted),
         "declined": count_cell(f.declined),
         "passed_on": count_cell(f.passed_on),
@@ -510,7 +531,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
     delivered = outbox.sent_between(db, start.timestamp(), end.timestamp())
     cur = db.execute(
         "SELECT t.address, t.name, p.code, p.name, r.urgency, h.message_id, h.outcome, "
-        "h.outcome_at, r.state, substr(r.reference, 1, 3) AS kind, "
+        "h.outcome_at, r.state, substr(r.reference, 1, 3) AS kind, h.care_start, "
         # only an unanswered hop of a withdrawn request needs to know whether it is the last
         "CASE WHEN h.outcome = '' AND r.state IN ('withdrawn', 'superseded') THEN "
         "  h.id = (SELECT MAX(id) FROM request_hops x WHERE x.reference = h.reference) "
@@ -534,6 +555,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             and not outcome
             and state in ("withdrawn", "superseded"),
             kind=kind,
+            care_start=_parse_iso(care_start),
         )  # fmt: skip
         for (
             address,
@@ -546,6 +568,7 @@ def load_turns(db: sqlite_utils.Database, start: datetime, end: datetime) -> lis
             outcome_at,
             state,
             kind,
+            care_start,
             last_hop,
         ) in cur
         if message_id in delivered  # the team received only what the relay took

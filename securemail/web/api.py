@@ -19,6 +19,7 @@ from securemail.access import Resource, require
 from securemail.errors import InputError, NotFoundError
 from securemail.exchange import answer_copy
 from securemail.exchange import send as exchange
+from securemail.web import requests as requestpages
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -109,11 +110,23 @@ async def request_answer(request: web.Request) -> web.StreamResponse:
     )
 
 
+@requires("request.record")
+async def request_dossier(request: web.Request) -> web.StreamResponse:
+    """GET /api/requests/{reference}/dossier.pdf|json|fhir: "voor het dossier" for the practice's
+    HIS (a token of that practice with request:read); 404 for any other."""
+    return await requestpages.dossier_response(request)
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get(
         r"/api/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}",
         request_answer,
         name="api_request_answer",
+    )
+    app.router.add_get(
+        r"/api/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
+        request_dossier,
+        name="api_request_dossier",
     )
     app.router.add_post("/api/requests", send_request, name="api_request_send")
     app.router.add_get(

@@ -19,7 +19,7 @@ from aiohttp import web
 from securemail import deadlines
 from securemail.access import org_of
 from securemail.errors import SecuremailError
-from securemail.exchange import answer, asks, orders
+from securemail.exchange import answer, asks, orders, record
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
@@ -414,6 +414,45 @@ async def detail_context(
     }
 
 
+@requires("request.create")
+@aiohttp_jinja2.template("requests/form.html")
+async def extend_form(request: web.Request) -> dict[str, Any]:
+    """GET /requests/{ref}/extend: the practice's verlenging of an order, prefilled from its
+    signed document (read as an audited request.view; another practice's order is 404)."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
+    if view["purged"] or view["document"] is None or view["state"] not in ("open", "answered"):
+        raise web.HTTPNotFound()
+    today = deadlines.local(svc.now(), svc.settings.deadlines).date()
+    values = forms.flatten(orders.extension_of(view["document"], today))
+    values["issued_at"] = local_minute(svc)
+    return await _form_context(request, values, {})
+
+
+@requires("request.record")
+async def dossier(request: web.Request) -> web.StreamResponse:
+    """GET /requests/{ref}/dossier.pdf|json|fhir: "voor het dossier", for the practice's own GPs."""
+    return await dossier_response(request)
+
+
+async def dossier_response(request: web.Request) -> web.StreamResponse:
+    """The export as a download named by the reference only; never cached (patient data)."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference, fmt = request.match_info["reference"], request.match_info["fmt"]
+    out = await svc.store.write(lambda db: record.export(db, svc, actor, reference, fmt))
+    return web.Response(
+        body=out.body,
+        content_type=out.content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{out.file_name}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 # -- a withdrawal (intrekking) from the earlier request: only the reason is asked ------------
 WITHDRAW_REASON_MAX = 1000
 
@@ -510,6 +549,16 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_get(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/extend",
+        extend_form,
+        name="request_extend",
+    )
+    app.router.add_get(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
+        dossier,
+        name="request_dossier",
     )
     app.router.add_get(
         r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
