@@ -168,6 +168,9 @@ POLICY: dict[str, frozenset[str]] = {
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
+    # A half-filled request form kept for the practice (securemail.exchange.drafts)
+    "draft.save": frozenset({"gp"}),
+    "draft.view": frozenset({"gp"}),
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
     "ask.answer": frozenset({"gp"}),
@@ -207,8 +210,10 @@ POLICY_HISTORY: dict[str, str] = {
     "1": "7c86ed2780dc34000329210aedbb427b44bcf687345e4615e159d7bb09b8ab0b",
     # 2: ask.answer, a GP answers a nurse's consult or home-visit ask
     "2": "ba8a596bc9da08e071163b266315daba3f9d634be9694458bc3ffa1dcb49e315",
+    # 3: draft.save and draft.view, a practice's unsent request forms
+    "3": "b81a6be21b5084d8bb5f2fb5f62e5800a836645c35f71f5f06b8e4f2a2d1097b",
 }
-POLICY_VERSION = "2"
+POLICY_VERSION = "3"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -34,6 +34,7 @@ SAMPLE_PARAMS = {
     "user_id": "999999",
     "team_id": "999999",
     "token": "A" * 24,
+    "draft": "D" * 22,  # a draft's random id (securemail.exchange.drafts)
 }
 SESSION_ENDING = {"logout_all"}
 

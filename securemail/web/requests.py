@@ -7,6 +7,7 @@ reference (never its content) through the form, the preview and the send.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from aiohttp import web
 
 from securemail import deadlines
 from securemail.access import org_of
-from securemail.errors import SecuremailError
-from securemail.exchange import answer, asks, orders
+from securemail.errors import NotFoundError, SecuremailError
+from securemail.exchange import answer, asks, drafts, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
@@ -70,16 +71,22 @@ def receiver_options(
     return out
 
 
-def _ask_of(post: Any) -> str:
+def ask_of(post: Any) -> str:
     value = str(post.get("ask", "") or "")
     return value if asks.REFERENCE_RE.fullmatch(value) else ""
 
 
 #: Form fields that steer the page, not the request: never parsed into the signed document.
-NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose")
+NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose", "draft")
 
 
-async def _form_context(
+def draft_of(post: Any) -> str:
+    """The draft a form or preview continues (its random id), or ""."""
+    value = str(post.get("draft", "") or "")
+    return value if drafts.ID_RE.fullmatch(value) else ""
+
+
+async def form_context(
     request: web.Request,
     values: dict[str, str],
     errors: dict[str, list[str]],
@@ -87,8 +94,12 @@ async def _form_context(
     *,
     specialism: str = "",
     with_suggestions: bool = False,
+    draft: str | None = None,
 ) -> dict[str, Any]:
     svc = request.app[services_key]
+    if draft is None:
+        # the post is read once and cached by aiohttp; a GET continues no draft
+        draft = draft_of(await request.post()) if request.method == "POST" else ""
     actor = request[ACTOR]
     passing_on = svc.settings.gateway.passing_on_address
     pc4 = regionmap.pc4_of(values.get("patient.postcode", ""))
@@ -131,6 +142,9 @@ async def _form_context(
         ),
         "general_errors": errors.get("", []),
         "ask": ask,
+        "draft": draft,
+        "draft_saved": False,
+        "draft_form": "request-form",  # the session warning's "save now" submits this form
     }
 
 
@@ -161,7 +175,7 @@ async def _parsed_post(request: web.Request, post: Any) -> dict[str, Any] | web.
         return forms.parse_form_post(_definition_of(svc, post), post, ignore=NOT_IN_REQUEST)
     except forms.FormShapeError as exc:
         values = forms.flatten(exc.data)
-        ctx = await _form_context(request, values, _errors_by_field(exc), _ask_of(post))
+        ctx = await form_context(request, values, _errors_by_field(exc), ask_of(post))
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
 
 
@@ -220,7 +234,7 @@ async def new_form(request: web.Request) -> dict[str, Any]:
         raise web.HTTPNotFound()
     if chosen is not svc.definition:
         values["form_id"] = chosen.form_id
-    return await _form_context(request, values, {})
+    return await form_context(request, values, {})
 
 
 @requires("request.create")
@@ -228,7 +242,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    ask = _ask_of(post)
+    ask = ask_of(post)
     data = await _parsed_post(request, post)
     if isinstance(data, web.StreamResponse):
         return data
@@ -239,10 +253,10 @@ async def preview(request: web.Request) -> web.StreamResponse:
             svc, actor, data, reference=PREVIEW_REFERENCE, ask=ask or None
         )
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, values, _errors_by_field(exc), ask)
+        ctx = await form_context(request, values, _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
-        ctx = await _form_context(request, values, {"": [exc.message_nl()]}, ask)
+        ctx = await form_context(request, values, {"": [exc.message_nl()]}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     return aiohttp_jinja2.render_template(
         "requests/preview.html",
@@ -253,6 +267,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "payload": json.dumps(data, ensure_ascii=False),
             "error": None,
             "ask": ask,
+            "draft": draft_of(post),
             # one send per preview: a double click or a resubmit gets the first request's page
             "send_token": secrets.token_urlsafe(18),
         },
@@ -268,11 +283,11 @@ async def suggest(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, web.StreamResponse):
         return parsed
     values = forms.flatten(parsed)
-    ctx = await _form_context(
+    ctx = await form_context(
         request,
         values,
         {},
-        _ask_of(post),
+        ask_of(post),
         specialism=str(post.get("specialism", "")),
         with_suggestions=True,
     )
@@ -293,15 +308,15 @@ async def send(request: web.Request) -> web.StreamResponse:
         data = None
     if not isinstance(data, dict):
         raise web.HTTPSeeOther("/requests/new")
-    ask = _ask_of(post)
+    ask = ask_of(post)
     try:
         data = forms.check_bounds(_definition_of(svc, data), data)
     except forms.FormShapeError as exc:
-        ctx = await _form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
+        ctx = await form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     if "back" in post:
         values = forms.flatten(data)
-        ctx = await _form_context(request, values, {}, ask)
+        ctx = await form_context(request, values, {}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
     token = str(post.get("send_token", ""))
@@ -316,7 +331,7 @@ async def send(request: web.Request) -> web.StreamResponse:
             idempotency_key=f"form:{token}" if token else None,
         )
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
+        ctx = await form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
         prepared_text = ""
@@ -327,13 +342,27 @@ async def send(request: web.Request) -> web.StreamResponse:
                 "text": prepared_text,
                 "team": None,
                 "ask": ask,
+                "draft": draft_of(post),
                 "payload": json.dumps(data, ensure_ascii=False),
                 "send_token": token,  # refused, nothing stored: the same send may be retried
                 "error": exc.message_nl(),
             },
             status=exc.http_status if exc.http_status != 400 else 422,
         )
+    await _drop_draft(svc, actor, draft_of(post))
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
+
+
+async def _drop_draft(svc: Services, actor: Any, draft: str) -> None:
+    """A sent request's draft goes (a double click finds it gone already: nothing to do)."""
+    if not draft:
+        return
+
+    def drop(db: Any) -> None:
+        with contextlib.suppress(NotFoundError):
+            drafts.delete(db, actor, draft)
+
+    await svc.store.write(drop)
 
 
 def _page_number(value: object) -> int:

@@ -28,6 +28,7 @@ def setup(app: web.Application) -> None:
     for name in (
         "login",
         "requests",
+        "drafts",
         "totp",
         "account",
         "nurse",
