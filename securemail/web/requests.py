@@ -145,6 +145,7 @@ async def form_context(
         "draft": draft,
         "draft_saved": False,
         "draft_form": "request-form",  # the session warning's "save now" submits this form
+        "follow_up": None,
     }
 
 
@@ -443,6 +444,42 @@ async def detail_context(
     }
 
 
+# -- copy, change (wijziging), extend (verlenging): the form prefilled from the earlier request --
+#: URL word -> the new request's kind; a copy is a new request that supersedes nothing.
+FOLLOW_UPS = {"wijzigen": "wijziging", "verlengen": "verlenging", "kopieren": "nieuw"}
+#: Parts of the earlier document never carried over: its identity and the signer's block
+#: (the principal comes from the signing GP's profile at the send).
+NOT_CARRIED = ("reference", "supersedes", "principal", "issued_at", "form_version")
+
+
+def follow_up_of(earlier: dict[str, Any], kind: str, issued_at: str) -> dict[str, str]:
+    """The form's values for a change, extension or copy of an earlier signed request: its
+    content as signed, the new kind, what it supersedes (not for a copy), dated now."""
+    data = {k: v for k, v in earlier.items() if k not in NOT_CARRIED}
+    values = forms.flatten(data)
+    values.update({"kind": kind, "issued_at": issued_at})
+    if kind != "nieuw":
+        values["supersedes"] = str(earlier["reference"])
+    return values
+
+
+@requires("request.create")
+async def follow_up_form(request: web.Request) -> web.StreamResponse:
+    """GET /requests/{ref}/wijzigen|verlengen|kopieren: the form filled in on the server from the
+    earlier request (audited request.view, scoped to the practice: another's is not found)."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    kind = FOLLOW_UPS[request.match_info["action"]]
+    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
+    if view["purged"] or view["document"] is None:
+        raise web.HTTPGone(text="De inhoud van dit verzoek is verwijderd (bewaartermijn).")
+    values = follow_up_of(view["document"], kind, local_minute(svc))
+    ctx = await form_context(request, values, {}, draft="")
+    ctx["follow_up"] = {"kind": kind, "of": reference}
+    return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
+
+
 # -- a withdrawal (intrekking) from the earlier request: only the reason is asked ------------
 WITHDRAW_REASON_MAX = 1000
 
@@ -539,6 +576,11 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_get(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/{action:wijzigen|verlengen|kopieren}",
+        follow_up_form,
+        name="request_follow_up",
     )
     app.router.add_get(
         r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",
