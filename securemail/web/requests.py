@@ -19,12 +19,14 @@ from aiohttp import web
 
 from securemail import deadlines
 from securemail.access import org_of
+from securemail.consent.model import ConsentRefusedError
 from securemail.errors import NotFoundError, SecuremailError
 from securemail.exchange import answer, asks, drafts, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
 from securemail.inbound import replies
+from securemail.openpgp.keystore import RecipientKeyError
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -34,6 +36,11 @@ from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
 PREVIEW_REFERENCE = "UVZ-CONCEPT"
+NO_USABLE_KEY = (
+    "Dit wijkteam kan nu niet veilig worden bereikt: geen van de sleutels van het team is "
+    "bruikbaar. Kies een ander team (bijvoorbeeld met de regiokaart hieronder) of bel het team; "
+    "de beheerder is op de hoogte."
+)
 PROCEDURE_ROWS = 3
 
 
@@ -146,6 +153,7 @@ async def form_context(
         "draft_saved": False,
         "draft_form": "request-form",  # the session warning's "save now" submits this form
         "follow_up": None,
+        "consent_step": "",  # consent.missing | consent.denied: the next step is shown
     }
 
 
@@ -256,8 +264,19 @@ async def preview(request: web.Request) -> web.StreamResponse:
     except forms.FormInvalidError as exc:
         ctx = await form_context(request, values, _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
+    except ConsentRefusedError as exc:
+        # before signing: the GP records the consent (the next step) and signs after that
+        ctx = await form_context(request, values, {"": [exc.message_nl()]}, ask)
+        ctx["consent_step"] = exc.code
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
         ctx = await form_context(request, values, {"": [exc.message_nl()]}, ask)
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
+    try:
+        # a team whose keys cannot be used is said now, not after the GP has signed
+        await exchange.usable_recipients(svc, prepared.team)
+    except RecipientKeyError:
+        ctx = await form_context(request, values, {"receiver.team_address": [NO_USABLE_KEY]}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     return aiohttp_jinja2.render_template(
         "requests/preview.html",
