@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
-ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator")
+ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator", "assistant")
 
 #: Code systems for roles (NEN 7513 asks for the user's role coded, not only named). Care
 #: professions carry their UZI role code (the UZI register's "rolcode", as the Dutch FHIR
@@ -35,6 +35,8 @@ ROLE_CODES: dict[str, tuple[str, str, str]] = {
     "privacy_officer": (LOCAL_ROLE_SYSTEM, "privacy_officer", "Privacyfunctionaris"),
     "admin": (LOCAL_ROLE_SYSTEM, "admin", "Beheerder gateway"),
     "coordinator": (LOCAL_ROLE_SYSTEM, "coordinator", "Regiocoördinator"),
+    # The practice assistant (doktersassistent) or POH: no UZI role code of its own here.
+    "assistant": (LOCAL_ROLE_SYSTEM, "assistant", "Doktersassistent / POH"),
     "system": (LOCAL_ROLE_SYSTEM, "system", "Gateway (systeem)"),
 }
 
@@ -65,6 +67,9 @@ class Person:
     access_point: str = "cli"
     #: Acting through an API token: the only actions its scopes open (None: a person's session).
     token_actions: frozenset[str] | None = None
+    #: The GP under whose responsibility this person acts (a practice assistant): every audit
+    #: row of theirs names both (NEN 7513 "verantwoordelijke gebruiker" and the actor).
+    responsible_user_id: int | None = None
     is_system: ClassVar[bool] = False
 
 
@@ -162,21 +167,23 @@ class HiddenDeniedError(NotFoundError):
 
 #: action -> roles that may attempt it; the scope rule below then narrows by organisation.
 POLICY: dict[str, frozenset[str]] = {
-    "request.create": frozenset({"gp"}),
+    # The practice assistant (doktersassistent/POH) prepares: the form, its checks and drafts;
+    # only a GP signs and sends (request.send).
+    "request.create": frozenset({"gp", "assistant"}),
     "request.send": frozenset({"gp"}),
     "request.view": frozenset({"gp", "nurse"}),
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
     # A half-filled request form kept for the practice (securemail.exchange.drafts)
-    "draft.save": frozenset({"gp"}),
-    "draft.view": frozenset({"gp"}),
+    "draft.save": frozenset({"gp", "assistant"}),
+    "draft.view": frozenset({"gp", "assistant"}),
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
     "ask.answer": frozenset({"gp"}),
-    "consent.record": frozenset({"gp"}),
-    "consent.withdraw": frozenset({"gp"}),
-    "consent.view": frozenset({"gp", "privacy_officer"}),
+    "consent.record": frozenset({"gp", "assistant"}),
+    "consent.withdraw": frozenset({"gp", "assistant"}),
+    "consent.view": frozenset({"gp", "privacy_officer", "assistant"}),
     "audit.view": frozenset({"privacy_officer"}),
     "audit.export": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
@@ -210,8 +217,9 @@ POLICY_HISTORY: dict[str, str] = {
     "1": "7c86ed2780dc34000329210aedbb427b44bcf687345e4615e159d7bb09b8ab0b",
     # 2: ask.answer, a GP answers a nurse's consult or home-visit ask
     "2": "ba8a596bc9da08e071163b266315daba3f9d634be9694458bc3ffa1dcb49e315",
-    # 3: draft.save and draft.view, a practice's unsent request forms
-    "3": "b81a6be21b5084d8bb5f2fb5f62e5800a836645c35f71f5f06b8e4f2a2d1097b",
+    # 3: draft.save and draft.view, a practice's unsent request forms; the practice assistant
+    #    (assistant: prepares requests and drafts, records and withdraws consents)
+    "3": "c40cfa1288f4a91f64da366edeb525886ca36eb555b26a7218eef9f1a8211f59",
 }
 POLICY_VERSION = "3"
 

@@ -66,12 +66,14 @@ async def _sign(gp: Browser, values: dict[str, str]) -> str:
     assert preview.status == 200, preview.text[:3000]
     payload = re.search(r'name="payload" value="([^"]*)"', preview.text)
     assert payload
+    draft = re.search(r'name="draft" value="([^"]*)"', preview.text)
     sent = await gp.post(
         "/requests/send",
         {
             "payload": html.unescape(payload.group(1)),
             "passphrase": GP_PASSPHRASE,
             "send_token": preview.field("send_token"),
+            **({"draft": draft.group(1)} if draft else {}),
         },
     )
     assert sent.status == 303, sent.text[:3000]

@@ -34,8 +34,8 @@ SAMPLE_PARAMS = {
     "user_id": "999999",
     "team_id": "999999",
     "token": "A" * 24,
-    "draft": "D" * 22,
-    "action": "wijzigen",  # a follow-up of a request: wijzigen | verlengen | kopieren  # a draft's random id (securemail.exchange.drafts)
+    "draft": "D" * 22,  # a draft's random id (securemail.exchange.drafts)
+    "action": "wijzigen",  # a follow-up of a request: wijzigen | verlengen | kopieren
 }
 SESSION_ENDING = {"logout_all"}
 

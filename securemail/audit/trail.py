@@ -200,6 +200,9 @@ class AuditEvent:
         }
         if actor.is_system:
             base["nature"] = "technical"
+        responsible = getattr(actor, "responsible_user_id", None)
+        if responsible is not None:
+            base["responsible_user_id"] = responsible  # a practice assistant's GP
         base.update(kw)
         return cls(event_code=event_code, **base)
 

@@ -73,11 +73,18 @@ def _resource(org_id: int | None, draft_id: str) -> Resource:
     return Resource("draft", org_id=org_id, ref=draft_id)
 
 
-def _audit(db: sqlite_utils.Database, actor: Actor, code: str, draft_id: str) -> None:
+def _audit(
+    db: sqlite_utils.Database, actor: Actor, code: str, draft_id: str, detail: str = ""
+) -> None:
     audit.record(
         db,
         audit.AuditEvent.of(
-            actor, code, object_type="draft", object_id=draft_id, data_categories="draft"
+            actor,
+            code,
+            object_type="draft",
+            object_id=draft_id,
+            data_categories="draft",
+            outcome_detail=detail,
         ),
     )
 
@@ -148,9 +155,12 @@ def open_draft(db: sqlite_utils.Database, actor: Actor, draft_id: str) -> dict[s
 
 def delete(db: sqlite_utils.Database, actor: Actor, draft_id: str) -> None:
     """Remove a draft (sent, or thrown away); audited ``draft.delete``."""
-    _row(db, actor, draft_id, "draft.save")
+    row = _row(db, actor, draft_id, "draft.save")
     db.execute("DELETE FROM drafts WHERE draft_id = ?", [draft_id])
-    _audit(db, actor, "draft.delete", draft_id)
+    # who prepared it, when someone else (a practice assistant) did: both are in the trail
+    by = db.execute("SELECT username FROM users WHERE id = ?", [row["saved_by"]]).fetchone()
+    detail = f"prepared_by={by[0]}" if by and row["saved_by"] != actor.user_id else ""
+    _audit(db, actor, "draft.delete", draft_id, detail)
 
 
 def practice_drafts(db: sqlite_utils.Database, actor: Actor, *, limit: int = 50) -> list[DraftRow]:

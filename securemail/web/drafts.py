@@ -8,6 +8,7 @@ addressed by its random id, never by anything about the patient.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from securemail.exchange import drafts
+from securemail.form import request as forms
 from securemail.web import requests as request_pages
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -29,6 +31,18 @@ def _now(request: web.Request) -> str:
 
 
 def _values(post: Any) -> dict[str, str]:
+    """The form's fields as typed, or, from the preview (an assistant's "save for the GP"),
+    the checked request it carries as ``payload``."""
+    payload = post.get("payload")
+    if isinstance(payload, str) and payload:
+        try:
+            data = json.loads(payload)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            flat = forms.flatten({k: v for k, v in data.items() if k != "principal"})
+            extra = {k: str(post[k]) for k in ("ask",) if post.get(k)}
+            return {**{k: str(v) for k, v in flat.items() if str(v) != ""}, **extra}
     return {
         str(k): str(v)
         for k, v in post.items()

@@ -13,6 +13,7 @@ HOME_BY_ROLE = {
     "privacy_officer": "/privacy",
     "admin": "/admin",
     "coordinator": "/regio/afspraken",
+    "assistant": "/drafts",
 }
 
 
