@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from securemail.errors import AccessDeniedError, NotFoundError
 
-ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator")
+ROLES = ("gp", "nurse", "privacy_officer", "admin", "coordinator", "assistant")
 
 #: Code systems for roles (NEN 7513 asks for the user's role coded, not only named). Care
 #: professions carry their UZI role code (the UZI register's "rolcode", as the Dutch FHIR
@@ -35,6 +35,8 @@ ROLE_CODES: dict[str, tuple[str, str, str]] = {
     "privacy_officer": (LOCAL_ROLE_SYSTEM, "privacy_officer", "Privacyfunctionaris"),
     "admin": (LOCAL_ROLE_SYSTEM, "admin", "Beheerder gateway"),
     "coordinator": (LOCAL_ROLE_SYSTEM, "coordinator", "Regiocoördinator"),
+    # The practice assistant (doktersassistent) or POH: no UZI role code of its own here.
+    "assistant": (LOCAL_ROLE_SYSTEM, "assistant", "Doktersassistent / POH"),
     "system": (LOCAL_ROLE_SYSTEM, "system", "Gateway (systeem)"),
 }
 
@@ -65,6 +67,9 @@ class Person:
     access_point: str = "cli"
     #: Acting through an API token: the only actions its scopes open (None: a person's session).
     token_actions: frozenset[str] | None = None
+    #: The GP under whose responsibility this person acts (a practice assistant): every audit
+    #: row of theirs names both (NEN 7513 "verantwoordelijke gebruiker" and the actor).
+    responsible_user_id: int | None = None
     is_system: ClassVar[bool] = False
 
 
@@ -162,7 +167,9 @@ class HiddenDeniedError(NotFoundError):
 
 #: action -> roles that may attempt it; the scope rule below then narrows by organisation.
 POLICY: dict[str, frozenset[str]] = {
-    "request.create": frozenset({"gp"}),
+    # The practice assistant (doktersassistent/POH) prepares: the form, its checks and drafts;
+    # only a GP signs and sends (request.send).
+    "request.create": frozenset({"gp", "assistant"}),
     "request.send": frozenset({"gp"}),
     "request.view": frozenset({"gp", "nurse"}),
     "request.list": frozenset({"gp", "nurse"}),
@@ -171,12 +178,15 @@ POLICY: dict[str, frozenset[str]] = {
     # "Voor het dossier": the answered request as PDF and JSON for the practice's own record
     # (its GPs, its HIS token); the team files its own copy from its sealed mail.
     "request.record": frozenset({"gp"}),
+    # A half-filled request form kept for the practice (securemail.exchange.drafts)
+    "draft.save": frozenset({"gp", "assistant"}),
+    "draft.view": frozenset({"gp", "assistant"}),
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
     "ask.answer": frozenset({"gp"}),
-    "consent.record": frozenset({"gp"}),
-    "consent.withdraw": frozenset({"gp"}),
-    "consent.view": frozenset({"gp", "privacy_officer"}),
+    "consent.record": frozenset({"gp", "assistant"}),
+    "consent.withdraw": frozenset({"gp", "assistant"}),
+    "consent.view": frozenset({"gp", "privacy_officer", "assistant"}),
     "audit.view": frozenset({"privacy_officer"}),
     "audit.export": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
@@ -212,8 +222,11 @@ POLICY_HISTORY: dict[str, str] = {
     "2": "ba8a596bc9da08e071163b266315daba3f9d634be9694458bc3ffa1dcb49e315",
     # 3: request.record, the practice downloads a request "voor het dossier"
     "3": "b830617c4f11c055527bad4b4ddc0256f2b9563d25fe61ee01a7cb9798e5062e",
+    # 4: draft.save and draft.view, a practice's unsent request forms; the practice assistant
+    #    (assistant: prepares requests and drafts, records and withdraws consents)
+    "4": "7e2c33de0b02c3dabebf12669f08722b71a9b28c7b5cb2834fb0a7ffd6a6a4d2",
 }
-POLICY_VERSION = "3"
+POLICY_VERSION = "4"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -258,6 +258,11 @@ class RetentionSettings:
         "Request, hop, outbox and ask rows (references, states, times, teams; no content) and"
         " ended sessions are deleted this many days after the final outcome.",
     )
+    draft_days: int = _s(
+        30,
+        "A draft (a request form saved before sending, sealed like other content) is deleted"
+        " this many days after it was last saved.",
+    )
     content_key_file: str = _s(
         "",
         "AES-256 key that seals patient content at rest; empty means H/keys/content.key."

@@ -54,6 +54,8 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     # The consent's evidence name (often "Jansen 12-03-1948 toestemming.pdf"): keyed by
     # the consent, not the row, so a new version carries its evidence over unchanged.
     ("consents", "evidence_ref"): "consent_id",
+    # A practice's unsent form (securemail.exchange.drafts), keyed by its random draft id.
+    ("drafts", "form_values"): "draft_id",
 }
 
 _registry: dict[Path, SecretBox] = {}

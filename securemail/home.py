@@ -44,7 +44,7 @@ from securemail.consent import table as consent_table
 from securemail.delivery import outbox
 from securemail.delivery.worker import Worker
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import answer_copy, asks, escalation, orders
+from securemail.exchange import answer_copy, asks, drafts, escalation, orders
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import form_names
@@ -84,6 +84,7 @@ MIGRATIONS: tuple[Migrations, ...] = (
     practicekeys.MIGRATIONS,
     answer_copy.MIGRATIONS,
     orders.MIGRATIONS,
+    drafts.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

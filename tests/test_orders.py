@@ -433,11 +433,11 @@ async def test_the_verlenging_starts_prefilled_from_the_reminder(
             await login(http, site, loop.credentials(who))
             async with http.get(f"{site}/requests/{sent.reference}") as r:
                 pages[who] = await r.text()
-            async with http.get(f"{site}/requests/{sent.reference}/extend") as r:
+            async with http.get(f"{site}/requests/{sent.reference}/verlengen") as r:
                 pages[f"{who}-extend"] = await r.text()
                 pages[f"{who}-status"] = str(r.status)
     # The GP's reminder leads to the form, filled from the signed order
-    assert f'href="/requests/{sent.reference}/extend"' in pages["huisarts"]
+    assert f'href="/requests/{sent.reference}/verlengen"' in pages["huisarts"]
     form = pages["huisarts-extend"]
     assert pages["huisarts-status"] == "200"
     assert f'value="{sent.reference}"' in form
@@ -445,7 +445,7 @@ async def test_the_verlenging_starts_prefilled_from_the_reminder(
     assert example()["patient"]["name"] in form
     assert f'value="{day_after}"' in form
     # The team's nurse has no verlenging to write (wrong role)
-    assert "/extend" not in pages["nurse1"] and pages["nurse1-status"] == "403"
+    assert "/verlengen" not in pages["nurse1"] and pages["nurse1-status"] == "403"
     assert "request.view" in audit_codes(svc, sent.reference)
     await server.close()
 

@@ -35,6 +35,8 @@ SAMPLE_PARAMS = {
     "team_id": "999999",
     "token": "A" * 24,
     "fmt": "pdf",  # an export format (pdf, json, fhir), never patient data
+    "draft": "D" * 22,  # a draft's random id (securemail.exchange.drafts)
+    "action": "wijzigen",  # a follow-up of a request: wijzigen | verlengen | kopieren
 }
 SESSION_ENDING = {"logout_all"}
 

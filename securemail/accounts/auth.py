@@ -90,6 +90,12 @@ def _m1(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_responsible_gp")
+def _m2(db: sqlite_utils.Database) -> None:
+    """A practice assistant's responsible GP (access.Person.responsible_user_id)."""
+    db.execute("ALTER TABLE users ADD COLUMN responsible_user_id INTEGER REFERENCES users(id)")
+
+
 def hash_password(password: str) -> str:
     salt = os.urandom(16)
     key = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(
@@ -127,6 +133,8 @@ class User:
     phone: str
     out_of_hours_phone: str
     signing_fingerprint: str
+    #: A practice assistant's responsible GP (users.id), None for everyone else.
+    responsible_user_id: int | None = None
 
 
 def _user(row: dict[str, Any]) -> User:
@@ -144,6 +152,7 @@ def _user(row: dict[str, Any]) -> User:
         row["phone"],
         row["out_of_hours_phone"],
         row["signing_fingerprint"],
+        row.get("responsible_user_id"),
     )
 
 
@@ -180,6 +189,7 @@ def add_user(
     email: str = "",
     teams: list[str] | None = None,
     profile: dict[str, str] | None = None,
+    responsible: str = "",
     now: str,
 ) -> User:
     """Create a personal account. Nurses name their teams; GPs carry their BIG profile."""
@@ -202,6 +212,8 @@ def add_user(
             raise InputError("a GP belongs to a GP practice", field="org")
         if role == "nurse" and org.kind != "nursing":
             raise InputError("a nurse belongs to a nursing organisation", field="org")
+        if role == "assistant" and org.kind != "practice":
+            raise InputError("a practice assistant belongs to a GP practice", field="org")
         if role == "coordinator" and org.kind != "region":
             raise InputError("a coordinator belongs to a region (--org REGIONCODE)", field="org")
         org_id = org.id
@@ -225,10 +237,12 @@ def add_user(
             raise InputError("a nurse is a member of at least one team (--team)", field="team")
         if any(t.org_id != org_id for t in team_rows):
             raise InputError("a nurse's teams belong to her organisation", field="team")
+    responsible_id = _responsible_gp(db, role, org_id, responsible)
     uid = insert_row(
         db,
         "users",
         {
+            "responsible_user_id": responsible_id,
             "username": username,
             "name": name,
             "email": email,
@@ -259,6 +273,28 @@ def add_user(
         ),
     )
     return user_by_id(db, uid)
+
+
+def _responsible_gp(
+    db: sqlite_utils.Database, role: str, org_id: int | None, responsible: str
+) -> int | None:
+    """A practice assistant acts under a GP of the same practice (--responsible); no other role
+    names one."""
+    if role != "assistant":
+        if responsible:
+            raise InputError(
+                "only a practice assistant names a responsible GP", field="responsible"
+            )
+        return None
+    row = db.execute(
+        "SELECT id, role, org_id, active FROM users WHERE username = ?", [responsible]
+    ).fetchone()
+    if row is None or row[1] != "gp" or row[2] != org_id or not row[3]:
+        raise InputError(
+            "a practice assistant needs an active GP of the same practice (--responsible)",
+            field="responsible",
+        )
+    return int(row[0])
 
 
 def _function(role: str, function: str) -> str:
@@ -324,6 +360,7 @@ def actor_for(db: sqlite_utils.Database, user: User, access_point: str) -> Perso
         org_code=org_code,
         team_ids=team_ids(db, user.id),
         access_point=access_point,
+        responsible_user_id=user.responsible_user_id,
     )
 
 

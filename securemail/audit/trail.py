@@ -44,6 +44,9 @@ GENESIS = "0" * 64
 #: event_code -> (action C/R/U/D/E, meaning). docs/audit-actions.md lists these; a test checks.
 EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.create": ("C", "a request was validated and stored"),
+    "draft.save": ("C", "a request form was saved as a draft (sealed; the draft id as object)"),
+    "draft.view": ("R", "a draft's form values were opened"),
+    "draft.delete": ("D", "a draft was deleted (sent, or thrown away)"),
     "request.view": ("R", "a request's content was shown"),
     "request.list": ("R", "a work list row (patient name, reference) was shown; one per row"),
     "request.sign": ("E", "the GP signed a request with their personal key"),
@@ -201,6 +204,9 @@ class AuditEvent:
         }
         if actor.is_system:
             base["nature"] = "technical"
+        responsible = getattr(actor, "responsible_user_id", None)
+        if responsible is not None:
+            base["responsible_user_id"] = responsible  # a practice assistant's GP
         base.update(kw)
         return cls(event_code=event_code, **base)
 

@@ -108,6 +108,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
                 email=args.email or "",
                 teams=args.team or [],
                 profile=profile,
+                responsible=args.responsible or "",
                 now=svc.now_iso(),
             )
         )
@@ -143,6 +144,10 @@ def register(sub: Any) -> None:
     p.add_argument("--email")
     p.add_argument("--team", action="append", help="team address (nurses; repeatable)")
     p.add_argument("--big", help="BIG number, 11 digits (GPs; nurses optionally)")
+    p.add_argument(
+        "--responsible",
+        help="a practice assistant's (--role assistant) responsible GP: that GP's username",
+    )
     p.add_argument("--agb")
     p.add_argument(
         "--function",

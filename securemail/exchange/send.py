@@ -288,8 +288,11 @@ def _with_principal(
     Its function (``principal.role``) is the one enrolled with the account, checked on each
     send: a submission naming another function, or an account with none, is a field error."""
     data = dict(data)
-    if actor.user_id is not None:
-        profile = principal_profile(db, user_by_id(db, actor.user_id))
+    # a practice assistant prepares under a GP: that GP's profile until a GP signs (the send
+    # is a GP's only, and fills in the signing GP's own)
+    uid = getattr(actor, "responsible_user_id", None) or actor.user_id
+    if uid is not None:
+        profile = principal_profile(db, user_by_id(db, uid))
         given = data.get("principal")
         given = given if isinstance(given, dict) else {}
         _check_function(profile.get("role", ""), given.get("role"))

@@ -13,6 +13,8 @@ What is kept how long (docs/retention.md):
 - *metadata* (request, hop, outbox and ask rows: references, states, times, teams, the
   BSN as patient reference) is deleted ``[retention] metadata_days`` after the final
   outcome; notices and ended sessions likewise by their own end time.
+- *drafts* (``securemail.exchange.drafts``: a practice's unsent form, sealed) are deleted
+  ``[retention] draft_days`` after their last save.
 - *audit rows* after ``[audit] retention_years`` (``audit_retention``, unchanged).
 - *consent records* once nothing relies on them: ``[audit] retention_years`` after their
   end and no surviving audit row naming them (``securemail.consent.retention``).
@@ -144,6 +146,7 @@ class Counts:
     sessions: int = 0
     audit_rows: int = 0
     consents: int = 0
+    drafts: int = 0
 
     @property
     def total(self) -> int:
@@ -169,6 +172,7 @@ class Plan:
     audit_first: int = 0
     audit_upto: int = -1
     old_consents: list[str] = field(default_factory=list)  # consent ids
+    old_drafts: list[str] = field(default_factory=list)  # draft ids
 
 
 def _parse(text: str | float | None) -> datetime | None:
@@ -269,6 +273,14 @@ def plan(db: sqlite_utils.Database, settings: Settings, now: datetime) -> Plan:
     cutoff = audit_retention.retention_cutoff(now, settings.audit.retention_years)
     p.audit_first, p.audit_upto = audit_retention.purgeable(db, cutoff)
     p.old_consents = consent_retention.due(db, _parse(cutoff) or now, p.audit_upto)
+    # the drafts table is securemail.exchange.drafts' (a sibling room: read here by SQL)
+    p.old_drafts = [
+        d
+        for (d,) in db.execute(
+            "SELECT draft_id FROM drafts WHERE saved_at <= ?",
+            [_iso(now - timedelta(days=r.draft_days))],
+        )
+    ]
     return p
 
 
@@ -284,6 +296,7 @@ def counts_of(p: Plan) -> Counts:
         sessions=len(p.old_sessions),
         audit_rows=max(0, p.audit_upto - p.audit_first + 1),
         consents=len(p.old_consents),
+        drafts=len(p.old_drafts),
     )
 
 
@@ -337,6 +350,8 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
+        for chunk in _chunks(p.old_drafts):
+            db.execute(f"DELETE FROM drafts WHERE draft_id IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_sessions):
             db.execute(f"DELETE FROM sessions WHERE id_hash IN ({_in(chunk)})", chunk)  # noqa: S608
         if counts.audit_rows:

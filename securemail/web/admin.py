@@ -1,9 +1,13 @@
 """The gateway operator's pages: people and their accounts (no patient content anywhere).
 
-Invariants: every route is ``user.manage`` (admin only); a password reset ends every
-session of that person and forces a new authenticator (``auth.reset_password``), an
-unlock lifts a temporary lock, and both are audited as ``user.update``; the new password
-travels only in the POST body and is never shown or logged.
+Invariants: every route is ``user.manage`` or ``outbox.manage`` (admin only); a password
+reset ends every session of that person and forces a new authenticator
+(``auth.reset_password``), an unlock lifts a temporary lock, a deactivation ends the account,
+its sessions and its API tokens in one transaction (``auth.deactivate``), all audited as
+``user.update``; the delivery queue's retry and cancel are ``outbox.retry`` /
+``outbox.cancel`` rows. Deactivation and the queue's changes answer with a redirect
+(Post/Redirect/Get: a refresh changes nothing). The new password travels only in the POST
+body and is never shown or logged.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from aiohttp import web
 
 from securemail.access import Resource, require
 from securemail.accounts import auth, totp
-from securemail.errors import InputError, NotFoundError
+from securemail.delivery import outbox
+from securemail.errors import InputError, NotFoundError, SecuremailError
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -60,7 +65,7 @@ async def _page(
 
 @requires("user.manage")
 async def users_page(request: web.Request) -> web.StreamResponse:
-    return await _page(request)
+    return await _page(request, notice=DONE_NOTICES.get(request.query.get("gedaan", "")))
 
 
 @requires("user.manage")
@@ -107,7 +112,86 @@ async def unlock(request: web.Request) -> web.StreamResponse:
     return await _page(request, notice=f"{username} is gedeblokkeerd.")
 
 
+#: What the redirect after a change may say (by key, so no text travels in the URL).
+DONE_NOTICES = {
+    "gedeactiveerd": "Account gedeactiveerd: inloggen kan niet meer; alle sessies en API-tokens "
+    "zijn direct beëindigd.",
+    "opnieuw": "De bezorging staat weer in de wachtrij.",
+    "geannuleerd": "De bezorging is geannuleerd.",
+}
+
+
+@requires("user.manage")
+async def deactivate(request: web.Request) -> web.StreamResponse:
+    """End a person's account: no login, every session and API token ended at once."""
+    svc = request.app[services_key]
+    username = str((await request.post()).get("username", ""))
+    try:
+        await svc.store.write(
+            lambda db: auth.deactivate(db, request[ACTOR], username, now=svc.now())
+        )
+    except (InputError, NotFoundError) as exc:
+        return await _page(request, error=exc.message_nl(), status=exc.http_status)
+    raise web.HTTPSeeOther("/admin?gedaan=gedeactiveerd")
+
+
+# -- the delivery queue --------------------------------------------------------------------
+QUEUE_STATUSES = ("failed", "stopped", "retrying", "queued")
+
+
+@requires("outbox.manage")
+async def queue_page(request: web.Request) -> web.StreamResponse:
+    return await _queue_page(request)
+
+
+async def _queue_page(request: web.Request, error: str | None = None) -> web.StreamResponse:
+    """Deliveries that need a look: failed, stopped, retrying, queued (references and
+    outcomes only; never a message's content)."""
+    svc = request.app[services_key]
+    require(request[ACTOR], "outbox.manage", Resource("outbox"))
+
+    def load(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for status in QUEUE_STATUSES:
+            rows += outbox.list_rows(db, status, limit=200)
+        return rows
+
+    rows = await svc.store.read(load)
+    notice = None if error else DONE_NOTICES.get(request.query.get("gedaan", ""))
+    return aiohttp_jinja2.render_template(
+        "admin/queue.html",
+        request,
+        {"rows": rows, "notice": notice, "error": error},
+        status=409 if error else 200,
+    )
+
+
+async def _queue_change(request: web.Request, change: Any, done: str) -> web.StreamResponse:
+    svc = request.app[services_key]
+    reference = str((await request.post()).get("reference", ""))
+    now = svc.now().timestamp()
+    try:
+        await svc.store.write(lambda db: change(db, reference, request[ACTOR], now=now))
+    except SecuremailError as exc:
+        return await _queue_page(request, exc.message_nl())
+    raise web.HTTPSeeOther(f"/admin/queue?gedaan={done}")
+
+
+@requires("outbox.manage")
+async def queue_retry(request: web.Request) -> web.StreamResponse:
+    return await _queue_change(request, outbox.retry, "opnieuw")
+
+
+@requires("outbox.manage")
+async def queue_cancel(request: web.Request) -> web.StreamResponse:
+    return await _queue_change(request, outbox.cancel, "geannuleerd")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/admin", users_page, name="admin")
+    app.router.add_post("/admin/users/deactivate", deactivate, name="admin_deactivate")
+    app.router.add_get("/admin/queue", queue_page, name="admin_queue")
+    app.router.add_post("/admin/queue/retry", queue_retry, name="admin_queue_retry")
+    app.router.add_post("/admin/queue/cancel", queue_cancel, name="admin_queue_cancel")
     app.router.add_post("/admin/users/reset-password", reset_password, name="admin_reset_password")
     app.router.add_post("/admin/users/unlock", unlock, name="admin_unlock")

@@ -20,7 +20,7 @@ from securemail.form import request as forms
 from securemail.region import directory
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
-from securemail.web.requests import _errors_by_field, _form_context, local_minute
+from securemail.web.requests import _errors_by_field, form_context, local_minute
 
 
 async def _new_context(
@@ -128,7 +128,7 @@ async def draft_from_ask(request: web.Request) -> web.StreamResponse:
     ask = await svc.store.write(lambda db: asks.get_ask(db, actor, reference))
     values = forms.flatten(asks.prefill(ask))
     values["issued_at"] = local_minute(svc)
-    ctx = await _form_context(request, values, {}, reference if ask["state"] == "open" else "")
+    ctx = await form_context(request, values, {}, reference if ask["state"] == "open" else "")
     return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
 
 

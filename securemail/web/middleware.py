@@ -366,6 +366,10 @@ def base_context(request: web.Request) -> dict[str, Any]:
         "csrf_token": sess.csrf_token if sess else "",
         # Menus only once both factors are done; the password step shows just "log out".
         "full_session": sess is not None and sess.stage == "full",
+        # static/session.js warns this long after the page loaded, before the session ends
+        "idle_seconds": request.app[services_key].settings.web.session_idle_minutes * 60
+        if services_key in request.app
+        else 0,
         "gateway_name": request.app[services_key].settings.gateway.name
         if services_key in request.app
         else "securemail",

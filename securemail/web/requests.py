@@ -7,6 +7,7 @@ reference (never its content) through the form, the preview and the send.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from aiohttp import web
 
 from securemail import deadlines
 from securemail.access import org_of
-from securemail.errors import SecuremailError
-from securemail.exchange import answer, asks, orders, record
+from securemail.consent.model import ConsentRefusedError
+from securemail.errors import NotFoundError, SecuremailError
+from securemail.exchange import answer, asks, drafts, orders, record
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
 from securemail.inbound import replies
+from securemail.openpgp.keystore import RecipientKeyError
 from securemail.region import directory
 from securemail.region import map as regionmap
 from securemail.region import view as regionview
@@ -33,6 +36,11 @@ from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
 PREVIEW_REFERENCE = "UVZ-CONCEPT"
+NO_USABLE_KEY = (
+    "Dit wijkteam kan nu niet veilig worden bereikt: geen van de sleutels van het team is "
+    "bruikbaar. Kies een ander team (bijvoorbeeld met de regiokaart hieronder) of bel het team; "
+    "de beheerder is op de hoogte."
+)
 PROCEDURE_ROWS = 3
 
 
@@ -70,16 +78,22 @@ def receiver_options(
     return out
 
 
-def _ask_of(post: Any) -> str:
+def ask_of(post: Any) -> str:
     value = str(post.get("ask", "") or "")
     return value if asks.REFERENCE_RE.fullmatch(value) else ""
 
 
 #: Form fields that steer the page, not the request: never parsed into the signed document.
-NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose")
+NOT_IN_REQUEST = ("csrf_token", "ask", "specialism", "suggest", "choose", "draft")
 
 
-async def _form_context(
+def draft_of(post: Any) -> str:
+    """The draft a form or preview continues (its random id), or ""."""
+    value = str(post.get("draft", "") or "")
+    return value if drafts.ID_RE.fullmatch(value) else ""
+
+
+async def form_context(
     request: web.Request,
     values: dict[str, str],
     errors: dict[str, list[str]],
@@ -87,8 +101,12 @@ async def _form_context(
     *,
     specialism: str = "",
     with_suggestions: bool = False,
+    draft: str | None = None,
 ) -> dict[str, Any]:
     svc = request.app[services_key]
+    if draft is None:
+        # the post is read once and cached by aiohttp; a GET continues no draft
+        draft = draft_of(await request.post()) if request.method == "POST" else ""
     actor = request[ACTOR]
     passing_on = svc.settings.gateway.passing_on_address
     pc4 = regionmap.pc4_of(values.get("patient.postcode", ""))
@@ -131,6 +149,11 @@ async def _form_context(
         ),
         "general_errors": errors.get("", []),
         "ask": ask,
+        "draft": draft,
+        "draft_saved": False,
+        "draft_form": "request-form",  # the session warning's "save now" submits this form
+        "follow_up": None,
+        "consent_step": "",  # consent.missing | consent.denied: the next step is shown
     }
 
 
@@ -161,7 +184,7 @@ async def _parsed_post(request: web.Request, post: Any) -> dict[str, Any] | web.
         return forms.parse_form_post(_definition_of(svc, post), post, ignore=NOT_IN_REQUEST)
     except forms.FormShapeError as exc:
         values = forms.flatten(exc.data)
-        ctx = await _form_context(request, values, _errors_by_field(exc), _ask_of(post))
+        ctx = await form_context(request, values, _errors_by_field(exc), ask_of(post))
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
 
 
@@ -220,7 +243,7 @@ async def new_form(request: web.Request) -> dict[str, Any]:
         raise web.HTTPNotFound()
     if chosen is not svc.definition:
         values["form_id"] = chosen.form_id
-    return await _form_context(request, values, {})
+    return await form_context(request, values, {})
 
 
 @requires("request.create")
@@ -228,7 +251,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    ask = _ask_of(post)
+    ask = ask_of(post)
     data = await _parsed_post(request, post)
     if isinstance(data, web.StreamResponse):
         return data
@@ -239,10 +262,21 @@ async def preview(request: web.Request) -> web.StreamResponse:
             svc, actor, data, reference=PREVIEW_REFERENCE, ask=ask or None
         )
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, values, _errors_by_field(exc), ask)
+        ctx = await form_context(request, values, _errors_by_field(exc), ask)
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
+    except ConsentRefusedError as exc:
+        # before signing: the GP records the consent (the next step) and signs after that
+        ctx = await form_context(request, values, {"": [exc.message_nl()]}, ask)
+        ctx["consent_step"] = exc.code
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
-        ctx = await _form_context(request, values, {"": [exc.message_nl()]}, ask)
+        ctx = await form_context(request, values, {"": [exc.message_nl()]}, ask)
+        return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
+    try:
+        # a team whose keys cannot be used is said now, not after the GP has signed
+        await exchange.usable_recipients(svc, prepared.team)
+    except RecipientKeyError:
+        ctx = await form_context(request, values, {"receiver.team_address": [NO_USABLE_KEY]}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     return aiohttp_jinja2.render_template(
         "requests/preview.html",
@@ -253,6 +287,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "payload": json.dumps(data, ensure_ascii=False),
             "error": None,
             "ask": ask,
+            "draft": draft_of(post),
             # one send per preview: a double click or a resubmit gets the first request's page
             "send_token": secrets.token_urlsafe(18),
         },
@@ -268,11 +303,11 @@ async def suggest(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, web.StreamResponse):
         return parsed
     values = forms.flatten(parsed)
-    ctx = await _form_context(
+    ctx = await form_context(
         request,
         values,
         {},
-        _ask_of(post),
+        ask_of(post),
         specialism=str(post.get("specialism", "")),
         with_suggestions=True,
     )
@@ -293,15 +328,15 @@ async def send(request: web.Request) -> web.StreamResponse:
         data = None
     if not isinstance(data, dict):
         raise web.HTTPSeeOther("/requests/new")
-    ask = _ask_of(post)
+    ask = ask_of(post)
     try:
         data = forms.check_bounds(_definition_of(svc, data), data)
     except forms.FormShapeError as exc:
-        ctx = await _form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
+        ctx = await form_context(request, forms.flatten(exc.data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     if "back" in post:
         values = forms.flatten(data)
-        ctx = await _form_context(request, values, {}, ask)
+        ctx = await form_context(request, values, {}, ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
     passphrase = str(post.get("passphrase", ""))
     token = str(post.get("send_token", ""))
@@ -316,7 +351,7 @@ async def send(request: web.Request) -> web.StreamResponse:
             idempotency_key=f"form:{token}" if token else None,
         )
     except forms.FormInvalidError as exc:
-        ctx = await _form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
+        ctx = await form_context(request, forms.flatten(data), _errors_by_field(exc), ask)
         return aiohttp_jinja2.render_template("requests/form.html", request, ctx, status=422)
     except SecuremailError as exc:
         prepared_text = ""
@@ -327,13 +362,27 @@ async def send(request: web.Request) -> web.StreamResponse:
                 "text": prepared_text,
                 "team": None,
                 "ask": ask,
+                "draft": draft_of(post),
                 "payload": json.dumps(data, ensure_ascii=False),
                 "send_token": token,  # refused, nothing stored: the same send may be retried
                 "error": exc.message_nl(),
             },
             status=exc.http_status if exc.http_status != 400 else 422,
         )
+    await _drop_draft(svc, actor, draft_of(post))
     raise web.HTTPSeeOther(f"/requests/{result.reference}")
+
+
+async def _drop_draft(svc: Services, actor: Any, draft: str) -> None:
+    """A sent request's draft goes (a double click finds it gone already: nothing to do)."""
+    if not draft:
+        return
+
+    def drop(db: Any) -> None:
+        with contextlib.suppress(NotFoundError):
+            drafts.delete(db, actor, draft)
+
+    await svc.store.write(drop)
 
 
 def _page_number(value: object) -> int:
@@ -414,21 +463,45 @@ async def detail_context(
     }
 
 
+# -- copy, change (wijziging), extend (verlenging): the form prefilled from the earlier request --
+#: URL word -> the new request's kind; a copy is a new request that supersedes nothing.
+FOLLOW_UPS = {"wijzigen": "wijziging", "verlengen": "verlenging", "kopieren": "nieuw"}
+#: Parts of the earlier document never carried over: its identity and the signer's block
+#: (the principal comes from the signing GP's profile at the send).
+NOT_CARRIED = ("reference", "supersedes", "principal", "issued_at", "form_version")
+
+
+def follow_up_of(earlier: dict[str, Any], kind: str, issued_at: str) -> dict[str, str]:
+    """The form's values for a change, extension or copy of an earlier signed request: its
+    content as signed, the new kind, what it supersedes (not for a copy), dated now."""
+    data = {k: v for k, v in earlier.items() if k not in NOT_CARRIED}
+    values = forms.flatten(data)
+    values.update({"kind": kind, "issued_at": issued_at})
+    if kind != "nieuw":
+        values["supersedes"] = str(earlier["reference"])
+    return values
+
+
 @requires("request.create")
-@aiohttp_jinja2.template("requests/form.html")
-async def extend_form(request: web.Request) -> dict[str, Any]:
-    """GET /requests/{ref}/extend: the practice's verlenging of an order, prefilled from its
-    signed document (read as an audited request.view; another practice's order is 404)."""
+async def follow_up_form(request: web.Request) -> web.StreamResponse:
+    """GET /requests/{ref}/wijzigen|verlengen|kopieren: the form filled in on the server from the
+    earlier request (audited request.view, scoped to the practice: another's is not found)."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
+    kind = FOLLOW_UPS[request.match_info["action"]]
     view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
-    if view["purged"] or view["document"] is None or view["state"] not in ("open", "answered"):
-        raise web.HTTPNotFound()
-    today = deadlines.local(svc.now(), svc.settings.deadlines).date()
-    values = forms.flatten(orders.extension_of(view["document"], today))
-    values["issued_at"] = local_minute(svc)
-    return await _form_context(request, values, {})
+    if view["purged"] or view["document"] is None:
+        raise web.HTTPGone(text="De inhoud van dit verzoek is verwijderd (bewaartermijn).")
+    if kind == "verlenging":  # the order goes on: it starts the day after the earlier end
+        today = deadlines.local(svc.now(), svc.settings.deadlines).date()
+        values = forms.flatten(orders.extension_of(view["document"], today))
+        values["issued_at"] = local_minute(svc)
+    else:
+        values = follow_up_of(view["document"], kind, local_minute(svc))
+    ctx = await form_context(request, values, {}, draft="")
+    ctx["follow_up"] = {"kind": kind, "of": reference}
+    return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
 
 
 @requires("request.record")
@@ -551,14 +624,14 @@ def setup(app: web.Application) -> None:
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
     )
     app.router.add_get(
-        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/extend",
-        extend_form,
-        name="request_extend",
-    )
-    app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
         dossier,
         name="request_dossier",
+    )
+    app.router.add_get(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/{action:wijzigen|verlengen|kopieren}",
+        follow_up_form,
+        name="request_follow_up",
     )
     app.router.add_get(
         r"/requests/{reference:UVZ-[0-9]{4}-[0-9]{6}}/withdraw",

@@ -13,6 +13,7 @@ HOME_BY_ROLE = {
     "privacy_officer": "/privacy",
     "admin": "/admin",
     "coordinator": "/regio/afspraken",
+    "assistant": "/drafts",
 }
 
 
@@ -28,6 +29,7 @@ def setup(app: web.Application) -> None:
     for name in (
         "login",
         "requests",
+        "drafts",
         "totp",
         "account",
         "nurse",
