@@ -188,10 +188,18 @@ def test_no_route_answers_5xx_or_logs_a_traceback(
         bad = [x for x in caplog.records if x.exc_info or x.levelno >= logging.ERROR]
         assert not bad, [x.getMessage() for x in bad]
 
+    def taken() -> list[tuple[str, int]]:
+        return running.webapp.svc.store.read_sync(
+            lambda db: db.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        )
+
+    before = taken()
     with caplog.at_level(logging.INFO):
         fuzz()
     stored = running.webapp.svc.store.read_sync(lambda db: db["requests"].count)
     assert stored == 0
+    # ... and no reference number burnt by malformed input (issue 23)
+    assert taken() == before
 
 
 def test_the_fuzz_reaches_every_route(running: Running) -> None:
