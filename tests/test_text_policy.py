@@ -283,3 +283,18 @@ def test_cli_refuses_bad_text_in_english_naming_the_option_writing_nothing(home:
         assert counts(home) == before, which
 
     attempt()
+
+
+def test_a_gp_whose_signing_passphrase_is_refused_is_not_added(home: Path) -> None:
+    # The passphrase is checked before the account is written: no GP is left without a key.
+    secret, short = home.parent / "pw", home.parent / "short"
+    secret.write_text("a-good-new-password\n", encoding="utf-8")
+    short.write_text("kort\n", encoding="utf-8")
+    before = counts(home)
+    code, err = run_cli(
+        "user", "add", "--home", str(home), "--username", "new_gp2", "--name", "Dr. Twee",
+        "--role", "gp", "--org", "01000001", "--password-file", str(secret),
+        "--signing-passphrase-file", str(short),
+    )  # fmt: skip
+    assert code != 0 and "passphrase" in err and "Traceback" not in err
+    assert counts(home) == before

@@ -94,6 +94,12 @@ async def enrol_gp_key(svc: Services, user: auth.User, passphrase: str) -> str:
 def cmd_user_add(args: argparse.Namespace) -> int:
     with open_home(args) as svc:
         password = read_secret(args.password_file, "password: ")
+        # A GP's signing passphrase is read and checked before the account is written, so a
+        # refused one leaves no GP without a key (nothing half-written).
+        passphrase = ""
+        if args.role == "gp":
+            passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")
+            gpkeys.require_passphrase(passphrase)
         keys = ("big", "agb", "function", "phone", "out_of_hours_phone")
         profile = {k: getattr(args, k) or "" for k in keys}
         user = svc.store.write_sync(
@@ -114,7 +120,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         )
         print(f"user {user.username} ({user.role}) added")
         if user.role == "gp":
-            passphrase = read_secret(args.signing_passphrase_file, "signing passphrase: ")
             fpr = asyncio.run(enrol_gp_key(svc, user, passphrase))
             print(f"signing key {fpr} created; the passphrase is not stored")
     return 0

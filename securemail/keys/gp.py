@@ -66,7 +66,8 @@ class Revocation:
     replacement: Fingerprint | None
 
 
-def _require_passphrase(passphrase: str) -> str:
+def require_passphrase(passphrase: str) -> str:
+    """The signing passphrase's rule, checked before anything is written (``user add``)."""
     if len(passphrase) < MIN_PASSPHRASE:
         raise InputError(
             f"a signing passphrase has at least {MIN_PASSPHRASE} characters", field="passphrase"
@@ -94,7 +95,7 @@ async def enrol(svc: Services, actor: Actor, user: auth.User, passphrase: str) -
         raise InputError(f"{user.username} is not a GP", field="user")
     email = user.email or f"{user.username}@gp.invalid"
     fpr = await svc.keyring.generate_key(
-        user.name, email, _require_passphrase(passphrase), kind="signing"
+        user.name, email, require_passphrase(passphrase), kind="signing"
     )
     # The From of what the GP signs: an address at the gateway's domain, on this key.
     await svc.keyring.add_uid(
@@ -121,7 +122,7 @@ async def change_passphrase(
 ) -> Fingerprint:
     """Change the passphrase of the GP's signing key (the GP gives both; gpg checks the old)."""
     fpr = _signing_key(user)
-    await svc.keyring.change_passphrase(fpr, old, _require_passphrase(new))
+    await svc.keyring.change_passphrase(fpr, old, require_passphrase(new))
     await svc.store.write(
         lambda db: _record(db, actor, "key.passphrase", fpr, f"user={user.username}")
     )
@@ -163,7 +164,7 @@ async def revoke(
     if reason not in REVOCATION_REASONS:
         raise InputError(f"reason must be one of {', '.join(REVOCATION_REASONS)}", field="reason")
     if new_passphrase is not None:
-        _require_passphrase(new_passphrase)
+        require_passphrase(new_passphrase)
     fpr = _signing_key(user)
     if (await svc.keyring.key_info(fpr)).revoked:
         raise InputError("this signing key is already revoked", field="user")
