@@ -30,9 +30,9 @@ import sqlite_utils
 from fpdf import FPDF
 
 from securemail import contentbox
-from securemail.access import Actor, require
+from securemail.access import Actor
 from securemail.audit import trail as audit
-from securemail.errors import InputError, SecuremailError
+from securemail.errors import InputError
 from securemail.exchange import answer_copy, fhir, orders, send
 from securemail.exchange.view import (
     DATA_CATEGORIES,
@@ -41,9 +41,7 @@ from securemail.exchange.view import (
     document,
     document_bytes,
     hops,
-    record_refusal,
-    require_row,
-    resource,
+    permitted_row,
 )
 from securemail.message import mime
 from securemail.region import directory
@@ -164,12 +162,7 @@ def export(
     """The export in ``fmt`` for the request's own practice; audited. Run in a write."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}", field="format")
-    row = require_row(db, reference)
-    try:
-        require(actor, "request.record", resource(row), hide=True)
-    except SecuremailError as exc:
-        record_refusal(db, actor, reference, f"record: {exc.code}")
-        raise
+    row = permitted_row(db, actor, reference, "request.record", "record")
     contentbox.require_content(row)
     record = record_document(db, row, svc.now_iso())
     audit.record(

@@ -150,15 +150,24 @@ def record_refusal(db: sqlite_utils.Database, actor: Actor, reference: str, deta
     )
 
 
+def permitted_row(
+    db: sqlite_utils.Database, actor: Actor, reference: str, action: str, asked: str = ""
+) -> RequestRow:
+    """The request row when the policy allows actor ``action`` on it; otherwise the refusal
+    is recorded (access.denied, naming what was ``asked``) and raised hidden as not-found."""
+    row = require_row(db, reference)
+    try:
+        require(actor, action, resource(row), hide=True)
+    except SecuremailError as exc:
+        record_refusal(db, actor, reference, f"{asked}: {exc.code}" if asked else exc.code)
+        raise
+    return row
+
+
 def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""
-    row = require_row(db, reference)
-    try:
-        require(actor, "request.view", resource(row), hide=True)
-    except SecuremailError as exc:
-        record_refusal(db, actor, reference, exc.code)
-        raise
+    row = permitted_row(db, actor, reference, "request.view")
     team = directory.team_by_id(db, row["team_id"])
     audit.record(
         db,
