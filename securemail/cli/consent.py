@@ -25,6 +25,7 @@ from securemail.access import Actor
 from securemail.cli import command, home_of
 from securemail.consent import fhir
 from securemail.errors import InputError, NotInitialisedError
+from securemail.form.fields import relative_date
 from securemail.home import open_store
 
 T = TypeVar("T")
@@ -50,9 +51,12 @@ def register(subparsers: Any) -> None:
     g.add_argument("--recipient", required=True, help="team address, organisation code or category")
     g.add_argument("--decision", choices=register_.DECISIONS, help="default: from --basis")
     g.add_argument("--basis", choices=register_.BASES, help="default: explicit / objection")
-    g.add_argument("--from", dest="valid_from", metavar="DATE", help="first day (default: now)")
-    g.add_argument("--until", metavar="DATE", help="last day it counts, inclusive")
-    g.add_argument("--given", metavar="DATE", help="when it was given (default: now)")
+    dates = "YYYY-MM-DD or relative: today, today+12m, today-2d"
+    g.add_argument(
+        "--from", dest="valid_from", metavar="DATE", help=f"first day (default: now; {dates})"
+    )
+    g.add_argument("--until", metavar="DATE", help=f"last day it counts, inclusive ({dates})")
+    g.add_argument("--given", metavar="DATE", help=f"when it was given (default: now; {dates})")
     g.add_argument("--channel", choices=register_.CHANNELS, default="in_person")
     g.add_argument("--representative", metavar="NAME", help="given by this representative")
     g.add_argument(
@@ -124,17 +128,24 @@ def _holder(actor: Actor) -> int:
     return actor.org_id
 
 
-def _day(text: str | None, field: str, tz: ZoneInfo, *, end: bool = False) -> datetime | None:
-    """YYYY-MM-DD -> the start of that day (end=True: of the next day) in tz; or ISO time."""
+def _day(
+    text: str | None, field: str, tz: ZoneInfo, now: datetime, *, end: bool = False
+) -> datetime | None:
+    """YYYY-MM-DD, or a day relative to today in tz as the forms take it ("today",
+    "today+12m", "today-2d": a script or a README that holds no calendar date) -> the start
+    of that day (end=True: of the next day) in tz; or an ISO time."""
     if text is None:
         return None
+    relative = relative_date(text, now.astimezone(tz).date())
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
+        if relative is not None or len(text) == 10:
+            day = (relative or date.fromisoformat(text)) + timedelta(days=1 if end else 0)
             return datetime.combine(day, time(0), tzinfo=tz)
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InputError(f"--{field} must be a date YYYY-MM-DD", field=field) from None
+        raise InputError(
+            f"--{field} must be a date YYYY-MM-DD or today[+-N(d|w|m)]", field=field
+        ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
 
 
@@ -170,9 +181,9 @@ def _grant(args: argparse.Namespace) -> int:
             decision=decision,
             basis=basis,
             data_categories=tuple(args.data_categories or register_.DATA_CATEGORIES),
-            valid_from=_day(args.valid_from, "from", tz) or now,
-            valid_until=_day(args.until, "until", tz, end=True),
-            given_at=_day(args.given, "given", tz) or now,
+            valid_from=_day(args.valid_from, "from", tz, now) or now,
+            valid_until=_day(args.until, "until", tz, now, end=True),
+            given_at=_day(args.given, "given", tz, now) or now,
             channel=args.channel,
             performer="representative" if args.representative else "patient",
             performer_name=args.representative,

@@ -53,7 +53,7 @@ def test_consent_commands_of_the_readme_work_on_the_demo_home() -> None:
             "--recipient",
             OOST,
             "--until",
-            "2027-12-31",
+            "today+12m",  # as the README: no calendar date that the real one passes
             "--evidence",
             str(proof),
             home=home,
