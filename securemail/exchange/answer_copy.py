@@ -33,6 +33,7 @@ from securemail.delivery import outbox
 from securemail.exchange.view import (
     DATA_CATEGORIES,
     answer_of,
+    audit_read,
     permitted_row,
     status,
 )
@@ -236,20 +237,7 @@ def answer_for_practice(db: sqlite_utils.Database, actor: Actor, reference: str)
         out["answer"] = answer_document(reference, answer, str(answer.get("form_version", "")))
     else:
         out["answer"] = None
-    audit.record(
-        db,
-        audit.AuditEvent.of(
-            actor,
-            "request.view",
-            patient_id=row["patient_bsn"],
-            object_type="request",
-            object_id=reference,
-            data_categories=DATA_CATEGORIES,
-            sender_org=actor.org_code,
-            check_authz=f"permit:{actor.role}",
-            outcome_detail="answer",
-        ),
-    )
+    audit_read(db, actor, row, "request.view", "answer")
     return out
 
 

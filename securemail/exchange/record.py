@@ -31,13 +31,12 @@ from fpdf import FPDF
 
 from securemail import contentbox
 from securemail.access import Actor
-from securemail.audit import trail as audit
 from securemail.errors import InputError
 from securemail.exchange import answer_copy, fhir, orders, send
 from securemail.exchange.view import (
-    DATA_CATEGORIES,
     RequestRow,
     answer_of,
+    audit_read,
     document,
     document_bytes,
     hops,
@@ -165,20 +164,7 @@ def export(
     row = permitted_row(db, actor, reference, "request.record", "record")
     contentbox.require_content(row)
     record = record_document(db, row, svc.now_iso())
-    audit.record(
-        db,
-        audit.AuditEvent.of(
-            actor,
-            "request.record_export",
-            patient_id=row["patient_bsn"],
-            object_type="request",
-            object_id=reference,
-            data_categories=DATA_CATEGORIES,
-            sender_org=actor.org_code,
-            check_authz=f"permit:{actor.role}",
-            outcome_detail=f"format={fmt}",
-        ),
-    )
+    audit_read(db, actor, row, "request.record_export", f"format={fmt}")
     if fmt == "fhir":
         body = json.dumps(fhir.bundle(record), ensure_ascii=False, indent=2).encode("utf-8")
         return RecordExport(body, "application/fhir+json", file_name(reference, fmt))

@@ -164,6 +164,28 @@ def permitted_row(
     return row
 
 
+def audit_read(
+    db: sqlite_utils.Database, actor: Actor, row: RequestRow, event_code: str, detail: str
+) -> None:
+    """The audit row of a permitted read of a request's content by its own practice (the
+    answer for the practice system, the dossier export): what the request carries, its kind's
+    data categories, not a fixed one."""
+    audit.record(
+        db,
+        audit.AuditEvent.of(
+            actor,
+            event_code,
+            patient_id=row["patient_bsn"],
+            object_type="request",
+            object_id=row["reference"],
+            data_categories=row["data_categories"],
+            sender_org=actor.org_code,
+            check_authz=f"permit:{actor.role}",
+            outcome_detail=detail,
+        ),
+    )
+
+
 def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:
     """The request with its content, for someone allowed to see it; audited as request.view.
     Must run in a write (the view is recorded in the same transaction)."""
