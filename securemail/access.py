@@ -184,6 +184,10 @@ POLICY: dict[str, frozenset[str]] = {
     "ask.create": frozenset({"nurse"}),
     "ask.view": frozenset({"gp", "nurse"}),
     "ask.answer": frozenset({"gp"}),
+    # The conversation on a request or ask (securemail.exchange.thread): its practice (GP,
+    # assistant) and the nurses of the team it is with now.
+    "thread.read": frozenset({"gp", "assistant", "nurse"}),
+    "thread.post": frozenset({"gp", "assistant", "nurse"}),
     "consent.record": frozenset({"gp", "assistant"}),
     "consent.withdraw": frozenset({"gp", "assistant"}),
     "consent.view": frozenset({"gp", "privacy_officer", "assistant"}),
@@ -225,8 +229,11 @@ POLICY_HISTORY: dict[str, str] = {
     # 4: draft.save and draft.view, a practice's unsent request forms; the practice assistant
     #    (assistant: prepares requests and drafts, records and withdraws consents)
     "4": "7e2c33de0b02c3dabebf12669f08722b71a9b28c7b5cb2834fb0a7ffd6a6a4d2",
+    # 5: thread.read and thread.post, the conversation on a request or ask: its practice (GP,
+    #    assistant) and the nurses of the team it is with now
+    "5": "fcbd3522061add725e01a487b9cc245ea4974339165c4ef19aed5c000ab744fb",
 }
-POLICY_VERSION = "4"
+POLICY_VERSION = "5"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})
@@ -265,7 +272,7 @@ def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
         return True
     if actor.org_id is None:
         return False
-    if actor.role == "nurse" and resource.kind in {"request", "ask"}:
+    if actor.role == "nurse" and resource.kind in {"request", "ask", "thread"}:
         if resource.org_id is None and not resource.team_ids:
             # Lists: the caller scopes the query to actor.team_ids itself.
             return True
@@ -276,6 +283,9 @@ def is_allowed(actor: Actor, action: str, resource: Resource) -> bool:
         return bool(actor.team_ids & resource.team_ids)
     if actor.role == "gp" and resource.kind == "ask":
         return resource.org_id == actor.org_id
+    if resource.kind == "thread":
+        # Always about one request or ask: its own practice, never a list without an owner.
+        return resource.org_id is not None and resource.org_id == actor.org_id
     if resource.org_id is None:
         # Lists and searches: the caller scopes the query to actor.org_id itself.
         return True

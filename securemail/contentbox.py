@@ -51,6 +51,8 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("request_hops", "reason"): "id",
     ("request_attachments", "data"): "id",
     ("replies", "body"): "reply_id",
+    # A message in a request's or ask's conversation (securemail.exchange.thread).
+    ("thread_messages", "body"): "id",
     # The consent's evidence name (often "Jansen 12-03-1948 toestemming.pdf"): keyed by
     # the consent, not the row, so a new version carries its evidence over unchanged.
     ("consents", "evidence_ref"): "consent_id",

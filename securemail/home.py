@@ -44,7 +44,7 @@ from securemail.consent import table as consent_table
 from securemail.delivery import outbox
 from securemail.delivery.worker import Worker
 from securemail.errors import NotInitialisedError, SecuremailError
-from securemail.exchange import answer_copy, asks, drafts, escalation, orders
+from securemail.exchange import answer_copy, asks, drafts, escalation, orders, thread
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import form_names
@@ -85,6 +85,7 @@ MIGRATIONS: tuple[Migrations, ...] = (
     answer_copy.MIGRATIONS,
     orders.MIGRATIONS,
     drafts.MIGRATIONS,
+    thread.MIGRATIONS,
     retention.MIGRATIONS,  # last: it seals the content of tables listed before it
 )
 

@@ -30,9 +30,11 @@ PURPOSES = ("TREAT",)
 POLICIES = ("direct_care", "explicit")
 #: Sends that reduce risk and that the register never gates, whatever the policy and
 #: whatever was recorded (docs/consent.md): a withdrawal (intrekking) of an order, a team's
-#: stop notice, a GP's answer to a nurse's ask. They carry only what the team needs to stop
-#: or act; stopping them would leave a team acting on an order it should not.
-NEVER_GATED = ("withdrawal", "stop_notice", "ask_answer")
+#: stop notice, a GP's answer to a nurse's ask, a message in a request's conversation (a
+#: nurse's question or the practice's answer, securemail.exchange.thread). They carry only
+#: what the team needs to stop or act; stopping them would leave a team acting on an order
+#: it should not, or a nurse without the GP's answer.
+NEVER_GATED = ("withdrawal", "stop_notice", "ask_answer", "thread_message")
 #: The basis of a direct-care send no record decided: consent presumed within the treatment
 #: relationship (WGBO 7:457), the signed request itself the evidence.
 PRESUMED_BASIS = "implied_referral"

@@ -28,7 +28,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import answer_copy, asks, changes, orders
+from securemail.exchange import answer_copy, asks, changes, orders, thread
 from securemail.exchange import idempotency as idem
 from securemail.form import attachments as attach
 from securemail.form import kinds, render
@@ -928,6 +928,8 @@ class Hooks:
             found = request_row(db, row.reference)
             if found is None or answer_copy.is_answer_copy(db, row.message_id):
                 return None  # an answer going home to its practice: never gated
+            if thread.is_thread_mail(db, row.message_id):
+                return None  # a message in the request's conversation (NEVER_GATED)
             if found["kind"] == "intrekking" or found["ask_reference"]:
                 return None  # risk-reducing: never gated (consent.NEVER_GATED)
             bsn, practice, target = consent_target_for(db, row.reference)

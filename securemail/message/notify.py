@@ -88,6 +88,13 @@ KINDS: dict[str, tuple[str, str]] = {
         "De huisartsenpraktijk heeft geantwoord op uw vraag {reference}. Het antwoord staat op "
         "de pagina van de vraag.",
     ),
+    # A new message on a request's or ask's conversation (securemail.exchange.thread): to the
+    # practice for a nurse's message, to the team when the practice's could not be sealed.
+    "thread": (
+        "nieuw bericht",
+        "Er is een nieuw bericht in het gesprek over {reference}. Het staat op de pagina "
+        "van {reference}.",
+    ),
     "ask_overdue": (
         "termijn verstreken",
         "Het gevraagde uitvoeringsverzoek {reference} is niet binnen de afgesproken termijn "
@@ -385,6 +392,11 @@ def notice_ask_contact(reference: str, to: str, settings: Settings) -> Notice:
 def notice_ask_answered(reference: str, to: str, settings: Settings) -> Notice:
     """The GP answered a consult or home-visit ask (to the asking team)."""
     return make_notice("ask_answered", reference, to, settings)
+
+
+def notice_thread(reference: str, to: str, settings: Settings) -> Notice:
+    """A new message in the conversation on a request or ask (reference only)."""
+    return make_notice("thread", reference, to, settings)
 
 
 def notice_ask_overdue(reference: str, to: str, settings: Settings) -> Notice:

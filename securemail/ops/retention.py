@@ -327,7 +327,12 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
             db.execute("UPDATE request_hops SET reason = '' WHERE reference = ?", [reference])
             db.execute("DELETE FROM request_attachments WHERE reference = ?", [reference])
             db.execute("UPDATE replies SET body = '' WHERE reference = ?", [reference])
+            _purge_thread(db, reference, now)
         for ask_id in p.asks:
+            ask_reference = db.execute(
+                "SELECT reference FROM asks WHERE id = ?", [ask_id]
+            ).fetchone()[0]
+            _purge_thread(db, ask_reference, now)
             db.execute(
                 "UPDATE asks SET patient_name = '', patient_birth_date = '', reason = '', "
                 "gp_answer = '', content_purged_at = ? WHERE id = ?",
@@ -345,10 +350,16 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                 "answer_copies",
                 "request_attachments",
                 "replies",
+                "thread_messages",
             ):
                 db.execute(f"DELETE FROM {table} WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
             db.execute(f"DELETE FROM requests WHERE reference IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_asks):
+            db.execute(
+                "DELETE FROM thread_messages WHERE reference IN "  # noqa: S608
+                f"(SELECT reference FROM asks WHERE id IN ({_in(chunk)}))",
+                chunk,
+            )
             db.execute(f"DELETE FROM asks WHERE id IN ({_in(chunk)})", chunk)  # noqa: S608
         for chunk in _chunks(p.old_drafts):
             db.execute(f"DELETE FROM drafts WHERE draft_id IN ({_in(chunk)})", chunk)  # noqa: S608
@@ -379,6 +390,16 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
     finally:
         db.conn.execute(f"PRAGMA secure_delete = {int(secure)}")
     return counts
+
+
+def _purge_thread(db: sqlite_utils.Database, reference: str, now: str) -> None:
+    """Empty the bodies of a request's or ask's conversation (securemail.exchange.thread owns
+    the table; ops may not import the exchange): who wrote when stays as metadata."""
+    db.execute(
+        "UPDATE thread_messages SET body = '', purged_at = ? WHERE reference = ? "
+        "AND purged_at = ''",
+        [now, reference],
+    )
 
 
 def _chunks(ids: list[Any], size: int = 500) -> list[list[Any]]:
