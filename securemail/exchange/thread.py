@@ -229,6 +229,7 @@ def _entry(role: str, text: str, at: str, purged: bool, author: str, side: str) 
         "author": author,
         "side": side,
         "from_practice": role in PRACTICE_ROLES,
+        "ask_answer": False,  # the GP's answer given with the ask's own answer form
     }
 
 
@@ -244,7 +245,7 @@ def _with_ask_answer(
     if row is None or not row[0]:
         return out  # no answer on the form (or purged: the thread's own entries remain)
     text = contentbox.open_value(db, "asks", "gp_answer", found.reference, row[0])
-    answer = _entry("gp", text, row[1], bool(row[4]), row[2] or "", row[3])
+    answer = _entry("gp", text, row[1], bool(row[4]), row[2] or "", row[3]) | {"ask_answer": True}
     return sorted([*out, answer], key=lambda m: str(m["created_at"]))
 
 

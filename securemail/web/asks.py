@@ -18,6 +18,7 @@ from aiohttp import web
 from securemail.exchange import ask_answer, asks
 from securemail.form import request as forms
 from securemail.region import directory
+from securemail.web import thread as threadview
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 from securemail.web.requests import _errors_by_field, form_context, local_minute
@@ -81,13 +82,32 @@ async def list_asks(request: web.Request) -> dict[str, Any]:
 
 
 async def _detail_context(
-    request: web.Request, answer: str = "", errors: dict[str, list[str]] | None = None
+    request: web.Request,
+    answer: str = "",
+    errors: dict[str, list[str]] | None = None,
+    *,
+    thread_body: str = "",
+    thread_errors: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
-    ask = await svc.store.write(lambda db: asks.get_ask(db, actor, reference))
+
+    def load(db: Any) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        # The conversation is read (thread.read) in the write that records ask.view.
+        return asks.get_ask(db, actor, reference), threadview.entries(db, actor, reference)
+
+    ask, shown = await svc.store.write(load)
     return {
+        **threadview.context(
+            actor,
+            reference,
+            shown,
+            page="asks",
+            purged=ask["purged"],
+            body=thread_body,
+            errors=thread_errors,
+        ),
         "a": ask,
         "procedure_label": svc.definition.procedure_label,
         "labels": asks.LABELS,
@@ -119,6 +139,17 @@ async def answer(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/asks/{reference}")
 
 
+@requires("thread.post")
+async def thread_post(request: web.Request) -> web.StreamResponse:
+    """A message on the ask's conversation (POST/Redirect/Get); the GP's first one on an
+    open consult or home-visit ask answers it."""
+    refused = await threadview.submit(request)
+    if refused is None:
+        raise web.HTTPSeeOther(f"/asks/{request.match_info['reference']}#thread")
+    ctx = await _detail_context(request, thread_body=refused.body, thread_errors=refused.errors)
+    return aiohttp_jinja2.render_template("asks/detail.html", request, ctx, status=refused.status)
+
+
 @requires("request.create")
 async def draft_from_ask(request: web.Request) -> web.StreamResponse:
     """The request form, prefilled server-side from the stored ask (audited ask.view)."""
@@ -142,3 +173,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get(f"/asks/{ref}", ask_detail, name="ask_detail")
     app.router.add_post(f"/asks/{ref}/draft", draft_from_ask, name="ask_draft")
     app.router.add_post(f"/asks/{ref}/answer", answer, name="ask_answer")
+    app.router.add_post(f"/asks/{ref}/thread", thread_post, name="ask_thread")

@@ -32,6 +32,7 @@ from securemail.region import map as regionmap
 from securemail.region import view as regionview
 from securemail.services import Services
 from securemail.web import document, worklist
+from securemail.web import thread as threadview
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
 
@@ -425,8 +426,11 @@ async def detail_context(
     *,
     answer_values: dict[str, str] | None = None,
     answer_errors: dict[str, list[str]] | None = None,
+    thread_body: str = "",
+    thread_errors: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """One request's page (audited view); for a nurse of its current team, the answer form."""
+    """One request's page (audited view); for a nurse of its current team, the answer form;
+    for both sides, the conversation (audited thread.read in the same write)."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
@@ -435,6 +439,7 @@ async def detail_context(
         # The replies on its thread are opened in the write that records this request.view.
         view = exchange.get_request(db, actor, reference)
         view["replies"] = [] if view["purged"] else replies.for_request(db, reference)
+        view["thread"] = threadview.entries(db, actor, reference)
         return view
 
     view = await svc.store.write(load)
@@ -460,7 +465,23 @@ async def detail_context(
         "other_teams": other_teams,
         "answer_values": answer_values or {},
         "answer_errors": answer_errors or {},
-    }
+        **threadview.context(
+            actor, reference, view["thread"], page="requests", purged=view["purged"],
+            body=thread_body, errors=thread_errors,
+        ),
+    }  # fmt: skip
+
+
+@requires("thread.post")
+async def thread_post(request: web.Request) -> web.StreamResponse:
+    """A message on the request's conversation (POST/Redirect/Get)."""
+    refused = await threadview.submit(request)
+    if refused is None:
+        raise web.HTTPSeeOther(f"/requests/{request.match_info['reference']}#thread")
+    ctx = await detail_context(request, thread_body=refused.body, thread_errors=refused.errors)
+    return aiohttp_jinja2.render_template(
+        "requests/detail.html", request, ctx, status=refused.status
+    )
 
 
 # -- copy, change (wijziging), extend (verlenging): the form prefilled from the earlier request --
@@ -622,6 +643,11 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/send", send, name="request_send")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
+    )
+    app.router.add_post(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/thread",
+        thread_post,
+        name="request_thread",
     )
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/dossier.{fmt:pdf|json|fhir}",
