@@ -78,6 +78,8 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "ask.view": ("R", "an ask was shown"),
     "ask.fulfil": ("U", "a practice sent the request a nurse asked for"),
     "ask.answer": ("U", "a GP answered a nurse's consult or home-visit ask"),
+    "thread.post": ("C", "a message was posted on a request's or ask's conversation"),
+    "thread.read": ("R", "a request's or ask's conversation was shown"),
     "ask.overdue": ("E", "an ask passed its deadline and was escalated"),
     "consent.record": ("C", "a consent or objection was recorded"),
     "consent.withdraw": ("U", "a consent was withdrawn"),
