@@ -3,8 +3,9 @@ the district nursing team, keyed by the reference (UVZ-/AWV-/ASK-...).
 
 Who: the practice of the request or ask (its GPs and assistants) and the nurses of the team
 it is with now (``thread.read``/``thread.post``, scoped in securemail.access like the
-request view: a team it was passed on from no longer sees it). Anyone else gets the same
-404 as for no such reference, with an ``access.denied`` row.
+request view: a team it was passed on from no longer sees it, as its request page does
+not). Anyone else gets the same 404 as for no such reference, with an ``access.denied``
+row.
 
 Invariants:
 - a message's body is sealed at rest (contentbox, keyed by the row id), at most
@@ -38,7 +39,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from securemail import contentbox
-from securemail.access import Actor, Resource, is_allowed, person
+from securemail.access import Actor, HiddenDeniedError, Resource, person, require
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
@@ -144,12 +145,15 @@ def subject_of(db: sqlite_utils.Database, reference: str) -> Subject:
 
 
 def permitted(db: sqlite_utils.Database, actor: Actor, reference: str, action: str) -> Subject:
-    """The thread's subject when the policy allows ``action``; otherwise an access.denied row
-    and a NotFoundError (the same answer as for no such reference). The caller commits the
-    refusal row before raising (see ``post``), or reads in a write that commits it."""
+    """The thread's subject when the policy allows ``action``; otherwise HiddenDeniedError,
+    which answers exactly as for no such reference (the web middleware records it as
+    access.denied; ``post`` records it in its own commit)."""
     found = subject_of(db, reference)
-    if is_allowed(actor, action, found.resource):
-        return found
+    require(actor, action, found.resource, hide=True)
+    return found
+
+
+def _record_refusal(db: sqlite_utils.Database, actor: Actor, found: Subject, action: str) -> None:
     audit.record(
         db,
         audit.AuditEvent.of(
@@ -158,10 +162,9 @@ def permitted(db: sqlite_utils.Database, actor: Actor, reference: str, action: s
             outcome="refused",
             outcome_detail=action,
             object_type=found.kind,
-            object_id=reference,
+            object_id=found.reference,
         ),
     )
-    raise NotFoundError("thread not found", reference=reference)
 
 
 def check_body(text: object) -> str:
@@ -279,7 +282,8 @@ async def post(svc: Services, actor: Actor, reference: str, text: object) -> int
         # A refusal is audited in its own commit: the raise after it must not roll it back.
         try:
             return permitted(db, author, reference, "thread.post")
-        except NotFoundError:
+        except HiddenDeniedError:
+            _record_refusal(db, author, subject_of(db, reference), "thread.post")
             return None
 
     found = await svc.store.write(allowed)
