@@ -2,8 +2,8 @@
 sends the wound-care request at a desktop's width (1280 px); a nurse of the receiving team
 opens it on her phone (390 px), reads the risky line flagged "niet voorbehouden" and
 accepts with the nurse in charge; the GP sees that name. And the other way: a nurse asks
-the practice for a home visit on her phone, the GP answers on the ask's page at her desk,
-the nurse reads the answer. At both widths every page of the
+the practice for a home visit on her phone, the GP answers in the ask's conversation at her
+desk, the nurse reads the answer on her phone and replies there. At both widths every page of the
 journey fits the screen and axe-core finds no serious or critical violation; no URL carries
 patient data.
 
@@ -156,15 +156,25 @@ async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
     await gp.goto(f"{url}/asks")
     await gp.click(f"text={reference}")
     await gp.wait_for_url(f"{url}/asks/{reference}")
-    await check_page(gp, "ask page with answer form (GP)", found)
-    await gp.fill("#answer", answer)
-    await gp.click("form.ask-answer button[type=submit]")
-    await gp.wait_for_url(f"{url}/asks/{reference}")
+    await check_page(gp, "ask page with the conversation (GP)", found)
+    await gp.fill("#thread-body", answer)
+    await gp.click("form.thread-form button[type=submit]")
+    await gp.wait_for_url(f"{url}/asks/{reference}#thread")
+    assert answer in await gp.inner_text("#thread")
 
-    # And the nurse reads the answer on her phone
+    # And the nurse reads the answer in the conversation on her phone, and replies there
     await nurse.reload()
-    assert answer in await nurse.inner_text("#gp-answer")
+    assert answer in await nurse.inner_text("#thread")
+    assert "beantwoord" in (await nurse.inner_text("main")).lower()
     await check_page(nurse, "answered ask (nurse)", found)
+    await nurse.fill("#thread-body", "Dank u, de familie is thuis.")
+    await nurse.click("form.thread-form button[type=submit]")
+    await nurse.wait_for_url(f"{url}/asks/{reference}#thread")
+    texts = await nurse.locator("#thread .thread-text").all_inner_texts()
+    assert texts == [answer, "Dank u, de familie is thuis."]  # newest last
+    await check_page(nurse, "conversation after the nurse's reply (nurse)", found)
+    await gp.reload()
+    assert "Dank u, de familie is thuis." in await gp.inner_text("#thread")
     assert found == {}, "\n".join(v for vs in found.values() for v in vs)
     await gp_ctx.close()
     await nurse_ctx.close()
