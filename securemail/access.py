@@ -175,6 +175,9 @@ POLICY: dict[str, frozenset[str]] = {
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
+    # The team that accepted an order ends it (care ended, patient moved or died, competence
+    # gone); the GP is told. Scoped to the request's team like request.answer.
+    "order.end": frozenset({"nurse"}),
     # "Voor het dossier": the answered request as PDF and JSON for the practice's own record
     # (its GPs, its HIS token); the team files its own copy from its sealed mail.
     "request.record": frozenset({"gp"}),
@@ -225,8 +228,10 @@ POLICY_HISTORY: dict[str, str] = {
     # 4: draft.save and draft.view, a practice's unsent request forms; the practice assistant
     #    (assistant: prepares requests and drafts, records and withdraws consents)
     "4": "7e2c33de0b02c3dabebf12669f08722b71a9b28c7b5cb2834fb0a7ffd6a6a4d2",
+    # 5: order.end, the team that accepted an order ends it with a reason for the GP
+    "5": "8dc83fb48645aa88be90722dcab2bde3172bec0b1a635a34eee9ef2fe4f0d18f",
 }
-POLICY_VERSION = "4"
+POLICY_VERSION = "5"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})
