@@ -175,6 +175,9 @@ POLICY: dict[str, frozenset[str]] = {
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
+    # The team that accepted an order ends it (care ended, patient moved or died, competence
+    # gone); the GP is told. Scoped to the request's team like request.answer.
+    "order.end": frozenset({"nurse"}),
     # "Voor het dossier": the answered request as PDF and JSON for the practice's own record
     # (its GPs, its HIS token); the team files its own copy from its sealed mail.
     "request.record": frozenset({"gp"}),
@@ -232,8 +235,10 @@ POLICY_HISTORY: dict[str, str] = {
     # 5: thread.read and thread.post, the conversation on a request or ask: its practice (GP,
     #    assistant) and the nurses of the team it is with now
     "5": "fcbd3522061add725e01a487b9cc245ea4974339165c4ef19aed5c000ab744fb",
+    # 6: order.end, the team that accepted an order ends it with a reason for the GP
+    "6": "afd84fcae907f0680181992de44bfcccf796e6d7b0c7045f4f291d1dc740c9ea",
 }
-POLICY_VERSION = "5"
+POLICY_VERSION = "6"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

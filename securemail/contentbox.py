@@ -58,6 +58,9 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
     ("consents", "evidence_ref"): "consent_id",
     # A practice's unsent form (securemail.exchange.drafts), keyed by its random draft id.
     ("drafts", "form_values"): "draft_id",
+    # The team's reason for ending an accepted order ("overleden" is health data) and its
+    # free text (securemail.exchange.order_end).
+    ("order_ends", "content"): "reference",
 }
 
 _registry: dict[Path, SecretBox] = {}

@@ -287,3 +287,33 @@ async def test_the_validator_refuses_our_bundle_with_a_dutch_status(loop: Loop) 
     bundle = _fhir(loop, reference)
     _entries(bundle)["Task"]["resource"]["status"] = "geaccepteerd"
     assert any("Task.status" in p for p in problems(bundle))
+
+
+async def test_the_fhir_export_uses_the_dutch_identifier_systems_and_claims_no_profile(
+    loop: Loop,
+) -> None:
+    """nl-core (zib 2020) slices identifiers on these systems; we use them where our base R4
+    resources carry the value, and claim no nl-core profile we cannot validate against."""
+    reference = await _answered(loop)
+    bundle = _fhir(loop, reference)
+    assert_valid(bundle)
+    entries = _entries(bundle)
+    svc = loop.gw.svc
+    plain = svc.store.write_sync(lambda db: record.export(db, svc, loop.gw.gp, reference, "json"))
+    principal = json.loads(plain.body)["request"]["principal"]  # as signed
+    assert principal["agb"] and principal["practice_agb"]
+    gp = entries["Practitioner"]["resource"]
+    assert {(i["system"], i["value"]) for i in gp["identifier"]} == {
+        ("http://fhir.nl/fhir/NamingSystem/big", principal["big"]),
+        ("http://fhir.nl/fhir/NamingSystem/agb-z", principal["agb"]),
+    }
+    practice = entries["Organization"]["resource"]
+    assert practice["identifier"] == [
+        {"system": "http://fhir.nl/fhir/NamingSystem/agb-z", "value": principal["practice_agb"]}
+    ]
+    service = entries["ServiceRequest"]["resource"]
+    assert service["subject"]["identifier"]["system"] == "http://fhir.nl/fhir/NamingSystem/bsn"
+    assert service["requester"]["reference"] == entries["Practitioner"]["fullUrl"]
+    nurse = entries["PractitionerRole"]["resource"]["practitioner"]["identifier"]
+    assert nurse["system"] == "http://fhir.nl/fhir/NamingSystem/big"
+    assert not [e for e in bundle["entry"] if "meta" in e["resource"]]

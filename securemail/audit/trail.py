@@ -74,6 +74,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "request.overdue": ("E", "a request passed its answer deadline and was escalated"),
     "request.remind": ("E", "the GP was reminded of an order's evaluation or end date"),
     "request.expire": ("U", "an order passed its end date (verlopen); the team was told to stop"),
+    "order.end_by_team": (
+        "U",
+        "the team that accepted an order ended it (reason sealed, sent to the practice)",
+    ),
     "ask.create": ("C", "a nurse asked a practice for an execution request"),
     "ask.view": ("R", "an ask was shown"),
     "ask.fulfil": ("U", "a practice sent the request a nurse asked for"),

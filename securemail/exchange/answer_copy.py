@@ -31,7 +31,6 @@ from securemail.access import Actor
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.exchange.view import (
-    DATA_CATEGORIES,
     answer_of,
     audit_read,
     permitted_row,
@@ -136,6 +135,19 @@ async def seal_for_practice(
     """The answer sealed to the practice's pinned key and signed by the gateway, or None
     when the practice has no usable key (logged; the notice and the API still serve it)."""
     reference = row["reference"]
+    doc = answer_document(reference, stored, svc.definition.version)
+    return await seal_document(
+        svc, row, doc, answer_text(doc), f"Reactie op uitvoeringsverzoek {reference}"
+    )
+
+
+async def seal_document(
+    svc: Services, row: Mapping[str, Any], doc: dict[str, Any], text: str, subject: str
+) -> SealedMessage | None:
+    """A document for the practice's record (the answer, the team's end of an order) sealed
+    to the practice's pinned key and signed by the gateway; None when the practice has no
+    usable key (logged). ``subject`` names the reference only: it travels outside."""
+    reference = row["reference"]
 
     def lookup(db: sqlite_utils.Database) -> tuple[practicekeys.PracticeKey | None, str]:
         return practicekeys.active_key(db, row["practice_org_id"]), get_meta(
@@ -144,15 +156,13 @@ async def seal_for_practice(
 
     key, gateway_fpr = await svc.store.read(lookup)
     if key is None or not gateway_fpr:
-        log.info("request %s: no practice key pinned; answer copy not sealed", reference)
+        log.info("request %s: no practice key pinned; copy not sealed", reference)
         return None
     try:
         await practicekeys.check(svc, key, svc.now())
     except RecipientKeyError as exc:
         log.warning("request %s: practice key unusable (%s)", reference, exc.code)
         return None
-    doc = answer_document(reference, stored, svc.definition.version)
-    text = answer_text(doc)
     return await svc.keyring.seal(
         SealInput(
             reference=reference,
@@ -167,7 +177,7 @@ async def seal_for_practice(
         envelope=Envelope(
             sender=svc.settings.gateway.from_address,
             recipient=key.email,
-            subject=f"Reactie op uitvoeringsverzoek {reference}",
+            subject=subject,
             extra_headers=(("X-Securemail-Reference", reference),),
         ),
     )
@@ -180,8 +190,12 @@ def queue(
     row: Mapping[str, Any],
     sealed: SealedMessage,
     now: str,
+    *,
+    what: str = "answer",
 ) -> None:
-    """Queue the sealed copy in the caller's write (the answer's own transaction)."""
+    """Queue the sealed copy in the caller's write (the answer's own transaction, or the
+    order end's: ``what`` names which in the audit detail). It carries the request's own
+    data categories (a care request with reserved lines: care_request,execution_request)."""
     practice = directory.org_by_id(db, row["practice_org_id"])
     db.table("answer_copies").insert(
         {
@@ -200,11 +214,11 @@ def queue(
             patient_id=row["patient_bsn"],
             object_type="request",
             object_id=row["reference"],
-            data_categories=DATA_CATEGORIES,
+            data_categories=row["data_categories"],
             sender_org=actor.org_code,
             recipient_org=practice.code,
             check_consent="exempt:answer_to_principal",
-            outcome_detail=f"sealed_to={str(sealed.recipient_fingerprints[0])[-16:]}",
+            outcome_detail=f"{what}; sealed_to={str(sealed.recipient_fingerprints[0])[-16:]}",
         ),
     )
     outbox.enqueue(
@@ -215,7 +229,7 @@ def queue(
         patient_id=row["patient_bsn"],
         sender_org=actor.org_code,
         recipient_org=practice.code,
-        data_categories=DATA_CATEGORIES,
+        data_categories=row["data_categories"],
     )
 
 
@@ -243,5 +257,5 @@ def answer_for_practice(db: sqlite_utils.Database, actor: Actor, reference: str)
 
 __all__ = [
     "MIGRATIONS", "answer_document", "answer_for_practice", "answer_text", "is_answer_copy",
-    "queue", "seal_for_practice",
+    "queue", "seal_document", "seal_for_practice",
 ]  # fmt: skip

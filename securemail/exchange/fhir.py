@@ -1,6 +1,8 @@
-"""The answered request in FHIR R4: a Bundle (collection) with the GP's ServiceRequest, a
-MedicationRequest per procedure's medication, a Provenance for the GP's signature, the
-team's Task and the nurse in charge as a PractitionerRole with her direct phone.
+"""The answered request in FHIR R4: a Bundle (collection) with the GP's ServiceRequest, the
+GP as Practitioner (BIG, AGB) and the practice as Organization (AGB), a MedicationRequest
+per procedure's medication, a Provenance for the GP's signature, the team's Task and the
+nurse in charge as a PractitionerRole with her direct phone. Base R4 resources with the
+Dutch identifier systems nl-core uses (BSN, BIG, AGB); no nl-core meta.profile claimed.
 
 Built from the "voor het dossier" JSON (``record.record_document``), so it says nothing the
 practice's own export does not; it leaves the gateway only through that export (same
@@ -22,6 +24,9 @@ from zoneinfo import ZoneInfo
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
 BIG = "http://fhir.nl/fhir/NamingSystem/big"
+#: The AGB register (Vektis): a care provider's or practice's AGB code, as nl-core uses it
+#: for HealthProfessional and HealthcareProvider (docs/loop.md, "nl-core").
+AGB = "http://fhir.nl/fhir/NamingSystem/agb-z"
 REFERENCE = "urn:securemail:request-reference"
 #: hl7.org/fhir/R4/valueset-signature-type.html: the author's signature (ASTM E1762).
 SIGNATURE_TYPE = {"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1",
@@ -86,9 +91,41 @@ def _service_request(record: dict[str, Any]) -> dict[str, Any]:
 def _requester(record: dict[str, Any]) -> dict[str, Any]:
     principal = record["request"].get("principal", {})
     return {
+        "reference": _url(record["reference"], "Practitioner"),
         "identifier": {"system": BIG, "value": str(principal.get("big", ""))},
         "display": str(principal.get("name", "")),
     }
+
+
+def _practitioner(record: dict[str, Any]) -> dict[str, Any]:
+    """The signing GP with the identifiers nl-core-HealthProfessional-Practitioner slices
+    on (BIG, AGB); no meta.profile: we cannot validate against the profile here."""
+    principal = record["request"].get("principal", {})
+    return _pruned(
+        {
+            "resourceType": "Practitioner",
+            "identifier": [
+                {"system": BIG, "value": str(principal.get("big") or "")},
+                {"system": AGB, "value": str(principal.get("agb") or "")},
+            ],
+            "name": [{"text": str(principal.get("name") or "")}],
+        }
+    )
+
+
+def _organization(record: dict[str, Any]) -> dict[str, Any]:
+    """The practice (nl-core-HealthcareProvider-Organization's AGB slice): its AGB code as
+    signed in the order, else the gateway's organisation code (an AGB for practices)."""
+    principal = record["request"].get("principal", {})
+    practice = record.get("practice") or {}
+    agb = str(principal.get("practice_agb") or practice.get("code") or "")
+    return _pruned(
+        {
+            "resourceType": "Organization",
+            "identifier": [{"system": AGB, "value": agb}],
+            "name": str(principal.get("practice_name") or practice.get("name") or ""),
+        }
+    )
 
 
 def _medication_requests(record: dict[str, Any], status: str) -> list[dict[str, Any]]:
@@ -208,6 +245,8 @@ def bundle(record: dict[str, Any]) -> dict[str, Any]:
     reference = record["reference"]
     service = _service_request(record)
     entries = [(_url(reference, "ServiceRequest"), service)]
+    entries.append((_url(reference, "Practitioner"), _practitioner(record)))
+    entries.append((_url(reference, "Organization"), _organization(record)))
     entries += [
         (_url(reference, f"MedicationRequest-{i}"), med)
         for i, med in enumerate(_medication_requests(record, service["status"]))
@@ -229,4 +268,4 @@ def bundle(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["REQUEST_STATUS", "TASK_STATUS", "bundle"]
+__all__ = ["AGB", "BIG", "BSN", "REQUEST_STATUS", "TASK_STATUS", "bundle"]

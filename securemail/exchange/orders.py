@@ -18,11 +18,16 @@ Invariants:
 - the team that accepted an order gets the end reminder too (``order_end_team``), with the
   GP's and under the same signal row, so once;
 - notices carry the reference only; the team's stop notice is risk-reducing and never
-  passes the consent register.
+  passes the consent register;
+- an order the team ended (``order_ends``, written by ``securemail.exchange.order_end``)
+  gets no more signals: no reminder, no "verlopen", no stop notice. The fact and moment of
+  the end are metadata and live as long as the request's row; the reason and free text are
+  content (sealed, ``contentbox.SEALED_COLUMNS``) and go with the content purge.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
@@ -31,7 +36,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from securemail import deadlines
+from securemail import contentbox, deadlines
 from securemail.access import SYSTEM
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
@@ -68,6 +73,52 @@ def _m1(db: sqlite_utils.Database) -> None:
             signalled_at TEXT NOT NULL,
             PRIMARY KEY (reference, kind))"""
     )
+
+
+@MIGRATIONS(name="0002_order_ends")
+def _m2(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE order_ends (
+            reference TEXT PRIMARY KEY,     -- one end per order: a second insert fails
+            team_id INTEGER NOT NULL,       -- the team that ended it (the one that accepted)
+            ended_by_user INTEGER NOT NULL,
+            ended_at TEXT NOT NULL,
+            content TEXT NOT NULL DEFAULT '')  -- sealed JSON {reason, text}; '' when purged"""
+    )
+
+
+#: Why a team ends an accepted order: code -> Dutch label (the form's options, the page,
+#: the practice's sealed copy). The code itself is health data ("overleden"): content.
+END_REASONS: dict[str, str] = {
+    "zorg_beeindigd": "Zorg beëindigd (doel bereikt of niet meer nodig)",
+    "verhuisd": "Cliënt verhuisd",
+    "overleden": "Cliënt overleden",
+    "bekwaamheid_vervallen": "Bekwaamheid voor de handeling niet meer aanwezig",
+    "anders": "Anders (zie toelichting)",
+}
+
+
+def end_of(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | None:
+    """The team's end of the order with its reason opened (for the request page, which is
+    an audited request.view), or None; ``reason`` None once the content was purged."""
+    row = db.execute(
+        "SELECT e.ended_at, t.name, t.address, e.content FROM order_ends e "
+        "JOIN teams t ON t.id = e.team_id WHERE e.reference = ?",
+        [reference],
+    ).fetchone()
+    if row is None:
+        return None
+    text = contentbox.open_value(db, "order_ends", "content", reference, row[3])
+    content = json.loads(text) if text else {}
+    reason = content.get("reason")
+    return {
+        "ended_at": row[0],
+        "team_name": row[1],
+        "team_address": row[2],
+        "reason": reason,
+        "reason_nl": END_REASONS.get(reason or "", reason),
+        "text": content.get("text") or "",
+    }
 
 
 def record(db: sqlite_utils.Database, reference: str, req: RequestDocument, now: str) -> None:
@@ -117,6 +168,11 @@ def order_state(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | N
             "SELECT kind, signalled_at FROM order_signals WHERE reference = ?", [reference]
         )
     }
+    ended = db.execute(
+        "SELECT e.ended_at, t.address FROM order_ends e JOIN teams t ON t.id = e.team_id "
+        "WHERE e.reference = ?",
+        [reference],
+    ).fetchone()
     return {
         "start_date": row[0],
         "end_date": row[1] or None,
@@ -124,23 +180,34 @@ def order_state(db: sqlite_utils.Database, reference: str) -> dict[str, Any] | N
         "expired": EXPIRED in signals,
         "expired_at": signals.get(EXPIRED),
         "reminded": sorted(k for k in signals if k != EXPIRED),
+        # the fact and moment of the team's end (metadata; the reason is content)
+        "ended": ended is not None,
+        "ended_at": ended[0] if ended else None,
+        "ended_by_team": ended[1] if ended else None,
     }
 
 
 def practice_work(db: sqlite_utils.Database, org_id: int) -> list[dict[str, Any]]:
-    """The GP's work: this practice's orders with a reminder or an expiry, newest first
-    (references and dates only; the caller has checked the actor's practice)."""
+    """The GP's work: this practice's orders with a reminder, an expiry or ended by the
+    team (signal ``ended``, replacing its earlier signals), newest first (references, dates
+    and the team only; the caller has checked the actor's practice)."""
     rows = db.execute(
-        "SELECT s.reference, s.kind, s.signalled_at, o.end_date, o.evaluation_date "
+        "SELECT s.reference, s.kind, s.signalled_at, o.end_date, o.evaluation_date, '' "
         "FROM order_signals s JOIN order_dates o ON o.reference = s.reference "
         "JOIN requests r ON r.reference = s.reference "
         "WHERE r.practice_org_id = ? AND r.state IN ('open', 'answered') "
-        "ORDER BY s.signalled_at DESC LIMIT 200",
-        [org_id],
+        "AND NOT EXISTS (SELECT 1 FROM order_ends e WHERE e.reference = s.reference) "
+        "UNION ALL "
+        "SELECT e.reference, 'ended', e.ended_at, o.end_date, o.evaluation_date, t.name "
+        "FROM order_ends e JOIN order_dates o ON o.reference = e.reference "
+        "JOIN requests r ON r.reference = e.reference JOIN teams t ON t.id = e.team_id "
+        "WHERE r.practice_org_id = ? AND r.state = 'answered' "
+        "ORDER BY 3 DESC LIMIT 200",
+        [org_id, org_id],
     ).fetchall()
     return [
         {"reference": r[0], "signal": r[1], "at": r[2], "end_date": r[3] or None,
-         "evaluation_date": r[4] or None}
+         "evaluation_date": r[4] or None, "team_name": r[5] or None}
         for r in rows
     ]  # fmt: skip
 
@@ -188,7 +255,9 @@ def check(svc: Services, db: sqlite_utils.Database, now: datetime) -> list[tuple
         "r.patient_bsn, r.answer_status "
         "FROM order_dates o JOIN requests r ON r.reference = o.reference "
         "WHERE r.state IN ('open', 'answered') AND r.answer_status != 'afgewezen' "
-        "AND r.kind != 'intrekking' AND (o.end_date != '' OR o.evaluation_date != '')"
+        "AND r.kind != 'intrekking' AND (o.end_date != '' OR o.evaluation_date != '') "
+        # an order the team ended gets no reminder, no verlopen and no stop notice
+        "AND NOT EXISTS (SELECT 1 FROM order_ends e WHERE e.reference = o.reference)"
     ).fetchall()
     for reference, end, evaluation, practice_id, team_id, bsn, answer_status in rows:
         for kind, day in _due(today, lead, end, evaluation):
@@ -268,7 +337,7 @@ def _tell_team_end(
 
 
 __all__ = [
-    "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check", "extension_of",
-    "order_state",
+    "END_REASONS", "END_REMINDER", "EVALUATION_REMINDER", "EXPIRED", "MIGRATIONS", "check",
+    "end_of", "extension_of", "order_state",
     "practice_work", "record",
 ]  # fmt: skip

@@ -221,6 +221,8 @@ def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict
     view["chain"] = changes.chain(db, reference)
     view["overdue"] = is_overdue(row)
     view["order"] = orders.order_state(db, reference)
+    # the team's end of the order with its reason (content: opened in this audited view)
+    view["order_end"] = orders.end_of(db, reference)
     return view
 
 

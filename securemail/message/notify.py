@@ -129,6 +129,14 @@ KINDS: dict[str, tuple[str, str]] = {
         "uitvoering, tenzij u een verlenging hebt ontvangen; neem bij twijfel contact op met "
         "de huisarts.",
     ),
+    # To the practice: the team ended an order it accepted. Who ended it (the team's
+    # directory name), never why: the reason ("overleden") is health data and reaches the
+    # practice sealed, and on the request page after login.
+    "order_ended": (
+        "beëindigd",
+        "Uitvoeringsverzoek {reference} is beëindigd door {team}. De reden staat op de pagina "
+        "van het verzoek (na inloggen) en in het versleutelde bericht aan de praktijk.",
+    ),
     # To the operator (admin_address); the reference is the check's (KEYS-20260112).
     "key_expiring": (
         "sleutels verlopen",
@@ -427,6 +435,11 @@ def notice_order_end_team(reference: str, to: str, settings: Settings) -> Notice
 def notice_order_stop(reference: str, to: str, settings: Settings) -> Notice:
     """To the team: the order ran out; stop unless an extension arrived."""
     return make_notice("order_stop", reference, to, settings)
+
+
+def notice_order_ended(reference: str, to: str, team: str, settings: Settings) -> Notice:
+    """To the practice: the team (its directory name) ended an order it accepted."""
+    return make_notice("order_ended", reference, to, settings, detail=Detail(team=_named(team)))
 
 
 def notice_key_expiring(reference: str, to: str, settings: Settings) -> Notice:

@@ -3,13 +3,14 @@
 What is kept how long (docs/retention.md):
 
 - *content* (``contentbox.SEALED_COLUMNS``: the signed request, the answer, the hops'
-  free-text reasons, an ask's patient fields) and the sealed mail in the outbox are
-  emptied ``[retention] content_days`` after the request's *final outcome*:
-  answered (``answered_at``); withdrawn or superseded (when the newer request was made);
-  a withdrawal (``intrekking``) once its own message was delivered; a request whose
-  current message failed, was stopped or cancelled (the outbox row's final time). An open
-  request (waiting for delivery or for the team) is never final, whatever its age. An ask
-  is final when fulfilled.
+  free-text reasons, the team's reason for ending an order, an ask's patient fields) and
+  the sealed mail in the outbox are emptied ``[retention] content_days`` after the
+  request's *final outcome*: answered (``answered_at``); withdrawn or superseded (when the
+  newer request was made); a withdrawal (``intrekking``) once its own message was
+  delivered; a request whose current message failed, was stopped or cancelled (the outbox
+  row's final time). An open request (waiting for delivery or for the team) is never
+  final, whatever its age. An ask is final when fulfilled. A team's end reason given after
+  its request's content went is emptied ``content_days`` after the end.
 - *metadata* (request, hop, outbox and ask rows: references, states, times, teams, the
   BSN as patient reference) is deleted ``[retention] metadata_days`` after the final
   outcome; notices and ended sessions likewise by their own end time.
@@ -147,6 +148,7 @@ class Counts:
     audit_rows: int = 0
     consents: int = 0
     drafts: int = 0
+    order_end_content: int = 0
 
     @property
     def total(self) -> int:
@@ -173,6 +175,9 @@ class Plan:
     audit_upto: int = -1
     old_consents: list[str] = field(default_factory=list)  # consent ids
     old_drafts: list[str] = field(default_factory=list)  # draft ids
+    #: references whose team's end reason is emptied on its own (the request's content
+    #: went earlier: a long order ended after the purge of its request)
+    order_end_texts: list[str] = field(default_factory=list)
 
 
 def _parse(text: str | float | None) -> datetime | None:
@@ -281,6 +286,16 @@ def plan(db: sqlite_utils.Database, settings: Settings, now: datetime) -> Plan:
             [_iso(now - timedelta(days=r.draft_days))],
         )
     ]
+    # A team's end reason (securemail.exchange.order_end) goes with the request's content,
+    # or content_days after the end when the request's content went first.
+    p.order_end_texts = [
+        ref
+        for (ref,) in db.execute(
+            "SELECT e.reference FROM order_ends e JOIN requests r ON r.reference = e.reference "
+            "WHERE e.content != '' AND r.content_purged_at != '' AND e.ended_at <= ?",
+            [_iso(p.content_cutoff)],
+        )
+    ]
     return p
 
 
@@ -297,6 +312,7 @@ def counts_of(p: Plan) -> Counts:
         audit_rows=max(0, p.audit_upto - p.audit_first + 1),
         consents=len(p.old_consents),
         drafts=len(p.old_drafts),
+        order_end_content=len(p.order_end_texts),
     )
 
 
@@ -328,6 +344,9 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
             db.execute("DELETE FROM request_attachments WHERE reference = ?", [reference])
             db.execute("UPDATE replies SET body = '' WHERE reference = ?", [reference])
             _purge_thread(db, reference, now)
+            db.execute("UPDATE order_ends SET content = '' WHERE reference = ?", [reference])
+        for reference in p.order_end_texts:
+            db.execute("UPDATE order_ends SET content = '' WHERE reference = ?", [reference])
         for ask_id in p.asks:
             ask_reference = db.execute(
                 "SELECT reference FROM asks WHERE id = ?", [ask_id]
@@ -347,6 +366,7 @@ def apply(db: sqlite_utils.Database, settings: Settings, p: Plan, actor: Actor) 
                 "request_hops",
                 "order_dates",
                 "order_signals",
+                "order_ends",
                 "answer_copies",
                 "request_attachments",
                 "replies",

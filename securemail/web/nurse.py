@@ -1,4 +1,5 @@
-"""Nurse pages: the team's answer on a request's page (accept, decline, pass on).
+"""Nurse pages: the team's answer on a request's page (accept, decline, pass on), and the
+team's end of an order it accepted ("Opdracht beëindigen").
 
 The answer form sits on the request's own page (``/requests/{reference}``, see
 web/requests.py); it posts here. Thin: parse the post, call ``answer.record_answer``,
@@ -12,7 +13,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from securemail.errors import SecuremailError
-from securemail.exchange import answer
+from securemail.exchange import answer, order_end
 from securemail.form import request as forms
 from securemail.web.keys import ACTOR, services_key
 from securemail.web.middleware import requires
@@ -63,9 +64,37 @@ async def post_answer(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/requests/{reference}")
 
 
+@requires("order.end")
+async def post_end(request: web.Request) -> web.StreamResponse:
+    """POST /requests/{ref}/beeindigen: the team ends the order it accepted; a refusal
+    re-renders the page with the error (422 field, 409 not endable); another team's 404."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    reference = request.match_info["reference"]
+    post = await request.post()
+    values = {k: str(post.get(k, "") or "")[: order_end.TEXT_MAX * 2] for k in ("reason", "text")}
+    try:
+        await order_end.end_order(svc, actor, reference, dict(values))
+    except SecuremailError as exc:
+        if exc.http_status == 404:
+            raise
+        if isinstance(exc, forms.FormInvalidError):
+            errors, status = _errors_by_field(exc), 422
+        else:
+            errors, status = {"": [exc.message_nl()]}, exc.http_status
+        ctx = await detail_context(request, end_values=values, end_errors=errors)
+        return aiohttp_jinja2.render_template("requests/detail.html", request, ctx, status=status)
+    raise web.HTTPSeeOther(f"/requests/{reference}")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/answer",
         post_answer,
         name="request_answer",
+    )
+    app.router.add_post(
+        r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}/beeindigen",
+        post_end,
+        name="request_end",
     )

@@ -21,7 +21,7 @@ from securemail import deadlines
 from securemail.access import org_of
 from securemail.consent.model import ConsentRefusedError
 from securemail.errors import NotFoundError, SecuremailError
-from securemail.exchange import answer, asks, drafts, orders, record
+from securemail.exchange import answer, asks, drafts, order_end, orders, record
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
@@ -428,9 +428,12 @@ async def detail_context(
     answer_errors: dict[str, list[str]] | None = None,
     thread_body: str = "",
     thread_errors: dict[str, list[str]] | None = None,
+    end_values: dict[str, str] | None = None,
+    end_errors: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """One request's page (audited view); for a nurse of its current team, the answer form;
-    for both sides, the conversation (audited thread.read in the same write)."""
+    """One request's page (audited view); for a nurse of its current team, the answer form
+    (open request) or the form to end the order (accepted, running); for both sides, the
+    conversation (audited thread.read in the same write)."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
@@ -440,6 +443,7 @@ async def detail_context(
         view = exchange.get_request(db, actor, reference)
         view["replies"] = [] if view["purged"] else replies.for_request(db, reference)
         view["thread"] = threadview.entries(db, actor, reference)
+        view["can_end"] = order_end.can_end(db, actor, view)
         return view
 
     view = await svc.store.write(load)
@@ -465,6 +469,10 @@ async def detail_context(
         "other_teams": other_teams,
         "answer_values": answer_values or {},
         "answer_errors": answer_errors or {},
+        "can_end": view["can_end"],
+        "end_reasons": orders.END_REASONS,
+        "end_values": end_values or {},
+        "end_errors": end_errors or {},
         **threadview.context(
             actor, reference, view["thread"], page="requests", purged=view["purged"],
             body=thread_body, errors=thread_errors,

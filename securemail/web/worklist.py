@@ -41,6 +41,8 @@ _COLUMNS = (
     "r.id, r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, r.overdue_at, "
     "r.supersedes, r.answer_status, r.patient_bsn, r.document, r.content_purged_at, "
     "r.practice_org_id, o.name AS practice_name, t.name AS team_name, t.address AS team_address, "
+    # the team's end of an accepted order (a fact, no reason: that is content)
+    "(SELECT e.ended_at FROM order_ends e WHERE e.reference = r.reference) AS ended_at, "
     "(SELECT o2.status FROM outbox o2 WHERE o2.reference = r.reference AND o2.kind = 'request' "
     " ORDER BY o2.id DESC LIMIT 1) AS delivery"
 )

@@ -449,3 +449,33 @@ async def test_under_explicit_policy_a_permit_for_execution_requests_is_not_one_
     )
     sent = await exchange.send(svc, loop.gw.gp, EXAMPLE, GP_PASSPHRASE)
     assert sent.reference.startswith("UVZ-")
+
+
+async def test_the_answer_copy_names_the_care_requests_own_data_categories(loop: Loop) -> None:
+    """Issue 22 leftover: the sealed answer going home carries what the request carries
+    (care_request, plus execution_request for reserved lines), not a fixed one."""
+    from tests.test_orders import _pin_practice_key
+
+    svc = loop.gw.svc
+    await _pin_practice_key(loop)
+    accept = {"status": "geaccepteerd", "nurse_in_charge": "V. Zwaan",
+              "nurse_phone": "06 12345678", "care_start": first_visit(loop),
+              "performer_level": "verpleegkundige", "competence_confirmed": True}  # fmt: skip
+    expected = {}
+    for reserved, categories in ((True, "care_request,execution_request"), (False, "care_request")):
+        sent = await exchange.send(svc, loop.gw.gp, care_example(reserved=reserved), GP_PASSPHRASE)
+        await answer.record_answer(svc, loop.nurse_a, sent.reference, accept)
+        expected[sent.reference] = categories
+    for reference, categories in expected.items():
+        assert _audit_categories(svc, reference, "request.answer_copy") == [categories]
+        contexts = svc.store.read_sync(
+            lambda db, ref=reference: [
+                json.loads(r[0])["data_categories"]
+                for r in db.execute(
+                    "SELECT o.audit_context FROM outbox o JOIN answer_copies c "
+                    "ON c.message_id = o.message_id WHERE c.reference = ?",
+                    [ref],
+                )
+            ]
+        )
+        assert contexts == [categories]
