@@ -189,6 +189,8 @@ POLICY: dict[str, frozenset[str]] = {
     "consent.view": frozenset({"gp", "privacy_officer", "assistant"}),
     "audit.view": frozenset({"privacy_officer"}),
     "audit.export": frozenset({"privacy_officer"}),
+    # The patient's disclosure report (Wabvpz art. 15e) as a PDF to hand over.
+    "privacy.disclosure_pdf": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
     "directory.manage": frozenset({"admin"}),
     # The GPs' public signing keys, to check a GP's signature (no patient data).
@@ -225,8 +227,10 @@ POLICY_HISTORY: dict[str, str] = {
     # 4: draft.save and draft.view, a practice's unsent request forms; the practice assistant
     #    (assistant: prepares requests and drafts, records and withdraws consents)
     "4": "7e2c33de0b02c3dabebf12669f08722b71a9b28c7b5cb2834fb0a7ffd6a6a4d2",
+    # 5: privacy.disclosure_pdf, the officer downloads the patient's disclosure report
+    "5": "23f2a928bb02d43a6752b478c587e725fafa0310687c370accb3000359ea30ee",
 }
-POLICY_VERSION = "4"
+POLICY_VERSION = "5"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})
