@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -430,9 +430,14 @@ def disclosure_pdf(report: DisclosureReport, tz: str = "Europe/Amsterdam") -> by
 # -- the patient's version (Wabvpz art. 15e) -----------------------------------------------
 
 
-def local_time(iso: str, tz: str = "Europe/Amsterdam", *, date_only: bool = False) -> str:
-    """A trail time as people read it: Amsterdam time with its zone (as the web's filter)."""
+def local_time(
+    iso: str, tz: str = "Europe/Amsterdam", *, date_only: bool = False, inclusive_end: bool = False
+) -> str:
+    """A trail time as people read it: Amsterdam time with its zone (as the web's filter);
+    inclusive_end: the day before a period's exclusive end (midnight), as people count."""
     here = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    if inclusive_end:
+        here -= timedelta(milliseconds=1)
     if date_only:
         return here.strftime("%d-%m-%Y")
     return f"{here.strftime('%d-%m-%Y %H:%M')} {here.tzname()}"
@@ -464,8 +469,8 @@ def patient_pdf(
     doc.heading("Wie heeft uw gegevens ingezien?", 15)
     doc.body(
         f"Overzicht van {report.organisation} over de periode "
-        f"{local_time(report.start, tz, date_only=True)} tot "
-        f"{local_time(report.end, tz, date_only=True)}, opgesteld op "
+        f"{local_time(report.start, tz, date_only=True)} tot en met "
+        f"{local_time(report.end, tz, date_only=True, inclusive_end=True)}, opgesteld op "
         f"{local_time(report.generated_at, tz)}.\n"
         "U heeft het recht te weten wie uw gegevens heeft ingezien of ontvangen "
         "(Wet aanvullende bepalingen verwerking persoonsgegevens in de zorg, artikel 15e; "
