@@ -485,7 +485,7 @@ def patient_pdf(
         doc.gap(3)
         doc.heading(organisation or "Onbekende organisatie", 12)
         for who, lines in persons:
-            doc.heading(f"{who.name} ({who.role})", 10)
+            doc.heading(f"{who.name} ({who.role})" if who.role else who.name, 10)
             doc.body("\n".join(patient_line(line, tz) for line in lines))
     doc.gap(4)
     doc.body(

@@ -446,7 +446,8 @@ def people(db: sqlite_utils.Database) -> dict[int, tuple[str, str]]:
 def person(row: dict[str, Any], who: dict[int, tuple[str, str]], orgs: dict[str, str]) -> Person:
     organisation = orgs.get(str(row.get("org_id") or ""), "")
     if row.get("user_id") is None:
-        return Person(plain.SYSTEM_NAME, plain.role_nl("system"), organisation)
+        # The gateway itself (delivery, the worker's checks): its name says what it is.
+        return Person(plain.SYSTEM_NAME, "", organisation)
     name, role = who.get(int(row["user_id"]), (str(row.get("user_name") or ""), ""))
     return Person(name, plain.role_nl(row.get("user_role") or role), organisation)
 
