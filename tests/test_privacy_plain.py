@@ -221,6 +221,13 @@ async def test_patient_page_speaks_plain_dutch_after_a_real_send(webapp: WebApp)
     assert f"Toon de {len(checks)} regels" in r.text  # the fold with the raw rows
     assert not UUID_RE.search(r.text), UUID_RE.search(r.text)
     assert "user_id" not in r.text and "Spoed" not in r.text
+    # The user view speaks the same way
+    gp_id = webapp.svc.store.read_sync(lambda db: auth.user_by_name(db, "gp_a").id)
+    user = await officer.get(f"/privacy/user/{gp_id}?from=2000-01-01&to=2099-12-31")
+    assert user.status == 200
+    assert f"Verzoek {reference} ondertekend en verstuurd naar" in user.text
+    assert f'<td data-label="Verzoek">{reference}</td>' in user.text
+    assert not UUID_RE.search(user.text) and "user_id" not in user.text
     # The CSV still holds every raw row
     csv = await officer.post("/privacy/patient", {**FORM, "format": "csv"})
     in_scope = webapp.svc.store.read_sync(
