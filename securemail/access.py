@@ -196,6 +196,8 @@ POLICY: dict[str, frozenset[str]] = {
     "consent.view": frozenset({"gp", "privacy_officer", "assistant"}),
     "audit.view": frozenset({"privacy_officer"}),
     "audit.export": frozenset({"privacy_officer"}),
+    # The patient's disclosure report (Wabvpz art. 15e) as a PDF to hand over.
+    "privacy.disclosure_pdf": frozenset({"privacy_officer"}),
     "audit.verify": frozenset({"privacy_officer", "admin"}),
     "directory.manage": frozenset({"admin"}),
     # The GPs' public signing keys, to check a GP's signature (no patient data).
@@ -237,8 +239,10 @@ POLICY_HISTORY: dict[str, str] = {
     "5": "fcbd3522061add725e01a487b9cc245ea4974339165c4ef19aed5c000ab744fb",
     # 6: order.end, the team that accepted an order ends it with a reason for the GP
     "6": "afd84fcae907f0680181992de44bfcccf796e6d7b0c7045f4f291d1dc740c9ea",
+    # 7: privacy.disclosure_pdf, the officer downloads the patient's disclosure report
+    "7": "29552adf0ecb324f2da204e306cf543914bbff1d1d34d919fb5a5138199b62f9",
 }
-POLICY_VERSION = "6"
+POLICY_VERSION = "7"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

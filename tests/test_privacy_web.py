@@ -162,7 +162,7 @@ async def test_patient_report_is_posted_scoped_and_audited(console):
     r = await client.post("/privacy/patient", data=form, headers=headers)
     html = await r.text()
     assert r.status == 200 and BSN not in str(r.url)
-    assert "2 gebeurtenissen" in html and "verzoek verzonden" in html
+    assert "2 auditregels" in html and "verstuurd naar" in html
     assert_csp_clean(html)
     assert last_rows(svc, 1)[0][:5] == ("audit.view", "po_a", "success", "disclosure", BSN)
     headers_c, csrf_c = login("po_c")
@@ -171,7 +171,7 @@ async def test_patient_report_is_posted_scoped_and_audited(console):
             "/privacy/patient", headers=headers_c, data={**form, "csrf_token": csrf_c}
         )
     ).text()
-    assert "2 gebeurtenissen" in html_c and "Thuiszorg" not in html_c
+    assert "2 auditregels" in html_c and "Thuiszorg" not in html_c
     assert "consent.missing" in html_c
 
 
@@ -262,13 +262,13 @@ async def test_user_activity_shows_only_the_officers_scope(console):
             f"/privacy/user/{actors['gp_a'].user_id}?from=2000-01-01&to=2099-12-31", headers=headers
         )
     ).text()
-    assert "2 handelingen" in own and BSN in own
+    assert "2 auditregels" in own and BSN in own
     other = await (
         await client.get(
             f"/privacy/user/{actors['gp_c'].user_id}?from=2000-01-01&to=2099-12-31", headers=headers
         )
     ).text()
-    assert "0 handelingen" in other and BSN not in other
+    assert "0 auditregels" in other and BSN not in other
     users = await (await client.get("/privacy/users", headers=headers)).text()
     assert "gp_a" in users and "gp_c" not in users
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -18,8 +18,17 @@ import sqlite_utils
 from fpdf import FPDF
 
 from securemail.access import ROLE_CODES, Actor
-from securemail.audit.report import COLUMNS, DisclosureReport, Scope, _view, authorize
-from securemail.message import csvsafe
+from securemail.audit import plain
+from securemail.audit.report import (
+    COLUMNS,
+    DisclosureReport,
+    Line,
+    PatientDisclosure,
+    Scope,
+    _view,
+    authorize,
+)
+from securemail.message import csvsafe, pdfdoc
 
 FORMATS = ("csv", "fhir")
 BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
@@ -317,7 +326,7 @@ DISCLOSURE_HEADINGS = (
     "Verantwoordelijke",
     "Gegevens",
     "Toestemming",
-    "Spoed",
+    "Noodtoegang",
     "Uitkomst",
 )
 
@@ -416,3 +425,71 @@ def disclosure_pdf(report: DisclosureReport, tz: str = "Europe/Amsterdam") -> by
             0, 6, _latin1("Geen gebeurtenissen in deze periode."), new_x="LMARGIN", new_y="NEXT"
         )
     return bytes(pdf.output())
+
+
+# -- the patient's version (Wabvpz art. 15e) -----------------------------------------------
+
+
+def local_time(
+    iso: str, tz: str = "Europe/Amsterdam", *, date_only: bool = False, inclusive_end: bool = False
+) -> str:
+    """A trail time as people read it: Amsterdam time with its zone (as the web's filter);
+    inclusive_end: the day before a period's exclusive end (midnight), as people count."""
+    here = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    if inclusive_end:
+        here -= timedelta(milliseconds=1)
+    if date_only:
+        return here.strftime("%d-%m-%Y")
+    return f"{here.strftime('%d-%m-%Y %H:%M')} {here.tzname()}"
+
+
+def patient_line(line: Line, tz: str = "Europe/Amsterdam") -> str:
+    """One line of the patient's report: when, which request, what happened, why."""
+    reasons = dict.fromkeys(plain.reason(r, for_patient=True) for r in line.rows)
+    why = "; ".join(r for r in reasons if r)
+    ref = (
+        f" (verzoek {line.reference})"
+        if line.reference and line.reference not in line.sentence
+        else ""
+    )
+    return f"{local_time(line.occurred_at, tz)}: {line.sentence}{ref}" + (f". {why}" if why else "")
+
+
+def patient_pdf(
+    report: PatientDisclosure,
+    tz: str = "Europe/Amsterdam",
+    *,
+    created: datetime,
+    compress: bool = True,
+) -> bytes:
+    """The patient's disclosure report as a PDF: per organisation, per person (name and
+    function), what they did with the patient's data and when. No BSN, no ids: the file
+    names nobody but the people who acted, so a lost copy tells little."""
+    doc = pdfdoc.Document("Wie heeft uw gegevens ingezien?", created, compress=compress)
+    doc.heading("Wie heeft uw gegevens ingezien?", 15)
+    doc.body(
+        f"Overzicht van {report.organisation} over de periode "
+        f"{local_time(report.start, tz, date_only=True)} tot en met "
+        f"{local_time(report.end, tz, date_only=True, inclusive_end=True)}, opgesteld op "
+        f"{local_time(report.generated_at, tz)}.\n"
+        "U heeft het recht te weten wie uw gegevens heeft ingezien of ontvangen "
+        "(Wet aanvullende bepalingen verwerking persoonsgegevens in de zorg, artikel 15e; "
+        "AVG artikel 15). Hieronder staat per organisatie en per persoon wat er met uw "
+        "gegevens is gedaan, met het kenmerk van het verzoek."
+    )
+    if not report.by_org:
+        doc.gap()
+        doc.body("In deze periode heeft niemand uw gegevens via de beveiligde berichtendienst "
+                 "ingezien of ontvangen.")  # fmt: skip
+    for organisation, persons in report.by_org:
+        doc.gap(3)
+        doc.heading(organisation or "Onbekende organisatie", 12)
+        for who, lines in persons:
+            doc.heading(f"{who.name} ({who.role})" if who.role else who.name, 10)
+            doc.body("\n".join(patient_line(line, tz) for line in lines))
+    doc.gap(4)
+    doc.body(
+        "Vragen over dit overzicht? Neem contact op met de privacyfunctionaris van "
+        f"{report.organisation}."
+    )
+    return doc.output()

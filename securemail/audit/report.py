@@ -25,6 +25,7 @@ from sqlite_utils import Migrations
 
 from securemail import config
 from securemail.access import Actor, Resource, require
+from securemail.audit import plain
 from securemail.audit import trail as audit
 from securemail.audit.trail import AuditEvent
 from securemail.errors import AccessDeniedError, InputError, NotFoundError
@@ -329,6 +330,7 @@ class DisclosureReport:
     generated_at: str
     generated_by: str
     view_seq: int
+    lines: list[Line] = field(default_factory=list)
 
 
 def disclosure_report(
@@ -344,14 +346,7 @@ def disclosure_report(
     (AVG art. 15, Wabvpz art. 15e); export="csv"/"pdf" records audit.export instead."""
     scope = authorize(db, actor, "audit.export" if export else "audit.view")
     bsn = parse_bsn(bsn)
-    where, params = scope.where()
-    rows = _rows(
-        db,
-        f"SELECT {_SELECT} FROM audit_events e INDEXED BY audit_patient "  # noqa: S608
-        f"WHERE e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ? "
-        f"AND {where} ORDER BY e.occurred_at, e.seq",
-        [bsn, start, end, *params],
-    )
+    rows = _patient_rows(db, scope, bsn, start, end)
     seq = _view(
         db,
         actor,
@@ -370,7 +365,227 @@ def disclosure_report(
         audit.now_ms(),
         actor.name or actor.username,
         seq,
+        group_rows(rows, names(db), people(db)),
     )
+
+
+# -- one line per action (the console and the patient's report) --------------------------
+
+#: Rows that belong to one action, by family: the send (its consent checks apart, as the
+#: one line that says whether the register allowed it), the delivery attempts of one message,
+#: the notices, and reads. A family with no window gathers its rows whatever time lies
+#: between (a retry an hour later is the same delivery).
+FAMILIES: dict[str, str] = {
+    "request.create": "send",
+    "request.sign": "send",
+    "request.send": "send",
+    "consent.check": "consent.check",
+    "request.deliver": "delivery",
+    "request.retry": "delivery",
+    "request.uncertain": "delivery",
+    "request.fail": "delivery",
+    "request.answer_copy": "delivery",
+    "notice.send": "notice",
+    "notice.deliver": "notice",
+    "notice.retry": "notice",
+    "notice.uncertain": "notice",
+    "notice.fail": "notice",
+    "request.view": "request.view",
+    "request.list": "request.list",
+    "ask.view": "ask.view",
+    "consent.view": "consent.view",
+    "draft.view": "draft.view",
+}
+#: How far apart two rows of a family may lie and still be one action (None: any distance).
+WINDOWS: dict[str, timedelta | None] = {"delivery": None, "notice": None}
+GROUP_WINDOW = timedelta(minutes=1)
+#: The row whose sentence speaks for its group: the last step of the action reached.
+_LEAD = {"request.send": 3, "request.sign": 2, "request.deliver": 3, "request.fail": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Who acted, as a reader knows them: name, Dutch role, organisation name."""
+
+    name: str
+    role: str
+    organisation: str
+
+
+@dataclass
+class Line:
+    """One action as one line: who, what (one Dutch sentence), which request, when, why;
+    the raw rows it stands for in ``rows`` (the fold), oldest first."""
+
+    occurred_at: str
+    last_at: str
+    who: Person
+    sentence: str
+    reference: str
+    reason: str
+    emergency: str
+    refused: bool
+    rows: list[dict[str, Any]]
+    #: The raw rows as the fold shows them: (time, event code, sentence, detail without ids).
+    fold: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+
+def people(db: sqlite_utils.Database) -> dict[int, tuple[str, str]]:
+    """User id -> (name, role) from the accounts (the trail holds the username)."""
+    if "users" not in db.table_names():
+        return {}
+    return {int(i): (str(n or u), str(r)) for i, u, n, r in db.execute(
+        "SELECT id, username, name, role FROM users"
+    )}  # fmt: skip
+
+
+def person(row: dict[str, Any], who: dict[int, tuple[str, str]], orgs: dict[str, str]) -> Person:
+    organisation = orgs.get(str(row.get("org_id") or ""), "")
+    if row.get("user_id") is None:
+        # The gateway itself (delivery, the worker's checks): its name says what it is.
+        return Person(plain.SYSTEM_NAME, "", organisation)
+    name, role = who.get(int(row["user_id"]), (str(row.get("user_name") or ""), ""))
+    return Person(name, plain.role_nl(row.get("user_role") or role), organisation)
+
+
+def _moment(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    family = FAMILIES.get(str(row["event_code"]), "")
+    if not family:
+        return ("row", row["seq"])  # not grouped: every other row is its own line
+    receiver = "" if family in ("delivery", "notice") else row.get("recipient_org") or ""
+    return (family, row.get("user_id"), plain.reference(row), receiver, row.get("nature"))
+
+
+def _lead(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    refused = [r for r in rows if r.get("outcome") != "success"]
+    if refused:
+        return refused[-1]
+    return max(rows, key=lambda r: (_LEAD.get(str(r["event_code"]), 0), r["seq"]))
+
+
+def group_rows(
+    rows: list[dict[str, Any]],
+    names: dict[str, str],
+    who: dict[int, tuple[str, str]],
+    *,
+    window: timedelta = GROUP_WINDOW,
+) -> list[Line]:
+    """Rows (in time order) as lines: rows of one family, by the same person, about the same
+    request and receiver, within ``window`` of the group's previous row (any distance for a
+    delivery) become one line; every other row is a line of its own. Nothing is dropped:
+    the lines' rows together are the input rows."""
+    open_groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: list[list[dict[str, Any]]] = []
+    for row in rows:
+        key = _group_key(row)
+        group = open_groups.get(key)
+        limit = WINDOWS.get(str(key[0]), window)
+        if group is not None and (
+            limit is None
+            or _moment(row["occurred_at"]) - _moment(group[-1]["occurred_at"]) <= limit
+        ):
+            group.append(row)
+            continue
+        group = [row]
+        open_groups[key] = group
+        groups.append(group)
+    return [_line(g, names, who) for g in groups]
+
+
+def _line(
+    group: list[dict[str, Any]], names: dict[str, str], who: dict[int, tuple[str, str]]
+) -> Line:
+    lead = _lead(group)
+    emergency = next((r for r in group if r.get("nature") == "emergency"), None)
+    reasons = dict.fromkeys(plain.reason(r) for r in group)
+    return Line(
+        occurred_at=group[0]["occurred_at"],
+        last_at=group[-1]["occurred_at"],
+        who=person(lead, who, names),
+        sentence=plain.sentence(lead, names),
+        reference=next((plain.reference(r) for r in group if plain.reference(r)), ""),
+        reason="; ".join(r for r in reasons if r),
+        emergency=(emergency.get("emergency_reason") or "geen reden opgegeven")
+        if emergency
+        else "",
+        refused=any(r.get("outcome") != "success" for r in group),
+        rows=group,
+        fold=[
+            (
+                str(r["occurred_at"]),
+                str(r["event_code"]),
+                plain.sentence(r, names),
+                plain.scrub(str(r.get("outcome_detail") or "")),
+            )
+            for r in group
+        ],
+    )
+
+
+def _patient_rows(
+    db: sqlite_utils.Database, scope: Scope, bsn: str, start: str, end: str
+) -> list[dict[str, Any]]:
+    """The scope's rows about one patient in [start, end), in time order."""
+    where, params = scope.where()
+    return _rows(
+        db,
+        f"SELECT {_SELECT} FROM audit_events e INDEXED BY audit_patient "  # noqa: S608
+        f"WHERE e.patient_id = ? AND e.occurred_at >= ? AND e.occurred_at < ? "
+        f"AND {where} ORDER BY e.occurred_at, e.seq",
+        [bsn, start, end, *params],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PatientDisclosure:
+    """The disclosure report for the patient (Wabvpz art. 15e, "wie heeft mijn gegevens
+    ingezien"): per organisation, per person (name and function), the lines of what they did.
+    Holds no BSN, user id or UUID: it is made to be handed over."""
+
+    start: str
+    end: str
+    organisation: str
+    generated_at: str
+    by_org: list[tuple[str, list[tuple[Person, list[Line]]]]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(lines) for _, persons in self.by_org for _, lines in persons)
+
+
+def patient_disclosure(
+    db: sqlite_utils.Database, actor: Actor, bsn: str, start: str, end: str
+) -> PatientDisclosure:
+    """The patient's version of the disclosure report; records ``privacy.disclosure_pdf``
+    (with the BSN, as every access to patient data) in the caller's transaction."""
+    scope = authorize(db, actor, "privacy.disclosure_pdf")
+    bsn = parse_bsn(bsn)
+    rows = _patient_rows(db, scope, bsn, start, end)
+    audit.record(
+        db,
+        AuditEvent.of(
+            actor,
+            "privacy.disclosure_pdf",
+            patient_id=bsn,
+            object_type="audit",
+            object_id="disclosure",
+            outcome_detail=f"period {start}..{end}; {len(rows)} rows; patient pdf",
+            check_authz=f"permit:{actor.role}",
+        ),
+    )
+    grouped: dict[str, dict[Person, list[Line]]] = defaultdict(lambda: defaultdict(list))
+    for line in group_rows(rows, names(db), people(db)):
+        grouped[line.who.organisation or scope.org_name][line.who].append(line)
+    by_org = [(org, list(persons.items())) for org, persons in grouped.items()]
+    return PatientDisclosure(start, end, scope.org_name, audit.now_ms(), by_org)
 
 
 # -- 2. per-user activity ------------------------------------------------------------------
@@ -384,6 +599,7 @@ class UserActivity:
     end: str
     by_patient: dict[str, list[dict[str, Any]]]
     total: int
+    lines_by_patient: dict[str, list[Line]] = field(default_factory=dict)
 
 
 def org_users(db: sqlite_utils.Database, actor: Actor) -> list[dict[str, Any]]:
@@ -418,14 +634,17 @@ def user_activity(
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_patient[r["patient_id"]].append(r)
-    name = rows[0]["user_name"] if rows else ""
+    orgs, who = names(db), people(db)
+    # The name only when the user acted in scope: another organisation's people stay unnamed.
+    name = who.get(user_id, (rows[0]["user_name"], ""))[0] if rows else ""
     _view(
         db,
         actor,
         f"user:{user_id}",
         f"period {start}..{end}; {len(rows)} rows",
     )
-    return UserActivity(user_id, name, start, end, dict(by_patient), len(rows))
+    lines = {p: group_rows(r, orgs, who) for p, r in by_patient.items()}
+    return UserActivity(user_id, name, start, end, dict(by_patient), len(rows), lines)
 
 
 # -- 3. exceptions -------------------------------------------------------------------------

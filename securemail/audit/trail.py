@@ -100,6 +100,10 @@ EVENT_CODES: dict[str, tuple[str, str]] = {
     "audit.purge": ("D", "rows past retention were purged"),
     "retention.purge": ("D", "content and metadata past their retention were purged (counts)"),
     "audit.review": ("C", "a privacy officer signed off a review"),
+    "privacy.disclosure_pdf": (
+        "R",
+        "the patient's version of the disclosure report was downloaded as a PDF",
+    ),
     "key.import": ("C", "a public key was imported"),
     "key.generate": ("C", "a key pair was generated in the gateway keyring"),
     "key.revoke": ("U", "a key was revoked"),

@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
-from fpdf import FPDF
 
 from securemail import contentbox
 from securemail.access import Actor
@@ -42,7 +41,7 @@ from securemail.exchange.view import (
     hops,
     permitted_row,
 )
-from securemail.message import mime
+from securemail.message import mime, pdfdoc
 from securemail.region import directory
 from securemail.services import Services
 
@@ -118,25 +117,9 @@ def record_document(db: sqlite_utils.Database, row: RequestRow, now: str) -> dic
     }
 
 
-def _latin1(text: str) -> str:
-    # The PDF core fonts cover latin-1 (all of Dutch); anything else becomes "?", never fails.
-    return text.replace("’", "'").encode("latin-1", "replace").decode("latin-1")
-
-
 def _pdf(request_text: str, answer_text: str, record: dict[str, Any], created: datetime) -> bytes:
-    pdf = FPDF(format="A4")
-    pdf.set_creation_date(created)  # the gateway's clock, not the machine's
-    pdf.set_title(_latin1(f"Voor het dossier: {record['reference']}"))
-    pdf.add_page()
-
-    def heading(text: str) -> None:
-        pdf.set_font("Helvetica", "B", 13)
-        pdf.multi_cell(0, 8, _latin1(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
-
-    def body(text: str) -> None:
-        for line in text.splitlines() or [" "]:
-            pdf.multi_cell(0, 4.5, _latin1(line) or " ", new_x="LMARGIN", new_y="NEXT")
+    doc = pdfdoc.Document(f"Voor het dossier: {record['reference']}", created)
+    heading, body = doc.heading, doc.body
 
     heading(f"Voor het dossier: uitvoeringsverzoek {record['reference']}")
     body(f"Uitgevoerd {record['exported_at']} door de gateway voor {record['practice']['name']}.")
@@ -152,7 +135,7 @@ def _pdf(request_text: str, answer_text: str, record: dict[str, Any], created: d
         heading("Teams")
         body("\n".join(f"{h['team_name']} ({h['team_address']}): {h['outcome'] or 'open'}"
                        for h in record["hops"]))  # fmt: skip
-    return bytes(pdf.output())
+    return doc.output()
 
 
 def export(

@@ -255,6 +255,45 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
     )
 
 
+@requires("privacy.disclosure_pdf")
+async def patient_pdf(request: web.Request) -> web.StreamResponse:
+    """POST bsn, from, to: the patient's version of the disclosure report (Wabvpz art. 15e)
+    as a PDF to hand over; audited as privacy.disclosure_pdf. The file name is the date only
+    and the response is never cached."""
+    await _guard(request, "privacy.disclosure_pdf", "disclosure")
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    post = await request.post()
+    try:
+        start, end, _ = _period(request, post, 365)
+        bsn = audit_report.parse_bsn(str(post.get("bsn", "")))
+    except InputError as exc:
+        return aiohttp_jinja2.render_template(
+            "privacy/patient.html",
+            request,
+            _ctx(request, report=None, dates={"from": "", "to": ""}, error=exc.reason, table=[]),
+            status=422,
+        )
+    report = await _run(
+        request,
+        "privacy.disclosure_pdf",
+        "disclosure",
+        lambda db: audit_report.patient_disclosure(db, actor, bsn, start, end),
+    )
+    tz = svc.settings.deadlines.timezone
+    now = svc.now()
+    pdf = await asyncio.to_thread(audit_export.patient_pdf, report, tz, created=now)
+    day = now.astimezone(ZoneInfo(tz)).date().isoformat()
+    return web.Response(
+        body=pdf,
+        headers={
+            "Content-Type": "application/pdf",
+            "Content-Disposition": f'attachment; filename="inzage-{day}.pdf"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 @requires("audit.view")
 async def users(request: web.Request) -> web.StreamResponse:
     await _guard(request, "audit.view", "users")
@@ -367,6 +406,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/privacy/verify", verify_now, name="privacy_verify")
     app.router.add_get("/privacy/patient", patient_form, name="privacy_patient_form")
     app.router.add_post("/privacy/patient", patient_report, name="privacy_patient")
+    app.router.add_post("/privacy/patient/inzage", patient_pdf, name="privacy_patient_pdf")
     app.router.add_get("/privacy/users", users, name="privacy_users")
     app.router.add_get(r"/privacy/user/{user_id:\d{1,12}}", user_activity, name="privacy_user")
     app.router.add_get("/privacy/breach", breach, name="privacy_breach")
