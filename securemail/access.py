@@ -172,6 +172,11 @@ POLICY: dict[str, frozenset[str]] = {
     "request.create": frozenset({"gp", "assistant"}),
     "request.send": frozenset({"gp"}),
     "request.view": frozenset({"gp", "nurse"}),
+    # Read an earlier request of the practice to prepare its change, extension or copy. The
+    # assistant works under the GP's responsibility in the same treatment relationship (WGBO
+    # 7:457 lid 2, those taking part in carrying out the treatment): she reads what she
+    # prepares the follow-up of, audited with her as the actor and the GP as responsible.
+    "request.prepare": frozenset({"gp", "assistant"}),
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
@@ -225,8 +230,11 @@ POLICY_HISTORY: dict[str, str] = {
     # 4: draft.save and draft.view, a practice's unsent request forms; the practice assistant
     #    (assistant: prepares requests and drafts, records and withdraws consents)
     "4": "7e2c33de0b02c3dabebf12669f08722b71a9b28c7b5cb2834fb0a7ffd6a6a4d2",
+    # 5: request.prepare, the practice's GPs and assistants read an earlier request to start
+    #    its change, extension or copy from it (the assistant saves it as a draft for a GP)
+    "5": "a103298b219ec47e74aafb0e70532cde2e64df9b5fa91ea2ca2c2ed91ec65b2d",
 }
-POLICY_VERSION = "4"
+POLICY_VERSION = "5"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -485,20 +485,23 @@ def follow_up_of(earlier: dict[str, Any], kind: str, issued_at: str) -> dict[str
 @requires("request.create")
 async def follow_up_form(request: web.Request) -> web.StreamResponse:
     """GET /requests/{ref}/wijzigen|verlengen|kopieren: the form filled in on the server from the
-    earlier request (audited request.view, scoped to the practice: another's is not found)."""
+    earlier request (audited request.view, scoped to the practice: another's is not found). A
+    GP signs it; a practice assistant checks it and saves it as a draft for a GP."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
     kind = FOLLOW_UPS[request.match_info["action"]]
-    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
-    if view["purged"] or view["document"] is None:
+    earlier = await svc.store.write(
+        lambda db: exchange.follow_up_source(db, actor, reference, kind)
+    )
+    if earlier is None:
         raise web.HTTPGone(text="De inhoud van dit verzoek is verwijderd (bewaartermijn).")
     if kind == "verlenging":  # the order goes on: it starts the day after the earlier end
         today = deadlines.local(svc.now(), svc.settings.deadlines).date()
-        values = forms.flatten(orders.extension_of(view["document"], today))
+        values = forms.flatten(orders.extension_of(earlier, today))
         values["issued_at"] = local_minute(svc)
     else:
-        values = follow_up_of(view["document"], kind, local_minute(svc))
+        values = follow_up_of(earlier, kind, local_minute(svc))
     ctx = await form_context(request, values, {}, draft="")
     ctx["follow_up"] = {"kind": kind, "of": reference}
     return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
