@@ -141,6 +141,14 @@ async def test_the_assistant_prepares_a_change_and_a_gp_signs_it(webapp: WebApp)
 
     first = await webapp.send("gp_a", CENTRUM)
     poh = await _assistant(webapp)
+    # she has no request list: the drafts page takes the reference she was given
+    drafts_page = await poh.get("/drafts")
+    assert 'action="/requests/vervolg"' in drafts_page.text
+    start = await poh.get(f"/requests/vervolg?kenmerk={first.lower()}&soort=wijzigen")
+    assert (start.status, start.location) == (303, f"/requests/{first}/wijzigen")
+    for bad in ("kenmerk=x' OR 1=1&soort=wijzigen", f"kenmerk={first}&soort=intrekken"):
+        refused = await poh.get(f"/requests/vervolg?{bad}")
+        assert refused.status == 400 and "Ongeldige invoer" in refused.text, bad
     page = await poh.get(f"/requests/{first}/wijzigen")
     assert page.status == 200, page.text[:1000]
     assert 'name="passphrase"' not in page.text
