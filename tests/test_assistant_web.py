@@ -164,8 +164,12 @@ async def test_the_assistant_prepares_a_change_and_a_gp_signs_it(webapp: WebApp)
     for action, kind in (("verlengen", "verlenging"), ("kopieren", "nieuw")):
         assert form_values((await poh.get(f"/requests/{first}/{action}")).text)["kind"] == kind
 
-    # she changes one thing and saves it as a draft (the form's "Opslaan als concept")
+    # she changes one thing; the checks pass (consent, keys, the earlier request) and there
+    # is nothing for her to sign; she saves it as a draft (the form's "Opslaan als concept")
     values["instructions.instructions"] = "Voortaan twee keer per dag."
+    checked = await poh.post("/requests/preview", values)
+    assert checked.status == 200, checked.text[:2000]
+    assert 'name="passphrase"' not in checked.text
     saved = await poh.post("/drafts/save", values)
     assert saved.status == 303, saved.text[:1000]
     draft = saved.location.split("/")[2].split("?")[0]
