@@ -172,6 +172,11 @@ POLICY: dict[str, frozenset[str]] = {
     "request.create": frozenset({"gp", "assistant"}),
     "request.send": frozenset({"gp"}),
     "request.view": frozenset({"gp", "nurse"}),
+    # Read an earlier request of the practice to prepare its change, extension or copy. The
+    # assistant works under the GP's responsibility in the same treatment relationship (WGBO
+    # 7:457 lid 2, those taking part in carrying out the treatment): she reads what she
+    # prepares the follow-up of, audited with her as the actor and the GP as responsible.
+    "request.prepare": frozenset({"gp", "assistant"}),
     "request.list": frozenset({"gp", "nurse"}),
     "request.answer": frozenset({"nurse"}),
     "request.withdraw": frozenset({"gp"}),
@@ -241,8 +246,11 @@ POLICY_HISTORY: dict[str, str] = {
     "6": "afd84fcae907f0680181992de44bfcccf796e6d7b0c7045f4f291d1dc740c9ea",
     # 7: privacy.disclosure_pdf, the officer downloads the patient's disclosure report
     "7": "29552adf0ecb324f2da204e306cf543914bbff1d1d34d919fb5a5138199b62f9",
+    # 8: request.prepare, the practice's GPs and assistants read an earlier request to start
+    #    its change, extension or copy from it (the assistant saves it as a draft for a GP)
+    "8": "9eb127bba7bac724982d42e1255f3f767082967874f6b45b4606af1d52e069c9",
 }
-POLICY_VERSION = "7"
+POLICY_VERSION = "8"
 
 #: Resource kinds only the gateway operator manages; no organisation scope applies.
 ADMIN_KINDS = frozenset({"directory", "outbox", "user"})

@@ -122,13 +122,24 @@ async def test_extend_and_copy_prefill_their_kind(webapp: WebApp) -> None:
 
 
 async def test_another_practice_and_a_nurse_get_nothing(webapp: WebApp) -> None:
+    """Issue 21: another practice gets "not found" (the same as a reference that does not
+    exist) and the refusal is in the trail; a nurse's role may not start a follow-up at all."""
     first = await webapp.send("gp_a", CENTRUM)
     other = webapp.browser()
     await other.login("gp_b")
-    for action in ("wijzigen", "verlengen", "kopieren"):
-        r = await other.get(f"/requests/{first}/{action}")
-        assert r.status == 404 and EXAMPLE["patient"]["name"] not in r.text
+    paths = [f"/requests/{first}/{a}" for a in ("wijzigen", "verlengen", "kopieren")]
+    paths += [f"/requests/{first}/dossier.{fmt}" for fmt in ("pdf", "json", "fhir")]
+    missing = await other.get("/requests/UVZ-2000-999999/verlengen")
+    for path in paths:
+        r = await other.get(path)
+        assert r.status == 404 and EXAMPLE["patient"]["name"] not in r.text, path
+        assert r.text == missing.text, path
+        denied = [x for x in webapp.audit("access.denied") if x["object_id"] == first]
+        assert denied and denied[-1]["user_name"] == "gp_b", path
+    assert len([x for x in webapp.audit("access.denied") if x["object_id"] == first]) == 6
+    assert not [x for x in webapp.audit("request.view") if x["object_id"] == first]
     nurse = webapp.browser()
     await nurse.login("nurse_c")
-    assert (await nurse.get(f"/requests/{first}/wijzigen")).status == 403
+    for path in paths:
+        assert (await nurse.get(path)).status == 403, path
     assert f"/requests/{first}/wijzigen" not in (await nurse.get(f"/requests/{first}")).text

@@ -850,6 +850,7 @@ async def _seal_and_queue(
 # -- reading (securemail.exchange.view; re-exported for callers of the exchange) --------------
 
 from securemail.exchange.view import (  # noqa: E402  (after the migrations it reads)
+    follow_up_source,
     get_request,
     list_requests,
     request_row,
@@ -858,9 +859,9 @@ from securemail.exchange.view import (  # noqa: E402  (after the migrations it r
 )
 
 __all__ = [
-    "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for", "get_request",
-    "list_requests", "prepare", "render_text", "request_row", "require_row", "send", "status",
-    "stop_for_consent", "usable_recipients",
+    "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for",
+    "follow_up_source", "get_request", "list_requests", "prepare", "render_text", "request_row",
+    "require_row", "send", "status", "stop_for_consent", "usable_recipients",
 ]  # fmt: skip
 
 

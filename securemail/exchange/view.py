@@ -1,10 +1,11 @@
 """Reading requests: one request's page (audited), the work lists and the status (no content).
 
-Invariants: patient content leaves the database only through ``get_request``, which asks
-the access policy first and writes ``request.view`` (or ``access.denied``) in the same
-transaction; lists and the status carry references, states, teams and dates, never patient
-data. A nurse sees a request while it sits with one of her teams (``requests.team_id``, which
-follows a passing on); the team it was passed on from no longer sees it here.
+Invariants: patient content leaves the database only through ``get_request`` (and, for a
+follow-up's prefill, ``follow_up_source``), which asks the access policy first and writes
+``request.view`` (or ``access.denied``) in the same transaction; lists and the status carry
+references, states, teams and dates, never patient data. A nurse sees a request while it sits
+with one of her teams (``requests.team_id``, which follows a passing on); the team it was
+passed on from no longer sees it here.
 """
 
 from __future__ import annotations
@@ -184,6 +185,19 @@ def audit_read(
             outcome_detail=detail,
         ),
     )
+
+
+def follow_up_source(
+    db: sqlite_utils.Database, actor: Actor, reference: str, kind: str
+) -> dict[str, Any] | None:
+    """The earlier request's signed document, to start its change, extension or copy
+    (``kind``) from; None once its content is purged. Policy action ``request.prepare``: the
+    practice's GPs and assistants, anyone else "not found" with an access.denied row. The read
+    is audited as request.view naming the follow-up (an assistant's row also names her GP).
+    Must run in a write (the read is recorded in the same transaction)."""
+    row = permitted_row(db, actor, reference, "request.prepare", asked=f"follow_up={kind}")
+    audit_read(db, actor, row, "request.view", f"follow_up={kind}")
+    return None if row["content_purged_at"] else document(db, row)
 
 
 def get_request(db: sqlite_utils.Database, actor: Actor, reference: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from aiohttp import web
 from securemail import deadlines
 from securemail.access import org_of
 from securemail.consent.model import ConsentRefusedError
-from securemail.errors import NotFoundError, SecuremailError
+from securemail.errors import InputError, NotFoundError, SecuremailError
 from securemail.exchange import answer, asks, drafts, order_end, orders, record
 from securemail.exchange import send as exchange
 from securemail.form import request as forms
@@ -514,23 +515,44 @@ def follow_up_of(earlier: dict[str, Any], kind: str, issued_at: str) -> dict[str
 @requires("request.create")
 async def follow_up_form(request: web.Request) -> web.StreamResponse:
     """GET /requests/{ref}/wijzigen|verlengen|kopieren: the form filled in on the server from the
-    earlier request (audited request.view, scoped to the practice: another's is not found)."""
+    earlier request (audited request.view, scoped to the practice: another's is not found). A
+    GP signs it; a practice assistant checks it and saves it as a draft for a GP."""
     svc = request.app[services_key]
     actor = request[ACTOR]
     reference = request.match_info["reference"]
     kind = FOLLOW_UPS[request.match_info["action"]]
-    view = await svc.store.write(lambda db: exchange.get_request(db, actor, reference))
-    if view["purged"] or view["document"] is None:
+    earlier = await svc.store.write(
+        lambda db: exchange.follow_up_source(db, actor, reference, kind)
+    )
+    if earlier is None:
         raise web.HTTPGone(text="De inhoud van dit verzoek is verwijderd (bewaartermijn).")
     if kind == "verlenging":  # the order goes on: it starts the day after the earlier end
         today = deadlines.local(svc.now(), svc.settings.deadlines).date()
-        values = forms.flatten(orders.extension_of(view["document"], today))
+        values = forms.flatten(orders.extension_of(earlier, today))
         values["issued_at"] = local_minute(svc)
     else:
-        values = follow_up_of(view["document"], kind, local_minute(svc))
+        values = follow_up_of(earlier, kind, local_minute(svc))
     ctx = await form_context(request, values, {}, draft="")
     ctx["follow_up"] = {"kind": kind, "of": reference}
     return aiohttp_jinja2.render_template("requests/form.html", request, ctx)
+
+
+#: A request's reference as typed into "Vervolg op een eerder verzoek" (any form's prefix).
+REFERENCE_TYPED = re.compile(r"[A-Z]{3}-[0-9]{4}-[0-9]{6}")
+
+
+@requires("request.create")
+async def follow_up_start(request: web.Request) -> web.StreamResponse:
+    """GET /requests/vervolg?kenmerk=REF&soort=wijzigen|verlengen|kopieren: the drafts page's
+    way to a follow-up by its reference (an assistant has no request list); it only redirects,
+    the follow-up form checks access. A reference is no patient data, so the URL may hold it."""
+    reference = request.query.get("kenmerk", "").strip().upper()[:32]
+    action = request.query.get("soort", "")
+    if action not in FOLLOW_UPS:
+        raise InputError("unknown follow-up kind", field="soort")
+    if not REFERENCE_TYPED.fullmatch(reference):
+        raise InputError("not a request reference", field="kenmerk")
+    raise web.HTTPSeeOther(f"/requests/{reference}/{action}")
 
 
 @requires("request.record")
@@ -649,6 +671,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/requests/preview", preview, name="request_preview")
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")
     app.router.add_post("/requests/send", send, name="request_send")
+    app.router.add_get("/requests/vervolg", follow_up_start, name="request_follow_up_start")
     app.router.add_get(
         r"/requests/{reference:[A-Z]{3}-[0-9]{4}-[0-9]{6}}", detail, name="request_detail"
     )

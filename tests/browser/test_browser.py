@@ -109,6 +109,18 @@ class Shots:
         await page.screenshot(path=str(path))
         self.taken.append(path)
 
+    async def take_sizes(
+        self, page: Any, name: str, sizes: tuple[dict[str, int], ...], focus: Any = None
+    ) -> None:
+        """The page at each size: ``phone-<name>`` at a width under 600 px, ``<name>`` at a
+        desktop's; the viewport is left at the first size."""
+        for size in sizes:
+            await page.set_viewport_size(size)
+            await page.wait_for_timeout(50)
+            prefix = "phone-" if size["width"] < 600 else ""
+            await self.take(page, f"{prefix}{name}", focus=focus)
+        await page.set_viewport_size(sizes[0])
+
     def publish(self) -> None:
         if os.environ.get("UPDATE_SCREENSHOTS") == "1":
             DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ journey fits the screen and axe-core finds no serious or critical violation; no 
 patient data.
 
 Real parts only: the `site` of test_browser.py (real HTTP, gpg, a STARTTLS relay, the worker).
+With UPDATE_SCREENSHOTS=1 the phone and desktop screenshots of the care request form, the GP's
+request page with its follow-up and "voor het dossier" buttons, and the ask pages replace those
+in docs/screenshots/ (docs/screens.md lists them).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any
 import pytest
 
 from tests.browser.test_browser import (  # noqa: F401 - fixtures used by name
+    Shots,
     browser_team_keys,
     fill_request,
     log_in,
     site,
 )
-from tests.browser.test_layout import DESKTOP, PHONE, check_page
+from tests.browser.test_layout import DESKTOP, PHONE, SIZES, check_page
 from tests.gateway import GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 
 pytestmark = pytest.mark.browser
@@ -55,10 +59,12 @@ async def delivered(smtp: Any) -> None:
 async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
     chromium: Any,
     site: dict[str, Any],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     url, secrets = site["url"], site["secrets"]
     care = wound_care()
     found: dict[str, list[str]] = {}
+    shots = Shots(tmp_path)
     urls: list[str] = []
 
     # Given the GP at her desk, on the care request's form
@@ -69,6 +75,7 @@ async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
     await gp.goto(f"{url}/requests/new?form=aanmelding_wijkverpleging")
     assert await gp.locator('[name="form_id"]').input_value() == "aanmelding_wijkverpleging"
     await check_page(gp, "care request form", found)
+    await shots.take_sizes(gp, "care-form", SIZES)
     await gp.set_viewport_size(DESKTOP)
 
     # When she fills it, checks the preview and signs it
@@ -112,8 +119,13 @@ async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
     await gp.reload()
     assert NURSE_IN_CHARGE in await gp.inner_text("#answer .nurse-in-charge")
     await check_page(gp, "answered care request (GP)", found)
+    # the buttons to start a follow-up and to file it "voor het dossier"
+    assert await gp.locator(f"a[href='/requests/{reference}/wijzigen']").count() == 1
+    await shots.take_sizes(gp, "gp-request", SIZES)
+    await shots.take_sizes(gp, "gp-request-dossier", SIZES, focus=gp.locator("#dossier"))
 
     assert found == {}, "\n".join(v for vs in found.values() for v in vs)
+    shots.publish()
     for u in urls:  # no page put patient data into a URL
         for marker in (care["patient"]["bsn"], care["patient"]["postcode"], "Zwaan"):
             assert marker not in u and marker.replace(" ", "+") not in u, u
@@ -124,10 +136,12 @@ async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
 async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
     chromium: Any,
     site: dict[str, Any],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     url, secrets = site["url"], site["secrets"]
     care = wound_care()
     found: dict[str, list[str]] = {}
+    shots = Shots(tmp_path)
     answer = "Ik kom vandaag om 15.00 uur langs."
 
     # Given a nurse on her phone, on the ask form
@@ -136,6 +150,7 @@ async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
     await log_in(nurse, url, "nurse1", NURSE_PASSWORD, secrets["nurse1"])
     await nurse.goto(f"{url}/asks/new")
     await check_page(nurse, "ask form (nurse)", found)
+    await shots.take_sizes(nurse, "ask-form", SIZES)
     # When she asks the practice for a home visit (no procedure for a visit)
     await nurse.select_option("#ask_kind", "huisbezoek")
     await nurse.select_option("#practice_code", "01234567")
@@ -157,6 +172,8 @@ async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
     await gp.click(f"text={reference}")
     await gp.wait_for_url(f"{url}/asks/{reference}")
     await check_page(gp, "ask page with the conversation (GP)", found)
+    await shots.take_sizes(gp, "ask-gp", SIZES)
+    await gp.set_viewport_size(DESKTOP)
     await gp.fill("#thread-body", answer)
     await gp.click("form.thread-form button[type=submit]")
     await gp.wait_for_url(f"{url}/asks/{reference}#thread")
@@ -173,8 +190,10 @@ async def test_nurse_asks_a_home_visit_on_her_phone_and_reads_the_gps_answer(
     texts = await nurse.locator("#thread .thread-text").all_inner_texts()
     assert texts == [answer, "Dank u, de familie is thuis."]  # newest last
     await check_page(nurse, "conversation after the nurse's reply (nurse)", found)
+    await shots.take_sizes(nurse, "ask-answered", SIZES)
     await gp.reload()
     assert "Dank u, de familie is thuis." in await gp.inner_text("#thread")
     assert found == {}, "\n".join(v for vs in found.values() for v in vs)
+    shots.publish()
     await gp_ctx.close()
     await nurse_ctx.close()

@@ -6,7 +6,8 @@ before the answer form with tap-to-call numbers, printing shows only the request
 finds no serious or critical accessibility violation on any main page.
 
 Real parts only: the `site` of test_browser.py (real HTTP, gpg, a STARTTLS relay, the worker).
-With UPDATE_SCREENSHOTS=1 the phone screenshots replace those in docs/screenshots/.
+With UPDATE_SCREENSHOTS=1 its screenshots (phone, and desktop where test_browser.py has none)
+replace those in docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ async def test_phone_and_desktop_pages_fit_read_and_pass_axe(
     # ... and on the desktop it stands in the bar
     await gp.set_viewport_size(DESKTOP)
     assert await gp.locator(".menu-wide nav a[href='/requests/new']").is_visible()
+    # ... as a row, not the phone's column: the bar stays low (it was 360 px with a column)
+    tops = await gp.locator(".menu-wide nav a").evaluate_all(
+        "as => as.map(a => Math.round(a.getBoundingClientRect().top))"
+    )
+    assert len(set(tops)) < len(tops) / 2, tops
+    assert await gp.evaluate("() => document.querySelector('header.top').offsetHeight") < 120
     assert not await gp.locator("details.menu").is_visible()
     await gp.set_viewport_size(PHONE)
 
@@ -108,11 +115,14 @@ async def test_phone_and_desktop_pages_fit_read_and_pass_axe(
     assert focused[0] == "skip-link" and focused[1] != "none" and focused[2] != "0px"
     assert focused[3] is True
     await check_page(gp, "request list (GP)", found)
+    await shots.take_sizes(gp, "gp-list", SIZES)
 
     await gp.goto(f"{url}/requests/new")
     await check_page(gp, "new request form", found)
+    await shots.take_sizes(gp, "form", SIZES)
     await gp.goto(f"{url}/consents")
     await check_page(gp, "consents", found)
+    await shots.take_sizes(gp, "consents", SIZES)
     await gp.goto(f"{url}/asks")
     await check_page(gp, "asks (GP)", found)
 
@@ -135,6 +145,7 @@ async def test_phone_and_desktop_pages_fit_read_and_pass_axe(
     await gp.click("form[action='/requests/preview'] button[type=submit]")
     await gp.wait_for_selector("pre.document")
     await check_page(gp, "preview", found)
+    await shots.take_sizes(gp, "preview", (PHONE,))
     await gp.fill("#passphrase", GP_PASSPHRASE)
     await gp.click("button[name=sign]")
     await gp.wait_for_url(f"{url}/requests/UVZ-*")
@@ -158,7 +169,7 @@ async def test_phone_and_desktop_pages_fit_read_and_pass_axe(
     await check_page(nurse, "asks (nurse)", found)
     await nurse.goto(f"{url}/requests/{reference}")
     await check_page(nurse, "request page (nurse)", found)
-    await shots.take(nurse, "phone-nurse-request")
+    await shots.take_sizes(nurse, "nurse-request", SIZES)
 
     # The request comes first, as a document, before the answer form
     assert EXAMPLE["patient"]["name"] in await nurse.inner_text("article.request-document")
