@@ -19,8 +19,10 @@ from securemail.exchange import send as exchange
 from securemail.ops import retention
 from securemail.web import create_app
 from tests.e2e.webflow import csrf_of, login
+from tests.fhir_r4 import assert_valid
 from tests.gateway import GP_PASSPHRASE, TEAM, example
 from tests.loop_fixtures import NURSE_B_PASSWORD, Loop, audit_codes, notices
+from tests.test_dossier import _entries, _fhir
 from tests.test_orders import ACCEPT, _answer_copies, _pin_practice_key, _read_sealed
 
 BSN = example()["patient"]["bsn"]
@@ -257,3 +259,12 @@ async def test_an_end_after_the_requests_purge_is_purged_on_its_own(loop: Loop, 
     assert counts.order_end_content == 1
     end = svc.store.write_sync(lambda db: exchange.get_request(db, loop.gw.gp, reference))
     assert end["order_end"]["reason"] is None and end["order"]["ended"] is True
+
+
+async def test_an_ended_order_is_a_completed_service_request_in_the_fhir_export(loop: Loop) -> None:
+    svc = loop.gw.svc
+    reference = await _accepted(loop)
+    await order_end.end_order(svc, loop.nurse_a, reference, MOVED)
+    bundle = _fhir(loop, reference)
+    assert_valid(bundle)
+    assert _entries(bundle)["ServiceRequest"]["resource"]["status"] == "completed"

@@ -69,7 +69,7 @@ def _identifier(reference: str) -> list[dict[str, str]]:
 def _service_request(record: dict[str, Any]) -> dict[str, Any]:
     req, order = record["request"], record.get("order") or {}
     status = REQUEST_STATUS.get(record["state"], "unknown")
-    if order.get("expired"):
+    if order.get("expired") or order.get("ended"):  # ran out, or the team ended it
         status = "completed"
     procedures = [str(p.get("code", "")) for p in req.get("procedures", [])]
     out: dict[str, Any] = {
