@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from securemail.exchange.send import Hooks
 from securemail.home import MIGRATIONS, init_home, open_services
 from securemail.openpgp import signers
 from securemail.ops import backup, restore
+from securemail.services import Services
 from securemail.store import Store, get_meta
 from tests.conftest import GpgTestKey, run_gpg
 from tests.e2e.conftest import team_member_keys  # noqa: F401  (the fixture, for this module)
@@ -187,6 +188,46 @@ class Writer(threading.Thread):
             self.store.close()
 
 
+@dataclasses.dataclass
+class Restorable:
+    """A gateway on a STARTTLS relay, the home it is restored into, and the services opened
+    on that home (closed with the gateway when the test ends)."""
+
+    gw: Gateway
+    relay: Any
+    new_home: Path
+    opened: list[Services] = dataclasses.field(default_factory=list)
+
+    def open(self, settings: config.Settings) -> Services:
+        svc = open_services(settings)
+        self.opened.append(svc)
+        return svc
+
+
+@contextlib.asynccontextmanager
+async def restorable(
+    team_keys: dict[str, str], relay_factory: Any, relay_cafile: str
+) -> AsyncIterator[Restorable]:
+    """The scene of a backup-and-restore test; afterwards every home and agent is gone."""
+    relay = relay_factory("starttls")
+    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
+    gw = await build_gateway(team_keys=team_keys, smtp=smtp)
+    scene = Restorable(gw, relay, gw.home.parent / (gw.home.name + "-restored"))
+    try:
+        yield scene
+    finally:
+        for svc in scene.opened:
+            svc.close()
+        with contextlib.suppress(Exception):  # a test may have closed it ("the gateway lost")
+            gw.svc.close()
+        _drop(scene.new_home / "gnupg")
+        _drop(gw.nurse_home)
+        _drop(gw.home / "gnupg")
+        shutil.rmtree(scene.new_home, ignore_errors=True)
+        shutil.rmtree(gw.home, ignore_errors=True)
+
+
 def worker_for(gw: Gateway, owner: str) -> delivery.Worker:
     hooks = Hooks(gw.svc)
     return delivery.Worker(gw.svc.settings, gw.svc.store, owner_id=owner,
@@ -205,13 +246,8 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
     relay_cafile: str,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    restored_svc = None
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    try:
+    async with restorable(team_member_keys, relay_factory, relay_cafile) as scene:
+        gw, relay, new_home = scene.gw, scene.relay, scene.new_home
         # Given: one request delivered (and its notice), consent on record (build_gateway)
         first = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
         await deliver_all(gw.svc)
@@ -300,7 +336,7 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
 
         # When: the relay is back and the restored home's delivery worker runs
         relay.start()
-        restored_svc = open_services(new_settings)
+        restored_svc = scene.open(new_settings)
         new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
         await deliver_all(new_gw.svc)
 
@@ -319,15 +355,6 @@ async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_on
             bodies = [p.get_payload(decode=True) or b"" for p in inner.walk()
                       if not p.is_multipart()]  # fmt: skip
             assert any(EXAMPLE["patient"]["bsn"].encode() in b for b in bodies)
-    finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
 
 
 # -- refusals of backup ------------------------------------------------------------------
@@ -772,13 +799,8 @@ async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
     relay_cafile: str,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    restored_svc = None
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    try:
+    async with restorable(team_member_keys, relay_factory, relay_cafile) as scene:
+        gw, relay, new_home = scene.gw, scene.relay, scene.new_home
         # Given: a request sent, then a backup, then two more sent and delivered to the team
         before = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
         import_public(gw.home, offline.public)
@@ -790,7 +812,7 @@ async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
         # When: the gateway is lost ("crash") and its backup restored into a new home
         gw.svc.close()
         restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
-        restored_svc = open_services(config.load(new_home))
+        restored_svc = scene.open(config.load(new_home))
         after = [await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
                  for _ in range(2)]  # fmt: skip
         await deliver_all(restored_svc)
@@ -803,16 +825,6 @@ async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
         assert after[0].reference.endswith("-011001")  # 1 + gap 10000, rounded up to 1000
         [row] = audit_rows(new_home / "securemail.db", "gateway.restore")
         assert "counters moved: UVZ-" in row["outcome_detail"]
-    finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        with contextlib.suppress(Exception):
-            gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
 
 
 def test_a_counter_the_restored_home_starts_later_begins_past_the_floor(tmp_path: Path) -> None:
@@ -839,13 +851,8 @@ async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gatew
     relay_cafile: str,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    restored_svc = None
-    try:
+    async with restorable(team_member_keys, relay_factory, relay_cafile) as scene:
+        gw, relay, new_home = scene.gw, scene.relay, scene.new_home
         # Given a gateway with a second signing home, linked to the primary's keys
         s1 = signers.ensure_signer_home(gw.home / "gnupg", 1)
         assert all((s1 / name).is_symlink() for name in signers.SHARED)
@@ -865,7 +872,7 @@ async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gatew
             assert os.readlink(r1 / name) == f"../{name}"
             assert (r1 / name).resolve() == (new_home / "gnupg" / name).resolve()
         # And the restored gateway signs in it: home 0 is held, so the send takes s1
-        restored_svc = open_services(config.load(new_home).replace(gpg={"signers": 2}))
+        restored_svc = scene.open(config.load(new_home).replace(gpg={"signers": 2}))
         held = await restored_svc.keyring._pool.acquire("someone else")
         assert held == 0
         try:
@@ -878,15 +885,6 @@ async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gatew
         sql = "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
         ids = dict(restored_svc.store.read_sync(lambda db: db.execute(sql).fetchall()))
         assert_opens_as_nurse(new_gw, relay.handler.mailbox()[ids[sent.reference]])
-    finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
