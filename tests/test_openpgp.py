@@ -572,6 +572,16 @@ async def test_decrypt_tells_a_failing_gpg_from_a_message_it_cannot_open(
     assert (ring.decrypt_fault is not None) is (error is DecryptUnavailableError)
 
 
+async def test_decrypt_that_hangs_is_a_timeout_and_a_fault_the_health_check_shows(
+    gnupg_home: Path, tmp_path: Path
+) -> None:
+    ring = Keyring.create(gnupg_home, binary=fake_gpg(tmp_path, "exec sleep 60\n"), timeout=1.0)
+    junk = b"-----BEGIN PGP MESSAGE-----\n\nAAAA\n-----END PGP MESSAGE-----\n"
+    with pytest.raises(SealTimeoutError):  # not DecryptionError: the reply listener says 451
+        await ring.decrypt(junk, None)
+    assert ring.decrypt_fault is not None and "killed after" in ring.decrypt_fault
+
+
 async def test_keyring_missing_gpg_binary_raises_seal_failed(gnupg_home: Path) -> None:
     ring = Keyring.create(gnupg_home, binary="/nonexistent/gpg")
     with pytest.raises(SealError) as info:

@@ -437,7 +437,11 @@ class Keyring(KeyStore):
         secret = None
         if passphrase is not None:
             secret = wire(check_passphrase(passphrase, DecryptionError))
-        r = await self._call("decrypt", lambda g: g.decrypt(data, passphrase=secret))
+        try:
+            r = await self._call("decrypt", lambda g: g.decrypt(data, passphrase=secret))
+        except SealError as exc:  # gpg hung (killed at the timeout) or could not run: ours
+            self.decrypt_fault = exc.reason
+            raise
         keywords = {k for k, _ in gpgproc.status(r)}
         opened = {"DECRYPTION_OKAY", "END_DECRYPTION"} <= keywords and not keywords & {
             "DECRYPTION_FAILED",
