@@ -3,7 +3,10 @@ passphrase-protected signing key, a team of three member keys, consent on record
 recording STARTTLS relay on 127.0.0.1 (a trustme CA). Everything is thrown away by
 ``close()``: the gpg-agents are killed by homedir, the relay stopped, the files removed.
 
-Shaped like tests/e2e/conftest.py, without pytest.
+Shaped like tests/e2e/conftest.py, without pytest. Benchmarks never import tests/ (they run
+from a checkout without the test suite's fixtures); what both need lives in securemail (the
+consent: ``demo.record_team_consent``). Two small gpg command-line helpers stay here and in
+tests/gateway.py: a mail client's keyring is not the gateway's business.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 
-from securemail import config, consent
+from securemail import config, demo
 from securemail.access import SYSTEM, Actor, org_of, person
 from securemail.accounts import apitoken, auth
 from securemail.cli.directory import enrol_gp_key
@@ -225,25 +228,9 @@ async def build(
     gp_fpr = await enrol_gp_key(svc, gp_user, GP_PASSPHRASE)
     gp = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "huisarts"))
 
-    def grant(db: Any) -> None:
-        team = directory.team_by_address(db, TEAM)
-        consent.record(
-            db,
-            gp,
-            patient_bsn=EXAMPLE["patient"]["bsn"],
-            source_org_id=org_of(gp),
-            recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
-            decision="permit",
-            basis="explicit",
-            valid_from=svc.now(),
-            valid_until=None,
-            given_at=svc.now(),
-            channel="in_person",
-            performer="patient",
-            now=svc.now(),
-        )
-
-    svc.store.write_sync(grant)
+    # the same consent the demo and the tests' builder record (securemail.demo)
+    bsn = EXAMPLE["patient"]["bsn"]
+    svc.store.write_sync(lambda db: demo.record_team_consent(db, svc, gp, bsn, org_of(gp), TEAM))
     token, _ = svc.store.write_sync(
         lambda db: apitoken.create(
             db, gp, name="bench", scopes=["request:send", "request:read"], now=svc.now()

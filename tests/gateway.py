@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -505,6 +506,33 @@ def env_for_cli() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def request_send_cli(
+    gw: Gateway,
+    tmp_path: Path,
+    *source: str,
+    passphrase: str = GP_PASSPHRASE,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """`securemail request send --home HOME --as huisarts SOURCE... --passphrase-file F` as
+    a practice system runs it (``source``: ``--file PATH`` or ``--batch PATH|-`` and any
+    further flags); the passphrase goes through a file in ``tmp_path``, never argv."""
+    pass_file = tmp_path / "passphrase"
+    pass_file.write_text(passphrase + "\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "securemail", "request", "send", "--home", str(gw.home),
+            "--as", "huisarts", *source, "--passphrase-file", str(pass_file)]  # fmt: skip
+    return subprocess.run(
+        argv,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**env_for_cli(), **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def deliver_all(

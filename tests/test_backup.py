@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from securemail.exchange.send import Hooks
 from securemail.home import MIGRATIONS, init_home, open_services
 from securemail.openpgp import signers
 from securemail.ops import backup, restore
+from securemail.services import Services
 from securemail.store import Store, get_meta
 from tests.conftest import GpgTestKey, run_gpg
 from tests.e2e.conftest import team_member_keys  # noqa: F401  (the fixture, for this module)
@@ -187,6 +188,48 @@ class Writer(threading.Thread):
             self.store.close()
 
 
+@dataclasses.dataclass
+class Restorable:
+    """A gateway on a STARTTLS relay, the home it is restored into, and the services opened
+    on that home (closed with the gateway when the test ends)."""
+
+    gw: Gateway
+    relay: Any
+    new_home: Path
+    opened: list[Services] = dataclasses.field(default_factory=list)
+
+    def open(self, settings: config.Settings) -> Services:
+        svc = open_services(settings)
+        self.opened.append(svc)
+        return svc
+
+
+@pytest.fixture
+async def scene(
+    team_member_keys: dict[str, str],  # noqa: F811
+    relay_factory: Any,
+    relay_cafile: str,
+) -> AsyncIterator[Restorable]:
+    """The scene of a backup-and-restore test; afterwards every home and agent is gone."""
+    relay = relay_factory("starttls")
+    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
+            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
+    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
+    scene = Restorable(gw, relay, gw.home.parent / (gw.home.name + "-restored"))
+    try:
+        yield scene
+    finally:
+        for svc in scene.opened:
+            svc.close()
+        with contextlib.suppress(Exception):  # a test may have closed it ("the gateway lost")
+            gw.svc.close()
+        _drop(scene.new_home / "gnupg")
+        _drop(gw.nurse_home)
+        _drop(gw.home / "gnupg")
+        shutil.rmtree(scene.new_home, ignore_errors=True)
+        shutil.rmtree(gw.home, ignore_errors=True)
+
+
 def worker_for(gw: Gateway, owner: str) -> delivery.Worker:
     hooks = Hooks(gw.svc)
     return delivery.Worker(gw.svc.settings, gw.svc.store, owner_id=owner,
@@ -200,134 +243,115 @@ def outbox_states(svc: Any) -> dict[str, str]:
 
 async def test_backup_while_writing_then_restore_verifies_and_delivers_queued_once(
     tmp_path: Path,
-    team_member_keys: dict[str, str],  # noqa: F811
-    relay_factory: Any,
-    relay_cafile: str,
+    scene: Restorable,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    restored_svc = None
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    try:
-        # Given: one request delivered (and its notice), consent on record (build_gateway)
-        first = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        await deliver_all(gw.svc)
-        assert outbox_states(gw.svc)[first.reference] == "sent"
-        # ... then the relay goes down: one request is held by a worker that died mid-send
-        # (its lease runs for an hour), another was tried once and waits for a retry.
-        relay.stop()
-        held = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        claimed = gw.svc.store.write_sync(lambda db: delivery.claim(
-            db, owner="dead-worker", now=time.time(), lease_seconds=3600, limit=1,
-            source_id="gateway-1"))  # fmt: skip
-        assert [r.reference for r in claimed] == [held.reference]
-        waiting = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        await worker_for(gw, "old-worker").run_once()
-        states = outbox_states(gw.svc)
-        assert states[held.reference] == "sending"
-        assert states[waiting.reference] == "retrying"
-        import_public(gw.home, offline.public)
-        settings = with_key(gw.svc.settings, offline)
+    gw, relay, new_home = scene.gw, scene.relay, scene.new_home
+    # Given: one request delivered (and its notice), consent on record (build_gateway)
+    first = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    await deliver_all(gw.svc)
+    assert outbox_states(gw.svc)[first.reference] == "sent"
+    # ... then the relay goes down: one request is held by a worker that died mid-send
+    # (its lease runs for an hour), another was tried once and waits for a retry.
+    relay.stop()
+    held = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    claimed = gw.svc.store.write_sync(lambda db: delivery.claim(
+        db, owner="dead-worker", now=time.time(), lease_seconds=3600, limit=1,
+        source_id="gateway-1"))  # fmt: skip
+    assert [r.reference for r in claimed] == [held.reference]
+    waiting = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    await worker_for(gw, "old-worker").run_once()
+    states = outbox_states(gw.svc)
+    assert states[held.reference] == "sending"
+    assert states[waiting.reference] == "retrying"
+    import_public(gw.home, offline.public)
+    settings = with_key(gw.svc.settings, offline)
 
-        # When: a backup is taken while another connection keeps writing audit rows
-        writer = Writer(settings.db_path)
-        writer.start()
-        while writer.written < 20:
-            await asyncio.sleep(0.01)
-        before = writer.written
-        to = tmp_path / "gateway-backup.gpg"
-        result = await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
-        after_backup = writer.written
-        writer.stop.set()
-        writer.join(timeout=30)
-        assert writer.error is None
-        assert after_backup > before  # the writer really ran during the backup
+    # When: a backup is taken while another connection keeps writing audit rows
+    writer = Writer(settings.db_path)
+    writer.start()
+    while writer.written < 20:
+        await asyncio.sleep(0.01)
+    before = writer.written
+    to = tmp_path / "gateway-backup.gpg"
+    result = await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
+    after_backup = writer.written
+    writer.stop.set()
+    writer.join(timeout=30)
+    assert writer.error is None
+    assert after_backup > before  # the writer really ran during the backup
 
-        # Then: the archive is ciphertext only, 0600, to the backup key alone, and nothing
-        # in the clear was left in the home or beside the archive
-        raw = to.read_bytes()
-        for marker in PLAINTEXT:
-            assert marker not in raw, marker
-        assert stat.S_IMODE(to.stat().st_mode) == 0o600
-        assert backup.recipients_of(settings, to) == {result.key.subkey[-16:]}
-        assert not list(gw.home.glob(".backup-*"))
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway-backup.gpg"]
-        [row] = audit_rows(settings.db_path, "gateway.backup")
-        assert row["outcome"] == "success" and result.sha256 in row["outcome_detail"]
+    # Then: the archive is ciphertext only, 0600, to the backup key alone, and nothing
+    # in the clear was left in the home or beside the archive
+    raw = to.read_bytes()
+    for marker in PLAINTEXT:
+        assert marker not in raw, marker
+    assert stat.S_IMODE(to.stat().st_mode) == 0o600
+    assert backup.recipients_of(settings, to) == {result.key.subkey[-16:]}
+    assert not list(gw.home.glob(".backup-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway-backup.gpg"]
+    [row] = audit_rows(settings.db_path, "gateway.backup")
+    assert row["outcome"] == "success" and result.sha256 in row["outcome_detail"]
 
-        # When: restored into a new home with the offline keyring
-        restored = restore.restore(
-            to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS
-        )
+    # When: restored into a new home with the offline keyring
+    restored = restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
 
-        # Then: every file back with private modes, the chain verifies, the snapshot is
-        # consistent (its head lies between what was written before and after the copy)
-        assert stat.S_IMODE(new_home.stat().st_mode) == 0o700
-        for p in new_home.rglob("*"):
-            want = 0o700 if p.is_dir() else 0o600
-            assert stat.S_IMODE(p.stat().st_mode) == want, p
-        for name in ("securemail.toml", "secrets.key", "keys/audit-ed25519.pem",
-                     "keys/content.key", "gnupg/pubring.kbx", "gnupg/trustdb.gpg"):  # fmt: skip
-            assert (new_home / name).read_bytes() == (gw.home / name).read_bytes(), name
-        assert list((new_home / "gnupg" / "private-keys-v1.d").glob("*.key"))
-        assert not list(new_home.glob("gnupg/S.gpg-agent*"))
-        assert not (new_home / ".gpg-agent.lock").exists()
-        seq_at_backup = restored.audit_head[0]
-        assert seq_at_backup == result.audit_head[0]
-        first_writer_seq = audit_rows(settings.db_path, "audit.view")[0]["seq"]
-        assert first_writer_seq + before - 1 <= seq_at_backup
-        assert seq_at_backup < first_writer_seq + writer.written
-        new_settings = config.load(new_home)
-        verify = subprocess.run(
-            [sys.executable, "-m", "securemail", "audit", "verify", "--home", str(new_home)],
-            capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False,
-        )  # fmt: skip
-        assert verify.returncode == 0, verify.stderr
-        [restore_row] = audit_rows(new_settings.db_path, "gateway.restore")
-        assert restore_row["seq"] == seq_at_backup + 1
-        store = Store(new_settings.db_path)
-        try:  # the restored head, with the restore row, is signed at once
-            cp = store.read_sync(audit_integrity.last_checkpoint)
-        finally:
-            store.close()
-        assert cp is not None and (cp.seq, cp.kind) == (restore_row["seq"], "manual")
-        assert "1 leases released" in restore_row["outcome_detail"]
-        assert not audit_rows(new_settings.db_path, "gateway.backup")  # written after the copy
-        assert restored.queued == 2
-
-        # When: the relay is back and the restored home's delivery worker runs
-        relay.start()
-        restored_svc = open_services(new_settings)
-        new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
-        await deliver_all(new_gw.svc)
-
-        # Then: both queued requests arrived exactly once, readable only with the team's key
-        states = outbox_states(restored_svc)
-        assert states[held.reference] == "sent" and states[waiting.reference] == "sent"
-        ids = dict(restored_svc.store.read_sync(lambda db: db.execute(
-            "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
-        ).fetchall()))  # fmt: skip
-        accepted = relay.handler.accepted_ids()
-        for ref in (first.reference, held.reference, waiting.reference):
-            assert accepted[ids[ref]] == 1, ref
-        box = relay.handler.mailbox()
-        for ref in (held.reference, waiting.reference):
-            inner = assert_opens_as_nurse(new_gw, box[ids[ref]])
-            bodies = [p.get_payload(decode=True) or b"" for p in inner.walk()
-                      if not p.is_multipart()]  # fmt: skip
-            assert any(EXAMPLE["patient"]["bsn"].encode() in b for b in bodies)
+    # Then: every file back with private modes, the chain verifies, the snapshot is
+    # consistent (its head lies between what was written before and after the copy)
+    assert stat.S_IMODE(new_home.stat().st_mode) == 0o700
+    for p in new_home.rglob("*"):
+        want = 0o700 if p.is_dir() else 0o600
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+    for name in ("securemail.toml", "secrets.key", "keys/audit-ed25519.pem",
+                 "keys/content.key", "gnupg/pubring.kbx", "gnupg/trustdb.gpg"):  # fmt: skip
+        assert (new_home / name).read_bytes() == (gw.home / name).read_bytes(), name
+    assert list((new_home / "gnupg" / "private-keys-v1.d").glob("*.key"))
+    assert not list(new_home.glob("gnupg/S.gpg-agent*"))
+    assert not (new_home / ".gpg-agent.lock").exists()
+    seq_at_backup = restored.audit_head[0]
+    assert seq_at_backup == result.audit_head[0]
+    first_writer_seq = audit_rows(settings.db_path, "audit.view")[0]["seq"]
+    assert first_writer_seq + before - 1 <= seq_at_backup
+    assert seq_at_backup < first_writer_seq + writer.written
+    new_settings = config.load(new_home)
+    verify = subprocess.run(
+        [sys.executable, "-m", "securemail", "audit", "verify", "--home", str(new_home)],
+        capture_output=True, text=True, env=env_for_cli(), timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    [restore_row] = audit_rows(new_settings.db_path, "gateway.restore")
+    assert restore_row["seq"] == seq_at_backup + 1
+    store = Store(new_settings.db_path)
+    try:  # the restored head, with the restore row, is signed at once
+        cp = store.read_sync(audit_integrity.last_checkpoint)
     finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
+        store.close()
+    assert cp is not None and (cp.seq, cp.kind) == (restore_row["seq"], "manual")
+    assert "1 leases released" in restore_row["outcome_detail"]
+    assert not audit_rows(new_settings.db_path, "gateway.backup")  # written after the copy
+    assert restored.queued == 2
+
+    # When: the relay is back and the restored home's delivery worker runs
+    relay.start()
+    restored_svc = scene.open(new_settings)
+    new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
+    await deliver_all(new_gw.svc)
+
+    # Then: both queued requests arrived exactly once, readable only with the team's key
+    states = outbox_states(restored_svc)
+    assert states[held.reference] == "sent" and states[waiting.reference] == "sent"
+    ids = dict(restored_svc.store.read_sync(lambda db: db.execute(
+        "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
+    ).fetchall()))  # fmt: skip
+    accepted = relay.handler.accepted_ids()
+    for ref in (first.reference, held.reference, waiting.reference):
+        assert accepted[ids[ref]] == 1, ref
+    box = relay.handler.mailbox()
+    for ref in (held.reference, waiting.reference):
+        inner = assert_opens_as_nurse(new_gw, box[ids[ref]])
+        bodies = [p.get_payload(decode=True) or b"" for p in inner.walk()
+                  if not p.is_multipart()]  # fmt: skip
+        assert any(EXAMPLE["patient"]["bsn"].encode() in b for b in bodies)
 
 
 # -- refusals of backup ------------------------------------------------------------------
@@ -767,52 +791,34 @@ def _references_in(box: dict[str, bytes]) -> list[str]:
 
 async def test_a_restore_never_hands_out_a_reference_the_lost_gateway_used(
     tmp_path: Path,
-    team_member_keys: dict[str, str],  # noqa: F811
-    relay_factory: Any,
-    relay_cafile: str,
+    scene: Restorable,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    restored_svc = None
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    try:
-        # Given: a request sent, then a backup, then two more sent and delivered to the team
-        before = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
-        import_public(gw.home, offline.public)
-        settings = with_key(gw.svc.settings, offline)
-        to = tmp_path / "gateway-backup.gpg"
-        await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
-        lost = [await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE) for _ in range(2)]
-        await deliver_all(gw.svc)
-        # When: the gateway is lost ("crash") and its backup restored into a new home
-        gw.svc.close()
-        restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
-        restored_svc = open_services(config.load(new_home))
-        after = [await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
-                 for _ in range(2)]  # fmt: skip
-        await deliver_all(restored_svc)
-        # Then: no reference twice in the team's mailbox, and every one the form's pattern
-        refs = _references_in(relay.handler.mailbox())
-        assert len(refs) == 5 and len(set(refs)) == 5, refs
-        for r in refs:
-            assert exchange.REFERENCE_RE.fullmatch(r), r
-        assert {x.reference for x in after}.isdisjoint({x.reference for x in lost + [before]})
-        assert after[0].reference.endswith("-011001")  # 1 + gap 10000, rounded up to 1000
-        [row] = audit_rows(new_home / "securemail.db", "gateway.restore")
-        assert "counters moved: UVZ-" in row["outcome_detail"]
-    finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        with contextlib.suppress(Exception):
-            gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
+    gw, relay, new_home = scene.gw, scene.relay, scene.new_home
+    # Given: a request sent, then a backup, then two more sent and delivered to the team
+    before = await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE)
+    import_public(gw.home, offline.public)
+    settings = with_key(gw.svc.settings, offline)
+    to = tmp_path / "gateway-backup.gpg"
+    await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
+    lost = [await exchange.send(gw.svc, gw.gp, example(), GP_PASSPHRASE) for _ in range(2)]
+    await deliver_all(gw.svc)
+    # When: the gateway is lost ("crash") and its backup restored into a new home
+    gw.svc.close()
+    restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
+    restored_svc = scene.open(config.load(new_home))
+    after = [await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
+             for _ in range(2)]  # fmt: skip
+    await deliver_all(restored_svc)
+    # Then: no reference twice in the team's mailbox, and every one the form's pattern
+    refs = _references_in(relay.handler.mailbox())
+    assert len(refs) == 5 and len(set(refs)) == 5, refs
+    for r in refs:
+        assert exchange.REFERENCE_RE.fullmatch(r), r
+    assert {x.reference for x in after}.isdisjoint({x.reference for x in lost + [before]})
+    assert after[0].reference.endswith("-011001")  # 1 + gap 10000, rounded up to 1000
+    [row] = audit_rows(new_home / "securemail.db", "gateway.restore")
+    assert "counters moved: UVZ-" in row["outcome_detail"]
 
 
 def test_a_counter_the_restored_home_starts_later_begins_past_the_floor(tmp_path: Path) -> None:
@@ -834,59 +840,42 @@ def test_a_counter_the_restored_home_starts_later_begins_past_the_floor(tmp_path
 
 async def test_restore_makes_the_signer_homes_links_again_and_the_restored_gateway_signs(
     tmp_path: Path,
-    team_member_keys: dict[str, str],  # noqa: F811
-    relay_factory: Any,
-    relay_cafile: str,
+    scene: Restorable,
     offline: Offline,
 ) -> None:
-    relay = relay_factory("starttls")
-    smtp = {"host": "127.0.0.1", "port": relay.port, "starttls": "required",
-            "cafile": relay_cafile, "timeout_seconds": 5.0}  # fmt: skip
-    gw = await build_gateway(team_keys=team_member_keys, smtp=smtp)
-    new_home = gw.home.parent / (gw.home.name + "-restored")
-    restored_svc = None
+    gw, relay, new_home = scene.gw, scene.relay, scene.new_home
+    # Given a gateway with a second signing home, linked to the primary's keys
+    s1 = signers.ensure_signer_home(gw.home / "gnupg", 1)
+    assert all((s1 / name).is_symlink() for name in signers.SHARED)
+    import_public(gw.home, offline.public)
+    settings = with_key(gw.svc.settings, offline)
+    # When it is backed up and restored into a new home
+    to = tmp_path / "gateway-backup.gpg"
+    result = await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
+    assert not [x for x in result.excluded if x.startswith("gnupg/s1")]  # not "lost"
+    restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
+    # Then the signing home is there again, each link relative, to the restored keys
+    # (never to the old home's)
+    r1 = new_home / "gnupg" / "s1"
+    assert stat.S_IMODE(r1.stat().st_mode) == 0o700
+    for name in signers.SHARED:
+        assert (r1 / name).is_symlink(), name
+        assert os.readlink(r1 / name) == f"../{name}"
+        assert (r1 / name).resolve() == (new_home / "gnupg" / name).resolve()
+    # And the restored gateway signs in it: home 0 is held, so the send takes s1
+    restored_svc = scene.open(config.load(new_home).replace(gpg={"signers": 2}))
+    held = await restored_svc.keyring._pool.acquire("someone else")
+    assert held == 0
     try:
-        # Given a gateway with a second signing home, linked to the primary's keys
-        s1 = signers.ensure_signer_home(gw.home / "gnupg", 1)
-        assert all((s1 / name).is_symlink() for name in signers.SHARED)
-        import_public(gw.home, offline.public)
-        settings = with_key(gw.svc.settings, offline)
-        # When it is backed up and restored into a new home
-        to = tmp_path / "gateway-backup.gpg"
-        result = await asyncio.to_thread(backup.make_backup, settings, to, SYSTEM)
-        assert not [x for x in result.excluded if x.startswith("gnupg/s1")]  # not "lost"
-        restore.restore(to, new_home, SYSTEM, gnupg_home=offline.home, migrations=MIGRATIONS)
-        # Then the signing home is there again, each link relative, to the restored keys
-        # (never to the old home's)
-        r1 = new_home / "gnupg" / "s1"
-        assert stat.S_IMODE(r1.stat().st_mode) == 0o700
-        for name in signers.SHARED:
-            assert (r1 / name).is_symlink(), name
-            assert os.readlink(r1 / name) == f"../{name}"
-            assert (r1 / name).resolve() == (new_home / "gnupg" / name).resolve()
-        # And the restored gateway signs in it: home 0 is held, so the send takes s1
-        restored_svc = open_services(config.load(new_home).replace(gpg={"signers": 2}))
-        held = await restored_svc.keyring._pool.acquire("someone else")
-        assert held == 0
-        try:
-            sent = await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
-        finally:
-            restored_svc.keyring._pool.release(held)
-        new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
-        await deliver_all(restored_svc)
-        assert outbox_states(restored_svc)[sent.reference] == "sent"
-        sql = "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
-        ids = dict(restored_svc.store.read_sync(lambda db: db.execute(sql).fetchall()))
-        assert_opens_as_nurse(new_gw, relay.handler.mailbox()[ids[sent.reference]])
+        sent = await exchange.send(restored_svc, gw.gp, example(), GP_PASSPHRASE)
     finally:
-        if restored_svc is not None:
-            restored_svc.close()
-        gw.svc.close()
-        _drop(new_home / "gnupg")
-        _drop(gw.nurse_home)
-        _drop(gw.home / "gnupg")
-        shutil.rmtree(new_home, ignore_errors=True)
-        shutil.rmtree(gw.home, ignore_errors=True)
+        restored_svc.keyring._pool.release(held)
+    new_gw = dataclasses.replace(gw, home=new_home, svc=restored_svc)
+    await deliver_all(restored_svc)
+    assert outbox_states(restored_svc)[sent.reference] == "sent"
+    sql = "SELECT reference, message_id FROM outbox WHERE kind = 'request'"
+    ids = dict(restored_svc.store.read_sync(lambda db: db.execute(sql).fetchall()))
+    assert_opens_as_nurse(new_gw, relay.handler.mailbox()[ids[sent.reference]])
 
 
 @pytest.mark.parametrize(

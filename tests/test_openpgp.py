@@ -20,6 +20,7 @@ from securemail.errors import ConfigError, InputError
 from securemail.message import armor, mime, sealcheck
 from securemail.openpgp.keyring import (
     DecryptionError,
+    DecryptUnavailableError,
     Envelope,
     Keyring,
     RecipientKeyError,
@@ -548,6 +549,37 @@ async def test_keyring_gpg_that_always_crashes_raises_seal_failed(
     with pytest.raises(SealError) as info:
         await ring.key_info("0123456789ABCDEF0123456789ABCDEF01234567")
     assert info.value.code == "seal.failed"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("exit 2\n", DecryptUnavailableError),  # gpg died before a word: ours, temporary
+        ("kill -SEGV $$\n", DecryptUnavailableError),  # gpg crashed: no exit code at all
+        (None, DecryptionError),  # real gpg: not OpenPGP (NODATA), the sender's fault
+    ],
+    ids=["exit-2-no-status", "segv", "not-openpgp"],
+)
+async def test_decrypt_tells_a_failing_gpg_from_a_message_it_cannot_open(
+    gnupg_home: Path, tmp_path: Path, body: str | None, error: type[SealError]
+) -> None:
+    binary = fake_gpg(tmp_path, body) if body else "gpg"
+    ring = Keyring.create(gnupg_home, binary=binary)
+    junk = b"-----BEGIN PGP MESSAGE-----\n\nAAAA\n-----END PGP MESSAGE-----\n"
+    with pytest.raises(SealError) as info:
+        await ring.decrypt(junk, None)
+    assert type(info.value) is error
+    assert (ring.decrypt_fault is not None) is (error is DecryptUnavailableError)
+
+
+async def test_decrypt_that_hangs_is_a_timeout_and_a_fault_the_health_check_shows(
+    gnupg_home: Path, tmp_path: Path
+) -> None:
+    ring = Keyring.create(gnupg_home, binary=fake_gpg(tmp_path, "exec sleep 60\n"), timeout=1.0)
+    junk = b"-----BEGIN PGP MESSAGE-----\n\nAAAA\n-----END PGP MESSAGE-----\n"
+    with pytest.raises(SealTimeoutError):  # not DecryptionError: the reply listener says 451
+        await ring.decrypt(junk, None)
+    assert ring.decrypt_fault is not None and "killed after" in ring.decrypt_fault
 
 
 async def test_keyring_missing_gpg_binary_raises_seal_failed(gnupg_home: Path) -> None:

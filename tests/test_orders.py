@@ -300,6 +300,36 @@ def _signals(loop: Loop, kind: str) -> int:
     return len(notices(loop.gw.svc, kind))
 
 
+async def _order(
+    loop: Loop, end: str = "today+20d", answer_with: dict[str, Any] | None = ACCEPT
+) -> exchange.SendResult:
+    """A request from today to ``end``, answered by team A's nurse with ``answer_with``
+    (None: no answer yet)."""
+    data = example()
+    data["period"] = {"start_date": "today", "end_date": end}
+    sent = await exchange.send(loop.gw.svc, loop.gw.gp, data, GP_PASSPHRASE)
+    if answer_with is not None:
+        await answer.record_answer(loop.gw.svc, loop.nurse_a, sent.reference, answer_with)
+    return sent
+
+
+async def _pages(loop: Loop, aiohttp_server: Any, paths: dict[str, str]) -> dict[str, str]:
+    """``paths`` ({name: path}) as the GP (huisarts) and the nurse (nurse1) see them over
+    HTTP: {"who-name": page text, "who-name-status": HTTP status}."""
+    svc = loop.gw.svc
+    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
+    site = str(server.make_url("")).rstrip("/")
+    pages = {}
+    for who in ("huisarts", "nurse1"):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await login(http, site, loop.credentials(who))
+            for name, path in paths.items():
+                async with http.get(f"{site}{path}") as r:
+                    pages[f"{who}-{name}"] = await r.text()
+                    pages[f"{who}-{name}-status"] = str(r.status)
+    return pages  # the server (and the services it closes) stays up until the test ends
+
+
 async def test_past_the_evaluation_date_the_gp_is_reminded_once(loop: Loop) -> None:
     svc = loop.gw.svc
     sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)  # evaluation +6m
@@ -323,10 +353,7 @@ async def test_past_the_evaluation_date_the_gp_is_reminded_once(loop: Loop) -> N
 
 async def test_past_the_end_date_one_verlopen_and_one_stop_notice(loop: Loop) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+20d"}
-    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    sent = await _order(loop)
     loop.clock.advance(days=10)  # within order_reminder_days of the end: a reminder first
     assert (await escalation.check(svc)).orders == ((sent.reference, orders.END_REMINDER),)
     loop.clock.advance(days=11)  # the day after the end date
@@ -361,34 +388,21 @@ async def test_verlopen_shows_on_both_sides_and_in_the_gps_work(
     loop: Loop, aiohttp_server: Any
 ) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+3d"}
-    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    sent = await _order(loop, "today+3d")
     loop.clock.advance(days=4)
     await escalation.check(svc)
-    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
-    site = str(server.make_url("")).rstrip("/")
-    jar = aiohttp.CookieJar
+    pages = await _pages(
+        loop, aiohttp_server, {"request": f"/requests/{sent.reference}", "work": "/requests"}
+    )
     for who in ("huisarts", "nurse1"):
-        async with aiohttp.ClientSession(cookie_jar=jar(unsafe=True)) as http:
-            await login(http, site, loop.credentials(who))
-            async with http.get(f"{site}/requests/{sent.reference}") as r:
-                assert 'class="error verlopen"' in await r.text()
-            if who == "huisarts":
-                async with http.get(f"{site}/requests") as r:
-                    page = await r.text()
-                assert f"{sent.reference}</a>: <strong>verlopen</strong>" in page
-    await server.close()
+        assert 'class="error verlopen"' in pages[f"{who}-request"]
+    assert f"{sent.reference}</a>: <strong>verlopen</strong>" in pages["huisarts-work"]
 
 
 async def test_the_team_that_accepted_is_reminded_of_the_end_once(loop: Loop) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+20d"}
-    accepted = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    await answer.record_answer(svc, loop.nurse_a, accepted.reference, ACCEPT)
-    waiting = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)  # no answer yet
+    accepted = await _order(loop)
+    waiting = await _order(loop, answer_with=None)  # no answer yet
     loop.clock.advance(days=10)  # within order_reminder_days of the end
     await escalation.check(svc)
     await escalation.check(svc)
@@ -403,11 +417,7 @@ async def test_the_team_that_accepted_is_reminded_of_the_end_once(loop: Loop) ->
 
 async def test_a_declined_order_gives_the_team_no_end_reminder(loop: Loop) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+20d"}
-    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    declined = {"status": "afgewezen", "reason": "Geen capaciteit"}
-    await answer.record_answer(svc, loop.nurse_a, sent.reference, declined)
+    await _order(loop, answer_with={"status": "afgewezen", "reason": "Geen capaciteit"})
     loop.clock.advance(days=10)
     await escalation.check(svc)
     assert notices(svc, "order_end_team") == []
@@ -417,47 +427,32 @@ async def test_the_verlenging_starts_prefilled_from_the_reminder(
     loop: Loop, aiohttp_server: Any
 ) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+20d"}
-    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    sent = await _order(loop)
     loop.clock.advance(days=10)
     await escalation.check(svc)
     end = _signed_document(loop, sent.reference)["period"]["end_date"]
     day_after = (datetime.fromisoformat(end) + timedelta(days=1)).date().isoformat()
-    server = await aiohttp_server(create_app(svc.settings, services=svc, run_worker=False))
-    site = str(server.make_url("")).rstrip("/")
-    pages = {}
-    for who in ("huisarts", "nurse1"):
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            await login(http, site, loop.credentials(who))
-            async with http.get(f"{site}/requests/{sent.reference}") as r:
-                pages[who] = await r.text()
-            async with http.get(f"{site}/requests/{sent.reference}/verlengen") as r:
-                pages[f"{who}-extend"] = await r.text()
-                pages[f"{who}-status"] = str(r.status)
+    page = f"/requests/{sent.reference}"
+    pages = await _pages(loop, aiohttp_server, {"request": page, "extend": f"{page}/verlengen"})
     # The GP's reminder leads to the form, filled from the signed order
-    assert f'href="/requests/{sent.reference}/verlengen"' in pages["huisarts"]
+    assert f'href="/requests/{sent.reference}/verlengen"' in pages["huisarts-request"]
     form = pages["huisarts-extend"]
-    assert pages["huisarts-status"] == "200"
+    assert pages["huisarts-extend-status"] == "200"
     assert f'value="{sent.reference}"' in form
     assert 'value="verlenging" selected' in form or 'value="verlenging" checked' in form
     assert example()["patient"]["name"] in form
     assert f'value="{day_after}"' in form
     # The team's nurse has no verlenging to write (wrong role)
-    assert "/verlengen" not in pages["nurse1"] and pages["nurse1-status"] == "403"
+    assert "/verlengen" not in pages["nurse1-request"]
+    assert pages["nurse1-extend-status"] == "403"
     assert "request.view" in audit_codes(svc, sent.reference)
-    await server.close()
 
 
 async def test_a_prefilled_verlenging_signs_and_ends_the_earlier_orders_signals(
     loop: Loop,
 ) -> None:
     svc = loop.gw.svc
-    data = example()
-    data["period"] = {"start_date": "today", "end_date": "today+20d"}
-    sent = await exchange.send(svc, loop.gw.gp, data, GP_PASSPHRASE)
-    await answer.record_answer(svc, loop.nurse_a, sent.reference, ACCEPT)
+    sent = await _order(loop)
     loop.clock.advance(days=10)
     await escalation.check(svc)
     earlier = _signed_document(loop, sent.reference)

@@ -5,9 +5,11 @@ EHLO/HELO/NOOP/QUIT/STARTTLS is answered 530 until TLS is up); RCPT is refused (
 for any address but the gateway's reply addresses, so no mail for a third party is ever
 relayed or read; DATA is answered only after ``replies.accept`` decided: 250 once the reply
 is durably stored, a 5xx (Dutch / English, why) when it is refused and nothing was kept,
-451 when the gateway could not decide now, for any reason (a full disk, a store or gpg
-error: the sender's server tries again; never aiosmtpd's own 500, which would drop the
-reply), with nothing kept. A message over
+451 when the gateway could not decide now, for any reason (a full disk, a store error, gpg
+or its agent crashing while decrypting: the sender's server tries again; never aiosmtpd's
+own 500, which would drop the reply), with nothing kept. "Not encrypted to our key" (550)
+and "gpg failed" (451) are told apart by ``Keyring.decrypt``; a gpg failure is logged at
+ERROR and shown by the health check's gpg row. A message over
 ``[inbound] max_bytes`` is refused with 552 while it is read, before anything is parsed.
 No SMTP answer and no log line carries a word of the mail: aiosmtpd's DATA lines (DEBUG)
 are never logged, errors are logged by type.
@@ -25,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from securemail.config import InboundSettings
 from securemail.errors import SecuremailError
 from securemail.inbound import replies
+from securemail.openpgp.keyring import SealError
 from securemail.services import Services
 
 log = logging.getLogger("securemail.inbound")
@@ -67,6 +70,11 @@ class ReplyHandler:
         except replies.ReplyRefusedError as exc:
             log.info("reply refused: %s (%s)", exc.code, exc.reason)
             return exc.smtp
+        except SealError as exc:
+            # gpg (or its agent) failed on our side: not the sender's fault, and the operator's
+            # to fix; the statuses name key ids and error codes, never the mail's content.
+            log.error("reply not taken now, gpg failed (ours, temporary): %s", exc.diagnostics())
+            return TRY_LATER
         except SecuremailError as exc:
             log.warning("reply not taken now: %s", exc.diagnostics())
             return TRY_LATER

@@ -7,7 +7,9 @@ Invariants:
   with the gateway's key, is unsigned (or signed by a key the gateway does not hold), is
   signed by anyone but an active pinned member of the team the request is with *now*, or
   names no known request raises a ``ReplyRefusedError`` and leaves no row, no file and no
-  audit row (the SMTP dialogue's 5xx is its only answer, in Dutch and English);
+  audit row (the SMTP dialogue's 5xx is its only answer, in Dutch and English); a gpg that
+  fails on the gateway's side (``DecryptUnavailableError``, ``AgentUnavailableError``, a
+  timeout) is no refusal: it propagates, the listener answers 451 and the sender retries;
 - an accepted reply is one write: the ``replies`` row (its text sealed by the contentbox
   like all content), a ``request.reply`` audit row naming the patient, and one patient-free
   notice ('replied': the reference only) to the practice;

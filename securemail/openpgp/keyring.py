@@ -33,6 +33,7 @@ from securemail.openpgp.keyinfo import (
     SubkeyInfo,
     encryption_subkey,
     parse_fingerprint,
+    parse_listing,
     signing_fingerprints,
     unusable_reason,
     unusable_signer_reason,
@@ -41,6 +42,7 @@ from securemail.openpgp.keystore import (
     INV_RECP_WHY,
     AgentUnavailableError,
     DecryptionError,
+    DecryptUnavailableError,
     KeyStore,
     RecipientKeyError,
     SealError,
@@ -55,6 +57,7 @@ from securemail.openpgp.keystore import (
 __all__ = [
     "AgentUnavailableError",
     "Decrypted",
+    "DecryptUnavailableError",
     "DecryptionError",
     "Envelope",
     "Fingerprint",
@@ -110,6 +113,10 @@ class Decrypted:
 
 class Keyring(KeyStore):
     """The gateway's keyring: key management (KeyStore) plus seal, revoke, verify, decrypt."""
+
+    #: The last decrypt that failed on gpg's side (its reportable statuses), until one
+    #: succeeds: the health check's gpg row shows it (the reply listener's 451s).
+    decrypt_fault: str | None = None
 
     # -- seal ----------------------------------------------------------------------------
 
@@ -418,27 +425,63 @@ class Keyring(KeyStore):
         return await self._call("verify", work)
 
     async def decrypt(self, data: bytes, passphrase: str | None) -> Decrypted:
-        """Decrypt (and check the signature of) an OpenPGP message for one of our keys."""
+        """Decrypt (and check the signature of) an OpenPGP message for one of our keys.
+
+        Two failures, told apart because the sender acts on them differently:
+        DecryptionError when gpg read the message and it cannot be opened here (not
+        encrypted to a secret key this keyring holds, not OpenPGP, damaged: permanent);
+        DecryptUnavailableError (or AgentUnavailableError, SealTimeoutError) when gpg
+        itself failed (crashed, killed, no agent, no status at all: ours, temporary). gpg
+        says NO_SECKEY also when its agent could not be reached, so a NO_SECKEY counts as
+        "not for us" only when a fresh listing of our secret keys lacks that key id."""
         secret = None
         if passphrase is not None:
             secret = wire(check_passphrase(passphrase, DecryptionError))
+        try:
+            r = await self._call("decrypt", lambda g: g.decrypt(data, passphrase=secret))
+        except SealError as exc:  # gpg hung (killed at the timeout) or could not run: ours
+            self.decrypt_fault = exc.reason
+            raise
+        keywords = {k for k, _ in gpgproc.status(r)}
+        opened = {"DECRYPTION_OKAY", "END_DECRYPTION"} <= keywords and not keywords & {
+            "DECRYPTION_FAILED",
+            "BADMDC",
+        }
+        if not (opened and (r.returncode == 0 or keywords & _SIGNATURE_VERDICTS)):
+            await self._decrypt_failed(r)
+        self.decrypt_fault = None
+        signer = _good_signer(r)
+        return Decrypted(data=bytes(r.data), signer=signer, valid_signature=signer is not None)
 
-        def work(g: WatchedGPG) -> Decrypted:
-            r = g.decrypt(data, passphrase=secret)
-            keywords = {k for k, _ in gpgproc.status(r)}
-            if not {"DECRYPTION_OKAY", "END_DECRYPTION"} <= keywords or keywords & {
-                "DECRYPTION_FAILED",
-                "BADMDC",
-            }:
-                self._fail("decrypt", r, passphrase_error=DecryptionError, error=DecryptionError)
-            signer = _good_signer(r)
-            if r.returncode != 0 and not (
-                keywords & {"ERRSIG", "BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG"}
-            ):
-                self._fail("decrypt", r, passphrase_error=DecryptionError, error=DecryptionError)
-            return Decrypted(data=bytes(r.data), signer=signer, valid_signature=signer is not None)
+    async def _decrypt_failed(self, r: object) -> NoReturn:
+        """Raise the failure of a decrypt: permanent (the message) or temporary (gpg)."""
+        pairs = gpgproc.status(r)
+        if not gpgproc.is_agent_failure(pairs) and not gpgproc.is_bad_passphrase(pairs):
+            no_seckey = any(k == "NO_SECKEY" for k, _ in pairs)
+            ours = await self._own_key_ids_or_none() if no_seckey else frozenset()
+            if decrypt_verdict(pairs, getattr(r, "returncode", None), ours) == "temporary":
+                self.decrypt_fault = gpgproc.summary(r)
+                raise DecryptUnavailableError(
+                    f"gpg decrypt failed (ours, temporary): {self.decrypt_fault}",
+                    operation="decrypt",
+                    status=self.decrypt_fault,
+                )
+        if gpgproc.is_agent_failure(pairs):
+            self.decrypt_fault = gpgproc.summary(r)
+        self._fail("decrypt", r, passphrase_error=DecryptionError, error=DecryptionError)
 
-        return await self._call("decrypt", work)
+    async def _own_key_ids_or_none(self) -> frozenset[str] | None:
+        """The key ids (16 hex, upper case) of every key whose secret this keyring holds,
+        from a fresh listing; None when gpg could not list them (then nothing is "not ours")."""
+        args = ["--with-fingerprint", "--with-fingerprint", "--list-secret-keys"]
+        try:
+            r = await self._call("list-secret-keys", lambda g: g.run(args))
+        except SealError:
+            return None
+        if r.returncode != 0:
+            return None
+        infos = parse_listing(r.data.decode("latin-1"))
+        return frozenset(sub.key_id.upper() for info in infos for sub in info.subkeys)
 
     async def recipients_of(self, ciphertext: bytes) -> tuple[str, ...]:
         """Key ids gpg itself reads from a message (--list-only); for checks and tests."""
@@ -449,6 +492,31 @@ class Keyring(KeyStore):
         if not ids:
             self._fail("list-only", r)
         return ids
+
+
+#: Statuses that say gpg judged a signature: a decrypted message with one of them exits 1 or 2
+#: (a bad or unknown signature) and is still opened; the caller looks at ``signer``.
+_SIGNATURE_VERDICTS = frozenset({"ERRSIG", "BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG"})
+#: Statuses in which gpg says the message cannot be opened (it read it and gave a verdict).
+_MESSAGE_VERDICTS = frozenset({"NODATA", "BADMDC", "DECRYPTION_FAILED", "NO_SECKEY"})
+
+
+def decrypt_verdict(
+    pairs: list[tuple[str, str]], returncode: int | None, own_key_ids: frozenset[str] | None
+) -> str:
+    """ "permanent" when a failed decrypt is the message's fault, else "temporary" (gpg's).
+
+    Permanent only on positive evidence: gpg exited normally (2) and said the message is not
+    OpenPGP, damaged, or encrypted to keys it has no secret for, none of which is ours. A gpg
+    that was killed or crashed (no exit code, a signal, no status at all), or that said
+    NO_SECKEY for a key we hold (its agent failed), is temporary: the sender tries again."""
+    keywords = {k for k, _ in pairs}
+    if returncode != 2 or not keywords & _MESSAGE_VERDICTS:
+        return "temporary"
+    missing = {v.split()[0].upper() for k, v in pairs if k == "NO_SECKEY" and v}
+    if missing and (own_key_ids is None or missing & own_key_ids):
+        return "temporary"
+    return "permanent"
 
 
 def _envelope(ciphertext: bytes, envelope: Envelope) -> bytes:

@@ -150,6 +150,19 @@ class DecryptionError(SealError):
     http_status = 400
 
 
+class DecryptUnavailableError(SealError):
+    """gpg failed while decrypting (crashed, killed, no status): the gateway's fault and a
+    passing one, never "not for this key". Nothing was read; the same message may be tried
+    again (the reply listener answers 451, so the sender's server does)."""
+
+    code = "openpgp.decrypt_unavailable"
+    nl = (
+        "Het bericht kon door een storing bij de gateway nu niet worden ontsleuteld; er is "
+        "niets bewaard. Probeer het later opnieuw."
+    )
+    retry_after = 30
+
+
 def fingerprint_arg(value: str) -> Fingerprint:
     """A full fingerprint from a caller, or InputError (never a gpg search pattern)."""
     try:

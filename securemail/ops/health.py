@@ -161,7 +161,8 @@ async def database_writable(svc: Services) -> bool:
 
 
 async def check_gpg(svc: Services) -> CheckResult:
-    """gpg answers a fresh listing of the gateway's secret key, and that key may sign."""
+    """gpg answers a fresh listing of the gateway's secret key, that key may sign, and the
+    last decrypt (a reply) did not fail on gpg's side."""
     try:
         fpr = await svc.store.read(lambda db: get_meta(db, "gateway_fingerprint"))
     except sqlite3.Error:
@@ -174,6 +175,8 @@ async def check_gpg(svc: Services) -> CheckResult:
         return CheckResult("gpg", False, "gpg does not answer")
     if info is None:
         return CheckResult("gpg", False, "gateway secret key missing from the keyring")
+    if svc.keyring.decrypt_fault is not None:  # the reply listener answers 451 meanwhile
+        return CheckResult("gpg", False, "gpg failed decrypting the last reply (sender retries)")
     why = unusable_signer_reason(info, datetime.now(UTC))
     if why is not None:
         return CheckResult("gpg", False, f"gateway key unusable ({why})")

@@ -17,7 +17,15 @@ from typing import Any
 from securemail import config
 from securemail.home import open_services
 from tests.e2e.test_send_path import assert_opens_as_nurse
-from tests.gateway import EXAMPLE, GP_PASSPHRASE, Gateway, deliver_all, env_for_cli, example
+from tests.gateway import (
+    EXAMPLE,
+    GP_PASSPHRASE,
+    Gateway,
+    deliver_all,
+    env_for_cli,
+    example,
+    request_send_cli,
+)
 
 
 def run_batch(
@@ -30,33 +38,18 @@ def run_batch(
     via_stdin: bool = False,
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     """The batch as a practice system runs it; its result lines parsed."""
-    pass_file = tmp_path / "passphrase"
-    pass_file.write_text(passphrase + "\n", encoding="utf-8")
     body = "".join(line + "\n" for line in lines)
     batch_file = tmp_path / "batch.ndjson"
     batch_file.write_text(body, encoding="utf-8")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "securemail",
-            "request",
-            "send",
-            "--home",
-            str(gw.home),
-            "--as",
-            "huisarts",
-            "--batch",
-            "-" if via_stdin else str(batch_file),
-            "--passphrase-file",
-            str(pass_file),
-        ],
-        input=body if via_stdin else None,
-        capture_output=True,
-        text=True,
-        env={**env_for_cli(), **(env or {})},
+    proc = request_send_cli(
+        gw,
+        tmp_path,
+        "--batch",
+        "-" if via_stdin else str(batch_file),
+        passphrase=passphrase,
+        stdin=body if via_stdin else None,
+        env=env,
         timeout=300,
-        check=False,
     )
     assert "Traceback" not in proc.stderr
     results = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]

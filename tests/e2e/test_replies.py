@@ -8,6 +8,7 @@ import base64
 import os
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,20 +32,37 @@ REPLY_TO = "antwoord@gateway.example"
 TEXT = "Mevrouw is vandaag gezien; wondzorg gestart. Groet, Nurse One"
 
 
-@pytest.fixture
-async def inbound(gw: Gateway, tls_ca: trustme.CA, tmp_path: Path) -> AsyncIterator[int]:
-    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
+@asynccontextmanager
+async def listening(
+    gw: Gateway, ca: trustme.CA, tmp_path: Path, **limits: Any
+) -> AsyncIterator[int]:
+    """The gateway's reply listener on a free port of 127.0.0.1 with a certificate of ``ca``
+    (``limits``: further [inbound] settings, e.g. max_bytes); yields the port."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
     certfile, keyfile = tmp_path / "inbound.pem", tmp_path / "inbound.key"
     cert.cert_chain_pems[0].write_to_path(str(certfile))
     cert.private_key_pem.write_to_path(str(keyfile))
     port = free_port()
     settings = InboundSettings(
-        enabled=True, host="127.0.0.1", port=port, certfile=str(certfile), keyfile=str(keyfile)
+        enabled=True,
+        host="127.0.0.1",
+        port=port,
+        certfile=str(certfile),
+        keyfile=str(keyfile),
+        **limits,
     )
     server = await listener.start(gw.svc, settings)
-    yield port
-    server.close()
-    await server.wait_closed()
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def inbound(gw: Gateway, tls_ca: trustme.CA, tmp_path: Path) -> AsyncIterator[int]:
+    async with listening(gw, tls_ca, tmp_path) as port:
+        yield port
 
 
 async def sent_request(gw: Gateway) -> tuple[str, str]:
@@ -66,8 +84,10 @@ async def nurse_armor(
     *,
     sign_as: str | None = "nurse1@zorg-noord.example",
     home: Path | None = None,
+    to: str = REPLY_TO,
 ) -> str:
-    """What the nurse's client makes: encrypted to the gateway's reply address, signed."""
+    """What the nurse's client makes: encrypted to the gateway's reply address (or ``to``),
+    signed."""
     home = home or gw.nurse_home
     fpr = gw.svc.store.read_sync(
         lambda db: db.execute(
@@ -75,7 +95,7 @@ async def nurse_armor(
         ).fetchone()[0]
     )
     gpg_cli(home, "--import", stdin=(await gw.svc.keyring.export_public(fpr)).encode())
-    args = ["--trust-model", "always", "--armor", "--encrypt", "-r", REPLY_TO]
+    args = ["--trust-model", "always", "--armor", "--encrypt", "-r", to]
     if sign_as:
         args += ["--sign", "-u", sign_as]
     return gpg_cli(home, *args, stdin=text.encode()).decode()

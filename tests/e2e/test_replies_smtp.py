@@ -5,14 +5,17 @@
   a 5xx that drops the reply, nothing is half-stored, and the same reply sent again once
   there is room is taken;
 - nothing about the patient (BSN, name, the reply's words) is in any SMTP reply text or any
-  log line (DEBUG included, aiosmtpd's own), whatever the listener answered.
+  log line (DEBUG included, aiosmtpd's own), whatever the listener answered;
+- gpg failing on the gateway's side while decrypting (gpg crashes, its agent cannot start)
+  is 451 with nothing stored, an English log line and a failed gpg health row, and the same
+  reply is taken once gpg works again; a reply encrypted to another key stays 550.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,7 @@ import aiosmtplib
 import pytest
 import trustme
 
-from securemail.config import InboundSettings
-from securemail.inbound import listener
+from securemail.ops import health
 from tests.conftest import kill_gpg_agent
 from tests.e2e.test_replies import (
     REPLY_TO,
@@ -29,12 +31,19 @@ from tests.e2e.test_replies import (
     counts,
     deliver,
     files,
+    listening,
     mail,
     nurse_armor,
     sent_request,
 )
-from tests.gateway import EXAMPLE, Gateway, gpg_cli
-from tests.smtp_fixtures import free_port
+from tests.gateway import (
+    EXAMPLE,
+    Gateway,
+    build_gateway,
+    close_gateway,
+    gpg_cli,
+    relay_settings,
+)
 
 BSN, NAME = EXAMPLE["patient"]["bsn"], EXAMPLE["patient"]["name"]
 SMALL = 16_384  # [inbound] max_bytes for these tests
@@ -42,23 +51,8 @@ SMALL = 16_384  # [inbound] max_bytes for these tests
 
 @pytest.fixture
 async def small_inbound(gw: Gateway, tls_ca: trustme.CA, tmp_path: Path) -> AsyncIterator[int]:
-    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = tmp_path / "inbound.pem", tmp_path / "inbound.key"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    port = free_port()
-    settings = InboundSettings(
-        enabled=True,
-        host="127.0.0.1",
-        port=port,
-        certfile=str(certfile),
-        keyfile=str(keyfile),
-        max_bytes=SMALL,
-    )
-    server = await listener.start(gw.svc, settings)
-    yield port
-    server.close()
-    await server.wait_closed()
+    async with listening(gw, tls_ca, tmp_path, max_bytes=SMALL) as port:
+        yield port
 
 
 def disk_full(gw: Gateway, full: bool) -> None:
@@ -211,3 +205,124 @@ async def test_the_directory_publishes_the_gateways_key_and_a_reply_made_with_it
     ).decode()  # fmt: skip
     result = await deliver(small_inbound, relay_cafile, mail(armored, reference, mid))
     assert code(result) == 250, result
+
+
+# -- gpg failing on our side is temporary; "not for our key" is not ----------------------------
+
+
+def crash_on_decrypt(bindir: Path, broken: Path) -> str:
+    """A gpg that, while ``broken`` exists, dies of SIGSEGV on every --decrypt (real gpg
+    otherwise): a crashing gpg, no status, no exit code."""
+    bindir.mkdir()
+    script = bindir / "gpg"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *--decrypt*) if [ -e {broken} ]; then kill -SEGV $$; fi;; esac\n'
+        'exec gpg "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+async def crashing_gw(
+    team_member_keys: dict[str, str], smtp_server: Any, relay_cafile: str, tmp_path: Path
+) -> AsyncIterator[tuple[Gateway, Path]]:
+    """The ``gw`` gateway, on a gpg that crashes decrypting while the returned file exists."""
+    broken = tmp_path / "gpg-broken"
+    g = await build_gateway(
+        team_keys=team_member_keys,
+        smtp=relay_settings(smtp_server, relay_cafile),
+        replace={"gpg": {"binary": crash_on_decrypt(tmp_path / "bin", broken)}},
+    )
+    yield g, broken
+    close_gateway(g)
+
+
+def no_agent(gw: Gateway, broken: bool) -> None:
+    """gpg cannot start its agent in the gateway's home (it then says NO_SECKEY for the
+    gateway's own key, as for a stranger's): the running agent is stopped as well."""
+    conf = gw.svc.keyring.homedir / "gpg.conf"
+    lines = [x for x in conf.read_text().splitlines(keepends=True) if "agent-program" not in x]
+    conf.write_text("".join(lines) + ("agent-program /bin/false\n" if broken else ""))
+    kill_gpg_agent(gw.svc.keyring.homedir)
+
+
+async def assert_451_until_mended(
+    gw: Gateway,
+    port: int,
+    cafile: str,
+    caplog: pytest.LogCaptureFixture,
+    fault: tuple[Callable[[], object], Callable[[], object]],
+    health_says: str,
+) -> None:
+    """A request sent, a reply to it made; then ``fault`` (break, mend) around its delivery:
+    451 and nothing stored while broken, the same reply taken once mended."""
+    breaks, mend = fault
+    reference, mid = await sent_request(gw)
+    raw = mail(await nurse_armor(gw, TEXT), reference, mid)
+    before, before_files = counts(gw), files(gw.home)
+    breaks()
+    caplog.set_level(logging.INFO)
+    result = await deliver(port, cafile, raw)
+    assert isinstance(result, aiosmtplib.SMTPResponseException), result
+    assert result.code == 451, result  # ours to fix: the sender's server keeps it, tries again
+    assert "try again later" in result.message
+    assert counts(gw) == before and files(gw.home) == before_files  # nothing stored
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("gpg failed (ours, temporary)" in e for e in errors), errors
+    assert_patient_free(caplog.text)
+    gpg_row = await health.check_gpg(gw.svc)
+    assert not gpg_row.ok and health_says in gpg_row.reason  # the operator sees it
+    mend()
+    again = await deliver(port, cafile, raw)
+    assert code(again) == 250, again
+    assert counts(gw)[:2] == (before[0] + 1, before[1] + 1)
+    assert (await health.check_gpg(gw.svc)).ok
+
+
+async def test_a_gpg_that_crashes_decrypting_gets_451_and_the_same_reply_is_taken_after(
+    crashing_gw: tuple[Gateway, Path],
+    tls_ca: trustme.CA,
+    relay_cafile: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw, broken = crashing_gw
+    async with listening(gw, tls_ca, tmp_path) as port:
+        await assert_451_until_mended(
+            gw, port, relay_cafile, caplog, (broken.touch, broken.unlink), "decrypting"
+        )
+
+
+async def test_a_gpg_agent_that_cannot_start_gets_451_not_550_and_the_reply_is_taken_after(
+    gw: Gateway, small_inbound: int, relay_cafile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gpg says NO_SECKEY for the gateway's own key when it has no agent: still not "not for
+    our key" (550, the reply dropped), but a gateway fault (451)."""
+    try:
+        await assert_451_until_mended(
+            gw,
+            small_inbound,
+            relay_cafile,
+            caplog,
+            (lambda: no_agent(gw, True), lambda: no_agent(gw, False)),
+            "secret key missing",  # its own listing fails too, without an agent
+        )
+    finally:
+        no_agent(gw, False)
+
+
+async def test_a_reply_encrypted_to_another_key_is_still_550_and_the_health_row_stays_ok(
+    gw: Gateway, small_inbound: int, relay_cafile: str
+) -> None:
+    reference, mid = await sent_request(gw)
+    # encrypted to a key the gateway holds the public half of only (the nurse's own)
+    armored = await nurse_armor(gw, TEXT, to="nurse1@zorg-noord.example")
+    before, before_files = counts(gw), files(gw.home)
+    result = await deliver(small_inbound, relay_cafile, mail(armored, reference, mid))
+    assert isinstance(result, aiosmtplib.SMTPResponseException), result
+    assert result.code == 550
+    assert "Not encrypted to the gateway's key" in result.message
+    assert counts(gw) == before and files(gw.home) == before_files
+    assert (await health.check_gpg(gw.svc)).ok

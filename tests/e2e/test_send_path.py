@@ -28,6 +28,7 @@ from tests.gateway import (
     deliver_all,
     env_for_cli,
     example,
+    request_send_cli,
 )
 from tests.loop_fixtures import verify_order
 
@@ -67,31 +68,7 @@ def cli_send(
     """`securemail request send` as a practice system runs it: a file and a passphrase file."""
     req_file = tmp_path / "request.json"
     req_file.write_text(json.dumps(data), encoding="utf-8")
-    pass_file = tmp_path / "passphrase"
-    pass_file.write_text(GP_PASSPHRASE + "\n", encoding="utf-8")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "securemail",
-            "request",
-            "send",
-            "--home",
-            str(gw.home),
-            "--as",
-            "huisarts",
-            "--file",
-            str(req_file),
-            "--passphrase-file",
-            str(pass_file),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        env=env_for_cli(),
-        timeout=120,
-        check=False,
-    )
+    return request_send_cli(gw, tmp_path, "--file", str(req_file), *extra)
 
 
 async def test_cli_send_arrives_encrypted_signed_and_neutral(
