@@ -123,6 +123,26 @@ def notices(svc: Any, kind: str) -> list[bytes]:
     return [bytes(r[0]) for r in rows if marker in bytes(r[0])]
 
 
+def other_practice_gp(svc: Any) -> Actor:
+    """A GP of another practice (Elders, 07654321): the stranger of the scoping tests."""
+    from securemail.access import SYSTEM
+    from securemail.region import directory
+
+    now = svc.now_iso()
+
+    def add(db: Any) -> None:
+        directory.add_org(db, SYSTEM, code="07654321", kind="practice", name="Elders", now=now)
+        auth.add_user(
+            db, SYSTEM, username="gp_elders", name="Dr. Elders", role="gp",
+            org_code="07654321", password="another password 123", now=now,
+            profile={"big": "19012345699"},
+        )  # fmt: skip
+
+    svc.store.write_sync(add)
+    actor: Actor = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_elders"))
+    return actor
+
+
 def audit_codes(svc: Any, object_id: str) -> list[str]:
     return svc.store.read_sync(
         lambda db: [

@@ -21,7 +21,7 @@ from securemail.region import directory
 from tests.clock import AMS
 from tests.e2e.webflow import csrf_of, login
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, example
-from tests.loop_fixtures import Loop, audit_codes, notices
+from tests.loop_fixtures import Loop, audit_codes, notices, other_practice_gp
 
 VISIT = {
     "team_address": TEAM,
@@ -73,22 +73,7 @@ async def test_nurse_asks_a_home_visit_and_the_gp_answers_on_the_ask(loop: Loop)
 async def test_another_practice_cannot_answer_and_a_nurse_cannot(loop: Loop) -> None:
     svc = loop.gw.svc
     made = await asks.create(svc, loop.nurse_a, {**VISIT, "ask_kind": "consult"})
-    now = svc.now_iso()
-
-    def other_gp(db: object) -> None:
-        from securemail.accounts import auth
-
-        directory.add_org(db, SYSTEM, code="07654321", kind="practice", name="Elders", now=now)
-        auth.add_user(
-            db, SYSTEM, username="gp_elders", name="Dr. Elders", role="gp",
-            org_code="07654321", password="another password 123", now=now,
-            profile={"big": "19012345699"},
-        )  # fmt: skip
-
-    svc.store.write_sync(other_gp)
-    from securemail.accounts import auth
-
-    stranger = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_elders"))
+    stranger = other_practice_gp(svc)
     with pytest.raises(NotFoundError):
         await ask_answer.answer_ask(svc, stranger, made.reference, ANSWER)
     with pytest.raises(NotFoundError):

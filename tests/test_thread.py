@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from securemail import consent
-from securemail.access import SYSTEM, HiddenDeniedError
+from securemail.access import HiddenDeniedError
 from securemail.errors import NotFoundError
 from securemail.exchange import asks, thread
 from securemail.exchange import send as exchange
@@ -24,7 +24,7 @@ from securemail.ops import retention
 from securemail.region import directory
 from tests.e2e.webflow import csrf_of, login
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, example
-from tests.loop_fixtures import NURSE_B_PASSWORD, Loop, audit_codes, notices
+from tests.loop_fixtures import NURSE_B_PASSWORD, Loop, audit_codes, notices, other_practice_gp
 
 VISIT = {
     "team_address": TEAM,
@@ -177,22 +177,7 @@ async def test_thread_on_a_request_both_ways_and_refusals(
 async def test_another_practice_gets_not_found_and_the_refusal_is_audited(loop: Loop) -> None:
     svc = loop.gw.svc
     sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
-    now = svc.now_iso()
-
-    def other_gp(db: Any) -> None:
-        from securemail.accounts import auth
-
-        directory.add_org(db, SYSTEM, code="07654321", kind="practice", name="Elders", now=now)
-        auth.add_user(
-            db, SYSTEM, username="gp_elders", name="Dr. Elders", role="gp",
-            org_code="07654321", password="another password 123", now=now,
-            profile={"big": "19012345699"},
-        )  # fmt: skip
-
-    svc.store.write_sync(other_gp)
-    from securemail.accounts import auth
-
-    stranger = svc.store.read_sync(lambda db: auth.actor_for_cli(db, "gp_elders"))
+    stranger = other_practice_gp(svc)
     with pytest.raises(NotFoundError):
         await thread.post(svc, stranger, sent.reference, "hallo")
     with pytest.raises(HiddenDeniedError) as caught:  # the middleware records it
