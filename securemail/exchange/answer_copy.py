@@ -163,6 +163,24 @@ async def seal_document(
     except RecipientKeyError as exc:
         log.warning("request %s: practice key unusable (%s)", reference, exc.code)
         return None
+    return await seal_by_gateway(
+        svc, reference, doc, text, gateway_fpr, [key.fingerprint], key.email, subject
+    )
+
+
+async def seal_by_gateway(
+    svc: Services,
+    reference: str,
+    doc: dict[str, Any],
+    text: str,
+    gateway_fpr: str,
+    recipients: list[Fingerprint],
+    address: str,
+    subject: str,
+) -> SealedMessage:
+    """``doc`` (JSON) and ``text`` as one PGP/MIME message signed by the gateway's own key
+    and encrypted to ``recipients`` (the practice's key, a team's members): the one way the
+    gateway writes in its own name. ``subject`` names the reference only: it travels outside."""
     return await svc.keyring.seal(
         SealInput(
             reference=reference,
@@ -173,10 +191,10 @@ async def seal_document(
         ),
         signer=Fingerprint(gateway_fpr),
         passphrase=None,  # the gateway's key has none; its homedir is the protection
-        recipients=[key.fingerprint],
+        recipients=recipients,
         envelope=Envelope(
             sender=svc.settings.gateway.from_address,
-            recipient=key.email,
+            recipient=address,
             subject=subject,
             extra_headers=(("X-Securemail-Reference", reference),),
         ),

@@ -30,7 +30,6 @@ told), and an answer given with the ask's own answer form is shown in the conver
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -43,16 +42,12 @@ from securemail.access import Actor, HiddenDeniedError, Resource, person, requir
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
+from securemail.exchange import answer_copy
+from securemail.exchange.view import record_refusal
 from securemail.form import request as forms
 from securemail.form.fields import clean_text
 from securemail.message import notify
-from securemail.openpgp.keyring import (
-    Envelope,
-    Fingerprint,
-    RecipientKeyError,
-    SealedMessage,
-    SealInput,
-)
+from securemail.openpgp.keyring import RecipientKeyError, SealedMessage
 from securemail.region import directory
 from securemail.services import Services
 from securemail.store import get_meta
@@ -154,17 +149,7 @@ def permitted(db: sqlite_utils.Database, actor: Actor, reference: str, action: s
 
 
 def _record_refusal(db: sqlite_utils.Database, actor: Actor, found: Subject, action: str) -> None:
-    audit.record(
-        db,
-        audit.AuditEvent.of(
-            actor,
-            "access.denied",
-            outcome="refused",
-            outcome_detail=action,
-            object_type=found.kind,
-            object_id=found.reference,
-        ),
-    )
+    record_refusal(db, actor, found.reference, action, object_type=found.kind)
 
 
 def check_body(text: object) -> str:
@@ -406,30 +391,10 @@ async def _sealed_for_team(
         f"Van: {doc['author']} ({ROLE_NL.get(actor.role, actor.role)})\n"
         f"Moment: {doc['moment']}\n\n{body}\n"
     )
-    return await svc.keyring.seal(
-        SealInput(
-            reference=found.reference,
-            text=text,
-            html=_html(text),
-            json=json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-            signer_public_key=await svc.keyring.export_public(Fingerprint(gateway_fpr)),
-        ),
-        signer=Fingerprint(gateway_fpr),
-        passphrase=None,  # the gateway's key has none; its homedir is the protection
-        recipients=recipients,
-        envelope=Envelope(
-            sender=svc.settings.gateway.from_address,
-            recipient=team.address,
-            subject=f"Bericht {found.reference}",
-            extra_headers=(("X-Securemail-Reference", found.reference),),
-        ),
-    )
-
-
-def _html(text: str) -> str:
-    from html import escape
-
-    return f"<pre>{escape(text)}</pre>"
+    return await answer_copy.seal_by_gateway(
+        svc, found.reference, doc, text, gateway_fpr, recipients, team.address,
+        f"Bericht {found.reference}",
+    )  # fmt: skip
 
 
 __all__ = [

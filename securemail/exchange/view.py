@@ -135,7 +135,14 @@ def answer_of(db: sqlite_utils.Database, row: RequestRow) -> dict[str, Any] | No
     return json.loads(text) if text else None
 
 
-def record_refusal(db: sqlite_utils.Database, actor: Actor, reference: str, detail: str) -> None:
+def record_refusal(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    reference: str,
+    detail: str,
+    *,
+    object_type: str = "request",
+) -> None:
     """The access.denied row for a refused look at (or action on) a request; the refusal
     itself is raised by the caller, often hidden as not-found, so this row is its only trace."""
     audit.record(
@@ -145,7 +152,7 @@ def record_refusal(db: sqlite_utils.Database, actor: Actor, reference: str, deta
             "access.denied",
             outcome="refused",
             outcome_detail=detail,
-            object_type="request",
+            object_type=object_type,
             object_id=reference,
         ),
     )
