@@ -14,8 +14,8 @@ messages carry no MIME bytes (the pages never read them).
 Shape: 500 practices and 300 teams; 10,000 users (GPs and nurses). The benchmark GP's
 practice holds ~0.3 % of the requests (3,000 at 1M), the benchmark nurse's team ~0.4 %, one
 practice ~2 % (the worst case, 20,000 at 1M); the rest spread evenly. The 1,000 home is a
-pilot region: the GP's practice 300, the team 400 (the same pages, a small database). The last 1 % of the
-requests (newest) are open, with deadlines; the rest answered.
+pilot region: the GP's practice 300, the team 400 (the same pages, a small database). The
+newest 1 % of the requests are open, with deadlines; the rest answered.
 
 The 1M home takes minutes to build: it is cached under benchmarks/.cache/ (gitignored), keyed
 by BUILD_VERSION, the size and the columns of the tables it fills, and copied for each run
@@ -399,7 +399,9 @@ class Client:
         await self.text("POST", "/login", form)
         page = await self.text("GET", "/login/totp")
         code = totp.code_at(secret, totp.step_of(datetime.now(UTC)))
-        await self.text("POST", "/login/totp", {"csrf_token": _field(page, "csrf_token"), "code": code})
+        await self.text(
+            "POST", "/login/totp", {"csrf_token": _field(page, "csrf_token"), "code": code}
+        )
         self.csrf = _field(await self.text("GET", "/account"), "csrf_token")
 
     async def timed(self, method: str, path: str, data: dict[str, str] | None) -> float:

@@ -1,6 +1,7 @@
-"""Work lists (securemail/web/worklist.py): the patient's name, team or practice, urgency, state
-and deadline; what is due first on top; a search by name, reference or BSN that travels in a
-POST body only; pages; every shown row audited; a nurse sees only her own teams' requests.
+"""Work lists (securemail/exchange/worklist.py; the page: web/worklist.py): the patient's
+name, team or practice, urgency, state and deadline; what is due first on top; a search by
+name, reference or BSN that travels in a POST body only; pages; every shown row audited; a
+nurse sees only her own teams' requests.
 
 Real parts: the web app over HTTP (webapp fixture), real sends (gpg sign and seal), sqlite.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 from securemail.accounts import auth
 from securemail.exchange import send as exchange
-from securemail.web import worklist
+from securemail.exchange import worklist
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
