@@ -130,3 +130,18 @@ async def test_a_gp_of_another_practice_finds_nothing(webapp: WebApp) -> None:
     for r in (await other.get("/requests"), await other.post("/requests", {"q": ref})):
         assert f'href="/requests/{ref}"' not in r.text and "J. de Vries-Test" not in r.text
     assert not [a for a in webapp.audit("request.list") if a["user_name"] == "gp_b"]
+
+
+def test_a_page_is_sorted_on_the_worklist_index_alone(webapp: WebApp) -> None:
+    """The order of a practice's or a team's list comes from the covering worklist index
+    (migration 0008): no row, with its sealed document, is read to choose a page."""
+    plans = {}
+    for where, index in (
+        ("r.practice_org_id = ?", "requests_practice_worklist"),
+        ("r.team_id IN (?)", "requests_team_worklist"),
+    ):
+        sql = "EXPLAIN QUERY PLAN " + worklist.page_ids_sql(where)
+        plans[index] = webapp.svc.store.read_sync(
+            lambda db, s=sql: [str(r[3]) for r in db.execute(s, [1, 25, 0])]
+        )
+        assert any(f"USING COVERING INDEX {index}" in step for step in plans[index]), plans

@@ -207,6 +207,17 @@ def _m7(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE request_hops ADD COLUMN care_start TEXT NOT NULL DEFAULT ''")
 
 
+@MIGRATIONS(name="0008_worklist_indexes")
+def _m8(db: sqlite_utils.Database) -> None:
+    """The work lists' order (exchange/worklist.py) from the index alone: a practice's or a
+    team's requests by state and deadline (the rowid is in every index), so a page sorts narrow
+    entries instead of reading every row of a big practice with its sealed document."""
+    db.execute(
+        "CREATE INDEX requests_practice_worklist ON requests (practice_org_id, state, answer_due)"
+    )
+    db.execute("CREATE INDEX requests_team_worklist ON requests (team_id, state, answer_due)")
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:

@@ -51,6 +51,9 @@ _FROM = (
 )
 #: What is due first: open requests by deadline (those without one yet after them), then the
 #: rest newest first. julianday() compares deadlines across a summer-time change correctly.
+#: Every key is in the worklist indexes (scope, state, answer_due; the rowid), so a page's ids
+#: are sorted on narrow index entries; only the page's rows are then read in full (a row
+#: carries its sealed document, and the delivery column is a subquery per row).
 _ORDER = (
     "ORDER BY (r.state = 'open') DESC, (r.answer_due = '') ASC, "
     "CASE WHEN r.state = 'open' THEN julianday(r.answer_due) END ASC, r.id DESC"
@@ -89,6 +92,29 @@ def _rows(db: sqlite_utils.Database, sql: str, params: list[Any]) -> list[dict[s
     cur = db.execute(sql, params)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+def page_ids_sql(where: str) -> str:
+    """The ids of one page in the work list's order (WHERE ``where``; LIMIT, OFFSET ?)."""
+    return f"SELECT r.id FROM requests r WHERE {where} {_ORDER} LIMIT ? OFFSET ?"  # noqa: S608
+
+
+#: What a name search reads of each of its NAME_SCAN candidates: the sealed document and the
+#: sort keys (the full row, with its joins and delivery subquery, only for the shown ones).
+_NAME_COLUMNS = "r.id, r.reference, r.state, r.answer_due, r.document, r.content_purged_at"
+
+
+def _rows_by_id(
+    db: sqlite_utils.Database, ids: list[int], *, columns: str = _COLUMNS, joined: bool = True
+) -> list[dict[str, Any]]:
+    """The rows of ids (at most NAME_SCAN), in the order of ids."""
+    if not ids:
+        return []
+    marks = ",".join("?" for _ in ids)
+    source = _FROM if joined else "FROM requests r"
+    found = _rows(db, f"SELECT {columns} {source} WHERE r.id IN ({marks})", ids)
+    by_id = {int(r["id"]): r for r in found}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def patient_name(db: sqlite_utils.Database, row: dict[str, Any]) -> str:
@@ -141,8 +167,9 @@ def work_list(
     total = int(db.execute(f"SELECT COUNT(*) FROM requests r WHERE {where}", params).fetchone()[0])  # noqa: S608
     pages = max(1, -(-total // page_size))
     page = min(max(page, 1), pages)
-    sql = f"SELECT {_COLUMNS} {_FROM} WHERE {where} {_ORDER} LIMIT ? OFFSET ?"
-    rows = _rows(db, sql, [*params, page_size, (page - 1) * page_size])
+    offset = (page - 1) * page_size
+    ids = [int(x[0]) for x in db.execute(page_ids_sql(where), [*params, page_size, offset])]
+    rows = _rows_by_id(db, ids)
     shown = _finish(db, actor, rows, source_id, searched=bool(kind))
     return WorkList(shown, page, pages, total, query, kind_of_search=kind)
 
@@ -158,15 +185,16 @@ def _name_search(
     page_size: int,
 ) -> WorkList:
     """The newest NAME_SCAN requests in scope whose patient's name contains query."""
-    sql = f"SELECT {_COLUMNS} {_FROM} WHERE {where} ORDER BY r.id DESC LIMIT ?"
-    candidates = _rows(db, sql, [*params, NAME_SCAN])
+    sql = f"SELECT r.id FROM requests r WHERE {where} ORDER BY r.id DESC LIMIT ?"  # noqa: S608
+    ids = [int(x[0]) for x in db.execute(sql, [*params, NAME_SCAN])]
+    candidates = _rows_by_id(db, ids, columns=_NAME_COLUMNS, joined=False)
     needle = query.casefold()
     hits = [r for r in candidates if needle in patient_name(db, r).casefold()]
     hits.sort(key=_due_first)
     total = len(hits)
     pages = max(1, -(-total // page_size))
     page = min(max(page, 1), pages)
-    rows = hits[(page - 1) * page_size : page * page_size]
+    rows = _rows_by_id(db, [int(r["id"]) for r in hits[(page - 1) * page_size : page * page_size]])
     shown = _finish(db, actor, rows, source_id, searched=True)
     return WorkList(
         shown, page, pages, total, query, scanned=len(candidates), kind_of_search="name"
