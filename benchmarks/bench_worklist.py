@@ -210,6 +210,9 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
     box = contentbox.load(settings)
     conn = sqlite3.connect(str(settings.db_path), isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
+    # One transaction: with the default small page cache the indexes' pages are spilled to
+    # the WAL again and again (a WAL several times the database).
+    conn.execute("PRAGMA cache_size = -2000000")
     conn.execute("BEGIN")
     row0 = _rows(conn, "SELECT * FROM requests WHERE reference = ?", [template_ref])[0]
     hop0 = _rows(conn, "SELECT * FROM request_hops WHERE reference = ?", [template_ref])[0]

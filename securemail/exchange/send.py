@@ -498,6 +498,31 @@ async def usable_recipients(
     """The team's pinned member keys that pass every check (keydir.check_member_key), and the
     members left out with why: a bad key or one still quarantined. Removed keys are gone."""
     members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
+    await svc.keyring.load_keys(_pinned(members))  # one gpg listing for the team
+    return await _usable_of(svc, team, members)
+
+
+async def teams_can_receive(svc: Services, teams: list[Team]) -> dict[int, bool]:
+    """Whether each team has a usable key (usable_recipients), for a list of many teams (the
+    pass-on list names every team of the region): one store read and one gpg listing for all
+    of them, not one of each per team."""
+    ids = [t.id for t in teams]
+    members = await svc.store.read(
+        lambda db: {i: directory.members(db, i, status=None) for i in ids}
+    )
+    await svc.keyring.load_keys([f for ms in members.values() for f in _pinned(ms)])
+    out: dict[int, bool] = {}
+    for team in teams:
+        try:
+            await _usable_of(svc, team, members[team.id])
+        except RecipientKeyError:
+            out[team.id] = False
+            continue
+        out[team.id] = True
+    return out
+
+
+def _pinned(members: list[directory.Member]) -> list[Fingerprint]:
     pinned = []
     for m in members:
         if m.status != "active":
@@ -505,8 +530,14 @@ async def usable_recipients(
         try:
             pinned.append(parse_fingerprint(m.fingerprint))
         except ValueError:
-            continue  # check_recipient below reports it
-    await svc.keyring.load_keys(pinned)  # one gpg listing for the team, not one per member
+            continue  # check_member_key reports it
+    return pinned
+
+
+async def _usable_of(
+    svc: Services, team: Team, members: list[directory.Member]
+) -> tuple[list[Fingerprint], list[dict[str, str]]]:
+    """usable_recipients for members already read (their keys listed: the checks are cached)."""
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
     now = svc.now()
@@ -871,7 +902,7 @@ from securemail.exchange.view import (  # noqa: E402  (after the migrations it r
 __all__ = [
     "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for", "get_request",
     "list_requests", "prepare", "render_text", "request_row", "require_row", "send", "status",
-    "stop_for_consent", "usable_recipients",
+    "stop_for_consent", "teams_can_receive", "usable_recipients",
 ]  # fmt: skip
 
 
