@@ -507,9 +507,7 @@ async def teams_can_receive(svc: Services, teams: list[Team]) -> dict[int, bool]
     pass-on list names every team of the region): one store read and one gpg listing for all
     of them, not one of each per team."""
     ids = [t.id for t in teams]
-    members = await svc.store.read(
-        lambda db: {i: directory.members(db, i, status=None) for i in ids}
-    )
+    members = await svc.store.read(lambda db: directory.members_by_team(db, ids))
     await svc.keyring.load_keys([f for ms in members.values() for f in _pinned(ms)])
     out: dict[int, bool] = {}
     for team in teams:
