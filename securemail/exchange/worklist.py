@@ -230,7 +230,11 @@ def _finish(
 ) -> list[dict[str, Any]]:
     """Names opened for the shown rows only, each shown row audited; no document leaves."""
     out = []
+    codes: dict[int, str] = {}  # a page's rows share few practices: one lookup each
     for r in rows:
+        org = int(r["practice_org_id"])
+        if org not in codes:
+            codes[org] = directory.org_by_id(db, org).code
         shown = {k: v for k, v in r.items() if k not in ("document", "patient_bsn")}
         shown["patient_name"] = patient_name(db, r)
         shown["overdue"] = exchange_view.is_overdue(r)
@@ -244,7 +248,7 @@ def _finish(
                 object_id=r["reference"],
                 data_categories=exchange_view.DATA_CATEGORIES,
                 outcome_detail="search" if searched else "work list",
-                sender_org=directory.org_by_id(db, r["practice_org_id"]).code,
+                sender_org=codes[org],
                 recipient_org=r["team_address"],
                 check_authz=f"permit:{actor.role}",
             ),
