@@ -132,6 +132,23 @@ async def test_a_gp_of_another_practice_finds_nothing(webapp: WebApp) -> None:
     assert not [a for a in webapp.audit("request.list") if a["user_name"] == "gp_b"]
 
 
+async def test_a_name_search_finds_names_the_document_text_escapes(webapp: WebApp) -> None:
+    """A name search reads the document text before parsing it; a quote in a name is written
+    escaped in JSON, and still found."""
+    quoted = await _send(webapp, CENTRUM, name='M. "Mies" Bakker')
+    plain = await _send(webapp, CENTRUM, name="N. Smit")
+    gp = _actor(webapp, "gp_a")
+
+    def found(query: str) -> set[str]:
+        wl = webapp.svc.store.write_sync(lambda db: worklist.work_list(db, gp, query=query))
+        return {r["reference"] for r in wl.rows}
+
+    assert found('"mies"') == {quoted}
+    assert found("bakker") == {quoted}
+    assert found("smit") == {plain}
+    assert found("nobody-of-that-name") == set()
+
+
 def test_a_page_is_sorted_on_the_worklist_index_alone(webapp: WebApp) -> None:
     """The order of a practice's or a team's list comes from the covering worklist index
     (migration 0008): no row, with its sealed document, is read to choose a page."""

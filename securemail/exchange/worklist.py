@@ -128,6 +128,27 @@ def patient_name(db: sqlite_utils.Database, row: dict[str, Any]) -> str:
         return ""
 
 
+def _name_contains(db: sqlite_utils.Database, row: dict[str, Any], needle: str) -> bool:
+    """Whether the patient's name contains needle (casefolded): the document is parsed only
+    when its text holds needle at all (most of NAME_SCAN candidates do not), or when an
+    escape could spell needle differently."""
+    if row["content_purged_at"] or not row["document"]:
+        return False
+    try:
+        text = contentbox.open_value(db, "requests", "document", row["reference"], row["document"])
+    except contentbox.ContentUnreadableError:
+        return False
+    # In JSON text without \u escapes a name is written as is, apart from '"', '\' and '/'.
+    plain = "\\u" not in text and not any(c in '"\\/' or c < " " for c in needle)
+    if plain and needle not in text.casefold():
+        return False
+    try:
+        name = json.loads(text).get("patient", {}).get("name", "")
+    except ValueError:
+        return False
+    return needle in str(name).casefold()
+
+
 def classify(query: str) -> str:
     """'reference', 'bsn', 'name' or '' (nothing to search for)."""
     q = query.strip()
@@ -189,7 +210,7 @@ def _name_search(
     ids = [int(x[0]) for x in db.execute(sql, [*params, NAME_SCAN])]
     candidates = _rows_by_id(db, ids, columns=_NAME_COLUMNS, joined=False)
     needle = query.casefold()
-    hits = [r for r in candidates if needle in patient_name(db, r).casefold()]
+    hits = [r for r in candidates if _name_contains(db, r, needle)]
     hits.sort(key=_due_first)
     total = len(hits)
     pages = max(1, -(-total // page_size))
