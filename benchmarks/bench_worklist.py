@@ -122,11 +122,13 @@ async def _seed(gw: _gateway.Gateway) -> dict[str, Any]:
             now=now,
         )
     )
-    secrets = {}
+    secrets: dict[str, str] = {}
     for username, user_id in (("huisarts", _user_id(gw, "huisarts")), (NURSE, nurse.id)):
-        secrets[username] = svc.store.write_sync(
-            lambda db, u=username, i=user_id: totp.enrol_for_demo(db, i, u, now=svc.now())
-        )
+
+        def pair(db: Any, u: str = username, i: int = user_id) -> str:
+            return totp.enrol_for_demo(db, i, u, now=svc.now())
+
+        secrets[username] = svc.store.write_sync(pair)
     result = await exchange.send(svc, gw.gp, _gateway.example(), _gateway.GP_PASSPHRASE)
     return {"secrets": secrets, "template_reference": result.reference}
 
@@ -450,7 +452,7 @@ def _targets(home: Path, info: dict[str, Any]) -> dict[str, Any]:
     ).fetchone()
     ref, bsn, sealed = conn.execute(
         "SELECT reference, patient_bsn, document FROM requests WHERE practice_org_id = ? "
-        "ORDER BY id DESC LIMIT 1 OFFSET 10",
+        "AND state = 'answered' ORDER BY id DESC LIMIT 1 OFFSET 10",
         [gp_org],
     ).fetchone()
     name = json.loads(box.open(sealed, context=_ctx(ref)))["patient"]["name"].split()[-1]
