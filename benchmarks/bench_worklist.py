@@ -48,6 +48,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import sqlite_utils
 
 from benchmarks import _gateway
 from benchmarks.bench_e2e import _free_port, _start_server, _stop_server
@@ -65,6 +66,7 @@ PRACTICES = 500
 TEAMS = 300
 USERS = 10_000
 NURSE = "wijkverpleegkundige"
+BIG_GP = "bench1"  # the bulk's second user: a GP of the biggest practice (see _users)
 NURSE_PASSWORD = "correct horse battery staple nurse"
 #: Share of all requests: the benchmark GP's practice, the nurse's team, the biggest practice
 #: (at 1M; a small home, a pilot region, gives them SMALL_SHARES: 300, 400 and 100 of 1,000).
@@ -72,6 +74,7 @@ SHARES = (0.003, 0.004, 0.02)
 SMALL_SHARES = (0.3, 0.4, 0.1)
 OPEN_SHARE = 0.01
 SAMPLES, WARMUP = 300, 30
+KEEP_DAYS = 3650
 TARGETS = {"list": 50.0, "search": 50.0, "page": 30.0}
 FIRST = ["Anna", "Jan", "Maria", "Pieter", "Fatima", "Mohamed", "Sanne", "Kees", "Els", "Noah"]
 FIRST += ["Emma", "Daan", "Julia", "Lucas", "Sophie", "Sem", "Tess", "Finn", "Lotte", "Ahmet"]
@@ -367,12 +370,24 @@ def home_for(n: int) -> tuple[Path, dict[str, Any]]:
     if not (home / "bench.json").exists():
         asyncio.run(build_home(n, home))
     info = json.loads((home / "bench.json").read_text(encoding="utf-8"))
+    _keep_everything(home / "securemail.toml")
     if info["built_in"] != str(home):  # the relay's CA file is named by its path
         toml = home / "securemail.toml"
         toml.write_text(toml.read_text("utf-8").replace(info["built_in"], str(home)), "utf-8")
         info["built_in"] = str(home)
         (home / "bench.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return home, info
+
+
+def _keep_everything(toml: Path) -> None:
+    """Retention off in effect (KEEP_DAYS): the server would otherwise purge the content of
+    every request answered over 30 days ago, and delete rows older than two years, at its
+    start, in the middle of the measurement. The pages are measured with every document
+    present: the worst case for a name search."""
+    text = toml.read_text("utf-8")
+    for key in ("content_days", "metadata_days"):
+        text = re.sub(rf"(?m)^{key} = [0-9]+$", f"{key} = {KEEP_DAYS}", text)
+    toml.write_text(text, "utf-8")
 
 
 # -- the measurement --------------------------------------------------------------------------
@@ -433,9 +448,11 @@ def cases(info: dict[str, Any]) -> list[Case]:
         ("GP list, page 1", "list", "gp", "GET", "/requests", None),
         ("GP list, deep page", "list", "gp", "GET", f"/requests?page={info['deep_page']}", None),
         ("nurse list, page 1", "list", "nurse", "GET", "/requests", None),
+        ("biggest practice's GP list, page 1", "list", "big", "GET", "/requests", None),
         ("GP search by reference", "search", "gp", "POST", "/requests", {"q": gp_ref}),
         ("GP search by BSN", "search", "gp", "POST", "/requests", {"q": bsn}),
         ("GP search by name", "search", "gp", "POST", "/requests", {"q": name}),
+        ("biggest practice's GP search by name", "search", "big", "POST", "/requests", {"q": name}),
         ("GP request page", "page", "gp", "GET", f"/requests/{gp_ref}", None),
         ("nurse request page", "page", "nurse", "GET", f"/requests/{nurse_ref}", None),
     ]
@@ -469,11 +486,12 @@ async def measure(home: Path, info: dict[str, Any], samples: int) -> dict[str, A
     port = _free_port()
     server = await _start_server(home, port)
     base = f"http://127.0.0.1:{port}"
-    clients = {"gp": Client(base), "nurse": Client(base)}
+    clients = {"gp": Client(base), "nurse": Client(base), "big": Client(base)}
     out: dict[str, Any] = {}
     try:
         await clients["gp"].login("huisarts", _gateway.GP_PASSWORD, info["secrets"]["huisarts"])
         await clients["nurse"].login(NURSE, NURSE_PASSWORD, info["secrets"][NURSE])
+        await clients["big"].login(BIG_GP, _gateway.GP_PASSWORD, info["secrets"][BIG_GP])
         for name, kind, who, method, path, form in cases(info):
             c = clients[who]
             for _ in range(WARMUP):
@@ -496,9 +514,23 @@ def _summary(values: list[float]) -> dict[str, float | int | None]:
     return out
 
 
+def _pair_big_gp(home: Path, info: dict[str, Any]) -> None:
+    """BIG_GP (a GP of the biggest practice: the bulk's second user) paired with a TOTP
+    secret, for the worst-case list and name search."""
+    db = sqlite_utils.Database(home / "securemail.db")
+    try:
+        user_id = int(db.execute("SELECT id FROM users WHERE username = ?", [BIG_GP]).fetchone()[0])
+        with db.conn:
+            secret = totp.enrol_for_demo(db, user_id, BIG_GP, now=datetime.now(UTC))
+    finally:
+        db.close()
+    info["secrets"][BIG_GP] = secret
+
+
 def run_scale(n: int, samples: int) -> dict[str, Any]:
     home, info = home_for(n)
     try:
+        _pair_big_gp(home, info)
         info.update(_targets(home, info))
         # the last page but one: the OFFSET a deep page costs
         info["deep_page"] = max(1, -(-info["gp_practice_requests"] // 25) - 1)
