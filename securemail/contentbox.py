@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ SEALED_COLUMNS: dict[tuple[str, str], str] = {
 
 _registry: dict[Path, SecretBox] = {}
 _lock = threading.Lock()
+#: The file each open Database holds (it never changes): a work list opens hundreds of values
+#: in one request, and asking sqlite and the file system each time cost more than the opening.
+_files: weakref.WeakKeyDictionary[sqlite_utils.Database, Path] = weakref.WeakKeyDictionary()
 
 
 class ContentKeyMissingError(SecuremailError):
@@ -112,7 +116,15 @@ def context(table: str, column: str, key: object) -> str:
 
 
 def _db_file(db: sqlite_utils.Database | sqlite3.Connection) -> Path:
-    conn = db.conn if isinstance(db, sqlite_utils.Database) else db
+    if isinstance(db, sqlite_utils.Database):
+        known = _files.get(db)
+        if known is None:
+            known = _files[db] = _main_file(db.conn)
+        return known
+    return _main_file(db)
+
+
+def _main_file(conn: sqlite3.Connection) -> Path:
     for _, name, file in conn.execute("PRAGMA database_list").fetchall():
         if name == "main" and file:
             return Path(file).resolve()

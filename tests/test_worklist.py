@@ -1,6 +1,7 @@
-"""Work lists (securemail/web/worklist.py): the patient's name, team or practice, urgency, state
-and deadline; what is due first on top; a search by name, reference or BSN that travels in a
-POST body only; pages; every shown row audited; a nurse sees only her own teams' requests.
+"""Work lists (securemail/exchange/worklist.py; the page: web/worklist.py): the patient's
+name, team or practice, urgency, state and deadline; what is due first on top; a search by
+name, reference or BSN that travels in a POST body only; pages; every shown row audited; a
+nurse sees only her own teams' requests.
 
 Real parts: the web app over HTTP (webapp fixture), real sends (gpg sign and seal), sqlite.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 from securemail.accounts import auth
 from securemail.exchange import send as exchange
-from securemail.web import worklist
+from securemail.exchange import worklist
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
@@ -129,3 +130,35 @@ async def test_a_gp_of_another_practice_finds_nothing(webapp: WebApp) -> None:
     for r in (await other.get("/requests"), await other.post("/requests", {"q": ref})):
         assert f'href="/requests/{ref}"' not in r.text and "J. de Vries-Test" not in r.text
     assert not [a for a in webapp.audit("request.list") if a["user_name"] == "gp_b"]
+
+
+async def test_a_name_search_finds_names_the_document_text_escapes(webapp: WebApp) -> None:
+    """A name search reads the document text before parsing it; a quote in a name is written
+    escaped in JSON, and still found."""
+    quoted = await _send(webapp, CENTRUM, name='M. "Mies" Bakker')
+    plain = await _send(webapp, CENTRUM, name="N. Smit")
+    gp = _actor(webapp, "gp_a")
+
+    def found(query: str) -> set[str]:
+        wl = webapp.svc.store.write_sync(lambda db: worklist.work_list(db, gp, query=query))
+        return {r["reference"] for r in wl.rows}
+
+    assert found('"mies"') == {quoted}
+    assert found("bakker") == {quoted}
+    assert found("smit") == {plain}
+    assert found("nobody-of-that-name") == set()
+
+
+def test_a_page_is_sorted_on_the_worklist_index_alone(webapp: WebApp) -> None:
+    """The order of a practice's or a team's list comes from the covering worklist index
+    (migration 0008): no row, with its sealed document, is read to choose a page."""
+    plans = {}
+    for where, index in (
+        ("r.practice_org_id = ?", "requests_practice_worklist"),
+        ("r.team_id IN (?)", "requests_team_worklist"),
+    ):
+        sql = "EXPLAIN QUERY PLAN " + worklist.page_ids_sql(where)
+        plans[index] = webapp.svc.store.read_sync(
+            lambda db, s=sql: [str(r[3]) for r in db.execute(s, [1, 25, 0])]
+        )
+        assert any(f"USING COVERING INDEX {index}" in step for step in plans[index]), plans

@@ -609,15 +609,15 @@ def answer_teams(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[Team
 async def pass_on_choices(svc: Services, row: dict[str, Any]) -> list[PassOnChoice]:
     """The nurse's pass-on list: the region's passing-on desk first, then every other
     active team; a team without a usable pinned key is listed greyed with the reason (one
-    gpg listing per team: the directory's size, never a number from the request)."""
+    store read and one gpg listing for all the region's teams, never a number from the
+    request)."""
     teams = await svc.store.read(lambda db: answer_teams(db, row))
     desk = svc.settings.gateway.passing_on_address.lower()
+    usable = await exchange.teams_can_receive(svc, teams)
     choices: list[PassOnChoice] = []
     for team in teams:
         is_desk = bool(desk) and team.address.lower() == desk
-        try:
-            await exchange.usable_recipients(svc, team)
-        except RecipientKeyError:
+        if not usable[team.id]:
             reason = "kan nu geen versleutelde berichten ontvangen: geen bruikbare sleutel"
             choices.append(PassOnChoice(team, False, reason, is_desk))
             continue

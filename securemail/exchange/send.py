@@ -207,6 +207,17 @@ def _m7(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE request_hops ADD COLUMN care_start TEXT NOT NULL DEFAULT ''")
 
 
+@MIGRATIONS(name="0008_worklist_indexes")
+def _m8(db: sqlite_utils.Database) -> None:
+    """The work lists' order (exchange/worklist.py) from the index alone: a practice's or a
+    team's requests by state and deadline (the rowid is in every index), so a page sorts narrow
+    entries instead of reading every row of a big practice with its sealed document."""
+    db.execute(
+        "CREATE INDEX requests_practice_worklist ON requests (practice_org_id, state, answer_due)"
+    )
+    db.execute("CREATE INDEX requests_team_worklist ON requests (team_id, state, answer_due)")
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:
@@ -487,6 +498,29 @@ async def usable_recipients(
     """The team's pinned member keys that pass every check (keydir.check_member_key), and the
     members left out with why: a bad key or one still quarantined. Removed keys are gone."""
     members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
+    await svc.keyring.load_keys(_pinned(members))  # one gpg listing for the team
+    return await _usable_of(svc, team, members)
+
+
+async def teams_can_receive(svc: Services, teams: list[Team]) -> dict[int, bool]:
+    """Whether each team has a usable key (usable_recipients), for a list of many teams (the
+    pass-on list names every team of the region): one store read and one gpg listing for all
+    of them, not one of each per team."""
+    ids = [t.id for t in teams]
+    members = await svc.store.read(lambda db: directory.members_by_team(db, ids))
+    await svc.keyring.load_keys([f for ms in members.values() for f in _pinned(ms)])
+    out: dict[int, bool] = {}
+    for team in teams:
+        try:
+            await _usable_of(svc, team, members[team.id])
+        except RecipientKeyError:
+            out[team.id] = False
+            continue
+        out[team.id] = True
+    return out
+
+
+def _pinned(members: list[directory.Member]) -> list[Fingerprint]:
     pinned = []
     for m in members:
         if m.status != "active":
@@ -494,8 +528,14 @@ async def usable_recipients(
         try:
             pinned.append(parse_fingerprint(m.fingerprint))
         except ValueError:
-            continue  # check_recipient below reports it
-    await svc.keyring.load_keys(pinned)  # one gpg listing for the team, not one per member
+            continue  # check_member_key reports it
+    return pinned
+
+
+async def _usable_of(
+    svc: Services, team: Team, members: list[directory.Member]
+) -> tuple[list[Fingerprint], list[dict[str, str]]]:
+    """usable_recipients for members already read (their keys listed: the checks are cached)."""
     good: list[Fingerprint] = []
     skipped: list[dict[str, str]] = []
     now = svc.now()
@@ -861,7 +901,7 @@ from securemail.exchange.view import (  # noqa: E402  (after the migrations it r
 __all__ = [
     "Hooks", "Prepared", "SendResult", "allocate_reference", "consent_target_for",
     "follow_up_source", "get_request", "list_requests", "prepare", "render_text", "request_row",
-    "require_row", "send", "status", "stop_for_consent", "usable_recipients",
+    "require_row", "send", "status", "stop_for_consent", "teams_can_receive", "usable_recipients",
 ]  # fmt: skip
 
 

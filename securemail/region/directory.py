@@ -344,6 +344,17 @@ def members(
     ]
 
 
+def members_by_team(db: sqlite_utils.Database, team_ids: list[int]) -> dict[int, list[Member]]:
+    """members(db, id, status=None) of each of team_ids in one query (a region's teams)."""
+    out: dict[int, list[Member]] = {i: [] for i in team_ids}
+    for r in db.execute(
+        "SELECT id, team_id, name, email, fingerprint, status FROM team_members ORDER BY id"
+    ):
+        if r[1] in out:
+            out[r[1]].append(Member(r[0], r[1], r[2], r[3], Fingerprint(r[4]), r[5]))
+    return out
+
+
 def allowed_receivers(
     db: sqlite_utils.Database, practice_org_id: int, passing_on_address: str = ""
 ) -> list[Team]:

@@ -387,35 +387,6 @@ async def _drop_draft(svc: Services, actor: Any, draft: str) -> None:
     await svc.store.write(drop)
 
 
-def _page_number(value: object) -> int:
-    text = str(value or "1")
-    return int(text) if text.isdigit() and len(text) <= 6 else 1
-
-
-@requires("request.list")
-async def list_page(request: web.Request) -> web.StreamResponse:
-    """The work list (GET, ?page=N) or a search in it (POST: the search text stays in the
-    body, never in the URL); each shown row is audited (web/worklist.py)."""
-    svc = request.app[services_key]
-    actor = request[ACTOR]
-    query, page = "", _page_number(request.query.get("page"))
-    if request.method == "POST":
-        post = await request.post()
-        query, page = str(post.get("q", "")), _page_number(post.get("page"))
-    source_id = svc.settings.gateway.source_id
-    result = await svc.store.write(
-        lambda db: worklist.work_list(db, actor, query=query, page=page, source_id=source_id)
-    )
-    work: list[dict[str, Any]] = []
-    if actor.role == "gp" and actor.org_id is not None:
-        # The GP's work: orders to evaluate, to extend, or that ran out (references only)
-        org = actor.org_id
-        work = await svc.store.read(lambda db: orders.practice_work(db, org))
-    return aiohttp_jinja2.render_template(
-        "requests/list.html", request, {"wl": result, "rows": result.rows, "order_work": work}
-    )
-
-
 @requires("request.view")
 @aiohttp_jinja2.template("requests/detail.html")
 async def detail(request: web.Request) -> dict[str, Any]:
@@ -665,8 +636,8 @@ async def withdraw_send(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/requests", list_page, name="requests")
-    app.router.add_post("/requests", list_page, name="requests_search")
+    app.router.add_get("/requests", worklist.list_page, name="requests")
+    app.router.add_post("/requests", worklist.list_page, name="requests_search")
     app.router.add_get("/requests/new", new_form, name="request_new")
     app.router.add_post("/requests/preview", preview, name="request_preview")
     app.router.add_post("/requests/suggest", suggest, name="request_suggest")

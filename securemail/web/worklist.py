@@ -1,217 +1,45 @@
-"""Work lists: the GP's and the nurse's requests with the patient's name, the practice or team,
-urgency, state and deadline, what is due first on top; a search; pages of PAGE_SIZE.
-
-Invariants:
-
-- scoping is the access policy's (``request.list``) on the same columns as
-  ``exchange.view.list_requests``: a GP sees her practice's requests, a nurse those with one of
-  her teams now;
-- a patient's name leaves the sealed document only for a row that is shown, and every shown
-  row is audited as ``request.list`` (the patient, the reference) in the same transaction;
-- work is bounded by constants, never by an input: a page is PAGE_SIZE rows, a page number is
-  clamped to the last page, a name search opens at most NAME_SCAN of the newest documents;
-- the search text arrives in a POST body and is never written to a URL, a log or the audit
-  trail (a reference or BSN search is recorded through the rows it shows).
+"""The work list page (``/requests``): GET for a page (``?page=N``), POST for a search whose
+text stays in the body, never in the URL. Thin: parse, call ``exchange.worklist.work_list``
+(scoping, sealed names, one audit row per shown row, in one write), render.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
+import aiohttp_jinja2
+from aiohttp import web
 
-from securemail import contentbox
-from securemail.access import Actor, Resource, require
-from securemail.audit import trail as audit
-from securemail.exchange import view as exchange_view
-from securemail.region import directory
-from securemail.web.clock import parse_moment
-
-PAGE_SIZE = 25
-#: A name is sealed, so a name search opens documents: the newest NAME_SCAN in scope at most.
-NAME_SCAN = 500
-MAX_QUERY = 100
-REFERENCE_RE = re.compile(r"UVZ-[0-9]{4}-[0-9]{6}")
-BSN_RE = re.compile(r"[0-9]{8,9}")
-
-_COLUMNS = (
-    "r.id, r.reference, r.kind, r.urgency, r.state, r.created_at, r.answer_due, r.overdue_at, "
-    "r.supersedes, r.answer_status, r.patient_bsn, r.document, r.content_purged_at, "
-    "r.practice_org_id, o.name AS practice_name, t.name AS team_name, t.address AS team_address, "
-    # the team's end of an accepted order (a fact, no reason: that is content)
-    "(SELECT e.ended_at FROM order_ends e WHERE e.reference = r.reference) AS ended_at, "
-    "(SELECT o2.status FROM outbox o2 WHERE o2.reference = r.reference AND o2.kind = 'request' "
-    " ORDER BY o2.id DESC LIMIT 1) AS delivery"
-)
-_FROM = (
-    "FROM requests r JOIN teams t ON t.id = r.team_id "
-    "JOIN organisations o ON o.id = r.practice_org_id"
-)
-#: What is due first: open requests by deadline (those without one yet after them), then the
-#: rest newest first. julianday() compares deadlines across a summer-time change correctly.
-_ORDER = (
-    "ORDER BY (r.state = 'open') DESC, (r.answer_due = '') ASC, "
-    "CASE WHEN r.state = 'open' THEN julianday(r.answer_due) END ASC, r.id DESC"
-)
+from securemail.exchange import orders
+from securemail.exchange import worklist as queries
+from securemail.web.keys import ACTOR, services_key
+from securemail.web.middleware import requires
 
 
-@dataclass(frozen=True, slots=True)
-class WorkList:
-    rows: list[dict[str, Any]]
-    page: int
-    pages: int
-    total: int
-    query: str = ""
-    #: for a name search: how many of the newest requests were searched (NAME_SCAN at most)
-    scanned: int | None = None
-    kind_of_search: str = ""
-    notes: list[str] = field(default_factory=list)
+def _page_number(value: object) -> int:
+    """A page number of at most six digits; anything else is page 1 (the query clamps)."""
+    text = str(value or "1")
+    return int(text) if text.isdigit() and len(text) <= 6 else 1
 
 
-def _scope(actor: Actor) -> tuple[str, list[Any]] | None:
-    """The WHERE clause of actor's requests, or None for a role with no work list."""
-    if actor.role == "gp":
-        require(actor, "request.list", Resource("request", org_id=actor.org_id))
-        return "r.practice_org_id = ?", [actor.org_id]
-    if actor.role == "nurse":
-        if not actor.team_ids:
-            return None
-        require(actor, "request.list", Resource("request", team_ids=actor.team_ids))
-        marks = ",".join("?" for _ in actor.team_ids)
-        return f"r.team_id IN ({marks})", sorted(actor.team_ids)
-    require(actor, "request.list", Resource("request"))
-    return None
-
-
-def _rows(db: sqlite_utils.Database, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur = db.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur]
-
-
-def patient_name(db: sqlite_utils.Database, row: dict[str, Any]) -> str:
-    """The patient's name from the sealed document; '' once purged or unreadable."""
-    if row["content_purged_at"] or not row["document"]:
-        return ""
-    try:
-        text = contentbox.open_value(db, "requests", "document", row["reference"], row["document"])
-        return str(json.loads(text).get("patient", {}).get("name", ""))
-    except (contentbox.ContentUnreadableError, ValueError):
-        return ""
-
-
-def classify(query: str) -> str:
-    """'reference', 'bsn', 'name' or '' (nothing to search for)."""
-    q = query.strip()
-    if not q:
-        return ""
-    if REFERENCE_RE.fullmatch(q.upper()):
-        return "reference"
-    if BSN_RE.fullmatch(q.replace(" ", "").replace(".", "")):
-        return "bsn"
-    return "name"
-
-
-def work_list(
-    db: sqlite_utils.Database,
-    actor: Actor,
-    *,
-    query: str = "",
-    page: int = 1,
-    source_id: str = "gateway-1",
-    page_size: int = PAGE_SIZE,
-) -> WorkList:
-    """One page of actor's work list (a search when query is given); audited per shown row.
-    Must run in a write: the audit rows go in the same transaction."""
-    scope = _scope(actor)
-    query = query.strip()[:MAX_QUERY]
-    if scope is None:
-        return WorkList([], 1, 1, 0, query)
-    where, params = scope
-    kind = classify(query)
-    if kind == "name":
-        return _name_search(db, actor, where, params, query, page, source_id, page_size)
-    if kind == "reference":
-        where, params = f"{where} AND r.reference = ?", [*params, query.upper()]
-    elif kind == "bsn":
-        digits = query.replace(" ", "").replace(".", "").zfill(9)
-        where, params = f"{where} AND r.patient_bsn = ?", [*params, digits]
-    total = int(db.execute(f"SELECT COUNT(*) FROM requests r WHERE {where}", params).fetchone()[0])  # noqa: S608
-    pages = max(1, -(-total // page_size))
-    page = min(max(page, 1), pages)
-    sql = f"SELECT {_COLUMNS} {_FROM} WHERE {where} {_ORDER} LIMIT ? OFFSET ?"
-    rows = _rows(db, sql, [*params, page_size, (page - 1) * page_size])
-    shown = _finish(db, actor, rows, source_id, searched=bool(kind))
-    return WorkList(shown, page, pages, total, query, kind_of_search=kind)
-
-
-def _name_search(
-    db: sqlite_utils.Database,
-    actor: Actor,
-    where: str,
-    params: list[Any],
-    query: str,
-    page: int,
-    source_id: str,
-    page_size: int,
-) -> WorkList:
-    """The newest NAME_SCAN requests in scope whose patient's name contains query."""
-    sql = f"SELECT {_COLUMNS} {_FROM} WHERE {where} ORDER BY r.id DESC LIMIT ?"
-    candidates = _rows(db, sql, [*params, NAME_SCAN])
-    needle = query.casefold()
-    hits = [r for r in candidates if needle in patient_name(db, r).casefold()]
-    hits.sort(key=_due_first)
-    total = len(hits)
-    pages = max(1, -(-total // page_size))
-    page = min(max(page, 1), pages)
-    rows = hits[(page - 1) * page_size : page * page_size]
-    shown = _finish(db, actor, rows, source_id, searched=True)
-    return WorkList(
-        shown, page, pages, total, query, scanned=len(candidates), kind_of_search="name"
+@requires("request.list")
+async def list_page(request: web.Request) -> web.StreamResponse:
+    """The work list or a search in it; each shown row is audited (exchange/worklist.py)."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    query, page = "", _page_number(request.query.get("page"))
+    if request.method == "POST":
+        post = await request.post()
+        query, page = str(post.get("q", "")), _page_number(post.get("page"))
+    source_id = svc.settings.gateway.source_id
+    result = await svc.store.write(
+        lambda db: queries.work_list(db, actor, query=query, page=page, source_id=source_id)
     )
-
-
-def _due_first(row: dict[str, Any]) -> tuple[int, int, float, int]:
-    due = parse_moment(row["answer_due"]) if row["state"] == "open" else None
-    return (
-        0 if row["state"] == "open" else 1,
-        1 if not row["answer_due"] else 0,
-        due.timestamp() if due else 0.0,
-        -int(row["id"]),
+    work: list[dict[str, Any]] = []
+    if actor.role == "gp" and actor.org_id is not None:
+        # The GP's work: orders to evaluate, to extend, or that ran out (references only)
+        org = actor.org_id
+        work = await svc.store.read(lambda db: orders.practice_work(db, org))
+    return aiohttp_jinja2.render_template(
+        "requests/list.html", request, {"wl": result, "rows": result.rows, "order_work": work}
     )
-
-
-def _finish(
-    db: sqlite_utils.Database,
-    actor: Actor,
-    rows: list[dict[str, Any]],
-    source_id: str,
-    *,
-    searched: bool,
-) -> list[dict[str, Any]]:
-    """Names opened for the shown rows only, each shown row audited; no document leaves."""
-    out = []
-    for r in rows:
-        shown = {k: v for k, v in r.items() if k not in ("document", "patient_bsn")}
-        shown["patient_name"] = patient_name(db, r)
-        shown["overdue"] = exchange_view.is_overdue(r)
-        audit.record(
-            db,
-            audit.AuditEvent.of(
-                actor,
-                "request.list",
-                patient_id=r["patient_bsn"],
-                object_type="request",
-                object_id=r["reference"],
-                data_categories=exchange_view.DATA_CATEGORIES,
-                outcome_detail="search" if searched else "work list",
-                sender_org=directory.org_by_id(db, r["practice_org_id"]).code,
-                recipient_org=r["team_address"],
-                check_authz=f"permit:{actor.role}",
-            ),
-        )
-        out.append(shown)
-    return out
