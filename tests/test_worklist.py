@@ -37,6 +37,13 @@ def _actor(webapp: WebApp, username: str) -> Any:
     )
 
 
+def test_a_search_by_reference_knows_every_kinds_reference() -> None:
+    # a care request's AWV- reference is searched as a reference, not as a name
+    for ref in ("UVZ-2026-000123", "AWV-2026-000123", "awv-2026-000123"):
+        assert worklist.classify(ref) == "reference"
+    assert worklist.classify("AWV-2026") == "name"
+
+
 async def test_lists_show_names_due_first_search_in_the_body_and_audit_each_row(
     webapp: WebApp,
 ) -> None:
