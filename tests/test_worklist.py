@@ -149,16 +149,73 @@ async def test_a_name_search_finds_names_the_document_text_escapes(webapp: WebAp
     assert found("nobody-of-that-name") == set()
 
 
-def test_a_page_is_sorted_on_the_worklist_index_alone(webapp: WebApp) -> None:
-    """The order of a practice's or a team's list comes from the covering worklist index
-    (migration 0008): no row, with its sealed document, is read to choose a page."""
-    plans = {}
-    for where, index in (
-        ("r.practice_org_id = ?", "requests_practice_worklist"),
-        ("r.team_id IN (?)", "requests_team_worklist"),
-    ):
-        sql = "EXPLAIN QUERY PLAN " + worklist.page_ids_sql(where)
-        plans[index] = webapp.svc.store.read_sync(
-            lambda db, s=sql: [str(r[3]) for r in db.execute(s, [1, 25, 0])]
+def test_a_page_is_chosen_on_the_worklist_indexes_without_sorting_the_practice(
+    webapp: WebApp,
+) -> None:
+    """A page of the whole list: the open requests sorted apart on the worklist index (0008),
+    the others read in order off the partial index of migration 0009, no sort of the
+    practice's or team's entries; a search by reference or BSN on the 0008 index."""
+
+    def plan(sql: str, params: list[Any]) -> list[str]:
+        return webapp.svc.store.read_sync(
+            lambda db: [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
         )
-        assert any(f"USING COVERING INDEX {index}" in step for step in plans[index]), plans
+
+    for column, index in (("practice_org_id", "practice"), ("team_id", "team")):
+        closed = plan(worklist.closed_walk_sql(column), [1, 25, 0])
+        assert any(f"USING COVERING INDEX requests_{index}_closed" in s for s in closed), closed
+        assert not any("TEMP B-TREE" in step for step in closed), closed
+        opened = plan(worklist.open_walk_sql(f"{column} IN (?)"), [1, 25, 0])
+        assert any(
+            f"COVERING INDEX requests_{index}_worklist (practice_org_id=? AND state=?)".replace(
+                "practice_org_id", column
+            )
+            in s
+            for s in opened
+        ), opened
+        searched = plan(worklist.page_ids_sql(f"r.{column} IN (?)"), [1, 25, 0])
+        assert any(f"COVERING INDEX requests_{index}_worklist" in s for s in searched), searched
+
+
+async def test_a_page_straddling_the_open_and_the_closed_is_in_order(webapp: WebApp) -> None:
+    """Pages of 2 over 3 open requests (deadlines out of send order, one without a deadline)
+    and 3 closed (one without a deadline: after the others): page 2 holds the last open and
+    the first closed request, and all pages together are the one order of the whole list;
+    the nurse's team list (team_id IN ...) the same."""
+    refs = [await _send(webapp, CENTRUM, name=f"Patiënt {i}") for i in range(6)]
+    due = {
+        refs[0]: ("open", "2026-10-25T02:30:00+01:00"),  # 01:30 UTC: second
+        refs[1]: ("open", "2026-10-25T02:15:00+02:00"),  # 00:15 UTC: first (clocks go back)
+        refs[2]: ("open", ""),  # no deadline yet: after the open ones with one
+        refs[3]: ("answered", "2026-10-20T10:00:00+02:00"),
+        refs[4]: ("withdrawn", ""),  # closed without a deadline: last
+        refs[5]: ("answered", "2026-10-21T10:00:00+02:00"),
+    }
+    for ref, (state, answer_due) in due.items():
+        webapp.svc.store.write_sync(
+            lambda db, r=ref, s=state, d=answer_due: db.execute(
+                "UPDATE requests SET state = ?, answer_due = ? WHERE reference = ?", [s, d, r]
+            )
+        )
+    expected = [refs[1], refs[0], refs[2], refs[5], refs[3], refs[4]]
+    for username in ("gp_a", "nurse_c"):
+        actor = _actor(webapp, username)
+        pages = [
+            webapp.svc.store.write_sync(
+                lambda db, n=n, a=actor: worklist.work_list(db, a, page=n, page_size=2)
+            )
+            for n in (1, 2, 3)
+        ]
+        assert [p.total for p in pages] == [6, 6, 6]
+        assert [r["reference"] for p in pages for r in p.rows] == expected, username
+        assert [r["reference"] for r in pages[1].rows] == [refs[2], refs[5]]
+        # the old single sort over every entry gives the same order
+        where, params = worklist._scope(actor).where()
+        sql = worklist.page_ids_sql(where)
+        ids = webapp.svc.store.read_sync(
+            lambda db, s=sql, p=params: [r[0] for r in db.execute(s, [*p, 9, 0])]
+        )
+        by_id = webapp.svc.store.read_sync(
+            lambda db: {r[0]: r[1] for r in db.execute("SELECT id, reference FROM requests")}
+        )
+        assert [by_id[i] for i in ids] == expected

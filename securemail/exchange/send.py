@@ -218,6 +218,21 @@ def _m8(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX requests_team_worklist ON requests (team_id, state, answer_due)")
 
 
+@MIGRATIONS(name="0009_worklist_closed_walk")
+def _m9(db: sqlite_utils.Database) -> None:
+    """A page of a big list without sorting the practice (exchange/worklist.py): the requests
+    that are no longer open in the list's order, those with a deadline first, then newest
+    first, straight from an index; the open ones (few) are sorted apart. Partial (closed
+    requests only); ``id DESC`` so one backward-free walk gives the mixed order; answer_due and
+    state are carried so the walk never reads a row (sqlite 3.40 needs every column an
+    expression or the partial WHERE uses to call an index covering)."""
+    for name, column in (("practice", "practice_org_id"), ("team", "team_id")):
+        db.execute(
+            f"CREATE INDEX requests_{name}_closed ON requests "
+            f"({column}, (answer_due = ''), id DESC, answer_due, state) WHERE state <> 'open'"
+        )
+
+
 def store_attachments(
     db: sqlite_utils.Database, reference: str, items: tuple[attach.Attachment, ...]
 ) -> None:
