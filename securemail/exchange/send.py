@@ -28,7 +28,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import answer_copy, asks, changes, orders, thread
+from securemail.exchange import answer_copy, asks, changes, name_index, orders, thread
 from securemail.exchange import idempotency as idem
 from securemail.form import attachments as attach
 from securemail.form import kinds, render
@@ -46,6 +46,7 @@ from securemail.openpgp.keyring import (
 )
 from securemail.region import directory
 from securemail.region.directory import Team
+from securemail.secretbox import SecretBox
 from securemail.services import Services
 from securemail.store import insert_row, next_value
 
@@ -231,6 +232,70 @@ def _m9(db: sqlite_utils.Database) -> None:
             f"CREATE INDEX requests_{name}_closed ON requests "
             f"({column}, (answer_due = ''), id DESC, answer_due, state) WHERE state <> 'open'"
         )
+
+
+@MIGRATIONS(name="0010_request_name_tokens")
+def _m10(db: sqlite_utils.Database) -> None:
+    """The keyed search tokens of each request's patient name (exchange/name_index.py), and
+    those of every request stored before them, in one pass (the content key is loaded before
+    the migrations run: home.open_services)."""
+    db.execute(
+        "CREATE TABLE request_name_tokens (reference TEXT NOT NULL, token BLOB NOT NULL, "
+        "PRIMARY KEY (reference, token)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX request_name_tokens_token ON request_name_tokens (token)")
+    backfill_name_tokens(db)
+
+
+def backfill_name_tokens(db: sqlite_utils.Database, *, batch: int = 5000) -> int:
+    """Write the name tokens of every request with content and none yet; the count done. A
+    document that does not open is skipped (the request page reports it; a search cannot)."""
+    if db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is None:
+        return 0  # a new home (its content key may not even be loaded by this migration)
+    box = contentbox.box_for(db)
+    # retention's migration adds the purge mark after this set's migrations: none yet, none
+    purged = (
+        "content_purged_at != ''" if "content_purged_at" in db["requests"].columns_dict else "0"
+    )
+    todo = db.conn.execute(
+        f"SELECT reference, document FROM requests r WHERE NOT ({purged}) "  # noqa: S608
+        "AND NOT EXISTS (SELECT 1 FROM request_name_tokens t WHERE t.reference = r.reference)"
+    )
+    done, rows = 0, []
+    for reference, document in todo:
+        try:
+            name = _patient_name(_document_text(db, reference, document))
+        except (contentbox.ContentUnreadableError, ValueError):
+            continue
+        rows += [(reference, t) for t in name_index.tokens_with(box, name)]
+        done += 1
+        if len(rows) >= batch:
+            _insert_tokens(db, rows)
+            rows = []
+    _insert_tokens(db, rows)
+    return done
+
+
+def _document_text(db: sqlite_utils.Database, reference: str, stored: object) -> str:
+    """A stored document's text: opened, or as it is in a home from before the sealing
+    (retention's migration seals it after this set's migrations)."""
+    if stored is None or stored in ("", b""):
+        return "{}"
+    if isinstance(stored, bytes | str) and not SecretBox.is_sealed(stored):
+        return stored.decode("utf-8") if isinstance(stored, bytes) else stored
+    return contentbox.open_value(db, "requests", "document", reference, stored)
+
+
+def _patient_name(document: bytes | str) -> str:
+    """The patient's name in a request document's JSON ('' when it has none)."""
+    patient = json.loads(document).get("patient", {})
+    return str(patient.get("name", "")) if isinstance(patient, dict) else ""
+
+
+def _insert_tokens(db: sqlite_utils.Database, rows: list[tuple[str, bytes]]) -> None:
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO request_name_tokens (reference, token) VALUES (?, ?)", rows
+    )
 
 
 def store_attachments(
@@ -836,6 +901,8 @@ async def _seal_and_queue(
                 "updated_at": now,
             }
         )
+        # the name as the stored document holds it (what a search confirms against)
+        name_index.store(db, reference, _patient_name(doc.json))
         db.table("request_hops").insert(
             {
                 "reference": reference,
