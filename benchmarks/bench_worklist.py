@@ -56,6 +56,7 @@ from benchmarks.bench_e2e import _free_port, _start_server, _stop_server
 from securemail import config, contentbox
 from securemail.access import SYSTEM
 from securemail.accounts import auth, totp
+from securemail.exchange import name_index
 from securemail.exchange import send as exchange
 from securemail.region import directory
 
@@ -236,6 +237,7 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
     span = timedelta(days=5 * 365)
     counters: dict[int, int] = {}
     requests, hops, outbox = [], [], []
+    tokens: list[tuple[str, bytes]] = []  # the keyed name tokens, as send writes them
     next_hop = int(conn.execute("SELECT MAX(id) FROM request_hops").fetchone()[0]) + 1
     next_out = int(conn.execute("SELECT MAX(id) FROM outbox").fetchone()[0]) + 1
     for i in range(n - 1):
@@ -284,6 +286,7 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
             )
         )
         hops.append(dict(hop0, id=next_hop + i, reference=ref, team_id=team, sent_at=stamp))
+        tokens += [(ref, t) for t in name_index.tokens_with(box, name)]
         t = created.timestamp()
         outbox.append(
             dict(
@@ -302,8 +305,8 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
             )
         )
         if len(requests) >= 10_000:
-            _flush(conn, requests, hops, outbox)
-    _flush(conn, requests, hops, outbox)
+            _flush(conn, requests, hops, outbox, tokens)
+    _flush(conn, requests, hops, outbox, tokens)
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     counts = {
@@ -328,13 +331,20 @@ def _ctx(reference: str) -> str:
 
 
 def _flush(
-    conn: sqlite3.Connection, requests: list[dict[str, Any]], *more: list[dict[str, Any]]
+    conn: sqlite3.Connection,
+    requests: list[dict[str, Any]],
+    hops: list[dict[str, Any]],
+    outbox: list[dict[str, Any]],
+    tokens: list[tuple[str, bytes]],
 ) -> None:
     _insert(conn, "requests", requests)
-    _insert(conn, "request_hops", more[0])
-    _insert(conn, "outbox", more[1])
-    for part in (requests, *more):
-        part.clear()
+    _insert(conn, "request_hops", hops)
+    _insert(conn, "outbox", outbox)
+    # not in the cache key's tables: a home cached before the tokens gets them from
+    # migration 0010's backfill when the server opens it
+    conn.executemany("INSERT INTO request_name_tokens (reference, token) VALUES (?, ?)", tokens)
+    for batch in (requests, hops, outbox, tokens):
+        batch.clear()
 
 
 async def build_home(n: int, dest: Path) -> dict[str, Any]:
