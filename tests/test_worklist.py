@@ -26,6 +26,7 @@ from tests.web_fixtures import WebApp
 
 CENTRUM, OOST = "centrum@zorg.example", "oost@zorg.example"
 BSN = EXAMPLE["patient"]["bsn"]
+_ID_OF = "(SELECT id FROM requests WHERE reference = ?)"
 
 
 async def _send(webapp: WebApp, to: str, *, name: str, urgency: str = "regulier") -> str:
@@ -307,7 +308,10 @@ async def test_name_tokens_hold_no_name_and_depend_on_the_home_key(webapp: WebAp
     stored = webapp.svc.store.read_sync(
         lambda db: {
             bytes(r[0])
-            for r in db.execute("SELECT token FROM request_name_tokens WHERE reference = ?", [ref])
+            for r in db.execute(
+                f"SELECT token FROM request_name_tokens WHERE request_id = {_ID_OF}",  # noqa: S608
+                [ref],
+            )
         }
     )
     assert len(stored) == 1 and all(len(t) == name_index.TOKEN_BYTES for t in stored)
@@ -331,7 +335,8 @@ async def test_the_content_purge_deletes_the_name_tokens(webapp: WebApp) -> None
         retention.apply(db, webapp.settings, plan, SYSTEM)
         return int(
             db.execute(
-                "SELECT COUNT(*) FROM request_name_tokens WHERE reference = ?", [ref]
+                f"SELECT COUNT(*) FROM request_name_tokens WHERE request_id = {_ID_OF}",  # noqa: S608
+                [ref],
             ).fetchone()[0]
         )
 
@@ -350,3 +355,20 @@ async def test_a_request_stored_before_the_tokens_is_found_after_the_backfill(
     assert webapp.svc.store.write_sync(exchange.backfill_name_tokens) == 1
     assert _found(webapp, "gp_a", "voorheen") == {ref}
     assert webapp.svc.store.write_sync(exchange.backfill_name_tokens) == 0
+
+
+async def test_a_passed_on_requests_name_is_found_by_its_new_team_only(webapp: WebApp) -> None:
+    """A name token carries the request's team (the search reads its own team's matches on
+    the index); when the request moves to another team, the token moves with it (trigger of
+    migration 0010), so the new team's nurse finds it and the old team's no longer does."""
+    ref = await _send(webapp, CENTRUM, name="T. Verhuisd")
+    assert _found(webapp, "nurse_c", "verhuisd") == {ref}
+    assert _found(webapp, "nurse_o", "verhuisd") == set()
+    oost = _actor(webapp, "nurse_o").team_ids
+    webapp.svc.store.write_sync(
+        lambda db: db.execute(
+            "UPDATE requests SET team_id = ? WHERE reference = ?", [min(oost), ref]
+        )
+    )
+    assert _found(webapp, "nurse_o", "verhuisd") == {ref}
+    assert _found(webapp, "nurse_c", "verhuisd") == set()

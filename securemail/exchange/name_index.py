@@ -12,6 +12,9 @@ Invariants:
   transaction (``store``); the content purge deletes them with the document
   (ops/retention.py); rows stored before the tokens existed get theirs from migration
   ``0010_request_name_tokens`` (one pass when the home is opened);
+- a token row carries its request's practice and team (a trigger moves the team with a
+  pass-on), so a search reads the matches of its own scope on an index; the scope itself is
+  decided on the requests row, as for every list;
 - a query is bounded: at most MAX_WORDS words are looked up.
 """
 
@@ -53,12 +56,25 @@ def tokens(db: sqlite_utils.Database, text: str) -> list[bytes]:
     return tokens_with(contentbox.box_for(db), text)
 
 
+#: (token, practice_org_id, team_id, request_id): one token row
+Row = tuple[bytes, int, int, int]
+
+
 def store(db: sqlite_utils.Database, reference: str, name: str) -> None:
-    """Write the tokens of a request's patient name (replacing any it had)."""
-    db.execute("DELETE FROM request_name_tokens WHERE reference = ?", [reference])
+    """Write the tokens of a request's patient name (replacing any it had), with its
+    practice and team (the scope a search reads them in)."""
+    request_id, practice, team = db.execute(
+        "SELECT id, practice_org_id, team_id FROM requests WHERE reference = ?", [reference]
+    ).fetchone()
+    db.execute("DELETE FROM request_name_tokens WHERE request_id = ?", [request_id])
+    insert(db, [(t, practice, team, request_id) for t in tokens(db, name)])
+
+
+def insert(db: sqlite_utils.Database, rows: list[Row]) -> None:
     db.conn.executemany(
-        "INSERT OR IGNORE INTO request_name_tokens (reference, token) VALUES (?, ?)",
-        [(reference, t) for t in tokens(db, name)],
+        "INSERT OR IGNORE INTO request_name_tokens (token, practice_org_id, team_id, request_id) "
+        "VALUES (?, ?, ?, ?)",
+        rows,
     )
 
 

@@ -238,12 +238,30 @@ def _m9(db: sqlite_utils.Database) -> None:
 def _m10(db: sqlite_utils.Database) -> None:
     """The keyed search tokens of each request's patient name (exchange/name_index.py), and
     those of every request stored before them, in one pass (the content key is loaded before
-    the migrations run: home.open_services)."""
+    the migrations run: home.open_services).
+
+    A token row carries its request's practice and team so that a search reads the matches
+    in its own scope only (a common word such as "jansen" matches tens of thousands of rows
+    across a region, a few hundred in one practice); the scope itself is still decided on
+    the requests row. A trigger keeps the team in step when a request is passed on."""
     db.execute(
-        "CREATE TABLE request_name_tokens (reference TEXT NOT NULL, token BLOB NOT NULL, "
-        "PRIMARY KEY (reference, token)) WITHOUT ROWID"
+        "CREATE TABLE request_name_tokens (token BLOB NOT NULL, practice_org_id INTEGER NOT "
+        "NULL, team_id INTEGER NOT NULL, request_id INTEGER NOT NULL, "
+        "PRIMARY KEY (token, practice_org_id, request_id)) WITHOUT ROWID"
     )
-    db.execute("CREATE INDEX request_name_tokens_token ON request_name_tokens (token)")
+    db.execute(
+        "CREATE INDEX request_name_tokens_team ON request_name_tokens (token, team_id, request_id)"
+    )
+    db.execute("CREATE INDEX request_name_tokens_request ON request_name_tokens (request_id)")
+    db.execute(
+        "CREATE TRIGGER request_name_tokens_team_moves AFTER UPDATE OF team_id ON requests "
+        "BEGIN UPDATE request_name_tokens SET team_id = NEW.team_id "
+        "WHERE request_id = NEW.id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER request_name_tokens_go_with_the_row AFTER DELETE ON requests "
+        "BEGIN DELETE FROM request_name_tokens WHERE request_id = OLD.id; END"
+    )
     backfill_name_tokens(db)
 
 
@@ -258,21 +276,22 @@ def backfill_name_tokens(db: sqlite_utils.Database, *, batch: int = 5000) -> int
         "content_purged_at != ''" if "content_purged_at" in db["requests"].columns_dict else "0"
     )
     todo = db.conn.execute(
-        f"SELECT reference, document FROM requests r WHERE NOT ({purged}) "  # noqa: S608
-        "AND NOT EXISTS (SELECT 1 FROM request_name_tokens t WHERE t.reference = r.reference)"
+        "SELECT id, practice_org_id, team_id, reference, document FROM requests r "  # noqa: S608
+        f"WHERE NOT ({purged}) AND NOT EXISTS "
+        "(SELECT 1 FROM request_name_tokens t WHERE t.request_id = r.id)"
     )
     done, rows = 0, []
-    for reference, document in todo:
+    for request_id, practice, team, reference, document in todo:
         try:
             name = _patient_name(_document_text(db, reference, document))
         except (contentbox.ContentUnreadableError, ValueError):
             continue
-        rows += [(reference, t) for t in name_index.tokens_with(box, name)]
+        rows += [(t, practice, team, request_id) for t in name_index.tokens_with(box, name)]
         done += 1
         if len(rows) >= batch:
-            _insert_tokens(db, rows)
+            name_index.insert(db, rows)
             rows = []
-    _insert_tokens(db, rows)
+    name_index.insert(db, rows)
     return done
 
 
@@ -290,12 +309,6 @@ def _patient_name(document: bytes | str) -> str:
     """The patient's name in a request document's JSON ('' when it has none)."""
     patient = json.loads(document).get("patient", {})
     return str(patient.get("name", "")) if isinstance(patient, dict) else ""
-
-
-def _insert_tokens(db: sqlite_utils.Database, rows: list[tuple[str, bytes]]) -> None:
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO request_name_tokens (reference, token) VALUES (?, ?)", rows
-    )
 
 
 def store_attachments(

@@ -294,13 +294,16 @@ def _token_candidates(
         return []
     where, params = scope.where()
     marks = ",".join("?" for _ in tokens)
+    # the matches of the scope's practice or team on the token index, then the scope
+    # decided on the requests row as for every list
+    token_scope, token_params = scope.where(alias="")
     sql = (
         "SELECT r.id, r.state, r.answer_due FROM requests r JOIN ("  # noqa: S608
-        f"SELECT reference FROM request_name_tokens WHERE token IN ({marks}) "
-        "GROUP BY reference HAVING COUNT(DISTINCT token) = ?) m ON m.reference = r.reference "
-        f"WHERE {where} AND r.content_purged_at = ''"
+        f"SELECT request_id FROM request_name_tokens WHERE token IN ({marks}) "
+        f"AND {token_scope} GROUP BY request_id HAVING COUNT(DISTINCT token) = ?"
+        f") m ON m.request_id = r.id WHERE {where} AND r.content_purged_at = ''"
     )
-    return _rows(db, sql, [*tokens, len(tokens), *params])
+    return _rows(db, sql, [*tokens, *token_params, len(tokens), *params])
 
 
 def _moment(text: str) -> datetime | None:
