@@ -372,3 +372,44 @@ async def test_a_passed_on_requests_name_is_found_by_its_new_team_only(webapp: W
     )
     assert _found(webapp, "nurse_o", "verhuisd") == {ref}
     assert _found(webapp, "nurse_c", "verhuisd") == set()
+
+
+async def test_a_nurse_of_two_teams_gets_one_list_in_order(webapp: WebApp) -> None:
+    """A nurse in two teams: the closed walk runs per team and is merged lazily; pages of 2
+    over both teams' requests give the same order as one sort over every entry."""
+    refs = [
+        await _send(webapp, team, name=f"Patiënt {i}") for i, team in enumerate([CENTRUM, OOST] * 4)
+    ]
+    states = ["open", "answered", "answered", "withdrawn", "answered", "open", "answered", ""]
+    for ref, state in zip(refs, states, strict=True):
+        webapp.svc.store.write_sync(
+            lambda db, r=ref, s=state: db.execute(
+                "UPDATE requests SET state = ?, answer_due = ? WHERE reference = ?",
+                [s or "answered", "" if s in ("withdrawn", "") else "2026-10-20T10:00:00+02:00", r],
+            )
+        )
+    oost = min(_actor(webapp, "nurse_o").team_ids)
+    webapp.svc.store.write_sync(
+        lambda db: db.execute(
+            "INSERT INTO user_teams (user_id, team_id) VALUES (?, ?)",
+            [auth.user_by_name(db, "nurse_c").id, oost],
+        )
+    )
+    nurse = _actor(webapp, "nurse_c")
+    assert len(nurse.team_ids) == 2
+    pages = [
+        webapp.svc.store.write_sync(
+            lambda db, n=n: worklist.work_list(db, nurse, page=n, page_size=2)
+        )
+        for n in range(1, 5)
+    ]
+    assert {p.total for p in pages} == {8} and {p.pages for p in pages} == {4}
+    got = [r["reference"] for p in pages for r in p.rows]
+    where, params = worklist._scope(nurse).where()
+    sql = worklist.page_ids_sql(where)
+    ids = webapp.svc.store.read_sync(lambda db: [r[0] for r in db.execute(sql, [*params, 99, 0])])
+    by_id = webapp.svc.store.read_sync(
+        lambda db: {r[0]: r[1] for r in db.execute("SELECT id, reference FROM requests")}
+    )
+    assert sorted(got) == sorted(refs)
+    assert got == [by_id[i] for i in ids]
