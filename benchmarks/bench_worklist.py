@@ -56,6 +56,7 @@ from benchmarks.bench_e2e import _free_port, _start_server, _stop_server
 from securemail import config, contentbox
 from securemail.access import SYSTEM
 from securemail.accounts import auth, totp
+from securemail.exchange import name_index
 from securemail.exchange import send as exchange
 from securemail.region import directory
 
@@ -236,6 +237,8 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
     span = timedelta(days=5 * 365)
     counters: dict[int, int] = {}
     requests, hops, outbox = [], [], []
+    tokens: list[name_index.Row] = []  # the keyed name tokens, as send writes them
+    next_request = int(conn.execute("SELECT MAX(id) FROM requests").fetchone()[0]) + 1
     next_hop = int(conn.execute("SELECT MAX(id) FROM request_hops").fetchone()[0]) + 1
     next_out = int(conn.execute("SELECT MAX(id) FROM outbox").fetchone()[0]) + 1
     for i in range(n - 1):
@@ -262,7 +265,7 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
         requests.append(
             dict(
                 row0,
-                id=None,
+                id=next_request + i,
                 reference=ref,
                 urgency="spoed" if urgent else row0["urgency"],
                 practice_org_id=practice,
@@ -284,6 +287,7 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
             )
         )
         hops.append(dict(hop0, id=next_hop + i, reference=ref, team_id=team, sent_at=stamp))
+        tokens += [(t, practice, team, next_request + i) for t in name_index.tokens_with(box, name)]
         t = created.timestamp()
         outbox.append(
             dict(
@@ -302,8 +306,8 @@ def _bulk(home: Path, n: int, template_ref: str, *, seed: int = 20) -> dict[str,
             )
         )
         if len(requests) >= 10_000:
-            _flush(conn, requests, hops, outbox)
-    _flush(conn, requests, hops, outbox)
+            _flush(conn, requests, hops, outbox, tokens)
+    _flush(conn, requests, hops, outbox, tokens)
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     counts = {
@@ -328,13 +332,24 @@ def _ctx(reference: str) -> str:
 
 
 def _flush(
-    conn: sqlite3.Connection, requests: list[dict[str, Any]], *more: list[dict[str, Any]]
+    conn: sqlite3.Connection,
+    requests: list[dict[str, Any]],
+    hops: list[dict[str, Any]],
+    outbox: list[dict[str, Any]],
+    tokens: list[name_index.Row],
 ) -> None:
     _insert(conn, "requests", requests)
-    _insert(conn, "request_hops", more[0])
-    _insert(conn, "outbox", more[1])
-    for part in (requests, *more):
-        part.clear()
+    _insert(conn, "request_hops", hops)
+    _insert(conn, "outbox", outbox)
+    # not in the cache key's tables: a home cached before the tokens gets them from
+    # migration 0010's backfill when the server opens it
+    conn.executemany(
+        "INSERT INTO request_name_tokens (token, practice_org_id, team_id, request_id) "
+        "VALUES (?, ?, ?, ?)",
+        tokens,
+    )
+    for batch in (requests, hops, outbox, tokens):
+        batch.clear()
 
 
 async def build_home(n: int, dest: Path) -> dict[str, Any]:

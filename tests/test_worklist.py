@@ -8,16 +8,25 @@ Real parts: the web app over HTTP (webapp fixture), real sends (gpg sign and sea
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
 from typing import Any
 
+import sqlite_utils
+
+from securemail import contentbox
+from securemail.access import SYSTEM
 from securemail.accounts import auth
+from securemail.exchange import name_index, worklist
 from securemail.exchange import send as exchange
-from securemail.exchange import worklist
+from securemail.ops import retention
+from securemail.secretbox import SecretBox
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, example
 from tests.web_fixtures import WebApp
 
 CENTRUM, OOST = "centrum@zorg.example", "oost@zorg.example"
 BSN = EXAMPLE["patient"]["bsn"]
+_ID_OF = "(SELECT id FROM requests WHERE reference = ?)"
 
 
 async def _send(webapp: WebApp, to: str, *, name: str, urgency: str = "regulier") -> str:
@@ -123,9 +132,9 @@ async def test_pages_are_bounded_and_clamped(webapp: WebApp) -> None:
         r["reference"] for r in two.rows
     ]
     assert {r["reference"] for r in one.rows + two.rows} == set(refs)
-    # a name search pages too, and says how far back it looked
+    # a name search pages too
     named = page(1, "patiënt")
-    assert (named.total, named.pages, named.scanned) == (3, 2, 3)
+    assert (named.total, named.pages, len(named.rows)) == (3, 2, 2)
     # an over-long query is cut, not refused or scanned in full
     assert len(page(1, "x" * 10_000).query) == worklist.MAX_QUERY
 
@@ -156,16 +165,258 @@ async def test_a_name_search_finds_names_the_document_text_escapes(webapp: WebAp
     assert found("nobody-of-that-name") == set()
 
 
-def test_a_page_is_sorted_on_the_worklist_index_alone(webapp: WebApp) -> None:
-    """The order of a practice's or a team's list comes from the covering worklist index
-    (migration 0008): no row, with its sealed document, is read to choose a page."""
-    plans = {}
-    for where, index in (
-        ("r.practice_org_id = ?", "requests_practice_worklist"),
-        ("r.team_id IN (?)", "requests_team_worklist"),
-    ):
-        sql = "EXPLAIN QUERY PLAN " + worklist.page_ids_sql(where)
-        plans[index] = webapp.svc.store.read_sync(
-            lambda db, s=sql: [str(r[3]) for r in db.execute(s, [1, 25, 0])]
+def test_a_page_is_chosen_on_the_worklist_indexes_without_sorting_the_practice(
+    webapp: WebApp,
+) -> None:
+    """A page of the whole list: the open requests sorted apart on the worklist index (0008),
+    the others read in order off the partial index of migration 0009, no sort of the
+    practice's or team's entries; a search by reference or BSN on the 0008 index."""
+
+    def plan(sql: str, params: list[Any]) -> list[str]:
+        return webapp.svc.store.read_sync(
+            lambda db: [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
         )
-        assert any(f"USING COVERING INDEX {index}" in step for step in plans[index]), plans
+
+    for column, index in (("practice_org_id", "practice"), ("team_id", "team")):
+        closed = plan(worklist.closed_walk_sql(column), [1, 25, 0])
+        assert any(f"USING COVERING INDEX requests_{index}_closed" in s for s in closed), closed
+        assert not any("TEMP B-TREE" in step for step in closed), closed
+        opened = plan(worklist.open_walk_sql(f"{column} IN (?)"), [1, 25, 0])
+        assert any(
+            f"COVERING INDEX requests_{index}_worklist (practice_org_id=? AND state=?)".replace(
+                "practice_org_id", column
+            )
+            in s
+            for s in opened
+        ), opened
+        searched = plan(worklist.page_ids_sql(f"r.{column} IN (?)"), [1, 25, 0])
+        assert any(f"COVERING INDEX requests_{index}_worklist" in s for s in searched), searched
+
+
+async def test_a_page_straddling_the_open_and_the_closed_is_in_order(webapp: WebApp) -> None:
+    """Pages of 2 over 3 open requests (deadlines out of send order, one without a deadline)
+    and 3 closed (one without a deadline: after the others): page 2 holds the last open and
+    the first closed request, and all pages together are the one order of the whole list;
+    the nurse's team list (team_id IN ...) the same."""
+    refs = [await _send(webapp, CENTRUM, name=f"Patiënt {i}") for i in range(6)]
+    due = {
+        refs[0]: ("open", "2026-10-25T02:30:00+01:00"),  # 01:30 UTC: second
+        refs[1]: ("open", "2026-10-25T02:15:00+02:00"),  # 00:15 UTC: first (clocks go back)
+        refs[2]: ("open", ""),  # no deadline yet: after the open ones with one
+        refs[3]: ("answered", "2026-10-20T10:00:00+02:00"),
+        refs[4]: ("withdrawn", ""),  # closed without a deadline: last
+        refs[5]: ("answered", "2026-10-21T10:00:00+02:00"),
+    }
+    for ref, (state, answer_due) in due.items():
+        webapp.svc.store.write_sync(
+            lambda db, r=ref, s=state, d=answer_due: db.execute(
+                "UPDATE requests SET state = ?, answer_due = ? WHERE reference = ?", [s, d, r]
+            )
+        )
+    expected = [refs[1], refs[0], refs[2], refs[5], refs[3], refs[4]]
+    for username in ("gp_a", "nurse_c"):
+        actor = _actor(webapp, username)
+        pages = [
+            webapp.svc.store.write_sync(
+                lambda db, n=n, a=actor: worklist.work_list(db, a, page=n, page_size=2)
+            )
+            for n in (1, 2, 3)
+        ]
+        assert [p.total for p in pages] == [6, 6, 6]
+        assert [r["reference"] for p in pages for r in p.rows] == expected, username
+        assert [r["reference"] for r in pages[1].rows] == [refs[2], refs[5]]
+        # the old single sort over every entry gives the same order
+        where, params = worklist._scope(actor).where()
+        sql = worklist.page_ids_sql(where)
+        ids = webapp.svc.store.read_sync(
+            lambda db, s=sql, p=params: [r[0] for r in db.execute(s, [*p, 9, 0])]
+        )
+        by_id = webapp.svc.store.read_sync(
+            lambda db: {r[0]: r[1] for r in db.execute("SELECT id, reference FROM requests")}
+        )
+        assert [by_id[i] for i in ids] == expected
+
+
+def _copies(webapp: WebApp, of: str, names: list[str], *, org_id: int | None = None) -> list[str]:
+    """Rows like request ``of`` (its practice, or org_id), one per name, each document sealed
+    under its own reference with that name, tokens written as send writes them: many
+    requests without many gpg runs."""
+
+    def tx(db: sqlite_utils.Database) -> list[str]:
+        row = next(db["requests"].rows_where("reference = ?", [of]))
+        doc = worklist.json.loads(
+            contentbox.open_value(db, "requests", "document", of, row["document"])
+        )
+        refs = []
+        for i, name in enumerate(names):
+            ref = f"UVZ-1999-{i:06d}" if org_id is None else f"UVZ-1998-{i:06d}"
+            text = worklist.json.dumps({**doc, "patient": {**doc["patient"], "name": name}})
+            db.table("requests").insert(
+                {
+                    **row,
+                    "id": None,
+                    "reference": ref,
+                    "message_id": f"<{ref}@test>",
+                    "practice_org_id": org_id or row["practice_org_id"],
+                    "document": contentbox.seal(db, "requests", "document", ref, text),
+                }
+            )
+            name_index.store(db, ref, name)
+            refs.append(ref)
+        return refs
+
+    return webapp.svc.store.write_sync(tx)
+
+
+def _found(webapp: WebApp, username: str, query: str) -> set[str]:
+    actor = _actor(webapp, username)
+    wl = webapp.svc.store.write_sync(lambda db: worklist.work_list(db, actor, query=query))
+    return {r["reference"] for r in wl.rows}
+
+
+async def test_a_name_is_found_in_all_requests_on_keyed_tokens(webapp: WebApp) -> None:
+    """Over HTTP: a name older than the newest 500 requests is found (the candidates come
+    from the keyed name tokens, not from opening the newest documents); its words in any
+    order, capitals and accents ignored; a word of another patient's name makes no hit."""
+    old = await _send(webapp, CENTRUM, name="J. Müller-Oldenbarnevelt")
+    other = await _send(webapp, CENTRUM, name="K. Bakker")
+    _copies(webapp, other, [f"Patiënt Nieuwer{i}" for i in range(505)])
+    gp = webapp.browser()
+    await gp.login("gp_a")
+    for query in ("oldenbarnevelt", "muller oldenbarnevelt", "OLDENBARNEVELT  Müller", "müller"):
+        found = await gp.post("/requests", {"q": query})
+        assert found.status == 200
+        assert f'href="/requests/{old}"' in found.text, query
+        assert "J. Müller-Oldenbarnevelt" in found.text
+        assert f'href="/requests/{other}"' not in found.text
+    for query in ("muller bakker", "oldenbarneveltx", "jans"):
+        found = await gp.post("/requests", {"q": query})
+        assert f'href="/requests/{old}"' not in found.text, query
+        assert f'href="/requests/{other}"' not in found.text, query
+        assert "Geen verzoeken gevonden" in found.text
+    assert _found(webapp, "gp_a", "bakker") == {other}
+
+
+async def test_a_name_search_stays_in_the_practice(webapp: WebApp) -> None:
+    """Another practice's request with the same name is not among the GP's hits, nor hers
+    among the other practice's."""
+    mine = await _send(webapp, CENTRUM, name="P. Zandvoort")
+    other_org = _actor(webapp, "gp_b").org_id
+    assert other_org != _actor(webapp, "gp_a").org_id
+    (theirs,) = _copies(webapp, mine, ["P. Zandvoort"], org_id=other_org)
+    assert _found(webapp, "gp_a", "zandvoort") == {mine}
+    assert _found(webapp, "gp_b", "zandvoort") == {theirs}
+
+
+async def test_name_tokens_hold_no_name_and_depend_on_the_home_key(webapp: WebApp) -> None:
+    """The database file holds no name word in plain text; the tokens are keyed: another
+    home's content key gives other tokens, and that key is not in the file either."""
+    ref = await _send(webapp, CENTRUM, name="Q. Wolkenkrabber")
+    stored = webapp.svc.store.read_sync(
+        lambda db: {
+            bytes(r[0])
+            for r in db.execute(
+                f"SELECT token FROM request_name_tokens WHERE request_id = {_ID_OF}",  # noqa: S608
+                [ref],
+            )
+        }
+    )
+    assert len(stored) == 1 and all(len(t) == name_index.TOKEN_BYTES for t in stored)
+    webapp.svc.store.checkpoint()
+    raw = webapp.settings.db_path.read_bytes()
+    for text in ("Wolkenkrabber", "wolkenkrabber", "WOLKENKRABBER"):
+        assert text.encode() not in raw and text.encode("utf-16-le") not in raw
+    assert webapp.settings.content_key_path.read_bytes() not in raw
+    elsewhere = set(name_index.tokens_with(SecretBox(os.urandom(32)), "Q. Wolkenkrabber"))
+    assert elsewhere and not elsewhere & stored
+
+
+async def test_the_content_purge_deletes_the_name_tokens(webapp: WebApp) -> None:
+    ref = await _send(webapp, CENTRUM, name="R. Vergeetmenietje")
+    assert _found(webapp, "gp_a", "vergeetmenietje") == {ref}
+
+    def purge(db: sqlite_utils.Database) -> int:
+        (request_id,) = db.execute("SELECT id FROM requests WHERE reference = ?", [ref]).fetchone()
+        now = datetime.now(UTC)
+        plan = retention.Plan(now, now, now, requests=[(request_id, now.isoformat())])
+        retention.apply(db, webapp.settings, plan, SYSTEM)
+        return int(
+            db.execute(
+                f"SELECT COUNT(*) FROM request_name_tokens WHERE request_id = {_ID_OF}",  # noqa: S608
+                [ref],
+            ).fetchone()[0]
+        )
+
+    assert webapp.svc.store.write_sync(purge) == 0
+    assert _found(webapp, "gp_a", "vergeetmenietje") == set()
+
+
+async def test_a_request_stored_before_the_tokens_is_found_after_the_backfill(
+    webapp: WebApp,
+) -> None:
+    """A home from before migration 0010: its requests have no tokens; the migration's pass
+    (exchange.send.backfill_name_tokens) gives them theirs, and a second pass finds none."""
+    ref = await _send(webapp, CENTRUM, name="S. Voorheen")
+    webapp.svc.store.write_sync(lambda db: db.execute("DELETE FROM request_name_tokens"))
+    assert _found(webapp, "gp_a", "voorheen") == set()
+    assert webapp.svc.store.write_sync(exchange.backfill_name_tokens) == 1
+    assert _found(webapp, "gp_a", "voorheen") == {ref}
+    assert webapp.svc.store.write_sync(exchange.backfill_name_tokens) == 0
+
+
+async def test_a_passed_on_requests_name_is_found_by_its_new_team_only(webapp: WebApp) -> None:
+    """A name token carries the request's team (the search reads its own team's matches on
+    the index); when the request moves to another team, the token moves with it (trigger of
+    migration 0010), so the new team's nurse finds it and the old team's no longer does."""
+    ref = await _send(webapp, CENTRUM, name="T. Verhuisd")
+    assert _found(webapp, "nurse_c", "verhuisd") == {ref}
+    assert _found(webapp, "nurse_o", "verhuisd") == set()
+    oost = _actor(webapp, "nurse_o").team_ids
+    webapp.svc.store.write_sync(
+        lambda db: db.execute(
+            "UPDATE requests SET team_id = ? WHERE reference = ?", [min(oost), ref]
+        )
+    )
+    assert _found(webapp, "nurse_o", "verhuisd") == {ref}
+    assert _found(webapp, "nurse_c", "verhuisd") == set()
+
+
+async def test_a_nurse_of_two_teams_gets_one_list_in_order(webapp: WebApp) -> None:
+    """A nurse in two teams: the closed walk runs per team and is merged lazily; pages of 2
+    over both teams' requests give the same order as one sort over every entry."""
+    refs = [
+        await _send(webapp, team, name=f"Patiënt {i}") for i, team in enumerate([CENTRUM, OOST] * 4)
+    ]
+    states = ["open", "answered", "answered", "withdrawn", "answered", "open", "answered", ""]
+    for ref, state in zip(refs, states, strict=True):
+        webapp.svc.store.write_sync(
+            lambda db, r=ref, s=state: db.execute(
+                "UPDATE requests SET state = ?, answer_due = ? WHERE reference = ?",
+                [s or "answered", "" if s in ("withdrawn", "") else "2026-10-20T10:00:00+02:00", r],
+            )
+        )
+    oost = min(_actor(webapp, "nurse_o").team_ids)
+    webapp.svc.store.write_sync(
+        lambda db: db.execute(
+            "INSERT INTO user_teams (user_id, team_id) VALUES (?, ?)",
+            [auth.user_by_name(db, "nurse_c").id, oost],
+        )
+    )
+    nurse = _actor(webapp, "nurse_c")
+    assert len(nurse.team_ids) == 2
+    pages = [
+        webapp.svc.store.write_sync(
+            lambda db, n=n: worklist.work_list(db, nurse, page=n, page_size=2)
+        )
+        for n in range(1, 5)
+    ]
+    assert {p.total for p in pages} == {8} and {p.pages for p in pages} == {4}
+    got = [r["reference"] for p in pages for r in p.rows]
+    where, params = worklist._scope(nurse).where()
+    sql = worklist.page_ids_sql(where)
+    ids = webapp.svc.store.read_sync(lambda db: [r[0] for r in db.execute(sql, [*params, 99, 0])])
+    by_id = webapp.svc.store.read_sync(
+        lambda db: {r[0]: r[1] for r in db.execute("SELECT id, reference FROM requests")}
+    )
+    assert sorted(got) == sorted(refs)
+    assert got == [by_id[i] for i in ids]

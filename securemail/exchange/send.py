@@ -28,7 +28,7 @@ from securemail.accounts.auth import principal_profile, user_by_id
 from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import SecuremailError
-from securemail.exchange import answer_copy, asks, changes, orders, thread
+from securemail.exchange import answer_copy, asks, changes, name_index, orders, thread
 from securemail.exchange import idempotency as idem
 from securemail.form import attachments as attach
 from securemail.form import kinds, render
@@ -46,6 +46,7 @@ from securemail.openpgp.keyring import (
 )
 from securemail.region import directory
 from securemail.region.directory import Team
+from securemail.secretbox import SecretBox
 from securemail.services import Services
 from securemail.store import insert_row, next_value
 
@@ -216,6 +217,98 @@ def _m8(db: sqlite_utils.Database) -> None:
         "CREATE INDEX requests_practice_worklist ON requests (practice_org_id, state, answer_due)"
     )
     db.execute("CREATE INDEX requests_team_worklist ON requests (team_id, state, answer_due)")
+
+
+@MIGRATIONS(name="0009_worklist_closed_walk")
+def _m9(db: sqlite_utils.Database) -> None:
+    """A page of a big list without sorting the practice (exchange/worklist.py): the requests
+    that are no longer open in the list's order, those with a deadline first, then newest
+    first, straight from an index; the open ones (few) are sorted apart. Partial (closed
+    requests only); ``id DESC`` so one backward-free walk gives the mixed order; answer_due and
+    state are carried so the walk never reads a row (sqlite 3.40 needs every column an
+    expression or the partial WHERE uses to call an index covering)."""
+    for name, column in (("practice", "practice_org_id"), ("team", "team_id")):
+        db.execute(
+            f"CREATE INDEX requests_{name}_closed ON requests "
+            f"({column}, (answer_due = ''), id DESC, answer_due, state) WHERE state <> 'open'"
+        )
+
+
+@MIGRATIONS(name="0010_request_name_tokens")
+def _m10(db: sqlite_utils.Database) -> None:
+    """The keyed search tokens of each request's patient name (exchange/name_index.py), and
+    those of every request stored before them, in one pass (the content key is loaded before
+    the migrations run: home.open_services).
+
+    A token row carries its request's practice and team so that a search reads the matches
+    in its own scope only (a common word such as "jansen" matches tens of thousands of rows
+    across a region, a few hundred in one practice); the scope itself is still decided on
+    the requests row. A trigger keeps the team in step when a request is passed on."""
+    db.execute(
+        "CREATE TABLE request_name_tokens (token BLOB NOT NULL, practice_org_id INTEGER NOT "
+        "NULL, team_id INTEGER NOT NULL, request_id INTEGER NOT NULL, "
+        "PRIMARY KEY (token, practice_org_id, request_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE INDEX request_name_tokens_team ON request_name_tokens (token, team_id, request_id)"
+    )
+    db.execute("CREATE INDEX request_name_tokens_request ON request_name_tokens (request_id)")
+    db.execute(
+        "CREATE TRIGGER request_name_tokens_team_moves AFTER UPDATE OF team_id ON requests "
+        "BEGIN UPDATE request_name_tokens SET team_id = NEW.team_id "
+        "WHERE request_id = NEW.id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER request_name_tokens_go_with_the_row AFTER DELETE ON requests "
+        "BEGIN DELETE FROM request_name_tokens WHERE request_id = OLD.id; END"
+    )
+    backfill_name_tokens(db)
+
+
+def backfill_name_tokens(db: sqlite_utils.Database, *, batch: int = 5000) -> int:
+    """Write the name tokens of every request with content and none yet; the count done. A
+    document that does not open is skipped (the request page reports it; a search cannot)."""
+    if db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is None:
+        return 0  # a new home (its content key may not even be loaded by this migration)
+    box = contentbox.box_for(db)
+    # retention's migration adds the purge mark after this set's migrations: none yet, none
+    purged = (
+        "content_purged_at != ''" if "content_purged_at" in db["requests"].columns_dict else "0"
+    )
+    todo = db.conn.execute(
+        "SELECT id, practice_org_id, team_id, reference, document FROM requests r "  # noqa: S608
+        f"WHERE NOT ({purged}) AND NOT EXISTS "
+        "(SELECT 1 FROM request_name_tokens t WHERE t.request_id = r.id)"
+    )
+    done, rows = 0, []
+    for request_id, practice, team, reference, document in todo:
+        try:
+            name = _patient_name(_document_text(db, reference, document))
+        except (contentbox.ContentUnreadableError, ValueError):
+            continue
+        rows += [(t, practice, team, request_id) for t in name_index.tokens_with(box, name)]
+        done += 1
+        if len(rows) >= batch:
+            name_index.insert(db, rows)
+            rows = []
+    name_index.insert(db, rows)
+    return done
+
+
+def _document_text(db: sqlite_utils.Database, reference: str, stored: object) -> str:
+    """A stored document's text: opened, or as it is in a home from before the sealing
+    (retention's migration seals it after this set's migrations)."""
+    if stored is None or stored in ("", b""):
+        return "{}"
+    if isinstance(stored, bytes | str) and not SecretBox.is_sealed(stored):
+        return stored.decode("utf-8") if isinstance(stored, bytes) else stored
+    return contentbox.open_value(db, "requests", "document", reference, stored)
+
+
+def _patient_name(document: bytes | str) -> str:
+    """The patient's name in a request document's JSON ('' when it has none)."""
+    patient = json.loads(document).get("patient", {})
+    return str(patient.get("name", "")) if isinstance(patient, dict) else ""
 
 
 def store_attachments(
@@ -821,6 +914,8 @@ async def _seal_and_queue(
                 "updated_at": now,
             }
         )
+        # the name as the stored document holds it (what a search confirms against)
+        name_index.store(db, reference, _patient_name(doc.json))
         db.table("request_hops").insert(
             {
                 "reference": reference,

@@ -10,13 +10,18 @@ Invariants:
 - a patient's name leaves the sealed document only for a row that is shown, and every shown
   row is audited as ``request.list`` (the patient, the reference) in the same transaction;
 - work is bounded by constants, never by an input: a page is PAGE_SIZE rows, a page number is
-  clamped to the last page, a name search opens at most NAME_SCAN of the newest documents;
+  clamped to the last page, a page of the whole list reads its offset and size on indexes
+  (the open requests sorted apart, the rest in index order), a name search looks up at most
+  ``name_index.MAX_WORDS`` keyed tokens and opens only the page's candidates (its work
+  grows with the matches in scope, not with the practice);
 - the search text arrives in a POST body and is never written to a URL, a log or the audit
   trail (a reference or BSN search is recorded through the rows it shows).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,12 +33,11 @@ import sqlite_utils
 from securemail import contentbox
 from securemail.access import Actor, Resource, require
 from securemail.audit import trail as audit
+from securemail.exchange import name_index
 from securemail.exchange import view as exchange_view
 from securemail.region import directory
 
 PAGE_SIZE = 25
-#: A name is sealed, so a name search opens documents: the newest NAME_SCAN in scope at most.
-NAME_SCAN = 500
 MAX_QUERY = 100
 #: any kind's reference: UVZ- (execution request), AWV- (care request)
 REFERENCE_RE = re.compile(r"(?:UVZ|AWV)-[0-9]{4}-[0-9]{6}")
@@ -61,6 +65,9 @@ _ORDER = (
     "ORDER BY (r.state = 'open') DESC, (r.answer_due = '') ASC, "
     "CASE WHEN r.state = 'open' THEN julianday(r.answer_due) END ASC, r.id DESC"
 )
+#: The same order within the open requests, and within the others (the two walks of a page).
+_OPEN_ORDER = "ORDER BY (answer_due = '') ASC, julianday(answer_due) ASC, id DESC"
+_CLOSED_ORDER = "ORDER BY (answer_due = '') ASC, id DESC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +77,33 @@ class WorkList:
     pages: int
     total: int
     query: str = ""
-    #: for a name search: how many of the newest requests were searched (NAME_SCAN at most)
-    scanned: int | None = None
     kind_of_search: str = ""
     notes: list[str] = field(default_factory=list)
 
 
-def _scope(actor: Actor) -> tuple[str, list[Any]] | None:
-    """The WHERE clause of actor's requests, or None for a role with no work list."""
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The requests an actor may list: ``column`` (of requests) is one of ``values``."""
+
+    column: str
+    values: tuple[int, ...]
+
+    def where(self, alias: str = "r.") -> tuple[str, list[Any]]:
+        """The WHERE clause (column of alias) and its parameters."""
+        marks = ",".join("?" for _ in self.values)
+        return f"{alias}{self.column} IN ({marks})", list(self.values)
+
+
+def _scope(actor: Actor) -> Scope | None:
+    """The scope of actor's requests, or None for a role with no work list."""
     if actor.role == "gp":
         require(actor, "request.list", Resource("request", org_id=actor.org_id))
-        return "r.practice_org_id = ?", [actor.org_id]
+        return Scope("practice_org_id", (int(actor.org_id or 0),))
     if actor.role == "nurse":
         if not actor.team_ids:
             return None
         require(actor, "request.list", Resource("request", team_ids=actor.team_ids))
-        marks = ",".join("?" for _ in actor.team_ids)
-        return f"r.team_id IN ({marks})", sorted(actor.team_ids)
+        return Scope("team_id", tuple(sorted(actor.team_ids)))
     require(actor, "request.list", Resource("request"))
     return None
 
@@ -98,19 +115,57 @@ def _rows(db: sqlite_utils.Database, sql: str, params: list[Any]) -> list[dict[s
 
 
 def page_ids_sql(where: str) -> str:
-    """The ids of one page in the work list's order (WHERE ``where``; LIMIT, OFFSET ?)."""
+    """The ids of one page in the work list's order (WHERE ``where``; LIMIT, OFFSET ?): for a
+    search by reference or BSN, whose matches are few."""
     return f"SELECT r.id FROM requests r WHERE {where} {_ORDER} LIMIT ? OFFSET ?"  # noqa: S608
 
 
-#: What a name search reads of each of its NAME_SCAN candidates: the sealed document and the
-#: sort keys (the full row, with its joins and delivery subquery, only for the shown ones).
-_NAME_COLUMNS = "r.id, r.reference, r.state, r.answer_due, r.document, r.content_purged_at"
+def open_walk_sql(where: str) -> str:
+    """The open requests of a scope in the list's order (LIMIT, OFFSET ?): sorted apart, they
+    are few (bounded by what is open, not by the practice's history)."""
+    return (
+        f"SELECT id FROM requests WHERE {where} AND state = 'open' {_OPEN_ORDER} LIMIT ? OFFSET ?"  # noqa: S608
+    )
+
+
+def closed_walk_sql(column: str) -> str:
+    """The other requests of one practice or team in the list's order, read off the partial
+    index of migration 0009 (no sort: a page costs its offset and size, not the practice)."""
+    return (
+        f"SELECT (answer_due = '') AS undue, id FROM requests "  # noqa: S608 (fixed column)
+        f"WHERE {column} = ? AND state <> 'open' {_CLOSED_ORDER} LIMIT ? OFFSET ?"
+    )
+
+
+def _closed_ids(db: sqlite_utils.Database, scope: Scope, limit: int, offset: int) -> list[int]:
+    """limit ids of the closed walk from offset. Several teams: one index walk per team,
+    merged lazily in the same order (reads offset + limit entries, as one walk would)."""
+    sql = closed_walk_sql(scope.column)
+    if len(scope.values) == 1:
+        return [int(r[1]) for r in db.execute(sql, [scope.values[0], limit, offset])]
+    walks = [db.execute(sql, [v, offset + limit, 0]) for v in scope.values]
+    merged = heapq.merge(*walks, key=lambda r: (int(r[0]), -int(r[1])))
+    return [int(r[1]) for r in itertools.islice(merged, offset, offset + limit)]
+
+
+def _page_ids(
+    db: sqlite_utils.Database, scope: Scope, limit: int, offset: int, open_count: int
+) -> list[int]:
+    """One page of the whole list: the open requests first, then the closed walk from where
+    the open ones end (the page may straddle the two)."""
+    ids: list[int] = []
+    if offset < open_count:
+        where, params = scope.where(alias="")
+        ids = [int(x[0]) for x in db.execute(open_walk_sql(where), [*params, limit, offset])]
+    if len(ids) < limit:
+        ids += _closed_ids(db, scope, limit - len(ids), max(0, offset - open_count))
+    return ids
 
 
 def _rows_by_id(
     db: sqlite_utils.Database, ids: list[int], *, columns: str = _COLUMNS, joined: bool = True
 ) -> list[dict[str, Any]]:
-    """The rows of ids (at most NAME_SCAN), in the order of ids."""
+    """The rows of ids (a page's), in the order of ids."""
     if not ids:
         return []
     marks = ",".join("?" for _ in ids)
@@ -129,12 +184,6 @@ def patient_name(db: sqlite_utils.Database, row: dict[str, Any]) -> str:
         return str(json.loads(text).get("patient", {}).get("name", ""))
     except (contentbox.ContentUnreadableError, ValueError):
         return ""
-
-
-def _name_contains(db: sqlite_utils.Database, row: dict[str, Any], needle: str) -> bool:
-    """Whether the patient's name contains needle (casefolded). Parsing the document is
-    cheaper than casefolding its whole text (a 4 kB document: about 30 against 80 µs)."""
-    return needle in patient_name(db, row).casefold()
 
 
 def classify(query: str) -> str:
@@ -164,13 +213,15 @@ def work_list(
     query = query.strip()[:MAX_QUERY]
     if scope is None:
         return WorkList([], 1, 1, 0, query)
-    where, params = scope
     kind = classify(query)
     if kind == "name":
-        return _name_search(db, actor, where, params, query, page, source_id, page_size)
+        return _name_search(db, actor, scope, query, page, source_id, page_size)
+    if not kind:
+        return _whole_list(db, actor, scope, page, source_id, page_size)
+    where, params = scope.where()
     if kind == "reference":
         where, params = f"{where} AND r.reference = ?", [*params, query.upper()]
-    elif kind == "bsn":
+    else:
         digits = query.replace(" ", "").replace(".", "").zfill(9)
         where, params = f"{where} AND r.patient_bsn = ?", [*params, digits]
     total = int(db.execute(f"SELECT COUNT(*) FROM requests r WHERE {where}", params).fetchone()[0])  # noqa: S608
@@ -179,35 +230,80 @@ def work_list(
     offset = (page - 1) * page_size
     ids = [int(x[0]) for x in db.execute(page_ids_sql(where), [*params, page_size, offset])]
     rows = _rows_by_id(db, ids)
-    shown = _finish(db, actor, rows, source_id, searched=bool(kind))
+    shown = _finish(db, actor, rows, source_id, searched=True)
     return WorkList(shown, page, pages, total, query, kind_of_search=kind)
+
+
+def _whole_list(
+    db: sqlite_utils.Database,
+    actor: Actor,
+    scope: Scope,
+    page: int,
+    source_id: str,
+    page_size: int,
+) -> WorkList:
+    """A page of the whole list; the counts on the worklist index (0008), the ids from the
+    two walks (open, then the rest), only the page's rows read in full."""
+    where, params = scope.where(alias="")
+    total = int(db.execute(f"SELECT COUNT(*) FROM requests WHERE {where}", params).fetchone()[0])  # noqa: S608
+    open_count = int(
+        db.execute(
+            f"SELECT COUNT(*) FROM requests WHERE {where} AND state = 'open'",  # noqa: S608
+            params,
+        ).fetchone()[0]
+    )
+    pages = max(1, -(-total // page_size))
+    page = min(max(page, 1), pages)
+    ids = _page_ids(db, scope, page_size, (page - 1) * page_size, open_count)
+    shown = _finish(db, actor, _rows_by_id(db, ids), source_id, searched=False)
+    return WorkList(shown, page, pages, total, "")
 
 
 def _name_search(
     db: sqlite_utils.Database,
     actor: Actor,
-    where: str,
-    params: list[Any],
+    scope: Scope,
     query: str,
     page: int,
     source_id: str,
     page_size: int,
 ) -> WorkList:
-    """The newest NAME_SCAN requests in scope whose patient's name contains query."""
-    sql = f"SELECT r.id FROM requests r WHERE {where} ORDER BY r.id DESC LIMIT ?"  # noqa: S608
-    ids = [int(x[0]) for x in db.execute(sql, [*params, NAME_SCAN])]
-    candidates = _rows_by_id(db, ids, columns=_NAME_COLUMNS, joined=False)
-    needle = query.casefold()
-    hits = [r for r in candidates if _name_contains(db, r, needle)]
-    hits.sort(key=_due_first)
-    total = len(hits)
+    """The requests in scope whose patient's name has every word of query: the candidates
+    from the keyed name tokens (exchange/name_index.py: work grows with the matches, not the
+    practice), only the page's candidates opened to confirm and show."""
+    wanted = name_index.words(query)[: name_index.MAX_WORDS]
+    found = _token_candidates(db, scope, name_index.query_tokens(db, query))
+    found.sort(key=_due_first)
+    total = len(found)
     pages = max(1, -(-total // page_size))
     page = min(max(page, 1), pages)
-    rows = _rows_by_id(db, [int(r["id"]) for r in hits[(page - 1) * page_size : page * page_size]])
-    shown = _finish(db, actor, rows, source_id, searched=True)
-    return WorkList(
-        shown, page, pages, total, query, scanned=len(candidates), kind_of_search="name"
+    chosen = _rows_by_id(
+        db, [int(r["id"]) for r in found[(page - 1) * page_size : page * page_size]]
     )
+    # a token is 8 bytes of an HMAC: a collision is possible, so the name itself decides
+    rows = [r for r in chosen if set(wanted) <= set(name_index.words(patient_name(db, r)))]
+    shown = _finish(db, actor, rows, source_id, searched=True)
+    return WorkList(shown, page, pages, total, query, kind_of_search="name")
+
+
+def _token_candidates(
+    db: sqlite_utils.Database, scope: Scope, tokens: list[bytes]
+) -> list[dict[str, Any]]:
+    """The sort keys of the requests in scope holding all tokens (none for no token)."""
+    if not tokens:
+        return []
+    where, params = scope.where()
+    marks = ",".join("?" for _ in tokens)
+    # the matches of the scope's practice or team on the token index, then the scope
+    # decided on the requests row as for every list
+    token_scope, token_params = scope.where(alias="")
+    sql = (
+        "SELECT r.id, r.state, r.answer_due FROM requests r JOIN ("  # noqa: S608
+        f"SELECT request_id FROM request_name_tokens WHERE token IN ({marks}) "
+        f"AND {token_scope} GROUP BY request_id HAVING COUNT(DISTINCT token) = ?"
+        f") m ON m.request_id = r.id WHERE {where} AND r.content_purged_at = ''"
+    )
+    return _rows(db, sql, [*tokens, *token_params, len(tokens), *params])
 
 
 def _moment(text: str) -> datetime | None:

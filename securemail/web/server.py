@@ -7,6 +7,7 @@ SIGTERM and SIGINT stop gracefully: the worker finishes or releases what it hold
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -28,6 +29,7 @@ def serve(settings: Settings, *, print_fn: Callable[[str], object] = print) -> N
     # serve, and a new key would hide the loss (ContentKeyMissingError, one line, exit 1).
     contentbox.load(settings)
     app = create_app(settings)
+    app.on_startup.append(freeze_startup_heap)  # after the services and tasks are set up
     print_fn(f"securemail listening on http://{settings.web.host}:{settings.web.port}")
     web.run_app(
         app,
@@ -37,6 +39,17 @@ def serve(settings: Settings, *, print_fn: Callable[[str], object] = print) -> N
         access_log=None,
         handle_signals=True,
     )
+
+
+async def freeze_startup_heap(app: web.Application) -> None:
+    """Move what start-up made (modules, templates, settings, the directory's objects) out of
+    the collector's reach. Without it every full collection, which the garbage of requests
+    triggers about once a second under load, walks that whole heap: 80 to 150 ms in the
+    middle of a request (measured on the nurse's request page: the p99 against a 20 ms p50;
+    docs/performance.md). Objects made later are collected as before."""
+    del app
+    gc.collect()
+    gc.freeze()
 
 
 async def _worker_main(settings: Settings) -> None:
