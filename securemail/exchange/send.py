@@ -30,17 +30,15 @@ from securemail.delivery import outbox
 from securemail.errors import SecuremailError
 from securemail.exchange import answer_copy, asks, changes, name_index, orders, thread
 from securemail.exchange import idempotency as idem
+from securemail.exchange.team_keys import teams_can_receive, usable_recipients
 from securemail.form import attachments as attach
 from securemail.form import kinds, render
 from securemail.form import request as forms
 from securemail.form.definition import FormDefinition
-from securemail.keys import pinning as keydir
 from securemail.message import notify
-from securemail.openpgp.keyinfo import parse_fingerprint
 from securemail.openpgp.keyring import (
     Envelope,
     Fingerprint,
-    RecipientKeyError,
     SealInput,
     SigningError,
 )
@@ -586,82 +584,6 @@ def page_link(svc: Services, req: kinds.RequestDocument) -> str | None:
     if not REFERENCE_RE.fullmatch(req.reference or ""):
         return None
     return f"{svc.settings.gateway.base_url.rstrip('/')}/requests/{req.reference}"
-
-
-async def usable_recipients(
-    svc: Services, team: Team
-) -> tuple[list[Fingerprint], list[dict[str, str]]]:
-    """The team's pinned member keys that pass every check (keydir.check_member_key), and the
-    members left out with why: a bad key or one still quarantined. Removed keys are gone."""
-    members = await svc.store.read(lambda db: directory.members(db, team.id, status=None))
-    await svc.keyring.load_keys(_pinned(members))  # one gpg listing for the team
-    return await _usable_of(svc, team, members)
-
-
-async def teams_can_receive(svc: Services, teams: list[Team]) -> dict[int, bool]:
-    """Whether each team has a usable key (usable_recipients), for a list of many teams (the
-    pass-on list names every team of the region): one store read and one gpg listing for all
-    of them, not one of each per team."""
-    ids = [t.id for t in teams]
-    members = await svc.store.read(lambda db: directory.members_by_team(db, ids))
-    await svc.keyring.load_keys([f for ms in members.values() for f in _pinned(ms)])
-    out: dict[int, bool] = {}
-    for team in teams:
-        try:
-            await _usable_of(svc, team, members[team.id])
-        except RecipientKeyError:
-            out[team.id] = False
-            continue
-        out[team.id] = True
-    return out
-
-
-def _pinned(members: list[directory.Member]) -> list[Fingerprint]:
-    pinned = []
-    for m in members:
-        if m.status != "active":
-            continue
-        try:
-            pinned.append(parse_fingerprint(m.fingerprint))
-        except ValueError:
-            continue  # check_member_key reports it
-    return pinned
-
-
-async def _usable_of(
-    svc: Services, team: Team, members: list[directory.Member]
-) -> tuple[list[Fingerprint], list[dict[str, str]]]:
-    """usable_recipients for members already read (their keys listed: the checks are cached)."""
-    good: list[Fingerprint] = []
-    skipped: list[dict[str, str]] = []
-    now = svc.now()
-    for m in members:
-        if m.status == "removed":
-            continue
-        try:
-            await keydir.check_member_key(svc.keyring, m, now)
-        except RecipientKeyError as exc:
-            skipped.append(
-                {
-                    "name": m.name,
-                    "fingerprint": m.fingerprint,
-                    "why": str(exc.context.get("why", exc.code)),
-                }
-            )
-            continue
-        good.append(m.fingerprint)
-    if not good:
-        raise RecipientKeyError(
-            f"team {team.address} has no usable key"
-            + (
-                f" ({'; '.join(s['fingerprint'][-16:] + ': ' + s['why'] for s in skipped)})"
-                if skipped
-                else " (no member keys pinned)"
-            ),
-            address=team.address,
-            why="no_usable_key",
-        )
-    return good, skipped
 
 
 #: How long a repeat waits for the first send under its key before answering "in progress".

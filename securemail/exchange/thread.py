@@ -43,6 +43,7 @@ from securemail.audit import trail as audit
 from securemail.delivery import outbox
 from securemail.errors import ConflictError, NotFoundError
 from securemail.exchange import answer_copy
+from securemail.exchange.team_keys import usable_recipients
 from securemail.exchange.view import record_refusal
 from securemail.form import request as forms
 from securemail.form.fields import clean_text
@@ -365,7 +366,6 @@ async def _sealed_for_team(
 ) -> SealedMessage | None:
     """The practice's message sealed to the team's usable member keys and signed by the
     gateway; None when the team has no usable key (then the team gets a notice)."""
-    from securemail.exchange.send import usable_recipients  # the one rule for team keys
 
     def lookup(db: sqlite_utils.Database) -> tuple[directory.Team, str]:
         return directory.team_by_id(db, found.team_id), get_meta(db, "gateway_fingerprint") or ""
