@@ -31,6 +31,7 @@ VISIT = {
     "patient.name": EXAMPLE["patient"]["name"],
     "reason": "Toenemende benauwdheid sinds gisteren, saturatie 89%",
     "urgency": "spoed",
+    "procedure_code": "",  # a visit needs no procedure
 }
 ANSWER = "Ik kom vandaag om 15.00 uur langs. Dr. A. Huisarts"
 
@@ -164,6 +165,18 @@ def _client() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
+async def ask_on_the_web(
+    nurse: aiohttp.ClientSession, site: str, visit: dict[str, str]
+) -> tuple[str, str]:
+    """A logged-in nurse asks on the ask form (CSRF from the form); (reference, its page)."""
+    async with nurse.get(f"{site}/asks/new") as r:
+        page = await r.text()
+    assert 'name="ask_kind"' in page and 'value="huisbezoek"' in page
+    async with nurse.post(f"{site}/asks/new", data={**visit, "csrf_token": csrf_of(page)}) as r:
+        assert r.status == 200, await r.text()
+        return str(r.url).rsplit("/", 1)[-1], await r.text()
+
+
 async def test_nurse_asks_a_visit_on_the_web_and_reads_the_gps_answer_there(
     loop: Loop, site: str
 ) -> None:
@@ -171,14 +184,8 @@ async def test_nurse_asks_a_visit_on_the_web_and_reads_the_gps_answer_there(
     async with _client() as nurse, _client() as gp:
         # Given a nurse who asks for a home visit on the ask form (no procedure needed)
         await login(nurse, site, loop.credentials("nurse1"))
-        async with nurse.get(f"{site}/asks/new") as r:
-            page = await r.text()
-        assert 'name="ask_kind"' in page and 'value="huisbezoek"' in page
-        visit = {**VISIT, "procedure_code": "", "csrf_token": csrf_of(page)}
-        async with nurse.post(f"{site}/asks/new", data=visit) as r:
-            assert r.status == 200, await r.text()
-            reference = str(r.url).rsplit("/", 1)[-1]
-            assert "Vraag om een huisbezoek" in await r.text()
+        reference, page = await ask_on_the_web(nurse, site, VISIT)
+        assert "Vraag om een huisbezoek" in page
         assert asks.REFERENCE_RE.fullmatch(reference)
         # The practice's work list names the kind, not the patient
         await login(gp, site, loop.credentials("huisarts"))

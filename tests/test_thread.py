@@ -7,7 +7,6 @@ consent, sealing at rest and the retention purge."""
 from __future__ import annotations
 
 import html
-from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
 from typing import Any
 
@@ -25,33 +24,15 @@ from securemail.region import directory
 from tests.e2e.webflow import csrf_of, login
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import NURSE_B_PASSWORD, Loop, audit_codes, notices, other_practice_gp
+from tests.test_ask_visits import (  # noqa: F401 - site: a fixture used by name
+    VISIT,
+    _client,
+    ask_on_the_web,
+    site,
+)
 
-VISIT = {
-    "team_address": TEAM,
-    "practice_code": "01234567",
-    "ask_kind": "huisbezoek",
-    "patient.bsn": EXAMPLE["patient"]["bsn"],
-    "patient.name": EXAMPLE["patient"]["name"],
-    "reason": "Toenemende benauwdheid sinds gisteren",
-    "urgency": "spoed",
-    "procedure_code": "",
-}
 QUESTION = "Kunt u vandaag nog langskomen? Saturatie 89%."
 ANSWER = "Ik kom om 15.00 uur langs, dr. Huisarts."
-
-
-@pytest.fixture
-async def site(loop: Loop, aiohttp_server: Any) -> AsyncIterator[str]:
-    from securemail.web import create_app
-
-    app = create_app(loop.gw.svc.settings, services=loop.gw.svc, run_worker=False)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-def _client() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
 def _sealed_mails_to(loop: Loop, smtp_server: Any, reference: str) -> list[bytes]:
@@ -74,18 +55,15 @@ async def _post(
 
 
 async def test_nurse_asks_a_home_visit_practice_notified_gp_answers_on_the_thread(
-    loop: Loop, site: str, smtp_server: Any
+    loop: Loop,
+    site: str,  # noqa: F811 - the fixture imported above
+    smtp_server: Any,
 ) -> None:
     svc = loop.gw.svc
     async with _client() as nurse, _client() as gp:
         # Given a nurse who asks for a home visit on the ask form
         await login(nurse, site, loop.credentials("nurse1"))
-        async with nurse.get(f"{site}/asks/new") as r:
-            page = await r.text()
-        async with nurse.post(f"{site}/asks/new", data={**VISIT, "csrf_token": csrf_of(page)}) as r:
-            assert r.status == 200, await r.text()
-            reference = str(r.url).rsplit("/", 1)[-1]
-            page = await r.text()
+        reference, page = await ask_on_the_web(nurse, site, VISIT)
         # And a question on the ask's thread
         assert f'action="/asks/{reference}/thread"' in page
         r = await _post(nurse, f"{site}/asks/{reference}/thread", QUESTION, page)
@@ -128,7 +106,9 @@ async def test_nurse_asks_a_home_visit_practice_notified_gp_answers_on_the_threa
 
 
 async def test_thread_on_a_request_both_ways_and_refusals(
-    loop: Loop, site: str, smtp_server: Any
+    loop: Loop,
+    site: str,  # noqa: F811 - the fixture imported above
+    smtp_server: Any,
 ) -> None:
     svc = loop.gw.svc
     sent = await exchange.send(svc, loop.gw.gp, example(), GP_PASSPHRASE)
