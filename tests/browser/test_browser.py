@@ -178,6 +178,20 @@ async def fill_request(page: Any, data: dict[str, Any], now: datetime | None = N
             await field.fill(str(value))
 
 
+async def accept_on_page(page: Any, base: str, reference: str, nurse_in_charge: str) -> None:
+    """A nurse on the request's page accepts it with the nurse in charge, her phone, the
+    start of care, the level and the competence confirmation; back on the page after."""
+    await page.select_option("#answer-status", "geaccepteerd")
+    await page.fill("#answer-nurse_in_charge", nurse_in_charge)
+    await page.fill("#answer-nurse_phone", "06 12345678")
+    await page.fill("#answer-care_start", "2030-01-02T09:00")
+    await page.select_option("#answer-performer_level", "verpleegkundige")
+    await page.check("#answer-competence_confirmed")
+    await page.click("form.answer button[type=submit]")
+    await page.wait_for_url(f"{base}/requests/{reference}")
+    assert nurse_in_charge in await page.inner_text("#answer")
+
+
 async def test_gp_sends_nurse_sees_privacy_officer_audits(
     chromium: Any, site: dict[str, Any], tmp_path: Path
 ) -> None:

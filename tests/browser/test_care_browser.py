@@ -24,6 +24,7 @@ import pytest
 
 from tests.browser.test_browser import (  # noqa: F401 - fixtures used by name
     Shots,
+    accept_on_page,
     browser_team_keys,
     fill_request,
     log_in,
@@ -104,15 +105,7 @@ async def test_gp_sends_care_request_on_desktop_nurse_answers_on_phone(
     await check_page(nurse, "care request page (nurse)", found)
 
     # ... and accepts it with the nurse in charge, on the phone
-    await nurse.select_option("#answer-status", "geaccepteerd")
-    await nurse.fill("#answer-nurse_in_charge", NURSE_IN_CHARGE)
-    await nurse.fill("#answer-nurse_phone", "06 12345678")
-    await nurse.fill("#answer-care_start", "2030-01-02T09:00")
-    await nurse.select_option("#answer-performer_level", "verpleegkundige")
-    await nurse.check("#answer-competence_confirmed")
-    await nurse.click("form.answer button[type=submit]")
-    await nurse.wait_for_url(f"{url}/requests/{reference}")
-    assert NURSE_IN_CHARGE in await nurse.inner_text("#answer")
+    await accept_on_page(nurse, url, reference, NURSE_IN_CHARGE)
     await check_page(nurse, "answered care request (nurse)", found)
 
     # The GP sees the nurse in charge on her request page

@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 
 from securemail.web import create_app
-from tests.browser.test_browser import fill_request, log_in  # as the GP and nurse do it
+from tests.browser.test_browser import (
+    accept_on_page,
+    fill_request,
+    log_in,
+)  # as the GP and nurse do it
 from tests.gateway import EXAMPLE, GP_PASSPHRASE, GP_PASSWORD, NURSE_PASSWORD, TEAM
 from tests.loop_fixtures import Loop
 
@@ -61,15 +65,7 @@ async def test_gp_sends_nurse_accepts_gp_sees_the_nurse_in_charge(
     await nurse.goto(f"{site}/requests")
     await nurse.click(f"text={reference}")
     await nurse.wait_for_url(f"{site}/requests/{reference}")
-    await nurse.select_option("#answer-status", "geaccepteerd")
-    await nurse.fill("#answer-nurse_in_charge", NURSE_IN_CHARGE)
-    await nurse.fill("#answer-nurse_phone", "06 12345678")
-    await nurse.fill("#answer-care_start", "2030-01-02T09:00")
-    await nurse.select_option("#answer-performer_level", "verpleegkundige")
-    await nurse.check("#answer-competence_confirmed")
-    await nurse.click("form.answer button[type=submit]")
-    await nurse.wait_for_url(f"{site}/requests/{reference}")
-    assert NURSE_IN_CHARGE in await nurse.inner_text("#answer")
+    await accept_on_page(nurse, site, reference, NURSE_IN_CHARGE)
     # Then the GP sees the nurse in charge on the request page, and "geaccepteerd" in the list
     await gp.reload()
     assert NURSE_IN_CHARGE in await gp.inner_text("#answer .nurse-in-charge")
