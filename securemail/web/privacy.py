@@ -186,17 +186,11 @@ async def patient_form(request: web.Request) -> web.StreamResponse:
     )
 
 
-@requires("audit.view")
-async def patient_report(request: web.Request) -> web.StreamResponse:
-    """POST bsn, from, to, format (page|csv|pdf): the disclosure report, audited."""
-    svc = request.app[services_key]
-    actor = request[ACTOR]
-    post = await request.post()
-    fmt = str(post.get("format", "page"))
-    fmt = fmt if fmt in ("page", "csv", "pdf") else "page"
-    action = "audit.view" if fmt == "page" else "audit.export"
-    await _guard(request, action, "disclosure")
-    tz = svc.settings.deadlines.timezone
+def _patient_query(
+    request: web.Request, post: Any
+) -> tuple[str, str, str, dict[str, str]] | web.Response:
+    """(bsn, start, end, dates) of a patient form (the BSN from the body, never a URL), or
+    the form again with the error (422; the BSN is not echoed)."""
     dates = {"from": str(post.get("from", "")), "to": str(post.get("to", ""))}
     try:
         start, end, dates = _period(request, post, 365)
@@ -208,6 +202,24 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
             _ctx(request, report=None, dates=dates, error=exc.reason, table=[]),
             status=422,
         )
+    return bsn, start, end, dates
+
+
+@requires("audit.view")
+async def patient_report(request: web.Request) -> web.StreamResponse:
+    """POST bsn, from, to, format (page|csv|pdf): the disclosure report, audited."""
+    svc = request.app[services_key]
+    actor = request[ACTOR]
+    post = await request.post()
+    fmt = str(post.get("format", "page"))
+    fmt = fmt if fmt in ("page", "csv", "pdf") else "page"
+    action = "audit.view" if fmt == "page" else "audit.export"
+    await _guard(request, action, "disclosure")
+    tz = svc.settings.deadlines.timezone
+    query = _patient_query(request, post)
+    if isinstance(query, web.Response):
+        return query
+    bsn, start, end, dates = query
     report = await _run(
         request,
         action,
@@ -222,7 +234,7 @@ async def patient_report(request: web.Request) -> web.StreamResponse:
         ),
     )
     # A download's name carries the date, never the BSN.
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = svc.now().astimezone(UTC).strftime("%Y%m%d-%H%M%S")
     if fmt == "csv":
         buf = io.StringIO()
         audit_export.disclosure_csv(report, buf, tz)
@@ -264,16 +276,10 @@ async def patient_pdf(request: web.Request) -> web.StreamResponse:
     svc = request.app[services_key]
     actor = request[ACTOR]
     post = await request.post()
-    try:
-        start, end, _ = _period(request, post, 365)
-        bsn = audit_report.parse_bsn(str(post.get("bsn", "")))
-    except InputError as exc:
-        return aiohttp_jinja2.render_template(
-            "privacy/patient.html",
-            request,
-            _ctx(request, report=None, dates={"from": "", "to": ""}, error=exc.reason, table=[]),
-            status=422,
-        )
+    query = _patient_query(request, post)
+    if isinstance(query, web.Response):
+        return query
+    bsn, start, end, _ = query
     report = await _run(
         request,
         "privacy.disclosure_pdf",
