@@ -13,14 +13,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from securemail import consent
 from securemail.accounts import auth
 from securemail.exchange import answer, escalation, order_end
 from securemail.exchange import send as exchange
 from securemail.ops import retention
+from securemail.region import directory
 from securemail.web import create_app
 from tests.e2e.webflow import csrf_of, login
 from tests.fhir_r4 import assert_valid
-from tests.gateway import GP_PASSPHRASE, TEAM, example
+from tests.gateway import GP_PASSPHRASE, TEAM, deliver_all, example
 from tests.loop_fixtures import NURSE_B_PASSWORD, Loop, audit_codes, notices
 from tests.test_dossier import _entries, _fhir
 from tests.test_orders import ACCEPT, _answer_copies, _pin_practice_key, _read_sealed
@@ -268,3 +270,34 @@ async def test_an_ended_order_is_a_completed_service_request_in_the_fhir_export(
     bundle = _fhir(loop, reference)
     assert_valid(bundle)
     assert _entries(bundle)["ServiceRequest"]["resource"]["status"] == "completed"
+
+
+async def test_the_end_reaches_the_practice_after_the_patient_objected(loop: Loop) -> None:
+    # The end reduces risk (the GP learns care stopped): an objection never holds it back.
+    svc = loop.gw.svc
+    practice_home = await _pin_practice_key(loop)
+    reference = await _accepted(loop)
+    await deliver_all(svc)
+
+    def objection(db: Any) -> None:
+        team = directory.team_by_address(db, TEAM)
+        consent.record(
+            db, loop.gw.gp, patient_bsn=BSN, source_org_id=loop.gw.gp.org_id,
+            recipient=consent.Recipient(team_id=team.id, org_id=None, category=None),
+            decision="deny", basis="objection", valid_from=svc.now(), valid_until=None,
+            given_at=svc.now(), channel="in_person", performer="patient", now=svc.now(),
+        )  # fmt: skip
+
+    svc.store.write_sync(objection)
+    await order_end.end_order(svc, loop.nurse_a, reference, MOVED)
+    await deliver_all(svc)
+    [_, raw] = _answer_copies(loop)  # the answer's copy, then the end's
+    doc, _ = _read_sealed(practice_home, raw)
+    assert (doc["reference"], doc["reason"]) == (reference, "verhuisd")
+    statuses = svc.store.read_sync(
+        lambda db: db.execute(
+            "SELECT o.status FROM outbox o JOIN answer_copies c ON c.message_id = o.message_id"
+        ).fetchall()
+    )
+    assert statuses == [("sent",), ("sent",)]
+    assert len(notices(svc, "order_ended")) == 1
